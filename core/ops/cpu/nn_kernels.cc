@@ -1,0 +1,290 @@
+// CPU kernels for softmax, fused cross-entropy, layer norm and indexing.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/ops/cpu/cpu_backend.h"
+
+namespace cohort::core::cpu {
+namespace {
+
+// Sizes of a contiguous tensor around `dim`: [outer, n, inner].
+struct Around {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+Around around(const Tensor& t, int64_t dim) {
+  Around a;
+  for (int64_t i = 0; i < dim; ++i) a.outer *= t.size(i);
+  a.n = t.dim() ? t.size(dim) : 1;
+  for (int64_t i = dim + 1; i < t.dim(); ++i) a.inner *= t.size(i);
+  return a;
+}
+
+void check_index(int64_t v, int64_t n, const char* op) {
+  COHORT_CHECK(v >= 0 && v < n, op, ": index ", v, " is out of range for a dimension of size ", n);
+}
+
+}  // namespace
+
+void CpuBackend::softmax(const Tensor& in, const Tensor& out, bool log) {
+  dispatch_floating(in.dtype(), "softmax", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t cols = in.size(-1), rows = in.numel() / std::max<int64_t>(cols, 1);
+    const T* x = static_cast<const T*>(in.raw_data());
+    T* y = static_cast<T*>(out.raw_data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * cols;
+      T* yr = y + r * cols;
+      T m = -INFINITY;
+      for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;
+      if (std::isinf(m) && m < 0) m = 0;  // a fully masked row gives NaN like PyTorch below
+      T s = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        T e = std::exp(xr[c] - m);
+        if (!log) yr[c] = e;
+        s += e;
+      }
+      if (log) {
+        T ls = std::log(s) + m;
+        for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - ls;
+      } else {
+        T inv = T(1) / s;
+        for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+      }
+    }
+  });
+}
+
+void CpuBackend::softmax_backward(const Tensor& grad, const Tensor& out, const Tensor& grad_in,
+                                  bool log) {
+  dispatch_floating(out.dtype(), "softmax backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t cols = out.size(-1), rows = out.numel() / std::max<int64_t>(cols, 1);
+    const T* g = static_cast<const T*>(grad.raw_data());
+    const T* y = static_cast<const T*>(out.raw_data());
+    T* gi = static_cast<T*>(grad_in.raw_data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * cols;
+      const T* yr = y + r * cols;
+      T* o = gi + r * cols;
+      T s = 0;
+      if (log) {
+        for (int64_t c = 0; c < cols; ++c) s += gr[c];
+        for (int64_t c = 0; c < cols; ++c) o[c] = gr[c] - std::exp(yr[c]) * s;
+      } else {
+        for (int64_t c = 0; c < cols; ++c) s += gr[c] * yr[c];
+        for (int64_t c = 0; c < cols; ++c) o[c] = yr[c] * (gr[c] - s);
+      }
+    }
+  });
+}
+
+void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
+                               double label_smoothing, const Tensor& loss_rows) {
+  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t rows = logits.size(0), classes = logits.size(1);
+    const T* x = static_cast<const T*>(logits.raw_data());
+    const int64_t* t = target.data_ptr<int64_t>();
+    T* loss = static_cast<T*>(loss_rows.raw_data());
+    const double eps = label_smoothing;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (t[r] == ignore_index) {
+        loss[r] = 0;
+        continue;
+      }
+      check_index(t[r], classes, "cross_entropy target");
+      const T* xr = x + r * classes;
+      T m = xr[0];
+      for (int64_t c = 1; c < classes; ++c) m = xr[c] > m ? xr[c] : m;
+      double s = 0, sum_x = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        s += std::exp(static_cast<double>(xr[c] - m));
+        sum_x += xr[c];
+      }
+      double lse = std::log(s) + m;
+      double nll = lse - xr[t[r]];
+      double smooth = lse - sum_x / static_cast<double>(classes);
+      loss[r] = static_cast<T>((1 - eps) * nll + eps * smooth);
+    }
+  });
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target,
+                                        int64_t ignore_index, double label_smoothing,
+                                        const Tensor& row_scale, const Tensor& grad_logits) {
+  dispatch_floating(logits.dtype(), "cross_entropy backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t rows = logits.size(0), classes = logits.size(1);
+    const T* x = static_cast<const T*>(logits.raw_data());
+    const int64_t* t = target.data_ptr<int64_t>();
+    const T* scale = static_cast<const T*>(row_scale.raw_data());
+    T* g = static_cast<T*>(grad_logits.raw_data());
+    const T off = static_cast<T>(label_smoothing / static_cast<double>(classes));
+    const T on = static_cast<T>(1 - label_smoothing) + off;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* gr = g + r * classes;
+      if (t[r] == ignore_index) {
+        for (int64_t c = 0; c < classes; ++c) gr[c] = 0;
+        continue;
+      }
+      const T* xr = x + r * classes;
+      T m = xr[0];
+      for (int64_t c = 1; c < classes; ++c) m = xr[c] > m ? xr[c] : m;
+      T s = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        gr[c] = std::exp(xr[c] - m);
+        s += gr[c];
+      }
+      const T k = scale[r] / s, sc = scale[r];
+      for (int64_t c = 0; c < classes; ++c) gr[c] = gr[c] * k - off * sc;
+      gr[t[r]] -= (on - off) * sc;
+    }
+  });
+}
+
+void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                            const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+  dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t cols = mean.numel() ? x.numel() / mean.numel() : 0, rows = mean.numel();
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T* w = weight.defined() ? static_cast<const T*>(weight.raw_data()) : nullptr;
+    const T* b = bias.defined() ? static_cast<const T*>(bias.raw_data()) : nullptr;
+    T* y = static_cast<T*>(out.raw_data());
+    T* mp = static_cast<T*>(mean.raw_data());
+    T* rp = static_cast<T*>(rstd.raw_data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = xp + r * cols;
+      double s = 0, ss = 0;
+      for (int64_t c = 0; c < cols; ++c) s += xr[c];
+      const double mu = s / static_cast<double>(cols);
+      for (int64_t c = 0; c < cols; ++c) ss += (xr[c] - mu) * (xr[c] - mu);
+      const double rs = 1.0 / std::sqrt(ss / static_cast<double>(cols) + eps);
+      mp[r] = static_cast<T>(mu);
+      rp[r] = static_cast<T>(rs);
+      T* yr = y + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        T v = static_cast<T>((xr[c] - mu) * rs);
+        yr[c] = v * (w ? w[c] : T(1)) + (b ? b[c] : T(0));
+      }
+    }
+  });
+}
+
+void CpuBackend::layer_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                     const Tensor& mean, const Tensor& rstd, const Tensor& grad_x,
+                                     const Tensor& grad_w, const Tensor& grad_b) {
+  dispatch_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t rows = mean.numel(), cols = rows ? x.numel() / rows : 0;
+    const T* g = static_cast<const T*>(grad.raw_data());
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T* w = weight.defined() ? static_cast<const T*>(weight.raw_data()) : nullptr;
+    const T* mp = static_cast<const T*>(mean.raw_data());
+    const T* rp = static_cast<const T*>(rstd.raw_data());
+    T* gx = grad_x.defined() ? static_cast<T*>(grad_x.raw_data()) : nullptr;
+    std::vector<double> gw(cols, 0.0), gb(cols, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * cols;
+      const T* xr = xp + r * cols;
+      const double mu = mp[r], rs = rp[r];
+      double sum_dy = 0, sum_dy_xhat = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        double xhat = (xr[c] - mu) * rs;
+        double dy = gr[c] * (w ? static_cast<double>(w[c]) : 1.0);
+        sum_dy += dy;
+        sum_dy_xhat += dy * xhat;
+        gw[c] += gr[c] * xhat;
+        gb[c] += gr[c];
+      }
+      if (!gx) continue;
+      const double inv_n = 1.0 / static_cast<double>(cols);
+      for (int64_t c = 0; c < cols; ++c) {
+        double xhat = (xr[c] - mu) * rs;
+        double dy = gr[c] * (w ? static_cast<double>(w[c]) : 1.0);
+        gx[r * cols + c] = static_cast<T>(rs * (dy - inv_n * sum_dy - xhat * inv_n * sum_dy_xhat));
+      }
+    }
+    if (grad_w.defined()) {
+      T* o = static_cast<T*>(grad_w.raw_data());
+      for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(gw[c]);
+    }
+    if (grad_b.defined()) {
+      T* o = static_cast<T*>(grad_b.raw_data());
+      for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(gb[c]);
+    }
+  });
+}
+
+void CpuBackend::index_select(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) {
+  const Around a = around(in, dim);
+  const int64_t m = index.numel();
+  const int64_t* idx = index.data_ptr<int64_t>();
+  const size_t es = in.element_size();
+  const char* src = static_cast<const char*>(in.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  const size_t row = static_cast<size_t>(a.inner) * es;
+  for (int64_t i = 0; i < m; ++i) check_index(idx[i], a.n, "index_select");
+  for (int64_t o = 0; o < a.outer; ++o)
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(dst + (o * m + i) * row, src + (o * a.n + idx[i]) * row, row);
+}
+
+void CpuBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+  dispatch_arith(out.dtype(), "index_add", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const Around a = around(out, dim);
+    const int64_t m = index.numel();
+    const int64_t* idx = index.data_ptr<int64_t>();
+    const T* s = static_cast<const T*>(src.raw_data());
+    T* o = static_cast<T*>(out.raw_data());
+    for (int64_t i = 0; i < m; ++i) check_index(idx[i], a.n, "index_add");
+    for (int64_t p = 0; p < a.outer; ++p)
+      for (int64_t i = 0; i < m; ++i) {
+        T* orow = o + (p * a.n + idx[i]) * a.inner;
+        const T* srow = s + (p * m + i) * a.inner;
+        for (int64_t c = 0; c < a.inner; ++c) orow[c] += srow[c];
+      }
+  });
+}
+
+void CpuBackend::gather(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) {
+  dispatch_all(in.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const Around ai = around(in, dim), ax = around(index, dim);
+    COHORT_CHECK(ai.outer == ax.outer && ai.inner == ax.inner,
+                 "gather: index shape must match the input outside dimension ", dim);
+    const T* x = static_cast<const T*>(in.raw_data());
+    const int64_t* idx = index.data_ptr<int64_t>();
+    T* o = static_cast<T*>(out.raw_data());
+    for (int64_t p = 0; p < ax.outer; ++p)
+      for (int64_t i = 0; i < ax.n; ++i)
+        for (int64_t c = 0; c < ax.inner; ++c) {
+          int64_t v = idx[(p * ax.n + i) * ax.inner + c];
+          check_index(v, ai.n, "gather");
+          o[(p * ax.n + i) * ax.inner + c] = x[(p * ai.n + v) * ai.inner + c];
+        }
+  });
+}
+
+void CpuBackend::scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+  dispatch_arith(out.dtype(), "scatter_add", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const Around ao = around(out, dim), ax = around(index, dim);
+    COHORT_CHECK(ao.outer == ax.outer && ao.inner == ax.inner,
+                 "scatter_add: index shape must match the output outside dimension ", dim);
+    const T* s = static_cast<const T*>(src.raw_data());
+    const int64_t* idx = index.data_ptr<int64_t>();
+    T* o = static_cast<T*>(out.raw_data());
+    for (int64_t p = 0; p < ax.outer; ++p)
+      for (int64_t i = 0; i < ax.n; ++i)
+        for (int64_t c = 0; c < ax.inner; ++c) {
+          int64_t v = idx[(p * ax.n + i) * ax.inner + c];
+          check_index(v, ao.n, "scatter_add");
+          o[(p * ao.n + v) * ao.inner + c] += s[(p * ax.n + i) * ax.inner + c];
+        }
+  });
+}
+
+}  // namespace cohort::core::cpu
