@@ -1,0 +1,221 @@
+// Samplers, the prefetching DataLoader, and the Fashion-MNIST and byte-text datasets.
+#include "core/data/dataset.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+
+#include "core/ops/ops.h"
+
+namespace cohort::core::data {
+
+DistributedSampler::DistributedSampler(int64_t dataset_size, const DistributedSamplerOptions& o)
+    : size_(dataset_size), o_(o) {
+  COHORT_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "DistributedSampler: rank ",
+               o.rank, " is outside world size ", o.world_size);
+  num_samples_ = o.drop_last ? size_ / o.world_size : (size_ + o.world_size - 1) / o.world_size;
+}
+
+std::vector<int64_t> DistributedSampler::indices(int64_t epoch) const {
+  std::vector<int64_t> all(static_cast<size_t>(size_));
+  for (int64_t i = 0; i < size_; ++i) all[i] = i;
+  if (o_.shuffle) {
+    Generator g(o_.seed + static_cast<uint64_t>(epoch));
+    for (int64_t i = size_ - 1; i > 0; --i) std::swap(all[i], all[g.below(static_cast<uint64_t>(i + 1))]);
+  }
+  const int64_t total = num_samples_ * o_.world_size;
+  for (int64_t i = size_; i < total && size_ > 0; ++i) all.push_back(all[i % size_]);
+  std::vector<int64_t> mine;
+  mine.reserve(static_cast<size_t>(num_samples_));
+  for (int64_t i = o_.rank; i < total; i += o_.world_size) mine.push_back(all[i]);
+  return mine;
+}
+
+DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, std::shared_ptr<const Sampler> sampler,
+                       const LoaderOptions& o)
+    : dataset_(std::move(dataset)), sampler_(std::move(sampler)), o_(o) {
+  COHORT_CHECK(o.batch_size > 0, "DataLoader: batch_size must be positive, got ", o.batch_size);
+}
+
+DataLoader::~DataLoader() { stop(); }
+
+void DataLoader::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  ready_.clear();
+  stopping_ = false;
+  error_ = nullptr;
+}
+
+int64_t DataLoader::batches_per_epoch() const { return num_batches_; }
+
+std::vector<int64_t> DataLoader::batch_indices(int64_t b) const {
+  auto begin = order_.begin() + b * o_.batch_size;
+  auto end = order_.begin() + std::min<int64_t>((b + 1) * o_.batch_size, static_cast<int64_t>(order_.size()));
+  return {begin, end};
+}
+
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+  stop();
+  order_ = sampler_->indices(epoch);
+  const int64_t n = static_cast<int64_t>(order_.size());
+  num_batches_ = o_.drop_last ? n / o_.batch_size : (n + o_.batch_size - 1) / o_.batch_size;
+  position_ = std::min(first_batch, num_batches_);
+  next_to_load_ = position_;
+  if (o_.prefetch <= 0) return;
+  worker_ = std::thread([this] {
+    while (true) {
+      int64_t b;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stopping_ || static_cast<int>(ready_.size()) < o_.prefetch; });
+        if (stopping_ || next_to_load_ >= num_batches_) return;
+        b = next_to_load_++;
+      }
+      Batch batch;
+      try {
+        batch = dataset_->get_batch(batch_indices(b));
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        error_ = std::current_exception();
+        cv_.notify_all();
+        return;
+      }
+      std::lock_guard<std::mutex> lk(mu_);
+      ready_.push_back(std::move(batch));
+      cv_.notify_all();
+    }
+  });
+}
+
+bool DataLoader::next(Batch& out) {
+  if (position_ >= num_batches_) return false;
+  if (o_.prefetch <= 0) {
+    out = dataset_->get_batch(batch_indices(position_++));
+    return true;
+  }
+  std::unique_lock<std::mutex> lk(mu_);
+  // The worker always makes progress or records an error, so this wait ends.
+  cv_.wait(lk, [&] { return !ready_.empty() || error_; });
+  if (error_) std::rethrow_exception(error_);
+  out = std::move(ready_.front());
+  ready_.pop_front();
+  ++position_;
+  cv_.notify_all();
+  return true;
+}
+
+std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dims) {
+  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files too
+  if (!f) COHORT_THROW(IoError, "cannot open data file ", path);
+  std::vector<uint8_t> bytes;
+  uint8_t buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) bytes.insert(bytes.end(), buf, buf + n);
+  bool bad = n < 0;
+  gzclose(f);
+  if (bad) COHORT_THROW(IoError, "cannot decompress data file ", path);
+  if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08) {
+    COHORT_THROW(IoError, "data file ", path, " is not an IDX file of unsigned bytes");
+  }
+  const int nd = bytes[3];
+  if (bytes.size() < static_cast<size_t>(4 + 4 * nd)) COHORT_THROW(IoError, "data file ", path, " is truncated");
+  dims.clear();
+  int64_t total = 1;
+  for (int i = 0; i < nd; ++i) {
+    const uint8_t* p = bytes.data() + 4 + 4 * i;
+    int64_t d = (int64_t{p[0]} << 24) | (int64_t{p[1]} << 16) | (int64_t{p[2]} << 8) | p[3];
+    dims.push_back(d);
+    total *= d;
+  }
+  const size_t header = 4 + 4 * static_cast<size_t>(nd);
+  if (bytes.size() != header + static_cast<size_t>(total)) {
+    COHORT_THROW(IoError, "data file ", path, " holds ", bytes.size() - header, " bytes of data, its header says ", total);
+  }
+  return {bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end()};
+}
+
+namespace {
+std::string find_file(const std::string& dir, const std::string& base) {
+  for (const char* ext : {".gz", ""}) {
+    std::string p = dir + "/" + base + ext;
+    if (std::ifstream(p).good()) return p;
+  }
+  COHORT_THROW(IoError, "data file ", dir, "/", base, ".gz is missing (install Debian's dataset-fashion-mnist "
+               "or set data.path)");
+}
+}  // namespace
+
+FashionMNIST::FashionMNIST(const std::string& dir, const std::string& split) {
+  std::vector<int64_t> di, dl;
+  std::string ip = find_file(dir, split + "-images-idx3-ubyte");
+  std::string lp = find_file(dir, split + "-labels-idx1-ubyte");
+  images_ = read_idx(ip, di);
+  labels_ = read_idx(lp, dl);
+  if (di.size() != 3) COHORT_THROW(IoError, "data file ", ip, " is not a 3-D image array");
+  if (dl.size() != 1 || dl[0] != di[0]) COHORT_THROW(IoError, "data file ", lp, " has a different sample count from ", ip);
+  n_ = di[0];
+  rows_ = di[1];
+  cols_ = di[2];
+}
+
+Batch FashionMNIST::get_batch(const std::vector<int64_t>& indices) const {
+  const int64_t b = static_cast<int64_t>(indices.size()), px = rows_ * cols_;
+  Tensor x = empty({b, 1, rows_, cols_});
+  Tensor y = empty({b}, TensorOptions(DType::kInt64));
+  float* xp = x.data_ptr<float>();
+  int64_t* yp = y.data_ptr<int64_t>();
+  const float scale = static_cast<float>(1.0 / (255.0 * kStd)), shift = static_cast<float>(kMean / kStd);
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t s = indices[i];
+    COHORT_CHECK(s >= 0 && s < n_, "FashionMNIST: sample index ", s, " out of range");
+    const uint8_t* src = images_.data() + s * px;
+    float* dst = xp + i * px;
+    for (int64_t p = 0; p < px; ++p) dst[p] = static_cast<float>(src[p]) * scale - shift;
+    yp[i] = labels_[s];
+  }
+  return {x, y};
+}
+
+ByteTextDataset::ByteTextDataset(const std::string& path, int64_t context)
+    : ByteTextDataset(path, context, 0.0, 1.0) {}
+
+ByteTextDataset::ByteTextDataset(const std::string& path, int64_t context, double begin_frac, double end_frac)
+    : context_(context) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) COHORT_THROW(IoError, "cannot open text file ", path);
+  std::vector<uint8_t> all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t b = static_cast<size_t>(begin_frac * static_cast<double>(all.size()));
+  size_t e = static_cast<size_t>(end_frac * static_cast<double>(all.size()));
+  bytes_.assign(all.begin() + static_cast<std::ptrdiff_t>(b), all.begin() + static_cast<std::ptrdiff_t>(e));
+  if (static_cast<int64_t>(bytes_.size()) < context + 1) {
+    COHORT_THROW(IoError, "text file ", path, " has ", bytes_.size(), " bytes in this split; need at least ",
+                 context + 1, " for context ", context);
+  }
+}
+
+int64_t ByteTextDataset::size() const { return (static_cast<int64_t>(bytes_.size()) - 1) / context_; }
+
+Batch ByteTextDataset::get_batch(const std::vector<int64_t>& indices) const {
+  const int64_t b = static_cast<int64_t>(indices.size());
+  Tensor x = empty({b, context_}, TensorOptions(DType::kInt64));
+  Tensor y = empty({b, context_}, TensorOptions(DType::kInt64));
+  int64_t* xp = x.data_ptr<int64_t>();
+  int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t start = indices[i] * context_;
+    for (int64_t t = 0; t < context_; ++t) {
+      xp[i * context_ + t] = bytes_[start + t];
+      yp[i * context_ + t] = bytes_[start + t + 1];
+    }
+  }
+  return {x, y};
+}
+
+}  // namespace cohort::core::data

@@ -1,0 +1,135 @@
+// Datasets, samplers and the prefetching loader. A Dataset turns a list of sample indices into a
+// batch; a Sampler decides which indices each rank sees per epoch (DistributedSampler shards them);
+// the DataLoader prepares the next batches on a background thread while the model trains.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/tensor/tensor.h"
+
+namespace cohort::core::data {
+
+struct Batch {
+  Tensor input;
+  Tensor target;
+};
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual int64_t size() const = 0;
+  // Builds a batch from sample indices; must be safe to call from the loader thread.
+  virtual Batch get_batch(const std::vector<int64_t>& indices) const = 0;
+};
+
+class Sampler {
+ public:
+  virtual ~Sampler() = default;
+  // The indices this rank visits in `epoch`, in order.
+  virtual std::vector<int64_t> indices(int64_t epoch) const = 0;
+};
+
+struct DistributedSamplerOptions {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  bool shuffle = true;
+  uint64_t seed = 0;
+  // Without drop_last, indices are padded by wrapping so every rank gets the same count.
+  bool drop_last = false;
+};
+
+// Shuffles all indices with (seed, epoch) — the same permutation on every rank — then gives rank r
+// every world_size-th index starting at r. With world_size 1 it is a plain seeded random sampler.
+class DistributedSampler : public Sampler {
+ public:
+  DistributedSampler(int64_t dataset_size, const DistributedSamplerOptions& o);
+  std::vector<int64_t> indices(int64_t epoch) const override;
+  int64_t num_samples() const { return num_samples_; }
+
+ private:
+  int64_t size_;
+  DistributedSamplerOptions o_;
+  int64_t num_samples_;
+};
+
+struct LoaderOptions {
+  int64_t batch_size = 64;
+  bool drop_last = true;
+  int prefetch = 2;  // batches prepared ahead; 0 loads on the calling thread
+};
+
+// Iterates one epoch at a time. next() blocks until the background thread has the batch ready.
+class DataLoader {
+ public:
+  DataLoader(std::shared_ptr<const Dataset> dataset, std::shared_ptr<const Sampler> sampler,
+             const LoaderOptions& o);
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  // Starts `epoch` at batch `first_batch` (to resume mid-epoch).
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
+  // False when the epoch is over.
+  bool next(Batch& out);
+  int64_t batches_per_epoch() const;
+  int64_t position() const { return position_; }  // batches handed out this epoch
+
+ private:
+  void stop();
+  std::vector<int64_t> batch_indices(int64_t b) const;
+
+  std::shared_ptr<const Dataset> dataset_;
+  std::shared_ptr<const Sampler> sampler_;
+  LoaderOptions o_;
+  std::vector<int64_t> order_;
+  int64_t num_batches_ = 0, position_ = 0, next_to_load_ = 0;
+
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> ready_;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
+
+// Fashion-MNIST (or MNIST) from IDX files, gzipped or not: images stay uint8 in memory and are
+// normalised per batch to (x/255 - 0.2860)/0.3530 as float32 [B, 1, 28, 28].
+class FashionMNIST : public Dataset {
+ public:
+  // split: "train" or "t10k". Throws IoError naming the file when it is missing or malformed.
+  FashionMNIST(const std::string& dir, const std::string& split);
+  int64_t size() const override { return n_; }
+  Batch get_batch(const std::vector<int64_t>& indices) const override;
+  static constexpr double kMean = 0.2860, kStd = 0.3530;
+
+ private:
+  int64_t n_ = 0, rows_ = 0, cols_ = 0;
+  std::vector<uint8_t> images_, labels_;
+};
+
+// Byte-level language modelling over any file: sample i is the window [i*ctx, i*ctx + ctx] of bytes;
+// input is the first ctx bytes, target the next ctx (both int64 [B, ctx]).
+class ByteTextDataset : public Dataset {
+ public:
+  ByteTextDataset(const std::string& path, int64_t context);
+  // Uses bytes [begin, end) of the file only (train/validation splits).
+  ByteTextDataset(const std::string& path, int64_t context, double begin_frac, double end_frac);
+  int64_t size() const override;
+  Batch get_batch(const std::vector<int64_t>& indices) const override;
+
+ private:
+  std::vector<uint8_t> bytes_;
+  int64_t context_;
+};
+
+// Reads an IDX file (optionally gzip-compressed) into bytes and its dimensions.
+std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dims);
+
+}  // namespace cohort::core::data

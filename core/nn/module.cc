@@ -1,0 +1,106 @@
+// Module bookkeeping: parameter traversal, state dicts, device moves.
+#include "core/nn/module.h"
+
+#include "core/autograd/grad_mode.h"
+#include "core/ops/ops.h"
+
+namespace cohort::core::nn {
+
+Tensor& Module::register_parameter(const std::string& name, Tensor& slot, Tensor value) {
+  slot = std::move(value);
+  if (!slot.requires_grad()) slot.set_requires_grad(true);
+  params_.emplace_back(name, &slot);
+  return slot;
+}
+
+Tensor& Module::register_buffer(const std::string& name, Tensor& slot, Tensor value) {
+  slot = std::move(value);
+  buffers_.emplace_back(name, &slot);
+  return slot;
+}
+
+void Module::collect(const std::string& prefix, bool params, NamedTensors& out) const {
+  for (auto& [name, t] : params ? params_ : buffers_) out.emplace_back(prefix + name, *t);
+  for (auto& [name, child] : children_) child->collect(prefix + name + ".", params, out);
+}
+
+NamedTensors Module::named_parameters() const {
+  NamedTensors out;
+  collect("", true, out);
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [n, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+NamedTensors Module::named_buffers() const {
+  NamedTensors out;
+  collect("", false, out);
+  return out;
+}
+
+StateDict Module::state_dict() const {
+  StateDict sd;
+  for (auto& [n, t] : named_parameters()) sd[n] = t.detach();
+  for (auto& [n, t] : named_buffers()) sd[n] = t.detach();
+  return sd;
+}
+
+void Module::load_state_dict(const StateDict& state, bool strict) {
+  autograd::NoGradGuard guard;
+  StateDict own = state_dict();
+  for (auto& [name, dst] : own) {
+    auto it = state.find(name);
+    if (it == state.end()) {
+      COHORT_CHECK(!strict, "load_state_dict: missing key '", name, "'");
+      continue;
+    }
+    COHORT_CHECK(it->second.sizes() == dst.sizes(), "load_state_dict: '", name, "' has shape ",
+                 shape_str(it->second.sizes()), " in the state dict but ", shape_str(dst.sizes()),
+                 " in the model");
+    dst.copy_(it->second.to(dst.device()));
+  }
+  if (strict) {
+    for (auto& [name, t] : state)
+      COHORT_CHECK(own.count(name), "load_state_dict: unexpected key '", name, "'");
+  }
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (auto& t : parameters()) n += t.numel();
+  return n;
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [n, c] : children_) c->train(on);
+}
+
+void Module::to(Device device) {
+  autograd::NoGradGuard guard;
+  for (auto& [n, t] : params_) {
+    if (t->device() == device) continue;
+    Tensor moved = t->to(device);
+    moved.set_requires_grad(true);
+    *t = moved;
+  }
+  for (auto& [n, t] : buffers_)
+    if (t->device() != device) *t = t->to(device);
+  for (auto& [n, c] : children_) c->to(device);
+}
+
+void Module::zero_grad(bool set_to_none) {
+  for (auto& t : parameters()) {
+    if (set_to_none) {
+      t.set_grad(Tensor());
+    } else if (t.grad().defined()) {
+      t.grad().zero_();
+    }
+  }
+}
+
+}  // namespace cohort::core::nn

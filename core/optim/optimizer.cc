@@ -1,0 +1,146 @@
+// Optimiser updates, following PyTorch's formulas exactly so that runs can be compared step by step.
+#include "core/optim/optimizer.h"
+
+#include <cmath>
+
+#include "core/autograd/grad_mode.h"
+#include "core/ops/ops.h"
+
+namespace cohort::core::optim {
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(params)), lr_(lr) {
+  COHORT_CHECK(lr >= 0, "optimizer: learning rate must be non-negative, got ", lr);
+}
+
+void Optimizer::zero_grad(bool set_to_none) {
+  for (auto& p : params_) {
+    if (set_to_none) {
+      p.set_grad(Tensor());
+    } else if (p.grad().defined()) {
+      p.grad().zero_();
+    }
+  }
+}
+
+Tensor& Optimizer::buffer(size_t index, const std::string& name, const Tensor& like) {
+  auto key = std::to_string(index) + "." + name;
+  auto it = state_.find(key);
+  if (it == state_.end()) it = state_.emplace(key, zeros_like(like)).first;
+  return it->second;
+}
+
+OptimizerState Optimizer::state_dict() const {
+  OptimizerState s = state_;
+  s["step"] = scalar_tensor(static_cast<double>(steps_), TensorOptions(DType::kInt64));
+  return s;
+}
+
+void Optimizer::load_state_dict(const OptimizerState& state) {
+  autograd::NoGradGuard g;
+  state_.clear();
+  for (auto& [k, v] : state) {
+    if (k == "step") {
+      steps_ = v.item<int64_t>();
+      continue;
+    }
+    size_t dot = k.find('.');
+    COHORT_CHECK(dot != std::string::npos, "optimizer state: malformed key '", k, "'");
+    size_t idx = std::stoul(k.substr(0, dot));
+    COHORT_CHECK(idx < params_.size(), "optimizer state: key '", k, "' names parameter ", idx,
+                 " but the optimizer has ", params_.size());
+    COHORT_CHECK(v.sizes() == params_[idx].sizes(), "optimizer state: '", k, "' has shape ",
+                 shape_str(v.sizes()), ", parameter has ", shape_str(params_[idx].sizes()));
+    state_[k] = v.to(params_[idx].device()).to(params_[idx].dtype()).clone();
+  }
+}
+
+SGD::SGD(std::vector<Tensor> params, const SGDOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+  COHORT_CHECK(o.momentum >= 0, "SGD: momentum must be non-negative, got ", o.momentum);
+  COHORT_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+               "SGD: nesterov needs momentum > 0 and dampening 0");
+}
+
+void SGD::step() {
+  autograd::NoGradGuard guard;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (o_.weight_decay != 0) g = add(g, mul(p, o_.weight_decay));
+    if (o_.momentum != 0) {
+      auto key = std::to_string(i) + ".momentum_buffer";
+      auto it = state_.find(key);
+      if (it == state_.end()) {
+        it = state_.emplace(key, g.clone()).first;  // PyTorch: the first buffer is the gradient
+      } else {
+        mul_(it->second, o_.momentum);
+        add_(it->second, g, 1 - o_.dampening);
+      }
+      if (o_.nesterov) {
+        g = add(g, mul(it->second, o_.momentum));
+      } else {
+        g = it->second;
+      }
+    }
+    add_(p, g, -lr_);
+  }
+  ++steps_;
+}
+
+AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+  COHORT_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
+               "AdamW: betas must be in [0, 1), got ", o.beta1, " and ", o.beta2);
+  COHORT_CHECK(o.eps > 0, "AdamW: eps must be positive, got ", o.eps);
+}
+
+void AdamW::step() {
+  autograd::NoGradGuard guard;
+  ++steps_;
+  const double bc1 = 1 - std::pow(o_.beta1, static_cast<double>(steps_));
+  const double bc2 = 1 - std::pow(o_.beta2, static_cast<double>(steps_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (o_.weight_decay != 0) mul_(p, 1 - lr_ * o_.weight_decay);
+    Tensor& m = buffer(i, "exp_avg", p);
+    Tensor& v = buffer(i, "exp_avg_sq", p);
+    lerp_(m, g, 1 - o_.beta1);
+    mul_(v, o_.beta2);
+    addcmul_(v, g, g, 1 - o_.beta2);
+    Tensor denom = add(div(sqrt(v), std::sqrt(bc2)), o_.eps);
+    addcdiv_(p, m, denom, -lr_ / bc1);
+  }
+}
+
+double StepLR::lr(int64_t step) const {
+  return base_ * std::pow(gamma_, static_cast<double>(step / std::max<int64_t>(step_size_, 1)));
+}
+
+double CosineLR::lr(int64_t step) const {
+  if (step < warmup_) return base_ * static_cast<double>(step + 1) / static_cast<double>(warmup_);
+  if (step >= total_) return min_lr_;
+  double progress = static_cast<double>(step - warmup_) / static_cast<double>(std::max<int64_t>(total_ - warmup_, 1));
+  return min_lr_ + 0.5 * (base_ - min_lr_) * (1 + std::cos(M_PI * progress));
+}
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  autograd::NoGradGuard guard;
+  double total = 0;
+  for (auto& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    total += sum(square(g.to(DType::kFloat64))).item<double>();
+  }
+  double norm = std::sqrt(total);
+  double coef = max_norm / (norm + 1e-6);
+  if (coef < 1) {
+    for (auto& p : params) {
+      Tensor g = p.grad();
+      if (g.defined()) mul_(g, coef);
+    }
+  }
+  return norm;
+}
+
+}  // namespace cohort::core::optim

@@ -1,0 +1,388 @@
+// Config loading and validation against the schema below.
+#include "trainer/config.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+
+#include "core/util/error.h"
+
+namespace cohort::trainer {
+namespace {
+
+enum class Kind { kString, kInt, kFloat, kBool, kIntList };
+
+struct Key {
+  std::string path;
+  Kind kind;
+  std::string def;  // YAML text of the default; empty string for "" defaults of strings
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  std::vector<std::string> choices = {};
+  bool min_exclusive = false;
+  bool required = false;
+};
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+const std::vector<Key>& schema() {
+  static const std::vector<Key> keys = {
+      {"experiment", Kind::kString, "default"},
+      {"seed", Kind::kInt, "0", 0},
+      {"device", Kind::kString, "auto"},
+      {"threads", Kind::kInt, "0", 0, 1024},
+      {"model.type", Kind::kString, "", -kInf, kInf, {"mlp", "cnn", "gpt"}, false, true},
+      {"model.hidden", Kind::kIntList, "[512, 512]", 1},
+      {"model.layers", Kind::kInt, "2", 1, 1000},
+      {"model.heads", Kind::kInt, "4", 1, 1024},
+      {"model.dim", Kind::kInt, "128", 1, 1 << 20},
+      {"model.context", Kind::kInt, "64", 1, 1 << 20},
+      {"model.dropout", Kind::kFloat, "0.0", 0, 1},
+      {"data.dataset", Kind::kString, "fashion_mnist", -kInf, kInf, {"fashion_mnist", "text"}},
+      {"data.path", Kind::kString, "/usr/share/datasets/fashion-mnist"},
+      {"data.batch_size", Kind::kInt, "64", 1, 1 << 24},
+      {"data.shuffle", Kind::kBool, "true"},
+      {"data.prefetch", Kind::kInt, "2", 0, 64},
+      {"data.val_fraction", Kind::kFloat, "0.1", 0, 0.9},
+      {"optimizer.type", Kind::kString, "sgd", -kInf, kInf, {"sgd", "adamw"}},
+      {"optimizer.lr", Kind::kFloat, "0.01", 0, kInf, {}, true},
+      {"optimizer.momentum", Kind::kFloat, "0.0", 0, 1},
+      {"optimizer.nesterov", Kind::kBool, "false"},
+      {"optimizer.weight_decay", Kind::kFloat, "0.0", 0},
+      {"optimizer.beta1", Kind::kFloat, "0.9", 0, 1},
+      {"optimizer.beta2", Kind::kFloat, "0.999", 0, 1},
+      {"optimizer.eps", Kind::kFloat, "1e-8", 0, kInf, {}, true},
+      {"optimizer.grad_clip", Kind::kFloat, "0.0", 0},
+      {"schedule.type", Kind::kString, "constant", -kInf, kInf, {"constant", "step", "cosine"}},
+      {"schedule.warmup_steps", Kind::kInt, "0", 0},
+      {"schedule.step_size", Kind::kInt, "1000", 1},
+      {"schedule.gamma", Kind::kFloat, "0.1", 0, 1, {}, true},
+      {"schedule.min_lr", Kind::kFloat, "0.0", 0},
+      {"train.epochs", Kind::kInt, "1", 1, 1e9},
+      {"train.steps", Kind::kInt, "0", 0},
+      {"train.log_every", Kind::kInt, "50", 1},
+      {"eval.every_steps", Kind::kInt, "0", 0},
+      {"eval.batch_size", Kind::kInt, "1000", 1, 1 << 24},
+      {"eval.max_batches", Kind::kInt, "0", 0},
+      {"checkpoint.dir", Kind::kString, ""},
+      {"checkpoint.every_steps", Kind::kInt, "0", 0},
+      {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
+      {"checkpoint.resume", Kind::kString, "never"},
+      {"logging.dir", Kind::kString, ""},
+      {"logging.tensorboard", Kind::kBool, "false"},
+      {"logging.timeline", Kind::kBool, "false"},
+      {"distributed.strategy", Kind::kString, "ddp", -kInf, kInf, {"ddp", "ps"}},
+      {"distributed.backend", Kind::kString, "auto", -kInf, kInf, {"auto", "cpu", "nccl", "mpi"}},
+      {"distributed.bucket_cap_mb", Kind::kFloat, "25", 0, kInf, {}, true},
+      {"distributed.timeout_s", Kind::kFloat, "300", 0, kInf, {}, true},
+  };
+  return keys;
+}
+
+const Key* find_key(const std::string& path) {
+  for (const Key& k : schema())
+    if (k.path == path) return &k;
+  return nullptr;
+}
+
+bool is_section(const std::string& path) {
+  for (const Key& k : schema())
+    if (k.path.rfind(path + ".", 0) == 0) return true;
+  return false;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string suggestion(const std::string& path) {
+  const Key* best = nullptr;
+  size_t best_d = 4;
+  for (const Key& k : schema()) {
+    size_t d = edit_distance(path, k.path);
+    if (d < best_d) {
+      best_d = d;
+      best = &k;
+    }
+  }
+  return best ? "; did you mean '" + best->path + "'?" : "";
+}
+
+class Validator {
+ public:
+  Validator(std::string file, std::set<std::string> overridden)
+      : file_(std::move(file)), overridden_(std::move(overridden)) {}
+
+  std::string where(const std::string& path, const YAML::Node& n) const {
+    if (overridden_.count(path)) return "the command line override " + path + "=...";
+    if (n.IsDefined() && n.Mark().line >= 0) return file_ + ":" + std::to_string(n.Mark().line + 1);
+    return file_;
+  }
+
+  [[noreturn]] void fail(const std::string& path, const YAML::Node& n, const std::string& msg) const {
+    COHORT_THROW(ConfigError, where(path, n), ": ", msg);
+  }
+
+  void walk(const YAML::Node& map, const std::string& prefix) const {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      std::string name = it->first.as<std::string>();
+      std::string path = prefix.empty() ? name : prefix + "." + name;
+      const YAML::Node& v = it->second;
+      if (const Key* k = find_key(path)) {
+        check(*k, v);
+      } else if (is_section(path)) {
+        if (!v.IsMap()) fail(path, it->first, "'" + path + "' must be a mapping of keys");
+        walk(v, path);
+      } else {
+        fail(path, it->first, "unknown key '" + path + "'" + suggestion(path));
+      }
+    }
+  }
+
+  void check(const Key& k, const YAML::Node& v) const {
+    auto scalar_text = [&] { return v.IsScalar() ? "'" + v.Scalar() + "'" : std::string("a non-scalar value"); };
+    switch (k.kind) {
+      case Kind::kString: {
+        if (!v.IsScalar() || (v.Scalar().empty() && !k.def.empty()))
+          fail(k.path, v, k.path + " must be a non-empty string");
+        if (!k.choices.empty() &&
+            std::find(k.choices.begin(), k.choices.end(), v.Scalar()) == k.choices.end()) {
+          std::string opts;
+          for (auto& c : k.choices) opts += (opts.empty() ? "" : ", ") + c;
+          fail(k.path, v, k.path + " must be one of " + opts + ", got '" + v.Scalar() + "'");
+        }
+        return;
+      }
+      case Kind::kBool: {
+        bool b;
+        if (!v.IsScalar() || !YAML::convert<bool>::decode(v, b))
+          fail(k.path, v, k.path + " must be true or false, got " + scalar_text());
+        return;
+      }
+      case Kind::kInt: {
+        int64_t x;
+        if (!v.IsScalar() || !YAML::convert<int64_t>::decode(v, x))
+          fail(k.path, v, k.path + " must be an integer, got " + scalar_text());
+        range(k, v, static_cast<double>(x));
+        return;
+      }
+      case Kind::kFloat: {
+        double x;
+        if (!v.IsScalar() || !YAML::convert<double>::decode(v, x) || std::isnan(x))
+          fail(k.path, v, k.path + " must be a number, got " + scalar_text());
+        range(k, v, x);
+        return;
+      }
+      case Kind::kIntList: {
+        if (!v.IsSequence()) fail(k.path, v, k.path + " must be a list of integers, e.g. [512, 512]");
+        for (const auto& e : v) {
+          int64_t x;
+          if (!e.IsScalar() || !YAML::convert<int64_t>::decode(e, x))
+            fail(k.path, e, k.path + " must be a list of integers, got an element " +
+                                (e.IsScalar() ? "'" + e.Scalar() + "'" : std::string("that is not a scalar")));
+          range(k, e, static_cast<double>(x));
+        }
+        return;
+      }
+    }
+  }
+
+  void range(const Key& k, const YAML::Node& v, double x) const {
+    bool low = k.min_exclusive ? x <= k.min : x < k.min;
+    if (low || x > k.max) {
+      auto fmt = [](double d) {
+        std::ostringstream os;
+        os << d;
+        return os.str();
+      };
+      std::string bound = std::isinf(k.max) ? (k.min_exclusive ? "greater than " : "at least ") + fmt(k.min)
+                                            : "in [" + fmt(k.min) + ", " + fmt(k.max) + "]";
+      fail(k.path, v, k.path + " must be " + bound + ", got " + v.Scalar());
+    }
+  }
+
+ private:
+  std::string file_;
+  std::set<std::string> overridden_;
+};
+
+YAML::Node child(YAML::Node node, const std::string& path) {
+  size_t start = 0;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    node.reset(node[part]);
+    if (dot == std::string::npos) return node;
+    start = dot + 1;
+  }
+}
+
+// Read-only lookup of a dotted path; an Undefined node when absent (never inserts).
+YAML::Node lookup(const YAML::Node& root, const std::string& path) {
+  size_t start = 0;
+  YAML::Node cur = root;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const YAML::Node& c = cur;
+    if (!c.IsMap() || !c[part]) return YAML::Node(YAML::NodeType::Undefined);
+    cur.reset(c[part]);
+    if (dot == std::string::npos) return cur;
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (!std::filesystem::exists(path)) COHORT_THROW(ConfigError, "config file ", path, " does not exist");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::ParserException& e) {
+    COHORT_THROW(ConfigError, path, ":", e.mark.line + 1, ": malformed YAML: ", e.msg);
+  } catch (const YAML::BadFile&) {
+    COHORT_THROW(ConfigError, "config file ", path, " cannot be read");
+  }
+  if (root.IsNull() || !root.IsDefined()) COHORT_THROW(ConfigError, "config file ", path, " is empty");
+  if (!root.IsMap()) COHORT_THROW(ConfigError, path, ":1: the top level of a config must be a mapping of keys");
+
+  std::set<std::string> overridden;
+  for (const std::string& o : overrides) {
+    size_t eq = o.find('=');
+    if (eq == std::string::npos || eq == 0)
+      COHORT_THROW(ConfigError, "override '", o, "' must look like key.path=value");
+    std::string key = o.substr(0, eq), value = o.substr(eq + 1);
+    if (!find_key(key)) COHORT_THROW(ConfigError, "unknown key '", key, "' in the command line override '", o, "'", suggestion(key));
+    YAML::Node v;
+    try {
+      v = YAML::Load(value);
+    } catch (const YAML::Exception&) {
+      v = YAML::Node(value);
+    }
+    if (v.IsNull()) v = YAML::Node(value);
+    // Create intermediate maps as needed.
+    YAML::Node cur = root;
+    size_t start = 0;
+    while (true) {
+      size_t dot = key.find('.', start);
+      std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (dot == std::string::npos) {
+        cur[part] = v;
+        break;
+      }
+      if (!cur[part] || !cur[part].IsMap()) cur[part] = YAML::Node(YAML::NodeType::Map);
+      cur.reset(cur[part]);
+      start = dot + 1;
+    }
+    overridden.insert(key);
+  }
+
+  Validator val(path, overridden);
+  val.walk(root, "");
+
+  // Fill defaults and read typed values.
+  YAML::Node resolved = YAML::Clone(root);
+  for (const Key& k : schema()) {
+    if (lookup(root, k.path).IsDefined()) continue;
+    if (k.required) COHORT_THROW(ConfigError, path, ": missing required key ", k.path);
+    child(resolved, k.path) = k.def.empty() ? YAML::Node("") : YAML::Load(k.def);
+  }
+  auto str = [&](const std::string& p) { return lookup(resolved, p).as<std::string>(); };
+  auto i64 = [&](const std::string& p) { return lookup(resolved, p).as<int64_t>(); };
+  auto f64 = [&](const std::string& p) { return lookup(resolved, p).as<double>(); };
+  auto bl = [&](const std::string& p) { return lookup(resolved, p).as<bool>(); };
+
+  Config c;
+  c.experiment = str("experiment");
+  c.seed = static_cast<uint64_t>(i64("seed"));
+  c.device = str("device");
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0)
+    val.fail("device", lookup(root, "device"), "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
+  c.threads = i64("threads");
+  c.model.type = str("model.type");
+  c.model.hidden = lookup(resolved, "model.hidden").as<std::vector<int64_t>>();
+  c.model.layers = i64("model.layers");
+  c.model.heads = i64("model.heads");
+  c.model.dim = i64("model.dim");
+  c.model.context = i64("model.context");
+  c.model.dropout = f64("model.dropout");
+  if (c.model.type == "gpt" && c.model.dim % c.model.heads != 0)
+    val.fail("model.dim", lookup(root, "model.dim"),
+             "model.dim (" + std::to_string(c.model.dim) + ") must be divisible by model.heads (" +
+                 std::to_string(c.model.heads) + ")");
+  c.data.dataset = str("data.dataset");
+  c.data.path = str("data.path");
+  c.data.batch_size = i64("data.batch_size");
+  c.data.shuffle = bl("data.shuffle");
+  c.data.prefetch = i64("data.prefetch");
+  c.data.val_fraction = f64("data.val_fraction");
+  if (c.model.type == "gpt" && c.data.dataset != "text")
+    val.fail("data.dataset", lookup(root, "data.dataset"), "model.type gpt needs data.dataset: text");
+  if (c.model.type != "gpt" && c.data.dataset == "text")
+    val.fail("data.dataset", lookup(root, "data.dataset"), "data.dataset text needs model.type gpt");
+  {
+    namespace fs = std::filesystem;
+    bool ok = c.data.dataset == "text" ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path);
+    if (!ok)
+      val.fail("data.path", lookup(root, "data.path"),
+               "data.path " + c.data.path + (c.data.dataset == "text" ? " is not a readable file" : " is not a directory") +
+                   (c.data.dataset == "fashion_mnist" ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)" : ""));
+  }
+  c.optimizer.type = str("optimizer.type");
+  c.optimizer.lr = f64("optimizer.lr");
+  c.optimizer.momentum = f64("optimizer.momentum");
+  c.optimizer.nesterov = bl("optimizer.nesterov");
+  c.optimizer.weight_decay = f64("optimizer.weight_decay");
+  c.optimizer.beta1 = f64("optimizer.beta1");
+  c.optimizer.beta2 = f64("optimizer.beta2");
+  c.optimizer.eps = f64("optimizer.eps");
+  c.optimizer.grad_clip = f64("optimizer.grad_clip");
+  if (c.optimizer.nesterov && c.optimizer.momentum <= 0)
+    val.fail("optimizer.nesterov", lookup(root, "optimizer.nesterov"), "optimizer.nesterov needs optimizer.momentum > 0");
+  c.schedule.type = str("schedule.type");
+  c.schedule.warmup_steps = i64("schedule.warmup_steps");
+  c.schedule.step_size = i64("schedule.step_size");
+  c.schedule.gamma = f64("schedule.gamma");
+  c.schedule.min_lr = f64("schedule.min_lr");
+  c.train.epochs = i64("train.epochs");
+  c.train.steps = i64("train.steps");
+  c.train.log_every = i64("train.log_every");
+  c.eval.every_steps = i64("eval.every_steps");
+  c.eval.batch_size = i64("eval.batch_size");
+  c.eval.max_batches = i64("eval.max_batches");
+  c.logging.dir = str("logging.dir");
+  if (c.logging.dir.empty()) c.logging.dir = "runs/" + c.experiment;
+  c.logging.tensorboard = bl("logging.tensorboard");
+  c.logging.timeline = bl("logging.timeline");
+  c.checkpoint.dir = str("checkpoint.dir");
+  if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.logging.dir + "/checkpoints";
+  c.checkpoint.every_steps = i64("checkpoint.every_steps");
+  c.checkpoint.keep = i64("checkpoint.keep");
+  c.checkpoint.resume = str("checkpoint.resume");
+  if (c.checkpoint.resume != "auto" && c.checkpoint.resume != "never" &&
+      !std::filesystem::exists(c.checkpoint.resume))
+    val.fail("checkpoint.resume", lookup(root, "checkpoint.resume"),
+             "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" + c.checkpoint.resume + "'");
+  c.distributed.strategy = str("distributed.strategy");
+  c.distributed.backend = str("distributed.backend");
+  c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");
+  c.distributed.timeout_s = f64("distributed.timeout_s");
+  resolved["logging"]["dir"] = c.logging.dir;
+  resolved["checkpoint"]["dir"] = c.checkpoint.dir;
+  c.resolved = resolved;
+  return c;
+}
+
+}  // namespace cohort::trainer

@@ -1,0 +1,93 @@
+// The experiment config: YAML plus `key.path=value` overrides, validated against a schema so that
+// every mistake becomes one ConfigError sentence naming the key and where it came from (file:line or
+// the command line). Keys and defaults are documented in the README's "Config reference".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+namespace cohort::trainer {
+
+struct ModelConfig {
+  std::string type;                // mlp | cnn | gpt
+  std::vector<int64_t> hidden;     // mlp
+  int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
+  double dropout = 0.0;
+};
+
+struct DataConfig {
+  std::string dataset;  // fashion_mnist | text
+  std::string path;
+  int64_t batch_size = 64;  // per rank
+  bool shuffle = true;
+  int64_t prefetch = 2;
+  double val_fraction = 0.1;  // text: the tail of the file held out for evaluation
+};
+
+struct OptimizerConfig {
+  std::string type;  // sgd | adamw
+  double lr = 0.01, momentum = 0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+  double grad_clip = 0;  // max global norm; 0 disables
+};
+
+struct ScheduleConfig {
+  std::string type = "constant";  // constant | step | cosine
+  int64_t warmup_steps = 0, step_size = 1000;
+  double gamma = 0.1, min_lr = 0;
+};
+
+struct TrainConfig {
+  int64_t epochs = 1, steps = 0;  // steps > 0 overrides epochs
+  int64_t log_every = 50;
+};
+
+struct EvalConfig {
+  int64_t every_steps = 0;  // 0: after every epoch
+  int64_t batch_size = 1000;
+  int64_t max_batches = 0;  // 0: the whole evaluation set
+};
+
+struct CheckpointConfig {
+  std::string dir;  // default <logging.dir>/checkpoints
+  int64_t every_steps = 0;  // 0: at the end of each epoch
+  int64_t keep = 3;
+  std::string resume = "never";  // auto | never | PATH
+};
+
+struct LoggingConfig {
+  std::string dir;  // default runs/<experiment>
+  bool tensorboard = false, timeline = false;
+};
+
+struct DistributedConfig {
+  std::string strategy = "ddp";  // ddp | ps
+  std::string backend = "auto";  // auto | cpu | nccl | mpi
+  double bucket_cap_mb = 25;
+  double timeout_s = 300;
+};
+
+struct Config {
+  std::string experiment;
+  uint64_t seed = 0;
+  std::string device = "auto";
+  int64_t threads = 0;  // 0: one per core available to this process
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainConfig train;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+  DistributedConfig distributed;
+  YAML::Node resolved;  // the full config with defaults filled in, for config.resolved.yaml
+};
+
+// Loads, overrides, validates. Throws cohort::ConfigError with one sentence naming key and location.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace cohort::trainer
