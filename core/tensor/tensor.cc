@@ -84,7 +84,12 @@ double Tensor::item_double() const {
   Tensor c = device().is_cpu() ? *this : to(Device::cpu());
   return dispatch_all(c.dtype(), [&](auto tag) -> double {
     using T = typename decltype(tag)::type;
-    return static_cast<double>(static_cast<float>(*static_cast<const T*>(c.raw_data())));
+    const T v = *static_cast<const T*>(c.raw_data());
+    if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Float16>) {
+      return static_cast<double>(static_cast<float>(v));
+    } else {
+      return static_cast<double>(v);
+    }
   });
 }
 
@@ -98,7 +103,12 @@ T Tensor::item() const {
                  shape_str(sizes()));
     return dispatch_all(c.dtype(), [&](auto tag) -> T {
       using U = typename decltype(tag)::type;
-      return static_cast<T>(static_cast<double>(*static_cast<const U*>(c.raw_data())));
+      const U v = *static_cast<const U*>(c.raw_data());
+      if constexpr (std::is_same_v<U, BFloat16> || std::is_same_v<U, Float16>) {
+        return static_cast<T>(static_cast<float>(v));
+      } else {
+        return static_cast<T>(v);
+      }
     });
   } else {
     return static_cast<T>(item_double());
