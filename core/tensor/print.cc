@@ -14,9 +14,15 @@ namespace {
 constexpr int64_t kSummarizeAbove = 1000;
 constexpr int64_t kEdgeItems = 3;
 
-std::string format_value(double v, bool floating) {
+enum class Style { kInt, kBool, kFloatIntegral, kFloat };
+
+std::string format_value(double v, Style style) {
   char buf[64];
-  if (!floating) {
+  if (style == Style::kBool) return v != 0 ? "True" : "False";
+  const bool floating = style != Style::kInt;
+  if (style == Style::kFloatIntegral && std::isfinite(v)) {
+    std::snprintf(buf, sizeof buf, "%.0f.", v);
+  } else if (!floating) {
     std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
   } else if (std::isnan(v)) {
     return "nan";
@@ -31,7 +37,7 @@ std::string format_value(double v, bool floating) {
 }
 
 void print_rec(std::ostream& os, const Tensor& t, const std::vector<double>& flat, const Shape& st,
-               int64_t off, int64_t d, bool summarize, bool floating, size_t width, int indent) {
+               int64_t off, int64_t d, bool summarize, Style floating, size_t width, int indent) {
   if (t.dim() == 0) {
     os << format_value(flat[0], floating);
     return;
@@ -61,8 +67,13 @@ std::string Tensor::str() const {
   autograd::NoGradGuard g;
   Tensor c = to(Device::cpu()).contiguous().to(DType::kFloat64);
   std::vector<double> flat(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-  bool floating = is_floating(dtype());
   bool summarize = numel() > kSummarizeAbove;
+  Style floating = dtype() == DType::kBool ? Style::kBool : is_floating(dtype()) ? Style::kFloat : Style::kInt;
+  if (floating == Style::kFloat && !flat.empty()) {
+    bool integral = true;
+    for (double v : flat) integral = integral && (!std::isfinite(v) || (std::floor(v) == v && std::abs(v) < 1e8));
+    if (integral) floating = Style::kFloatIntegral;
+  }
   size_t width = 0;
   for (double v : flat) width = std::max(width, format_value(v, floating).size());
   std::ostringstream os;
@@ -72,7 +83,9 @@ std::string Tensor::str() const {
   } else {
     print_rec(os, c, flat, c.strides(), 0, 0, summarize, floating, width, 7);
   }
-  if (numel() == 0 || dtype() != DType::kFloat32) os << ", dtype=" << dtype_name(dtype());
+  // Like PyTorch, the default float and integer types and bool go unnamed.
+  bool implied = dtype() == DType::kFloat32 || dtype() == DType::kInt64 || dtype() == DType::kBool;
+  if (numel() == 0 || !implied) os << ", dtype=" << dtype_name(dtype());
   if (numel() == 0) os << ", size=" << shape_str(sizes());
   if (!device().is_cpu()) os << ", device='" << device().str() << "'";
   if (grad_fn()) {

@@ -1,0 +1,116 @@
+// `cohort train` as a user runs it: a real process, its exit code, its run directory.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string output;
+};
+
+// Runs a shell command with a time limit, capturing stdout and stderr together.
+Result run(const std::string& cmd, int timeout_s = 600) {
+  std::string full = "timeout -k 5 " + std::to_string(timeout_s) + " " + cmd + " 2>&1";
+  Result r;
+  FILE* p = popen(full.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class TrainCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("cohort_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string cohort() const { return COHORT_BINARY; }
+  std::string config(const std::string& name) const { return std::string(COHORT_SOURCE_DIR) + "/configs/" + name; }
+  std::vector<nlohmann::json> metrics(const fs::path& run_dir) const {
+    std::vector<nlohmann::json> out;
+    std::ifstream f(run_dir / "metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
+    return out;
+  }
+  fs::path dir_;
+};
+
+TEST_F(TrainCli, ShortFashionMnistRunLossFalls) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  fs::path run_dir = dir_ / "run";
+  Result r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") + " train.steps=120 train.log_every=10 " +
+                 "eval.max_batches=2 threads=1 logging.dir=" + run_dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto m = metrics(run_dir);
+  ASSERT_GE(m.size(), 13u);
+  double first = m.front()["loss"], last = 0;
+  for (auto& rec : m)
+    if (rec.contains("loss") && !rec.contains("event")) last = rec["loss"];
+  EXPECT_LT(last, first * 0.7) << "loss did not fall: " << first << " -> " << last;
+  const auto& summary = m.back();
+  EXPECT_EQ(summary["event"], "summary");
+  EXPECT_GT(summary["test_acc"].get<double>(), 0.6);
+  EXPECT_EQ(summary["world_size"], 1);
+  EXPECT_TRUE(fs::exists(run_dir / "config.resolved.yaml"));
+}
+
+TEST_F(TrainCli, TinyGptTrains) {
+  fs::path run_dir = dir_ / "gpt";
+  Result r = run(cohort() + " train " + config("tiny_gpt.yaml") + " train.steps=30 train.log_every=1 " +
+                 "model.dim=32 model.layers=1 model.context=16 eval.every_steps=30 eval.max_batches=2 " +
+                 "schedule.warmup_steps=5 optimizer.lr=0.01 logging.dir=" + run_dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto m = metrics(run_dir);
+  double first = m.front()["loss"], last = 0;
+  for (auto& rec : m)
+    if (rec.contains("loss") && !rec.contains("event")) last = rec["loss"];
+  EXPECT_LT(last, first) << r.output;
+  EXPECT_NEAR(first, std::log(256.0), 0.5);  // an untrained byte model is near uniform
+}
+
+TEST_F(TrainCli, ConfigErrorsExitWithCode2AndOneSentence) {
+  std::ofstream(dir_ / "bad.yaml") << "model:\n  type: mlp\noptimizer:\n  lr: fast\n";
+  Result r = run(cohort() + " train " + (dir_ / "bad.yaml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("bad.yaml:4: optimizer.lr must be a number, got 'fast'"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+
+  r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") + " data.path=/nonexistent");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("data.path /nonexistent is not a directory"), std::string::npos) << r.output;
+
+  r = run(cohort() + " train");
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = run(cohort() + " frobnicate");
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
+TEST_F(TrainCli, DivergenceIsATrainingErrorWithCode1) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  Result r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") +
+                 " optimizer.lr=1e6 train.steps=20 train.log_every=1 logging.dir=" + (dir_ / "div").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("training diverged"), std::string::npos) << r.output;
+}
+
+}  // namespace

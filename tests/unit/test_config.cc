@@ -1,0 +1,131 @@
+// Config validation: every mistake is one ConfigError sentence naming the key and file:line.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/util/error.h"
+#include "trainer/config.h"
+
+namespace cohort::trainer {
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("cohort_config_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string write(const std::string& text) {
+    std::string p = (dir_ / "c.yaml").string();
+    std::ofstream(p) << text;
+    return p;
+  }
+  // The message of the ConfigError that loading raises, or "" when it loads.
+  std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
+    std::string p = write(text);
+    try {
+      load_config(p, overrides);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::filesystem::path dir_;
+};
+
+const char* kValid =
+    "experiment: t\n"
+    "model:\n"
+    "  type: mlp\n"
+    "  hidden: [32]\n"
+    "optimizer:\n"
+    "  lr: 0.1\n";
+
+TEST_F(ConfigTest, ValidConfigGetsDefaults) {
+  Config c = load_config(write(kValid), {});
+  EXPECT_EQ(c.model.type, "mlp");
+  EXPECT_EQ(c.model.hidden, std::vector<int64_t>{32});
+  EXPECT_EQ(c.data.batch_size, 64);
+  EXPECT_EQ(c.optimizer.type, "sgd");
+  EXPECT_EQ(c.logging.dir, "runs/t");
+  EXPECT_EQ(c.checkpoint.dir, "runs/t/checkpoints");
+  EXPECT_EQ(c.resolved["data"]["batch_size"].as<int>(), 64);
+}
+
+TEST_F(ConfigTest, OverridesApplyAndAreValidated) {
+  Config c = load_config(write(kValid), {"optimizer.lr=0.5", "data.batch_size=8", "train.steps=3"});
+  EXPECT_DOUBLE_EQ(c.optimizer.lr, 0.5);
+  EXPECT_EQ(c.data.batch_size, 8);
+  EXPECT_EQ(c.train.steps, 3);
+  std::string e = error_of(kValid, {"optimizer.lr=fast"});
+  EXPECT_NE(e.find("command line"), std::string::npos) << e;
+  EXPECT_NE(e.find("optimizer.lr must be a number"), std::string::npos) << e;
+  e = error_of(kValid, {"optimizer.lrr=1"});
+  EXPECT_NE(e.find("unknown key 'optimizer.lrr'"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'optimizer.lr'"), std::string::npos) << e;
+  e = error_of(kValid, {"no_equals_sign"});
+  EXPECT_NE(e.find("key.path=value"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, UnknownKeyNamesKeyAndLine) {
+  std::string e = error_of(std::string(kValid) + "trian:\n  epochs: 2\n");
+  EXPECT_NE(e.find("c.yaml:7"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key 'trian'"), std::string::npos) << e;
+  e = error_of("model:\n  type: mlp\n  hiden: [3]\n");
+  EXPECT_NE(e.find("c.yaml:3: unknown key 'model.hiden'; did you mean 'model.hidden'?"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, WrongTypesAndRanges) {
+  struct Case {
+    std::string yaml, expect;
+  } cases[] = {
+      {"model:\n  type: mlp\ndata:\n  batch_size: many\n", "c.yaml:4: data.batch_size must be an integer, got 'many'"},
+      {"model:\n  type: mlp\ndata:\n  batch_size: 0\n", "c.yaml:4: data.batch_size must be in [1,"},
+      {"model:\n  type: mlp\noptimizer:\n  lr: -1\n", "optimizer.lr must be greater than 0"},
+      {"model:\n  type: mlp\noptimizer:\n  momentum: 1.5\n", "optimizer.momentum must be in [0, 1], got 1.5"},
+      {"model:\n  type: transformer\n", "c.yaml:2: model.type must be one of mlp, cnn, gpt, got 'transformer'"},
+      {"model:\n  type: mlp\n  hidden: 5\n", "model.hidden must be a list of integers"},
+      {"model:\n  type: mlp\n  hidden: [5, x]\n", "got an element 'x'"},
+      {"model:\n  type: mlp\ndata:\n  shuffle: maybe\n", "data.shuffle must be true or false"},
+      {"model: mlp\n", "c.yaml:1: 'model' must be a mapping of keys"},
+      {"model:\n  type: mlp\ndevice: tpu\n", "device must be auto, cpu, cuda or cuda:N"},
+      {"model:\n  type: mlp\noptimizer:\n  nesterov: true\n", "optimizer.nesterov needs optimizer.momentum > 0"},
+      {"model:\n  type: gpt\n  dim: 10\n  heads: 3\ndata:\n  dataset: text\n  path: /etc/hostname\n",
+       "model.dim (10) must be divisible by model.heads (3)"},
+  };
+  for (const auto& c : cases) {
+    std::string e = error_of(c.yaml);
+    EXPECT_NE(e.find(c.expect), std::string::npos) << "yaml:\n" << c.yaml << "error: " << e;
+  }
+}
+
+TEST_F(ConfigTest, MissingRequiredKeyMalformedAndEmptyFiles) {
+  EXPECT_NE(error_of("experiment: x\n").find("missing required key model.type"), std::string::npos);
+  std::string e = error_of("model:\n  type: [mlp\n");
+  EXPECT_NE(e.find("malformed YAML"), std::string::npos) << e;
+  EXPECT_NE(e.find("c.yaml:"), std::string::npos) << e;
+  EXPECT_NE(error_of("").find("is empty"), std::string::npos);
+  EXPECT_NE(error_of("# only a comment\n").find("is empty"), std::string::npos);
+  EXPECT_NE(error_of("- a\n- b\n").find("must be a mapping"), std::string::npos);
+  try {
+    load_config((dir_ / "nope.yaml").string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos);
+  }
+}
+
+TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
+  std::string e = error_of("model:\n  type: mlp\ndata:\n  path: /nonexistent/fmnist\n");
+  EXPECT_NE(e.find("c.yaml:4: data.path /nonexistent/fmnist is not a directory"), std::string::npos) << e;
+  e = error_of("model:\n  type: gpt\ndata:\n  dataset: text\n  path: /nonexistent.txt\n");
+  EXPECT_NE(e.find("data.path /nonexistent.txt is not a readable file"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace cohort::trainer

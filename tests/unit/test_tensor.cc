@@ -1,0 +1,155 @@
+// Tensor semantics: views share storage, broadcasting, dtypes and conversions, factories, printing.
+#include <gtest/gtest.h>
+
+#include "core/ops/ops.h"
+
+namespace cohort::core {
+namespace {
+
+TEST(Tensor, ViewsShareStorage) {
+  Tensor a = arange(12, TensorOptions(DType::kFloat32)).view({3, 4});
+  Tensor t = a.t();
+  EXPECT_FALSE(t.is_contiguous());
+  EXPECT_EQ(t.sizes(), (Shape{4, 3}));
+  EXPECT_EQ(t.strides(), (Shape{1, 4}));
+  Tensor s = a.slice(1, 1, 3);
+  s.fill_(-1);
+  EXPECT_EQ(a.select(0, 2).select(0, 1).item<float>(), -1.0f);
+  EXPECT_EQ(a.select(0, 2).select(0, 3).item<float>(), 11.0f);
+  EXPECT_EQ(a.version(), s.version());
+  Tensor p = arange(24).view({2, 3, 4}).permute({2, 0, 1});
+  EXPECT_EQ(p.sizes(), (Shape{4, 2, 3}));
+  EXPECT_EQ(p.contiguous().view({-1}).slice(0, 0, 3).str(), "tensor([0, 4, 8])");
+  EXPECT_THROW(p.view({24}), InvalidArgument);
+  EXPECT_EQ(p.reshape({24}).numel(), 24);
+  EXPECT_EQ(a.unsqueeze(0).sizes(), (Shape{1, 3, 4}));
+  EXPECT_EQ(a.unsqueeze(-1).squeeze(-1).sizes(), (Shape{3, 4}));
+  EXPECT_EQ(a.expand({2, 3, 4}).strides(), (Shape{0, 4, 1}));
+  EXPECT_THROW(a.expand({3, 5}), InvalidArgument);
+  EXPECT_EQ(a.slice(0, 0, 3, 2).sizes(), (Shape{2, 4}));
+  EXPECT_EQ(a.flatten().sizes(), (Shape{12}));
+}
+
+TEST(Tensor, BroadcastingFollowsNumpyRules) {
+  Tensor a = arange(3, TensorOptions(DType::kFloat32)).view({3, 1});
+  Tensor b = arange(4, TensorOptions(DType::kFloat32));
+  Tensor c = add(a, b);
+  EXPECT_EQ(c.sizes(), (Shape{3, 4}));
+  EXPECT_EQ(c.select(0, 2).select(0, 3).item<float>(), 5.0f);
+  EXPECT_EQ(broadcast_shapes({2, 1, 5}, {3, 1}), (Shape{2, 3, 5}));
+  EXPECT_THROW(add(ones({2, 3}), ones({4})), InvalidArgument);
+  // Broadcast operands may be non-contiguous views.
+  Tensor d = mul(a.t(), b.view({4, 1}));
+  EXPECT_EQ(d.sizes(), (Shape{4, 3}));
+  EXPECT_EQ(d.select(0, 3).select(0, 2).item<float>(), 6.0f);
+}
+
+TEST(Tensor, DtypesAndPromotion) {
+  Tensor i = arange(5);
+  EXPECT_EQ(i.dtype(), DType::kInt64);
+  EXPECT_EQ(add(i, ones({5})).dtype(), DType::kFloat32);
+  EXPECT_EQ(add(ones({1}, DType::kFloat64), ones({1})).dtype(), DType::kFloat64);
+  EXPECT_EQ(div(i, 2.0).dtype(), DType::kFloat32);
+  EXPECT_EQ(sum(ones({3}, DType::kBool)).dtype(), DType::kInt64);
+  EXPECT_EQ(sum(ones({3}, DType::kBool)).item<int64_t>(), 3);
+  for (DType d : {DType::kFloat32, DType::kFloat64, DType::kInt64, DType::kInt32, DType::kUInt8,
+                  DType::kBool, DType::kBFloat16, DType::kFloat16}) {
+    Tensor x = tensor({0, 1, 2, 3}).to(d);
+    EXPECT_EQ(x.dtype(), d);
+    EXPECT_EQ(x.to(DType::kFloat32).select(0, 1).item<float>(), 1.0f) << dtype_name(d);
+  }
+}
+
+TEST(Tensor, HalfPrecisionConversionsRoundToNearestEven) {
+  EXPECT_EQ(static_cast<float>(BFloat16(1.0f)), 1.0f);
+  EXPECT_EQ(BFloat16(1.00390625f).bits, 0x3f80);  // halfway: ties to even
+  EXPECT_EQ(BFloat16(1.01171875f).bits, 0x3f82);
+  EXPECT_EQ(Float16(1.0f).bits, 0x3c00);
+  EXPECT_EQ(Float16(65504.0f).bits, 0x7bff);
+  EXPECT_EQ(Float16(1e6f).bits, 0x7c00);                  // overflow to inf
+  EXPECT_EQ(Float16(5.9604645e-8f).bits, 0x0001);         // smallest subnormal
+  EXPECT_EQ(static_cast<float>(Float16(-2.5f)), -2.5f);
+  EXPECT_TRUE(std::isnan(static_cast<float>(Float16(NAN))));
+  Tensor x = tensor({0.1, -3.75, 1000.0});
+  EXPECT_TRUE(allclose(x.to(DType::kFloat16).to(DType::kFloat32), x, 1e-3));
+  EXPECT_TRUE(allclose(x.to(DType::kBFloat16).to(DType::kFloat32), x, 1e-2));
+  EXPECT_THROW(add(x.to(DType::kFloat16), x.to(DType::kFloat16)), InvalidArgument);
+}
+
+TEST(Tensor, FactoriesAndSeededRandomness) {
+  EXPECT_EQ(zeros({2, 3}).numel(), 6);
+  EXPECT_EQ(full({2}, 7.5).select(0, 1).item<float>(), 7.5f);
+  EXPECT_EQ(arange(1, 2, 0.25, TensorOptions(DType::kFloat64)).numel(), 4);
+  Generator g1(42), g2(42);
+  EXPECT_TRUE(allclose(randn({100}, {}, &g1), randn({100}, {}, &g2)));
+  Tensor u = rand({10000}, {}, &g1);
+  EXPECT_GE(min(u).item<float>(), 0.0f);
+  EXPECT_LT(max(u).item<float>(), 1.0f);
+  EXPECT_NEAR(mean(u).item<double>(), 0.5, 0.02);
+  Tensor n = randn({20000}, DType::kFloat64, &g1);
+  EXPECT_NEAR(mean(n).item<double>(), 0.0, 0.03);
+  EXPECT_NEAR(var(n, {0}).item<double>(), 1.0, 0.05);
+  Tensor w = empty({256, 64});
+  kaiming_uniform_(w, std::sqrt(5.0), &g1);
+  EXPECT_LE(max(abs(w)).item<float>(), 1.0f / 8.0f + 1e-6f);  // bound = 1/sqrt(fan_in)
+  Tensor perm = randperm(50, &g1);
+  EXPECT_EQ(sum(perm).item<int64_t>(), 50 * 49 / 2);
+  std::vector<float> buf{1, 2, 3, 4};
+  Tensor blob = from_blob(buf.data(), {2, 2}, DType::kFloat32);
+  buf[3] = 9;
+  EXPECT_EQ(blob.select(1, 1).select(0, 1).item<float>(), 9.0f);
+  Generator::State st = g1.state();
+  double a = g1.uniform();
+  g1.set_state(st);
+  EXPECT_EQ(a, g1.uniform());
+}
+
+TEST(Tensor, CatStackSplitGather) {
+  Tensor a = arange(6, TensorOptions(DType::kFloat32)).view({2, 3});
+  Tensor c = cat({a, a}, 0);
+  EXPECT_EQ(c.sizes(), (Shape{4, 3}));
+  EXPECT_EQ(stack({a, a, a}, 1).sizes(), (Shape{2, 3, 3}));
+  auto parts = split(arange(7), 3);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[2].numel(), 1);
+  EXPECT_EQ(chunk(arange(10), 3).size(), 3u);
+  Tensor idx = from_vector<int64_t>({2, 0}, {2});
+  EXPECT_EQ(index_select(a, 1, idx).str(), "tensor([[2., 0.],\n        [5., 3.]])");
+  Tensor g = gather(a, 1, from_vector<int64_t>({1, 1, 0, 2}, {2, 2}));
+  EXPECT_EQ(g.str(), "tensor([[1., 1.],\n        [3., 5.]])");
+  EXPECT_THROW(index_select(a, 1, from_vector<int64_t>({3}, {1})), InvalidArgument);
+  EXPECT_THROW(cat({a, ones({2, 2}, DType::kInt64)}, 0), InvalidArgument);
+}
+
+TEST(Tensor, ReductionsWithKeepdim) {
+  Tensor a = arange(24, TensorOptions(DType::kFloat32)).view({2, 3, 4});
+  EXPECT_EQ(sum(a, {1}, true).sizes(), (Shape{2, 1, 4}));
+  EXPECT_EQ(sum(a, {0, 2}).sizes(), (Shape{3}));
+  EXPECT_EQ(sum(a).item<float>(), 276.0f);
+  EXPECT_EQ(mean(a, {-1}).select(0, 1).select(0, 2).item<float>(), 21.5f);
+  auto [v, i] = max(a, 2);
+  EXPECT_EQ(v.sizes(), (Shape{2, 3}));
+  EXPECT_EQ(i.select(0, 0).select(0, 0).item<int64_t>(), 3);
+  EXPECT_EQ(argmax(a).item<int64_t>(), 23);
+  EXPECT_EQ(argmax(neg(a), 1, true).sizes(), (Shape{2, 1, 4}));
+  EXPECT_NEAR(var(tensor({1, 2, 3, 4}), {0}).item<double>(), 1.6666667, 1e-6);
+  EXPECT_NEAR(var(tensor({1, 2, 3, 4}), {0}, 0).item<double>(), 1.25, 1e-6);
+  EXPECT_EQ(sum(zeros({0, 3}), {0}).str(), "tensor([0., 0., 0.])");
+}
+
+TEST(Tensor, PrintingIsReadable) {
+  EXPECT_EQ(tensor({1.5, -2}).str(), "tensor([ 1.5000, -2.0000])");
+  EXPECT_EQ(tensor({1, 2}, DType::kFloat64).str(), "tensor([1., 2.], dtype=float64)");
+  EXPECT_EQ(from_vector<bool>({true, false}, {2}).str(), "tensor([ True, False])");
+  EXPECT_EQ(scalar_tensor(3).str(), "tensor(3.)");
+  EXPECT_EQ(scalar_tensor(0.25).str(), "tensor(0.2500)");
+  EXPECT_EQ(zeros({0}).str(), "tensor([], dtype=float32, size=[0])");
+  std::string big = zeros({2000}).str();
+  EXPECT_NE(big.find("..."), std::string::npos);
+  Tensor p = ones({2}).requires_grad_();
+  EXPECT_NE(p.str().find("requires_grad=True"), std::string::npos);
+  EXPECT_NE(mul(p, 2.0).str().find("grad_fn=<MulScalarBackward>"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cohort::core
