@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "core/autograd/grad_mode.h"
+#include "core/io/checkpoint.h"
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
 #include "core/util/threads.h"
@@ -133,13 +135,30 @@ RunSummary Trainer::run() {
     std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
     f << c_.resolved << "\n";
   }
-  MetricsWriter metrics(c_.logging.dir, false);
+  // Resume before anything else so that the metrics file is appended to, not truncated.
+  std::optional<std::string> resume_from;
+  if (c_.checkpoint.resume == "auto") {
+    resume_from = core::io::latest_checkpoint(c_.checkpoint.dir);
+  } else if (c_.checkpoint.resume != "never") {
+    resume_from = c_.checkpoint.resume;
+  }
+  core::io::CheckpointMeta start;
+  if (resume_from) {
+    core::io::Checkpoint ck = core::io::load_checkpoint(*resume_from);
+    model_->load_state_dict(ck.model);
+    optimizer_->load_state_dict(ck.optimizer);
+    start = ck.meta;
+    core::default_generator().set_state(ck.meta.rng);
+    std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
+                static_cast<long long>(start.step), static_cast<long long>(start.epoch));
+  }
+  MetricsWriter metrics(c_.logging.dir, resume_from.has_value());
 
   auto sampler = std::make_shared<core::data::DistributedSampler>(
       train_set_->size(), core::data::DistributedSamplerOptions{0, 1, c_.data.shuffle, c_.seed, false});
   core::data::DataLoader loader(train_set_, sampler,
                                 {c_.data.batch_size, true, static_cast<int>(c_.data.prefetch)});
-  loader.start_epoch(0);
+  loader.start_epoch(start.epoch, start.batch_in_epoch);
   const int64_t per_epoch = loader.batches_per_epoch();
   if (per_epoch == 0)
     COHORT_THROW(ConfigError, "data.batch_size ", c_.data.batch_size, " is larger than the ",
@@ -158,7 +177,18 @@ RunSummary Trainer::run() {
 
   const bool tty = isatty(STDOUT_FILENO);
   RunSummary s;
-  int64_t step = 0, samples = 0;
+  int64_t step = start.step, samples = 0;
+  int64_t last_saved = -1;
+  auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
+    if (batch_in_epoch >= per_epoch) {
+      ++epoch;
+      batch_in_epoch = 0;
+    }
+    core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, core::default_generator().state()};
+    core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_->state_dict(), meta,
+                              c_.checkpoint.keep);
+    last_saved = step;
+  };
   double eval_s = 0;
   auto t0 = Clock::now();
   auto run_eval = [&](int64_t epoch) {
@@ -174,8 +204,8 @@ RunSummary Trainer::run() {
     std::fflush(stdout);
   };
 
-  for (int64_t epoch = 0; epoch < epochs && step < total_steps; ++epoch) {
-    if (epoch > 0) loader.start_epoch(epoch);
+  for (int64_t epoch = start.epoch; epoch < epochs && step < total_steps; ++epoch) {
+    if (epoch != start.epoch) loader.start_epoch(epoch);
     core::data::Batch batch;
     while (step < total_steps && loader.next(batch)) {
       const double lr = schedule_->lr(step);
@@ -209,9 +239,14 @@ RunSummary Trainer::run() {
         std::fflush(stdout);
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
+      if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0) save(epoch, loader.position());
     }
-    if (c_.eval.every_steps == 0) run_eval(epoch);
+    const bool epoch_done = loader.position() >= per_epoch;
+    if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);
+    if (c_.checkpoint.every_steps == 0 && epoch_done && last_saved != step) save(epoch, loader.position());
+    if (step >= total_steps && last_saved != step) save(epoch, loader.position());
   }
+  if (s.test_acc == 0 && eval_set_ && step > start.step) run_eval(epochs - 1);
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);

@@ -114,3 +114,40 @@ TEST_F(TrainCli, DivergenceIsATrainingErrorWithCode1) {
 }
 
 }  // namespace
+
+namespace {
+
+// An interrupted run resumed with `resume: auto` ends with exactly the parameters of a run that was
+// never interrupted (same data order, optimiser state and RNG).
+TEST_F(TrainCli, ResumeAutoEqualsUninterruptedRun) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  const std::string common = " train " + config("fashion_mnist_mlp.yaml") +
+                             " model.hidden=[64] data.batch_size=32 threads=1 train.log_every=10 eval.max_batches=1"
+                             " checkpoint.every_steps=10 checkpoint.keep=2 ";
+  fs::path a = dir_ / "a", b = dir_ / "b";
+  Result ra = run(cohort() + common + "train.steps=60 logging.dir=" + a.string());
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  // "Crash" after 25 steps (the final checkpoint of a short run stands in for the last periodic one),
+  // leave a half-written checkpoint behind, then resume.
+  Result rb1 = run(cohort() + common + "train.steps=25 logging.dir=" + b.string());
+  ASSERT_EQ(rb1.code, 0) << rb1.output;
+  fs::create_directories(b / "checkpoints" / ".step_30.tmp-99999");
+  Result rb2 = run(cohort() + common + "train.steps=60 checkpoint.resume=auto logging.dir=" + b.string());
+  ASSERT_EQ(rb2.code, 0) << rb2.output;
+  EXPECT_NE(rb2.output.find("resumed from"), std::string::npos) << rb2.output;
+  EXPECT_NE(rb2.output.find("step 25"), std::string::npos) << rb2.output;
+
+  std::ifstream fa(a / "checkpoints" / "step_60" / "model.safetensors", std::ios::binary);
+  std::ifstream fb(b / "checkpoints" / "step_60" / "model.safetensors", std::ios::binary);
+  std::string sa((std::istreambuf_iterator<char>(fa)), {}), sb((std::istreambuf_iterator<char>(fb)), {});
+  ASSERT_FALSE(sa.empty());
+  EXPECT_TRUE(sa == sb) << "parameters differ after resume";
+  EXPECT_FALSE(fs::exists(b / "checkpoints" / ".step_30.tmp-99999"));
+  std::ifstream m(b / "metrics.jsonl");
+  int summaries = 0;
+  for (std::string line; std::getline(m, line);) summaries += line.find("\"summary\"") != std::string::npos;
+  EXPECT_EQ(summaries, 2) << "the resumed run appends to metrics.jsonl";
+}
+
+}  // namespace

@@ -1,0 +1,36 @@
+// Checkpoints: <root>/step_<N>/ holding model.safetensors, optimizer.safetensors and manifest.json
+// (step, epoch, data position, RNG state, SHA-256 of each file). A checkpoint is written under a
+// temporary name, fsynced, then renamed, so a crash never leaves a half-written step_<N>.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "core/io/safetensors.h"
+#include "core/tensor/generator.h"
+
+namespace cohort::core::io {
+
+struct CheckpointMeta {
+  int64_t step = 0;
+  int64_t epoch = 0;
+  int64_t batch_in_epoch = 0;  // batches of `epoch` already consumed
+  Generator::State rng{};
+};
+
+struct Checkpoint {
+  std::string path;
+  TensorMap model;
+  TensorMap optimizer;
+  CheckpointMeta meta;
+};
+
+// Writes a checkpoint and keeps the newest `keep`. Returns its directory. Throws IoError.
+std::string save_checkpoint(const std::string& root, const TensorMap& model, const TensorMap& optimizer,
+                            const CheckpointMeta& meta, int64_t keep);
+// Loads and verifies every checksum; throws IoError naming the file that fails.
+Checkpoint load_checkpoint(const std::string& dir);
+// The newest checkpoint under root whose files verify, if any.
+std::optional<std::string> latest_checkpoint(const std::string& root);
+
+}  // namespace cohort::core::io

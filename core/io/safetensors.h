@@ -1,0 +1,27 @@
+// safetensors files: 8-byte little-endian header length, a JSON header mapping each tensor name to
+// {dtype, shape, data_offsets}, then the raw little-endian bytes. Readable by PyTorch's and Hugging
+// Face's safetensors loaders. Also SHA-256 of files and atomic, fsynced writes.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "core/tensor/tensor.h"
+
+namespace cohort::core::io {
+
+using TensorMap = std::map<std::string, Tensor>;
+
+// Writes tensors (moved to CPU, made contiguous) to `path` directly; callers wanting atomicity write
+// to a temporary name and rename (see write_file_atomic). Throws IoError naming the path.
+void save_safetensors(const std::string& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+// Reads every tensor; throws IoError naming the path and the problem for malformed files.
+TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+
+// Hex SHA-256 of a file's bytes.
+std::string sha256_file(const std::string& path);
+// fsync a file or directory by path; throws IoError on failure.
+void fsync_path(const std::string& path);
+
+}  // namespace cohort::core::io
