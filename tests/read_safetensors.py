@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """An independent safetensors reader (numpy + the format's spec, no Cohort code): prints, as JSON,
 each tensor's dtype, shape and float64 values, for tests that check Cohort's files."""
 import json, struct, sys

@@ -62,12 +62,12 @@ TEST_F(CheckpointTest, SafetensorsRoundTripsEveryDtype) {
 }
 
 TEST_F(CheckpointTest, IndependentNumpyReaderSeesTheSameValues) {
-  if (std::system("python3 -c 'import numpy' >/dev/null 2>&1") != 0)
+  if (std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "python3-numpy is not installed (scripts/install-deps.sh installs it)";
   TensorMap in = sample();
   std::string p = (dir_ / "t.safetensors").string();
   save_safetensors(p, in);
-  std::string cmd = "python3 " + std::string(COHORT_SOURCE_DIR) + "/tests/read_safetensors.py " + p;
+  std::string cmd = "/usr/bin/python3 " + std::string(COHORT_SOURCE_DIR) + "/tests/read_safetensors.py " + p;
   FILE* pipe = popen(cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string text;
