@@ -1,5 +1,6 @@
 // Cohort's matmul against OpenBLAS's cblas_sgemm called directly, at the MLP's shapes (forward and
-// both backward products). Prints GFLOP/s of each and the ratio. Run one-threaded for the quality bar:
+// both backward products). Prints GFLOP/s of each and the ratio. Run one-threaded for the quality
+// bar:
 //   OPENBLAS_NUM_THREADS=1 taskset -c 0 build/benchmarks/cohort_bench_matmul
 #include <cblas.h>
 
@@ -20,7 +21,8 @@ double best_seconds(F&& f, int reps) {
   for (int r = 0; r < reps; ++r) {
     auto t0 = std::chrono::steady_clock::now();
     f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return best;
 }
@@ -56,9 +58,9 @@ int main() {
     };
     auto direct = [&] {
       for (int i = 0; i < 10; ++i)
-        cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans, s.tb ? CblasTrans : CblasNoTrans, s.m, s.n,
-                    s.k, 1.0f, a.data_ptr<float>(), s.ta ? s.m : s.k, b.data_ptr<float>(), s.tb ? s.k : s.n, 0.0f,
-                    c.data(), s.n);
+        cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans,
+                    s.tb ? CblasTrans : CblasNoTrans, s.m, s.n, s.k, 1.0f, a.data_ptr<float>(),
+                    s.ta ? s.m : s.k, b.data_ptr<float>(), s.tb ? s.k : s.n, 0.0f, c.data(), s.n);
     };
     ours();
     direct();

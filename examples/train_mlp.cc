@@ -21,11 +21,13 @@ int main(int argc, char** argv) {
   optim::SGD opt(model.parameters(), {.lr = 0.05, .momentum = 0.9});
 
   if (!std::filesystem::exists(dir)) {
-    std::fprintf(stderr, "example: %s not found; install Debian's dataset-fashion-mnist\n", dir.c_str());
+    std::fprintf(stderr, "example: %s not found; install Debian's dataset-fashion-mnist\n",
+                 dir.c_str());
     return 2;
   }
   auto train = std::make_shared<data::FashionMNIST>(dir, "train");
-  auto sampler = std::make_shared<data::DistributedSampler>(train->size(), data::DistributedSamplerOptions{});
+  auto sampler =
+      std::make_shared<data::DistributedSampler>(train->size(), data::DistributedSamplerOptions{});
   data::DataLoader loader(train, sampler, {.batch_size = 64});
   loader.start_epoch(0);
 
@@ -35,7 +37,8 @@ int main(int argc, char** argv) {
     Tensor loss = cross_entropy(model(batch.input), batch.target);
     loss.backward();
     opt.step();
-    if (step % 50 == 0) std::printf("step %lld loss %.4f\n", static_cast<long long>(step), loss.item<double>());
+    if (step % 50 == 0)
+      std::printf("step %lld loss %.4f\n", static_cast<long long>(step), loss.item<double>());
   }
 
   data::FashionMNIST test(dir, "t10k");

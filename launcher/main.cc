@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string config;
   std::vector<std::string> overrides;
-  auto* train = app.add_subcommand("train", "train a model described by a YAML config (one worker)");
+  auto* train =
+      app.add_subcommand("train", "train a model described by a YAML config (one worker)");
   train->add_option("config", config, "the experiment's YAML file")->required();
   train->add_option("overrides", overrides, "key.path=value overrides of config keys");
   try {

@@ -100,7 +100,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   for (size_t i = 1; i <= a.size(); ++i) {
     cur[0] = i;
     for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      cur[j] =
+          std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
     std::swap(prev, cur);
   }
   return prev[b.size()];
@@ -130,7 +131,8 @@ class Validator {
     return file_;
   }
 
-  [[noreturn]] void fail(const std::string& path, const YAML::Node& n, const std::string& msg) const {
+  [[noreturn]] void fail(const std::string& path, const YAML::Node& n,
+                         const std::string& msg) const {
     COHORT_THROW(ConfigError, where(path, n), ": ", msg);
   }
 
@@ -151,7 +153,9 @@ class Validator {
   }
 
   void check(const Key& k, const YAML::Node& v) const {
-    auto scalar_text = [&] { return v.IsScalar() ? "'" + v.Scalar() + "'" : std::string("a non-scalar value"); };
+    auto scalar_text = [&] {
+      return v.IsScalar() ? "'" + v.Scalar() + "'" : std::string("a non-scalar value");
+    };
     switch (k.kind) {
       case Kind::kString: {
         if (!v.IsScalar() || (v.Scalar().empty() && !k.def.empty()))
@@ -185,12 +189,14 @@ class Validator {
         return;
       }
       case Kind::kIntList: {
-        if (!v.IsSequence()) fail(k.path, v, k.path + " must be a list of integers, e.g. [512, 512]");
+        if (!v.IsSequence())
+          fail(k.path, v, k.path + " must be a list of integers, e.g. [512, 512]");
         for (const auto& e : v) {
           int64_t x;
           if (!e.IsScalar() || !YAML::convert<int64_t>::decode(e, x))
-            fail(k.path, e, k.path + " must be a list of integers, got an element " +
-                                (e.IsScalar() ? "'" + e.Scalar() + "'" : std::string("that is not a scalar")));
+            fail(k.path, e,
+                 k.path + " must be a list of integers, got an element " +
+                     (e.IsScalar() ? "'" + e.Scalar() + "'" : std::string("that is not a scalar")));
           range(k, e, static_cast<double>(x));
         }
         return;
@@ -206,8 +212,9 @@ class Validator {
         os << d;
         return os.str();
       };
-      std::string bound = std::isinf(k.max) ? (k.min_exclusive ? "greater than " : "at least ") + fmt(k.min)
-                                            : "in [" + fmt(k.min) + ", " + fmt(k.max) + "]";
+      std::string bound = std::isinf(k.max)
+                              ? (k.min_exclusive ? "greater than " : "at least ") + fmt(k.min)
+                              : "in [" + fmt(k.min) + ", " + fmt(k.max) + "]";
       fail(k.path, v, k.path + " must be " + bound + ", got " + v.Scalar());
     }
   }
@@ -221,7 +228,8 @@ YAML::Node child(YAML::Node node, const std::string& path) {
   size_t start = 0;
   while (true) {
     size_t dot = path.find('.', start);
-    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    std::string part =
+        path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     node.reset(node[part]);
     if (dot == std::string::npos) return node;
     start = dot + 1;
@@ -234,7 +242,8 @@ YAML::Node lookup(const YAML::Node& root, const std::string& path) {
   YAML::Node cur = root;
   while (true) {
     size_t dot = path.find('.', start);
-    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    std::string part =
+        path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     const YAML::Node& c = cur;
     if (!c.IsMap() || !c[part]) return YAML::Node(YAML::NodeType::Undefined);
     cur.reset(c[part]);
@@ -246,7 +255,8 @@ YAML::Node lookup(const YAML::Node& root, const std::string& path) {
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  if (!std::filesystem::exists(path)) COHORT_THROW(ConfigError, "config file ", path, " does not exist");
+  if (!std::filesystem::exists(path))
+    COHORT_THROW(ConfigError, "config file ", path, " does not exist");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
@@ -255,8 +265,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   } catch (const YAML::BadFile&) {
     COHORT_THROW(ConfigError, "config file ", path, " cannot be read");
   }
-  if (root.IsNull() || !root.IsDefined()) COHORT_THROW(ConfigError, "config file ", path, " is empty");
-  if (!root.IsMap()) COHORT_THROW(ConfigError, path, ":1: the top level of a config must be a mapping of keys");
+  if (root.IsNull() || !root.IsDefined())
+    COHORT_THROW(ConfigError, "config file ", path, " is empty");
+  if (!root.IsMap())
+    COHORT_THROW(ConfigError, path, ":1: the top level of a config must be a mapping of keys");
 
   std::set<std::string> overridden;
   for (const std::string& o : overrides) {
@@ -264,7 +276,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     if (eq == std::string::npos || eq == 0)
       COHORT_THROW(ConfigError, "override '", o, "' must look like key.path=value");
     std::string key = o.substr(0, eq), value = o.substr(eq + 1);
-    if (!find_key(key)) COHORT_THROW(ConfigError, "unknown key '", key, "' in the command line override '", o, "'", suggestion(key));
+    if (!find_key(key))
+      COHORT_THROW(ConfigError, "unknown key '", key, "' in the command line override '", o, "'",
+                   suggestion(key));
     YAML::Node v;
     try {
       v = YAML::Load(value);
@@ -277,7 +291,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     size_t start = 0;
     while (true) {
       size_t dot = key.find('.', start);
-      std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      std::string part =
+          key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       if (dot == std::string::npos) {
         cur[part] = v;
         break;
@@ -308,8 +323,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.experiment = str("experiment");
   c.seed = static_cast<uint64_t>(i64("seed"));
   c.device = str("device");
-  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0)
-    val.fail("device", lookup(root, "device"), "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" &&
+      c.device.rfind("cuda:", 0) != 0)
+    val.fail("device", lookup(root, "device"),
+             "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
   c.threads = i64("threads");
   c.model.type = str("model.type");
   c.model.hidden = lookup(resolved, "model.hidden").as<std::vector<int64_t>>();
@@ -329,16 +346,23 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.prefetch = i64("data.prefetch");
   c.data.val_fraction = f64("data.val_fraction");
   if (c.model.type == "gpt" && c.data.dataset != "text")
-    val.fail("data.dataset", lookup(root, "data.dataset"), "model.type gpt needs data.dataset: text");
+    val.fail("data.dataset", lookup(root, "data.dataset"),
+             "model.type gpt needs data.dataset: text");
   if (c.model.type != "gpt" && c.data.dataset == "text")
-    val.fail("data.dataset", lookup(root, "data.dataset"), "data.dataset text needs model.type gpt");
+    val.fail("data.dataset", lookup(root, "data.dataset"),
+             "data.dataset text needs model.type gpt");
   {
     namespace fs = std::filesystem;
-    bool ok = c.data.dataset == "text" ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path);
+    bool ok =
+        c.data.dataset == "text" ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path);
     if (!ok)
-      val.fail("data.path", lookup(root, "data.path"),
-               "data.path " + c.data.path + (c.data.dataset == "text" ? " is not a readable file" : " is not a directory") +
-                   (c.data.dataset == "fashion_mnist" ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)" : ""));
+      val.fail(
+          "data.path", lookup(root, "data.path"),
+          "data.path " + c.data.path +
+              (c.data.dataset == "text" ? " is not a readable file" : " is not a directory") +
+              (c.data.dataset == "fashion_mnist"
+                   ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)"
+                   : ""));
   }
   c.optimizer.type = str("optimizer.type");
   c.optimizer.lr = f64("optimizer.lr");
@@ -350,7 +374,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.optimizer.eps = f64("optimizer.eps");
   c.optimizer.grad_clip = f64("optimizer.grad_clip");
   if (c.optimizer.nesterov && c.optimizer.momentum <= 0)
-    val.fail("optimizer.nesterov", lookup(root, "optimizer.nesterov"), "optimizer.nesterov needs optimizer.momentum > 0");
+    val.fail("optimizer.nesterov", lookup(root, "optimizer.nesterov"),
+             "optimizer.nesterov needs optimizer.momentum > 0");
   c.schedule.type = str("schedule.type");
   c.schedule.warmup_steps = i64("schedule.warmup_steps");
   c.schedule.step_size = i64("schedule.step_size");
@@ -374,7 +399,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.checkpoint.resume != "auto" && c.checkpoint.resume != "never" &&
       !std::filesystem::exists(c.checkpoint.resume))
     val.fail("checkpoint.resume", lookup(root, "checkpoint.resume"),
-             "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" + c.checkpoint.resume + "'");
+             "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" +
+                 c.checkpoint.resume + "'");
   c.distributed.strategy = str("distributed.strategy");
   c.distributed.backend = str("distributed.backend");
   c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");

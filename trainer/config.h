@@ -1,6 +1,6 @@
 // The experiment config: YAML plus `key.path=value` overrides, validated against a schema so that
-// every mistake becomes one ConfigError sentence naming the key and where it came from (file:line or
-// the command line). Keys and defaults are documented in the README's "Config reference".
+// every mistake becomes one ConfigError sentence naming the key and where it came from (file:line
+// or the command line). Keys and defaults are documented in the README's "Config reference".
 #pragma once
 
 #include <cstdint>
@@ -12,8 +12,8 @@
 namespace cohort::trainer {
 
 struct ModelConfig {
-  std::string type;                // mlp | cnn | gpt
-  std::vector<int64_t> hidden;     // mlp
+  std::string type;                                        // mlp | cnn | gpt
+  std::vector<int64_t> hidden;                             // mlp
   int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
   double dropout = 0.0;
 };
@@ -52,7 +52,7 @@ struct EvalConfig {
 };
 
 struct CheckpointConfig {
-  std::string dir;  // default <logging.dir>/checkpoints
+  std::string dir;          // default <logging.dir>/checkpoints
   int64_t every_steps = 0;  // 0: at the end of each epoch
   int64_t keep = 3;
   std::string resume = "never";  // auto | never | PATH
@@ -87,7 +87,8 @@ struct Config {
   YAML::Node resolved;  // the full config with defaults filled in, for config.resolved.yaml
 };
 
-// Loads, overrides, validates. Throws cohort::ConfigError with one sentence naming key and location.
+// Loads, overrides, validates. Throws cohort::ConfigError with one sentence naming key and
+// location.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 
 }  // namespace cohort::trainer

@@ -32,7 +32,8 @@ double seconds_since(Clock::time_point t0) {
 std::string format_eta(double s) {
   char buf[32];
   int64_t t = static_cast<int64_t>(s);
-  std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
+  std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60),
+                static_cast<long long>(t % 60));
   return buf;
 }
 
@@ -57,8 +58,9 @@ Trainer::Trainer(Config config) : c_(std::move(config)) {
   if (c_.device == "auto" || c_.device == "cpu") {
     device_ = core::Device::cpu();
   } else {
-    COHORT_THROW(ConfigError, "device ", c_.device,
-                 " was requested but this build of cohort has no CUDA support; use device: cpu or auto");
+    COHORT_THROW(
+        ConfigError, "device ", c_.device,
+        " was requested but this build of cohort has no CUDA support; use device: cpu or auto");
   }
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
@@ -70,16 +72,18 @@ Trainer::Trainer(Config config) : c_(std::move(config)) {
     eval_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "t10k");
   } else {
     double split = 1.0 - c_.data.val_fraction;
-    train_set_ = std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, 0.0, split);
+    train_set_ =
+        std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, 0.0, split);
     if (c_.data.val_fraction > 0)
-      eval_set_ = std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, split, 1.0);
+      eval_set_ =
+          std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, split, 1.0);
   }
 
   auto params = model_->parameters();
   if (c_.optimizer.type == "sgd") {
     optimizer_ = std::make_unique<core::optim::SGD>(
-        params, core::optim::SGDOptions{c_.optimizer.lr, c_.optimizer.momentum, 0.0, c_.optimizer.weight_decay,
-                                        c_.optimizer.nesterov});
+        params, core::optim::SGDOptions{c_.optimizer.lr, c_.optimizer.momentum, 0.0,
+                                        c_.optimizer.weight_decay, c_.optimizer.nesterov});
   } else {
     optimizer_ = std::make_unique<core::optim::AdamW>(
         params, core::optim::AdamWOptions{c_.optimizer.lr, c_.optimizer.beta1, c_.optimizer.beta2,
@@ -93,7 +97,8 @@ Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out)
   Tensor x = batch.input.to(device_), y = batch.target.to(device_);
   Tensor logits = model_->forward(x);
   if (logits_out) *logits_out = logits;
-  if (logits.dim() == 3) return core::cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1}));
+  if (logits.dim() == 3)
+    return core::cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1}));
   return core::cross_entropy(logits, y);
 }
 
@@ -155,7 +160,8 @@ RunSummary Trainer::run() {
   MetricsWriter metrics(c_.logging.dir, resume_from.has_value());
 
   auto sampler = std::make_shared<core::data::DistributedSampler>(
-      train_set_->size(), core::data::DistributedSamplerOptions{0, 1, c_.data.shuffle, c_.seed, false});
+      train_set_->size(),
+      core::data::DistributedSamplerOptions{0, 1, c_.data.shuffle, c_.seed, false});
   core::data::DataLoader loader(train_set_, sampler,
                                 {c_.data.batch_size, true, static_cast<int>(c_.data.prefetch)});
   loader.start_epoch(start.epoch, start.batch_in_epoch);
@@ -169,10 +175,11 @@ RunSummary Trainer::run() {
   if (c_.schedule.type == "constant") {
     schedule_ = std::make_unique<core::optim::ConstantLR>(c_.optimizer.lr);
   } else if (c_.schedule.type == "step") {
-    schedule_ = std::make_unique<core::optim::StepLR>(c_.optimizer.lr, c_.schedule.step_size, c_.schedule.gamma);
+    schedule_ = std::make_unique<core::optim::StepLR>(c_.optimizer.lr, c_.schedule.step_size,
+                                                      c_.schedule.gamma);
   } else {
-    schedule_ = std::make_unique<core::optim::CosineLR>(c_.optimizer.lr, c_.schedule.warmup_steps, total_steps,
-                                                        c_.schedule.min_lr);
+    schedule_ = std::make_unique<core::optim::CosineLR>(c_.optimizer.lr, c_.schedule.warmup_steps,
+                                                        total_steps, c_.schedule.min_lr);
   }
 
   const bool tty = isatty(STDOUT_FILENO);
@@ -185,8 +192,8 @@ RunSummary Trainer::run() {
       batch_in_epoch = 0;
     }
     core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, core::default_generator().state()};
-    core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_->state_dict(), meta,
-                              c_.checkpoint.keep);
+    core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_->state_dict(),
+                              meta, c_.checkpoint.keep);
     last_saved = step;
   };
   double eval_s = 0;
@@ -197,10 +204,14 @@ RunSummary Trainer::run() {
     eval_s += seconds_since(te);
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
-    metrics.write({{"event", "eval"}, {"step", step}, {"epoch", epoch}, {"test_acc", e.accuracy}, {"test_loss", e.loss}});
+    metrics.write({{"event", "eval"},
+                   {"step", step},
+                   {"epoch", epoch},
+                   {"test_acc", e.accuracy},
+                   {"test_loss", e.loss}});
     if (tty) std::printf("\n");
-    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f\n", static_cast<long long>(step),
-                static_cast<long long>(epoch), e.accuracy, e.loss);
+    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f\n",
+                static_cast<long long>(step), static_cast<long long>(epoch), e.accuracy, e.loss);
     std::fflush(stdout);
   };
 
@@ -213,7 +224,8 @@ RunSummary Trainer::run() {
       optimizer_->zero_grad();
       Tensor loss = compute_loss(batch, nullptr);
       loss.backward();
-      if (c_.optimizer.grad_clip > 0) core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
+      if (c_.optimizer.grad_clip > 0)
+        core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
       optimizer_->step();
       ++step;
       samples += batch.input.size(0);
@@ -226,7 +238,8 @@ RunSummary Trainer::run() {
         const double sps = static_cast<double>(samples) / std::max(el, 1e-9);
         const double eta = static_cast<double>(total_steps - step) * el / static_cast<double>(step);
         s.final_loss = l;
-        metrics.write({{"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}});
+        metrics.write(
+            {{"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}});
         if (tty) {
           std::printf("\rstep %lld/%lld  epoch %lld  loss %.4f  %.0f samples/s  ETA %s   ",
                       static_cast<long long>(step), static_cast<long long>(total_steps),
@@ -239,19 +252,26 @@ RunSummary Trainer::run() {
         std::fflush(stdout);
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
-      if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0) save(epoch, loader.position());
+      if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0)
+        save(epoch, loader.position());
     }
     const bool epoch_done = loader.position() >= per_epoch;
     if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);
-    if (c_.checkpoint.every_steps == 0 && epoch_done && last_saved != step) save(epoch, loader.position());
+    if (c_.checkpoint.every_steps == 0 && epoch_done && last_saved != step)
+      save(epoch, loader.position());
     if (step >= total_steps && last_saved != step) save(epoch, loader.position());
   }
   if (s.test_acc == 0 && eval_set_ && step > start.step) run_eval(epochs - 1);
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);
-  metrics.write({{"event", "summary"}, {"steps", step}, {"train_s", s.train_s}, {"samples_per_s", s.samples_per_s},
-                 {"test_acc", s.test_acc}, {"test_loss", s.test_loss}, {"world_size", 1}});
+  metrics.write({{"event", "summary"},
+                 {"steps", step},
+                 {"train_s", s.train_s},
+                 {"samples_per_s", s.samples_per_s},
+                 {"test_acc", s.test_acc},
+                 {"test_loss", s.test_loss},
+                 {"world_size", 1}});
   std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size 1\n",
               static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc);
   return s;

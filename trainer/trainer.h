@@ -1,5 +1,5 @@
-// The training loop behind `cohort train`: builds model, data, optimiser and schedule from a Config,
-// trains, evaluates, and writes the run directory (config.resolved.yaml, metrics.jsonl).
+// The training loop behind `cohort train`: builds model, data, optimiser and schedule from a
+// Config, trains, evaluates, and writes the run directory (config.resolved.yaml, metrics.jsonl).
 #pragma once
 
 #include <memory>

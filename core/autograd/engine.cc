@@ -13,7 +13,9 @@ namespace cohort::core::autograd {
 namespace {
 
 struct ByNewest {
-  bool operator()(const Node* a, const Node* b) const { return a->sequence_nr() < b->sequence_nr(); }
+  bool operator()(const Node* a, const Node* b) const {
+    return a->sequence_nr() < b->sequence_nr();
+  }
 };
 
 void accumulate(Tensor& slot, Tensor&& g) {

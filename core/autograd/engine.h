@@ -1,4 +1,5 @@
-// The backward engine: runs the recorded graph in reverse, newest node first, on the calling thread.
+// The backward engine: runs the recorded graph in reverse, newest node first, on the calling
+// thread.
 #pragma once
 
 #include "core/autograd/node.h"

@@ -1,5 +1,5 @@
-// Grad mode: whether ops record autograd history on this thread. NoGradGuard turns it off for a scope
-// (evaluation, optimiser updates); the backward engine also runs with it off.
+// Grad mode: whether ops record autograd history on this thread. NoGradGuard turns it off for a
+// scope (evaluation, optimiser updates); the backward engine also runs with it off.
 #pragma once
 
 namespace cohort::core::autograd {

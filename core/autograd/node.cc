@@ -47,10 +47,12 @@ SavedTensor::SavedTensor(const Tensor& t) {
 
 const Tensor& SavedTensor::get() const {
   if (data_.defined() && data_.version() != version_) {
-    COHORT_THROW(Error, "a tensor of shape ", shape_str(data_.sizes()), " (", dtype_name(data_.dtype()),
-                 ") needed for gradient computation was modified by an in-place operation: it is at "
-                 "version ", data_.version(), ", expected version ", version_,
-                 "; clone it before modifying it or modify it after backward");
+    COHORT_THROW(
+        Error, "a tensor of shape ", shape_str(data_.sizes()), " (", dtype_name(data_.dtype()),
+        ") needed for gradient computation was modified by an in-place operation: it is at "
+        "version ",
+        data_.version(), ", expected version ", version_,
+        "; clone it before modifying it or modify it after backward");
   }
   return data_;
 }
@@ -130,8 +132,8 @@ Edge gradient_edge(const Tensor& t) {
   return {};
 }
 
-void record(std::string name, const std::vector<Tensor>& inputs, const std::vector<Tensor*>& outputs,
-            BackwardFn fn) {
+void record(std::string name, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor*>& outputs, BackwardFn fn) {
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<FunctionNode>(std::move(name), std::move(fn));
   node->next_edges().reserve(inputs.size());

@@ -70,7 +70,8 @@ class SavedTensor {
   uint64_t version_ = 0;
 };
 
-using BackwardFn = std::function<TensorList(const TensorList& grads, const std::vector<bool>& needs)>;
+using BackwardFn =
+    std::function<TensorList(const TensorList& grads, const std::vector<bool>& needs)>;
 
 // A node whose backward is a closure; releasing it destroys the closure and what it saved.
 class FunctionNode final : public Node {
@@ -103,7 +104,7 @@ struct AutogradMeta {
   Tensor grad;
   std::shared_ptr<autograd::Node> grad_fn;
   uint32_t output_nr = 0;
-  std::shared_ptr<autograd::Node> accumulator;  // leaves only, created on first use
+  std::shared_ptr<autograd::Node> accumulator;    // leaves only, created on first use
   std::vector<std::pair<int, TensorHook>> hooks;  // leaves: run before accumulation
   std::vector<std::pair<int, PostAccumulateHook>> post_hooks;
 };
@@ -118,8 +119,8 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 // The edge through which a gradient for `t` flows: its grad_fn, or its accumulator if a leaf.
 Edge gradient_edge(const Tensor& t);
 // Records `fn` as the backward of an op with these inputs and outputs, if any input requires grad.
-void record(std::string name, const std::vector<Tensor>& inputs, const std::vector<Tensor*>& outputs,
-            BackwardFn fn);
+void record(std::string name, const std::vector<Tensor>& inputs,
+            const std::vector<Tensor*>& outputs, BackwardFn fn);
 AutogradMeta& meta(const Tensor& t);  // creates it on first use
 
 }  // namespace cohort::core::autograd

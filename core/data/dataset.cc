@@ -13,8 +13,8 @@ namespace cohort::core::data {
 
 DistributedSampler::DistributedSampler(int64_t dataset_size, const DistributedSamplerOptions& o)
     : size_(dataset_size), o_(o) {
-  COHORT_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "DistributedSampler: rank ",
-               o.rank, " is outside world size ", o.world_size);
+  COHORT_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size,
+               "DistributedSampler: rank ", o.rank, " is outside world size ", o.world_size);
   num_samples_ = o.drop_last ? size_ / o.world_size : (size_ + o.world_size - 1) / o.world_size;
 }
 
@@ -23,7 +23,8 @@ std::vector<int64_t> DistributedSampler::indices(int64_t epoch) const {
   for (int64_t i = 0; i < size_; ++i) all[i] = i;
   if (o_.shuffle) {
     Generator g(o_.seed + static_cast<uint64_t>(epoch));
-    for (int64_t i = size_ - 1; i > 0; --i) std::swap(all[i], all[g.below(static_cast<uint64_t>(i + 1))]);
+    for (int64_t i = size_ - 1; i > 0; --i)
+      std::swap(all[i], all[g.below(static_cast<uint64_t>(i + 1))]);
   }
   const int64_t total = num_samples_ * o_.world_size;
   for (int64_t i = size_; i < total && size_ > 0; ++i) all.push_back(all[i % size_]);
@@ -33,8 +34,8 @@ std::vector<int64_t> DistributedSampler::indices(int64_t epoch) const {
   return mine;
 }
 
-DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, std::shared_ptr<const Sampler> sampler,
-                       const LoaderOptions& o)
+DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset,
+                       std::shared_ptr<const Sampler> sampler, const LoaderOptions& o)
     : dataset_(std::move(dataset)), sampler_(std::move(sampler)), o_(o) {
   COHORT_CHECK(o.batch_size > 0, "DataLoader: batch_size must be positive, got ", o.batch_size);
 }
@@ -57,7 +58,8 @@ int64_t DataLoader::batches_per_epoch() const { return num_batches_; }
 
 std::vector<int64_t> DataLoader::batch_indices(int64_t b) const {
   auto begin = order_.begin() + b * o_.batch_size;
-  auto end = order_.begin() + std::min<int64_t>((b + 1) * o_.batch_size, static_cast<int64_t>(order_.size()));
+  auto end = order_.begin() +
+             std::min<int64_t>((b + 1) * o_.batch_size, static_cast<int64_t>(order_.size()));
   return {begin, end};
 }
 
@@ -125,7 +127,8 @@ std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dim
     COHORT_THROW(IoError, "data file ", path, " is not an IDX file of unsigned bytes");
   }
   const int nd = bytes[3];
-  if (bytes.size() < static_cast<size_t>(4 + 4 * nd)) COHORT_THROW(IoError, "data file ", path, " is truncated");
+  if (bytes.size() < static_cast<size_t>(4 + 4 * nd))
+    COHORT_THROW(IoError, "data file ", path, " is truncated");
   dims.clear();
   int64_t total = 1;
   for (int i = 0; i < nd; ++i) {
@@ -136,7 +139,8 @@ std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dim
   }
   const size_t header = 4 + 4 * static_cast<size_t>(nd);
   if (bytes.size() != header + static_cast<size_t>(total)) {
-    COHORT_THROW(IoError, "data file ", path, " holds ", bytes.size() - header, " bytes of data, its header says ", total);
+    COHORT_THROW(IoError, "data file ", path, " holds ", bytes.size() - header,
+                 " bytes of data, its header says ", total);
   }
   return {bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end()};
 }
@@ -147,7 +151,8 @@ std::string find_file(const std::string& dir, const std::string& base) {
     std::string p = dir + "/" + base + ext;
     if (std::ifstream(p).good()) return p;
   }
-  COHORT_THROW(IoError, "data file ", dir, "/", base, ".gz is missing (install Debian's dataset-fashion-mnist "
+  COHORT_THROW(IoError, "data file ", dir, "/", base,
+               ".gz is missing (install Debian's dataset-fashion-mnist "
                "or set data.path)");
 }
 }  // namespace
@@ -159,7 +164,8 @@ FashionMNIST::FashionMNIST(const std::string& dir, const std::string& split) {
   images_ = read_idx(ip, di);
   labels_ = read_idx(lp, dl);
   if (di.size() != 3) COHORT_THROW(IoError, "data file ", ip, " is not a 3-D image array");
-  if (dl.size() != 1 || dl[0] != di[0]) COHORT_THROW(IoError, "data file ", lp, " has a different sample count from ", ip);
+  if (dl.size() != 1 || dl[0] != di[0])
+    COHORT_THROW(IoError, "data file ", lp, " has a different sample count from ", ip);
   n_ = di[0];
   rows_ = di[1];
   cols_ = di[2];
@@ -171,7 +177,8 @@ Batch FashionMNIST::get_batch(const std::vector<int64_t>& indices) const {
   Tensor y = empty({b}, TensorOptions(DType::kInt64));
   float* xp = x.data_ptr<float>();
   int64_t* yp = y.data_ptr<int64_t>();
-  const float scale = static_cast<float>(1.0 / (255.0 * kStd)), shift = static_cast<float>(kMean / kStd);
+  const float scale = static_cast<float>(1.0 / (255.0 * kStd)),
+              shift = static_cast<float>(kMean / kStd);
   for (int64_t i = 0; i < b; ++i) {
     const int64_t s = indices[i];
     COHORT_CHECK(s >= 0 && s < n_, "FashionMNIST: sample index ", s, " out of range");
@@ -186,21 +193,25 @@ Batch FashionMNIST::get_batch(const std::vector<int64_t>& indices) const {
 ByteTextDataset::ByteTextDataset(const std::string& path, int64_t context)
     : ByteTextDataset(path, context, 0.0, 1.0) {}
 
-ByteTextDataset::ByteTextDataset(const std::string& path, int64_t context, double begin_frac, double end_frac)
+ByteTextDataset::ByteTextDataset(const std::string& path, int64_t context, double begin_frac,
+                                 double end_frac)
     : context_(context) {
   std::ifstream f(path, std::ios::binary);
   if (!f) COHORT_THROW(IoError, "cannot open text file ", path);
   std::vector<uint8_t> all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   size_t b = static_cast<size_t>(begin_frac * static_cast<double>(all.size()));
   size_t e = static_cast<size_t>(end_frac * static_cast<double>(all.size()));
-  bytes_.assign(all.begin() + static_cast<std::ptrdiff_t>(b), all.begin() + static_cast<std::ptrdiff_t>(e));
+  bytes_.assign(all.begin() + static_cast<std::ptrdiff_t>(b),
+                all.begin() + static_cast<std::ptrdiff_t>(e));
   if (static_cast<int64_t>(bytes_.size()) < context + 1) {
-    COHORT_THROW(IoError, "text file ", path, " has ", bytes_.size(), " bytes in this split; need at least ",
-                 context + 1, " for context ", context);
+    COHORT_THROW(IoError, "text file ", path, " has ", bytes_.size(),
+                 " bytes in this split; need at least ", context + 1, " for context ", context);
   }
 }
 
-int64_t ByteTextDataset::size() const { return (static_cast<int64_t>(bytes_.size()) - 1) / context_; }
+int64_t ByteTextDataset::size() const {
+  return (static_cast<int64_t>(bytes_.size()) - 1) / context_;
+}
 
 Batch ByteTextDataset::get_batch(const std::vector<int64_t>& indices) const {
   const int64_t b = static_cast<int64_t>(indices.size());

@@ -114,8 +114,8 @@ class FashionMNIST : public Dataset {
   std::vector<uint8_t> images_, labels_;
 };
 
-// Byte-level language modelling over any file: sample i is the window [i*ctx, i*ctx + ctx] of bytes;
-// input is the first ctx bytes, target the next ctx (both int64 [B, ctx]).
+// Byte-level language modelling over any file: sample i is the window [i*ctx, i*ctx + ctx] of
+// bytes; input is the first ctx bytes, target the next ctx (both int64 [B, ctx]).
 class ByteTextDataset : public Dataset {
  public:
   ByteTextDataset(const std::string& path, int64_t context);

@@ -36,8 +36,8 @@ std::vector<std::pair<int64_t, fs::path>> list_steps(const std::string& root) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& root, const TensorMap& model, const TensorMap& optimizer,
-                            const CheckpointMeta& meta, int64_t keep) {
+std::string save_checkpoint(const std::string& root, const TensorMap& model,
+                            const TensorMap& optimizer, const CheckpointMeta& meta, int64_t keep) {
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) COHORT_THROW(IoError, "cannot create checkpoint.dir ", root, ": ", ec.message());
@@ -69,11 +69,14 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model, con
   fsync_path(tmp.string());
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
-  if (ec) COHORT_THROW(IoError, "cannot rename ", tmp.string(), " to ", final_dir.string(), ": ", ec.message());
+  if (ec)
+    COHORT_THROW(IoError, "cannot rename ", tmp.string(), " to ", final_dir.string(), ": ",
+                 ec.message());
   fsync_path(root);
 
   auto steps = list_steps(root);
-  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < steps.size(); ++i) fs::remove_all(steps[i].second, ec);
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < steps.size(); ++i)
+    fs::remove_all(steps[i].second, ec);
   // Temporary directories of crashed writers are garbage.
   for (auto& e : fs::directory_iterator(root, ec)) {
     std::string n = e.path().filename().string();
@@ -91,11 +94,14 @@ Checkpoint load_checkpoint(const std::string& dir) {
   nlohmann::json m;
   try {
     m = nlohmann::json::parse(mf);
-    if (m.at("format") != kFormat) COHORT_THROW(IoError, "checkpoint ", dir, " has an unknown format");
+    if (m.at("format") != kFormat)
+      COHORT_THROW(IoError, "checkpoint ", dir, " has an unknown format");
     for (const char* f : kFiles) {
       std::string want = m.at("sha256").at(f);
       std::string got = sha256_file((d / f).string());
-      if (want != got) COHORT_THROW(IoError, "checkpoint file ", (d / f).string(), " does not match its SHA-256 in the manifest");
+      if (want != got)
+        COHORT_THROW(IoError, "checkpoint file ", (d / f).string(),
+                     " does not match its SHA-256 in the manifest");
     }
     c.meta.step = m.at("step");
     c.meta.epoch = m.at("epoch");

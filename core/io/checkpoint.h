@@ -26,8 +26,8 @@ struct Checkpoint {
 };
 
 // Writes a checkpoint and keeps the newest `keep`. Returns its directory. Throws IoError.
-std::string save_checkpoint(const std::string& root, const TensorMap& model, const TensorMap& optimizer,
-                            const CheckpointMeta& meta, int64_t keep);
+std::string save_checkpoint(const std::string& root, const TensorMap& model,
+                            const TensorMap& optimizer, const CheckpointMeta& meta, int64_t keep);
 // Loads and verifies every checksum; throws IoError naming the file that fails.
 Checkpoint load_checkpoint(const std::string& dir);
 // The newest checkpoint under root whose files verify, if any.

@@ -15,27 +15,36 @@
 namespace cohort::core::io {
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "safetensors I/O assumes a little-endian host");
+static_assert(std::endian::native == std::endian::little,
+              "safetensors I/O assumes a little-endian host");
 
 const char* st_dtype(DType d) {
   switch (d) {
-    case DType::kFloat32: return "F32";
-    case DType::kFloat64: return "F64";
-    case DType::kInt64: return "I64";
-    case DType::kInt32: return "I32";
-    case DType::kUInt8: return "U8";
-    case DType::kBool: return "BOOL";
-    case DType::kBFloat16: return "BF16";
-    case DType::kFloat16: return "F16";
+    case DType::kFloat32:
+      return "F32";
+    case DType::kFloat64:
+      return "F64";
+    case DType::kInt64:
+      return "I64";
+    case DType::kInt32:
+      return "I32";
+    case DType::kUInt8:
+      return "U8";
+    case DType::kBool:
+      return "BOOL";
+    case DType::kBFloat16:
+      return "BF16";
+    case DType::kFloat16:
+      return "F16";
   }
   return "?";
 }
 
 bool parse_dtype(const std::string& s, DType& d) {
-  static const std::map<std::string, DType> m = {{"F32", DType::kFloat32}, {"F64", DType::kFloat64},
-                                                 {"I64", DType::kInt64},   {"I32", DType::kInt32},
-                                                 {"U8", DType::kUInt8},    {"BOOL", DType::kBool},
-                                                 {"BF16", DType::kBFloat16}, {"F16", DType::kFloat16}};
+  static const std::map<std::string, DType> m = {
+      {"F32", DType::kFloat32},   {"F64", DType::kFloat64}, {"I64", DType::kInt64},
+      {"I32", DType::kInt32},     {"U8", DType::kUInt8},    {"BOOL", DType::kBool},
+      {"BF16", DType::kBFloat16}, {"F16", DType::kFloat16}};
   auto it = m.find(s);
   if (it == m.end()) return false;
   d = it->second;
@@ -54,18 +63,22 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   for (const auto& [name, t] : tensors) {
     COHORT_CHECK(t.defined(), "save_safetensors: tensor '", name, "' is undefined");
     Tensor c = t.detach().to(Device::cpu()).contiguous();
-    header[name] = {{"dtype", st_dtype(c.dtype())}, {"shape", c.sizes()}, {"data_offsets", {offset, offset + c.nbytes()}}};
+    header[name] = {{"dtype", st_dtype(c.dtype())},
+                    {"shape", c.sizes()},
+                    {"data_offsets", {offset, offset + c.nbytes()}}};
     offset += c.nbytes();
     cpu.push_back(c);
   }
   std::string h = header.dump();
-  while ((h.size() + 8) % 8 != 0) h.push_back(' ');  // keep the data 8-byte aligned, as the reference writer does
+  while ((h.size() + 8) % 8 != 0)
+    h.push_back(' ');  // keep the data 8-byte aligned, as the reference writer does
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   if (!f) COHORT_THROW(IoError, "cannot write ", path);
   uint64_t n = h.size();
   f.write(reinterpret_cast<const char*>(&n), 8);
   f.write(h.data(), static_cast<std::streamsize>(h.size()));
-  for (const Tensor& c : cpu) f.write(static_cast<const char*>(c.raw_data()), static_cast<std::streamsize>(c.nbytes()));
+  for (const Tensor& c : cpu)
+    f.write(static_cast<const char*>(c.raw_data()), static_cast<std::streamsize>(c.nbytes()));
   f.flush();
   if (!f) COHORT_THROW(IoError, "writing ", path, " failed (disk full?)");
 }
@@ -103,7 +116,8 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
     auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
     const uint64_t expect = static_cast<uint64_t>(shape_numel(shape)) * element_size(d);
     if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != expect)
-      COHORT_THROW(IoError, path, ": tensor '", name, "' has data_offsets that do not match its shape");
+      COHORT_THROW(IoError, path, ": tensor '", name,
+                   "' has data_offsets that do not match its shape");
     Tensor t = empty(shape, TensorOptions(d));
     if (expect) std::memcpy(t.raw_data(), data.data() + off[0], expect);
     out[name] = t;

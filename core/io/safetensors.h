@@ -12,12 +12,13 @@ namespace cohort::core::io {
 
 using TensorMap = std::map<std::string, Tensor>;
 
-// Writes tensors (moved to CPU, made contiguous) to `path` directly; callers wanting atomicity write
-// to a temporary name and rename (see write_file_atomic). Throws IoError naming the path.
+// Writes tensors (moved to CPU, made contiguous) to `path` directly; callers wanting atomicity
+// write to a temporary name and rename (see write_file_atomic). Throws IoError naming the path.
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 // Reads every tensor; throws IoError naming the path and the problem for malformed files.
-TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+TensorMap load_safetensors(const std::string& path,
+                           std::map<std::string, std::string>* metadata = nullptr);
 
 // Hex SHA-256 of a file's bytes.
 std::string sha256_file(const std::string& path);

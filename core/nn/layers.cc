@@ -7,7 +7,8 @@
 
 namespace cohort::core::nn {
 namespace {
-// PyTorch's reset_parameters for Linear and Conv: kaiming_uniform(a=sqrt(5)), bias U(±1/sqrt(fan_in)).
+// PyTorch's reset_parameters for Linear and Conv: kaiming_uniform(a=sqrt(5)), bias
+// U(±1/sqrt(fan_in)).
 void init_weight_and_bias(Tensor& w, Tensor* b, Generator* gen) {
   kaiming_uniform_(w, std::sqrt(5.0), gen);
   if (b && b->defined()) {

@@ -84,7 +84,9 @@ class Dropout : public Module {
 class LayerNorm : public Module {
  public:
   explicit LayerNorm(int64_t dim, double eps = 1e-5);
-  Tensor forward(const Tensor& x) override { return layer_norm(x, {weight.size(0)}, weight, bias, eps_); }
+  Tensor forward(const Tensor& x) override {
+    return layer_norm(x, {weight.size(0)}, weight, bias, eps_);
+  }
   Tensor weight, bias;
 
  private:

@@ -1,5 +1,6 @@
-// The models `cohort train` builds by name: mlp, cnn (the reference CNN of shared/bench/fmnist_lib.py)
-// and gpt (a decoder-only transformer with tied input/output embeddings).
+// The models `cohort train` builds by name: mlp, cnn (the reference CNN of
+// shared/bench/fmnist_lib.py) and gpt (a decoder-only transformer with tied input/output
+// embeddings).
 #pragma once
 
 #include <vector>
@@ -18,7 +19,8 @@ class MLP : public Module {
   std::vector<std::shared_ptr<Linear>> layers_;
 };
 
-// conv3x3(1->32,pad1)-relu-maxpool2 / conv3x3(32->64,pad1)-relu-maxpool2 / fc 3136->128-relu / fc 128->10.
+// conv3x3(1->32,pad1)-relu-maxpool2 / conv3x3(32->64,pad1)-relu-maxpool2 / fc 3136->128-relu / fc
+// 128->10.
 class CNN : public Module {
  public:
   explicit CNN(int64_t in_channels = 1, int64_t classes = 10, Generator* gen = nullptr);

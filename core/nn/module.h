@@ -31,7 +31,8 @@ class Module {
   NamedTensors named_buffers() const;
   // Parameters then buffers, detached. Tensors share storage with the module.
   StateDict state_dict() const;
-  // Copies values in; with strict, missing or unexpected keys and shape mismatches throw naming the key.
+  // Copies values in; with strict, missing or unexpected keys and shape mismatches throw naming the
+  // key.
   void load_state_dict(const StateDict& state, bool strict = true);
   int64_t num_parameters() const;
 

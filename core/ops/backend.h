@@ -10,8 +10,21 @@
 namespace cohort::core {
 
 enum class UnaryOp : uint8_t {
-  kNeg, kExp, kLog, kSqrt, kRsqrt, kAbs, kSign, kRelu, kGeluTanh, kGeluErf, kTanh, kSigmoid, kSilu,
-  kSquare, kReciprocal,
+  kNeg,
+  kExp,
+  kLog,
+  kSqrt,
+  kRsqrt,
+  kAbs,
+  kSign,
+  kRelu,
+  kGeluTanh,
+  kGeluErf,
+  kTanh,
+  kSigmoid,
+  kSilu,
+  kSquare,
+  kReciprocal,
   kClamp,      // clamp(x, s.a, s.b)
   kPowScalar,  // x ** s.a
   kAffine,     // x * s.a + s.b
@@ -19,18 +32,30 @@ enum class UnaryOp : uint8_t {
 };
 
 enum class BinaryOp : uint8_t {
-  kAdd, kSub, kMul, kDiv, kPow, kMaximum, kMinimum,
-  kEq, kNe, kLt, kLe, kGt, kGe,  // bool out
-  kAnd, kOr,                     // bool inputs, bool out
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kPow,
+  kMaximum,
+  kMinimum,
+  kEq,
+  kNe,
+  kLt,
+  kLe,
+  kGt,
+  kGe,  // bool out
+  kAnd,
+  kOr,  // bool inputs, bool out
   // Fused backward kernels: a is the incoming gradient, b the saved input (x) or output (y).
-  kReluGrad,      // a * (x > 0)
-  kGeluTanhGrad,  // a * gelu_tanh'(x)
-  kGeluErfGrad,   // a * gelu_erf'(x)
-  kTanhGrad,      // a * (1 - y^2)
-  kSigmoidGrad,   // a * y * (1 - y)
-  kSiluGrad,      // a * silu'(x)
-  kClampGrad,     // a * (s.a <= x <= s.b)
-  kPowScalarGrad, // a * s.a * x^(s.a - 1)
+  kReluGrad,       // a * (x > 0)
+  kGeluTanhGrad,   // a * gelu_tanh'(x)
+  kGeluErfGrad,    // a * gelu_erf'(x)
+  kTanhGrad,       // a * (1 - y^2)
+  kSigmoidGrad,    // a * y * (1 - y)
+  kSiluGrad,       // a * silu'(x)
+  kClampGrad,      // a * (s.a <= x <= s.b)
+  kPowScalarGrad,  // a * s.a * x^(s.a - 1)
 };
 
 enum class ReduceOp : uint8_t { kSum, kProd, kMax, kMin };
@@ -114,7 +139,8 @@ class Backend {
                            const Tensor& src) = 0;
 
   // Convolution through im2col/col2im on contiguous NCHW tensors.
-  virtual void im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n, const Tensor& col) = 0;
+  virtual void im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n,
+                      const Tensor& col) = 0;
   virtual void col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n,
                       const Tensor& image) = 0;
   // Pooling over contiguous [planes, h, w]; max pooling records int64 argmax offsets.

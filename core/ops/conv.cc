@@ -23,19 +23,22 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, const c
 
 }  // namespace
 
-Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv2dOptions& o) {
-  COHORT_CHECK(input.dim() == 4 || input.dim() == 3, "conv2d: input must be [N, C, H, W] or [C, H, W], got ",
-               shape_str(input.sizes()));
+Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
+              const Conv2dOptions& o) {
+  COHORT_CHECK(input.dim() == 4 || input.dim() == 3,
+               "conv2d: input must be [N, C, H, W] or [C, H, W], got ", shape_str(input.sizes()));
   if (input.dim() == 3) return conv2d(input.unsqueeze(0), weight, bias, o).squeeze(0);
   COHORT_CHECK(weight.dim() == 4, "conv2d: weight must be [O, C/groups, kh, kw], got ",
                shape_str(weight.sizes()));
   COHORT_CHECK(o.groups >= 1 && input.size(1) % o.groups == 0 && weight.size(0) % o.groups == 0,
                "conv2d: groups=", o.groups, " must divide both input channels (", input.size(1),
                ") and output channels (", weight.size(0), ")");
-  COHORT_CHECK(weight.size(1) * o.groups == input.size(1), "conv2d: weight ", shape_str(weight.sizes()),
-               " expects ", weight.size(1) * o.groups, " input channels, got ", input.size(1));
-  COHORT_CHECK(o.stride.first > 0 && o.stride.second > 0 && o.dilation.first > 0 && o.dilation.second > 0,
-               "conv2d: stride and dilation must be positive");
+  COHORT_CHECK(weight.size(1) * o.groups == input.size(1), "conv2d: weight ",
+               shape_str(weight.sizes()), " expects ", weight.size(1) * o.groups,
+               " input channels, got ", input.size(1));
+  COHORT_CHECK(
+      o.stride.first > 0 && o.stride.second > 0 && o.dilation.first > 0 && o.dilation.second > 0,
+      "conv2d: stride and dilation must be positive");
   Conv2dGeometry g{};
   g.batch = input.size(0);
   g.in_channels = input.size(1);
@@ -75,14 +78,15 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
       beta = 1;
     }
     for (int64_t gi = 0; gi < G; ++gi) {
-      Tensor wg = w3.select(0, gi).unsqueeze(0);                        // [1, Og, Kg]
-      Tensor cg = col.slice(1, gi * Kg, (gi + 1) * Kg);                  // [N, Kg, ohw]
-      Tensor og = out3.slice(1, gi * Og, (gi + 1) * Og);                 // [N, Og, ohw]
+      Tensor wg = w3.select(0, gi).unsqueeze(0);          // [1, Og, Kg]
+      Tensor cg = col.slice(1, gi * Kg, (gi + 1) * Kg);   // [N, Kg, ohw]
+      Tensor og = out3.slice(1, gi * Og, (gi + 1) * Og);  // [N, Og, ohw]
       if (G == 1) {
         detail::batched_gemm(wg, cg, og, beta);
       } else {
         for (int64_t n = 0; n < g.batch; ++n)
-          detail::batched_gemm(wg, cg.select(0, n).unsqueeze(0), og.select(0, n).unsqueeze(0), beta);
+          detail::batched_gemm(wg, cg.select(0, n).unsqueeze(0), og.select(0, n).unsqueeze(0),
+                               beta);
       }
     }
   }
@@ -103,7 +107,8 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
           for (int64_t gi = 0; gi < G; ++gi) {
             Tensor wt = w3.select(0, gi).t().unsqueeze(0);                  // [1, Kg, Og]
             Tensor gyn = gy.select(0, n).slice(0, gi * Og, (gi + 1) * Og);  // [Og, ohw]
-            detail::batched_gemm(wt, gyn.unsqueeze(0), gcol.slice(0, gi * Kg, (gi + 1) * Kg).unsqueeze(0), 0);
+            detail::batched_gemm(wt, gyn.unsqueeze(0),
+                                 gcol.slice(0, gi * Kg, (gi + 1) * Kg).unsqueeze(0), 0);
           }
           be.col2im(gcol, g, n, gx);
         }
@@ -115,8 +120,10 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
         for (int64_t gi = 0; gi < G; ++gi) {
           Tensor gwg = gw.select(0, gi).unsqueeze(0);
           for (int64_t n = 0; n < g.batch; ++n) {
-            Tensor gyn = gy.select(0, n).slice(0, gi * Og, (gi + 1) * Og).unsqueeze(0);   // [1, Og, ohw]
-            Tensor cn = c.select(0, n).slice(0, gi * Kg, (gi + 1) * Kg).t().unsqueeze(0);  // [1, ohw, Kg]
+            Tensor gyn =
+                gy.select(0, n).slice(0, gi * Og, (gi + 1) * Og).unsqueeze(0);  // [1, Og, ohw]
+            Tensor cn =
+                c.select(0, n).slice(0, gi * Kg, (gi + 1) * Kg).t().unsqueeze(0);  // [1, ohw, Kg]
             detail::batched_gemm(gyn, cn, gwg, n == 0 ? 0.0 : 1.0);
           }
         }

@@ -53,9 +53,10 @@ Tensor as_floating(const Tensor& a) {
 Tensor record_unary(const char* name, const Tensor& a, Tensor out,
                     std::function<Tensor(const Tensor& g)> back) {
   if (autograd::any_requires_grad({&a})) {
-    autograd::record(name, {a}, {&out}, [back = std::move(back)](const TensorList& g, const Needs&) {
-      return TensorList{back(g[0])};
-    });
+    autograd::record(name, {a}, {&out},
+                     [back = std::move(back)](const TensorList& g, const Needs&) {
+                       return TensorList{back(g[0])};
+                     });
   }
   return out;
 }
@@ -97,7 +98,8 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   if (autograd::any_requires_grad({&a, &b})) {
     Shape sa = a.sizes(), sb = b.sizes();
     autograd::record("SubBackward", {a, b}, {&out}, [sa, sb](const TensorList& g, const Needs& n) {
-      return TensorList{n[0] ? sum_to(g[0], sa) : Tensor(), n[1] ? neg(sum_to(g[0], sb)) : Tensor()};
+      return TensorList{n[0] ? sum_to(g[0], sa) : Tensor(),
+                        n[1] ? neg(sum_to(g[0], sb)) : Tensor()};
     });
   }
   return out;
@@ -186,8 +188,12 @@ Tensor extremum(BinaryOp op, const Tensor& a, const Tensor& b, const char* name)
 }
 }  // namespace
 
-Tensor maximum(const Tensor& a, const Tensor& b) { return extremum(BinaryOp::kMaximum, a, b, "MaximumBackward"); }
-Tensor minimum(const Tensor& a, const Tensor& b) { return extremum(BinaryOp::kMinimum, a, b, "MinimumBackward"); }
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return extremum(BinaryOp::kMaximum, a, b, "MaximumBackward");
+}
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  return extremum(BinaryOp::kMinimum, a, b, "MinimumBackward");
+}
 
 Tensor neg(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::kNeg, a);
@@ -210,21 +216,22 @@ Tensor log(const Tensor& a) {
 Tensor sqrt(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::kSqrt, as_floating(a));
   SavedTensor so(out);
-  return record_unary("SqrtBackward", a, out, [so](const Tensor& g) { return div(g, mul(so.get(), 2.0)); });
+  return record_unary("SqrtBackward", a, out,
+                      [so](const Tensor& g) { return div(g, mul(so.get(), 2.0)); });
 }
 
 Tensor rsqrt(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::kRsqrt, as_floating(a));
   SavedTensor so(out);
-  return record_unary("RsqrtBackward", a, out, [so](const Tensor& g) {
-    return mul(mul(g, pow(so.get(), 3.0)), -0.5);
-  });
+  return record_unary("RsqrtBackward", a, out,
+                      [so](const Tensor& g) { return mul(mul(g, pow(so.get(), 3.0)), -0.5); });
 }
 
 Tensor abs(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::kAbs, a);
   SavedTensor sa(a);
-  return record_unary("AbsBackward", a, out, [sa](const Tensor& g) { return mul(g, sign(sa.get())); });
+  return record_unary("AbsBackward", a, out,
+                      [sa](const Tensor& g) { return mul(g, sign(sa.get())); });
 }
 
 Tensor sign(const Tensor& a) {
@@ -235,7 +242,8 @@ Tensor sign(const Tensor& a) {
 Tensor square(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::kSquare, a);
   SavedTensor sa(a);
-  return record_unary("SquareBackward", a, out, [sa](const Tensor& g) { return mul(mul(g, sa.get()), 2.0); });
+  return record_unary("SquareBackward", a, out,
+                      [sa](const Tensor& g) { return mul(mul(g, sa.get()), 2.0); });
 }
 
 Tensor clamp(const Tensor& a, std::optional<double> lo, std::optional<double> hi) {
@@ -263,12 +271,18 @@ Tensor activation(UnaryOp fwd, BinaryOp bwd, const char* name, const Tensor& a, 
 }
 }  // namespace
 
-Tensor relu(const Tensor& a) { return activation(UnaryOp::kRelu, BinaryOp::kReluGrad, "ReluBackward", a, true); }
-Tensor tanh(const Tensor& a) { return activation(UnaryOp::kTanh, BinaryOp::kTanhGrad, "TanhBackward", a, true); }
+Tensor relu(const Tensor& a) {
+  return activation(UnaryOp::kRelu, BinaryOp::kReluGrad, "ReluBackward", a, true);
+}
+Tensor tanh(const Tensor& a) {
+  return activation(UnaryOp::kTanh, BinaryOp::kTanhGrad, "TanhBackward", a, true);
+}
 Tensor sigmoid(const Tensor& a) {
   return activation(UnaryOp::kSigmoid, BinaryOp::kSigmoidGrad, "SigmoidBackward", a, true);
 }
-Tensor silu(const Tensor& a) { return activation(UnaryOp::kSilu, BinaryOp::kSiluGrad, "SiluBackward", a, false); }
+Tensor silu(const Tensor& a) {
+  return activation(UnaryOp::kSilu, BinaryOp::kSiluGrad, "SiluBackward", a, false);
+}
 Tensor gelu(const Tensor& a, const std::string& approximate) {
   if (approximate == "tanh")
     return activation(UnaryOp::kGeluTanh, BinaryOp::kGeluTanhGrad, "GeluBackward", a, false);
@@ -277,12 +291,24 @@ Tensor gelu(const Tensor& a, const std::string& approximate) {
   return activation(UnaryOp::kGeluErf, BinaryOp::kGeluErfGrad, "GeluBackward", a, false);
 }
 
-Tensor eq(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kEq, a, b, "eq", {}, true); }
-Tensor ne(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kNe, a, b, "ne", {}, true); }
-Tensor lt(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kLt, a, b, "lt", {}, true); }
-Tensor le(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kLe, a, b, "le", {}, true); }
-Tensor gt(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kGt, a, b, "gt", {}, true); }
-Tensor ge(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::kGe, a, b, "ge", {}, true); }
+Tensor eq(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kEq, a, b, "eq", {}, true);
+}
+Tensor ne(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kNe, a, b, "ne", {}, true);
+}
+Tensor lt(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kLt, a, b, "lt", {}, true);
+}
+Tensor le(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kLe, a, b, "le", {}, true);
+}
+Tensor gt(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kGt, a, b, "gt", {}, true);
+}
+Tensor ge(const Tensor& a, const Tensor& b) {
+  return binary_forward(BinaryOp::kGe, a, b, "ge", {}, true);
+}
 Tensor gt(const Tensor& a, double s) { return gt(a, scalar_tensor(s, a.options())); }
 Tensor lt(const Tensor& a, double s) { return lt(a, scalar_tensor(s, a.options())); }
 Tensor eq(const Tensor& a, double s) { return eq(a, scalar_tensor(s, a.options())); }
@@ -293,10 +319,12 @@ Tensor logical_not(const Tensor& a) {
   return out;
 }
 Tensor logical_and(const Tensor& a, const Tensor& b) {
-  return binary_forward(BinaryOp::kAnd, a.to(DType::kBool), b.to(DType::kBool), "logical_and", {}, true);
+  return binary_forward(BinaryOp::kAnd, a.to(DType::kBool), b.to(DType::kBool), "logical_and", {},
+                        true);
 }
 Tensor logical_or(const Tensor& a, const Tensor& b) {
-  return binary_forward(BinaryOp::kOr, a.to(DType::kBool), b.to(DType::kBool), "logical_or", {}, true);
+  return binary_forward(BinaryOp::kOr, a.to(DType::kBool), b.to(DType::kBool), "logical_or", {},
+                        true);
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
@@ -327,11 +355,12 @@ Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
   return where(mask, scalar_tensor(value, a.options()), a);
 }
 
-// --- in-place ----------------------------------------------------------------------------------------
+// --- in-place
+// ----------------------------------------------------------------------------------------
 namespace {
 void check_inplace(const Tensor& a, const char* op) {
-  COHORT_CHECK(!(autograd::GradMode::is_enabled() && (a.requires_grad() || a.grad_fn())),
-               op, " on a tensor that requires grad would corrupt autograd; do it under NoGradGuard "
+  COHORT_CHECK(!(autograd::GradMode::is_enabled() && (a.requires_grad() || a.grad_fn())), op,
+               " on a tensor that requires grad would corrupt autograd; do it under NoGradGuard "
                "or on a detached tensor");
 }
 void inplace_binary(BinaryOp op, Tensor& a, const Tensor& b, const char* name) {

@@ -1,5 +1,5 @@
-// Tensor factories and random initialisers. Random numbers are drawn on the CPU from a Generator and
-// copied to the target device, so a seed means the same values everywhere.
+// Tensor factories and random initialisers. Random numbers are drawn on the CPU from a Generator
+// and copied to the target device, so a seed means the same values everywhere.
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -38,7 +38,9 @@ Tensor arange(double start, double end, double step, TensorOptions opts) {
   for (int64_t i = 0; i < n; ++i) p[i] = start + static_cast<double>(i) * step;
   return cpu.to(opts.dtype).to(opts.device);
 }
-Tensor arange(int64_t end, TensorOptions opts) { return arange(0, static_cast<double>(end), 1, opts); }
+Tensor arange(int64_t end, TensorOptions opts) {
+  return arange(0, static_cast<double>(end), 1, opts);
+}
 
 namespace {
 // Fills a CPU float64 buffer from the generator, then converts and moves it.
@@ -85,8 +87,8 @@ Tensor randperm(int64_t n, Generator* gen) {
 
 template <typename T>
 Tensor from_vector(const std::vector<T>& data, const Shape& shape, TensorOptions opts) {
-  COHORT_CHECK(static_cast<int64_t>(data.size()) == shape_numel(shape), "from_vector: ", data.size(),
-               " values do not fill shape ", shape_str(shape));
+  COHORT_CHECK(static_cast<int64_t>(data.size()) == shape_numel(shape),
+               "from_vector: ", data.size(), " values do not fill shape ", shape_str(shape));
   Tensor cpu = empty(shape, TensorOptions(dtype_of<T>()));
   if (!data.empty()) {
     if constexpr (std::is_same_v<T, bool>) {

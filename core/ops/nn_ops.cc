@@ -1,5 +1,5 @@
-// Neural-network functions: softmax, fused cross-entropy, losses, layer norm, embedding, dropout and
-// scaled-dot-product attention.
+// Neural-network functions: softmax, fused cross-entropy, losses, layer norm, embedding, dropout
+// and scaled-dot-product attention.
 #include <cmath>
 
 #include "core/autograd/grad_mode.h"
@@ -41,9 +41,12 @@ Tensor softmax_impl(const Tensor& a, int64_t dim, bool log) {
 
 Tensor reduce_loss(const Tensor& rows, Reduction r, const Tensor& count) {
   switch (r) {
-    case Reduction::kNone: return rows;
-    case Reduction::kSum: return sum(rows);
-    case Reduction::kMean: return count.defined() ? div(sum(rows), count) : mean(rows);
+    case Reduction::kNone:
+      return rows;
+    case Reduction::kSum:
+      return sum(rows);
+    case Reduction::kMean:
+      return count.defined() ? div(sum(rows), count) : mean(rows);
   }
   return rows;
 }
@@ -54,7 +57,8 @@ Tensor softmax(const Tensor& a, int64_t dim) { return softmax_impl(a, dim, false
 Tensor log_softmax(const Tensor& a, int64_t dim) { return softmax_impl(a, dim, true); }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {
-  COHORT_CHECK(target.dtype() == DType::kInt64, "cross_entropy: target must be int64 class indices, got ",
+  COHORT_CHECK(target.dtype() == DType::kInt64,
+               "cross_entropy: target must be int64 class indices, got ",
                dtype_name(target.dtype()));
   COHORT_CHECK(logits.dim() >= 1, "cross_entropy: logits need a class dimension");
   COHORT_CHECK(opts.label_smoothing >= 0 && opts.label_smoothing <= 1,
@@ -75,7 +79,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
                " rows of logits (logits ", shape_str(logits.sizes()), ", target ",
                shape_str(target.sizes()), ")");
   Tensor rows = empty({x.size(0)}, x.options());
-  backend_for(x.device()).cross_entropy(x.detach(), t, opts.ignore_index, opts.label_smoothing, rows);
+  backend_for(x.device())
+      .cross_entropy(x.detach(), t, opts.ignore_index, opts.label_smoothing, rows);
   if (autograd::any_requires_grad({&x})) {
     SavedTensor sx(x), st(t);
     int64_t ignore = opts.ignore_index;
@@ -90,7 +95,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   Tensor count;
   if (opts.reduction == Reduction::kMean) {
     autograd::NoGradGuard g;
-    count = sum(ne(t, scalar_tensor(static_cast<double>(opts.ignore_index), t.options()))).to(x.dtype());
+    count = sum(ne(t, scalar_tensor(static_cast<double>(opts.ignore_index), t.options())))
+                .to(x.dtype());
   }
   if (opts.reduction == Reduction::kNone) return rows.view(target.sizes());
   return reduce_loss(rows, opts.reduction, count);
@@ -114,15 +120,20 @@ Tensor layer_norm(const Tensor& input, const Shape& normalized_shape, const Tens
   }
   const int64_t cols = shape_numel(normalized_shape);
   const int64_t rows = cols ? input.numel() / cols : 0;
-  if (weight.defined()) COHORT_CHECK(weight.numel() == cols, "layer_norm: weight has ", weight.numel(), " elements, expected ", cols);
-  if (bias.defined()) COHORT_CHECK(bias.numel() == cols, "layer_norm: bias has ", bias.numel(), " elements, expected ", cols);
+  if (weight.defined())
+    COHORT_CHECK(weight.numel() == cols, "layer_norm: weight has ", weight.numel(),
+                 " elements, expected ", cols);
+  if (bias.defined())
+    COHORT_CHECK(bias.numel() == cols, "layer_norm: bias has ", bias.numel(),
+                 " elements, expected ", cols);
   Tensor x = input.contiguous();
   Tensor w = weight.defined() ? weight.contiguous() : Tensor();
   Tensor b = bias.defined() ? bias.contiguous() : Tensor();
   Tensor out = empty(x.sizes(), x.options());
   Tensor mu = empty({rows}, x.options()), rstd = empty({rows}, x.options());
-  backend_for(x.device()).layer_norm(x.detach(), w.defined() ? w.detach() : w,
-                                     b.defined() ? b.detach() : b, eps, out, mu, rstd);
+  backend_for(x.device())
+      .layer_norm(x.detach(), w.defined() ? w.detach() : w, b.defined() ? b.detach() : b, eps, out,
+                  mu, rstd);
   std::vector<Tensor> inputs{x};
   if (w.defined()) inputs.push_back(w);
   if (b.defined()) inputs.push_back(b);
@@ -137,8 +148,9 @@ Tensor layer_norm(const Tensor& input, const Shape& normalized_shape, const Tens
       Tensor gw = has_w && n[1] ? empty(sw.get().sizes(), xs.options()) : Tensor();
       size_t bi = has_w ? 2 : 1;
       Tensor gb = has_b && n[bi] ? empty({cols}, xs.options()) : Tensor();
-      backend_for(xs.device()).layer_norm_backward(gc, xs, has_w ? sw.get() : Tensor(), smu.get(),
-                                                   sr.get(), gx, gw, gb);
+      backend_for(xs.device())
+          .layer_norm_backward(gc, xs, has_w ? sw.get() : Tensor(), smu.get(), sr.get(), gx, gw,
+                               gb);
       TensorList r{gx};
       if (has_w) r.push_back(gw);
       if (has_b) r.push_back(gb.defined() ? gb.view(bshape) : gb);
@@ -170,13 +182,16 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
   return mul(x, mask);
 }
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    bool causal) {
   COHORT_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2,
                "scaled_dot_product_attention: q, k, v need at least 2 dimensions");
-  COHORT_CHECK(q.size(-1) == k.size(-1), "scaled_dot_product_attention: q and k head sizes differ (",
-               q.size(-1), " vs ", k.size(-1), ")");
+  COHORT_CHECK(q.size(-1) == k.size(-1),
+               "scaled_dot_product_attention: q and k head sizes differ (", q.size(-1), " vs ",
+               k.size(-1), ")");
   const int64_t lq = q.size(-2), lk = k.size(-2);
-  Tensor scores = mul(matmul(q, k.transpose(-1, -2)), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  Tensor scores =
+      mul(matmul(q, k.transpose(-1, -2)), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   if (causal) {
     std::vector<bool> m(static_cast<size_t>(lq * lk));
     for (int64_t i = 0; i < lq; ++i)

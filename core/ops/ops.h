@@ -1,6 +1,6 @@
-// The op front ends: every differentiable function on tensors. Each validates its arguments, runs the
-// kernel of the inputs' device and, in grad mode, records its backward. Throws InvalidArgument with a
-// sentence naming the op and the offending shapes on bad input.
+// The op front ends: every differentiable function on tensors. Each validates its arguments, runs
+// the kernel of the inputs' device and, in grad mode, records its backward. Throws InvalidArgument
+// with a sentence naming the op and the offending shapes on bad input.
 #pragma once
 
 #include <optional>
@@ -12,7 +12,8 @@
 
 namespace cohort::core {
 
-// --- factories -----------------------------------------------------------------------------------------
+// --- factories
+// -----------------------------------------------------------------------------------------
 Tensor zeros(const Shape& shape, TensorOptions opts = {});
 Tensor ones(const Shape& shape, TensorOptions opts = {});
 Tensor full(const Shape& shape, double value, TensorOptions opts = {});
@@ -21,16 +22,18 @@ Tensor ones_like(const Tensor& t);
 Tensor full_like(const Tensor& t, double value);
 Tensor scalar_tensor(double value, TensorOptions opts = {});
 // [start, end) with step; dtype int64 unless opts says otherwise.
-Tensor arange(double start, double end, double step = 1, TensorOptions opts = TensorOptions(DType::kInt64));
+Tensor arange(double start, double end, double step = 1,
+              TensorOptions opts = TensorOptions(DType::kInt64));
 Tensor arange(int64_t end, TensorOptions opts = TensorOptions(DType::kInt64));
 Tensor rand(const Shape& shape, TensorOptions opts = {}, Generator* gen = nullptr);
 Tensor randn(const Shape& shape, TensorOptions opts = {}, Generator* gen = nullptr);
-Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts = TensorOptions(DType::kInt64),
-               Generator* gen = nullptr);
+Tensor randint(int64_t low, int64_t high, const Shape& shape,
+               TensorOptions opts = TensorOptions(DType::kInt64), Generator* gen = nullptr);
 Tensor randperm(int64_t n, Generator* gen = nullptr);
 // Copies `data` (count = product of shape) into a new tensor.
 template <typename T>
-Tensor from_vector(const std::vector<T>& data, const Shape& shape, TensorOptions opts = TensorOptions(dtype_of<T>()));
+Tensor from_vector(const std::vector<T>& data, const Shape& shape,
+                   TensorOptions opts = TensorOptions(dtype_of<T>()));
 // Wraps external CPU memory without copying; the caller keeps it alive while the tensor lives.
 Tensor from_blob(void* data, const Shape& shape, DType dtype);
 Tensor tensor(std::initializer_list<double> values, TensorOptions opts = {});
@@ -43,7 +46,8 @@ Tensor& kaiming_uniform_(Tensor& t, double a, Generator* gen = nullptr);
 Tensor& kaiming_normal_(Tensor& t, double a = 0, Generator* gen = nullptr);
 int64_t fan_in(const Tensor& t);
 
-// --- elementwise -------------------------------------------------------------------------------------
+// --- elementwise
+// -------------------------------------------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
@@ -98,7 +102,8 @@ Tensor& lerp_(Tensor& a, const Tensor& b, double weight);
 Tensor& clamp_(Tensor& a, std::optional<double> lo, std::optional<double> hi);
 Tensor& masked_fill_(Tensor& a, const Tensor& mask, double value);
 
-// --- reductions ----------------------------------------------------------------------------------------
+// --- reductions
+// ----------------------------------------------------------------------------------------
 Tensor sum(const Tensor& a);
 Tensor sum(const Tensor& a, const Shape& dims, bool keepdim = false);
 Tensor mean(const Tensor& a);
@@ -116,13 +121,15 @@ Tensor argmax(const Tensor& a);
 Tensor sum_to(const Tensor& g, const Shape& shape);
 Shape broadcast_shapes(const Shape& a, const Shape& b);
 
-// --- linear algebra ------------------------------------------------------------------------------------
-// 1-D, 2-D and batched (broadcast) matrix products through the device's BLAS.
+// --- linear algebra
+// ------------------------------------------------------------------------------------ 1-D, 2-D and
+// batched (broadcast) matrix products through the device's BLAS.
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x @ weight^T + bias, with the bias folded into the GEMM. bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
-// --- neural-network functions ----------------------------------------------------------------------
+// --- neural-network functions
+// ----------------------------------------------------------------------
 Tensor softmax(const Tensor& a, int64_t dim);
 Tensor log_softmax(const Tensor& a, int64_t dim);
 enum class Reduction { kNone, kMean, kSum };
@@ -132,10 +139,11 @@ struct CrossEntropyOptions {
   Reduction reduction = Reduction::kMean;
 };
 // log_softmax + negative log-likelihood, fused. logits [N, C] (or [N, C, d...]); target int64 [N].
-Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts = {});
+Tensor cross_entropy(const Tensor& logits, const Tensor& target,
+                     const CrossEntropyOptions& opts = {});
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction = Reduction::kMean);
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
-                  double eps = 1e-5);
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                  const Tensor& bias, double eps = 1e-5);
 Tensor embedding(const Tensor& weight, const Tensor& indices);
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
 // softmax(q k^T / sqrt(d) + causal mask) v over [..., L, d] tensors.
@@ -145,7 +153,8 @@ struct Conv2dOptions {
   std::pair<int64_t, int64_t> stride{1, 1}, padding{0, 0}, dilation{1, 1};
   int64_t groups = 1;
 };
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& opts = {});
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
+              const Conv2dOptions& opts = {});
 struct Pool2dOptions {
   std::pair<int64_t, int64_t> kernel{2, 2}, stride{0, 0} /* 0: = kernel */, padding{0, 0};
   bool count_include_pad = true;
@@ -153,7 +162,8 @@ struct Pool2dOptions {
 Tensor max_pool2d(const Tensor& x, const Pool2dOptions& opts);
 Tensor avg_pool2d(const Tensor& x, const Pool2dOptions& opts);
 
-// --- joining, splitting, indexing ---------------------------------------------------------------------
+// --- joining, splitting, indexing
+// ---------------------------------------------------------------------
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim = 0);
 Tensor stack(const std::vector<Tensor>& tensors, int64_t dim = 0);
 std::vector<Tensor> split(const Tensor& t, int64_t split_size, int64_t dim = 0);
@@ -161,7 +171,8 @@ std::vector<Tensor> chunk(const Tensor& t, int64_t chunks, int64_t dim = 0);
 Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index);
 Tensor gather(const Tensor& t, int64_t dim, const Tensor& index);
 
-// --- operators -----------------------------------------------------------------------------------------
+// --- operators
+// -----------------------------------------------------------------------------------------
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }

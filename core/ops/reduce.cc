@@ -57,9 +57,10 @@ Tensor sum(const Tensor& a, const Shape& dims, bool keepdim) {
   Tensor out = reduce_forward(ReduceOp::kSum, a, mask, keepdim, sum_dtype(a.dtype()));
   if (autograd::any_requires_grad({&a})) {
     Shape keep = kept_shape(a, mask), in_shape = a.sizes();
-    autograd::record("SumBackward", {a}, {&out}, [keep, in_shape](const TensorList& g, const Needs&) {
-      return TensorList{g[0].reshape(keep).expand(in_shape)};
-    });
+    autograd::record("SumBackward", {a}, {&out},
+                     [keep, in_shape](const TensorList& g, const Needs&) {
+                       return TensorList{g[0].reshape(keep).expand(in_shape)};
+                     });
   }
   return out;
 }
@@ -157,7 +158,8 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
   size_t lead = g.sizes().size() - shape.size();
   Shape dims;
   for (size_t i = 0; i < g.sizes().size(); ++i) {
-    if (i < lead || (shape[i - lead] == 1 && g.sizes()[i] != 1)) dims.push_back(static_cast<int64_t>(i));
+    if (i < lead || (shape[i - lead] == 1 && g.sizes()[i] != 1))
+      dims.push_back(static_cast<int64_t>(i));
   }
   Tensor r = dims.empty() ? g : sum(g, dims, true);
   return r.reshape(shape);

@@ -19,10 +19,11 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   std::vector<int64_t> offsets;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
-    COHORT_CHECK(t.dim() == first.dim() && t.dtype() == first.dtype() && t.device() == first.device(),
-                 "cat: tensor ", i, " (", shape_str(t.sizes()), ", ", dtype_name(t.dtype()),
-                 ") does not match tensor 0 (", shape_str(first.sizes()), ", ",
-                 dtype_name(first.dtype()), ")");
+    COHORT_CHECK(
+        t.dim() == first.dim() && t.dtype() == first.dtype() && t.device() == first.device(),
+        "cat: tensor ", i, " (", shape_str(t.sizes()), ", ", dtype_name(t.dtype()),
+        ") does not match tensor 0 (", shape_str(first.sizes()), ", ", dtype_name(first.dtype()),
+        ")");
     for (int64_t d = 0; d < t.dim(); ++d) {
       COHORT_CHECK(d == dim || t.size(d) == first.size(d), "cat: tensor ", i, " has shape ",
                    shape_str(t.sizes()), " but tensor 0 has ", shape_str(first.sizes()),
@@ -35,7 +36,8 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   {
     autograd::NoGradGuard g;
     for (size_t i = 0; i < tensors.size(); ++i) {
-      backend_for(out.device()).copy(tensors[i], out.slice(dim, offsets[i], offsets[i] + tensors[i].size(dim)));
+      backend_for(out.device())
+          .copy(tensors[i], out.slice(dim, offsets[i], offsets[i] + tensors[i].size(dim)));
     }
   }
   if (autograd::any_requires_grad(tensors)) {
@@ -57,7 +59,8 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
   std::vector<Tensor> us;
   for (size_t i = 0; i < tensors.size(); ++i) {
     COHORT_CHECK(tensors[i].sizes() == tensors[0].sizes(), "stack: tensor ", i, " has shape ",
-                 shape_str(tensors[i].sizes()), " but tensor 0 has ", shape_str(tensors[0].sizes()));
+                 shape_str(tensors[i].sizes()), " but tensor 0 has ",
+                 shape_str(tensors[0].sizes()));
     us.push_back(tensors[i].unsqueeze(dim));
   }
   return cat(us, dim);

@@ -1,4 +1,5 @@
-// Optimiser updates, following PyTorch's formulas exactly so that runs can be compared step by step.
+// Optimiser updates, following PyTorch's formulas exactly so that runs can be compared step by
+// step.
 #include "core/optim/optimizer.h"
 
 #include <cmath>
@@ -54,7 +55,8 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   }
 }
 
-SGD::SGD(std::vector<Tensor> params, const SGDOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+SGD::SGD(std::vector<Tensor> params, const SGDOptions& o)
+    : Optimizer(std::move(params), o.lr), o_(o) {
   COHORT_CHECK(o.momentum >= 0, "SGD: momentum must be non-negative, got ", o.momentum);
   COHORT_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
                "SGD: nesterov needs momentum > 0 and dampening 0");
@@ -87,7 +89,8 @@ void SGD::step() {
   ++steps_;
 }
 
-AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& o) : Optimizer(std::move(params), o.lr), o_(o) {
+AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& o)
+    : Optimizer(std::move(params), o.lr), o_(o) {
   COHORT_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
                "AdamW: betas must be in [0, 1), got ", o.beta1, " and ", o.beta2);
   COHORT_CHECK(o.eps > 0, "AdamW: eps must be positive, got ", o.eps);
@@ -120,7 +123,8 @@ double StepLR::lr(int64_t step) const {
 double CosineLR::lr(int64_t step) const {
   if (step < warmup_) return base_ * static_cast<double>(step + 1) / static_cast<double>(warmup_);
   if (step >= total_) return min_lr_;
-  double progress = static_cast<double>(step - warmup_) / static_cast<double>(std::max<int64_t>(total_ - warmup_, 1));
+  double progress = static_cast<double>(step - warmup_) /
+                    static_cast<double>(std::max<int64_t>(total_ - warmup_, 1));
   return min_lr_ + 0.5 * (base_ - min_lr_) * (1 + std::cos(M_PI * progress));
 }
 

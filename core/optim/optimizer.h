@@ -82,7 +82,8 @@ class ConstantLR : public LRSchedule {
 // base * gamma^(step / step_size)
 class StepLR : public LRSchedule {
  public:
-  StepLR(double base, int64_t step_size, double gamma) : base_(base), step_size_(step_size), gamma_(gamma) {}
+  StepLR(double base, int64_t step_size, double gamma)
+      : base_(base), step_size_(step_size), gamma_(gamma) {}
   double lr(int64_t step) const override;
 
  private:

@@ -11,7 +11,16 @@
 
 namespace cohort::core {
 
-enum class DType : uint8_t { kFloat32, kFloat64, kInt64, kInt32, kUInt8, kBool, kBFloat16, kFloat16 };
+enum class DType : uint8_t {
+  kFloat32,
+  kFloat64,
+  kInt64,
+  kInt32,
+  kUInt8,
+  kBool,
+  kBFloat16,
+  kFloat16
+};
 
 // bfloat16: the top half of a float32; conversion rounds to nearest even, NaN stays NaN.
 struct BFloat16 {
@@ -40,7 +49,7 @@ struct Float16 {
     uint32_t x = std::bit_cast<uint32_t>(f);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+    if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
     if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
     if (ax < 0x38800000u) {  // subnormal or zero in half precision
       // Adding 0.5f aligns the mantissa so the float adder does the rounding for us.
@@ -74,28 +83,44 @@ struct Float16 {
 
 constexpr size_t element_size(DType t) {
   switch (t) {
-    case DType::kFloat32: return 4;
-    case DType::kFloat64: return 8;
-    case DType::kInt64: return 8;
-    case DType::kInt32: return 4;
-    case DType::kUInt8: return 1;
-    case DType::kBool: return 1;
-    case DType::kBFloat16: return 2;
-    case DType::kFloat16: return 2;
+    case DType::kFloat32:
+      return 4;
+    case DType::kFloat64:
+      return 8;
+    case DType::kInt64:
+      return 8;
+    case DType::kInt32:
+      return 4;
+    case DType::kUInt8:
+      return 1;
+    case DType::kBool:
+      return 1;
+    case DType::kBFloat16:
+      return 2;
+    case DType::kFloat16:
+      return 2;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
-    case DType::kInt64: return "int64";
-    case DType::kInt32: return "int32";
-    case DType::kUInt8: return "uint8";
-    case DType::kBool: return "bool";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat16: return "float16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kInt64:
+      return "int64";
+    case DType::kInt32:
+      return "int32";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kBool:
+      return "bool";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
   }
   return "?";
 }
@@ -115,27 +140,59 @@ struct TypeTag {
 
 template <typename T>
 constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::kFloat32; }
-template <> constexpr DType dtype_of<double>() { return DType::kFloat64; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::kInt64; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::kInt32; }
-template <> constexpr DType dtype_of<uint8_t>() { return DType::kUInt8; }
-template <> constexpr DType dtype_of<bool>() { return DType::kBool; }
-template <> constexpr DType dtype_of<BFloat16>() { return DType::kBFloat16; }
-template <> constexpr DType dtype_of<Float16>() { return DType::kFloat16; }
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::kFloat32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::kFloat64;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::kInt64;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::kInt32;
+}
+template <>
+constexpr DType dtype_of<uint8_t>() {
+  return DType::kUInt8;
+}
+template <>
+constexpr DType dtype_of<bool>() {
+  return DType::kBool;
+}
+template <>
+constexpr DType dtype_of<BFloat16>() {
+  return DType::kBFloat16;
+}
+template <>
+constexpr DType dtype_of<Float16>() {
+  return DType::kFloat16;
+}
 
 // Calls fn(TypeTag<T>{}) with the C++ type of `t`.
 template <typename Fn>
 decltype(auto) dispatch_all(DType t, Fn&& fn) {
   switch (t) {
-    case DType::kFloat32: return fn(TypeTag<float>{});
-    case DType::kFloat64: return fn(TypeTag<double>{});
-    case DType::kInt64: return fn(TypeTag<int64_t>{});
-    case DType::kInt32: return fn(TypeTag<int32_t>{});
-    case DType::kUInt8: return fn(TypeTag<uint8_t>{});
-    case DType::kBool: return fn(TypeTag<bool>{});
-    case DType::kBFloat16: return fn(TypeTag<BFloat16>{});
-    case DType::kFloat16: return fn(TypeTag<Float16>{});
+    case DType::kFloat32:
+      return fn(TypeTag<float>{});
+    case DType::kFloat64:
+      return fn(TypeTag<double>{});
+    case DType::kInt64:
+      return fn(TypeTag<int64_t>{});
+    case DType::kInt32:
+      return fn(TypeTag<int32_t>{});
+    case DType::kUInt8:
+      return fn(TypeTag<uint8_t>{});
+    case DType::kBool:
+      return fn(TypeTag<bool>{});
+    case DType::kBFloat16:
+      return fn(TypeTag<BFloat16>{});
+    case DType::kFloat16:
+      return fn(TypeTag<Float16>{});
   }
   COHORT_THROW(InvalidArgument, "unknown dtype ", static_cast<int>(t));
 }
@@ -144,12 +201,18 @@ decltype(auto) dispatch_all(DType t, Fn&& fn) {
 template <typename Fn>
 decltype(auto) dispatch_arith(DType t, std::string_view op, Fn&& fn) {
   switch (t) {
-    case DType::kFloat32: return fn(TypeTag<float>{});
-    case DType::kFloat64: return fn(TypeTag<double>{});
-    case DType::kInt64: return fn(TypeTag<int64_t>{});
-    case DType::kInt32: return fn(TypeTag<int32_t>{});
-    case DType::kUInt8: return fn(TypeTag<uint8_t>{});
-    default: break;
+    case DType::kFloat32:
+      return fn(TypeTag<float>{});
+    case DType::kFloat64:
+      return fn(TypeTag<double>{});
+    case DType::kInt64:
+      return fn(TypeTag<int64_t>{});
+    case DType::kInt32:
+      return fn(TypeTag<int32_t>{});
+    case DType::kUInt8:
+      return fn(TypeTag<uint8_t>{});
+    default:
+      break;
   }
   COHORT_THROW(InvalidArgument, op, " does not support dtype ", dtype_name(t),
                "; convert with .to(DType::kFloat32) first");
@@ -158,9 +221,12 @@ decltype(auto) dispatch_arith(DType t, std::string_view op, Fn&& fn) {
 template <typename Fn>
 decltype(auto) dispatch_floating(DType t, std::string_view op, Fn&& fn) {
   switch (t) {
-    case DType::kFloat32: return fn(TypeTag<float>{});
-    case DType::kFloat64: return fn(TypeTag<double>{});
-    default: break;
+    case DType::kFloat32:
+      return fn(TypeTag<float>{});
+    case DType::kFloat64:
+      return fn(TypeTag<double>{});
+    default:
+      break;
   }
   COHORT_THROW(InvalidArgument, op, " needs a float32 or float64 tensor, got ", dtype_name(t));
 }

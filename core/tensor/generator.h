@@ -1,5 +1,5 @@
-// A seeded, checkpointable random generator (xoshiro256**). Random tensors are drawn on the CPU from
-// it and copied to the target device, so a seed gives the same numbers on every device.
+// A seeded, checkpointable random generator (xoshiro256**). Random tensors are drawn on the CPU
+// from it and copied to the target device, so a seed gives the same numbers on every device.
 #pragma once
 
 #include <array>
@@ -44,7 +44,9 @@ class Generator {
     return r * std::cos(2 * M_PI * u2);
   }
   // Uniform integer in [0, n).
-  uint64_t below(uint64_t n) { return n == 0 ? 0 : static_cast<uint64_t>(uniform() * static_cast<double>(n)) % n; }
+  uint64_t below(uint64_t n) {
+    return n == 0 ? 0 : static_cast<uint64_t>(uniform() * static_cast<double>(n)) % n;
+  }
 
   // Full state for checkpoints: four words of xoshiro state plus the cached normal.
   struct State {

@@ -55,7 +55,10 @@ void print_rec(std::ostream& os, const Tensor& t, const std::vector<double>& fla
     } else {
       print_rec(os, t, flat, st, off + i * st[d], d + 1, summarize, floating, width, indent + 1);
     }
-    if (i + 1 < n) os << (d == t.dim() - 1 ? ", " : ",\n" + std::string(t.dim() - d - 1 > 1 ? 1 : 0, '\n') + std::string(indent + 1, ' '));
+    if (i + 1 < n)
+      os << (d == t.dim() - 1 ? ", "
+                              : ",\n" + std::string(t.dim() - d - 1 > 1 ? 1 : 0, '\n') +
+                                    std::string(indent + 1, ' '));
   }
   os << "]";
 }
@@ -68,10 +71,13 @@ std::string Tensor::str() const {
   Tensor c = to(Device::cpu()).contiguous().to(DType::kFloat64);
   std::vector<double> flat(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
   bool summarize = numel() > kSummarizeAbove;
-  Style floating = dtype() == DType::kBool ? Style::kBool : is_floating(dtype()) ? Style::kFloat : Style::kInt;
+  Style floating = dtype() == DType::kBool ? Style::kBool
+                   : is_floating(dtype())  ? Style::kFloat
+                                           : Style::kInt;
   if (floating == Style::kFloat && !flat.empty()) {
     bool integral = true;
-    for (double v : flat) integral = integral && (!std::isfinite(v) || (std::floor(v) == v && std::abs(v) < 1e8));
+    for (double v : flat)
+      integral = integral && (!std::isfinite(v) || (std::floor(v) == v && std::abs(v) < 1e8));
     if (integral) floating = Style::kFloatIntegral;
   }
   size_t width = 0;

@@ -33,7 +33,9 @@ Allocator& allocator_for(Device device) {
   static CpuAllocator cpu;
   if (device.is_cpu()) return cpu;
   Allocator* a = slot(device.type);
-  if (!a) COHORT_THROW(Error, "no allocator for device ", device.str(), ": this build has no CUDA support");
+  if (!a)
+    COHORT_THROW(Error, "no allocator for device ", device.str(),
+                 ": this build has no CUDA support");
   return *a;
 }
 

@@ -11,8 +11,8 @@
 
 namespace cohort::core {
 
-// Allocates raw device memory. The CPU allocator is always present; a CUDA build registers a caching
-// allocator for DeviceType::kCUDA at start-up.
+// Allocates raw device memory. The CPU allocator is always present; a CUDA build registers a
+// caching allocator for DeviceType::kCUDA at start-up.
 class Allocator {
  public:
   virtual ~Allocator() = default;

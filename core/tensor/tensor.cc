@@ -120,7 +120,8 @@ template int64_t Tensor::item<int64_t>() const;
 template int32_t Tensor::item<int32_t>() const;
 template bool Tensor::item<bool>() const;
 
-// --- views -------------------------------------------------------------------------------------------
+// --- views
+// -------------------------------------------------------------------------------------------
 namespace {
 
 Tensor make_view(const Tensor& self, Shape sizes, Shape strides, int64_t offset) {
@@ -134,10 +135,8 @@ void record_view(const char* name, const Tensor& self, Tensor& out,
                  std::function<Tensor(const Tensor&)> back) {
   if (!autograd::any_requires_grad({&self})) return;
   autograd::record(name, {self}, {&out},
-                   [back = std::move(back)](const autograd::TensorList& g,
-                                            const std::vector<bool>&) -> autograd::TensorList {
-                     return {back(g[0])};
-                   });
+                   [back = std::move(back)](const autograd::TensorList& g, const std::vector<bool>&)
+                       -> autograd::TensorList { return {back(g[0])}; });
 }
 
 // Strides for viewing a tensor with (sizes, strides) as `shape` without copying, if possible.
@@ -149,13 +148,15 @@ bool compute_view_strides(const Shape& old_sizes, const Shape& old_strides, cons
     out = contiguous_strides(shape);
     return true;
   }
-  // Walk chunks of old dims that are mutually contiguous, matching them to new dims (as PyTorch does).
+  // Walk chunks of old dims that are mutually contiguous, matching them to new dims (as PyTorch
+  // does).
   int64_t view_d = static_cast<int64_t>(shape.size()) - 1;
   int64_t chunk_base_stride = old_strides.empty() ? 1 : old_strides.back();
   int64_t tensor_numel = 1, view_numel = 1;
   for (int64_t d = static_cast<int64_t>(old_sizes.size()) - 1; d >= 0; --d) {
     tensor_numel *= old_sizes[d];
-    if (d == 0 || (old_sizes[d - 1] != 1 && old_strides[d - 1] != tensor_numel * chunk_base_stride)) {
+    if (d == 0 ||
+        (old_sizes[d - 1] != 1 && old_strides[d - 1] != tensor_numel * chunk_base_stride)) {
       while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
         out[view_d] = view_numel * chunk_base_stride;
         view_numel *= shape[view_d];
@@ -203,7 +204,8 @@ Tensor Tensor::view(Shape shape) const {
                " tensor; use reshape() instead");
   Tensor out = make_view(*this, shape, st, offset());
   Shape in_shape = sizes();
-  record_view("ViewBackward", *this, out, [in_shape](const Tensor& g) { return g.reshape(in_shape); });
+  record_view("ViewBackward", *this, out,
+              [in_shape](const Tensor& g) { return g.reshape(in_shape); });
   return out;
 }
 
@@ -241,7 +243,8 @@ Tensor Tensor::permute(Shape dims) const {
     inverse[d] = static_cast<int64_t>(i);
   }
   Tensor out = make_view(*this, sz, st, offset());
-  record_view("PermuteBackward", *this, out, [inverse](const Tensor& g) { return g.permute(inverse); });
+  record_view("PermuteBackward", *this, out,
+              [inverse](const Tensor& g) { return g.permute(inverse); });
   return out;
 }
 
@@ -312,15 +315,15 @@ Tensor Tensor::expand(Shape shape) const {
     if (s == shape[i]) {
       st[i] = strides()[i - lead];
     } else {
-      COHORT_CHECK(s == 1, "expand: size ", s, " at dimension ", i - lead,
-                   " cannot expand to ", shape[i], " (", shape_str(sizes()), " -> ",
-                   shape_str(shape), ")");
+      COHORT_CHECK(s == 1, "expand: size ", s, " at dimension ", i - lead, " cannot expand to ",
+                   shape[i], " (", shape_str(sizes()), " -> ", shape_str(shape), ")");
     }
   }
   if (shape == sizes()) return *this;
   Tensor out = make_view(*this, shape, st, offset());
   Shape in_shape = sizes();
-  record_view("ExpandBackward", *this, out, [in_shape](const Tensor& g) { return sum_to(g, in_shape); });
+  record_view("ExpandBackward", *this, out,
+              [in_shape](const Tensor& g) { return sum_to(g, in_shape); });
   return out;
 }
 
@@ -348,15 +351,15 @@ Tensor Tensor::unsqueeze(int64_t d) const {
 
 Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
 
-// --- conversions -------------------------------------------------------------------------------------
+// --- conversions
+// -------------------------------------------------------------------------------------
 Tensor Tensor::clone() const {
   Tensor out = empty(sizes(), options());
   backend_for(device()).copy(*this, out);
   if (autograd::any_requires_grad({this})) {
     autograd::record("CloneBackward", {*this}, {&out},
-                     [](const autograd::TensorList& g, const std::vector<bool>&) -> autograd::TensorList {
-                       return {g[0]};
-                     });
+                     [](const autograd::TensorList& g,
+                        const std::vector<bool>&) -> autograd::TensorList { return {g[0]}; });
   }
   return out;
 }
@@ -367,10 +370,11 @@ Tensor Tensor::to(DType dt) const {
   backend_for(device()).copy(*this, out);
   if (is_floating(dt) && autograd::any_requires_grad({this})) {
     DType src = dtype();
-    autograd::record("ToDTypeBackward", {*this}, {&out},
-                     [src](const autograd::TensorList& g, const std::vector<bool>&) -> autograd::TensorList {
-                       return {g[0].to(src)};
-                     });
+    autograd::record(
+        "ToDTypeBackward", {*this}, {&out},
+        [src](const autograd::TensorList& g, const std::vector<bool>&) -> autograd::TensorList {
+          return {g[0].to(src)};
+        });
   }
   return out;
 }
@@ -384,10 +388,11 @@ Tensor Tensor::to(Device dev) const {
   b.copy(src, out);
   if (autograd::any_requires_grad({this})) {
     Device from = device();
-    autograd::record("ToDeviceBackward", {*this}, {&out},
-                     [from](const autograd::TensorList& g, const std::vector<bool>&) -> autograd::TensorList {
-                       return {g[0].to(from)};
-                     });
+    autograd::record(
+        "ToDeviceBackward", {*this}, {&out},
+        [from](const autograd::TensorList& g, const std::vector<bool>&) -> autograd::TensorList {
+          return {g[0].to(from)};
+        });
   }
   return out;
 }
@@ -410,7 +415,8 @@ Tensor& Tensor::fill_(double value) {
   return *this;
 }
 
-// --- autograd accessors ------------------------------------------------------------------------------
+// --- autograd accessors
+// ------------------------------------------------------------------------------
 bool Tensor::requires_grad() const { return impl_->autograd && impl_->autograd->requires_grad; }
 
 Tensor& Tensor::set_requires_grad(bool r) {
@@ -452,7 +458,8 @@ int next_hook_id() {
 }  // namespace
 
 int Tensor::register_hook(TensorHook hook) const {
-  COHORT_CHECK(requires_grad() || grad_fn(), "cannot register a hook on a tensor that does not require grad");
+  COHORT_CHECK(requires_grad() || grad_fn(),
+               "cannot register a hook on a tensor that does not require grad");
   int id = next_hook_id();
   if (grad_fn()) {
     grad_fn()->add_pre_hook(output_nr(), id, std::move(hook));
@@ -468,12 +475,14 @@ void Tensor::remove_hook(int handle) const {
   auto& h = impl_->autograd->hooks;
   h.erase(std::remove_if(h.begin(), h.end(), [&](auto& p) { return p.first == handle; }), h.end());
   auto& ph = impl_->autograd->post_hooks;
-  ph.erase(std::remove_if(ph.begin(), ph.end(), [&](auto& p) { return p.first == handle; }), ph.end());
+  ph.erase(std::remove_if(ph.begin(), ph.end(), [&](auto& p) { return p.first == handle; }),
+           ph.end());
 }
 
 int Tensor::register_post_accumulate_grad_hook(PostAccumulateHook hook) const {
-  COHORT_CHECK(is_leaf() && requires_grad(),
-               "post-accumulate-grad hooks can only be registered on leaf tensors that require grad");
+  COHORT_CHECK(
+      is_leaf() && requires_grad(),
+      "post-accumulate-grad hooks can only be registered on leaf tensors that require grad");
   int id = next_hook_id();
   autograd::meta(*this).post_hooks.emplace_back(id, std::move(hook));
   return id;

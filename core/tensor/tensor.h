@@ -30,9 +30,21 @@ struct TensorOptions {
 
   TensorOptions() = default;
   TensorOptions(DType d) : dtype(d) {}  // NOLINT(google-explicit-constructor): zeros({2}, kInt64)
-  TensorOptions with_dtype(DType d) const { auto o = *this; o.dtype = d; return o; }
-  TensorOptions with_device(Device d) const { auto o = *this; o.device = d; return o; }
-  TensorOptions with_requires_grad(bool r) const { auto o = *this; o.requires_grad = r; return o; }
+  TensorOptions with_dtype(DType d) const {
+    auto o = *this;
+    o.dtype = d;
+    return o;
+  }
+  TensorOptions with_device(Device d) const {
+    auto o = *this;
+    o.device = d;
+    return o;
+  }
+  TensorOptions with_requires_grad(bool r) const {
+    auto o = *this;
+    o.requires_grad = r;
+    return o;
+  }
 };
 
 class Tensor;
@@ -45,7 +57,7 @@ class TensorImpl {
 
   Storage storage;
   Shape sizes;
-  Shape strides;  // in elements
+  Shape strides;       // in elements
   int64_t offset = 0;  // in elements
   DType dtype;
   std::unique_ptr<AutogradMeta> autograd;  // null until the tensor takes part in autograd
@@ -64,7 +76,8 @@ class Tensor {
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
 
-  // --- metadata -------------------------------------------------------------------------------------
+  // --- metadata
+  // -------------------------------------------------------------------------------------
   const Shape& sizes() const { return impl_->sizes; }
   const Shape& shape() const { return impl_->sizes; }
   const Shape& strides() const { return impl_->strides; }
@@ -96,7 +109,8 @@ class Tensor {
   T item() const;
   double item_double() const;
 
-  // --- views (share storage; differentiable) -------------------------------------------------------
+  // --- views (share storage; differentiable)
+  // -------------------------------------------------------
   Tensor view(Shape shape) const;
   Tensor reshape(Shape shape) const;  // a view when strides allow, else a copy
   Tensor flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
@@ -114,7 +128,8 @@ class Tensor {
   Tensor unsqueeze(int64_t dim) const;
   Tensor contiguous() const;
 
-  // --- conversions -----------------------------------------------------------------------------------
+  // --- conversions
+  // -----------------------------------------------------------------------------------
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
   Tensor clone() const;
@@ -123,7 +138,8 @@ class Tensor {
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0.0); }
 
-  // --- autograd -------------------------------------------------------------------------------------
+  // --- autograd
+  // -------------------------------------------------------------------------------------
   bool requires_grad() const;
   Tensor& set_requires_grad(bool r);
   Tensor& requires_grad_(bool r = true) { return set_requires_grad(r); }

@@ -1,5 +1,6 @@
 // Cohort's error hierarchy and checks. Library code throws; only executables decide exit codes.
-// Every message is one sentence a user can act on; COHORT_CHECK adds the file and line for developers.
+// Every message is one sentence a user can act on; COHORT_CHECK adds the file and line for
+// developers.
 #pragma once
 
 #include <sstream>
@@ -43,12 +44,13 @@ std::string concat(Args&&... args) {
 
 }  // namespace cohort
 
-// COHORT_CHECK(cond, parts...) throws cohort::InvalidArgument built from the parts (streamed in order).
-#define COHORT_CHECK(cond, ...)                                                              \
-  do {                                                                                       \
-    if (!(cond)) [[unlikely]]                                                                \
-      throw ::cohort::InvalidArgument(::cohort::detail::concat(__VA_ARGS__, " [", __FILE__, \
-                                                               ":", __LINE__, "]"));         \
+// COHORT_CHECK(cond, parts...) throws cohort::InvalidArgument built from the parts (streamed in
+// order).
+#define COHORT_CHECK(cond, ...)                                                       \
+  do {                                                                                \
+    if (!(cond)) [[unlikely]]                                                         \
+      throw ::cohort::InvalidArgument(                                                \
+          ::cohort::detail::concat(__VA_ARGS__, " [", __FILE__, ":", __LINE__, "]")); \
   } while (0)
 
 // COHORT_THROW(Type, parts...) throws the given error type with a message built from the parts.

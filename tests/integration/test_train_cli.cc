@@ -42,7 +42,9 @@ class TrainCli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string cohort() const { return COHORT_BINARY; }
-  std::string config(const std::string& name) const { return std::string(COHORT_SOURCE_DIR) + "/configs/" + name; }
+  std::string config(const std::string& name) const {
+    return std::string(COHORT_SOURCE_DIR) + "/configs/" + name;
+  }
   std::vector<nlohmann::json> metrics(const fs::path& run_dir) const {
     std::vector<nlohmann::json> out;
     std::ifstream f(run_dir / "metrics.jsonl");
@@ -55,9 +57,11 @@ class TrainCli : public ::testing::Test {
 
 TEST_F(TrainCli, ShortFashionMnistRunLossFalls) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
-    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+    GTEST_SKIP()
+        << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
   fs::path run_dir = dir_ / "run";
-  Result r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") + " train.steps=120 train.log_every=10 " +
+  Result r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") +
+                 " train.steps=120 train.log_every=10 " +
                  "eval.max_batches=2 threads=1 logging.dir=" + run_dir.string());
   ASSERT_EQ(r.code, 0) << r.output;
   auto m = metrics(run_dir);
@@ -75,9 +79,10 @@ TEST_F(TrainCli, ShortFashionMnistRunLossFalls) {
 
 TEST_F(TrainCli, TinyGptTrains) {
   fs::path run_dir = dir_ / "gpt";
-  Result r = run(cohort() + " train " + config("tiny_gpt.yaml") + " train.steps=30 train.log_every=1 " +
-                 "model.dim=32 model.layers=1 model.context=16 eval.every_steps=30 eval.max_batches=2 " +
-                 "schedule.warmup_steps=5 optimizer.lr=0.01 logging.dir=" + run_dir.string());
+  Result r =
+      run(cohort() + " train " + config("tiny_gpt.yaml") + " train.steps=30 train.log_every=1 " +
+          "model.dim=32 model.layers=1 model.context=16 eval.every_steps=30 eval.max_batches=2 " +
+          "schedule.warmup_steps=5 optimizer.lr=0.01 logging.dir=" + run_dir.string());
   ASSERT_EQ(r.code, 0) << r.output;
   auto m = metrics(run_dir);
   double first = m.front()["loss"], last = 0;
@@ -91,12 +96,15 @@ TEST_F(TrainCli, ConfigErrorsExitWithCode2AndOneSentence) {
   std::ofstream(dir_ / "bad.yaml") << "model:\n  type: mlp\noptimizer:\n  lr: fast\n";
   Result r = run(cohort() + " train " + (dir_ / "bad.yaml").string());
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("bad.yaml:4: optimizer.lr must be a number, got 'fast'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bad.yaml:4: optimizer.lr must be a number, got 'fast'"),
+            std::string::npos)
+      << r.output;
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
 
   r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") + " data.path=/nonexistent");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("data.path /nonexistent is not a directory"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("data.path /nonexistent is not a directory"), std::string::npos)
+      << r.output;
 
   r = run(cohort() + " train");
   EXPECT_EQ(r.code, 2) << r.output;
@@ -106,9 +114,11 @@ TEST_F(TrainCli, ConfigErrorsExitWithCode2AndOneSentence) {
 
 TEST_F(TrainCli, DivergenceIsATrainingErrorWithCode1) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
-    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
-  Result r = run(cohort() + " train " + config("fashion_mnist_mlp.yaml") +
-                 " optimizer.lr=1e6 train.steps=20 train.log_every=1 logging.dir=" + (dir_ / "div").string());
+    GTEST_SKIP()
+        << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  Result r = run(
+      cohort() + " train " + config("fashion_mnist_mlp.yaml") +
+      " optimizer.lr=1e6 train.steps=20 train.log_every=1 logging.dir=" + (dir_ / "div").string());
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("training diverged"), std::string::npos) << r.output;
 }
@@ -121,32 +131,37 @@ namespace {
 // never interrupted (same data order, optimiser state and RNG).
 TEST_F(TrainCli, ResumeAutoEqualsUninterruptedRun) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
-    GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
-  const std::string common = " train " + config("fashion_mnist_mlp.yaml") +
-                             " model.hidden=[64] data.batch_size=32 threads=1 train.log_every=10 eval.max_batches=1"
-                             " checkpoint.every_steps=10 checkpoint.keep=2 ";
+    GTEST_SKIP()
+        << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  const std::string common =
+      " train " + config("fashion_mnist_mlp.yaml") +
+      " model.hidden=[64] data.batch_size=32 threads=1 train.log_every=10 eval.max_batches=1"
+      " checkpoint.every_steps=10 checkpoint.keep=2 ";
   fs::path a = dir_ / "a", b = dir_ / "b";
   Result ra = run(cohort() + common + "train.steps=60 logging.dir=" + a.string());
   ASSERT_EQ(ra.code, 0) << ra.output;
-  // "Crash" after 25 steps (the final checkpoint of a short run stands in for the last periodic one),
-  // leave a half-written checkpoint behind, then resume.
+  // "Crash" after 25 steps (the final checkpoint of a short run stands in for the last periodic
+  // one), leave a half-written checkpoint behind, then resume.
   Result rb1 = run(cohort() + common + "train.steps=25 logging.dir=" + b.string());
   ASSERT_EQ(rb1.code, 0) << rb1.output;
   fs::create_directories(b / "checkpoints" / ".step_30.tmp-99999");
-  Result rb2 = run(cohort() + common + "train.steps=60 checkpoint.resume=auto logging.dir=" + b.string());
+  Result rb2 =
+      run(cohort() + common + "train.steps=60 checkpoint.resume=auto logging.dir=" + b.string());
   ASSERT_EQ(rb2.code, 0) << rb2.output;
   EXPECT_NE(rb2.output.find("resumed from"), std::string::npos) << rb2.output;
   EXPECT_NE(rb2.output.find("step 25"), std::string::npos) << rb2.output;
 
   std::ifstream fa(a / "checkpoints" / "step_60" / "model.safetensors", std::ios::binary);
   std::ifstream fb(b / "checkpoints" / "step_60" / "model.safetensors", std::ios::binary);
-  std::string sa((std::istreambuf_iterator<char>(fa)), {}), sb((std::istreambuf_iterator<char>(fb)), {});
+  std::string sa((std::istreambuf_iterator<char>(fa)), {}),
+      sb((std::istreambuf_iterator<char>(fb)), {});
   ASSERT_FALSE(sa.empty());
   EXPECT_TRUE(sa == sb) << "parameters differ after resume";
   EXPECT_FALSE(fs::exists(b / "checkpoints" / ".step_30.tmp-99999"));
   std::ifstream m(b / "metrics.jsonl");
   int summaries = 0;
-  for (std::string line; std::getline(m, line);) summaries += line.find("\"summary\"") != std::string::npos;
+  for (std::string line; std::getline(m, line);)
+    summaries += line.find("\"summary\"") != std::string::npos;
   EXPECT_EQ(summaries, 2) << "the resumed run appends to metrics.jsonl";
 }
 

@@ -15,8 +15,8 @@ using core::Tensor;
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
 // Checks d(sum(f(x) * w))/dx against central differences for every input that requires grad.
-inline ::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inputs, double eps = 1e-6,
-                                            double tol = 1e-5) {
+inline ::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inputs,
+                                            double eps = 1e-6, double tol = 1e-5) {
   core::Generator gen(1234);
   Tensor out = f(inputs);
   Tensor w = core::randn(out.sizes(), core::TensorOptions(core::DType::kFloat64), &gen);
@@ -40,8 +40,8 @@ inline ::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inp
       double numeric = (fp - fm) / (2 * eps);
       double a = analytic.data_ptr<double>()[j];
       if (std::abs(a - numeric) > tol * (1 + std::abs(numeric))) {
-        return ::testing::AssertionFailure() << "input " << i << " element " << j << ": analytic " << a
-                                             << " vs numeric " << numeric;
+        return ::testing::AssertionFailure() << "input " << i << " element " << j << ": analytic "
+                                             << a << " vs numeric " << numeric;
       }
     }
   }
@@ -51,7 +51,8 @@ inline ::testing::AssertionResult gradcheck(const Fn& f, std::vector<Tensor> inp
 inline Tensor rand64(const core::Shape& s, uint64_t seed, bool requires_grad = true, double lo = -1,
                      double hi = 1) {
   core::Generator g(seed);
-  Tensor t = core::add(core::mul(core::rand(s, core::TensorOptions(core::DType::kFloat64), &g), hi - lo), lo);
+  Tensor t = core::add(
+      core::mul(core::rand(s, core::TensorOptions(core::DType::kFloat64), &g), hi - lo), lo);
   if (requires_grad) t.set_requires_grad(true);
   return t;
 }

@@ -8,7 +8,9 @@
 namespace cohort::core {
 namespace {
 
-Tensor param(std::initializer_list<double> v) { return tensor(v, TensorOptions(DType::kFloat64)).requires_grad_(); }
+Tensor param(std::initializer_list<double> v) {
+  return tensor(v, TensorOptions(DType::kFloat64)).requires_grad_();
+}
 
 TEST(Autograd, AccumulatesIntoLeavesAcrossBackwards) {
   Tensor x = param({1, 2, 3});
@@ -115,7 +117,8 @@ TEST(Autograd, InPlaceChangeOfSavedTensorIsAnError) {
     z.backward();
     FAIL() << "backward through a modified saved tensor must throw";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("modified by an in-place operation"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("modified by an in-place operation"), std::string::npos)
+        << e.what();
   }
   Tensor w = param({1, 2});
   Tensor v = mul(w, w);

@@ -18,8 +18,9 @@ namespace fs = std::filesystem;
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("cohort_ckpt_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() /
+           ("cohort_ckpt_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -67,7 +68,8 @@ TEST_F(CheckpointTest, IndependentNumpyReaderSeesTheSameValues) {
   TensorMap in = sample();
   std::string p = (dir_ / "t.safetensors").string();
   save_safetensors(p, in);
-  std::string cmd = "/usr/bin/python3 " + std::string(COHORT_SOURCE_DIR) + "/tests/read_safetensors.py " + p;
+  std::string cmd =
+      "/usr/bin/python3 " + std::string(COHORT_SOURCE_DIR) + "/tests/read_safetensors.py " + p;
   FILE* pipe = popen(cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string text;
@@ -102,7 +104,8 @@ TEST_F(CheckpointTest, AtomicCheckpointsKeepNewestAndVerifyChecksums) {
   std::string root = (dir_ / "ck").string();
   TensorMap model = {{"w", ones({2, 2})}};
   TensorMap opt = {{"0.momentum_buffer", zeros({2, 2})}};
-  for (int64_t s : {10, 20, 30, 40}) save_checkpoint(root, model, opt, {s, 0, s, Generator(s).state()}, 2);
+  for (int64_t s : {10, 20, 30, 40})
+    save_checkpoint(root, model, opt, {s, 0, s, Generator(s).state()}, 2);
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
@@ -116,7 +119,8 @@ TEST_F(CheckpointTest, AtomicCheckpointsKeepNewestAndVerifyChecksums) {
   // A crash mid-write leaves only a temporary directory; a corrupt newest checkpoint is skipped.
   fs::create_directories(root + "/.step_50.tmp-1");
   {
-    std::fstream f(root + "/step_40/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(root + "/step_40/model.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(-1, std::ios::end);
     f.put('\x7f');
   }

@@ -77,25 +77,32 @@ TEST_F(ConfigTest, UnknownKeyNamesKeyAndLine) {
   EXPECT_NE(e.find("c.yaml:7"), std::string::npos) << e;
   EXPECT_NE(e.find("unknown key 'trian'"), std::string::npos) << e;
   e = error_of("model:\n  type: mlp\n  hiden: [3]\n");
-  EXPECT_NE(e.find("c.yaml:3: unknown key 'model.hiden'; did you mean 'model.hidden'?"), std::string::npos) << e;
+  EXPECT_NE(e.find("c.yaml:3: unknown key 'model.hiden'; did you mean 'model.hidden'?"),
+            std::string::npos)
+      << e;
 }
 
 TEST_F(ConfigTest, WrongTypesAndRanges) {
   struct Case {
     std::string yaml, expect;
   } cases[] = {
-      {"model:\n  type: mlp\ndata:\n  batch_size: many\n", "c.yaml:4: data.batch_size must be an integer, got 'many'"},
+      {"model:\n  type: mlp\ndata:\n  batch_size: many\n",
+       "c.yaml:4: data.batch_size must be an integer, got 'many'"},
       {"model:\n  type: mlp\ndata:\n  batch_size: 0\n", "c.yaml:4: data.batch_size must be in [1,"},
       {"model:\n  type: mlp\noptimizer:\n  lr: -1\n", "optimizer.lr must be greater than 0"},
-      {"model:\n  type: mlp\noptimizer:\n  momentum: 1.5\n", "optimizer.momentum must be in [0, 1], got 1.5"},
-      {"model:\n  type: transformer\n", "c.yaml:2: model.type must be one of mlp, cnn, gpt, got 'transformer'"},
+      {"model:\n  type: mlp\noptimizer:\n  momentum: 1.5\n",
+       "optimizer.momentum must be in [0, 1], got 1.5"},
+      {"model:\n  type: transformer\n",
+       "c.yaml:2: model.type must be one of mlp, cnn, gpt, got 'transformer'"},
       {"model:\n  type: mlp\n  hidden: 5\n", "model.hidden must be a list of integers"},
       {"model:\n  type: mlp\n  hidden: [5, x]\n", "got an element 'x'"},
       {"model:\n  type: mlp\ndata:\n  shuffle: maybe\n", "data.shuffle must be true or false"},
       {"model: mlp\n", "c.yaml:1: 'model' must be a mapping of keys"},
       {"model:\n  type: mlp\ndevice: tpu\n", "device must be auto, cpu, cuda or cuda:N"},
-      {"model:\n  type: mlp\noptimizer:\n  nesterov: true\n", "optimizer.nesterov needs optimizer.momentum > 0"},
-      {"model:\n  type: gpt\n  dim: 10\n  heads: 3\ndata:\n  dataset: text\n  path: /etc/hostname\n",
+      {"model:\n  type: mlp\noptimizer:\n  nesterov: true\n",
+       "optimizer.nesterov needs optimizer.momentum > 0"},
+      {"model:\n  type: gpt\n  dim: 10\n  heads: 3\ndata:\n  dataset: text\n  path: "
+       "/etc/hostname\n",
        "model.dim (10) must be divisible by model.heads (3)"},
   };
   for (const auto& c : cases) {
@@ -122,7 +129,8 @@ TEST_F(ConfigTest, MissingRequiredKeyMalformedAndEmptyFiles) {
 
 TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
   std::string e = error_of("model:\n  type: mlp\ndata:\n  path: /nonexistent/fmnist\n");
-  EXPECT_NE(e.find("c.yaml:4: data.path /nonexistent/fmnist is not a directory"), std::string::npos) << e;
+  EXPECT_NE(e.find("c.yaml:4: data.path /nonexistent/fmnist is not a directory"), std::string::npos)
+      << e;
   e = error_of("model:\n  type: gpt\ndata:\n  dataset: text\n  path: /nonexistent.txt\n");
   EXPECT_NE(e.find("data.path /nonexistent.txt is not a readable file"), std::string::npos) << e;
 }

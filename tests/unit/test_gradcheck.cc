@@ -9,22 +9,30 @@ using V = std::vector<Tensor>;
 namespace ops = core;
 
 TEST(Gradcheck, BinaryWithBroadcasting) {
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::add(x[0], x[1]); }, {rand64({3, 4}, 1), rand64({4}, 2)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::sub(x[0], x[1]); }, {rand64({2, 1, 3}, 3), rand64({4, 1}, 4)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::mul(x[0], x[1]); }, {rand64({3, 4}, 5), rand64({3, 1}, 6)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::add(x[0], x[1]); },
+                        {rand64({3, 4}, 1), rand64({4}, 2)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::sub(x[0], x[1]); },
+                        {rand64({2, 1, 3}, 3), rand64({4, 1}, 4)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::mul(x[0], x[1]); },
+                        {rand64({3, 4}, 5), rand64({3, 1}, 6)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::div(x[0], x[1]); },
                         {rand64({3, 4}, 7), rand64({4}, 8, true, 0.5, 2.0)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::pow(x[0], x[1]); },
                         {rand64({5}, 9, true, 0.5, 2.0), rand64({5}, 10)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::maximum(x[0], x[1]); }, {rand64({6}, 11), rand64({6}, 12)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::minimum(x[0], x[1]); }, {rand64({6}, 13), rand64({6}, 14)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::maximum(x[0], x[1]); },
+                        {rand64({6}, 11), rand64({6}, 12)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::minimum(x[0], x[1]); },
+                        {rand64({6}, 13), rand64({6}, 14)}));
 }
 
 TEST(Gradcheck, ScalarOps) {
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::add(ops::mul(x[0], 3.0), 1.5); }, {rand64({4}, 1)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::div(ops::sub(x[0], 2.0), 4.0); }, {rand64({4}, 2)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::add(ops::mul(x[0], 3.0), 1.5); }, {rand64({4}, 1)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::div(ops::sub(x[0], 2.0), 4.0); }, {rand64({4}, 2)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::pow(x[0], 3.0); }, {rand64({4}, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::pow(x[0], 0.5); }, {rand64({4}, 4, true, 0.5, 2)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::pow(x[0], 0.5); }, {rand64({4}, 4, true, 0.5, 2)}));
 }
 
 TEST(Gradcheck, Unary) {
@@ -36,34 +44,48 @@ TEST(Gradcheck, Unary) {
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::rsqrt(x[0]); }, {pos(5)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::abs(x[0]); }, {rand64({3, 5}, 6)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::square(x[0]); }, {rand64({3, 5}, 7)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::clamp(x[0], -0.5, 0.5); }, {rand64({3, 5}, 8)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::clamp(x[0], -0.5, 0.5); }, {rand64({3, 5}, 8)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::relu(x[0]); }, {rand64({3, 5}, 9)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::gelu(x[0]); }, {rand64({3, 5}, 10, true, -3, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::gelu(x[0], "tanh"); }, {rand64({3, 5}, 11, true, -3, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::tanh(x[0]); }, {rand64({3, 5}, 12, true, -2, 2)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::sigmoid(x[0]); }, {rand64({3, 5}, 13, true, -3, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::silu(x[0]); }, {rand64({3, 5}, 14, true, -3, 3)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::gelu(x[0]); }, {rand64({3, 5}, 10, true, -3, 3)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::gelu(x[0], "tanh"); },
+                        {rand64({3, 5}, 11, true, -3, 3)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::tanh(x[0]); }, {rand64({3, 5}, 12, true, -2, 2)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::sigmoid(x[0]); }, {rand64({3, 5}, 13, true, -3, 3)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::silu(x[0]); }, {rand64({3, 5}, 14, true, -3, 3)}));
 }
 
 TEST(Gradcheck, Reductions) {
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::sum(x[0]); }, {rand64({3, 4}, 1)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::sum(x[0], {1}, true); }, {rand64({3, 4, 2}, 2)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::sum(x[0], {1}, true); }, {rand64({3, 4, 2}, 2)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::sum(x[0], {0, 2}); }, {rand64({3, 4, 2}, 3)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::mean(x[0], {-1}); }, {rand64({3, 4}, 4)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::var(x[0], {1}); }, {rand64({3, 5}, 5)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::var(x[0], {0}, 0, true); }, {rand64({4, 2}, 6)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::var(x[0], {0}, 0, true); }, {rand64({4, 2}, 6)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::max(x[0], 1).first; }, {rand64({3, 5}, 7)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::min(x[0], 0, true).first; }, {rand64({3, 5}, 8)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::min(x[0], 0, true).first; }, {rand64({3, 5}, 8)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::max(x[0]); }, {rand64({3, 5}, 9)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::min(x[0]); }, {rand64({3, 5}, 10)}));
 }
 
 TEST(Gradcheck, Matmul) {
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); }, {rand64({3, 4}, 1), rand64({4, 5}, 2)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); }, {rand64({2, 3, 4}, 3), rand64({4, 2}, 4)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); }, {rand64({2, 1, 3, 4}, 5), rand64({3, 4, 2}, 6)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); }, {rand64({4}, 7), rand64({4}, 8)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0].t(), x[1]); }, {rand64({4, 3}, 9), rand64({4, 2}, 10)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); },
+                        {rand64({3, 4}, 1), rand64({4, 5}, 2)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); },
+                        {rand64({2, 3, 4}, 3), rand64({4, 2}, 4)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); },
+                        {rand64({2, 1, 3, 4}, 5), rand64({3, 4, 2}, 6)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0], x[1]); },
+                        {rand64({4}, 7), rand64({4}, 8)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::matmul(x[0].t(), x[1]); },
+                        {rand64({4, 3}, 9), rand64({4, 2}, 10)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::linear(x[0], x[1], x[2]); },
                         {rand64({5, 3}, 11), rand64({4, 3}, 12), rand64({4}, 13)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::linear(x[0], x[1], Tensor()); },
@@ -73,63 +95,114 @@ TEST(Gradcheck, Matmul) {
 TEST(Gradcheck, SoftmaxAndLosses) {
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::softmax(x[0], -1); }, {rand64({3, 5}, 1)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::softmax(x[0], 0); }, {rand64({3, 5}, 2)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::log_softmax(x[0], 1); }, {rand64({2, 3, 4}, 3)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::log_softmax(x[0], 1); }, {rand64({2, 3, 4}, 3)}));
   Tensor target = core::from_vector<int64_t>({0, 3, 1, 4}, {4});
   for (auto red : {core::Reduction::kMean, core::Reduction::kSum, core::Reduction::kNone}) {
-    EXPECT_TRUE(gradcheck([&](const V& x) { return ops::cross_entropy(x[0], target, {-100, 0.0, red}); },
-                          {rand64({4, 5}, 4)}));
+    EXPECT_TRUE(gradcheck(
+        [&](const V& x) {
+          return ops::cross_entropy(x[0], target, {-100, 0.0, red});
+        },
+        {rand64({4, 5}, 4)}));
   }
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::cross_entropy(x[0], target, {3, 0.1, core::Reduction::kMean}); },
-                        {rand64({4, 5}, 5)}));
+  EXPECT_TRUE(gradcheck(
+      [&](const V& x) {
+        return ops::cross_entropy(x[0], target, {3, 0.1, core::Reduction::kMean});
+      },
+      {rand64({4, 5}, 5)}));
   Tensor t3 = core::from_vector<int64_t>({0, 2, 1, 1, 0, 2}, {2, 3});
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::cross_entropy(x[0], t3); }, {rand64({2, 3, 3}, 6)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::mse_loss(x[0], x[1]); }, {rand64({3, 4}, 7), rand64({3, 4}, 8)}));
+  EXPECT_TRUE(
+      gradcheck([&](const V& x) { return ops::cross_entropy(x[0], t3); }, {rand64({2, 3, 3}, 6)}));
+  EXPECT_TRUE(gradcheck([](const V& x) { return ops::mse_loss(x[0], x[1]); },
+                        {rand64({3, 4}, 7), rand64({3, 4}, 8)}));
 }
 
 TEST(Gradcheck, LayerNormEmbeddingAttention) {
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::layer_norm(x[0], {5}, x[1], x[2]); },
                         {rand64({3, 5}, 1), rand64({5}, 2), rand64({5}, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::layer_norm(x[0], {2, 3}, Tensor(), Tensor()); },
-                        {rand64({4, 2, 3}, 4)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::layer_norm(x[0], {2, 3}, Tensor(), Tensor());
+      },
+      {rand64({4, 2, 3}, 4)}));
   Tensor idx = core::from_vector<int64_t>({1, 0, 3, 1}, {2, 2});
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::embedding(x[0], idx); }, {rand64({4, 3}, 5)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
-                        {rand64({2, 4, 3}, 6), rand64({2, 4, 3}, 7), rand64({2, 4, 3}, 8)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], false); },
-                        {rand64({3, 3}, 9), rand64({5, 3}, 10), rand64({5, 2}, 11)}));
+  EXPECT_TRUE(
+      gradcheck([&](const V& x) { return ops::embedding(x[0], idx); }, {rand64({4, 3}, 5)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
+      {rand64({2, 4, 3}, 6), rand64({2, 4, 3}, 7), rand64({2, 4, 3}, 8)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], false); },
+      {rand64({3, 3}, 9), rand64({5, 3}, 10), rand64({5, 2}, 11)}));
 }
 
 TEST(Gradcheck, ConvAndPool) {
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::conv2d(x[0], x[1], x[2], {{1, 1}, {1, 1}, {1, 1}, 1}); },
-                        {rand64({2, 2, 5, 5}, 1), rand64({3, 2, 3, 3}, 2), rand64({3}, 3)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::conv2d(x[0], x[1], Tensor(), {{2, 1}, {0, 1}, {2, 1}, 2}); },
-                        {rand64({1, 4, 7, 6}, 4), rand64({2, 2, 2, 3}, 5)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::max_pool2d(x[0], {{2, 2}, {2, 2}, {0, 0}}); },
-                        {rand64({2, 2, 4, 4}, 6)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::max_pool2d(x[0], {{3, 3}, {2, 2}, {1, 1}}); },
-                        {rand64({1, 2, 5, 5}, 7)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::avg_pool2d(x[0], {{2, 2}, {1, 1}, {1, 1}, false}); },
-                        {rand64({1, 2, 4, 3}, 8)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::avg_pool2d(x[0], {{2, 2}, {2, 2}, {0, 0}}); },
-                        {rand64({2, 1, 4, 4}, 9)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::conv2d(x[0], x[1], x[2], {{1, 1}, {1, 1}, {1, 1}, 1});
+      },
+      {rand64({2, 2, 5, 5}, 1), rand64({3, 2, 3, 3}, 2), rand64({3}, 3)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::conv2d(x[0], x[1], Tensor(), {{2, 1}, {0, 1}, {2, 1}, 2});
+      },
+      {rand64({1, 4, 7, 6}, 4), rand64({2, 2, 2, 3}, 5)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::max_pool2d(x[0], {{2, 2}, {2, 2}, {0, 0}});
+      },
+      {rand64({2, 2, 4, 4}, 6)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::max_pool2d(x[0], {{3, 3}, {2, 2}, {1, 1}});
+      },
+      {rand64({1, 2, 5, 5}, 7)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::avg_pool2d(x[0], {{2, 2}, {1, 1}, {1, 1}, false});
+      },
+      {rand64({1, 2, 4, 3}, 8)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::avg_pool2d(x[0], {{2, 2}, {2, 2}, {0, 0}});
+      },
+      {rand64({2, 1, 4, 4}, 9)}));
 }
 
 TEST(Gradcheck, ViewsAndIndexing) {
-  EXPECT_TRUE(gradcheck([](const V& x) { return x[0].permute({2, 0, 1}).reshape({4, 6}); }, {rand64({2, 3, 4}, 1)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return x[0].permute({2, 0, 1}).reshape({4, 6});
+      },
+      {rand64({2, 3, 4}, 1)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return x[0].slice(1, 1, 4, 2); }, {rand64({3, 5}, 2)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return x[0].select(0, -1); }, {rand64({3, 5}, 3)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return x[0].expand({3, 4, 2}); }, {rand64({4, 1}, 4)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return x[0].unsqueeze(1).squeeze(); }, {rand64({3, 4}, 5)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::cat({x[0], x[1]}, 1); }, {rand64({2, 3}, 6), rand64({2, 2}, 7)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::stack({x[0], x[1]}, 0); }, {rand64({2, 3}, 8), rand64({2, 3}, 9)}));
-  EXPECT_TRUE(gradcheck([](const V& x) { return ops::split(x[0], 2, 0)[1]; }, {rand64({5, 2}, 10)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return x[0].unsqueeze(1).squeeze(); }, {rand64({3, 4}, 5)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::cat({x[0], x[1]}, 1);
+      },
+      {rand64({2, 3}, 6), rand64({2, 2}, 7)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) {
+        return ops::stack({x[0], x[1]}, 0);
+      },
+      {rand64({2, 3}, 8), rand64({2, 3}, 9)}));
+  EXPECT_TRUE(
+      gradcheck([](const V& x) { return ops::split(x[0], 2, 0)[1]; }, {rand64({5, 2}, 10)}));
   Tensor idx = core::from_vector<int64_t>({2, 0, 2}, {3});
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::index_select(x[0], 1, idx); }, {rand64({2, 3}, 11)}));
+  EXPECT_TRUE(
+      gradcheck([&](const V& x) { return ops::index_select(x[0], 1, idx); }, {rand64({2, 3}, 11)}));
   Tensor gi = core::from_vector<int64_t>({0, 2, 1, 1}, {2, 2});
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::gather(x[0], 1, gi); }, {rand64({2, 3}, 12)}));
+  EXPECT_TRUE(
+      gradcheck([&](const V& x) { return ops::gather(x[0], 1, gi); }, {rand64({2, 3}, 12)}));
   Tensor mask = core::from_vector<bool>({true, false, false, true, true, false}, {2, 3});
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::where(mask, x[0], x[1]); }, {rand64({2, 3}, 13), rand64({3}, 14)}));
-  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::masked_fill(x[0], mask, 2.0); }, {rand64({2, 3}, 15)}));
+  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::where(mask, x[0], x[1]); },
+                        {rand64({2, 3}, 13), rand64({3}, 14)}));
+  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::masked_fill(x[0], mask, 2.0); },
+                        {rand64({2, 3}, 15)}));
 }
 
 }  // namespace

@@ -66,8 +66,8 @@ TEST(Tensor, HalfPrecisionConversionsRoundToNearestEven) {
   EXPECT_EQ(BFloat16(1.01171875f).bits, 0x3f82);
   EXPECT_EQ(Float16(1.0f).bits, 0x3c00);
   EXPECT_EQ(Float16(65504.0f).bits, 0x7bff);
-  EXPECT_EQ(Float16(1e6f).bits, 0x7c00);                  // overflow to inf
-  EXPECT_EQ(Float16(5.9604645e-8f).bits, 0x0001);         // smallest subnormal
+  EXPECT_EQ(Float16(1e6f).bits, 0x7c00);           // overflow to inf
+  EXPECT_EQ(Float16(5.9604645e-8f).bits, 0x0001);  // smallest subnormal
   EXPECT_EQ(static_cast<float>(Float16(-2.5f)), -2.5f);
   EXPECT_TRUE(std::isnan(static_cast<float>(Float16(NAN))));
   Tensor x = tensor({0.1, -3.75, 1000.0});

@@ -34,14 +34,18 @@ Tensor decode(const json& e) {
 
 ::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol = 1e-5) {
   if (got.sizes() != want.sizes())
-    return ::testing::AssertionFailure() << "shape " << shape_str(got.sizes()) << " vs " << shape_str(want.sizes());
+    return ::testing::AssertionFailure()
+           << "shape " << shape_str(got.sizes()) << " vs " << shape_str(want.sizes());
   if (!allclose(got, want, tol, tol))
     return ::testing::AssertionFailure() << "\ngot  " << got << "\nwant " << want;
   return ::testing::AssertionSuccess();
 }
 
 std::map<std::string, std::function<Tensor(const V&, const json&)>> ops() {
-  auto target = [](const json& c) { return from_vector(c["target"].get<std::vector<int64_t>>(), {static_cast<int64_t>(c["target"].size())}); };
+  auto target = [](const json& c) {
+    return from_vector(c["target"].get<std::vector<int64_t>>(),
+                       {static_cast<int64_t>(c["target"].size())});
+  };
   return {
       {"add", [](const V& x, const json&) { return add(x[0], x[1]); }},
       {"sub", [](const V& x, const json&) { return sub(x[0], x[1]); }},
@@ -63,38 +67,61 @@ std::map<std::string, std::function<Tensor(const V&, const json&)>> ops() {
       {"sigmoid", [](const V& x, const json&) { return sigmoid(x[0]); }},
       {"silu", [](const V& x, const json&) { return silu(x[0]); }},
       {"sum_dim", [](const V& x, const json&) { return sum(x[0], {1}, true); }},
-      {"mean_dim", [](const V& x, const json&) { return mean(x[0], {0, 2}); }},
+      {"mean_dim",
+       [](const V& x, const json&) {
+         return mean(x[0], {0, 2});
+       }},
       {"var_dim", [](const V& x, const json&) { return var(x[0], {1}); }},
       {"max_dim", [](const V& x, const json&) { return max(x[0], 1).first; }},
       {"min_dim", [](const V& x, const json&) { return min(x[0], 0, true).first; }},
       {"matmul", [](const V& x, const json&) { return matmul(x[0], x[1]); }},
       {"matmul_batched", [](const V& x, const json&) { return matmul(x[0], x[1]); }},
       {"linear", [](const V& x, const json&) { return linear(x[0], x[1], x[2]); }},
-      {"conv2d", [](const V& x, const json&) { return conv2d(x[0], x[1], x[2], {{1, 1}, {1, 1}, {1, 1}, 1}); }},
-      {"conv2d_groups", [](const V& x, const json&) { return conv2d(x[0], x[1], Tensor(), {{2, 1}, {0, 1}, {2, 1}, 2}); }},
-      {"max_pool2d", [](const V& x, const json&) { return max_pool2d(x[0], {{2, 2}, {0, 0}, {0, 0}}); }},
-      {"avg_pool2d", [](const V& x, const json&) { return avg_pool2d(x[0], {{2, 2}, {1, 1}, {1, 1}, false}); }},
+      {"conv2d",
+       [](const V& x, const json&) {
+         return conv2d(x[0], x[1], x[2], {{1, 1}, {1, 1}, {1, 1}, 1});
+       }},
+      {"conv2d_groups",
+       [](const V& x, const json&) {
+         return conv2d(x[0], x[1], Tensor(), {{2, 1}, {0, 1}, {2, 1}, 2});
+       }},
+      {"max_pool2d",
+       [](const V& x, const json&) {
+         return max_pool2d(x[0], {{2, 2}, {0, 0}, {0, 0}});
+       }},
+      {"avg_pool2d",
+       [](const V& x, const json&) {
+         return avg_pool2d(x[0], {{2, 2}, {1, 1}, {1, 1}, false});
+       }},
       {"softmax", [](const V& x, const json&) { return softmax(x[0], -1); }},
       {"log_softmax", [](const V& x, const json&) { return log_softmax(x[0], 0); }},
       {"cross_entropy", [=](const V& x, const json& c) { return cross_entropy(x[0], target(c)); }},
       {"cross_entropy_smooth_ignore",
-       [=](const V& x, const json& c) { return cross_entropy(x[0], target(c), {3, 0.1, Reduction::kMean}); }},
+       [=](const V& x, const json& c) {
+         return cross_entropy(x[0], target(c), {3, 0.1, Reduction::kMean});
+       }},
       {"cross_entropy_sum",
-       [=](const V& x, const json& c) { return cross_entropy(x[0], target(c), {-100, 0.0, Reduction::kSum}); }},
+       [=](const V& x, const json& c) {
+         return cross_entropy(x[0], target(c), {-100, 0.0, Reduction::kSum});
+       }},
       {"mse_loss", [](const V& x, const json&) { return mse_loss(x[0], x[1]); }},
       {"layer_norm", [](const V& x, const json&) { return layer_norm(x[0], {5}, x[1], x[2]); }},
       {"embedding",
        [](const V& x, const json& c) {
          return embedding(x[0], from_vector(c["indices"].get<std::vector<int64_t>>(), {2, 2}));
        }},
-      {"attention_causal", [](const V& x, const json&) { return scaled_dot_product_attention(x[0], x[1], x[2], true); }},
+      {"attention_causal",
+       [](const V& x, const json&) {
+         return scaled_dot_product_attention(x[0], x[1], x[2], true);
+       }},
   };
 }
 
 TEST(TorchReference, EveryOpForwardAndBackwardMatchesPyTorch) {
   auto table = ops();
   const json& cases = reference()["cases"];
-  ASSERT_EQ(cases.size(), table.size()) << "every reference case needs an entry here, and vice versa";
+  ASSERT_EQ(cases.size(), table.size())
+      << "every reference case needs an entry here, and vice versa";
   for (const json& c : cases) {
     const std::string name = c["name"];
     SCOPED_TRACE(name);
@@ -133,7 +160,8 @@ TEST(TorchReference, FiveOptimizerStepsMatchPyTorch) {
       opt = std::make_unique<optim::SGD>(V{w, b}, optim::SGDOptions{0.1, 0, 0, 0, false});
     } else {
       ASSERT_EQ(name, "adamw");
-      opt = std::make_unique<optim::AdamW>(V{w, b}, optim::AdamWOptions{0.01, 0.9, 0.99, 1e-8, 0.1});
+      opt =
+          std::make_unique<optim::AdamW>(V{w, b}, optim::AdamWOptions{0.01, 0.9, 0.99, 1e-8, 0.1});
     }
     for (size_t s = 0; s < run["steps"].size(); ++s) {
       SCOPED_TRACE("step " + std::to_string(s + 1));
@@ -156,7 +184,8 @@ TEST(TorchReference, OptimizerStateRoundTripContinuesIdentically) {
     mse_loss(linear(x, w, b), y).backward();
     o.step();
   };
-  Tensor w1 = decode(reference()["optim"][0]["w0"]).requires_grad_(), b1 = zeros({2}).requires_grad_();
+  Tensor w1 = decode(reference()["optim"][0]["w0"]).requires_grad_(),
+         b1 = zeros({2}).requires_grad_();
   auto o1 = make(w1, b1);
   for (int i = 0; i < 3; ++i) step(o1, w1, b1);
   Tensor w2 = w1.detach().clone().requires_grad_(), b2 = b1.detach().clone().requires_grad_();

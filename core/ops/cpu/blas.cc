@@ -131,8 +131,8 @@ void CpuBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, const
   for (int64_t i = 0; i < g.batch; ++i) {
     if (c.dtype() == DType::kFloat32) {
       sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<float>(g.alpha),
-            a.data_ptr<float>() + i * g.stride_a, g.lda, b.data_ptr<float>() + i * g.stride_b, g.ldb,
-            static_cast<float>(g.beta), c.data_ptr<float>() + i * g.stride_c, g.ldc);
+            a.data_ptr<float>() + i * g.stride_a, g.lda, b.data_ptr<float>() + i * g.stride_b,
+            g.ldb, static_cast<float>(g.beta), c.data_ptr<float>() + i * g.stride_c, g.ldc);
     } else if (c.dtype() == DType::kFloat64) {
       dgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a.data_ptr<double>() + i * g.stride_a,
             g.lda, b.data_ptr<double>() + i * g.stride_b, g.ldb, g.beta,

@@ -72,7 +72,8 @@ void col2im_typed(const T* col, const Conv2dGeometry& g, T* img) {
 
 }  // namespace
 
-void CpuBackend::im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n, const Tensor& col) {
+void CpuBackend::im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n,
+                        const Tensor& col) {
   dispatch_floating(image.dtype(), "conv2d", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* img = static_cast<const T*>(image.raw_data()) + n * g.in_channels * g.in_h * g.in_w;
@@ -80,7 +81,8 @@ void CpuBackend::im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n,
   });
 }
 
-void CpuBackend::col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n, const Tensor& image) {
+void CpuBackend::col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n,
+                        const Tensor& image) {
   dispatch_floating(image.dtype(), "conv2d backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* img = static_cast<T*>(image.raw_data()) + n * g.in_channels * g.in_h * g.in_w;
@@ -158,7 +160,8 @@ void CpuBackend::avg_pool2d(const Tensor& in, const Pool2dGeometry& g, const Ten
               s += plane[ih * g.in_w + iw];
               ++count;
             }
-          const int64_t div = g.count_include_pad ? g.kernel_h * g.kernel_w : std::max<int64_t>(count, 1);
+          const int64_t div =
+              g.count_include_pad ? g.kernel_h * g.kernel_w : std::max<int64_t>(count, 1);
           y[(p * g.out_h + oh) * g.out_w + ow] = s / static_cast<T>(div);
         }
     }
@@ -181,7 +184,8 @@ void CpuBackend::avg_pool2d_backward(const Tensor& grad, const Pool2dGeometry& g
           for (int64_t ih = h0; ih < h0 + g.kernel_h; ++ih)
             for (int64_t iw = w0; iw < w0 + g.kernel_w; ++iw)
               count += (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w);
-          const int64_t div = g.count_include_pad ? g.kernel_h * g.kernel_w : std::max<int64_t>(count, 1);
+          const int64_t div =
+              g.count_include_pad ? g.kernel_h * g.kernel_w : std::max<int64_t>(count, 1);
           const T v = gy[(p * g.out_h + oh) * g.out_w + ow] / static_cast<T>(div);
           for (int64_t ih = h0; ih < h0 + g.kernel_h; ++ih)
             for (int64_t iw = w0; iw < w0 + g.kernel_w; ++iw)

@@ -56,38 +56,52 @@ template <typename T>
 void unary_typed(UnaryOp op, const Tensor& in, const Tensor& out, Scalars s) {
   const T a = static_cast<T>(s.a), b = static_cast<T>(s.b);
   switch (op) {
-    case UnaryOp::kNeg: return unary_loop<T, T>(in, out, [](T x) { return static_cast<T>(-x); });
+    case UnaryOp::kNeg:
+      return unary_loop<T, T>(in, out, [](T x) { return static_cast<T>(-x); });
     case UnaryOp::kAbs:
       return unary_loop<T, T>(in, out, [](T x) { return x < T(0) ? static_cast<T>(-x) : x; });
     case UnaryOp::kSign:
       return unary_loop<T, T>(in, out, [](T x) { return static_cast<T>((T(0) < x) - (x < T(0))); });
-    case UnaryOp::kSquare: return unary_loop<T, T>(in, out, [](T x) { return static_cast<T>(x * x); });
-    case UnaryOp::kRelu: return unary_loop<T, T>(in, out, [](T x) { return x > T(0) ? x : T(0); });
+    case UnaryOp::kSquare:
+      return unary_loop<T, T>(in, out, [](T x) { return static_cast<T>(x * x); });
+    case UnaryOp::kRelu:
+      return unary_loop<T, T>(in, out, [](T x) { return x > T(0) ? x : T(0); });
     case UnaryOp::kClamp:
       return unary_loop<T, T>(in, out, [a, b](T x) { return x < a ? a : (x > b ? b : x); });
     case UnaryOp::kAffine:
       return unary_loop<T, T>(in, out, [a, b](T x) { return static_cast<T>(x * a + b); });
-    default: break;
+    default:
+      break;
   }
   if constexpr (std::is_floating_point_v<T>) {
     switch (op) {
-      case UnaryOp::kExp: return unary_loop<T, T>(in, out, [](T x) { return std::exp(x); });
-      case UnaryOp::kLog: return unary_loop<T, T>(in, out, [](T x) { return std::log(x); });
-      case UnaryOp::kSqrt: return unary_loop<T, T>(in, out, [](T x) { return std::sqrt(x); });
-      case UnaryOp::kRsqrt: return unary_loop<T, T>(in, out, [](T x) { return T(1) / std::sqrt(x); });
-      case UnaryOp::kReciprocal: return unary_loop<T, T>(in, out, [](T x) { return T(1) / x; });
-      case UnaryOp::kTanh: return unary_loop<T, T>(in, out, [](T x) { return std::tanh(x); });
-      case UnaryOp::kSigmoid: return unary_loop<T, T>(in, out, [](T x) { return sigmoid_of(x); });
-      case UnaryOp::kSilu: return unary_loop<T, T>(in, out, [](T x) { return x * sigmoid_of(x); });
-      case UnaryOp::kPowScalar: return unary_loop<T, T>(in, out, [a](T x) { return std::pow(x, a); });
+      case UnaryOp::kExp:
+        return unary_loop<T, T>(in, out, [](T x) { return std::exp(x); });
+      case UnaryOp::kLog:
+        return unary_loop<T, T>(in, out, [](T x) { return std::log(x); });
+      case UnaryOp::kSqrt:
+        return unary_loop<T, T>(in, out, [](T x) { return std::sqrt(x); });
+      case UnaryOp::kRsqrt:
+        return unary_loop<T, T>(in, out, [](T x) { return T(1) / std::sqrt(x); });
+      case UnaryOp::kReciprocal:
+        return unary_loop<T, T>(in, out, [](T x) { return T(1) / x; });
+      case UnaryOp::kTanh:
+        return unary_loop<T, T>(in, out, [](T x) { return std::tanh(x); });
+      case UnaryOp::kSigmoid:
+        return unary_loop<T, T>(in, out, [](T x) { return sigmoid_of(x); });
+      case UnaryOp::kSilu:
+        return unary_loop<T, T>(in, out, [](T x) { return x * sigmoid_of(x); });
+      case UnaryOp::kPowScalar:
+        return unary_loop<T, T>(in, out, [a](T x) { return std::pow(x, a); });
       case UnaryOp::kGeluTanh:
         return unary_loop<T, T>(in, out, [](T x) {
           return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(kGeluC) * x * x * x)));
         });
       case UnaryOp::kGeluErf:
-        return unary_loop<T, T>(in, out,
-                                [](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2))); });
-      default: break;
+        return unary_loop<T, T>(
+            in, out, [](T x) { return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2))); });
+      default:
+        break;
     }
   }
   COHORT_THROW(InvalidArgument, "unary op ", static_cast<int>(op), " is not defined for dtype ",
@@ -97,22 +111,32 @@ void unary_typed(UnaryOp op, const Tensor& in, const Tensor& out, Scalars s) {
 template <typename T>
 void compare_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   switch (op) {
-    case BinaryOp::kEq: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x == y; });
-    case BinaryOp::kNe: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x != y; });
-    case BinaryOp::kLt: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x < y; });
-    case BinaryOp::kLe: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x <= y; });
-    case BinaryOp::kGt: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x > y; });
-    case BinaryOp::kGe: return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x >= y; });
-    default: break;
+    case BinaryOp::kEq:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x == y; });
+    case BinaryOp::kNe:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x != y; });
+    case BinaryOp::kLt:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x < y; });
+    case BinaryOp::kLe:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x <= y; });
+    case BinaryOp::kGt:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x > y; });
+    case BinaryOp::kGe:
+      return binary_loop<bool, T>(a, b, out, [](T x, T y) { return x >= y; });
+    default:
+      break;
   }
 }
 
 template <typename T>
 void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, Scalars s) {
   switch (op) {
-    case BinaryOp::kAdd: return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x + y); });
-    case BinaryOp::kSub: return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x - y); });
-    case BinaryOp::kMul: return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x * y); });
+    case BinaryOp::kAdd:
+      return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x + y); });
+    case BinaryOp::kSub:
+      return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x - y); });
+    case BinaryOp::kMul:
+      return binary_loop<T, T>(a, b, out, [](T x, T y) { return static_cast<T>(x * y); });
     case BinaryOp::kDiv:
       if constexpr (std::is_integral_v<T>) {
         COHORT_THROW(InvalidArgument, "integer division is not supported; convert to float first");
@@ -123,21 +147,28 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
       return binary_loop<T, T>(a, b, out, [](T x, T y) { return (x > y || x != x) ? x : y; });
     case BinaryOp::kMinimum:
       return binary_loop<T, T>(a, b, out, [](T x, T y) { return (x < y || x != x) ? x : y; });
-    case BinaryOp::kEq: case BinaryOp::kNe: case BinaryOp::kLt:
-    case BinaryOp::kLe: case BinaryOp::kGt: case BinaryOp::kGe:
+    case BinaryOp::kEq:
+    case BinaryOp::kNe:
+    case BinaryOp::kLt:
+    case BinaryOp::kLe:
+    case BinaryOp::kGt:
+    case BinaryOp::kGe:
       return compare_typed<T>(op, a, b, out);
     case BinaryOp::kReluGrad:
       return binary_loop<T, T>(a, b, out, [](T g, T x) { return x > T(0) ? g : T(0); });
     case BinaryOp::kClampGrad: {
       const T lo = static_cast<T>(s.a), hi = static_cast<T>(s.b);
-      return binary_loop<T, T>(a, b, out, [lo, hi](T g, T x) { return (x >= lo && x <= hi) ? g : T(0); });
+      return binary_loop<T, T>(a, b, out,
+                               [lo, hi](T g, T x) { return (x >= lo && x <= hi) ? g : T(0); });
     }
-    default: break;
+    default:
+      break;
   }
   if constexpr (std::is_floating_point_v<T>) {
     const T e = static_cast<T>(s.a);
     switch (op) {
-      case BinaryOp::kPow: return binary_loop<T, T>(a, b, out, [](T x, T y) { return std::pow(x, y); });
+      case BinaryOp::kPow:
+        return binary_loop<T, T>(a, b, out, [](T x, T y) { return std::pow(x, y); });
       case BinaryOp::kTanhGrad:
         return binary_loop<T, T>(a, b, out, [](T g, T y) { return g * (T(1) - y * y); });
       case BinaryOp::kSigmoidGrad:
@@ -161,10 +192,10 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
           return g * (cdf + x * pdf);
         });
       case BinaryOp::kPowScalarGrad:
-        return binary_loop<T, T>(a, b, out, [e](T g, T x) {
-          return e == T(0) ? T(0) : g * e * std::pow(x, e - T(1));
-        });
-      default: break;
+        return binary_loop<T, T>(
+            a, b, out, [e](T g, T x) { return e == T(0) ? T(0) : g * e * std::pow(x, e - T(1)); });
+      default:
+        break;
     }
   }
   COHORT_THROW(InvalidArgument, "binary op ", static_cast<int>(op), " is not defined for dtype ",
@@ -204,11 +235,13 @@ void CpuBackend::unary(UnaryOp op, const Tensor& in, const Tensor& out, Scalars 
   });
 }
 
-void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, Scalars s) {
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out,
+                        Scalars s) {
   if (op == BinaryOp::kAnd || op == BinaryOp::kOr) {
     COHORT_CHECK(a.dtype() == DType::kBool && b.dtype() == DType::kBool,
                  "logical and/or need bool tensors");
-    if (op == BinaryOp::kAnd) return binary_loop<bool, bool>(a, b, out, [](bool x, bool y) { return x && y; });
+    if (op == BinaryOp::kAnd)
+      return binary_loop<bool, bool>(a, b, out, [](bool x, bool y) { return x && y; });
     return binary_loop<bool, bool>(a, b, out, [](bool x, bool y) { return x || y; });
   }
   if (a.dtype() == DType::kBool && (op == BinaryOp::kEq || op == BinaryOp::kNe)) {
@@ -226,19 +259,18 @@ void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, con
   const Shape& shape = out.sizes();
   dispatch_all(out.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    for_each_strided<4>(
-        shape,
-        {static_cast<char*>(out.raw_data()), static_cast<char*>(cond.raw_data()),
-         static_cast<char*>(a.raw_data()), static_cast<char*>(b.raw_data())},
-        {broadcast_byte_strides(out, shape), broadcast_byte_strides(cond, shape),
-         broadcast_byte_strides(a, shape), broadcast_byte_strides(b, shape)},
-        [&](std::array<char*, 4> p, int64_t n, const std::array<int64_t, 4>& s) {
-          for (int64_t i = 0; i < n; ++i) {
-            bool c = *reinterpret_cast<const bool*>(p[1] + i * s[1]);
-            *reinterpret_cast<T*>(p[0] + i * s[0]) =
-                *reinterpret_cast<const T*>((c ? p[2] : p[3]) + i * (c ? s[2] : s[3]));
-          }
-        });
+    for_each_strided<4>(shape,
+                        {static_cast<char*>(out.raw_data()), static_cast<char*>(cond.raw_data()),
+                         static_cast<char*>(a.raw_data()), static_cast<char*>(b.raw_data())},
+                        {broadcast_byte_strides(out, shape), broadcast_byte_strides(cond, shape),
+                         broadcast_byte_strides(a, shape), broadcast_byte_strides(b, shape)},
+                        [&](std::array<char*, 4> p, int64_t n, const std::array<int64_t, 4>& s) {
+                          for (int64_t i = 0; i < n; ++i) {
+                            bool c = *reinterpret_cast<const bool*>(p[1] + i * s[1]);
+                            *reinterpret_cast<T*>(p[0] + i * s[0]) = *reinterpret_cast<const T*>(
+                                (c ? p[2] : p[3]) + i * (c ? s[2] : s[3]));
+                          }
+                        });
   });
 }
 

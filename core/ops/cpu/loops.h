@@ -1,6 +1,7 @@
 // Strided loops for CPU kernels. Operands are broadcast to an output shape by giving them byte
-// strides (0 on broadcast dims); dims are coalesced so that contiguous tensors become one flat loop,
-// and the innermost loop gets the strides so kernels can take a vectorisable contiguous fast path.
+// strides (0 on broadcast dims); dims are coalesced so that contiguous tensors become one flat
+// loop, and the innermost loop gets the strides so kernels can take a vectorisable contiguous fast
+// path.
 #pragma once
 
 #include <array>
@@ -16,8 +17,8 @@ Shape broadcast_byte_strides(const Tensor& t, const Shape& shape);
 
 template <size_t N>
 struct LoopDims {
-  std::vector<int64_t> sizes;                  // outermost first
-  std::vector<std::array<int64_t, N>> strides; // bytes, per dim per operand
+  std::vector<int64_t> sizes;                   // outermost first
+  std::vector<std::array<int64_t, N>> strides;  // bytes, per dim per operand
 };
 
 template <size_t N>
@@ -80,52 +81,53 @@ void for_each_strided(const Shape& shape, std::array<char*, N> base,
 template <typename To, typename Ti, typename F>
 void unary_loop(const Tensor& in, const Tensor& out, F f) {
   const Shape& shape = out.sizes();
-  for_each_strided<2>(
-      shape, {static_cast<char*>(out.raw_data()), static_cast<char*>(in.raw_data())},
-      {broadcast_byte_strides(out, shape), broadcast_byte_strides(in, shape)},
-      [&](std::array<char*, 2> p, int64_t n, const std::array<int64_t, 2>& s) {
-        To* o = reinterpret_cast<To*>(p[0]);
-        const Ti* x = reinterpret_cast<const Ti*>(p[1]);
-        if (s[0] == sizeof(To) && s[1] == sizeof(Ti)) {
-          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
-        } else if (s[0] == sizeof(To) && s[1] == 0) {
-          const To v = f(*x);
-          for (int64_t i = 0; i < n; ++i) o[i] = v;
-        } else {
-          for (int64_t i = 0; i < n; ++i)
-            *reinterpret_cast<To*>(p[0] + i * s[0]) = f(*reinterpret_cast<const Ti*>(p[1] + i * s[1]));
-        }
-      });
+  for_each_strided<2>(shape,
+                      {static_cast<char*>(out.raw_data()), static_cast<char*>(in.raw_data())},
+                      {broadcast_byte_strides(out, shape), broadcast_byte_strides(in, shape)},
+                      [&](std::array<char*, 2> p, int64_t n, const std::array<int64_t, 2>& s) {
+                        To* o = reinterpret_cast<To*>(p[0]);
+                        const Ti* x = reinterpret_cast<const Ti*>(p[1]);
+                        if (s[0] == sizeof(To) && s[1] == sizeof(Ti)) {
+                          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
+                        } else if (s[0] == sizeof(To) && s[1] == 0) {
+                          const To v = f(*x);
+                          for (int64_t i = 0; i < n; ++i) o[i] = v;
+                        } else {
+                          for (int64_t i = 0; i < n; ++i)
+                            *reinterpret_cast<To*>(p[0] + i * s[0]) =
+                                f(*reinterpret_cast<const Ti*>(p[1] + i * s[1]));
+                        }
+                      });
 }
 
 template <typename To, typename Ti, typename F>
 void binary_loop(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
   const Shape& shape = out.sizes();
-  for_each_strided<3>(
-      shape,
-      {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data()),
-       static_cast<char*>(b.raw_data())},
-      {broadcast_byte_strides(out, shape), broadcast_byte_strides(a, shape),
-       broadcast_byte_strides(b, shape)},
-      [&](std::array<char*, 3> p, int64_t n, const std::array<int64_t, 3>& s) {
-        To* o = reinterpret_cast<To*>(p[0]);
-        const Ti* x = reinterpret_cast<const Ti*>(p[1]);
-        const Ti* y = reinterpret_cast<const Ti*>(p[2]);
-        constexpr int64_t so = sizeof(To), si = sizeof(Ti);
-        if (s[0] == so && s[1] == si && s[2] == si) {
-          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
-        } else if (s[0] == so && s[1] == si && s[2] == 0) {
-          const Ti yv = *y;
-          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
-        } else if (s[0] == so && s[1] == 0 && s[2] == si) {
-          const Ti xv = *x;
-          for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
-        } else {
-          for (int64_t i = 0; i < n; ++i)
-            *reinterpret_cast<To*>(p[0] + i * s[0]) = f(*reinterpret_cast<const Ti*>(p[1] + i * s[1]),
-                                                         *reinterpret_cast<const Ti*>(p[2] + i * s[2]));
-        }
-      });
+  for_each_strided<3>(shape,
+                      {static_cast<char*>(out.raw_data()), static_cast<char*>(a.raw_data()),
+                       static_cast<char*>(b.raw_data())},
+                      {broadcast_byte_strides(out, shape), broadcast_byte_strides(a, shape),
+                       broadcast_byte_strides(b, shape)},
+                      [&](std::array<char*, 3> p, int64_t n, const std::array<int64_t, 3>& s) {
+                        To* o = reinterpret_cast<To*>(p[0]);
+                        const Ti* x = reinterpret_cast<const Ti*>(p[1]);
+                        const Ti* y = reinterpret_cast<const Ti*>(p[2]);
+                        constexpr int64_t so = sizeof(To), si = sizeof(Ti);
+                        if (s[0] == so && s[1] == si && s[2] == si) {
+                          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+                        } else if (s[0] == so && s[1] == si && s[2] == 0) {
+                          const Ti yv = *y;
+                          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
+                        } else if (s[0] == so && s[1] == 0 && s[2] == si) {
+                          const Ti xv = *x;
+                          for (int64_t i = 0; i < n; ++i) o[i] = f(xv, y[i]);
+                        } else {
+                          for (int64_t i = 0; i < n; ++i)
+                            *reinterpret_cast<To*>(p[0] + i * s[0]) =
+                                f(*reinterpret_cast<const Ti*>(p[1] + i * s[1]),
+                                  *reinterpret_cast<const Ti*>(p[2] + i * s[2]));
+                        }
+                      });
 }
 
 }  // namespace cohort::core::cpu

@@ -217,7 +217,8 @@ void CpuBackend::layer_norm_backward(const Tensor& grad, const Tensor& x, const 
   });
 }
 
-void CpuBackend::index_select(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) {
+void CpuBackend::index_select(const Tensor& in, int64_t dim, const Tensor& index,
+                              const Tensor& out) {
   const Around a = around(in, dim);
   const int64_t m = index.numel();
   const int64_t* idx = index.data_ptr<int64_t>();
@@ -268,7 +269,8 @@ void CpuBackend::gather(const Tensor& in, int64_t dim, const Tensor& index, cons
   });
 }
 
-void CpuBackend::scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+void CpuBackend::scatter_add(const Tensor& out, int64_t dim, const Tensor& index,
+                             const Tensor& src) {
   dispatch_arith(out.dtype(), "scatter_add", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Around ao = around(out, dim), ax = around(index, dim);

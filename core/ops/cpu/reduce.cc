@@ -16,14 +16,18 @@ using AccOf = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
 template <typename T, typename Acc>
 Acc identity(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return Acc(0);
-    case ReduceOp::kProd: return Acc(1);
+    case ReduceOp::kSum:
+      return Acc(0);
+    case ReduceOp::kProd:
+      return Acc(1);
     case ReduceOp::kMax:
-      return std::numeric_limits<T>::has_infinity ? -static_cast<Acc>(std::numeric_limits<T>::infinity())
-                                                  : static_cast<Acc>(std::numeric_limits<T>::lowest());
+      return std::numeric_limits<T>::has_infinity
+                 ? -static_cast<Acc>(std::numeric_limits<T>::infinity())
+                 : static_cast<Acc>(std::numeric_limits<T>::lowest());
     case ReduceOp::kMin:
-      return std::numeric_limits<T>::has_infinity ? static_cast<Acc>(std::numeric_limits<T>::infinity())
-                                                  : static_cast<Acc>(std::numeric_limits<T>::max());
+      return std::numeric_limits<T>::has_infinity
+                 ? static_cast<Acc>(std::numeric_limits<T>::infinity())
+                 : static_cast<Acc>(std::numeric_limits<T>::max());
   }
   return Acc(0);
 }
@@ -44,7 +48,9 @@ void reduce_general(ReduceOp op, const Tensor& in, const Tensor& out) {
         Acc* o = reinterpret_cast<Acc*>(p[0]);
         const T* x = reinterpret_cast<const T*>(p[1]);
         auto at = [&](int64_t i) -> Acc& { return *reinterpret_cast<Acc*>(p[0] + i * s[0]); };
-        auto xi = [&](int64_t i) { return static_cast<Acc>(*reinterpret_cast<const T*>(p[1] + i * s[1])); };
+        auto xi = [&](int64_t i) {
+          return static_cast<Acc>(*reinterpret_cast<const T*>(p[1] + i * s[1]));
+        };
         switch (op) {
           case ReduceOp::kSum:
             if (s[0] == 0 && s[1] == sizeof(T)) {
@@ -82,7 +88,8 @@ void reduce_general(ReduceOp op, const Tensor& in, const Tensor& out) {
 template <typename T>
 void reduce_dim_with_index(ReduceOp op, const Tensor& in, const Tensor& out, const Tensor& indices,
                            int64_t dim) {
-  COHORT_CHECK(in.is_contiguous() && out.is_contiguous(), "indexed reduce needs contiguous tensors");
+  COHORT_CHECK(in.is_contiguous() && out.is_contiguous(),
+               "indexed reduce needs contiguous tensors");
   int64_t outer = 1, inner = 1, n = in.size(dim);
   for (int64_t i = 0; i < dim; ++i) outer *= in.size(i);
   for (int64_t i = dim + 1; i < in.dim(); ++i) inner *= in.size(i);
