@@ -394,7 +394,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   // Accepting these and writing nothing would be a silent lie; say so until the writers exist.
   for (const char* k : {"logging.tensorboard", "logging.timeline"}) {
     if (bl(k))
-      val.fail(k, lookup(root, k), std::string(k) + ": true is not supported by this version of cohort yet");
+      val.fail(k, lookup(root, k),
+               std::string(k) + ": true is not supported by this version of cohort yet");
   }
   c.checkpoint.dir = str("checkpoint.dir");
   if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.logging.dir + "/checkpoints";
