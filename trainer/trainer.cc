@@ -197,8 +197,10 @@ RunSummary Trainer::run() {
     last_saved = step;
   };
   double eval_s = 0;
+  int64_t last_eval_step = -1, epoch = start.epoch;
   auto t0 = Clock::now();
   auto run_eval = [&](int64_t epoch) {
+    last_eval_step = step;
     auto te = Clock::now();
     EvalResult e = evaluate();
     eval_s += seconds_since(te);
@@ -215,7 +217,7 @@ RunSummary Trainer::run() {
     std::fflush(stdout);
   };
 
-  for (int64_t epoch = start.epoch; epoch < epochs && step < total_steps; ++epoch) {
+  for (; epoch < epochs && step < total_steps; ++epoch) {
     if (epoch != start.epoch) loader.start_epoch(epoch);
     core::data::Batch batch;
     while (step < total_steps && loader.next(batch)) {
@@ -261,7 +263,8 @@ RunSummary Trainer::run() {
       save(epoch, loader.position());
     if (step >= total_steps && last_saved != step) save(epoch, loader.position());
   }
-  if (s.test_acc == 0 && eval_set_ && step > start.step) run_eval(epochs - 1);
+  // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters.
+  if (eval_set_ && last_eval_step != step) run_eval(std::min(epoch, epochs - 1));
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);

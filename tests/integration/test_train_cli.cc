@@ -1,6 +1,8 @@
 // `cohort train` as a user runs it: a real process, its exit code, its run directory.
 #include <gtest/gtest.h>
+
 #include <sys/wait.h>
+#include "test_util.h"
 
 #include <array>
 #include <cstdio>
@@ -32,15 +34,8 @@ Result run(const std::string& cmd, int timeout_s = 600) {
   return r;
 }
 
-class TrainCli : public ::testing::Test {
+class TrainCli : public cohort::test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("cohort_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
   std::string cohort() const { return COHORT_BINARY; }
   std::string config(const std::string& name) const {
     return std::string(COHORT_SOURCE_DIR) + "/configs/" + name;
@@ -52,7 +47,6 @@ class TrainCli : public ::testing::Test {
     while (std::getline(f, line)) out.push_back(nlohmann::json::parse(line));
     return out;
   }
-  fs::path dir_;
 };
 
 TEST_F(TrainCli, ShortFashionMnistRunLossFalls) {

@@ -1,6 +1,8 @@
 // safetensors round trips, an independent reader, and atomic checkpoints with checksums.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -15,16 +17,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class CheckpointTest : public ::testing::Test {
+class CheckpointTest : public cohort::test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("cohort_ckpt_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  fs::path dir_;
 };
 
 TensorMap sample() {

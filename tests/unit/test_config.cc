@@ -1,6 +1,8 @@
 // Config validation: every mistake is one ConfigError sentence naming the key and file:line.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -10,16 +12,8 @@
 namespace cohort::trainer {
 namespace {
 
-class ConfigTest : public ::testing::Test {
+class ConfigTest : public cohort::test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("cohort_config_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   std::string write(const std::string& text) {
     std::string p = (dir_ / "c.yaml").string();
     std::ofstream(p) << text;
@@ -35,7 +29,6 @@ class ConfigTest : public ::testing::Test {
     }
     return "";
   }
-  std::filesystem::path dir_;
 };
 
 const char* kValid =
