@@ -1,7 +1,10 @@
 // CPU allocator and the allocator registry.
 #include "core/tensor/storage.h"
 
+#include <bit>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <new>
 
 #include "core/util/error.h"
@@ -10,17 +13,91 @@ namespace cohort::core {
 namespace {
 
 // 64-byte alignment keeps AVX-512 loads aligned and avoids false sharing between tensors.
+//
+// Blocks of 256 KiB and more are cached for reuse. Training allocates the same large activations,
+// im2col buffers and gradients every step; handing them back to glibc returns them to the kernel
+// (mmap/trim), so every step would page-fault and zero them again — measured at ~20% of a CNN step.
+// Sizes are rounded up to a quarter of their power of two, so a cached block wastes at most 25%
+// and repeating shapes hit exactly; the cache is bounded by COHORT_CPU_CACHE_MB (default 1024).
 class CpuAllocator final : public Allocator {
  public:
+  CpuAllocator() {
+    if (const char* env = std::getenv("COHORT_CPU_CACHE_MB")) {
+      char* end = nullptr;
+      unsigned long long mb = std::strtoull(env, &end, 10);
+      if (end != env && *end == '\0') limit_ = static_cast<size_t>(mb) << 20;
+    }
+  }
+  ~CpuAllocator() override { release_cached(); }
+
   void* allocate(size_t nbytes) override {
     if (nbytes == 0) return nullptr;
-    size_t rounded = (nbytes + 63) / 64 * 64;
+    size_t rounded = block_size(nbytes);
+    if (rounded >= kCacheMin) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(rounded);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_ -= rounded;
+        return p;
+      }
+    }
     void* p = std::aligned_alloc(64, rounded);
+    if (!p) {
+      release_cached();  // the cache may be what stands between us and success
+      p = std::aligned_alloc(64, rounded);
+    }
     if (!p) COHORT_THROW(Error, "out of CPU memory allocating ", nbytes, " bytes");
     return p;
   }
-  void deallocate(void* ptr, size_t) override { std::free(ptr); }
+
+  void deallocate(void* ptr, size_t nbytes) override {
+    if (!ptr) return;
+    size_t rounded = block_size(nbytes);
+    if (rounded >= kCacheMin) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + rounded <= limit_) {
+        free_.emplace(rounded, ptr);
+        cached_ += rounded;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [size, p] : free_) std::free(p);
+    free_.clear();
+    cached_ = 0;
+  }
+
+ private:
+  static constexpr size_t kCacheMin = size_t{256} << 10;
+
+  static size_t block_size(size_t nbytes) {
+    size_t rounded = (nbytes + 63) / 64 * 64;
+    if (rounded < kCacheMin) return rounded;
+    size_t quarter = std::bit_floor(rounded) / 4;
+    return (rounded + quarter - 1) / quarter * quarter;
+  }
+
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+  size_t limit_ = size_t{1024} << 20;
 };
+
+CpuAllocator& cpu_allocator() {
+  static CpuAllocator cpu;
+  return cpu;
+}
 
 Allocator*& slot(DeviceType type) {
   static Allocator* slots[2] = {nullptr, nullptr};
@@ -30,8 +107,7 @@ Allocator*& slot(DeviceType type) {
 }  // namespace
 
 Allocator& allocator_for(Device device) {
-  static CpuAllocator cpu;
-  if (device.is_cpu()) return cpu;
+  if (device.is_cpu()) return cpu_allocator();
   Allocator* a = slot(device.type);
   if (!a)
     COHORT_THROW(Error, "no allocator for device ", device.str(),
@@ -40,6 +116,10 @@ Allocator& allocator_for(Device device) {
 }
 
 void register_allocator(DeviceType type, Allocator* allocator) { slot(type) = allocator; }
+
+size_t cpu_cached_bytes() { return cpu_allocator().cached_bytes(); }
+
+void release_cpu_cache() { cpu_allocator().release_cached(); }
 
 StorageImpl::StorageImpl(size_t nbytes, Device device)
     : nbytes_(nbytes), device_(device), owned_(true) {

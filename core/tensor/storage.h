@@ -23,6 +23,11 @@ class Allocator {
 Allocator& allocator_for(Device device);
 void register_allocator(DeviceType type, Allocator* allocator);
 
+// Bytes of freed CPU blocks kept for reuse, and a way to hand them back to the system (e.g. before
+// forking, or between phases of a program with different shapes).
+size_t cpu_cached_bytes();
+void release_cpu_cache();
+
 class StorageImpl {
  public:
   // Owns a fresh allocation of nbytes on device.

@@ -1,10 +1,30 @@
 // Tensor semantics: views share storage, broadcasting, dtypes and conversions, factories, printing.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <vector>
+
 #include "core/ops/ops.h"
 
 namespace cohort::core {
 namespace {
+
+TEST(Tensor, LargeCpuBlocksAreReusedAndReleasable) {
+  release_cpu_cache();
+  void* first = nullptr;
+  {
+    Tensor big = zeros({1 << 18});  // 1 MiB: above the caching threshold
+    first = big.raw_data();
+  }
+  EXPECT_GE(cpu_cached_bytes(), size_t{1} << 20);
+  Tensor again = ones({(1 << 18) - 7});  // same size class: the cached block comes back
+  EXPECT_EQ(again.raw_data(), first);
+  EXPECT_EQ(sum(again).item<float>(), static_cast<float>((1 << 18) - 7));  // and is written fresh
+  { Tensor small = zeros({1000}); }
+  EXPECT_EQ(cpu_cached_bytes(), size_t{0});  // small blocks go straight back to malloc
+  release_cpu_cache();
+  EXPECT_EQ(cpu_cached_bytes(), size_t{0});
+}
 
 TEST(Tensor, ViewsShareStorage) {
   Tensor a = arange(12, TensorOptions(DType::kFloat32)).view({3, 4});
@@ -149,6 +169,41 @@ TEST(Tensor, PrintingIsReadable) {
   Tensor p = ones({2}).requires_grad_();
   EXPECT_NE(p.str().find("requires_grad=True"), std::string::npos);
   EXPECT_NE(mul(p, 2.0).str().find("grad_fn=<MulScalarBackward>"), std::string::npos);
+}
+
+// The 2x2/stride-2 pooling kernel works on eight outputs at once, with ragged row ends read past
+// the row (or copied, at the tensor's end); check it against the definition, ties and NaN included.
+TEST(Tensor, MaxPool2x2MatchesTheDefinition) {
+  const int64_t P = 7, H = 10, W = 38;  // out_w 19: two full vectors and a ragged end
+  Generator gen(3);
+  Tensor x = randn({1, P, H, W}, {}, &gen);
+  float* xp = x.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); i += 5) xp[i] = xp[i + 1];  // ties
+  xp[2 * W + 5] = std::nanf("");
+  x.set_requires_grad(true);
+  Tensor y = max_pool2d(x, {{2, 2}, {2, 2}, {0, 0}});
+  sum(y).backward();
+  const float* yp = y.data_ptr<float>();
+  const float* gp = x.grad().data_ptr<float>();
+  std::vector<float> expect_grad(x.numel(), 0.0f);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t oh = 0; oh < H / 2; ++oh)
+      for (int64_t ow = 0; ow < W / 2; ++ow) {
+        int64_t best = -1;
+        for (int64_t i : {0, 1})
+          for (int64_t j : {0, 1}) {
+            int64_t at = (p * H + 2 * oh + i) * W + 2 * ow + j;
+            if (best < 0 || xp[at] > xp[best] || std::isnan(xp[at])) best = at;
+          }
+        const float got = yp[(p * H / 2 + oh) * (W / 2) + ow];
+        if (std::isnan(xp[best])) {
+          EXPECT_TRUE(std::isnan(got));
+        } else {
+          EXPECT_EQ(got, xp[best]) << "plane " << p << " at " << oh << "," << ow;
+        }
+        expect_grad[best] += 1.0f;
+      }
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(gp[i], expect_grad[i]) << "element " << i;
 }
 
 }  // namespace

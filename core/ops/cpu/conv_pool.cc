@@ -1,7 +1,13 @@
 // CPU im2col/col2im for convolution and 2-D pooling kernels, on contiguous NCHW data.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "core/ops/cpu/cpu_backend.h"
 
@@ -90,6 +96,131 @@ void CpuBackend::col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n,
   });
 }
 
+namespace {
+
+// PyTorch's rule: the first maximum in scan order wins, and a NaN always wins (so it propagates).
+// Written as selects rather than branches: which element is largest is a coin flip on real
+// activations, and the mispredicted branches made pooling cost as much as the convolution.
+template <typename T>
+inline void take_max(T v, int64_t i, T& best, int64_t& bi) {
+  const bool take = (v > best) | (v != v);
+  best = take ? v : best;
+  bi = take ? i : bi;
+}
+
+#if defined(__AVX2__)
+// Eight outputs of a float 2x2/stride-2 window at once: the compiler turns the scalar selects
+// below back into branches, which mispredict on real activations. `code` records which of the
+// four window elements won (0..3, scan order) so the index is computed without branches too.
+inline void max_pool_2x2_row8(const float* r0, const float* r1, float* y, int32_t* code) {
+  auto evens_odds = [](const float* p, __m256& ev, __m256& od) {
+    const __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + 8);
+    ev = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    od = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+  };
+  __m256 a, b, c, d;
+  evens_odds(r0, a, b);
+  evens_odds(r1, c, d);
+  __m256 best = a;
+  __m256i k = _mm256_setzero_si256();
+  auto take = [&](__m256 v, int which) {
+    const __m256 m =
+        _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, v, m);
+    k = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(k), _mm256_castsi256_ps(_mm256_set1_epi32(which)), m));
+  };
+  take(b, 1);
+  take(c, 2);
+  take(d, 3);
+  _mm256_storeu_ps(y, best);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(code), k);
+}
+#endif
+
+// The 2x2, stride-2, unpadded window of nearly every CNN.
+template <typename T>
+void max_pool_2x2(const T* x, const Pool2dGeometry& g, T* y, int64_t* idx) {
+  const int64_t in_w = g.in_w;
+  [[maybe_unused]] const T* end = x + g.planes * g.in_h * in_w;
+  for (int64_t p = 0; p < g.planes; ++p) {
+    const T* plane = x + p * g.in_h * in_w;
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t r0 = 2 * oh * in_w, r1 = r0 + in_w;
+      T* yo = y + (p * g.out_h + oh) * g.out_w;
+      int64_t* io = idx + (p * g.out_h + oh) * g.out_w;
+      int64_t ow = 0;
+#if defined(__AVX2__)
+      if constexpr (std::is_same_v<T, float>) {
+        int32_t code[8];
+        for (; ow < g.out_w; ow += 8) {
+          const int64_t n = std::min<int64_t>(8, g.out_w - ow);
+          if (n == 8) {
+            max_pool_2x2_row8(plane + r0 + 2 * ow, plane + r1 + 2 * ow, yo + ow, code);
+          } else if (plane + r1 + 2 * ow + 16 <= end) {
+            // Reading past the row's end is harmless (those lanes are dropped) while inside the
+            // tensor; copying into a padded buffer instead stalls on store forwarding.
+            float ty[8];
+            max_pool_2x2_row8(plane + r0 + 2 * ow, plane + r1 + 2 * ow, ty, code);
+            std::memcpy(yo + ow, ty, sizeof(float) * n);
+          } else {
+            // The ragged end of the row (all of it when out_w < 8, as in a 14x14 map) goes
+            // through the same kernel on a padded copy; a scalar tail would be the hot spot.
+            float t0[16], t1[16], ty[8];
+            std::fill(t0, t0 + 16, -std::numeric_limits<float>::infinity());
+            std::fill(t1, t1 + 16, -std::numeric_limits<float>::infinity());
+            std::memcpy(t0, plane + r0 + 2 * ow, sizeof(float) * 2 * n);
+            std::memcpy(t1, plane + r1 + 2 * ow, sizeof(float) * 2 * n);
+            max_pool_2x2_row8(t0, t1, ty, code);
+            std::memcpy(yo + ow, ty, sizeof(float) * n);
+          }
+          for (int64_t j = 0; j < n; ++j)
+            io[ow + j] = r0 + 2 * (ow + j) + (code[j] & 1) + (code[j] >> 1) * in_w;
+        }
+      }
+#endif
+      for (; ow < g.out_w; ++ow) {
+        const int64_t c = 2 * ow;
+        T best = plane[r0 + c];
+        int64_t bi = r0 + c;
+        take_max(plane[r0 + c + 1], r0 + c + 1, best, bi);
+        take_max(plane[r1 + c], r1 + c, best, bi);
+        take_max(plane[r1 + c + 1], r1 + c + 1, best, bi);
+        yo[ow] = best;
+        io[ow] = bi;
+      }
+    }
+  }
+}
+
+template <typename T>
+void max_pool_general(const T* x, const Pool2dGeometry& g, T* y, int64_t* idx) {
+  for (int64_t p = 0; p < g.planes; ++p) {
+    const T* plane = x + p * g.in_h * g.in_w;
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      // Padding is at most half the kernel, so every window holds at least one real element.
+      const int64_t h0 = std::max<int64_t>(oh * g.stride_h - g.pad_h, 0);
+      const int64_t h1 = std::min<int64_t>(oh * g.stride_h - g.pad_h + g.kernel_h, g.in_h);
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t w0 = std::max<int64_t>(ow * g.stride_w - g.pad_w, 0);
+        const int64_t w1 = std::min<int64_t>(ow * g.stride_w - g.pad_w + g.kernel_w, g.in_w);
+        T best = plane[h0 * g.in_w + w0];
+        int64_t bi = h0 * g.in_w + w0;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw)
+            take_max(plane[ih * g.in_w + iw], ih * g.in_w + iw, best, bi);
+        const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
+        y[o] = best;
+        idx[o] = bi;
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void CpuBackend::max_pool2d(const Tensor& in, const Pool2dGeometry& g, const Tensor& out,
                             const Tensor& indices) {
   dispatch_floating(in.dtype(), "max_pool2d", [&](auto tag) {
@@ -97,31 +228,11 @@ void CpuBackend::max_pool2d(const Tensor& in, const Pool2dGeometry& g, const Ten
     const T* x = static_cast<const T*>(in.raw_data());
     T* y = static_cast<T*>(out.raw_data());
     int64_t* idx = indices.data_ptr<int64_t>();
-    for (int64_t p = 0; p < g.planes; ++p) {
-      const T* plane = x + p * g.in_h * g.in_w;
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t bi = -1;
-          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + ki;
-            if (ih < 0 || ih >= g.in_h) continue;
-            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-              const int64_t iw = ow * g.stride_w - g.pad_w + kj;
-              if (iw < 0 || iw >= g.in_w) continue;
-              const T v = plane[ih * g.in_w + iw];
-              if (bi < 0 || v > best || v != v) {
-                best = v;
-                bi = ih * g.in_w + iw;
-              }
-            }
-          }
-          const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-          y[o] = best;
-          idx[o] = bi;
-        }
-      }
-    }
+    if (g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
+        g.pad_w == 0)
+      max_pool_2x2(x, g, y, idx);
+    else
+      max_pool_general(x, g, y, idx);
   });
 }
 

@@ -54,9 +54,16 @@ void reduce_general(ReduceOp op, const Tensor& in, const Tensor& out) {
         switch (op) {
           case ReduceOp::kSum:
             if (s[0] == 0 && s[1] == sizeof(T)) {
-              Acc t = *o;
-              for (int64_t i = 0; i < n; ++i) t += static_cast<Acc>(x[i]);
-              *o = t;
+              // Eight independent partial sums: one running sum is a chain of dependent adds
+              // (latency-bound, unvectorisable), and bias gradients sum long contiguous rows.
+              Acc lane[8] = {};
+              int64_t i = 0;
+              for (; i + 8 <= n; i += 8)
+                for (int j = 0; j < 8; ++j) lane[j] += static_cast<Acc>(x[i + j]);
+              Acc t = ((lane[0] + lane[4]) + (lane[1] + lane[5])) +
+                      ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+              for (; i < n; ++i) t += static_cast<Acc>(x[i]);
+              *o += t;
             } else if (s[0] == sizeof(Acc) && s[1] == sizeof(T)) {
               for (int64_t i = 0; i < n; ++i) o[i] += static_cast<Acc>(x[i]);
             } else {
