@@ -11,7 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libcli11-dev
   dataset-fashion-mnist
-  python3 python3-numpy
+  python3 python3-numpy python3-protobuf
 )
 
 missing=()

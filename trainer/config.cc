@@ -391,12 +391,6 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.logging.dir.empty()) c.logging.dir = "runs/" + c.experiment;
   c.logging.tensorboard = bl("logging.tensorboard");
   c.logging.timeline = bl("logging.timeline");
-  // Accepting these and writing nothing would be a silent lie; say so until the writers exist.
-  for (const char* k : {"logging.tensorboard", "logging.timeline"}) {
-    if (bl(k))
-      val.fail(k, lookup(root, k),
-               std::string(k) + ": true is not supported by this version of cohort yet");
-  }
   c.checkpoint.dir = str("checkpoint.dir");
   if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.logging.dir + "/checkpoints";
   c.checkpoint.every_steps = i64("checkpoint.every_steps");

@@ -16,7 +16,9 @@
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
 #include "core/util/threads.h"
+#include "core/util/timeline.h"
 #include "trainer/metrics.h"
+#include "trainer/tensorboard.h"
 
 namespace cohort::trainer {
 
@@ -158,6 +160,12 @@ RunSummary Trainer::run() {
                 static_cast<long long>(start.step), static_cast<long long>(start.epoch));
   }
   MetricsWriter metrics(c_.logging.dir, resume_from.has_value());
+  std::unique_ptr<EventWriter> events;
+  if (c_.logging.tensorboard) events = std::make_unique<EventWriter>(c_.logging.dir);
+  std::unique_ptr<core::Timeline> timeline;
+  if (c_.logging.timeline)
+    timeline = std::make_unique<core::Timeline>(c_.logging.dir + "/timeline.json", 0, "rank 0");
+  core::Timeline* tl = timeline.get();
 
   auto sampler = std::make_shared<core::data::DistributedSampler>(
       train_set_->size(),
@@ -191,6 +199,7 @@ RunSummary Trainer::run() {
       ++epoch;
       batch_in_epoch = 0;
     }
+    core::Timeline::Span span(tl, "checkpoint", "io");
     core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, core::default_generator().state()};
     core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_->state_dict(),
                               meta, c_.checkpoint.keep);
@@ -202,8 +211,18 @@ RunSummary Trainer::run() {
   auto run_eval = [&](int64_t epoch) {
     last_eval_step = step;
     auto te = Clock::now();
-    EvalResult e = evaluate();
+    EvalResult e;
+    {
+      core::Timeline::Span span(tl, "eval", "eval");
+      e = evaluate();
+    }
     eval_s += seconds_since(te);
+    if (events) {
+      events->add_scalar("eval/test_acc", e.accuracy, step);
+      events->add_scalar("eval/test_loss", e.loss, step);
+      events->flush();
+    }
+    if (tl) tl->flush();
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
     metrics.write({{"event", "eval"},
@@ -220,15 +239,29 @@ RunSummary Trainer::run() {
   for (; epoch < epochs && step < total_steps; ++epoch) {
     if (epoch != start.epoch) loader.start_epoch(epoch);
     core::data::Batch batch;
-    while (step < total_steps && loader.next(batch)) {
+    while (step < total_steps) {
+      {
+        core::Timeline::Span span(tl, "data", "data");
+        if (!loader.next(batch)) break;
+      }
       const double lr = schedule_->lr(step);
       optimizer_->set_lr(lr);
       optimizer_->zero_grad();
-      Tensor loss = compute_loss(batch, nullptr);
-      loss.backward();
-      if (c_.optimizer.grad_clip > 0)
-        core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
-      optimizer_->step();
+      Tensor loss;
+      {
+        core::Timeline::Span span(tl, "forward", "compute");
+        loss = compute_loss(batch, nullptr);
+      }
+      {
+        core::Timeline::Span span(tl, "backward", "compute");
+        loss.backward();
+      }
+      {
+        core::Timeline::Span span(tl, "optimizer", "compute");
+        if (c_.optimizer.grad_clip > 0)
+          core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
+        optimizer_->step();
+      }
       ++step;
       samples += batch.input.size(0);
       if (step % c_.train.log_every == 0 || step == total_steps) {
@@ -242,6 +275,12 @@ RunSummary Trainer::run() {
         s.final_loss = l;
         metrics.write(
             {{"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}});
+        if (events) {
+          events->add_scalar("train/loss", l, step);
+          events->add_scalar("train/lr", lr, step);
+          events->add_scalar("train/samples_per_s", sps, step);
+          events->flush();
+        }
         if (tty) {
           std::printf("\rstep %lld/%lld  epoch %lld  loss %.4f  %.0f samples/s  ETA %s   ",
                       static_cast<long long>(step), static_cast<long long>(total_steps),

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -84,6 +85,60 @@ TEST_F(TrainCli, TinyGptTrains) {
     if (rec.contains("loss") && !rec.contains("event")) last = rec["loss"];
   EXPECT_LT(last, first) << r.output;
   EXPECT_NEAR(first, std::log(256.0), 0.5);  // an untrained byte model is near uniform
+}
+
+// TensorBoard events are checked by an independent reader (its own CRC-32C, python3-protobuf with
+// TensorFlow's field numbers) against metrics.jsonl; the timeline must be valid Chrome-trace JSON
+// with one span of each phase per step.
+TEST_F(TrainCli, TensorBoardEventsAndTimelineRecordTheRun) {
+  fs::path run_dir = dir_ / "tb";
+  Result r = run(cohort() + " train " + config("tiny_gpt.yaml") +
+                 " train.steps=12 train.log_every=4 model.dim=32 model.layers=1 model.context=16 " +
+                 "eval.every_steps=12 eval.max_batches=2 logging.tensorboard=true " +
+                 "logging.timeline=true logging.dir=" + run_dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::vector<fs::path> event_files;
+  for (const auto& e : fs::directory_iterator(run_dir))
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0)
+      event_files.push_back(e.path());
+  ASSERT_EQ(event_files.size(), 1u);
+  Result read = run("/usr/bin/python3 " + std::string(COHORT_SOURCE_DIR) +
+                    "/tests/read_tfevents.py " + event_files[0].string());
+  ASSERT_EQ(read.code, 0) << read.output;
+  std::map<std::pair<std::string, int64_t>, double> scalars;
+  std::istringstream lines(read.output);
+  int records = 0;
+  for (std::string line; std::getline(lines, line); ++records) {
+    auto j = nlohmann::json::parse(line);
+    if (records == 0) {
+      EXPECT_EQ(j.value("file_version", ""), "brain.Event:2");
+    }
+    if (j.contains("tag")) scalars[{j["tag"], j["step"]}] = j["value"];
+  }
+  int losses = 0;
+  for (const auto& m : metrics(run_dir)) {
+    if (m.contains("event") && m["event"] == "eval") {
+      EXPECT_FLOAT_EQ(scalars.at({"eval/test_loss", m["step"]}), m["test_loss"].get<double>());
+    } else if (!m.contains("event")) {
+      EXPECT_FLOAT_EQ(scalars.at({"train/loss", m["step"]}), m["loss"].get<double>());
+      EXPECT_FLOAT_EQ(scalars.at({"train/lr", m["step"]}), m["lr"].get<double>());
+      ++losses;
+    }
+  }
+  EXPECT_EQ(losses, 3);
+
+  std::ifstream tf(run_dir / "timeline.json");
+  auto trace = nlohmann::json::parse(tf);
+  std::map<std::string, int> spans;
+  for (const auto& e : trace) {
+    if (e["ph"] != "X") continue;
+    EXPECT_GE(e["dur"].get<int64_t>(), 0);
+    ++spans[e["name"]];
+  }
+  for (const char* phase : {"data", "forward", "backward", "optimizer"})
+    EXPECT_EQ(spans[phase], 12) << phase;
+  EXPECT_EQ(spans["eval"], 1);
+  EXPECT_EQ(spans["checkpoint"], 1);
 }
 
 TEST_F(TrainCli, ConfigErrorsExitWithCode2AndOneSentence) {

@@ -94,8 +94,8 @@ TEST_F(ConfigTest, WrongTypesAndRanges) {
       {"model:\n  type: mlp\ndevice: tpu\n", "device must be auto, cpu, cuda or cuda:N"},
       {"model:\n  type: mlp\noptimizer:\n  nesterov: true\n",
        "optimizer.nesterov needs optimizer.momentum > 0"},
-      {"model:\n  type: mlp\nlogging:\n  tensorboard: true\n",
-       "c.yaml:4: logging.tensorboard: true is not supported"},
+      {"model:\n  type: mlp\nlogging:\n  tensorboard: 3\n",
+       "c.yaml:4: logging.tensorboard must be true or false"},
       {"model:\n  type: gpt\n  dim: 10\n  heads: 3\ndata:\n  dataset: text\n  path: "
        "/etc/hostname\n",
        "model.dim (10) must be divisible by model.heads (3)"},
