@@ -1,0 +1,735 @@
+#include "collectives/cpu/cpu_process_group.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "collectives/cpu/reduce_kernels.h"
+#include "collectives/store/tcp_store.h"
+#include "core/util/error.h"
+
+namespace cohort::collectives::cpu {
+
+using core::DType;
+using core::Tensor;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Every message on a channel starts with this header, so ranks that call different collectives,
+// or the same one with different sizes, get an error instead of silently mixed data.
+struct Header {
+  uint32_t magic = 0xC0407C01;
+  uint32_t op = 0;
+  uint32_t tag = 0;
+  uint32_t reserved = 0;
+  uint64_t seq = 0;
+  uint64_t bytes = 0;
+};
+
+enum OpCode : uint32_t {
+  kAllreduce = 1,
+  kBroadcast,
+  kReduce,
+  kAllgather,
+  kReduceScatter,
+  kAlltoall,
+  kBarrier,
+  kSendRecv
+};
+
+const char* op_name(uint32_t op) {
+  static const char* names[] = {"?",        "allreduce", "broadcast",
+                                "reduce",   "allgather", "reduce_scatter",
+                                "alltoall", "barrier",   "send/recv"};
+  return op < std::size(names) ? names[op] : "?";
+}
+
+std::string bytes_str(size_t n) {
+  char buf[64];
+  if (n >= (1u << 20)) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(n) / (1 << 20));
+  } else if (n >= 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(n) / 1024);
+  } else {
+    std::snprintf(buf, sizeof buf, "%zu B", n);
+  }
+  return buf;
+}
+
+void check_tensor(const Tensor& t, const char* what) {
+  COHORT_CHECK(t.defined(), what, ": the tensor is undefined");
+  COHORT_CHECK(t.device().is_cpu(), what, ": the cpu backend needs CPU tensors, got one on ",
+               t.device().str(), "; use the nccl backend for CUDA tensors");
+  COHORT_CHECK(t.is_contiguous(), what, ": the tensor must be contiguous; call .contiguous()");
+}
+
+}  // namespace
+
+// One queued operation and the streaming engine that runs it.
+struct CpuProcessGroup::Op {
+  std::string name;
+  uint32_t code = 0;
+  bool collective = true;
+  uint64_t seq = 0;
+  Millis timeout{0};
+  Clock::time_point deadline;
+  std::function<void(Op&)> body;
+  std::shared_ptr<Work> work;
+  CpuProcessGroup* pg = nullptr;
+  // What this op's data is, for reductions.
+  DType dtype = DType::kFloat32;
+  ReduceOp reduce = ReduceOp::kSum;
+  size_t elem = 4;
+
+  // A step sends `send_bytes` from send_ptr to send_peer and receives recv_bytes from recv_peer
+  // into recv_ptr (copying or reducing). A step's send may only use bytes that step `dep`'s receive
+  // has finished (the ring forwards what it just reduced; a chain forwards what it just got).
+  struct Step {
+    int send_peer = -1, recv_peer = -1;
+    const uint8_t* send_ptr = nullptr;
+    uint8_t* recv_ptr = nullptr;
+    size_t send_bytes = 0, recv_bytes = 0;
+    bool reduce = false;
+    int dep = -1;
+    uint32_t tag = 0;
+    uint64_t send_seq = 0, recv_seq = 0;  // header sequence numbers (collective seq or p2p count)
+  };
+
+  void run(std::vector<Step>& steps);
+  [[noreturn]] void timed_out(const std::vector<int>& waiting_on);
+};
+
+namespace {
+
+struct RecvState {
+  Header header;
+  size_t header_got = 0;
+  size_t done = 0;  // payload bytes delivered (reduce: whole elements reduced)
+  uint8_t carry[16];
+  size_t carry_n = 0;
+};
+
+}  // namespace
+
+void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
+  Mesh& mesh = *pg->mesh_;
+  const size_t n = steps.size();
+  std::vector<RecvState> rs(n);
+  std::vector<size_t> sent(n, 0);  // bytes sent including the header
+  std::vector<Header> sh(n);
+  for (size_t i = 0; i < n; ++i) {
+    sh[i].op = code;
+    sh[i].tag = steps[i].tag;
+    sh[i].seq = steps[i].send_seq;
+    sh[i].bytes = steps[i].send_bytes;
+  }
+  std::vector<int> active;
+  for (const auto& s : steps) {
+    if (s.send_peer >= 0) active.push_back(s.send_peer);
+    if (s.recv_peer >= 0) active.push_back(s.recv_peer);
+  }
+  std::sort(active.begin(), active.end());
+  active.erase(std::unique(active.begin(), active.end()), active.end());
+
+  size_t si = 0, ri = 0;
+  auto recv_complete = [&](size_t i) {
+    return steps[i].recv_peer < 0 ||
+           (rs[i].header_got == sizeof(Header) && rs[i].done == steps[i].recv_bytes);
+  };
+  while (si < n || ri < n) {
+    bool progress = false;
+    // Receive side: header first, then payload into place.
+    while (ri < n && steps[ri].recv_peer < 0) ++ri;
+    if (ri < n) {
+      Step& st = steps[ri];
+      RecvState& r = rs[ri];
+      Channel& ch = mesh.recv_channel(st.recv_peer);
+      if (r.header_got < sizeof(Header)) {
+        size_t got = ch.recv_some(sizeof(Header) - r.header_got, [&](const uint8_t* p, size_t k) {
+          std::memcpy(reinterpret_cast<uint8_t*>(&r.header) + r.header_got, p, k);
+          r.header_got += k;
+        });
+        progress = got > 0;
+        if (r.header_got == sizeof(Header)) {
+          const Header& h = r.header;
+          if (h.magic != Header{}.magic || h.op != code || h.seq != st.recv_seq ||
+              h.bytes != st.recv_bytes || h.tag != st.tag) {
+            COHORT_THROW(DistributedError, "rank ", pg->rank(), " is in ", name, " #", seq,
+                         " expecting ", bytes_str(st.recv_bytes), " (tag ", st.tag, ") but ",
+                         mesh.describe(st.recv_peer), " sent ", op_name(h.op), " #", h.seq,
+                         " with ", bytes_str(h.bytes), " (tag ", h.tag,
+                         "); every rank must issue the same collectives in the same order with "
+                         "the same sizes");
+          }
+        }
+      }
+      if (r.header_got == sizeof(Header) && r.done < st.recv_bytes) {
+        size_t got;
+        if (!st.reduce) {
+          got = ch.recv_some(st.recv_bytes - r.done, [&](const uint8_t* p, size_t k) {
+            std::memcpy(st.recv_ptr + r.done, p, k);
+            r.done += k;
+          });
+        } else {
+          // Bytes arrive in arbitrary pieces; whole elements are reduced straight from the
+          // channel, a split element waits in `carry`.
+          const size_t want = st.recv_bytes - r.done - r.carry_n;
+          got = ch.recv_some(want, [&](const uint8_t* p, size_t k) {
+            if (r.carry_n) {
+              size_t take = std::min(elem - r.carry_n, k);
+              std::memcpy(r.carry + r.carry_n, p, take);
+              r.carry_n += take;
+              p += take;
+              k -= take;
+              if (r.carry_n == elem) {
+                reduce_into(dtype, reduce, st.recv_ptr + r.done, r.carry, 1);
+                r.done += elem;
+                r.carry_n = 0;
+              }
+            }
+            const size_t whole = k / elem;
+            if (whole) {
+              reduce_into(dtype, reduce, st.recv_ptr + r.done, p, whole);
+              r.done += whole * elem;
+            }
+            const size_t rest = k - whole * elem;
+            if (rest) {
+              std::memcpy(r.carry, p + whole * elem, rest);
+              r.carry_n = rest;
+            }
+          });
+        }
+        progress = progress || got > 0;
+      }
+      if (recv_complete(ri)) {
+        ++ri;
+        progress = true;
+      }
+    }
+    // Send side, in step order; a step waits for the receive it forwards from.
+    while (si < n && steps[si].send_peer < 0) ++si;
+    if (si < n) {
+      Step& st = steps[si];
+      size_t avail = st.send_bytes;
+      if (st.dep >= 0 && !recv_complete(static_cast<size_t>(st.dep)))
+        avail = rs[st.dep].header_got == sizeof(Header) ? std::min(avail, rs[st.dep].done) : 0;
+      Channel& ch = mesh.send_channel(st.send_peer);
+      const size_t limit = sizeof(Header) + avail;
+      while (sent[si] < limit) {
+        size_t k;
+        if (sent[si] < sizeof(Header)) {
+          k = ch.send_some(reinterpret_cast<const uint8_t*>(&sh[si]) + sent[si],
+                           sizeof(Header) - sent[si]);
+        } else {
+          k = ch.send_some(st.send_ptr + (sent[si] - sizeof(Header)), limit - sent[si]);
+        }
+        if (k == 0) break;
+        sent[si] += k;
+        progress = true;
+      }
+      if (sent[si] == sizeof(Header) + st.send_bytes) {
+        ++si;
+        progress = true;
+      }
+    }
+    if (progress) {
+      mesh.busy();
+    } else {
+      if (Clock::now() > deadline) {
+        std::vector<int> waiting;
+        if (ri < n) waiting.push_back(steps[ri].recv_peer);
+        if (si < n) waiting.push_back(steps[si].send_peer);
+        timed_out(waiting);
+      }
+      mesh.idle(active);
+    }
+  }
+}
+
+void CpuProcessGroup::Op::timed_out(const std::vector<int>& waiting_on) {
+  std::string msg = name + " #" + std::to_string(seq) + " timed out after " +
+                    std::to_string(timeout.count() / 1000.0).substr(0, 6) + " s on rank " +
+                    std::to_string(pg->rank());
+  if (!waiting_on.empty()) msg += " waiting for " + pg->mesh_->describe(waiting_on.front());
+  if (collective) {
+    // The other ranks' progress reports (published every quarter second) say who never came.
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    std::string missing, detail;
+    for (int r = 0; r < pg->size(); ++r) {
+      if (r == pg->rank()) continue;
+      const std::string key = "progress/" + std::to_string(r);
+      std::string report;
+      try {
+        if (pg->store_->check({key})) report = pg->store_->get(key);
+      } catch (const std::exception&) {
+        report.clear();
+      }
+      uint64_t entered = 0;
+      std::string last_op;
+      if (!report.empty()) {
+        const size_t sp = report.find(' ');
+        entered = std::stoull(report.substr(0, sp));
+        last_op = sp == std::string::npos ? "" : report.substr(sp + 1);
+      }
+      if (entered < seq + 1) {
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        detail += "; rank " + std::to_string(r) +
+                  (entered == 0 ? " entered no collective"
+                                : " last entered " + last_op + " #" + std::to_string(entered - 1));
+      }
+    }
+    if (!missing.empty()) msg += "; ranks that never entered it: " + missing + detail;
+  }
+  COHORT_THROW(TimeoutError, msg);
+}
+
+// ------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string tcp_address_of(const std::shared_ptr<Store>& store) {
+  Store* s = store.get();
+  while (auto* p = dynamic_cast<PrefixStore*>(s)) s = p->underlying().get();
+  if (auto* t = dynamic_cast<TcpStore*>(s)) return t->local_address();
+  return "127.0.0.1";
+}
+
+}  // namespace
+
+CpuProcessGroup::CpuProcessGroup(std::shared_ptr<Store> store, int rank, int size,
+                                 ProcessGroupOptions options)
+    : ProcessGroup(rank, size),
+      store_(std::move(store)),
+      options_(std::move(options)),
+      p2p_sent_(size, 0),
+      p2p_received_(size, 0) {
+  if (options_.transport != "auto" && options_.transport != "tcp" && options_.transport != "shm")
+    COHORT_THROW(ConfigError, "unknown cpu transport '", options_.transport,
+                 "'; expected auto, tcp or shm");
+  const std::string address = options_.address.empty() ? tcp_address_of(store_) : options_.address;
+  mesh_ = std::make_unique<Mesh>(store_, rank, size, options_.transport, address, options_.timeout);
+  worker_ = std::thread([this] { worker_loop(); });
+  reporter_ = std::thread([this] { reporter_loop(); });
+}
+
+CpuProcessGroup::~CpuProcessGroup() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+  { std::lock_guard<std::mutex> lock(reporter_mu_); }
+  reporter_cv_.notify_all();
+  reporter_.join();
+}
+
+void CpuProcessGroup::reporter_loop() {
+  uint64_t published = 0;
+  std::unique_lock<std::mutex> lock(reporter_mu_);
+  while (true) {
+    {
+      std::lock_guard<std::mutex> q(mu_);
+      if (stopping_) return;
+    }
+    const uint64_t e = entered_seq_.load();
+    if (e != published) {
+      try {
+        store_->set("progress/" + std::to_string(rank_),
+                    std::to_string(e) + " " + entered_op_.load());
+        published = e;
+      } catch (const std::exception&) {
+        // The store may be gone at shutdown; the next collective's own errors say more.
+      }
+    }
+    reporter_cv_.wait_for(lock, std::chrono::milliseconds(250));
+  }
+}
+
+std::shared_ptr<Work> CpuProcessGroup::enqueue(std::string name, Millis timeout, bool collective,
+                                               std::function<void(Op&)> body) {
+  auto op = std::make_shared<Op>();
+  op->name = std::move(name);
+  op->collective = collective;
+  op->timeout = timeout.count() > 0 ? timeout : options_.timeout;
+  op->body = std::move(body);
+  op->work = std::make_shared<Work>();
+  op->pg = this;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (collective) op->seq = next_seq_++;
+    queue_.push_back(op);
+  }
+  cv_.notify_one();
+  return op->work;
+}
+
+void CpuProcessGroup::worker_loop() {
+  while (true) {
+    std::shared_ptr<Op> op;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      op = queue_.front();
+      queue_.pop_front();
+    }
+    if (broken_) {
+      try {
+        std::rethrow_exception(broken_);
+      } catch (const std::exception& e) {
+        op->work->finish(std::make_exception_ptr(DistributedError(
+            op->name + " cannot run: this process group failed earlier: " + e.what())));
+      }
+      continue;
+    }
+    if (op->collective) {
+      entered_op_.store(op->name == "allreduce"        ? "allreduce"
+                        : op->name == "broadcast"      ? "broadcast"
+                        : op->name == "reduce"         ? "reduce"
+                        : op->name == "allgather"      ? "allgather"
+                        : op->name == "reduce_scatter" ? "reduce_scatter"
+                        : op->name == "alltoall"       ? "alltoall"
+                                                       : "barrier");
+      entered_seq_.store(op->seq + 1);
+    }
+    op->deadline = Clock::now() + op->timeout;
+    try {
+      op->body(*op);
+      op->work->finish();
+    } catch (...) {
+      // Channels may hold half a message now; nothing later can be trusted to line up.
+      broken_ = std::current_exception();
+      op->work->finish(broken_);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Algorithms. Buffers are byte ranges of contiguous tensors; chunk boundaries fall on elements.
+
+namespace {
+
+struct Chunks {
+  std::vector<size_t> off, len;  // bytes
+  Chunks(size_t count, size_t elem, int parts) : off(parts), len(parts) {
+    const size_t base = count / parts, rem = count % parts;
+    size_t at = 0;
+    for (int i = 0; i < parts; ++i) {
+      off[i] = at;
+      len[i] = (base + (static_cast<size_t>(i) < rem)) * elem;
+      at += len[i];
+    }
+  }
+};
+
+int mod(int a, int m) { return ((a % m) + m) % m; }
+
+using Step = CpuProcessGroup::Op::Step;
+
+// Ring reduce-scatter (and, with `gather`, the all-gather after it) over buf: afterwards chunk r
+// of buf holds the reduction (and with gather, every chunk does).
+void ring(CpuProcessGroup::Op& op, int rank, int size, uint8_t* buf, const Chunks& c, bool scatter,
+          bool gather) {
+  const int next = (rank + 1) % size, prev = mod(rank - 1, size);
+  std::vector<Step> steps;
+  if (scatter)
+    for (int s = 0; s < size - 1; ++s) {
+      Step st;
+      const int sc = mod(rank - s - 1, size), rc = mod(rank - s - 2, size);
+      st.send_peer = next;
+      st.send_ptr = buf + c.off[sc];
+      st.send_bytes = c.len[sc];
+      st.recv_peer = prev;
+      st.recv_ptr = buf + c.off[rc];
+      st.recv_bytes = c.len[rc];
+      st.reduce = true;
+      st.dep = s == 0 ? -1 : s - 1;
+      st.send_seq = st.recv_seq = op.seq;
+      steps.push_back(st);
+    }
+  if (gather)
+    for (int s = 0; s < size - 1; ++s) {
+      Step st;
+      const int sc = mod(rank - s, size), rc = mod(rank - s - 1, size);
+      st.send_peer = next;
+      st.send_ptr = buf + c.off[sc];
+      st.send_bytes = c.len[sc];
+      st.recv_peer = prev;
+      st.recv_ptr = buf + c.off[rc];
+      st.recv_bytes = c.len[rc];
+      st.reduce = false;
+      st.dep = steps.empty() ? -1 : static_cast<int>(steps.size()) - 1;
+      st.send_seq = st.recv_seq = op.seq;
+      steps.push_back(st);
+    }
+  op.run(steps);
+}
+
+// Exchanges buf with `peer` (sending it, receiving theirs into tmp) and reduces tmp into buf.
+void exchange_reduce(CpuProcessGroup::Op& op, int peer, uint8_t* buf, uint8_t* tmp, size_t bytes,
+                     bool send, bool recv) {
+  std::vector<Step> steps(1);
+  Step& st = steps[0];
+  if (send) {
+    st.send_peer = peer;
+    st.send_ptr = buf;
+    st.send_bytes = bytes;
+  }
+  if (recv) {
+    st.recv_peer = peer;
+    st.recv_ptr = tmp;
+    st.recv_bytes = bytes;
+  }
+  st.send_seq = st.recv_seq = op.seq;
+  op.run(steps);
+  if (recv) reduce_into(op.dtype, op.reduce, buf, tmp, bytes / op.elem);
+}
+
+// Recursive doubling; ranks beyond the largest power of two fold into a partner first.
+void recursive_doubling(CpuProcessGroup::Op& op, int rank, int size, uint8_t* buf, size_t bytes) {
+  std::vector<uint8_t> tmp(bytes);
+  int pof2 = 1;
+  while (pof2 * 2 <= size) pof2 *= 2;
+  const int extra = size - pof2;
+  if (rank >= pof2) {
+    exchange_reduce(op, rank - pof2, buf, tmp.data(), bytes, true, false);
+  } else if (rank < extra) {
+    exchange_reduce(op, rank + pof2, buf, tmp.data(), bytes, false, true);
+  }
+  if (rank < pof2)
+    for (int mask = 1; mask < pof2; mask <<= 1)
+      exchange_reduce(op, rank ^ mask, buf, tmp.data(), bytes, true, true);
+  // Hand the result back to the folded ranks.
+  std::vector<Step> steps(1);
+  Step& st = steps[0];
+  st.send_seq = st.recv_seq = op.seq;
+  if (rank >= pof2) {
+    st.recv_peer = rank - pof2;
+    st.recv_ptr = buf;
+    st.recv_bytes = bytes;
+    op.run(steps);
+  } else if (rank < extra) {
+    st.send_peer = rank + pof2;
+    st.send_ptr = buf;
+    st.send_bytes = bytes;
+    op.run(steps);
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<Work> CpuProcessGroup::allreduce(Tensor& t, const AllreduceOptions& o) {
+  check_tensor(t, "allreduce");
+  check_reducible(t.dtype(), o.op, "allreduce");
+  Tensor tensor = t;
+  return enqueue("allreduce", o.timeout, true, [this, tensor, o](Op& op) {
+    op.code = kAllreduce;
+    op.dtype = tensor.dtype();
+    op.reduce = o.op;
+    op.elem = tensor.element_size();
+    const size_t bytes = tensor.nbytes();
+    uint8_t* buf = static_cast<uint8_t*>(tensor.raw_data());
+    if (size_ > 1 && bytes > 0) {
+      if (bytes <= kSmallAllreduceBytes ||
+          static_cast<size_t>(tensor.numel()) < static_cast<size_t>(size_)) {
+        recursive_doubling(op, rank_, size_, buf, bytes);
+      } else {
+        ring(op, rank_, size_, buf, Chunks(static_cast<size_t>(tensor.numel()), op.elem, size_),
+             true, true);
+      }
+    }
+    if (o.op == ReduceOp::kAvg && bytes > 0) divide(op.dtype, buf, tensor.numel(), size_);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::broadcast(Tensor& t, const BroadcastOptions& o) {
+  check_tensor(t, "broadcast");
+  COHORT_CHECK(o.root >= 0 && o.root < size_, "broadcast: root ", o.root,
+               " is outside the group of size ", size_);
+  Tensor tensor = t;
+  return enqueue("broadcast", o.timeout, true, [this, tensor, o](Op& op) {
+    op.code = kBroadcast;
+    if (size_ == 1) return;
+    // A pipelined chain from the root: each rank forwards what it has received so far.
+    const int v = mod(rank_ - o.root, size_);
+    std::vector<Step> steps(1);
+    Step& st = steps[0];
+    uint8_t* buf = static_cast<uint8_t*>(tensor.raw_data());
+    st.send_seq = st.recv_seq = op.seq;
+    if (v > 0) {
+      st.recv_peer = mod(rank_ - 1, size_);
+      st.recv_ptr = buf;
+      st.recv_bytes = tensor.nbytes();
+      st.dep = 0;
+    }
+    if (v < size_ - 1) {
+      st.send_peer = (rank_ + 1) % size_;
+      st.send_ptr = buf;
+      st.send_bytes = tensor.nbytes();
+    }
+    op.run(steps);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::reduce(Tensor& t, const ReduceOptions& o) {
+  check_tensor(t, "reduce");
+  check_reducible(t.dtype(), o.op, "reduce");
+  COHORT_CHECK(o.root >= 0 && o.root < size_, "reduce: root ", o.root,
+               " is outside the group of size ", size_);
+  Tensor tensor = t;
+  return enqueue("reduce", o.timeout, true, [this, tensor, o](Op& op) {
+    op.code = kReduce;
+    op.dtype = tensor.dtype();
+    op.reduce = o.op;
+    op.elem = tensor.element_size();
+    uint8_t* buf = static_cast<uint8_t*>(tensor.raw_data());
+    if (size_ > 1) {
+      // A pipelined chain towards the root: each rank adds what it receives from the rank after
+      // it and forwards the partial sums as they become ready.
+      const int v = mod(rank_ - o.root, size_);
+      std::vector<Step> steps(1);
+      Step& st = steps[0];
+      st.send_seq = st.recv_seq = op.seq;
+      if (v < size_ - 1) {
+        st.recv_peer = (rank_ + 1) % size_;
+        st.recv_ptr = buf;
+        st.recv_bytes = tensor.nbytes();
+        st.reduce = true;
+        st.dep = 0;
+      }
+      if (v > 0) {
+        st.send_peer = mod(rank_ - 1, size_);
+        st.send_ptr = buf;
+        st.send_bytes = tensor.nbytes();
+      }
+      op.run(steps);
+    }
+    if (o.op == ReduceOp::kAvg && rank_ == o.root) divide(op.dtype, buf, tensor.numel(), size_);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::allgather(Tensor& out, const Tensor& in,
+                                                 const CollectiveOptions& o) {
+  check_tensor(out, "allgather");
+  check_tensor(in, "allgather");
+  COHORT_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() * size_,
+               "allgather: output (", core::dtype_name(out.dtype()), ", ", out.numel(),
+               " elements) must hold ", size_, " copies of the input (",
+               core::dtype_name(in.dtype()), ", ", in.numel(), ")");
+  Tensor output = out, input = in;
+  return enqueue("allgather", o.timeout, true, [this, output, input](Op& op) {
+    op.code = kAllgather;
+    const size_t block = input.nbytes();
+    uint8_t* buf = static_cast<uint8_t*>(output.raw_data());
+    if (buf + rank_ * block != input.raw_data())
+      std::memmove(buf + rank_ * block, input.raw_data(), block);
+    if (size_ == 1) return;
+    Chunks c(static_cast<size_t>(input.numel()) * size_, input.element_size(), size_);
+    ring(op, rank_, size_, buf, c, false, true);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::reduce_scatter(Tensor& out, const Tensor& in,
+                                                      const ReduceScatterOptions& o) {
+  check_tensor(out, "reduce_scatter");
+  check_tensor(in, "reduce_scatter");
+  check_reducible(in.dtype(), o.op, "reduce_scatter");
+  COHORT_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size_,
+               "reduce_scatter: input (", in.numel(), " elements) must hold ", size_,
+               " blocks of the output's ", out.numel(), " elements, of the same dtype");
+  Tensor output = out, input = in;
+  return enqueue("reduce_scatter", o.timeout, true, [this, output, input, o](Op& op) {
+    op.code = kReduceScatter;
+    op.dtype = input.dtype();
+    op.reduce = o.op;
+    op.elem = input.element_size();
+    const size_t block = output.nbytes();
+    std::vector<uint8_t> tmp(input.nbytes());
+    std::memcpy(tmp.data(), input.raw_data(), input.nbytes());
+    if (size_ > 1) {
+      Chunks c(static_cast<size_t>(input.numel()), op.elem, size_);
+      ring(op, rank_, size_, tmp.data(), c, true, false);
+    }
+    std::memcpy(output.raw_data(), tmp.data() + rank_ * block, block);
+    if (o.op == ReduceOp::kAvg) divide(op.dtype, output.raw_data(), output.numel(), size_);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::alltoall(Tensor& out, const Tensor& in,
+                                                const CollectiveOptions& o) {
+  check_tensor(out, "alltoall");
+  check_tensor(in, "alltoall");
+  COHORT_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() && in.numel() % size_ == 0,
+               "alltoall: input and output must have the same dtype and a number of elements "
+               "divisible by the group size ",
+               size_, ", got ", in.numel(), " and ", out.numel());
+  Tensor output = out, input = in;
+  return enqueue("alltoall", o.timeout, true, [this, output, input](Op& op) {
+    op.code = kAlltoall;
+    const size_t block = input.nbytes() / size_;
+    const uint8_t* src = static_cast<const uint8_t*>(input.raw_data());
+    uint8_t* dst = static_cast<uint8_t*>(output.raw_data());
+    std::memcpy(dst + rank_ * block, src + rank_ * block, block);
+    std::vector<Step> steps;
+    for (int s = 1; s < size_; ++s) {
+      Step st;
+      const int to = (rank_ + s) % size_, from = mod(rank_ - s, size_);
+      st.send_peer = to;
+      st.send_ptr = src + to * block;
+      st.send_bytes = block;
+      st.recv_peer = from;
+      st.recv_ptr = dst + from * block;
+      st.recv_bytes = block;
+      st.send_seq = st.recv_seq = op.seq;
+      steps.push_back(st);
+    }
+    op.run(steps);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::barrier(const CollectiveOptions& o) {
+  return enqueue("barrier", o.timeout, true, [this](Op& op) {
+    op.code = kBarrier;
+    op.dtype = DType::kInt32;
+    op.elem = 4;
+    int32_t token = 0;
+    if (size_ > 1) recursive_doubling(op, rank_, size_, reinterpret_cast<uint8_t*>(&token), 4);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::send(const Tensor& t, int dst, int tag) {
+  check_tensor(t, "send");
+  COHORT_CHECK(dst >= 0 && dst < size_ && dst != rank_, "send: destination rank ", dst,
+               " must be another rank of the group of size ", size_);
+  Tensor tensor = t;
+  return enqueue("send", Millis(0), false, [this, tensor, dst, tag](Op& op) {
+    op.code = kSendRecv;
+    std::vector<Step> steps(1);
+    steps[0].send_peer = dst;
+    steps[0].send_ptr = static_cast<const uint8_t*>(tensor.raw_data());
+    steps[0].send_bytes = tensor.nbytes();
+    steps[0].tag = static_cast<uint32_t>(tag);
+    steps[0].send_seq = p2p_sent_[dst]++;
+    op.run(steps);
+  });
+}
+
+std::shared_ptr<Work> CpuProcessGroup::recv(Tensor& t, int src, int tag) {
+  check_tensor(t, "recv");
+  COHORT_CHECK(src >= 0 && src < size_ && src != rank_, "recv: source rank ", src,
+               " must be another rank of the group of size ", size_);
+  Tensor tensor = t;
+  return enqueue("recv", Millis(0), false, [this, tensor, src, tag](Op& op) {
+    op.code = kSendRecv;
+    std::vector<Step> steps(1);
+    steps[0].recv_peer = src;
+    steps[0].recv_ptr = static_cast<uint8_t*>(tensor.raw_data());
+    steps[0].recv_bytes = tensor.nbytes();
+    steps[0].tag = static_cast<uint32_t>(tag);
+    steps[0].recv_seq = p2p_received_[src]++;
+    op.run(steps);
+  });
+}
+
+}  // namespace cohort::collectives::cpu

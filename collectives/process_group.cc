@@ -1,0 +1,69 @@
+#include "collectives/process_group.h"
+
+#include "collectives/cpu/cpu_process_group.h"
+#include "core/util/error.h"
+
+namespace cohort::collectives {
+
+std::string_view reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kProduct:
+      return "product";
+    case ReduceOp::kMin:
+      return "min";
+    case ReduceOp::kMax:
+      return "max";
+  }
+  return "?";
+}
+
+bool Work::is_completed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+void Work::wait(Millis timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto ready = [&] { return done_; };
+  if (timeout == Millis::max()) {
+    cv_.wait(lock, ready);
+  } else if (!cv_.wait_for(lock, timeout, ready)) {
+    COHORT_THROW(TimeoutError, "Work::wait gave up after ", timeout.count(),
+                 " ms; the operation is still running and will end at its own timeout");
+  }
+  if (error_) std::rethrow_exception(error_);
+}
+
+std::exception_ptr Work::exception() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return error_;
+}
+
+void Work::finish(std::exception_ptr error) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    error_ = std::move(error);
+  }
+  cv_.notify_all();
+}
+
+std::shared_ptr<ProcessGroup> create_process_group(const std::string& backend,
+                                                   std::shared_ptr<Store> store, int rank, int size,
+                                                   const ProcessGroupOptions& options) {
+  if (size < 1 || rank < 0 || rank >= size)
+    COHORT_THROW(InvalidArgument, "rank ", rank, " is outside a group of size ", size);
+  if (backend == "cpu")
+    return std::make_shared<cpu::CpuProcessGroup>(std::move(store), rank, size, options);
+  if (backend == "mpi" || backend == "nccl")
+    COHORT_THROW(ConfigError, "distributed.backend ", backend,
+                 " is not available in this build of cohort yet; use cpu");
+  COHORT_THROW(ConfigError, "unknown distributed.backend '", backend,
+               "'; expected cpu, mpi or nccl");
+}
+
+}  // namespace cohort::collectives
