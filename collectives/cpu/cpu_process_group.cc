@@ -68,6 +68,7 @@ void check_tensor(const Tensor& t, const char* what) {
 // One queued operation and the streaming engine that runs it.
 struct CpuProcessGroup::Op {
   std::string name;
+  const char* static_name = "";
   uint32_t code = 0;
   bool collective = true;
   uint64_t seq = 0;
@@ -132,6 +133,7 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
   active.erase(std::unique(active.begin(), active.end()), active.end());
 
   size_t si = 0, ri = 0;
+  Clock::time_point blocked_since{}, next_abort_check{};
   auto recv_complete = [&](size_t i) {
     return steps[i].recv_peer < 0 ||
            (rs[i].header_got == sizeof(Header) && rs[i].done == steps[i].recv_bytes);
@@ -234,8 +236,19 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
     }
     if (progress) {
       mesh.busy();
+      blocked_since = Clock::time_point{};
     } else {
-      if (Clock::now() > deadline) {
+      const auto now = Clock::now();
+      if (blocked_since == Clock::time_point{}) blocked_since = now;
+      // A rank that failed says so in the store; without looking, everyone else would sit out
+      // the whole timeout waiting for it.
+      if (now - blocked_since > std::chrono::milliseconds(200) && now >= next_abort_check) {
+        next_abort_check = now + std::chrono::milliseconds(500);
+        if (pg->store_->check({"abort"}))
+          COHORT_THROW(DistributedError, name, " #", seq, " on rank ", pg->rank(),
+                       " was abandoned because another rank failed: ", pg->store_->get("abort"));
+      }
+      if (now > deadline) {
         std::vector<int> waiting;
         if (ri < n) waiting.push_back(steps[ri].recv_peer);
         if (si < n) waiting.push_back(steps[si].send_peer);
@@ -328,9 +341,10 @@ void CpuProcessGroup::reporter_loop() {
   uint64_t published = 0;
   std::unique_lock<std::mutex> lock(reporter_mu_);
   while (true) {
+    bool stop;
     {
       std::lock_guard<std::mutex> q(mu_);
-      if (stopping_) return;
+      stop = stopping_;
     }
     const uint64_t e = entered_seq_.load();
     if (e != published) {
@@ -342,26 +356,76 @@ void CpuProcessGroup::reporter_loop() {
         // The store may be gone at shutdown; the next collective's own errors say more.
       }
     }
+    if (stop) return;  // after a last report, so peers that time out later see where we got to
     reporter_cv_.wait_for(lock, std::chrono::milliseconds(250));
   }
 }
 
-std::shared_ptr<Work> CpuProcessGroup::enqueue(std::string name, Millis timeout, bool collective,
-                                               std::function<void(Op&)> body) {
+std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout, bool collective,
+                                               size_t bytes, std::function<void(Op&)> body) {
   auto op = std::make_shared<Op>();
-  op->name = std::move(name);
+  op->name = name;
+  op->static_name = name;
   op->collective = collective;
   op->timeout = timeout.count() > 0 ? timeout : options_.timeout;
   op->body = std::move(body);
   op->work = std::make_shared<Work>();
   op->pg = this;
+  bool run_here = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (collective) op->seq = next_seq_++;
-    queue_.push_back(op);
+    // Small operations run on the caller's thread when nothing is queued: handing them to the
+    // progress thread and back costs two thread wake-ups, several times the transfer itself.
+    if (bytes <= kInlineBytes && queue_.empty() && !busy_) {
+      busy_ = true;
+      run_here = true;
+    } else {
+      queue_.push_back(op);
+    }
   }
-  cv_.notify_one();
+  if (run_here) {
+    execute(*op);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
+    }
+  }
+  cv_.notify_all();
   return op->work;
+}
+
+void CpuProcessGroup::execute(Op& op) {
+  if (broken_) {
+    try {
+      std::rethrow_exception(broken_);
+    } catch (const std::exception& e) {
+      op.work->finish(std::make_exception_ptr(DistributedError(
+          op.name + " cannot run: this process group failed earlier: " + e.what())));
+    }
+    return;
+  }
+  if (op.collective) {
+    entered_op_.store(op.static_name);
+    entered_seq_.store(op.seq + 1);
+  }
+  op.deadline = Clock::now() + op.timeout;
+  try {
+    op.body(op);
+    op.work->finish();
+  } catch (const std::exception& e) {
+    // Channels may hold half a message now; nothing later can be trusted to line up.
+    broken_ = std::current_exception();
+    const std::string what = e.what();
+    if (what.find("was abandoned because another rank failed") == std::string::npos) {
+      try {
+        store_->compare_set("abort", "", "rank " + std::to_string(rank_) + ": " + what);
+      } catch (const std::exception&) {
+        // The store may be what failed; the peers' own timeouts still end their wait.
+      }
+    }
+    op.work->finish(broken_);
+  }
 }
 
 void CpuProcessGroup::worker_loop() {
@@ -369,39 +433,18 @@ void CpuProcessGroup::worker_loop() {
     std::shared_ptr<Op> op;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      cv_.wait(lock, [&] { return !busy_ && (stopping_ || !queue_.empty()); });
       if (queue_.empty()) return;
       op = queue_.front();
       queue_.pop_front();
+      busy_ = true;
     }
-    if (broken_) {
-      try {
-        std::rethrow_exception(broken_);
-      } catch (const std::exception& e) {
-        op->work->finish(std::make_exception_ptr(DistributedError(
-            op->name + " cannot run: this process group failed earlier: " + e.what())));
-      }
-      continue;
+    execute(*op);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
     }
-    if (op->collective) {
-      entered_op_.store(op->name == "allreduce"        ? "allreduce"
-                        : op->name == "broadcast"      ? "broadcast"
-                        : op->name == "reduce"         ? "reduce"
-                        : op->name == "allgather"      ? "allgather"
-                        : op->name == "reduce_scatter" ? "reduce_scatter"
-                        : op->name == "alltoall"       ? "alltoall"
-                                                       : "barrier");
-      entered_seq_.store(op->seq + 1);
-    }
-    op->deadline = Clock::now() + op->timeout;
-    try {
-      op->body(*op);
-      op->work->finish();
-    } catch (...) {
-      // Channels may hold half a message now; nothing later can be trusted to line up.
-      broken_ = std::current_exception();
-      op->work->finish(broken_);
-    }
+    cv_.notify_all();
   }
 }
 
@@ -523,7 +566,7 @@ std::shared_ptr<Work> CpuProcessGroup::allreduce(Tensor& t, const AllreduceOptio
   check_tensor(t, "allreduce");
   check_reducible(t.dtype(), o.op, "allreduce");
   Tensor tensor = t;
-  return enqueue("allreduce", o.timeout, true, [this, tensor, o](Op& op) {
+  return enqueue("allreduce", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
     op.code = kAllreduce;
     op.dtype = tensor.dtype();
     op.reduce = o.op;
@@ -548,7 +591,7 @@ std::shared_ptr<Work> CpuProcessGroup::broadcast(Tensor& t, const BroadcastOptio
   COHORT_CHECK(o.root >= 0 && o.root < size_, "broadcast: root ", o.root,
                " is outside the group of size ", size_);
   Tensor tensor = t;
-  return enqueue("broadcast", o.timeout, true, [this, tensor, o](Op& op) {
+  return enqueue("broadcast", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
     op.code = kBroadcast;
     if (size_ == 1) return;
     // A pipelined chain from the root: each rank forwards what it has received so far.
@@ -578,7 +621,7 @@ std::shared_ptr<Work> CpuProcessGroup::reduce(Tensor& t, const ReduceOptions& o)
   COHORT_CHECK(o.root >= 0 && o.root < size_, "reduce: root ", o.root,
                " is outside the group of size ", size_);
   Tensor tensor = t;
-  return enqueue("reduce", o.timeout, true, [this, tensor, o](Op& op) {
+  return enqueue("reduce", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
     op.code = kReduce;
     op.dtype = tensor.dtype();
     op.reduce = o.op;
@@ -618,7 +661,7 @@ std::shared_ptr<Work> CpuProcessGroup::allgather(Tensor& out, const Tensor& in,
                " elements) must hold ", size_, " copies of the input (",
                core::dtype_name(in.dtype()), ", ", in.numel(), ")");
   Tensor output = out, input = in;
-  return enqueue("allgather", o.timeout, true, [this, output, input](Op& op) {
+  return enqueue("allgather", o.timeout, true, out.nbytes(), [this, output, input](Op& op) {
     op.code = kAllgather;
     const size_t block = input.nbytes();
     uint8_t* buf = static_cast<uint8_t*>(output.raw_data());
@@ -639,7 +682,7 @@ std::shared_ptr<Work> CpuProcessGroup::reduce_scatter(Tensor& out, const Tensor&
                "reduce_scatter: input (", in.numel(), " elements) must hold ", size_,
                " blocks of the output's ", out.numel(), " elements, of the same dtype");
   Tensor output = out, input = in;
-  return enqueue("reduce_scatter", o.timeout, true, [this, output, input, o](Op& op) {
+  return enqueue("reduce_scatter", o.timeout, true, in.nbytes(), [this, output, input, o](Op& op) {
     op.code = kReduceScatter;
     op.dtype = input.dtype();
     op.reduce = o.op;
@@ -665,7 +708,7 @@ std::shared_ptr<Work> CpuProcessGroup::alltoall(Tensor& out, const Tensor& in,
                "divisible by the group size ",
                size_, ", got ", in.numel(), " and ", out.numel());
   Tensor output = out, input = in;
-  return enqueue("alltoall", o.timeout, true, [this, output, input](Op& op) {
+  return enqueue("alltoall", o.timeout, true, in.nbytes(), [this, output, input](Op& op) {
     op.code = kAlltoall;
     const size_t block = input.nbytes() / size_;
     const uint8_t* src = static_cast<const uint8_t*>(input.raw_data());
@@ -689,7 +732,7 @@ std::shared_ptr<Work> CpuProcessGroup::alltoall(Tensor& out, const Tensor& in,
 }
 
 std::shared_ptr<Work> CpuProcessGroup::barrier(const CollectiveOptions& o) {
-  return enqueue("barrier", o.timeout, true, [this](Op& op) {
+  return enqueue("barrier", o.timeout, true, 0, [this](Op& op) {
     op.code = kBarrier;
     op.dtype = DType::kInt32;
     op.elem = 4;
@@ -703,7 +746,7 @@ std::shared_ptr<Work> CpuProcessGroup::send(const Tensor& t, int dst, int tag) {
   COHORT_CHECK(dst >= 0 && dst < size_ && dst != rank_, "send: destination rank ", dst,
                " must be another rank of the group of size ", size_);
   Tensor tensor = t;
-  return enqueue("send", Millis(0), false, [this, tensor, dst, tag](Op& op) {
+  return enqueue("send", Millis(0), false, t.nbytes(), [this, tensor, dst, tag](Op& op) {
     op.code = kSendRecv;
     std::vector<Step> steps(1);
     steps[0].send_peer = dst;
@@ -720,7 +763,7 @@ std::shared_ptr<Work> CpuProcessGroup::recv(Tensor& t, int src, int tag) {
   COHORT_CHECK(src >= 0 && src < size_ && src != rank_, "recv: source rank ", src,
                " must be another rank of the group of size ", size_);
   Tensor tensor = t;
-  return enqueue("recv", Millis(0), false, [this, tensor, src, tag](Op& op) {
+  return enqueue("recv", Millis(0), false, t.nbytes(), [this, tensor, src, tag](Op& op) {
     op.code = kSendRecv;
     std::vector<Step> steps(1);
     steps[0].recv_peer = src;

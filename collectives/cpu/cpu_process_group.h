@@ -34,12 +34,15 @@ class CpuProcessGroup final : public ProcessGroup {
 
   // Messages at or below this many bytes use recursive doubling; above, the ring.
   static constexpr size_t kSmallAllreduceBytes = 64 << 10;
+  // Operations up to this size run on the caller's thread when the queue is empty.
+  static constexpr size_t kInlineBytes = 64 << 10;
 
   struct Op;  // one queued operation (defined in the .cc)
 
  private:
-  std::shared_ptr<Work> enqueue(std::string name, Millis timeout, bool collective,
+  std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective, size_t bytes,
                                 std::function<void(Op&)> body);
+  void execute(Op& op);
   void worker_loop();
   void reporter_loop();
 
@@ -50,11 +53,12 @@ class CpuProcessGroup final : public ProcessGroup {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Op>> queue_;
   bool stopping_ = false;
+  bool busy_ = false;  // an operation is executing (on the progress thread or inline)
   uint64_t next_seq_ = 0;                          // collectives issued (guarded by mu_)
-  std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer, progress thread only
+  std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer; touched only while busy_
   std::atomic<uint64_t> entered_seq_{0};  // 1 + seq of the last collective entered, 0: none
   std::atomic<const char*> entered_op_{""};
-  std::exception_ptr broken_;  // progress thread only: the error that broke the group
+  std::exception_ptr broken_;  // the error that broke the group; touched only while busy_
   std::thread worker_, reporter_;
   std::mutex reporter_mu_;
   std::condition_variable reporter_cv_;

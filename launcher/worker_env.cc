@@ -1,0 +1,83 @@
+#include "launcher/worker_env.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+
+#include "collectives/store/file_store.h"
+#include "collectives/store/tcp_store.h"
+#include "core/util/error.h"
+
+namespace cohort::launcher {
+namespace {
+
+const char* var(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+int int_var(const char* name, int fallback) {
+  const char* v = var(name);
+  if (!v) return fallback;
+  int out = 0;
+  auto [end, ec] = std::from_chars(v, v + std::strlen(v), out);
+  if (ec != std::errc() || *end != '\0' || out < 0)
+    COHORT_THROW(ConfigError, "environment variable ", name, "='", v,
+                 "' is not a non-negative integer");
+  return out;
+}
+
+}  // namespace
+
+WorkerEnv detect_worker_env() {
+  WorkerEnv e;
+  if (var("COHORT_RANK") || var("COHORT_WORLD_SIZE")) {
+    e.source = "COHORT_*";
+    e.rank = int_var("COHORT_RANK", 0);
+    e.world_size = int_var("COHORT_WORLD_SIZE", 1);
+    e.local_rank = int_var("COHORT_LOCAL_RANK", e.rank);
+    e.local_world_size = int_var("COHORT_LOCAL_WORLD_SIZE", e.world_size);
+    if (const char* s = var("COHORT_STORE")) e.store = s;
+  } else if (var("RANK") && var("WORLD_SIZE")) {
+    e.source = "torchrun (RANK/WORLD_SIZE)";
+    e.rank = int_var("RANK", 0);
+    e.world_size = int_var("WORLD_SIZE", 1);
+    e.local_rank = int_var("LOCAL_RANK", e.rank);
+    e.local_world_size = int_var("LOCAL_WORLD_SIZE", e.world_size);
+    const char* addr = var("MASTER_ADDR");
+    const char* port = var("MASTER_PORT");
+    if (e.world_size > 1 && (!addr || !port))
+      COHORT_THROW(ConfigError, "RANK and WORLD_SIZE are set but MASTER_ADDR or MASTER_PORT is not");
+    if (addr && port) {
+      e.store = std::string(addr) + ":" + port;
+      e.host_store = e.rank == 0;
+    }
+  }
+  if (e.world_size < 1 || e.rank >= e.world_size)
+    COHORT_THROW(ConfigError, "rank ", e.rank, " is outside the world size ", e.world_size,
+                 " given by ", e.source);
+  if (e.world_size > 1 && e.store.empty())
+    COHORT_THROW(ConfigError, "world size ", e.world_size, " given by ", e.source,
+                 " but no store address: set COHORT_STORE=host:port or file:PATH");
+  return e;
+}
+
+std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env, collectives::Millis timeout) {
+  if (env.store.empty()) return std::make_shared<collectives::HashStore>();
+  if (env.store.rfind("file:", 0) == 0)
+    return std::make_shared<collectives::FileStore>(env.store.substr(5), timeout);
+  const size_t colon = env.store.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos) {
+    auto [end, ec] = std::from_chars(env.store.data() + colon + 1,
+                                     env.store.data() + env.store.size(), port);
+    if (ec != std::errc() || end != env.store.data() + env.store.size()) port = -1;
+  }
+  if (port < 0 || port > 65535)
+    COHORT_THROW(ConfigError, "store address '", env.store, "' is not host:port or file:PATH");
+  return std::make_shared<collectives::TcpStore>(env.store.substr(0, colon),
+                                                 static_cast<uint16_t>(port), env.host_store,
+                                                 timeout);
+}
+
+}  // namespace cohort::launcher

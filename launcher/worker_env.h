@@ -1,0 +1,26 @@
+// Who this worker is: rank, world size and where the rendezvous store lives, read from Cohort's
+// own variables (set by `cohort launch`) or torchrun's, Open MPI's or Slurm's.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "collectives/store/store.h"
+
+namespace cohort::launcher {
+
+struct WorkerEnv {
+  int rank = 0, world_size = 1, local_rank = 0, local_world_size = 1;
+  // "host:port" of a TcpStore, or "file:PATH" for a FileStore; empty for a single process.
+  std::string store;
+  // True when this rank must host the TcpStore itself (torchrun-style MASTER_ADDR/MASTER_PORT
+  // without an agent): rank 0 serves.
+  bool host_store = false;
+  std::string source;  // which convention the values came from, for messages
+};
+
+// Throws ConfigError naming the variable when one is malformed.
+WorkerEnv detect_worker_env();
+std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env, collectives::Millis timeout);
+
+}  // namespace cohort::launcher
