@@ -81,13 +81,14 @@ int64_t run_once(ProcessGroup& pg, const std::string& op, Tensor& a, Tensor& b, 
 }  // namespace
 
 int bench_collectives(const BenchCollectivesOptions& o) {
-  static const char* kOps[] = {"allreduce", "broadcast", "allgather", "reduce_scatter", "alltoall",
-                               "barrier"};
+  static const char* kOps[] = {"allreduce",      "broadcast", "allgather",
+                               "reduce_scatter", "alltoall",  "barrier"};
   bool known = false;
   for (const char* k : kOps) known = known || o.op == k;
   if (!known)
-    COHORT_THROW(ConfigError, "--op ", o.op,
-                 " is not one of allreduce, broadcast, allgather, reduce_scatter, alltoall, barrier");
+    COHORT_THROW(
+        ConfigError, "--op ", o.op,
+        " is not one of allreduce, broadcast, allgather, reduce_scatter, alltoall, barrier");
   if (o.min_bytes < 4 || o.max_bytes < o.min_bytes || o.factor < 2)
     COHORT_THROW(ConfigError, "sizes must satisfy 4 <= -b <= -e and -f >= 2");
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));
@@ -104,7 +105,9 @@ int bench_collectives(const BenchCollectivesOptions& o) {
   if (leader) {
     std::printf("# cohort bench collectives: %s, backend %s, transport %s, %d ranks, float32\n",
                 o.op.c_str(), o.backend.c_str(), o.transport.c_str(), n);
-    std::printf("%12s %10s %10s %10s %8s\n", "bytes", "time_us", "algbw_GBs", "busbw_GBs", "errors");
+    std::printf("%12s %10s %10s %10s %8s\n", "bytes", "time_us", "algbw_GBs", "busbw_GBs",
+                "errors");
+    std::fflush(stdout);
   }
   int64_t total_wrong = 0;
   for (int64_t bytes = o.min_bytes; bytes <= o.max_bytes; bytes *= o.factor) {
@@ -119,9 +122,11 @@ int bench_collectives(const BenchCollectivesOptions& o) {
     pg->barrier()->wait();
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < iters; ++i) run_once(*pg, o.op, a, b, false);
-    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+    const double t =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
     // Every rank's error count, so the leader reports them all.
-    Tensor w = core::full({1}, static_cast<double>(wrong), core::TensorOptions(core::DType::kInt64));
+    Tensor w =
+        core::full({1}, static_cast<double>(wrong), core::TensorOptions(core::DType::kInt64));
     pg->allreduce(w)->wait();
     wrong = w.item<int64_t>();
     total_wrong += wrong;

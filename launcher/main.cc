@@ -45,8 +45,9 @@ int main(int argc, char** argv) {
   cohort::launcher::BenchCollectivesOptions bo;
   std::string min_b = "4K", max_b = "64M";
   bench_coll->add_option("--backend", bo.backend, "cpu, mpi or nccl")->capture_default_str();
-  bench_coll->add_option("--op", bo.op,
-                         "allreduce, broadcast, allgather, reduce_scatter, alltoall or barrier")
+  bench_coll
+      ->add_option("--op", bo.op,
+                   "allreduce, broadcast, allgather, reduce_scatter, alltoall or barrier")
       ->capture_default_str();
   bench_coll->add_option("--transport", bo.transport, "cpu backend: auto, shm or tcp")
       ->capture_default_str();

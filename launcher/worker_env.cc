@@ -47,7 +47,8 @@ WorkerEnv detect_worker_env() {
     const char* addr = var("MASTER_ADDR");
     const char* port = var("MASTER_PORT");
     if (e.world_size > 1 && (!addr || !port))
-      COHORT_THROW(ConfigError, "RANK and WORLD_SIZE are set but MASTER_ADDR or MASTER_PORT is not");
+      COHORT_THROW(ConfigError,
+                   "RANK and WORLD_SIZE are set but MASTER_ADDR or MASTER_PORT is not");
     if (addr && port) {
       e.store = std::string(addr) + ":" + port;
       e.host_store = e.rank == 0;
@@ -62,22 +63,22 @@ WorkerEnv detect_worker_env() {
   return e;
 }
 
-std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env, collectives::Millis timeout) {
+std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
+                                                  collectives::Millis timeout) {
   if (env.store.empty()) return std::make_shared<collectives::HashStore>();
   if (env.store.rfind("file:", 0) == 0)
     return std::make_shared<collectives::FileStore>(env.store.substr(5), timeout);
   const size_t colon = env.store.rfind(':');
   int port = -1;
   if (colon != std::string::npos) {
-    auto [end, ec] = std::from_chars(env.store.data() + colon + 1,
-                                     env.store.data() + env.store.size(), port);
+    auto [end, ec] =
+        std::from_chars(env.store.data() + colon + 1, env.store.data() + env.store.size(), port);
     if (ec != std::errc() || end != env.store.data() + env.store.size()) port = -1;
   }
   if (port < 0 || port > 65535)
     COHORT_THROW(ConfigError, "store address '", env.store, "' is not host:port or file:PATH");
-  return std::make_shared<collectives::TcpStore>(env.store.substr(0, colon),
-                                                 static_cast<uint16_t>(port), env.host_store,
-                                                 timeout);
+  return std::make_shared<collectives::TcpStore>(
+      env.store.substr(0, colon), static_cast<uint16_t>(port), env.host_store, timeout);
 }
 
 }  // namespace cohort::launcher

@@ -21,6 +21,7 @@ struct WorkerEnv {
 
 // Throws ConfigError naming the variable when one is malformed.
 WorkerEnv detect_worker_env();
-std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env, collectives::Millis timeout);
+std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
+                                                  collectives::Millis timeout);
 
 }  // namespace cohort::launcher

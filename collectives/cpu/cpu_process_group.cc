@@ -419,7 +419,13 @@ void CpuProcessGroup::execute(Op& op) {
     const std::string what = e.what();
     if (what.find("was abandoned because another rank failed") == std::string::npos) {
       try {
-        store_->compare_set("abort", "", "rank " + std::to_string(rank_) + ": " + what);
+        const std::string mine = "rank " + std::to_string(rank_) + ": " + what;
+        const std::string first = store_->compare_set("abort", "", mine);
+        // A peer that exits after its own failure looks like the culprit from here; name the
+        // failure that started it.
+        if (first != mine)
+          broken_ = std::make_exception_ptr(
+              DistributedError(what + "; the first failure in the group was " + first));
       } catch (const std::exception&) {
         // The store may be what failed; the peers' own timeouts still end their wait.
       }

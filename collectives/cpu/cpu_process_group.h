@@ -53,8 +53,8 @@ class CpuProcessGroup final : public ProcessGroup {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Op>> queue_;
   bool stopping_ = false;
-  bool busy_ = false;  // an operation is executing (on the progress thread or inline)
-  uint64_t next_seq_ = 0;                          // collectives issued (guarded by mu_)
+  bool busy_ = false;      // an operation is executing (on the progress thread or inline)
+  uint64_t next_seq_ = 0;  // collectives issued (guarded by mu_)
   std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer; touched only while busy_
   std::atomic<uint64_t> entered_seq_{0};  // 1 + seq of the last collective entered, 0: none
   std::atomic<const char*> entered_op_{""};

@@ -1,0 +1,136 @@
+// Collectives across real processes: `cohort bench collectives` ranks (which verify every result)
+// over a TcpStore and a FileStore with each transport, and a rank killed mid-all-reduce.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "collectives/store/tcp_store.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+struct Rank {
+  pid_t pid = -1;
+  fs::path log;
+};
+
+// Starts `cohort bench collectives ARGS` as rank `rank` of `size`, output to a log file.
+Rank start_rank(int rank, int size, const std::string& store, const std::string& args,
+                const fs::path& dir, const std::string& tag = "") {
+  Rank r;
+  r.log = dir / ("rank" + std::to_string(rank) + tag + ".log");
+  r.pid = fork();
+  if (r.pid == 0) {
+    setenv("COHORT_RANK", std::to_string(rank).c_str(), 1);
+    setenv("COHORT_WORLD_SIZE", std::to_string(size).c_str(), 1);
+    setenv("COHORT_STORE", store.c_str(), 1);
+    std::string cmd = "exec " + std::string(COHORT_BINARY) + " bench collectives " + args + " >" +
+                      r.log.string() + " 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+    _exit(127);
+  }
+  return r;
+}
+
+// Waits for the process up to `limit`; kills it (and reports -1) if it does not end in time.
+int wait_rank(Rank& r, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    if (waitpid(r.pid, &status, WNOHANG) == r.pid) {
+      r.pid = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  kill(r.pid, SIGKILL);
+  waitpid(r.pid, &status, 0);
+  r.pid = -1;
+  return -1;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class CollectiveProcesses : public cohort::test::TempDirTest {
+ protected:
+  void TearDown() override {
+    for (auto& r : ranks_)
+      if (r.pid > 0) {
+        kill(r.pid, SIGKILL);
+        waitpid(r.pid, nullptr, 0);
+      }
+    TempDirTest::TearDown();
+  }
+  // Runs `size` ranks to completion and expects every one to succeed.
+  void run_all(int size, const std::string& store, const std::string& args) {
+    ranks_.clear();
+    for (int r = 0; r < size; ++r) ranks_.push_back(start_rank(r, size, store, args, dir_));
+    for (int r = 0; r < size; ++r) {
+      int code = wait_rank(ranks_[r], 300s);
+      EXPECT_EQ(code, 0) << "rank " << r << ":\n" << slurp(ranks_[r].log);
+    }
+  }
+  std::vector<Rank> ranks_;
+};
+
+TEST_F(CollectiveProcesses, EveryOpOverTcpStoreAndFileStoreWithEachTransport) {
+  int n = 0;
+  for (std::string transport : {"shm", "tcp"})
+    for (std::string op :
+         {"allreduce", "broadcast", "allgather", "reduce_scatter", "alltoall", "barrier"}) {
+      const std::string args = "--op " + op + " --transport " + transport +
+                               " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
+      {
+        cohort::collectives::TcpStoreServer server(0);  // a fresh store per run
+        run_all(3, "127.0.0.1:" + std::to_string(server.port()), args);
+      }
+      run_all(3, "file:" + (dir_ / ("store" + std::to_string(n++))).string(), args);
+      const std::string table = slurp(dir_ / "rank0.log");
+      EXPECT_NE(table.find("errors"), std::string::npos) << table;
+    }
+}
+
+TEST_F(CollectiveProcesses, ARankKilledMidAllreduceIsNamedByTheOthers) {
+  for (std::string transport : {"shm", "tcp"}) {
+    ranks_.clear();
+    const std::string store = "file:" + (dir_ / ("kill_" + transport)).string();
+    const std::string args = "--op allreduce --transport " + transport +
+                             " -b 16M -e 16M --iters 1000000 --warmup 0 --timeout 120";
+    for (int r = 0; r < 3; ++r) ranks_.push_back(start_rank(r, 3, store, args, dir_, transport));
+    // Let them get into the all-reduces: the table's header comes after the group is up, then
+    // the first all-reduce is verified and the timed ones start.
+    const auto end = std::chrono::steady_clock::now() + 120s;
+    while (slurp(ranks_[0].log).find("errors") == std::string::npos &&
+           std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(50ms);
+    std::this_thread::sleep_for(1500ms);
+    kill(ranks_[1].pid, SIGKILL);
+    EXPECT_EQ(wait_rank(ranks_[1], 30s), 128 + SIGKILL);
+    for (int r : {0, 2}) {
+      // Well inside the 120 s collective timeout: the death itself is noticed.
+      const auto t0 = std::chrono::steady_clock::now();
+      int code = wait_rank(ranks_[r], 100s);
+      const std::string log = slurp(ranks_[r].log);
+      EXPECT_EQ(code, 1) << transport << " rank " << r << ":\n" << log;
+      EXPECT_NE(log.find("rank 1"), std::string::npos) << transport << " rank " << r << ":\n"
+                                                       << log;
+      EXPECT_LT(std::chrono::steady_clock::now() - t0, 100s) << transport << " rank " << r;
+    }
+  }
+}
+
+}  // namespace
