@@ -355,6 +355,13 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
     }
   }
 
+  int local = 1;
+  for (int r = 0; r < size; ++r) local += r != rank && peers_[r].node_id == me.node_id;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cores = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  oversubscribed_ = local > cores;
+
   // TCP: the higher rank of each pair connects to the lower one and introduces itself.
   int expected = 0;
   for (int r = rank + 1; r < size; ++r) expected += !shm_peer_[r];
@@ -428,7 +435,9 @@ std::string Mesh::describe(int r) const {
 
 void Mesh::idle(const std::vector<int>& active) {
   ++idle_rounds_;
-  if (idle_rounds_ < 256) {
+  // Spinning only pays when the peer has a core of its own; with more ranks on this node than
+  // cores, a spinning rank takes the core the rank it waits for needs.
+  if (!oversubscribed_ && idle_rounds_ < 256) {
     for (int i = 0; i < 16; ++i) cpu_relax();
     return;
   }

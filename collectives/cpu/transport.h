@@ -74,6 +74,7 @@ class Mesh {
   struct Tcp;
   std::unique_ptr<Tcp> tcp_;
   uint64_t idle_rounds_ = 0;
+  bool oversubscribed_ = false;  // more ranks on this node than cores we may run on
   std::chrono::steady_clock::time_point last_liveness_check_{};
 };
 
