@@ -1,6 +1,8 @@
 #include "collectives/cpu/cpu_process_group.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "collectives/cpu/reduce_kernels.h"
@@ -260,8 +262,9 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
 }
 
 void CpuProcessGroup::Op::timed_out(const std::vector<int>& waiting_on) {
-  std::string msg = name + " #" + std::to_string(seq) + " timed out after " +
-                    std::to_string(timeout.count() / 1000.0).substr(0, 6) + " s on rank " +
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(timeout.count()) / 1000.0);
+  std::string msg = name + " #" + std::to_string(seq) + " timed out after " + secs + " s on rank " +
                     std::to_string(pg->rank());
   if (!waiting_on.empty()) msg += " waiting for " + pg->mesh_->describe(waiting_on.front());
   if (collective) {
@@ -281,7 +284,8 @@ void CpuProcessGroup::Op::timed_out(const std::vector<int>& waiting_on) {
       std::string last_op;
       if (!report.empty()) {
         const size_t sp = report.find(' ');
-        entered = std::stoull(report.substr(0, sp));
+        // A report we cannot parse counts as none rather than replacing the timeout message.
+        entered = std::strtoull(report.substr(0, sp).c_str(), nullptr, 10);
         last_op = sp == std::string::npos ? "" : report.substr(sp + 1);
       }
       if (entered < seq + 1) {

@@ -235,7 +235,12 @@ struct Hello {
 struct Mesh::Shm {
   std::vector<Mapping> maps;
   Control* mine = nullptr;
+  // Names still linked in /dev/shm; unlinked here too, because a Mesh whose set-up fails (a peer
+  // never arrives) is never destroyed, only its members are.
   std::vector<std::string> created;
+  ~Shm() {
+    for (const auto& n : created) ::shm_unlink(n.c_str());
+  }
 };
 
 struct Mesh::Tcp {
@@ -408,7 +413,16 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
       ec = e;
       got = true;
     });
-    if (!run_until(tcp_->io, got, deadline) || ec) continue;  // a stray connection; keep waiting
+    if (!run_until(tcp_->io, got, deadline)) {
+      // The read is still pending and refers to this iteration's locals: cancel it and let its
+      // handler finish here, before they go away.
+      boost::system::error_code ignored;
+      sock.close(ignored);
+      tcp_->io.restart();
+      tcp_->io.run();
+      continue;  // the deadline check of the next accept ends the wait
+    }
+    if (ec) continue;  // a stray connection; keep waiting
     const int r = static_cast<int>(h.rank);
     if (h.magic != Hello{}.magic || h.token != token || r <= rank || r >= size || shm_peer_[r] ||
         send_[r])
@@ -424,7 +438,6 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
 Mesh::~Mesh() {
   send_.clear();
   recv_.clear();
-  for (const auto& n : shm_->created) ::shm_unlink(n.c_str());
 }
 
 std::string Mesh::describe(int r) const {

@@ -72,7 +72,10 @@ void HashStore::set(const std::string& key, const std::string& value) {
 std::string HashStore::get(const std::string& key) {
   wait({key}, timeout_);
   std::lock_guard<std::mutex> lock(s_->mu);
-  return s_->data.at(key);
+  auto it = s_->data.find(key);
+  if (it == s_->data.end())
+    COHORT_THROW(DistributedError, "HashStore: key '", key, "' was deleted while being read");
+  return it->second;
 }
 
 int64_t HashStore::add(const std::string& key, int64_t delta) {
