@@ -6,16 +6,32 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "collectives/store/store.h"
 
 namespace cohort::collectives::cpu {
 
-using Sink = std::function<void(const uint8_t*, size_t)>;
+// A non-owning reference to a callable taking (bytes, count): the progress loop passes a fresh
+// lambda on every call, and std::function would allocate for each one on the hot path.
+class Sink {
+ public:
+  template <typename F>
+  requires(!std::is_same_v<std::remove_cvref_t<F>, Sink>)
+      Sink(F&& f)  // NOLINT(google-explicit-constructor): used like a function parameter
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* o, const uint8_t* p, size_t n) {
+          (*static_cast<std::remove_reference_t<F>*>(o))(p, n);
+        }) {}
+  void operator()(const uint8_t* p, size_t n) const { call_(obj_, p, n); }
+
+ private:
+  void* obj_;
+  void (*call_)(void*, const uint8_t*, size_t);
+};
 
 class Channel {
  public:
