@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "collectives/checks.h"
 #include "collectives/cpu/reduce_kernels.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
@@ -58,12 +59,6 @@ std::string bytes_str(size_t n) {
   return buf;
 }
 
-void check_tensor(const Tensor& t, const char* what) {
-  COHORT_CHECK(t.defined(), what, ": the tensor is undefined");
-  COHORT_CHECK(t.device().is_cpu(), what, ": the cpu backend needs CPU tensors, got one on ",
-               t.device().str(), "; use the nccl backend for CUDA tensors");
-  COHORT_CHECK(t.is_contiguous(), what, ": the tensor must be contiguous; call .contiguous()");
-}
 
 }  // namespace
 
@@ -246,9 +241,8 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
       // the whole timeout waiting for it.
       if (now - blocked_since > std::chrono::milliseconds(200) && now >= next_abort_check) {
         next_abort_check = now + std::chrono::milliseconds(500);
-        if (pg->store_->check({"abort"}))
-          COHORT_THROW(DistributedError, name, " #", seq, " on rank ", pg->rank(),
-                       " was abandoned because another rank failed: ", pg->store_->get("abort"));
+        if (auto failure = pg->monitor_->posted_failure())
+          pg->monitor_->throw_abandoned(name, seq, *failure);
       }
       if (now > deadline) {
         std::vector<int> waiting;
@@ -267,36 +261,7 @@ void CpuProcessGroup::Op::timed_out(const std::vector<int>& waiting_on) {
   std::string msg = name + " #" + std::to_string(seq) + " timed out after " + secs + " s on rank " +
                     std::to_string(pg->rank());
   if (!waiting_on.empty()) msg += " waiting for " + pg->mesh_->describe(waiting_on.front());
-  if (collective) {
-    // The other ranks' progress reports (published every quarter second) say who never came.
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));
-    std::string missing, detail;
-    for (int r = 0; r < pg->size(); ++r) {
-      if (r == pg->rank()) continue;
-      const std::string key = "progress/" + std::to_string(r);
-      std::string report;
-      try {
-        if (pg->store_->check({key})) report = pg->store_->get(key);
-      } catch (const std::exception&) {
-        report.clear();
-      }
-      uint64_t entered = 0;
-      std::string last_op;
-      if (!report.empty()) {
-        const size_t sp = report.find(' ');
-        // A report we cannot parse counts as none rather than replacing the timeout message.
-        entered = std::strtoull(report.substr(0, sp).c_str(), nullptr, 10);
-        last_op = sp == std::string::npos ? "" : report.substr(sp + 1);
-      }
-      if (entered < seq + 1) {
-        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-        detail += "; rank " + std::to_string(r) +
-                  (entered == 0 ? " entered no collective"
-                                : " last entered " + last_op + " #" + std::to_string(entered - 1));
-      }
-    }
-    if (!missing.empty()) msg += "; ranks that never entered it: " + missing + detail;
-  }
+  if (collective) msg += pg->monitor_->who_never_entered(seq);
   COHORT_THROW(TimeoutError, msg);
 }
 
@@ -325,45 +290,12 @@ CpuProcessGroup::CpuProcessGroup(std::shared_ptr<Store> store, int rank, int siz
                  "'; expected auto, tcp or shm");
   const std::string address = options_.address.empty() ? tcp_address_of(store_) : options_.address;
   mesh_ = std::make_unique<Mesh>(store_, rank, size, options_.transport, address, options_.timeout);
-  worker_ = std::thread([this] { worker_loop(); });
-  reporter_ = std::thread([this] { reporter_loop(); });
+  monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
+  runner_ = std::make_unique<OpRunner>(kInlineBytes);
 }
 
-CpuProcessGroup::~CpuProcessGroup() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  worker_.join();
-  { std::lock_guard<std::mutex> lock(reporter_mu_); }
-  reporter_cv_.notify_all();
-  reporter_.join();
-}
-
-void CpuProcessGroup::reporter_loop() {
-  uint64_t published = 0;
-  std::unique_lock<std::mutex> lock(reporter_mu_);
-  while (true) {
-    bool stop;
-    {
-      std::lock_guard<std::mutex> q(mu_);
-      stop = stopping_;
-    }
-    const uint64_t e = entered_seq_.load();
-    if (e != published) {
-      try {
-        store_->set("progress/" + std::to_string(rank_),
-                    std::to_string(e) + " " + entered_op_.load());
-        published = e;
-      } catch (const std::exception&) {
-        // The store may be gone at shutdown; the next collective's own errors say more.
-      }
-    }
-    if (stop) return;  // after a last report, so peers that time out later see where we got to
-    reporter_cv_.wait_for(lock, std::chrono::milliseconds(250));
-  }
-}
+// The runner goes first (it finishes what is queued), then the monitor publishes its last report.
+CpuProcessGroup::~CpuProcessGroup() = default;
 
 std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout, bool collective,
                                                size_t bytes, std::function<void(Op&)> body) {
@@ -375,27 +307,10 @@ std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout,
   op->body = std::move(body);
   op->work = std::make_shared<Work>();
   op->pg = this;
-  bool run_here = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (collective) op->seq = next_seq_++;
-    // Small operations run on the caller's thread when nothing is queued: handing them to the
-    // progress thread and back costs two thread wake-ups, several times the transfer itself.
-    if (bytes <= kInlineBytes && queue_.empty() && !busy_) {
-      busy_ = true;
-      run_here = true;
-    } else {
-      queue_.push_back(op);
-    }
-  }
-  if (run_here) {
+  runner_->submit(bytes, collective, [this, op](uint64_t seq) {
+    op->seq = seq;
     execute(*op);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      busy_ = false;
-    }
-  }
-  cv_.notify_all();
+  });
   return op->work;
 }
 
@@ -409,52 +324,15 @@ void CpuProcessGroup::execute(Op& op) {
     }
     return;
   }
-  if (op.collective) {
-    entered_op_.store(op.static_name);
-    entered_seq_.store(op.seq + 1);
-  }
+  if (op.collective) monitor_->entered(op.seq, op.static_name);
   op.deadline = Clock::now() + op.timeout;
   try {
     op.body(op);
     op.work->finish();
-  } catch (const std::exception& e) {
+  } catch (const std::exception&) {
     // Channels may hold half a message now; nothing later can be trusted to line up.
-    broken_ = std::current_exception();
-    const std::string what = e.what();
-    if (what.find("was abandoned because another rank failed") == std::string::npos) {
-      try {
-        const std::string mine = "rank " + std::to_string(rank_) + ": " + what;
-        const std::string first = store_->compare_set("abort", "", mine);
-        // A peer that exits after its own failure looks like the culprit from here; name the
-        // failure that started it.
-        if (first != mine)
-          broken_ = std::make_exception_ptr(
-              DistributedError(what + "; the first failure in the group was " + first));
-      } catch (const std::exception&) {
-        // The store may be what failed; the peers' own timeouts still end their wait.
-      }
-    }
+    broken_ = monitor_->fail(std::current_exception());
     op.work->finish(broken_);
-  }
-}
-
-void CpuProcessGroup::worker_loop() {
-  while (true) {
-    std::shared_ptr<Op> op;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return !busy_ && (stopping_ || !queue_.empty()); });
-      if (queue_.empty()) return;
-      op = queue_.front();
-      queue_.pop_front();
-      busy_ = true;
-    }
-    execute(*op);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      busy_ = false;
-    }
-    cv_.notify_all();
   }
 }
 
@@ -573,7 +451,7 @@ void recursive_doubling(CpuProcessGroup::Op& op, int rank, int size, uint8_t* bu
 }  // namespace
 
 std::shared_ptr<Work> CpuProcessGroup::allreduce(Tensor& t, const AllreduceOptions& o) {
-  check_tensor(t, "allreduce");
+  check_tensor(t, "allreduce", "cpu");
   check_reducible(t.dtype(), o.op, "allreduce");
   Tensor tensor = t;
   return enqueue("allreduce", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
@@ -597,9 +475,8 @@ std::shared_ptr<Work> CpuProcessGroup::allreduce(Tensor& t, const AllreduceOptio
 }
 
 std::shared_ptr<Work> CpuProcessGroup::broadcast(Tensor& t, const BroadcastOptions& o) {
-  check_tensor(t, "broadcast");
-  COHORT_CHECK(o.root >= 0 && o.root < size_, "broadcast: root ", o.root,
-               " is outside the group of size ", size_);
+  check_tensor(t, "broadcast", "cpu");
+  check_root(o.root, size_, "broadcast");
   Tensor tensor = t;
   return enqueue("broadcast", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
     op.code = kBroadcast;
@@ -626,10 +503,9 @@ std::shared_ptr<Work> CpuProcessGroup::broadcast(Tensor& t, const BroadcastOptio
 }
 
 std::shared_ptr<Work> CpuProcessGroup::reduce(Tensor& t, const ReduceOptions& o) {
-  check_tensor(t, "reduce");
+  check_tensor(t, "reduce", "cpu");
   check_reducible(t.dtype(), o.op, "reduce");
-  COHORT_CHECK(o.root >= 0 && o.root < size_, "reduce: root ", o.root,
-               " is outside the group of size ", size_);
+  check_root(o.root, size_, "reduce");
   Tensor tensor = t;
   return enqueue("reduce", o.timeout, true, t.nbytes(), [this, tensor, o](Op& op) {
     op.code = kReduce;
@@ -664,12 +540,9 @@ std::shared_ptr<Work> CpuProcessGroup::reduce(Tensor& t, const ReduceOptions& o)
 
 std::shared_ptr<Work> CpuProcessGroup::allgather(Tensor& out, const Tensor& in,
                                                  const CollectiveOptions& o) {
-  check_tensor(out, "allgather");
-  check_tensor(in, "allgather");
-  COHORT_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() * size_,
-               "allgather: output (", core::dtype_name(out.dtype()), ", ", out.numel(),
-               " elements) must hold ", size_, " copies of the input (",
-               core::dtype_name(in.dtype()), ", ", in.numel(), ")");
+  check_tensor(out, "allgather", "cpu");
+  check_tensor(in, "allgather", "cpu");
+  check_allgather(out, in, size_);
   Tensor output = out, input = in;
   return enqueue("allgather", o.timeout, true, out.nbytes(), [this, output, input](Op& op) {
     op.code = kAllgather;
@@ -685,12 +558,10 @@ std::shared_ptr<Work> CpuProcessGroup::allgather(Tensor& out, const Tensor& in,
 
 std::shared_ptr<Work> CpuProcessGroup::reduce_scatter(Tensor& out, const Tensor& in,
                                                       const ReduceScatterOptions& o) {
-  check_tensor(out, "reduce_scatter");
-  check_tensor(in, "reduce_scatter");
+  check_tensor(out, "reduce_scatter", "cpu");
+  check_tensor(in, "reduce_scatter", "cpu");
   check_reducible(in.dtype(), o.op, "reduce_scatter");
-  COHORT_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size_,
-               "reduce_scatter: input (", in.numel(), " elements) must hold ", size_,
-               " blocks of the output's ", out.numel(), " elements, of the same dtype");
+  check_reduce_scatter(out, in, size_);
   Tensor output = out, input = in;
   return enqueue("reduce_scatter", o.timeout, true, in.nbytes(), [this, output, input, o](Op& op) {
     op.code = kReduceScatter;
@@ -711,12 +582,9 @@ std::shared_ptr<Work> CpuProcessGroup::reduce_scatter(Tensor& out, const Tensor&
 
 std::shared_ptr<Work> CpuProcessGroup::alltoall(Tensor& out, const Tensor& in,
                                                 const CollectiveOptions& o) {
-  check_tensor(out, "alltoall");
-  check_tensor(in, "alltoall");
-  COHORT_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() && in.numel() % size_ == 0,
-               "alltoall: input and output must have the same dtype and a number of elements "
-               "divisible by the group size ",
-               size_, ", got ", in.numel(), " and ", out.numel());
+  check_tensor(out, "alltoall", "cpu");
+  check_tensor(in, "alltoall", "cpu");
+  check_alltoall(out, in, size_);
   Tensor output = out, input = in;
   return enqueue("alltoall", o.timeout, true, in.nbytes(), [this, output, input](Op& op) {
     op.code = kAlltoall;
@@ -752,9 +620,8 @@ std::shared_ptr<Work> CpuProcessGroup::barrier(const CollectiveOptions& o) {
 }
 
 std::shared_ptr<Work> CpuProcessGroup::send(const Tensor& t, int dst, int tag) {
-  check_tensor(t, "send");
-  COHORT_CHECK(dst >= 0 && dst < size_ && dst != rank_, "send: destination rank ", dst,
-               " must be another rank of the group of size ", size_);
+  check_tensor(t, "send", "cpu");
+  check_peer(dst, rank_, size_, "send", "destination");
   Tensor tensor = t;
   return enqueue("send", Millis(0), false, t.nbytes(), [this, tensor, dst, tag](Op& op) {
     op.code = kSendRecv;
@@ -769,9 +636,8 @@ std::shared_ptr<Work> CpuProcessGroup::send(const Tensor& t, int dst, int tag) {
 }
 
 std::shared_ptr<Work> CpuProcessGroup::recv(Tensor& t, int src, int tag) {
-  check_tensor(t, "recv");
-  COHORT_CHECK(src >= 0 && src < size_ && src != rank_, "recv: source rank ", src,
-               " must be another rank of the group of size ", size_);
+  check_tensor(t, "recv", "cpu");
+  check_peer(src, rank_, size_, "recv", "source");
   Tensor tensor = t;
   return enqueue("recv", Millis(0), false, t.nbytes(), [this, tensor, src, tag](Op& op) {
     op.code = kSendRecv;

@@ -1,14 +1,15 @@
-// Cohort's own CPU backend. One progress thread per group executes the queued operations in order
-// (so Work is truly asynchronous), driving non-blocking channels: a pipelined ring for large
+// Cohort's own CPU backend. An OpRunner executes the group's operations in issue order (so Work is
+// truly asynchronous), driving non-blocking channels: a pipelined ring for large
 // all-reduces, recursive doubling for small ones, chains for broadcast and reduce.
 #pragma once
 
-#include <atomic>
-#include <deque>
 #include <functional>
-#include <thread>
+#include <memory>
+#include <vector>
 
 #include "collectives/cpu/transport.h"
+#include "collectives/group_monitor.h"
+#include "collectives/op_runner.h"
 #include "collectives/process_group.h"
 
 namespace cohort::collectives::cpu {
@@ -42,26 +43,17 @@ class CpuProcessGroup final : public ProcessGroup {
  private:
   std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective, size_t bytes,
                                 std::function<void(Op&)> body);
+  // Runs on the runner's thread or inline, one operation at a time.
   void execute(Op& op);
-  void worker_loop();
-  void reporter_loop();
 
   std::shared_ptr<Store> store_;
   ProcessGroupOptions options_;
   std::unique_ptr<Mesh> mesh_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Op>> queue_;
-  bool stopping_ = false;
-  bool busy_ = false;      // an operation is executing (on the progress thread or inline)
-  uint64_t next_seq_ = 0;  // collectives issued (guarded by mu_)
-  std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer; touched only while busy_
-  std::atomic<uint64_t> entered_seq_{0};  // 1 + seq of the last collective entered, 0: none
-  std::atomic<const char*> entered_op_{""};
-  std::exception_ptr broken_;  // the error that broke the group; touched only while busy_
-  std::thread worker_, reporter_;
-  std::mutex reporter_mu_;
-  std::condition_variable reporter_cv_;
+  // Touched only by the operation running (the runner runs one at a time).
+  std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer
+  std::exception_ptr broken_;  // the error that broke the group
+  std::unique_ptr<GroupMonitor> monitor_;
+  std::unique_ptr<OpRunner> runner_;  // last: stopped first
 };
 
 }  // namespace cohort::collectives::cpu
