@@ -105,6 +105,18 @@ std::exception_ptr GroupMonitor::fail(std::exception_ptr error) {
   return error;
 }
 
+std::exception_ptr GroupMonitor::failed_earlier(const std::string& op, std::exception_ptr broken) {
+  std::string what = "unknown error";
+  try {
+    std::rethrow_exception(broken);
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  return std::make_exception_ptr(
+      DistributedError(op + " cannot run: this process group failed earlier: " + what));
+}
+
 void GroupMonitor::throw_abandoned(const std::string& op, uint64_t seq,
                                    const std::string& failure) const {
   COHORT_THROW(DistributedError, op, " #", seq, " on rank ", rank_, " ", kAbandoned, ": ", failure);

@@ -43,6 +43,8 @@ class GroupMonitor {
   std::exception_ptr fail(std::exception_ptr error);
   // The failure another rank posted, if any. Never throws.
   std::optional<std::string> posted_failure() const;
+  // The error for operation `op` issued after `broken` broke the group.
+  static std::exception_ptr failed_earlier(const std::string& op, std::exception_ptr broken);
   // Throws the DistributedError for an operation abandoned because of another rank's `failure`.
   [[noreturn]] void throw_abandoned(const std::string& op, uint64_t seq,
                                     const std::string& failure) const;

@@ -1,6 +1,7 @@
 #include "collectives/process_group.h"
 
 #include "collectives/cpu/cpu_process_group.h"
+#include "collectives/mpi/mpi_process_group.h"
 #include "core/util/error.h"
 
 namespace cohort::collectives {
@@ -59,7 +60,8 @@ std::shared_ptr<ProcessGroup> create_process_group(const std::string& backend,
     COHORT_THROW(InvalidArgument, "rank ", rank, " is outside a group of size ", size);
   if (backend == "cpu")
     return std::make_shared<cpu::CpuProcessGroup>(std::move(store), rank, size, options);
-  if (backend == "mpi" || backend == "nccl")
+  if (backend == "mpi") return mpi::create(std::move(store), rank, size, options);
+  if (backend == "nccl")
     COHORT_THROW(ConfigError, "distributed.backend ", backend,
                  " is not available in this build of cohort yet; use cpu");
   COHORT_THROW(ConfigError, "unknown distributed.backend '", backend,

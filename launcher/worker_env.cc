@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "collectives/mpi/mpi_process_group.h"
 #include "collectives/store/file_store.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
@@ -53,11 +54,23 @@ WorkerEnv detect_worker_env() {
       e.store = std::string(addr) + ":" + port;
       e.host_store = e.rank == 0;
     }
+  } else if (var("OMPI_COMM_WORLD_RANK") && var("OMPI_COMM_WORLD_SIZE")) {
+    // mpirun, also inside an sbatch job, where every rank inherits SLURM_PROCID=0.
+    e.source = "Open MPI (OMPI_COMM_WORLD_*)";
+    e.rank = int_var("OMPI_COMM_WORLD_RANK", 0);
+    e.world_size = int_var("OMPI_COMM_WORLD_SIZE", 1);
+    e.local_rank = int_var("OMPI_COMM_WORLD_LOCAL_RANK", e.rank);
+    e.local_world_size = int_var("OMPI_COMM_WORLD_LOCAL_SIZE", e.world_size);
+    if (const char* s = var("COHORT_STORE")) {
+      e.store = s;
+    } else if (e.world_size > 1) {
+      e.store_through_mpi = true;
+    }
   }
   if (e.world_size < 1 || e.rank >= e.world_size)
     COHORT_THROW(ConfigError, "rank ", e.rank, " is outside the world size ", e.world_size,
                  " given by ", e.source);
-  if (e.world_size > 1 && e.store.empty())
+  if (e.world_size > 1 && e.store.empty() && !e.store_through_mpi)
     COHORT_THROW(ConfigError, "world size ", e.world_size, " given by ", e.source,
                  " but no store address: set COHORT_STORE=host:port or file:PATH");
   return e;
@@ -65,6 +78,7 @@ WorkerEnv detect_worker_env() {
 
 std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
                                                   collectives::Millis timeout) {
+  if (env.store_through_mpi) return collectives::mpi::bootstrap_store(timeout);
   if (env.store.empty()) return std::make_shared<collectives::HashStore>();
   if (env.store.rfind("file:", 0) == 0)
     return std::make_shared<collectives::FileStore>(env.store.substr(5), timeout);

@@ -1,5 +1,5 @@
 // Who this worker is: rank, world size and where the rendezvous store lives, read from Cohort's
-// own variables (set by `cohort launch`) or torchrun's, Open MPI's or Slurm's.
+// own variables (set by `cohort launch`), torchrun's or Open MPI's (mpirun).
 #pragma once
 
 #include <memory>
@@ -16,6 +16,9 @@ struct WorkerEnv {
   // True when this rank must host the TcpStore itself (torchrun-style MASTER_ADDR/MASTER_PORT
   // without an agent): rank 0 serves.
   bool host_store = false;
+  // True under mpirun with no store address: the store is found through MPI itself (rank 0 hosts
+  // it and broadcasts its address).
+  bool store_through_mpi = false;
   std::string source;  // which convention the values came from, for messages
 };
 

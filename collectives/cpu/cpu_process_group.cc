@@ -316,12 +316,7 @@ std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout,
 
 void CpuProcessGroup::execute(Op& op) {
   if (broken_) {
-    try {
-      std::rethrow_exception(broken_);
-    } catch (const std::exception& e) {
-      op.work->finish(std::make_exception_ptr(DistributedError(
-          op.name + " cannot run: this process group failed earlier: " + e.what())));
-    }
+    op.work->finish(GroupMonitor::failed_earlier(op.name, broken_));
     return;
   }
   if (op.collective) monitor_->entered(op.seq, op.static_name);

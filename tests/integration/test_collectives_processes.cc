@@ -1,5 +1,6 @@
 // Collectives across real processes: `cohort bench collectives` ranks (which verify every result)
-// over a TcpStore and a FileStore with each transport, and a rank killed mid-all-reduce.
+// over a TcpStore and a FileStore with each transport, under mpirun with the mpi and cpu backends,
+// and a rank killed mid-all-reduce.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -10,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cohort/config.h"
 #include "collectives/store/tcp_store.h"
 #include "test_util.h"
 
@@ -101,6 +103,36 @@ TEST_F(CollectiveProcesses, EveryOpOverTcpStoreAndFileStoreWithEachTransport) {
       run_all(3, "file:" + (dir_ / ("store" + std::to_string(n++))).string(), args);
       const std::string table = slurp(dir_ / "rank0.log");
       EXPECT_NE(table.find("errors"), std::string::npos) << table;
+    }
+}
+
+// Under mpirun there is no store address: the ranks find one through MPI, whichever backend runs
+// the collectives.
+TEST_F(CollectiveProcesses, UnderMpirunEveryOpWithTheMpiAndCpuBackends) {
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no MPI (COHORT_USE_MPI=OFF)";
+  for (std::string backend : {"mpi", "cpu"})
+    for (std::string op :
+         {"allreduce", "broadcast", "allgather", "reduce_scatter", "alltoall", "barrier"}) {
+      Rank run;
+      run.log = dir_ / ("mpirun_" + backend + "_" + op + ".log");
+      run.pid = fork();
+      if (run.pid == 0) {
+        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+        const std::string cmd = "exec mpirun --oversubscribe --bind-to none -np 3 " +
+                                std::string(COHORT_BINARY) + " bench collectives --backend " +
+                                backend + " --op " + op +
+                                " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120 >" +
+                                run.log.string() + " 2>&1";
+        execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+        _exit(127);
+      }
+      ranks_.push_back(run);
+      const int code = wait_rank(ranks_.back(), 300s);
+      const std::string log = slurp(run.log);
+      EXPECT_EQ(code, 0) << backend << " " << op << ":\n" << log;
+      EXPECT_NE(log.find("backend " + backend + ", transport auto, 3 ranks"), std::string::npos)
+          << log;
     }
 }
 
