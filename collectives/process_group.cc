@@ -2,6 +2,7 @@
 
 #include "collectives/cpu/cpu_process_group.h"
 #include "collectives/mpi/mpi_process_group.h"
+#include "collectives/nccl/nccl_process_group.h"
 #include "core/util/error.h"
 
 namespace cohort::collectives {
@@ -61,9 +62,7 @@ std::shared_ptr<ProcessGroup> create_process_group(const std::string& backend,
   if (backend == "cpu")
     return std::make_shared<cpu::CpuProcessGroup>(std::move(store), rank, size, options);
   if (backend == "mpi") return mpi::create(std::move(store), rank, size, options);
-  if (backend == "nccl")
-    COHORT_THROW(ConfigError, "distributed.backend ", backend,
-                 " is not available in this build of cohort yet; use cpu");
+  if (backend == "nccl") return nccl::create(std::move(store), rank, size, options);
   COHORT_THROW(ConfigError, "unknown distributed.backend '", backend,
                "'; expected cpu, mpi or nccl");
 }

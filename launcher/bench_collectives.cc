@@ -6,6 +6,7 @@
 
 #include "collectives/process_group.h"
 #include "core/ops/ops.h"
+#include "core/tensor/cuda/cuda_device.h"
 #include "core/util/error.h"
 #include "launcher/worker_env.h"
 
@@ -42,10 +43,11 @@ double bus_factor(const std::string& op, int n) {
 }
 
 // Runs one collective of `bytes` (float32) and returns the number of wrong elements when `check`.
+// a and b live on the group's device; values are set and checked through host copies.
 int64_t run_once(ProcessGroup& pg, const std::string& op, Tensor& a, Tensor& b, bool check) {
   const int n = pg.size(), r = pg.rank();
   const int64_t count = a.numel();
-  if (check) a.fill_(r + 1);
+  if (check) a = core::full({count}, r + 1).to(a.device());
   if (op == "allreduce") {
     pg.allreduce(a)->wait();
   } else if (op == "broadcast") {
@@ -63,8 +65,9 @@ int64_t run_once(ProcessGroup& pg, const std::string& op, Tensor& a, Tensor& b, 
   }
   if (!check) return 0;
   int64_t wrong = 0;
-  const float* pa = a.data_ptr<float>();
-  const float* pb = b.data_ptr<float>();
+  const Tensor ha = a.to(core::Device::cpu()), hb = b.to(core::Device::cpu());
+  const float* pa = ha.data_ptr<float>();
+  const float* pb = hb.data_ptr<float>();
   const int64_t block = count / n;
   if (op == "allreduce") {
     for (int64_t i = 0; i < count; ++i) wrong += pa[i] != n * (n + 1) / 2.0f;
@@ -102,9 +105,18 @@ int bench_collectives(const BenchCollectivesOptions& o) {
       env.world_size, po);
   const int n = pg->size();
   const bool leader = pg->rank() == 0;
+  // nccl works on GPU memory: one GPU per local rank.
+  core::Device device = core::Device::cpu();
+  if (o.backend == "nccl") {
+    const int gpus = core::cuda::device_count();
+    if (gpus == 0)
+      COHORT_THROW(ConfigError, "--backend nccl needs a GPU: ", core::cuda::unavailable_reason());
+    device = core::Device::cuda(env.local_rank % gpus);
+  }
   if (leader) {
-    std::printf("# cohort bench collectives: %s, backend %s, transport %s, %d ranks, float32\n",
-                o.op.c_str(), o.backend.c_str(), o.transport.c_str(), n);
+    std::printf("# cohort bench collectives: %s, backend %s, transport %s, %d ranks, float32%s\n",
+                o.op.c_str(), o.backend.c_str(), o.transport.c_str(), n,
+                device.is_cuda() ? (" on " + core::cuda::device_name(device.index)).c_str() : "");
     std::printf("%12s %10s %10s %10s %8s\n", "bytes", "time_us", "algbw_GBs", "busbw_GBs",
                 "errors");
     std::fflush(stdout);
@@ -114,11 +126,11 @@ int bench_collectives(const BenchCollectivesOptions& o) {
     // Whole blocks per rank for the block-wise collectives.
     int64_t count = std::max<int64_t>(bytes / 4, 1);
     count = std::max<int64_t>(count / n * n, n);
-    Tensor a = core::zeros({count}), b = core::zeros({count});
+    Tensor a = core::zeros({count}).to(device), b = core::zeros({count}).to(device);
     const int iters = o.iters > 0 ? o.iters : (bytes < (1 << 20) ? 200 : 20);
     int64_t wrong = run_once(*pg, o.op, a, b, true);
     for (int w = 0; w < o.warmup; ++w) run_once(*pg, o.op, a, b, false);
-    a.fill_(0);
+    a = core::zeros({count}).to(device);
     pg->barrier()->wait();
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < iters; ++i) run_once(*pg, o.op, a, b, false);

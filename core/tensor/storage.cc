@@ -1,6 +1,8 @@
 // CPU allocator and the allocator registry.
 #include "core/tensor/storage.h"
 
+#include "core/tensor/cuda/cuda_device.h"
+
 #include <bit>
 #include <cstdlib>
 #include <map>
@@ -108,11 +110,8 @@ Allocator*& slot(DeviceType type) {
 
 Allocator& allocator_for(Device device) {
   if (device.is_cpu()) return cpu_allocator();
-  Allocator* a = slot(device.type);
-  if (!a)
-    COHORT_THROW(Error, "no allocator for device ", device.str(),
-                 ": this build has no CUDA support");
-  return *a;
+  if (Allocator* a = slot(device.type)) return *a;
+  return cuda::allocator(device.index);
 }
 
 void register_allocator(DeviceType type, Allocator* allocator) { slot(type) = allocator; }

@@ -2,6 +2,8 @@
 // backward node so that gradients flow back through reshapes, slices and permutations.
 #include "core/tensor/tensor.h"
 
+#include "core/tensor/cuda/cuda_device.h"
+
 #include <algorithm>
 #include <numeric>
 
@@ -383,9 +385,7 @@ Tensor Tensor::to(Device dev) const {
   if (dev == device()) return *this;
   Tensor src = contiguous();
   Tensor out = empty(sizes(), options().with_device(dev));
-  // Cross-device copies are the device backend's job; it sees both tensors.
-  Backend& b = backend_for(dev.is_cpu() ? device() : dev);
-  b.copy(src, out);
+  cuda::copy_bytes(out.raw_data(), dev, src.raw_data(), src.device(), src.nbytes());
   if (autograd::any_requires_grad({this})) {
     Device from = device();
     autograd::record(

@@ -30,8 +30,8 @@ inline Tensor filled(int64_t n, DType dt, const std::function<double(int64_t)>& 
 
 // Compares t (any dtype) with f(i) exactly; reports the first mismatch.
 inline void expect_values(const Tensor& t, const std::function<double(int64_t)>& f,
-                   const std::string& what) {
-  Tensor d = t.to(DType::kFloat64);
+                          const std::string& what) {
+  Tensor d = t.to(core::Device::cpu()).to(DType::kFloat64);
   const double* p = d.data_ptr<double>();
   for (int64_t i = 0; i < d.numel(); ++i)
     if (p[i] != f(i)) {
@@ -43,7 +43,15 @@ inline void expect_values(const Tensor& t, const std::function<double(int64_t)>&
 inline const std::vector<DType> kDtypes = {DType::kFloat32,  DType::kFloat64, DType::kFloat16,
                                     DType::kBFloat16, DType::kInt32,   DType::kInt64};
 
-inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& counts) {
+// Tensors live on `device` (CUDA for the nccl backend); values are made and checked on the host.
+inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& counts,
+                             core::Device device = core::Device::cpu()) {
+  auto filled = [device](int64_t n, DType dt, const std::function<double(int64_t)>& f) {
+    return cohort::collectives::filled(n, dt, f).to(device);
+  };
+  auto empty = [device](int64_t n, DType dt) {
+    return core::empty({n}, core::TensorOptions(dt).with_device(device));
+  };
   const int W = pg.size(), r = pg.rank();
   for (int64_t n : counts)
     for (DType dt : kDtypes) {
@@ -91,7 +99,7 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
               red, [&](int64_t i) { return W * (W + 1) / 2.0 + W * (i % 7); }, "reduce " + at);
       }
       Tensor in = filled(n, dt, [&](int64_t i) { return value(r, i); });
-      Tensor gathered = core::empty({n * W}, core::TensorOptions(dt));
+      Tensor gathered = empty(n * W, dt);
       pg.allgather(gathered, in)->wait();
       expect_values(
           gathered,
@@ -102,7 +110,7 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
           "allgather " + at);
       // reduce_scatter: rank q's input block b holds value(q, b*n + i).
       Tensor rs_in = filled(n * W, dt, [&](int64_t i) { return value(r, i); });
-      Tensor rs_out = core::empty({n}, core::TensorOptions(dt));
+      Tensor rs_out = empty(n, dt);
       pg.reduce_scatter(rs_out, rs_in, {ReduceOp::kSum})->wait();
       expect_values(
           rs_out, [&](int64_t i) { return W * (W + 1) / 2.0 + W * ((r * n + i) % 7); },
@@ -110,7 +118,7 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
       // alltoall: block b of rank q's input is q * 100 + b + i % 7... kept small for bfloat16.
       Tensor a_in =
           filled(n * W, dt, [&](int64_t i) { return r * 10 + i / std::max<int64_t>(n, 1); });
-      Tensor a_out = core::empty({n * W}, core::TensorOptions(dt));
+      Tensor a_out = empty(n * W, dt);
       pg.alltoall(a_out, a_in)->wait();
       expect_values(
           a_out, [&](int64_t i) { return (i / std::max<int64_t>(n, 1)) * 10.0 + r; },

@@ -1,0 +1,22 @@
+// CPU-only builds (COHORT_USE_CUDA=OFF) link this instead of cuda_device.cc.
+#include "core/tensor/cuda/cuda_device.h"
+#include "core/util/error.h"
+
+namespace cohort::core::cuda {
+
+namespace {
+constexpr const char* kNoCuda =
+    "this build of cohort has no CUDA (COHORT_USE_CUDA=OFF); rebuild on a machine with the CUDA "
+    "Toolkit, or use device: cpu";
+}
+
+int device_count() { return 0; }
+std::string unavailable_reason() { return kNoCuda; }
+std::string device_name(int) { COHORT_THROW(ConfigError, kNoCuda); }
+Allocator& allocator(int) { COHORT_THROW(ConfigError, kNoCuda); }
+size_t cached_bytes() { return 0; }
+void release_cache() {}
+void* current_stream(int) { return nullptr; }
+void copy_bytes(void*, Device, const void*, Device, size_t) { COHORT_THROW(ConfigError, kNoCuda); }
+
+}  // namespace cohort::core::cuda
