@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   dataset-fashion-mnist
   python3 python3-numpy python3-protobuf
+  iproute2
 )
 
 missing=()

@@ -1,5 +1,10 @@
 #include "collectives/cpu/cpu_process_group.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -269,11 +274,28 @@ void CpuProcessGroup::Op::timed_out(const std::vector<int>& waiting_on) {
 
 namespace {
 
+// The address peers on other nodes reach this rank at: the one this host uses towards the
+// TcpStore; without one (a FileStore), the first non-loopback IPv4 interface that is up.
 std::string tcp_address_of(const std::shared_ptr<Store>& store) {
   Store* s = store.get();
   while (auto* p = dynamic_cast<PrefixStore*>(s)) s = p->underlying().get();
   if (auto* t = dynamic_cast<TcpStore*>(s)) return t->local_address();
-  return "127.0.0.1";
+  std::string found = "127.0.0.1";
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return found;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET || !(a->ifa_flags & IFF_UP) ||
+        (a->ifa_flags & IFF_LOOPBACK))
+      continue;
+    char text[INET_ADDRSTRLEN];
+    if (inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text,
+                  sizeof text)) {
+      found = text;
+      break;
+    }
+  }
+  freeifaddrs(list);
+  return found;
 }
 
 }  // namespace

@@ -25,9 +25,10 @@ struct Rank {
   fs::path log;
 };
 
-// Starts `cohort bench collectives ARGS` as rank `rank` of `size`, output to a log file.
+// Starts `cohort bench collectives ARGS` as rank `rank` of `size`, output to a log file; inside
+// network namespace `netns` when one is given.
 Rank start_rank(int rank, int size, const std::string& store, const std::string& args,
-                const fs::path& dir, const std::string& tag = "") {
+                const fs::path& dir, const std::string& tag = "", const std::string& netns = "") {
   Rank r;
   r.log = dir / ("rank" + std::to_string(rank) + tag + ".log");
   r.pid = fork();
@@ -35,7 +36,8 @@ Rank start_rank(int rank, int size, const std::string& store, const std::string&
     setenv("COHORT_RANK", std::to_string(rank).c_str(), 1);
     setenv("COHORT_WORLD_SIZE", std::to_string(size).c_str(), 1);
     setenv("COHORT_STORE", store.c_str(), 1);
-    std::string cmd = "exec " + std::string(COHORT_BINARY) + " bench collectives " + args + " >" +
+    std::string cmd = "exec " + (netns.empty() ? "" : "ip netns exec " + netns + " ") +
+                      std::string(COHORT_BINARY) + " bench collectives " + args + " >" +
                       r.log.string() + " 2>&1";
     execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
     _exit(127);
@@ -77,10 +79,13 @@ class CollectiveProcesses : public cohort::test::TempDirTest {
       }
     TempDirTest::TearDown();
   }
-  // Runs `size` ranks to completion and expects every one to succeed.
-  void run_all(int size, const std::string& store, const std::string& args) {
+  // Runs `size` ranks to completion and expects every one to succeed; rank r runs in
+  // nodes[r] when nodes are given.
+  void run_all(int size, const std::string& store, const std::string& args,
+               const std::vector<std::string>& nodes = {}) {
     ranks_.clear();
-    for (int r = 0; r < size; ++r) ranks_.push_back(start_rank(r, size, store, args, dir_));
+    for (int r = 0; r < size; ++r)
+      ranks_.push_back(start_rank(r, size, store, args, dir_, "", nodes.empty() ? "" : nodes[r]));
     for (int r = 0; r < size; ++r) {
       int code = wait_rank(ranks_[r], 300s);
       EXPECT_EQ(code, 0) << "rank " << r << ":\n" << slurp(ranks_[r].log);
@@ -162,6 +167,79 @@ TEST_F(CollectiveProcesses, ARankKilledMidAllreduceIsNamedByTheOthers) {
                                                        << log;
       EXPECT_LT(std::chrono::steady_clock::now() - t0, 100s) << transport << " rank " << r;
     }
+  }
+}
+
+// Nodes on one machine: network namespaces on a bridge (scripts/netns.sh), two ranks per node.
+// Ranks of one node share memory; ranks on different nodes talk over TCP.
+class MultiNode : public CollectiveProcesses {
+ protected:
+  void SetUp() override {
+    CollectiveProcesses::SetUp();
+    if (geteuid() != 0) GTEST_SKIP() << "network namespaces need root";
+    prefix_ = "cht" + std::to_string(getpid()) + "n";
+    const std::string cmd =
+        std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh up " + prefix_ + " 2 2>&1";
+    FILE* out = popen(cmd.c_str(), "r");
+    ASSERT_NE(out, nullptr);
+    char line[256] = {};
+    std::string text;
+    while (std::fgets(line, sizeof line, out)) text += line;
+    const int rc = pclose(out);
+    if (rc != 0 && text.find("netns") != std::string::npos &&
+        text.find("mount") != std::string::npos)
+      GTEST_SKIP() << "this machine cannot create network namespaces: " << text;
+    ASSERT_EQ(rc, 0) << text;
+    up_ = true;
+    subnet_ = text.substr(0, text.find('\n'));
+  }
+  void TearDown() override {
+    CollectiveProcesses::TearDown();  // kills ranks left running
+    if (up_) {
+      const std::string down = std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh down " + prefix_;
+      EXPECT_EQ(std::system(down.c_str()), 0);
+    }
+  }
+  std::string node(int k) const { return prefix_ + std::to_string(k); }
+  std::string prefix_, subnet_;
+  bool up_ = false;
+};
+
+TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {
+  const std::vector<std::string> nodes = {node(0), node(0), node(1), node(1)};
+  for (std::string op :
+       {"allreduce", "broadcast", "allgather", "reduce_scatter", "alltoall", "barrier"}) {
+    const std::string args =
+        "--op " + op + " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
+    {
+      // The store lives on the bridge's address, where every node reaches it.
+      cohort::collectives::TcpStoreServer server(0);
+      run_all(4, subnet_ + ".254:" + std::to_string(server.port()), args, nodes);
+    }
+    run_all(4, "file:" + (dir_ / ("mn_store_" + op)).string(), args, nodes);
+  }
+}
+
+// The store is needed while a group forms; if its server goes away then, every rank says so,
+// naming the server, instead of waiting for ever.
+TEST_F(CollectiveProcesses, TheStoreServerDisappearingIsAnErrorNamingIt) {
+  auto server = std::make_unique<cohort::collectives::TcpStoreServer>(0);
+  const std::string address = "127.0.0.1:" + std::to_string(server->port());
+  // Ranks 0 and 1 of 3 start; rank 2 never does, so they wait in the store for it.
+  for (int r = 0; r < 2; ++r)
+    ranks_.push_back(start_rank(r, 3, address, "--op allreduce -b 4K -e 4K --timeout 120", dir_));
+  cohort::collectives::TcpStore probe("127.0.0.1", server->port());
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  while (!probe.check({"bench/mesh/peer/0", "bench/mesh/peer/1"}) &&
+         std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(20ms);
+  server.reset();
+  for (int r = 0; r < 2; ++r) {
+    const int code = wait_rank(ranks_[r], 100s);  // well inside the 120 s timeout
+    const std::string log = slurp(ranks_[r].log);
+    EXPECT_NE(code, 0) << log;
+    EXPECT_NE(code, -1) << "rank " << r << " hung:\n" << log;
+    EXPECT_NE(log.find(address), std::string::npos) << log;
   }
 }
 
