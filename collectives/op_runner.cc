@@ -28,12 +28,15 @@ void OpRunner::submit(size_t bytes, bool collective, std::function<void(uint64_t
       queue_.push_back({seq, std::move(run)});
     }
   }
+  bool wake = !run_here;
   if (run_here) {
     run(seq);
     std::lock_guard<std::mutex> lock(mu_);
     busy_ = false;
+    wake = !queue_.empty();  // something queued meanwhile waits for busy_ to clear
   }
-  cv_.notify_all();
+  // Waking the progress thread costs a system call and a context switch; only when it has work.
+  if (wake) cv_.notify_all();
 }
 
 void OpRunner::loop() {
@@ -48,11 +51,8 @@ void OpRunner::loop() {
       busy_ = true;
     }
     task.run(task.seq);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      busy_ = false;
-    }
-    cv_.notify_all();
+    std::lock_guard<std::mutex> lock(mu_);
+    busy_ = false;
   }
 }
 
