@@ -111,7 +111,9 @@ Mapping map_segment(const std::string& name, size_t size, bool create) {
     COHORT_THROW(DistributedError, "cannot size shared memory ", name, " to ", size,
                  " bytes: ", std::strerror(e), "; is /dev/shm full?");
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // Populated up front: otherwise the first pass of every message through a ring takes a page
+  // fault per 4 KiB on both sides (a 4 KiB all-reduce ran 5x slower until the rings had wrapped).
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED)
     COHORT_THROW(DistributedError, "cannot map shared memory ", name, ": ", std::strerror(errno));
@@ -477,9 +479,18 @@ void Mesh::idle(const std::vector<int>& active) {
   Control* c = shm_->mine;
   c->sleeping.store(1, std::memory_order_seq_cst);
   const uint32_t v = c->bell.load(std::memory_order_seq_cst);
+  // A peer that rang since the last look may have done so before it could see `sleeping` (so it
+  // woke nobody) and after the caller last polled the channels: poll again instead of sleeping
+  // through its message.
+  if (v != bell_seen_) {
+    bell_seen_ = v;
+    c->sleeping.store(0, std::memory_order_relaxed);
+    return;
+  }
   timespec ts{0, 1000000};
   futex(&c->bell, FUTEX_WAIT, v, &ts);
   c->sleeping.store(0, std::memory_order_relaxed);
+  bell_seen_ = c->bell.load(std::memory_order_seq_cst);
 }
 
 }  // namespace cohort::collectives::cpu
