@@ -15,7 +15,7 @@ std::string progress_key(int rank) { return "progress/" + std::to_string(rank); 
 }  // namespace
 
 GroupMonitor::GroupMonitor(std::shared_ptr<Store> store, int rank, int size)
-    : store_(std::move(store)), rank_(rank), size_(size) {
+    : store_(store->clone()), rank_(rank), size_(size) {
   reporter_ = std::thread([this] { report_loop(); });
 }
 

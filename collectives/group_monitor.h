@@ -20,6 +20,8 @@ namespace cohort::collectives {
 
 class GroupMonitor {
  public:
+  // Talks to the store through a clone of `store`, so that reports and failure checks never wait
+  // behind the program's own blocking calls on it.
   GroupMonitor(std::shared_ptr<Store> store, int rank, int size);
   // Publishes a last report (so that peers which time out later see how far this rank got) and
   // stops the reporter thread.

@@ -202,3 +202,9 @@ int64_t FileStore::num_keys() {
 }
 
 }  // namespace cohort::collectives
+
+namespace cohort::collectives {
+
+std::shared_ptr<Store> FileStore::clone() { return std::make_shared<FileStore>(path_, timeout_); }
+
+}  // namespace cohort::collectives

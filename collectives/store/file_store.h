@@ -29,6 +29,7 @@ class FileStore final : public Store {
   using Store::wait;
   bool delete_key(const std::string& key) override;
   int64_t num_keys() override;
+  std::shared_ptr<Store> clone() override;
 
  private:
   class Locked;

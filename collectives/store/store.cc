@@ -134,3 +134,14 @@ int64_t HashStore::num_keys() {
 }
 
 }  // namespace cohort::collectives
+
+namespace cohort::collectives {
+
+std::shared_ptr<Store> PrefixStore::clone() {
+  return std::make_shared<PrefixStore>(prefix_, store_->clone());
+}
+
+// Every handle of an in-process store is the store itself.
+std::shared_ptr<Store> HashStore::clone() { return shared_from_this(); }
+
+}  // namespace cohort::collectives

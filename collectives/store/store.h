@@ -14,7 +14,7 @@ namespace cohort::collectives {
 
 using Millis = std::chrono::milliseconds;
 
-class Store {
+class Store : public std::enable_shared_from_this<Store> {
  public:
   static constexpr Millis kDefaultTimeout{std::chrono::seconds(300)};
 
@@ -37,6 +37,10 @@ class Store {
   // Returns whether the key existed.
   virtual bool delete_key(const std::string& key) = 0;
   virtual int64_t num_keys() = 0;
+  // Another handle on the same keys with a connection of its own, so that a thread using it never
+  // queues behind another thread's blocking call on this one (TcpStore clients serialise calls).
+  // The store must be owned by a shared_ptr.
+  virtual std::shared_ptr<Store> clone() = 0;
 
   Millis timeout() const { return timeout_; }
   void set_timeout(Millis t) { timeout_ = t; }
@@ -59,6 +63,7 @@ class PrefixStore final : public Store {
   using Store::wait;
   bool delete_key(const std::string& key) override;
   int64_t num_keys() override;
+  std::shared_ptr<Store> clone() override;
   const std::shared_ptr<Store>& underlying() const { return store_; }
 
  private:
@@ -83,6 +88,7 @@ class HashStore final : public Store {
   using Store::wait;
   bool delete_key(const std::string& key) override;
   int64_t num_keys() override;
+  std::shared_ptr<Store> clone() override;
 
  private:
   struct State;

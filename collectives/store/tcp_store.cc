@@ -445,3 +445,11 @@ std::string TcpStore::local_address() {
 }
 
 }  // namespace cohort::collectives
+
+namespace cohort::collectives {
+
+std::shared_ptr<Store> TcpStore::clone() {
+  return std::make_shared<TcpStore>(host_, port_, false, timeout_);
+}
+
+}  // namespace cohort::collectives

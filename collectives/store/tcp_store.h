@@ -44,6 +44,7 @@ class TcpStore final : public Store {
   using Store::wait;
   bool delete_key(const std::string& key) override;
   int64_t num_keys() override;
+  std::shared_ptr<Store> clone() override;
 
   uint16_t port() const { return port_; }
   const std::string& host() const { return host_; }

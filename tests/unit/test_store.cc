@@ -81,6 +81,21 @@ TEST_P(StoreContract, TimeoutsNameTheKeys) {
   EXPECT_THROW(a->get("never"), TimeoutError);
 }
 
+// A clone sees the same keys and is not held up by a blocking call on the original: how a group's
+// progress reports keep flowing while the program waits on the store.
+TEST_P(StoreContract, ClonesShareKeysButNotBlockingCalls) {
+  auto [a, b] = GetParam().make();
+  auto prefixed = std::make_shared<PrefixStore>("g", a);
+  auto clone = prefixed->clone();
+  std::thread waiter([prefixed] { prefixed->wait({"released"}, 60s); });
+  std::this_thread::sleep_for(50ms);  // let the waiter block first (the test holds either way)
+  clone->set("from_clone", "1");      // would queue behind the wait on a shared connection
+  EXPECT_EQ(b->get("g/from_clone"), "1");
+  clone->set("released", "1");
+  waiter.join();
+  EXPECT_TRUE(prefixed->check({"from_clone", "released"}));
+}
+
 TEST_P(StoreContract, PrefixStoresAreDisjoint) {
   auto [a, b] = GetParam().make();
   PrefixStore p1("g1", a), p2("g2", b);
