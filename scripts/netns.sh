@@ -3,7 +3,7 @@
 #   scripts/netns.sh up PREFIX N [RATE]   nodes PREFIX0..PREFIX<N-1>; prints the /24 they share
 #                                         (e.g. 10.57.0): node k is <subnet>.<k+1> on eth0
 #   scripts/netns.sh down PREFIX          kills what runs in them and removes them
-# Exit code 3: this environment cannot have network namespaces (a chroot).
+# Exit code 3: this environment cannot have network namespaces (a chroot: / is no mount point).
 # The nodes hang off one bridge (PREFIXbr, <subnet>.254) that routes nowhere else, so traffic stays
 # inside. RATE (e.g. 1gbit) caps each node's egress with tbf, like a node's network link.
 # PREFIX must be short (interface names have 15 characters at most).
@@ -30,10 +30,10 @@ down() {
 case "$cmd" in
   up)
     n=${3:?missing N}
-    # `ip netns` bind-mounts /run/netns, which fails in a chroot (and leaves a mount behind): say so
-    # with exit code 3 instead of trying.
-    if [ "$(stat -c %d:%i /)" != "$(stat -c %d:%i /proc/1/root/. 2>/dev/null || stat -c %d:%i /)" ]; then
-      echo "netns.sh: this is a chroot; network namespaces need the machine's real root" >&2
+    # `ip netns` bind-mounts /run/netns and makes / a slave mount, which fails where / is no mount
+    # point (a chroot) and leaves a mount behind: say so with exit code 3 instead of trying.
+    if ! mountpoint -q /; then
+      echo "netns.sh: / is not a mount point here (a chroot?); network namespaces need the machine's real root" >&2
       exit 3
     fi
     rate=${4:-}
