@@ -1,6 +1,7 @@
 // The `cohort` executable. Subcommands: train (one worker; alone, single-process training),
-// bench collectives.
+// launch (start and supervise the workers of a job), bench collectives.
 // Exit codes: 0 success, 1 training error, 2 usage or config error.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "cohort/config.h"
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
+#include "launcher/launch.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 
@@ -38,6 +40,29 @@ int main(int argc, char** argv) {
   train->add_option("config", config, "the experiment's YAML file")->required();
   train->add_option("overrides", overrides, "key.path=value overrides of config keys");
 
+  auto* launch = app.add_subcommand(
+      "launch", "start --nproc-per-node workers of PROGRAM on this node and supervise them");
+  cohort::launcher::LaunchOptions lo;
+  launch->add_option("--nproc-per-node", lo.nproc_per_node, "workers on this node")
+      ->capture_default_str();
+  launch->add_option("--max-restarts", lo.max_restarts,
+                     "times all workers start again after a failure")
+      ->capture_default_str();
+  launch->add_option("--monitor-interval", lo.monitor_interval_s,
+                     "seconds between checks of the workers")
+      ->capture_default_str();
+  launch->add_option("--grace-period", lo.grace_period_s,
+                     "seconds from SIGTERM to SIGKILL when stopping workers")
+      ->capture_default_str();
+  launch->add_option("--log-dir", lo.log_dir, "write each rank's output to DIR/rank_N.log");
+  launch->add_flag("--tee", lo.tee, "with --log-dir, also print the output");
+  launch->add_option("--run-id,--rdzv-id", lo.run_id, "job id shown to workers (COHORT_RUN_ID)");
+  bool standalone = true;
+  launch->add_flag("--standalone", standalone, "one node, store on a free port (the default)");
+  // Everything from the program on belongs to the program, options included.
+  launch->prefix_command();
+  launch->allow_extras();
+
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   auto* bench_coll = bench->add_subcommand(
@@ -59,14 +84,31 @@ int main(int argc, char** argv) {
   bench_coll->add_option("--warmup", bo.warmup, "untimed iterations")->capture_default_str();
   bench_coll->add_option("--timeout", bo.timeout_s, "seconds before a collective fails")
       ->capture_default_str();
+  // `cohort launch [options] -- PROGRAM ARGS...`: what follows "--" is the program's; CLI11 would
+  // hand it to the parent command.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> after_dashes;
+  if (!args.empty() && args[0] == "launch") {
+    auto dashes = std::find(args.begin(), args.end(), "--");
+    if (dashes != args.end()) {
+      after_dashes.assign(dashes + 1, args.end());
+      args.erase(dashes, args.end());
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : kExitUsage;
   }
   try {
     if (*train) return cmd_train(config, overrides);
+    if (*launch) {
+      lo.program = launch->remaining();
+      lo.program.insert(lo.program.end(), after_dashes.begin(), after_dashes.end());
+      return cohort::launcher::launch(lo);
+    }
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);

@@ -39,6 +39,8 @@ WorkerEnv detect_worker_env() {
     e.local_rank = int_var("COHORT_LOCAL_RANK", e.rank);
     e.local_world_size = int_var("COHORT_LOCAL_WORLD_SIZE", e.world_size);
     if (const char* s = var("COHORT_STORE")) e.store = s;
+    if (const char* s = var("COHORT_STORE_PREFIX")) e.store_prefix = s;
+    e.restart_count = int_var("COHORT_RESTART_COUNT", 0);
   } else if (var("RANK") && var("WORLD_SIZE")) {
     e.source = "torchrun (RANK/WORLD_SIZE)";
     e.rank = int_var("RANK", 0);
@@ -76,8 +78,9 @@ WorkerEnv detect_worker_env() {
   return e;
 }
 
-std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
-                                                  collectives::Millis timeout) {
+namespace {
+
+std::shared_ptr<collectives::Store> open_store(const WorkerEnv& env, collectives::Millis timeout) {
   if (env.store_through_mpi) return collectives::mpi::bootstrap_store(timeout);
   if (env.store.empty()) return std::make_shared<collectives::HashStore>();
   if (env.store.rfind("file:", 0) == 0)
@@ -93,6 +96,15 @@ std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
     COHORT_THROW(ConfigError, "store address '", env.store, "' is not host:port or file:PATH");
   return std::make_shared<collectives::TcpStore>(
       env.store.substr(0, colon), static_cast<uint16_t>(port), env.host_store, timeout);
+}
+
+}  // namespace
+
+std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
+                                                  collectives::Millis timeout) {
+  auto store = open_store(env, timeout);
+  if (env.store_prefix.empty()) return store;
+  return std::make_shared<collectives::PrefixStore>(env.store_prefix, std::move(store));
 }
 
 }  // namespace cohort::launcher

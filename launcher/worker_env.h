@@ -13,6 +13,10 @@ struct WorkerEnv {
   int rank = 0, world_size = 1, local_rank = 0, local_world_size = 1;
   // "host:port" of a TcpStore, or "file:PATH" for a FileStore; empty for a single process.
   std::string store;
+  // Keys of this job live under this prefix (COHORT_STORE_PREFIX; `cohort launch` gives each
+  // restart attempt its own).
+  std::string store_prefix;
+  int restart_count = 0;  // COHORT_RESTART_COUNT
   // True when this rank must host the TcpStore itself (torchrun-style MASTER_ADDR/MASTER_PORT
   // without an agent): rank 0 serves.
   bool host_store = false;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Start-up and restart cost of `cohort launch`, beside the references in one invocation:
+# - 8 workers of `cohort bench collectives --op barrier` (store, group set-up, one barrier) vs
+#   `mpirun -np 8` of MPI_Init + MPI_Barrier, and 8 Python ranks initialising torch.distributed
+#   (Gloo) + a barrier; best and median of 5 wall times each.
+# - the time from a worker's failure to the restarted workers' first line (restarts left).
+#   scripts/bench/launch.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${COHORT_BUILD_DIR:-build}
+ref=$(cd "${COHORT_REF_DIR:-../shared/bench}" && pwd)
+runs=${1:-5}
+scripts/build.sh >/dev/null
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cohort="$build/launcher/cohort"
+cat >"$tmp/barrier.c" <<'C'
+#include <mpi.h>
+int main(int argc, char** argv) { MPI_Init(&argc, &argv); MPI_Barrier(MPI_COMM_WORLD); MPI_Finalize(); return 0; }
+C
+mpicc -O2 "$tmp/barrier.c" -o "$tmp/barrier"
+cat >"$tmp/barrier.py" <<'PY'
+import torch.distributed as dist
+dist.init_process_group("gloo"); dist.barrier(); dist.destroy_process_group()
+PY
+
+# Wall seconds of "$@", best and median of $runs.
+timeit() {
+  local t=()
+  for ((i = 0; i < runs; i++)); do
+    local s e
+    s=$(date +%s.%N)
+    "$@" >/dev/null 2>&1
+    e=$(date +%s.%N)
+    t+=("$(awk -v s="$s" -v e="$e" 'BEGIN { print e - s }')")
+  done
+  printf '%s\n' "${t[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.3f %.3f\n", a[1], a[int((NR + 1) / 2)] }'
+}
+
+read -r c_best c_med < <(timeit "$cohort" launch --nproc-per-node 8 -- "$cohort" bench collectives --op barrier -b 4 -e 4 --iters 1 --warmup 0)
+read -r m_best m_med < <(timeit mpirun --allow-run-as-root --oversubscribe -np 8 "$tmp/barrier")
+read -r p_best p_med < <(timeit "$ref/spawn.sh" 8 "$tmp/barrier.py")
+echo "== 8 ranks: start, set up the group, one barrier, exit (wall seconds, best / median of $runs) =="
+printf '%-44s %8s %8s %10s\n' "" best median vs_cohort
+printf '%-44s %8s %8s %10s\n' "cohort launch + cohort bench --op barrier" "$c_best" "$c_med" "1.00x"
+printf '%-44s %8s %8s %9.2fx\n' "mpirun -np 8 (MPI_Init + MPI_Barrier)" "$m_best" "$m_med" "$(awk -v a="$m_med" -v b="$c_med" 'BEGIN { print a / b }')"
+printf '%-44s %8s %8s %9.2fx\n' "8 Python ranks (torch.distributed gloo)" "$p_best" "$p_med" "$(awk -v a="$p_med" -v b="$c_med" 'BEGIN { print a / b }')"
+echo "goal: cohort <= 0.25 s"
+
+# Restart: attempt 0 of rank 1 fails at once; the time until each rank of attempt 1 prints.
+"$cohort" launch --nproc-per-node 4 --max-restarts 1 -- sh -c \
+  'if [ $COHORT_RESTART_COUNT = 0 ] && [ $COHORT_RANK = 1 ]; then date +fail%s.%N; exit 1; fi;
+   [ $COHORT_RESTART_COUNT = 1 ] && date +back%s.%N; [ $COHORT_RESTART_COUNT = 1 ] || sleep 30' \
+  >"$tmp/restart.out" 2>/dev/null
+fail=$(grep -o 'fail[0-9.]*' "$tmp/restart.out" | tr -d fail)
+back=$(grep -o 'back[0-9.]*' "$tmp/restart.out" | tr -d back | sort -n | tail -1)
+echo "== restart: a worker fails, the other 3 are stopped (SIGTERM), all 4 start again =="
+printf 'failure to the last restarted worker running: %.3f s (goal: <= 1 s plus checkpoint load)\n' "$(awk -v a="$back" -v b="$fail" 'BEGIN { print a - b }')"

@@ -1,0 +1,228 @@
+// `cohort launch` on one node, as users drive it: exit codes and the failure summary, signals,
+// restarts, two jobs at once, per-rank logs, whole output lines, the workers' environment, and bad
+// input. After every run, no process of the job may be left (checked in /proc by the job's run id).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Processes whose environment carries COHORT_RUN_ID=id.
+std::vector<std::string> processes_of(const std::string& id) {
+  std::vector<std::string> found;
+  const std::string needle = "COHORT_RUN_ID=" + id;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "environ", std::ios::binary);
+    std::string env((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (env.find(needle + '\0') != std::string::npos)
+      found.push_back(name + " " + slurp(e.path() / "cmdline"));
+  }
+  return found;
+}
+
+struct Outcome {
+  int code = -1;  // -1: still running when the limit passed (then killed)
+  std::string out, err;
+};
+
+class Launch : public cohort::test::TempDirTest {
+ protected:
+  // Starts `cohort launch ARGS` (a shell fragment) with its own run id; returns the pid.
+  pid_t start(const std::string& args, const std::string& tag = "a") {
+    const std::string cmd = "exec " + std::string(COHORT_BINARY) + " launch --run-id " + id(tag) +
+                            " " + args + " >" + (dir_ / (tag + ".out")).string() + " 2>" +
+                            (dir_ / (tag + ".err")).string();
+    const pid_t pid = fork();
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+      _exit(127);
+    }
+    pids_.push_back(pid);
+    return pid;
+  }
+  Outcome finish(pid_t pid, const std::string& tag = "a", std::chrono::seconds limit = 120s) {
+    Outcome r;
+    const auto end = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < end) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    if (r.code == -1) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    std::erase(pids_, pid);
+    r.out = slurp(dir_ / (tag + ".out"));
+    r.err = slurp(dir_ / (tag + ".err"));
+    // Nothing of the job may outlive the launcher.
+    EXPECT_EQ(processes_of(id(tag)), std::vector<std::string>{}) << "left behind by " << tag;
+    return r;
+  }
+  Outcome run(const std::string& args, const std::string& tag = "a") { return finish(start(args, tag), tag); }
+  std::string id(const std::string& tag) const {
+    return "launchtest" + std::to_string(getpid()) + tag;
+  }
+  void TearDown() override {
+    for (pid_t p : pids_) {
+      kill(p, SIGKILL);
+      waitpid(p, nullptr, 0);
+    }
+    TempDirTest::TearDown();
+  }
+  std::vector<pid_t> pids_;
+};
+
+TEST_F(Launch, SuccessRunsEveryRankWithTheContractEnvironment) {
+  Outcome r = run("--nproc-per-node 3 -- sh -c 'echo rank=$COHORT_RANK local=$COHORT_LOCAL_RANK "
+              "world=$COHORT_WORLD_SIZE lw=$COHORT_LOCAL_WORLD_SIZE restart=$COHORT_RESTART_COUNT "
+              "torch=$RANK/$WORLD_SIZE/$MASTER_ADDR store=$COHORT_STORE'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  for (int k = 0; k < 3; ++k) {
+    const std::string rank = std::to_string(k);
+    EXPECT_NE(r.out.find("[0/" + rank + "] rank=" + rank + " local=" + rank +
+                         " world=3 lw=3 restart=0 torch=" + rank + "/3/127.0.0.1 store=127.0.0.1:"),
+              std::string::npos)
+        << r.out;
+  }
+}
+
+TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
+  Outcome r = run("--nproc-per-node 3 -- sh -c 'echo started $COHORT_RANK; "
+              "if [ $COHORT_RANK = 1 ]; then echo about to fail >&2; exit 3; fi; sleep 300'");
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_NE(r.err.find("cohort launch: rank 1 (node 0, pid "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(") exited with code 3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("  [0/1] about to fail"), std::string::npos) << r.err;
+}
+
+TEST_F(Launch, SegfaultsAndKillsAreNamedBySignal) {
+  Outcome seg = run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 0 ] && kill -SEGV $$; sleep 300'",
+                "seg");
+  EXPECT_EQ(seg.code, 128 + SIGSEGV);
+  EXPECT_NE(seg.err.find("rank 0 (node 0, pid "), std::string::npos) << seg.err;
+  EXPECT_NE(seg.err.find("was killed by SIGSEGV (11)"), std::string::npos) << seg.err;
+  Outcome killed = run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 1 ] && kill -KILL $$; sleep 300'",
+                   "kill");
+  EXPECT_EQ(killed.code, 128 + SIGKILL);
+  EXPECT_NE(killed.err.find("rank 1 (node 0, pid "), std::string::npos) << killed.err;
+  EXPECT_NE(killed.err.find("was killed by SIGKILL (9)"), std::string::npos) << killed.err;
+}
+
+TEST_F(Launch, SigintStopsWorkersThatIgnoreItAfterTheGracePeriod) {
+  // The workers ignore SIGINT, so only SIGKILL at the end of the grace period stops them.
+  const pid_t pid = start(
+      "--nproc-per-node 2 --grace-period 1 -- sh -c "
+      "'trap \"\" INT; echo ready $COHORT_RANK; while true; do sleep 1; done'");
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  while (slurp(dir_ / "a.out").find("ready 1") == std::string::npos ||
+         slurp(dir_ / "a.out").find("ready 0") == std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), end) << "workers never started";
+    std::this_thread::sleep_for(20ms);
+  }
+  kill(pid, SIGINT);
+  Outcome r = finish(pid);
+  EXPECT_EQ(r.code, 128 + SIGINT) << r.err;
+  EXPECT_NE(r.err.find("stopped by SIGINT"), std::string::npos) << r.err;
+}
+
+TEST_F(Launch, RestartsRunAgainWithTheRestartCountUntilTheyRunOut) {
+  Outcome ok = run("--nproc-per-node 2 --max-restarts 2 -- sh -c "
+               "'echo attempt $COHORT_RESTART_COUNT; [ $COHORT_RESTART_COUNT -ge 1 ]'",
+               "ok");
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.err.find("restarting all 2 workers (restart 1 of 2)"), std::string::npos) << ok.err;
+  EXPECT_NE(ok.out.find("[0/1] attempt 1"), std::string::npos) << ok.out;
+
+  Outcome bad = run("--nproc-per-node 1 --max-restarts 2 -- sh -c 'echo attempt $COHORT_RESTART_COUNT; "
+                "exit 5'",
+                "bad");
+  EXPECT_EQ(bad.code, 5) << bad.err;
+  EXPECT_NE(bad.out.find("[0/0] attempt 2"), std::string::npos) << bad.out;
+  EXPECT_EQ(bad.out.find("attempt 3"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.err.find("exited with code 5; no restarts left"), std::string::npos) << bad.err;
+}
+
+// Each job hosts its store on a port the OS picks, so jobs on one machine never meet.
+TEST_F(Launch, TwoJobsAtOnceOnOneMachine) {
+  const std::string job = "--nproc-per-node 2 -- " + std::string(COHORT_BINARY) +
+                          " bench collectives -b 4K -e 1M -f 16 --iters 20";
+  const pid_t a = start(job, "a"), b = start(job, "b");
+  Outcome ra = finish(a, "a"), rb = finish(b, "b");
+  EXPECT_EQ(ra.code, 0) << ra.err;
+  EXPECT_EQ(rb.code, 0) << rb.err;
+  EXPECT_NE(ra.out.find("[0/0] # cohort bench collectives: allreduce, backend cpu, transport auto, "
+                        "2 ranks"),
+            std::string::npos)
+      << ra.out;
+}
+
+TEST_F(Launch, OutputLinesAreNeverMixedAndLogDirKeepsEachRank) {
+  // Three ranks each write 300 long lines as fast as they can.
+  const std::string writer = "-- sh -c 'for i in $(seq 300); do printf \"%s\\n\" "
+                             "$(printf \"%0800d\" $COHORT_RANK); done'";
+  Outcome r = run("--nproc-per-node 3 " + writer);
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  int n = 0;
+  const std::regex whole(R"(\[0/([0-2])\] 0{799}([0-2]))");
+  while (std::getline(lines, line)) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(line, m, whole)) << "mixed line: " << line.substr(0, 120);
+    EXPECT_EQ(m[1], m[2]);
+    ++n;
+  }
+  EXPECT_EQ(n, 900);
+
+  const fs::path logs = dir_ / "logs";
+  Outcome quiet = run("--nproc-per-node 2 --log-dir " + logs.string() + " " + writer, "quiet");
+  EXPECT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.out, "");
+  const std::string rank1 = slurp(logs / "rank_1.log");
+  EXPECT_EQ(std::count(rank1.begin(), rank1.end(), '\n'), 300);
+  EXPECT_EQ(rank1.substr(0, 801), std::string(799, '0') + "1\n");
+}
+
+TEST_F(Launch, BadInputIsOneClearSentenceWithExitCode2) {
+  Outcome unknown = run("--no-such-option -- true", "unknown");
+  EXPECT_EQ(unknown.code, 2);
+  Outcome zero = run("--nproc-per-node 0 -- true", "zero");
+  EXPECT_EQ(zero.code, 2);
+  EXPECT_NE(zero.err.find("--nproc-per-node must be at least 1, got 0"), std::string::npos)
+      << zero.err;
+  Outcome missing = run("--nproc-per-node 2 -- /no/such/program", "missing");
+  EXPECT_EQ(missing.code, 2);
+  EXPECT_NE(missing.err.find("cannot run '/no/such/program': No such file or directory"),
+            std::string::npos)
+      << missing.err;
+  Outcome nothing = run("--nproc-per-node 2", "nothing");
+  EXPECT_EQ(nothing.code, 2);
+  EXPECT_NE(nothing.err.find("no program to launch"), std::string::npos) << nothing.err;
+}
+
+}  // namespace
