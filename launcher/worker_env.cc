@@ -7,6 +7,7 @@
 #include "collectives/mpi/mpi_process_group.h"
 #include "collectives/store/file_store.h"
 #include "collectives/store/tcp_store.h"
+#include "launcher/slurm_env.h"
 #include "core/util/error.h"
 
 namespace cohort::launcher {
@@ -67,6 +68,35 @@ WorkerEnv detect_worker_env() {
       e.store = s;
     } else if (e.world_size > 1) {
       e.store_through_mpi = true;
+    }
+  } else if (var("SLURM_PROCID") && (var("SLURM_STEP_NUM_TASKS") || var("SLURM_NTASKS"))) {
+    // srun: one task per rank. Rank 0 runs on the first node of the step and hosts the store on
+    // a port every task derives from the job id.
+    e.source = "Slurm (SLURM_PROCID/SLURM_NTASKS)";
+    e.rank = int_var("SLURM_PROCID", 0);
+    e.world_size = var("SLURM_STEP_NUM_TASKS") ? int_var("SLURM_STEP_NUM_TASKS", 1)
+                                               : int_var("SLURM_NTASKS", 1);
+    e.local_rank = int_var("SLURM_LOCALID", 0);
+    e.local_world_size = e.world_size;
+    const char* per_node_var =
+        var("SLURM_STEP_TASKS_PER_NODE") ? "SLURM_STEP_TASKS_PER_NODE" : "SLURM_TASKS_PER_NODE";
+    if (const char* per_node = var(per_node_var)) {
+      const auto counts = expand_tasks_per_node(per_node);
+      const int node = int_var("SLURM_NODEID", 0);
+      if (node < static_cast<int>(counts.size())) e.local_world_size = counts[node];
+    }
+    if (const char* s = var("COHORT_STORE")) {
+      e.store = s;
+    } else if (e.world_size > 1) {
+      const char* list_var =
+          var("SLURM_STEP_NODELIST") ? "SLURM_STEP_NODELIST" : "SLURM_JOB_NODELIST";
+      const char* list = var(list_var);
+      const char* job = var("SLURM_JOB_ID");
+      if (!list || !job)
+        COHORT_THROW(ConfigError, "SLURM_PROCID is set but SLURM_STEP_NODELIST or SLURM_JOB_ID is "
+                     "not; set COHORT_STORE=host:port");
+      e.store = expand_hostlist(list).front() + ":" + std::to_string(slurm_port(job));
+      e.host_store = e.rank == 0;
     }
   }
   if (e.world_size < 1 || e.rank >= e.world_size)

@@ -1,5 +1,6 @@
 // Who this worker is: rank, world size and where the rendezvous store lives, read from Cohort's
-// own variables (set by `cohort launch`), torchrun's or Open MPI's (mpirun).
+// own variables (set by `cohort launch`), torchrun's, Open MPI's (mpirun) or Slurm's (srun), in
+// that order: under mpirun inside an sbatch job every rank sees SLURM_PROCID=0, so MPI's win.
 #pragma once
 
 #include <memory>
