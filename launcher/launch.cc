@@ -55,33 +55,153 @@ class SignalScope {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
+// What the agents share through the store (keys under "launch/"): each node's worker count, a
+// heartbeat per node, and per attempt the first failure and which nodes have finished.
+class Rendezvous {
+ public:
+  explicit Rendezvous(const LaunchOptions& o) : o_(o) {
+    const auto timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
+    if (o.nnodes == 1 && o.rdzv_endpoint.empty()) {
+      server_ = std::make_unique<collectives::TcpStoreServer>(0);
+      host_ = "127.0.0.1";
+      port_ = server_->port();
+    } else {
+      const size_t colon = o.rdzv_endpoint.rfind(':');
+      int port = -1;
+      if (colon != std::string::npos && colon > 0) {
+        try {
+          port = std::stoi(o.rdzv_endpoint.substr(colon + 1));
+        } catch (const std::exception&) {
+          port = -1;
+        }
+      }
+      if (port <= 0 || port > 65535)
+        COHORT_THROW(ConfigError, "--rdzv-endpoint '", o.rdzv_endpoint,
+                     "' is not host:port (needed with --nnodes ", o.nnodes, ")");
+      host_ = o.rdzv_endpoint.substr(0, colon);
+      port_ = static_cast<uint16_t>(port);
+      if (o.node_rank == 0) server_ = std::make_unique<collectives::TcpStoreServer>(port_);
+    }
+    try {
+      store_ = std::make_shared<collectives::PrefixStore>(
+          "launch", std::make_shared<collectives::TcpStore>(host_, port_, false, timeout));
+      store_->set("node/" + std::to_string(o.node_rank), std::to_string(o.nproc_per_node));
+      std::vector<std::string> keys;
+      for (int n = 0; n < o.nnodes; ++n) keys.push_back("node/" + std::to_string(n));
+      store_->wait(keys, timeout);
+      world_ = 0;
+      for (int n = 0; n < o.nnodes; ++n) {
+        const int count = std::stoi(store_->get(keys[n]));
+        if (n < o.node_rank) offset_ += count;
+        world_ += count;
+      }
+    } catch (const TimeoutError& e) {
+      COHORT_THROW(ConfigError, "node ", o.node_rank, " could not meet the other ", o.nnodes - 1,
+                   " node(s) at the rendezvous ", host_, ":", port_, " within ", o.rdzv_timeout_s,
+                   " s: ", e.what());
+    } catch (const DistributedError& e) {
+      COHORT_THROW(ConfigError, "node ", o.node_rank, " cannot use the rendezvous ", host_, ":",
+                   port_, ": ", e.what());
+    }
+    last_beat_.assign(static_cast<size_t>(o.nnodes), {-1, Clock::now()});
+  }
+
+  const std::string& host() const { return host_; }
+  uint16_t port() const { return port_; }
+  int world_size() const { return world_; }
+  int rank_offset() const { return offset_; }
+
+  // Posts this node's failure for `attempt` unless another node posted first.
+  void post_failure(int attempt, const std::string& text) {
+    try {
+      store_->compare_set(key(attempt, "failed"), "", text);
+    } catch (const std::exception&) {
+      // The store host is gone; the other agents notice that themselves.
+    }
+  }
+  void post_done(int attempt) { store_->set(key(attempt, "done/" + node()), "1"); }
+  bool all_done(int attempt) {
+    std::vector<std::string> keys;
+    for (int n = 0; n < o_.nnodes; ++n) keys.push_back(key(attempt, "done/" + std::to_string(n)));
+    return store_->check(keys);
+  }
+
+  // Called every monitor interval: beats for this node and returns what went wrong elsewhere
+  // for `attempt` (empty when nothing): a failure another node posted, an agent whose heartbeat
+  // stopped, or the store itself gone.
+  std::string check(int attempt) {
+    if (o_.nnodes == 1) return "";
+    try {
+      store_->add("beat/" + node(), 1);
+      if (store_->check({key(attempt, "failed")})) return store_->get(key(attempt, "failed"));
+      const auto now = Clock::now();
+      const auto limit = std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000));
+      for (int n = 0; n < o_.nnodes; ++n) {
+        if (n == o_.node_rank) continue;
+        const int64_t beat = store_->add("beat/" + std::to_string(n), 0);
+        auto& [seen, since] = last_beat_[static_cast<size_t>(n)];
+        if (beat != seen) {
+          seen = beat;
+          since = now;
+        } else if (now - since > limit) {
+          return "the agent of node " + std::to_string(n) + " stopped responding (no heartbeat for " +
+                 std::to_string(static_cast<int>(o_.rdzv_timeout_s)) + " s)";
+        }
+      }
+    } catch (const std::exception& e) {
+      return std::string("the rendezvous store is gone (node 0's agent has probably exited): ") +
+             e.what();
+    }
+    return "";
+  }
+
+ private:
+  std::string node() const { return std::to_string(o_.node_rank); }
+  static std::string key(int attempt, const std::string& what) {
+    return "attempt" + std::to_string(attempt) + "/" + what;
+  }
+
+  const LaunchOptions& o_;
+  std::unique_ptr<collectives::TcpStoreServer> server_;
+  std::shared_ptr<collectives::Store> store_;
+  std::string host_;
+  uint16_t port_ = 0;
+  int world_ = 0, offset_ = 0;
+  std::vector<std::pair<int64_t, Clock::time_point>> last_beat_;
+};
+
 struct RoundResult {
   int signal = 0;                           // the launcher was told to stop
-  const WorkerProcess* failed = nullptr;    // the first worker that failed
+  const WorkerProcess* failed = nullptr;    // the first worker that failed on this node
+  std::string remote;                       // or what failed elsewhere
 };
 
 class Round {
  public:
-  Round(const LaunchOptions& o, const std::string& store_host, uint16_t port, int restart)
-      : o_(o) {
+  Round(const LaunchOptions& o, Rendezvous& rz, int restart) : o_(o), rz_(rz), attempt_(restart) {
     const int n = o.nproc_per_node;
     const std::string run_id = o.run_id.empty() ? std::to_string(::getpid()) : o.run_id;
+    const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
     for (int r = 0; r < n; ++r) {
       WorkerSpec spec;
-      spec.rank = spec.local_rank = r;
+      spec.rank = rz.rank_offset() + r;
+      spec.local_rank = r;
       spec.argv = o.program;
-      spec.prefix = "[0/" + std::to_string(r) + "] ";
+      spec.prefix = "[" + node + "/" + std::to_string(spec.rank) + "] ";
       spec.tee = o.tee;
       if (!o.log_dir.empty())
-        spec.log_path = (std::filesystem::path(o.log_dir) / ("rank_" + std::to_string(r) + ".log"))
-                            .string();
-      const std::string rank = std::to_string(r), world = std::to_string(n);
+        spec.log_path =
+            (std::filesystem::path(o.log_dir) / ("rank_" + std::to_string(spec.rank) + ".log"))
+                .string();
+      const std::string rank = std::to_string(spec.rank), local = std::to_string(r);
+      const std::string world = std::to_string(rz.world_size()), local_world = std::to_string(n);
       spec.env = {{"COHORT_RANK", rank},
-                  {"COHORT_LOCAL_RANK", rank},
+                  {"COHORT_LOCAL_RANK", local},
                   {"COHORT_WORLD_SIZE", world},
-                  {"COHORT_LOCAL_WORLD_SIZE", world},
-                  {"COHORT_NODE_RANK", "0"},
-                  {"COHORT_STORE", store_host + ":" + std::to_string(port)},
+                  {"COHORT_LOCAL_WORLD_SIZE", local_world},
+                  {"COHORT_NODE_RANK", node},
+                  {"COHORT_STORE", rz.host() + ":" + port},
                   // Each attempt gets a fresh namespace in the store: keys of a failed attempt
                   // must not meet the next one.
                   {"COHORT_STORE_PREFIX", "attempt" + std::to_string(restart)},
@@ -89,12 +209,12 @@ class Round {
                   {"COHORT_RUN_ID", run_id},
                   // torchrun's names, for programs that read those.
                   {"RANK", rank},
-                  {"LOCAL_RANK", rank},
+                  {"LOCAL_RANK", local},
                   {"WORLD_SIZE", world},
-                  {"LOCAL_WORLD_SIZE", world},
-                  {"GROUP_RANK", "0"},
-                  {"MASTER_ADDR", store_host},
-                  {"MASTER_PORT", std::to_string(port)},
+                  {"LOCAL_WORLD_SIZE", local_world},
+                  {"GROUP_RANK", node},
+                  {"MASTER_ADDR", rz.host()},
+                  {"MASTER_PORT", port},
                   {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)}};
       workers_.push_back(std::make_unique<WorkerProcess>(std::move(spec)));
     }
@@ -102,6 +222,8 @@ class Round {
 
   RoundResult supervise() {
     RoundResult result;
+    auto next_check = Clock::now();
+    bool finished_here = false;
     while (true) {
       pump(std::chrono::milliseconds(
           std::max<int64_t>(1, static_cast<int64_t>(o_.monitor_interval_s * 1000))));
@@ -119,14 +241,41 @@ class Round {
         }
       }
       if (result.failed) {
+        rz_.post_failure(attempt_, describe_failure(*result.failed));
         stop(SIGTERM);
         return result;
       }
-      if (all_done) {
+      if (all_done && !finished_here) {
         finish_output(std::chrono::seconds(2));
-        return result;
+        rz_.post_done(attempt_);
+        finished_here = true;
+        if (rz_.all_done(attempt_)) return result;
+      }
+      if (Clock::now() >= next_check) {
+        next_check = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(
+                                        1, static_cast<int64_t>(o_.monitor_interval_s * 1000)));
+        // Another node's failure stops this node's workers too; a finished node waits for the
+        // others (node 0 hosts the store they need).
+        result.remote = rz_.check(attempt_);
+        if (!result.remote.empty()) {
+          stop(SIGTERM);
+          return result;
+        }
+        if (finished_here && rz_.all_done(attempt_)) return result;
       }
     }
+  }
+
+  // One line for the summary, with the worker's last lines, as the other nodes will print it.
+  std::string describe_failure(const WorkerProcess& w) const {
+    std::string text = "rank " + std::to_string(w.spec().rank) + " (node " +
+                       std::to_string(o_.node_rank) + ", pid " + std::to_string(w.pid()) + ") " +
+                       w.describe_status();
+    if (!w.last_lines().empty()) {
+      text += "; its last lines:";
+      for (const auto& line : w.last_lines()) text += "\n    " + w.spec().prefix + line;
+    }
+    return text;
   }
 
  private:
@@ -185,12 +334,15 @@ class Round {
   }
 
   const LaunchOptions& o_;
+  Rendezvous& rz_;
+  int attempt_;
   std::vector<std::unique_ptr<WorkerProcess>> workers_;
 };
 
-void print_failure(const WorkerProcess& w, const char* what_next) {
-  std::string text = "cohort launch: rank " + std::to_string(w.spec().rank) + " (node 0, pid " +
-                     std::to_string(w.pid()) + ") " + w.describe_status() + what_next + "\n";
+void print_failure(const WorkerProcess& w, int node, const char* what_next) {
+  std::string text = "cohort launch: rank " + std::to_string(w.spec().rank) + " (node " +
+                     std::to_string(node) + ", pid " + std::to_string(w.pid()) + ") " +
+                     w.describe_status() + what_next + "\n";
   if (!w.last_lines().empty()) {
     text += "cohort launch: last lines of rank " + std::to_string(w.spec().rank) + "'s output:\n";
     for (const auto& line : w.last_lines()) text += "  " + w.spec().prefix + line + "\n";
@@ -202,6 +354,10 @@ void print_failure(const WorkerProcess& w, const char* what_next) {
 }  // namespace
 
 int launch(const LaunchOptions& o) {
+  if (o.nnodes < 1 || o.node_rank < 0 || o.node_rank >= o.nnodes)
+    COHORT_THROW(ConfigError, "--node-rank ", o.node_rank, " is outside --nnodes ", o.nnodes);
+  if (o.nnodes > 1 && o.rdzv_endpoint.empty())
+    COHORT_THROW(ConfigError, "--nnodes ", o.nnodes, " needs --rdzv-endpoint HOST:PORT (node 0's)");
   if (o.nproc_per_node < 1)
     COHORT_THROW(ConfigError, "--nproc-per-node must be at least 1, got ", o.nproc_per_node);
   if (o.max_restarts < 0)
@@ -217,27 +373,28 @@ int launch(const LaunchOptions& o) {
     if (ec)
       COHORT_THROW(ConfigError, "--log-dir ", o.log_dir, " cannot be created: ", ec.message());
   }
-  // The rendezvous store, on a port the OS picks: two jobs on one machine never collide.
-  collectives::TcpStoreServer server(0);
   SignalScope signals;
+  Rendezvous rz(o);
   for (int restart = 0;; ++restart) {
     RoundResult r;
-    const WorkerProcess* failed = nullptr;
     {
-      Round round(o, "127.0.0.1", server.port(), restart);
+      Round round(o, rz, restart);
       r = round.supervise();
+      const bool restarting = (r.failed || !r.remote.empty()) && restart < o.max_restarts;
+      const std::string next =
+          restarting ? "; restarting all " + std::to_string(rz.world_size()) +
+                           " workers (restart " + std::to_string(restart + 1) + " of " +
+                           std::to_string(o.max_restarts) + ")"
+                     : (restart > 0 ? "; no restarts left" : "");
       if (r.failed) {
-        failed = r.failed;
-        if (restart < o.max_restarts) {
-          const std::string next = "; restarting all " + std::to_string(o.nproc_per_node) +
-                                   " workers (restart " + std::to_string(restart + 1) + " of " +
-                                   std::to_string(o.max_restarts) + ")";
-          print_failure(*failed, next.c_str());
-          continue;
-        }
-        print_failure(*failed, restart > 0 ? "; no restarts left" : "");
-        return failed->exit_code();
+        print_failure(*r.failed, o.node_rank, next.c_str());
+        if (!restarting) return r.failed->exit_code();
+      } else if (!r.remote.empty()) {
+        std::fprintf(stderr, "cohort launch: node %d stopped its workers: %s%s\n", o.node_rank,
+                     r.remote.c_str(), next.c_str());
+        if (!restarting) return 1;
       }
+      if (restarting) continue;
     }
     if (r.signal) {
       std::fprintf(stderr, "cohort launch: stopped by %s; workers stopped\n",

@@ -1,9 +1,12 @@
-// `cohort launch`: torchrun's role on one node. Hosts the rendezvous TcpStore on a port the OS
-// picks (so two jobs on one machine never collide), starts --nproc-per-node workers with the
-// contract's environment, prefixes their output, and supervises them: when one fails, the others
-// are stopped (SIGTERM, then SIGKILL after the grace period) and either all start again
-// (--max-restarts, COHORT_RESTART_COUNT incremented) or the launcher exits with the failed worker's
-// code after a summary naming its rank, pid, exit code or signal and its last lines of output.
+// `cohort launch`: torchrun's role. One agent per node: alone (standalone) it hosts the rendezvous
+// TcpStore on a port the OS picks, so two jobs on one machine never collide; with --nnodes, node
+// 0's agent hosts it on --rdzv-endpoint and the agents agree through it on global ranks. Each agent
+// starts --nproc-per-node workers with the contract's environment, prefixes their output and
+// supervises them. When any worker on any node fails, every agent stops its workers (SIGTERM, then
+// SIGKILL after the grace period) and either all start again (--max-restarts,
+// COHORT_RESTART_COUNT incremented) or every agent exits non-zero after a summary naming the rank,
+// node, pid, exit code or signal and the last lines of that worker's output. Agents publish
+// heartbeats, so one that disappears is noticed within --rdzv-timeout.
 #pragma once
 
 #include <string>
@@ -13,6 +16,12 @@ namespace cohort::launcher {
 
 struct LaunchOptions {
   int nproc_per_node = 1;
+  // Several nodes: one agent per node, each given the same --nnodes and --rdzv-endpoint and its
+  // own --node-rank; node 0's agent hosts the store on the endpoint's port.
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string rdzv_endpoint;     // host:port; empty: one node, a port the OS picks
+  double rdzv_timeout_s = 300;   // waiting for the other agents, and for their heartbeats
   int max_restarts = 0;
   double monitor_interval_s = 0.1;  // how often exits are checked between output
   double grace_period_s = 10;       // SIGTERM to SIGKILL when stopping workers

@@ -45,6 +45,15 @@ int main(int argc, char** argv) {
   cohort::launcher::LaunchOptions lo;
   launch->add_option("--nproc-per-node", lo.nproc_per_node, "workers on this node")
       ->capture_default_str();
+  launch->add_option("--nnodes", lo.nnodes, "nodes in the job (one agent each)")
+      ->capture_default_str();
+  launch->add_option("--node-rank", lo.node_rank, "this node's index, 0 to nnodes-1")
+      ->capture_default_str();
+  launch->add_option("--rdzv-endpoint", lo.rdzv_endpoint,
+                     "HOST:PORT of node 0's store (node 0 listens on PORT)");
+  launch->add_option("--rdzv-timeout", lo.rdzv_timeout_s,
+                     "seconds to wait for the other nodes, and for their heartbeats")
+      ->capture_default_str();
   launch->add_option("--max-restarts", lo.max_restarts,
                      "times all workers start again after a failure")
       ->capture_default_str();

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -24,6 +28,51 @@ class TempDirTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::filesystem::path dir_;
+};
+
+// Nodes on one machine: network namespaces on a bridge, made by scripts/netns.sh. When this machine
+// cannot have them, `unavailable` says why (tests skip with it); `error` says what else failed.
+class NetnsCluster {
+ public:
+  NetnsCluster(const std::string& tag, int nodes) {
+    if (::geteuid() != 0) {
+      unavailable = "network namespaces need root";
+      return;
+    }
+    prefix_ = tag + std::to_string(::getpid()) + "n";
+    const std::string cmd = std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh up " + prefix_ +
+                            " " + std::to_string(nodes) + " 2>&1";
+    FILE* out = ::popen(cmd.c_str(), "r");
+    std::string text;
+    char line[256];
+    while (out && std::fgets(line, sizeof line, out)) text += line;
+    const int rc = out ? ::pclose(out) : -1;
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 3) {
+      unavailable = "this machine cannot have network namespaces: " + text;
+    } else if (rc != 0) {
+      error = "netns.sh up failed: " + text;
+    } else {
+      up_ = true;
+      subnet = text.substr(0, text.find('\n'));
+    }
+  }
+  ~NetnsCluster() {
+    if (up_)
+      (void)!std::system(
+          (std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh down " + prefix_).c_str());
+  }
+  NetnsCluster(const NetnsCluster&) = delete;
+  NetnsCluster& operator=(const NetnsCluster&) = delete;
+  // The namespace of node k, and its address.
+  std::string node(int k) const { return prefix_ + std::to_string(k); }
+  std::string address(int k) const { return subnet + "." + std::to_string(k + 1); }
+
+  std::string unavailable, error;
+  std::string subnet;  // e.g. "10.57.0"; the bridge is <subnet>.254
+
+ private:
+  std::string prefix_;
+  bool up_ = false;
 };
 
 }  // namespace cohort::test

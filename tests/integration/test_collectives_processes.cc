@@ -176,32 +176,18 @@ class MultiNode : public CollectiveProcesses {
  protected:
   void SetUp() override {
     CollectiveProcesses::SetUp();
-    if (geteuid() != 0) GTEST_SKIP() << "network namespaces need root";
-    prefix_ = "cht" + std::to_string(getpid()) + "n";
-    const std::string cmd =
-        std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh up " + prefix_ + " 2 2>&1";
-    FILE* out = popen(cmd.c_str(), "r");
-    ASSERT_NE(out, nullptr);
-    char line[256] = {};
-    std::string text;
-    while (std::fgets(line, sizeof line, out)) text += line;
-    const int rc = pclose(out);
-    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 3)
-      GTEST_SKIP() << "this machine cannot have network namespaces: " << text;
-    ASSERT_EQ(rc, 0) << text;
-    up_ = true;
-    subnet_ = text.substr(0, text.find('\n'));
+    cluster_ = std::make_unique<cohort::test::NetnsCluster>("cht", 2);
+    if (!cluster_->unavailable.empty()) GTEST_SKIP() << cluster_->unavailable;
+    ASSERT_EQ(cluster_->error, "");
+    subnet_ = cluster_->subnet;
   }
   void TearDown() override {
     CollectiveProcesses::TearDown();  // kills ranks left running
-    if (up_) {
-      const std::string down = std::string(COHORT_SOURCE_DIR) + "/scripts/netns.sh down " + prefix_;
-      EXPECT_EQ(std::system(down.c_str()), 0);
-    }
+    cluster_.reset();
   }
-  std::string node(int k) const { return prefix_ + std::to_string(k); }
-  std::string prefix_, subnet_;
-  bool up_ = false;
+  std::string node(int k) const { return cluster_->node(k); }
+  std::unique_ptr<cohort::test::NetnsCluster> cluster_;
+  std::string subnet_;
 };
 
 TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {

@@ -48,9 +48,11 @@ struct Outcome {
 
 class Launch : public cohort::test::TempDirTest {
  protected:
-  // Starts `cohort launch ARGS` (a shell fragment) with its own run id; returns the pid.
-  pid_t start(const std::string& args, const std::string& tag = "a") {
-    const std::string cmd = "exec " + std::string(COHORT_BINARY) + " launch --run-id " + id(tag) +
+  // Starts `cohort launch ARGS` (a shell fragment) with its own run id, inside network namespace
+  // `netns` when one is given; returns the pid.
+  pid_t start(const std::string& args, const std::string& tag = "a", const std::string& netns = "") {
+    const std::string cmd = "exec " + (netns.empty() ? "" : "ip netns exec " + netns + " ") +
+                            std::string(COHORT_BINARY) + " launch --run-id " + id(tag) +
                             " " + args + " >" + (dir_ / (tag + ".out")).string() + " 2>" +
                             (dir_ / (tag + ".err")).string();
     const pid_t pid = fork();
@@ -61,7 +63,10 @@ class Launch : public cohort::test::TempDirTest {
     pids_.push_back(pid);
     return pid;
   }
-  Outcome finish(pid_t pid, const std::string& tag = "a", std::chrono::seconds limit = 120s) {
+  // Waits for the launcher; with `check`, also that nothing of its job is left (other agents of
+  // the same job must have finished by then).
+  Outcome finish(pid_t pid, const std::string& tag = "a", std::chrono::seconds limit = 120s,
+                 bool check = true) {
     Outcome r;
     const auto end = std::chrono::steady_clock::now() + limit;
     int status = 0;
@@ -80,12 +85,14 @@ class Launch : public cohort::test::TempDirTest {
     r.out = slurp(dir_ / (tag + ".out"));
     r.err = slurp(dir_ / (tag + ".err"));
     // Nothing of the job may outlive the launcher.
-    EXPECT_EQ(processes_of(id(tag)), std::vector<std::string>{}) << "left behind by " << tag;
+    if (check) {
+      EXPECT_EQ(processes_of(id(tag)), std::vector<std::string>{}) << "left behind by " << tag;
+    }
     return r;
   }
   Outcome run(const std::string& args, const std::string& tag = "a") { return finish(start(args, tag), tag); }
   std::string id(const std::string& tag) const {
-    return "launchtest" + std::to_string(getpid()) + tag;
+    return "launchtest" + std::to_string(getpid()) + tag.substr(0, tag.find('_'));
   }
   void TearDown() override {
     for (pid_t p : pids_) {
@@ -223,6 +230,85 @@ TEST_F(Launch, BadInputIsOneClearSentenceWithExitCode2) {
   Outcome nothing = run("--nproc-per-node 2", "nothing");
   EXPECT_EQ(nothing.code, 2);
   EXPECT_NE(nothing.err.find("no program to launch"), std::string::npos) << nothing.err;
+}
+
+// An unreachable rendezvous is a clear error once --rdzv-timeout has passed, not a hang.
+TEST_F(Launch, AnUnreachableRendezvousIsAClearError) {
+  Outcome r = run("--nnodes 2 --node-rank 1 --rdzv-endpoint 127.0.0.1:1 --rdzv-timeout 2 -- true");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("node 1 could not meet the other 1 node(s) at the rendezvous 127.0.0.1:1 "
+                       "within 2 s"),
+            std::string::npos)
+      << r.err;
+  Outcome no_endpoint = run("--nnodes 2 --node-rank 0 -- true", "noep");
+  EXPECT_EQ(no_endpoint.code, 2);
+  EXPECT_NE(no_endpoint.err.find("--nnodes 2 needs --rdzv-endpoint"), std::string::npos)
+      << no_endpoint.err;
+}
+
+// Three nodes (network namespaces), one agent each with two workers: global ranks, and the job's
+// collectives across nodes.
+class MultiNodeLaunch : public Launch {
+ protected:
+  void SetUp() override {
+    Launch::SetUp();
+    cluster_ = std::make_unique<cohort::test::NetnsCluster>("chl", 3);
+    if (!cluster_->unavailable.empty()) GTEST_SKIP() << cluster_->unavailable;
+    ASSERT_EQ(cluster_->error, "");
+  }
+  void TearDown() override {
+    Launch::TearDown();
+    cluster_.reset();
+  }
+  // Starts node k's agent; tags share the job's run id ("job_0", "job_1", ...).
+  pid_t start_node(int k, const std::string& args) {
+    // Port 29400 inside namespaces of our own: nothing else can hold it.
+    return start("--nnodes 3 --node-rank " + std::to_string(k) + " --rdzv-endpoint " +
+                     cluster_->address(0) + ":29400 --rdzv-timeout 60 " + args,
+                 "job_" + std::to_string(k), cluster_->node(k));
+  }
+  std::unique_ptr<cohort::test::NetnsCluster> cluster_;
+};
+
+TEST_F(MultiNodeLaunch, ThreeAgentsRunOneJob) {
+  const std::string args = "--nproc-per-node 2 -- " + std::string(COHORT_BINARY) +
+                           " bench collectives -b 4K -e 1M -f 16 --iters 5";
+  std::vector<pid_t> agents;
+  for (int k = 0; k < 3; ++k) agents.push_back(start_node(k, args));
+  for (int k = 0; k < 3; ++k) {
+    Outcome r = finish(agents[k], "job_" + std::to_string(k), 120s, k == 2);
+    EXPECT_EQ(r.code, 0) << "node " << k << ":\n" << r.err;
+    if (k == 0) {
+      EXPECT_NE(r.out.find("[0/0] # cohort bench collectives: allreduce, backend cpu, transport "
+                           "auto, 6 ranks"),
+                std::string::npos)
+          << r.out;
+    }
+  }
+}
+
+// The agent of node 2 is killed mid-run: its workers die with it, and every other agent stops its
+// workers and exits non-zero; nothing of the job is left anywhere.
+TEST_F(MultiNodeLaunch, AnAgentKilledMidRunEndsTheJobEverywhere) {
+  const std::string args = "--nproc-per-node 1 -- " + std::string(COHORT_BINARY) +
+                           " bench collectives -b 1M -e 1M --iters 1000000 --timeout 120";
+  std::vector<pid_t> agents;
+  for (int k = 0; k < 3; ++k) agents.push_back(start_node(k, args));
+  const auto end = std::chrono::steady_clock::now() + 120s;
+  while (slurp(dir_ / "job_0.out").find("errors") == std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), end) << "the job never started";
+    std::this_thread::sleep_for(20ms);
+  }
+  kill(agents[2], SIGKILL);
+  Outcome killed = finish(agents[2], "job_2", 120s, false);
+  EXPECT_EQ(killed.code, 128 + SIGKILL);
+  for (int k = 0; k < 2; ++k) {
+    // Well within the 120 s collective timeout; the last one checks that nothing is left.
+    Outcome r = finish(agents[k], "job_" + std::to_string(k), 100s, k == 1);
+    EXPECT_NE(r.code, 0) << "node " << k;
+    EXPECT_NE(r.code, -1) << "node " << k << " did not end:\n" << r.err;
+    EXPECT_NE(r.err.find("cohort launch: "), std::string::npos) << r.err;
+  }
 }
 
 }  // namespace
