@@ -127,6 +127,22 @@ class Rendezvous {
     return store_->check(keys);
   }
 
+  // Before this agent exits: says so, and on node 0, whose store the others still read, waits
+  // (bounded) until they have said so too. Never throws.
+  void leave(int attempt) {
+    if (o_.nnodes == 1) return;
+    try {
+      store_->set(key(attempt, "left/" + node()), "1");
+      if (o_.node_rank != 0) return;
+      std::vector<std::string> keys;
+      for (int n = 0; n < o_.nnodes; ++n) keys.push_back(key(attempt, "left/" + std::to_string(n)));
+      store_->wait(keys, std::chrono::milliseconds(static_cast<int64_t>(
+                             std::min(o_.rdzv_timeout_s, 30.0) * 1000)));
+    } catch (const std::exception&) {
+      // An agent that is gone cannot say so; its absence is already reported.
+    }
+  }
+
   // Called every monitor interval: beats for this node and returns what went wrong elsewhere
   // for `attempt` (empty when nothing): a failure another node posted, an agent whose heartbeat
   // stopped, or the store itself gone.
@@ -388,13 +404,20 @@ int launch(const LaunchOptions& o) {
                      : (restart > 0 ? "; no restarts left" : "");
       if (r.failed) {
         print_failure(*r.failed, o.node_rank, next.c_str());
-        if (!restarting) return r.failed->exit_code();
+        if (!restarting) {
+          rz.leave(restart);
+          return r.failed->exit_code();
+        }
       } else if (!r.remote.empty()) {
         std::fprintf(stderr, "cohort launch: node %d stopped its workers: %s%s\n", o.node_rank,
                      r.remote.c_str(), next.c_str());
-        if (!restarting) return 1;
+        if (!restarting) {
+          rz.leave(restart);
+          return 1;
+        }
       }
       if (restarting) continue;
+      rz.leave(restart);
     }
     if (r.signal) {
       std::fprintf(stderr, "cohort launch: stopped by %s; workers stopped\n",
