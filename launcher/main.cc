@@ -3,6 +3,7 @@
 // Exit codes: 0 success, 1 training error, 2 usage or config error.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
 #include "launcher/launch.h"
+#include "launcher/slurm_submit.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 
@@ -72,6 +74,21 @@ int main(int argc, char** argv) {
   launch->prefix_command();
   launch->allow_extras();
 
+  auto* slurm = app.add_subcommand("slurm", "Slurm batch jobs");
+  slurm->require_subcommand(1);
+  auto* submit = slurm->add_subcommand(
+      "submit", "submit `cohort train CONFIG` as an sbatch job, one srun task per rank");
+  cohort::launcher::SlurmSubmitOptions so;
+  submit->add_option("config", so.config, "the experiment's YAML file")->required();
+  submit->add_option("overrides", so.overrides, "key.path=value overrides of config keys");
+  submit->add_option("--nodes", so.nodes, "nodes")->capture_default_str();
+  submit->add_option("--ntasks-per-node", so.ntasks_per_node, "ranks per node")
+      ->capture_default_str();
+  submit->add_option("--partition", so.partition, "Slurm partition");
+  submit->add_option("--time", so.time, "time limit, e.g. 2:00:00");
+  submit->add_option("--gpus-per-node", so.gpus_per_node, "GPUs per node")->capture_default_str();
+  submit->add_flag("--dry-run", so.dry_run, "print the sbatch script instead of submitting it");
+
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   auto* bench_coll = bench->add_subcommand(
@@ -117,6 +134,10 @@ int main(int argc, char** argv) {
       lo.program = launch->remaining();
       lo.program.insert(lo.program.end(), after_dashes.begin(), after_dashes.end());
       return cohort::launcher::launch(lo);
+    }
+    if (*submit) {
+      so.cohort_binary = std::filesystem::canonical("/proc/self/exe").string();
+      return cohort::launcher::slurm_submit(so);
     }
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);

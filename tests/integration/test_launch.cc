@@ -232,6 +232,28 @@ TEST_F(Launch, BadInputIsOneClearSentenceWithExitCode2) {
   EXPECT_NE(nothing.err.find("no program to launch"), std::string::npos) << nothing.err;
 }
 
+TEST_F(Launch, SlurmSubmitDryRunPrintsOneSrunTaskPerRank) {
+  const std::string config = std::string(COHORT_SOURCE_DIR) + "/configs/fashion_mnist_mlp.yaml";
+  const std::string cmd = std::string(COHORT_BINARY) + " slurm submit " + config +
+                          " --nodes 2 --ntasks-per-node 4 --partition gpu --time 1:00:00 "
+                          "--gpus-per-node 4 --dry-run \"optimizer.lr=0.05\" >" +
+                          (dir_ / "s.out").string() + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "s.out");
+  const std::string script = slurp(dir_ / "s.out");
+  for (const char* line :
+       {"#!/bin/bash\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=4\n",
+        "#SBATCH --partition=gpu\n", "#SBATCH --time=1:00:00\n", "#SBATCH --gpus-per-node=4\n",
+        "srun --kill-on-bad-exit=1 "})
+    EXPECT_NE(script.find(line), std::string::npos) << line << " missing from:\n" << script;
+  EXPECT_NE(script.find(" train '" + config + "' 'optimizer.lr=0.05'\n"), std::string::npos)
+      << script;
+  // A bad config fails here, naming the key, not later in the queue.
+  const std::string bad = std::string(COHORT_BINARY) + " slurm submit " + config +
+                          " --dry-run optimizer.lr=fast >" + (dir_ / "b.out").string() + " 2>&1";
+  EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 2);
+  EXPECT_NE(slurp(dir_ / "b.out").find("optimizer.lr"), std::string::npos) << slurp(dir_ / "b.out");
+}
+
 // An unreachable rendezvous is a clear error once --rdzv-timeout has passed, not a hang.
 TEST_F(Launch, AnUnreachableRendezvousIsAClearError) {
   Outcome r = run("--nnodes 2 --node-rank 1 --rdzv-endpoint 127.0.0.1:1 --rdzv-timeout 2 -- true");

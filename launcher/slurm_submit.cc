@@ -1,0 +1,78 @@
+#include "launcher/slurm_submit.h"
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/util/error.h"
+#include "trainer/config.h"
+
+namespace cohort::launcher {
+namespace {
+
+// Single-quoted for the shell, so that any path or override survives unchanged.
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+}  // namespace
+
+std::string sbatch_script(const SlurmSubmitOptions& o) {
+  if (o.nodes < 1) COHORT_THROW(ConfigError, "--nodes must be at least 1, got ", o.nodes);
+  if (o.ntasks_per_node < 1)
+    COHORT_THROW(ConfigError, "--ntasks-per-node must be at least 1, got ", o.ntasks_per_node);
+  if (o.gpus_per_node < 0)
+    COHORT_THROW(ConfigError, "--gpus-per-node must be 0 or more, got ", o.gpus_per_node);
+  const trainer::Config c = trainer::load_config(o.config, o.overrides);
+  const std::string log_dir = std::filesystem::absolute(c.logging.dir).string();
+  const std::string config = std::filesystem::absolute(o.config).string();
+  std::string s = "#!/bin/bash\n# Written by `cohort slurm submit`: one task per rank.\n";
+  s += "#SBATCH --job-name=" + c.experiment + "\n";
+  s += "#SBATCH --nodes=" + std::to_string(o.nodes) + "\n";
+  s += "#SBATCH --ntasks-per-node=" + std::to_string(o.ntasks_per_node) + "\n";
+  if (!o.partition.empty()) s += "#SBATCH --partition=" + o.partition + "\n";
+  if (!o.time.empty()) s += "#SBATCH --time=" + o.time + "\n";
+  if (o.gpus_per_node > 0) s += "#SBATCH --gpus-per-node=" + std::to_string(o.gpus_per_node) + "\n";
+  s += "#SBATCH --output=" + log_dir + "/slurm-%j.out\n";
+  s += "set -euo pipefail\n";
+  s += "srun --kill-on-bad-exit=1 --cpu-bind=none " + quote(o.cohort_binary) + " train " +
+       quote(config);
+  for (const auto& ov : o.overrides) s += " " + quote(ov);
+  s += "\n";
+  return s;
+}
+
+int slurm_submit(const SlurmSubmitOptions& o) {
+  const std::string script = sbatch_script(o);
+  if (o.dry_run) {
+    std::fputs(script.c_str(), stdout);
+    return 0;
+  }
+  const trainer::Config c = trainer::load_config(o.config, o.overrides);
+  std::filesystem::create_directories(c.logging.dir);
+  const std::string path = (std::filesystem::path(c.logging.dir) / "slurm-submit.sbatch").string();
+  {
+    std::ofstream f(path);
+    f << script;
+    if (!f) COHORT_THROW(IoError, "cannot write the sbatch script ", path);
+  }
+  const std::string cmd = "sbatch --parsable " + quote(path) + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) COHORT_THROW(ConfigError, "cannot run sbatch: is Slurm installed?");
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = ::pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+    COHORT_THROW(ConfigError, "sbatch refused ", path, ": ", out.empty() ? "no output" : out);
+  // --parsable prints "jobid" or "jobid;cluster".
+  std::printf("%s\n", out.substr(0, out.find(';')).c_str());
+  return 0;
+}
+
+}  // namespace cohort::launcher
