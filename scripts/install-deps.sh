@@ -13,6 +13,7 @@ packages=(
   dataset-fashion-mnist
   python3 python3-numpy python3-protobuf
   iproute2
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()
