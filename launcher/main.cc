@@ -1,6 +1,7 @@
 // The `cohort` executable. Subcommands: train (one worker; alone, single-process training),
 // launch (start and supervise the workers of a job), bench collectives.
-// Exit codes: 0 success, 1 training error, 2 usage or config error.
+// Exit codes: 0 success, 1 training error, 2 usage or config error, 128 + signal when SIGTERM or
+// SIGUSR1 stopped training (after writing a checkpoint).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -144,6 +145,9 @@ int main(int argc, char** argv) {
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);
       return cohort::launcher::bench_collectives(bo);
     }
+  } catch (const cohort::trainer::Stopped& e) {
+    std::fprintf(stderr, "cohort: %s\n", e.what());
+    return 128 + e.signal();
   } catch (const cohort::ConfigError& e) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
     return kExitUsage;

@@ -38,11 +38,15 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
   if (!o.time.empty()) s += "#SBATCH --time=" + o.time + "\n";
   if (o.gpus_per_node > 0) s += "#SBATCH --gpus-per-node=" + std::to_string(o.gpus_per_node) + "\n";
   s += "#SBATCH --output=" + log_dir + "/slurm-%j.out\n";
-  s += "set -euo pipefail\n";
+  // Two minutes before the time limit every task gets SIGUSR1: the trainer finishes its step,
+  // writes a checkpoint and exits 138; the job is queued again and resumes from that checkpoint.
+  s += "#SBATCH --signal=USR1@120\n#SBATCH --requeue\n#SBATCH --open-mode=append\n";
   s += "srun --kill-on-bad-exit=1 --cpu-bind=none " + quote(o.cohort_binary) + " train " +
-       quote(config);
+       quote(config) + " checkpoint.resume=auto";
   for (const auto& ov : o.overrides) s += " " + quote(ov);
-  s += "\n";
+  s += "\nrc=$?\n";
+  s += "if [ \"$rc\" -eq 138 ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\n";
+  s += "exit \"$rc\"\n";
   return s;
 }
 

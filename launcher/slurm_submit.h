@@ -1,6 +1,8 @@
 // `cohort slurm submit CONFIG`: writes an sbatch script that runs one srun task per rank of
 // `cohort train CONFIG` (workers find their rank and store from Slurm's variables), submits it and
-// prints the job id; --dry-run prints the script instead.
+// prints the job id; --dry-run prints the script instead. Before the time limit Slurm sends
+// SIGUSR1; the trainer checkpoints and exits 138, and the script requeues the job, which resumes
+// (checkpoint.resume=auto).
 #pragma once
 
 #include <string>

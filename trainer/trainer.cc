@@ -2,8 +2,10 @@
 // the same loop: the sampler already shards by rank, and gradient hooks are where DDP attaches.
 #include "trainer/trainer.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -133,7 +135,37 @@ EvalResult Trainer::evaluate() {
   return r;
 }
 
+namespace {
+
+// Set by SIGTERM or SIGUSR1 while run() trains; the loop checks it after each step.
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+// Installs the stop handlers for the duration of a run and restores the previous ones.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGTERM, &sa, &old_term_);
+    ::sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+}  // namespace
+
 RunSummary Trainer::run() {
+  StopSignals stop_signals;
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(c_.logging.dir, ec);
@@ -295,6 +327,14 @@ RunSummary Trainer::run() {
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
       if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0)
         save(epoch, loader.position());
+      if (const int sig = g_stop_signal.load()) {
+        if (last_saved != step) save(epoch, loader.position());
+        std::fflush(stdout);
+        throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : "SIGUSR1") +
+                               " stopped training after step " + std::to_string(step) +
+                               "; checkpoint written to " + c_.checkpoint.dir +
+                               " (checkpoint.resume=auto continues from it)");
+      }
     }
     const bool epoch_done = loader.position() >= per_epoch;
     if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);

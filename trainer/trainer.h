@@ -23,12 +23,24 @@ struct EvalResult {
   double accuracy = 0, loss = 0;
 };
 
+// Thrown by Trainer::run when SIGTERM or SIGUSR1 (a launcher stopping its workers, Slurm before a
+// time limit or preemption) asked it to stop: the step that was running finished and a checkpoint
+// of it was written, so `checkpoint.resume: auto` continues from there.
+class Stopped : public Error {
+ public:
+  Stopped(int signal, const std::string& what) : Error(what), signal_(signal) {}
+  int signal() const { return signal_; }
+
+ private:
+  int signal_;
+};
+
 class Trainer {
  public:
   explicit Trainer(Config config);
   ~Trainer();
-  // Runs to train.steps or train.epochs. Throws ConfigError for bad settings found late, other
-  // cohort::Error subclasses for failures while training.
+  // Runs to train.steps or train.epochs. Throws ConfigError for bad settings found late, Stopped
+  // after SIGTERM or SIGUSR1, other cohort::Error subclasses for failures while training.
   RunSummary run();
   EvalResult evaluate();
   core::nn::Module& model() { return *model_; }

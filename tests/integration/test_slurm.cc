@@ -42,7 +42,11 @@ class SlurmCluster : public cohort::test::TempDirTest {
     if (rc == 3) GTEST_SKIP() << "no Slurm cluster on this machine: " << out;
     ASSERT_EQ(rc, 0) << out;
     up_ = true;
-    conf_ = out.substr(0, out.find('\n'));
+    // The last line is the path of slurm.conf; daemons may print warnings before it.
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);)
+      if (line.size() > 11 && line.compare(line.size() - 11, 11, "/slurm.conf") == 0) conf_ = line;
+    ASSERT_FALSE(conf_.empty()) << out;
   }
   void TearDown() override {
     if (up_) sh(script() + " down " + (dir_ / "cluster").string());

@@ -214,4 +214,39 @@ TEST_F(TrainCli, ResumeAutoEqualsUninterruptedRun) {
   EXPECT_EQ(summaries, 2) << "the resumed run appends to metrics.jsonl";
 }
 
+// SIGUSR1 (Slurm before a time limit) or SIGTERM (a launcher stopping workers): the step finishes,
+// a checkpoint is written, the exit code is 128 + signal, and resuming gives the same parameters
+// as a run that was never stopped.
+TEST_F(TrainCli, SigusrWritesACheckpointAndResumingMatchesAnUnstoppedRun) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP()
+        << "Debian's dataset-fashion-mnist is not installed (scripts/install-deps.sh installs it)";
+  const std::string common =
+      " train " + config("fashion_mnist_mlp.yaml") +
+      " model.hidden=[64] data.batch_size=32 threads=1 train.log_every=1 eval.max_batches=1"
+      " checkpoint.every_steps=1000 train.steps=400 ";
+  fs::path a = dir_ / "a", b = dir_ / "b";
+  Result ra = run(cohort() + common + "logging.dir=" + a.string());
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  // Stop run b once it is past step 20.
+  const std::string stopped =
+      "sh -c '" + cohort() + common + "logging.dir=" + b.string() +
+      " & p=$!; while kill -0 $p 2>/dev/null && ! grep -q \"step\\\":20}\" " +
+      (b / "metrics.jsonl").string() +
+      " 2>/dev/null; do sleep 0.01; done; kill -USR1 $p; wait $p; echo exit=$?'";
+  Result rb1 = run(stopped);
+  EXPECT_NE(rb1.output.find("exit=138"), std::string::npos) << rb1.output;  // 128 + SIGUSR1
+  EXPECT_NE(rb1.output.find("SIGUSR1 stopped training after step "), std::string::npos)
+      << rb1.output;
+  Result rb2 = run(cohort() + common + "checkpoint.resume=auto logging.dir=" + b.string());
+  ASSERT_EQ(rb2.code, 0) << rb2.output;
+  EXPECT_NE(rb2.output.find("resumed from"), std::string::npos) << rb2.output;
+  std::ifstream fa(a / "checkpoints" / "step_400" / "model.safetensors", std::ios::binary);
+  std::ifstream fb(b / "checkpoints" / "step_400" / "model.safetensors", std::ios::binary);
+  std::string sa((std::istreambuf_iterator<char>(fa)), {}),
+      sb((std::istreambuf_iterator<char>(fb)), {});
+  ASSERT_FALSE(sa.empty());
+  EXPECT_TRUE(sa == sb) << "parameters differ after a stop and resume";
+}
+
 }  // namespace
