@@ -95,7 +95,10 @@ WorkerEnv detect_worker_env() {
       if (!list || !job)
         COHORT_THROW(ConfigError, "SLURM_PROCID is set but SLURM_STEP_NODELIST or SLURM_JOB_ID is "
                      "not; set COHORT_STORE=host:port");
-      e.store = expand_hostlist(list).front() + ":" + std::to_string(slurm_port(job));
+      // Tasks on the first node reach rank 0 through loopback, which needs no name resolution.
+      const std::string host =
+          int_var("SLURM_NODEID", -1) == 0 ? "127.0.0.1" : expand_hostlist(list).front();
+      e.store = host + ":" + std::to_string(slurm_port(job));
       e.host_store = e.rank == 0;
     }
   }

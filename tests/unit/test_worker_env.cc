@@ -75,7 +75,11 @@ TEST_F(WorkerEnvTest, SlurmTasksFindTheFirstNodeOnAPortFromTheJobId) {
   EXPECT_EQ(e.store, "n7:29542");
   EXPECT_FALSE(e.host_store);
   setenv("SLURM_PROCID", "0", 1);
-  EXPECT_TRUE(detect_worker_env().host_store);
+  setenv("SLURM_LOCALID", "0", 1);
+  setenv("SLURM_NODEID", "0", 1);
+  e = detect_worker_env();
+  EXPECT_TRUE(e.host_store);
+  EXPECT_EQ(e.store, "127.0.0.1:29542");  // the first node reaches itself through loopback
 }
 
 TEST_F(WorkerEnvTest, MpiWinsOverSlurmAndCohortWinsOverAll) {
