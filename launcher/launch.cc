@@ -57,6 +57,25 @@ class SignalScope {
 
 // What the agents share through the store (keys under "launch/"): each node's worker count, a
 // heartbeat per node, and per attempt the first failure and which nodes have finished.
+// Whether `rank` prints to the console under --ranks-filter ("" shows every rank).
+bool shown_on_console(const std::string& filter, int rank) {
+  if (filter.empty()) return true;
+  size_t start = 0;
+  while (start <= filter.size()) {
+    const size_t comma = std::min(filter.find(',', start), filter.size());
+    if (filter.substr(start, comma - start) == std::to_string(rank)) return true;
+    start = comma + 1;
+  }
+  return false;
+}
+
+void check_ranks_filter(const std::string& filter) {
+  for (char c : filter)
+    if (c != ',' && (c < '0' || c > '9'))
+      COHORT_THROW(ConfigError, "--ranks-filter '", filter,
+                   "' is not a comma-separated list of ranks such as 0,3");
+}
+
 class Rendezvous {
  public:
   explicit Rendezvous(const LaunchOptions& o) : o_(o) {
@@ -206,6 +225,7 @@ class Round {
       spec.argv = o.program;
       spec.prefix = "[" + node + "/" + std::to_string(spec.rank) + "] ";
       spec.tee = o.tee;
+      spec.console = shown_on_console(o.ranks_filter, spec.rank);
       if (!o.log_dir.empty())
         spec.log_path =
             (std::filesystem::path(o.log_dir) / ("rank_" + std::to_string(spec.rank) + ".log"))
@@ -380,6 +400,7 @@ int launch(const LaunchOptions& o) {
     COHORT_THROW(ConfigError, "--max-restarts must be 0 or more, got ", o.max_restarts);
   if (o.monitor_interval_s <= 0 || o.grace_period_s < 0)
     COHORT_THROW(ConfigError, "--monitor-interval must be positive and --grace-period not negative");
+  check_ranks_filter(o.ranks_filter);
   if (o.program.empty())
     COHORT_THROW(ConfigError,
                  "no program to launch; usage: cohort launch [options] -- PROGRAM [ARGS...]");

@@ -27,6 +27,7 @@ struct LaunchOptions {
   double grace_period_s = 10;       // SIGTERM to SIGKILL when stopping workers
   std::string log_dir;              // per-rank log files instead of the console
   bool tee = false;                 // with log_dir: the console too
+  std::string ranks_filter;         // "0,3": only these global ranks print to the console
   std::string run_id;               // shown to workers as COHORT_RUN_ID; default: launcher pid
   std::vector<std::string> program;  // PROGRAM ARGS...
 };

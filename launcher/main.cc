@@ -68,6 +68,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   launch->add_option("--log-dir", lo.log_dir, "write each rank's output to DIR/rank_N.log");
   launch->add_flag("--tee", lo.tee, "with --log-dir, also print the output");
+  launch->add_option("--ranks-filter,--local-ranks-filter", lo.ranks_filter,
+                     "only these ranks print to the console, e.g. 0,3 (logs keep every rank)");
   launch->add_option("--run-id,--rdzv-id", lo.run_id, "job id shown to workers (COHORT_RUN_ID)");
   bool standalone = true;
   launch->add_flag("--standalone", standalone, "one node, store on a free port (the default)");

@@ -127,7 +127,7 @@ void WorkerProcess::emit(const Stream& s, const std::string& line) {
   if (tail_.size() > kTailLines) tail_.pop_front();
   const std::string text = spec_.prefix + line + "\n";
   if (log_fd_ >= 0) write_all(log_fd_, line + "\n");
-  if (log_fd_ < 0 || spec_.tee) {
+  if (spec_.console && (log_fd_ < 0 || spec_.tee)) {
     std::lock_guard<std::mutex> lock(console_mu());
     write_all(s.is_err ? STDERR_FILENO : STDOUT_FILENO, text);
   }

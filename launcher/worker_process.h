@@ -22,6 +22,7 @@ struct WorkerSpec {
   std::string prefix;                         // "[0/3] "
   std::string log_path;                       // when set, output is appended there
   bool tee = true;                            // with log_path: also to the console
+  bool console = true;                        // false: this rank's output stays off the console
 };
 
 class WorkerProcess {

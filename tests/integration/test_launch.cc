@@ -215,6 +215,20 @@ TEST_F(Launch, OutputLinesAreNeverMixedAndLogDirKeepsEachRank) {
   EXPECT_EQ(rank1.substr(0, 801), std::string(799, '0') + "1\n");
 }
 
+TEST_F(Launch, RanksFilterKeepsOtherRanksOffTheConsoleButInTheLogs) {
+  const fs::path logs = dir_ / "logs";
+  Outcome r = run("--nproc-per-node 3 --ranks-filter 0,2 --log-dir " + logs.string() +
+                  " --tee -- sh -c 'echo hello from $COHORT_RANK'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[0/0] hello from 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[0/2] hello from 2"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("hello from 1"), std::string::npos) << r.out;
+  EXPECT_EQ(slurp(logs / "rank_1.log"), "hello from 1\n");
+  Outcome bad = run("--ranks-filter x -- true", "bad");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("--ranks-filter 'x'"), std::string::npos) << bad.err;
+}
+
 TEST_F(Launch, BadInputIsOneClearSentenceWithExitCode2) {
   Outcome unknown = run("--no-such-option -- true", "unknown");
   EXPECT_EQ(unknown.code, 2);
