@@ -52,7 +52,8 @@ class SignalScope {
   }
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {
+  }, old_term_{};
 };
 
 // What the agents share through the store (keys under "launch/"): each node's worker count, a
@@ -79,8 +80,7 @@ void check_ranks_filter(const std::string& filter) {
 class Rendezvous {
  public:
   explicit Rendezvous(const LaunchOptions& o) : o_(o) {
-    const auto timeout =
-        std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
     if (o.nnodes == 1 && o.rdzv_endpoint.empty()) {
       server_ = std::make_unique<collectives::TcpStoreServer>(0);
       host_ = "127.0.0.1";
@@ -155,8 +155,8 @@ class Rendezvous {
       if (o_.node_rank != 0) return;
       std::vector<std::string> keys;
       for (int n = 0; n < o_.nnodes; ++n) keys.push_back(key(attempt, "left/" + std::to_string(n)));
-      store_->wait(keys, std::chrono::milliseconds(static_cast<int64_t>(
-                             std::min(o_.rdzv_timeout_s, 30.0) * 1000)));
+      store_->wait(keys, std::chrono::milliseconds(
+                             static_cast<int64_t>(std::min(o_.rdzv_timeout_s, 30.0) * 1000)));
     } catch (const std::exception&) {
       // An agent that is gone cannot say so; its absence is already reported.
     }
@@ -180,7 +180,8 @@ class Rendezvous {
           seen = beat;
           since = now;
         } else if (now - since > limit) {
-          return "the agent of node " + std::to_string(n) + " stopped responding (no heartbeat for " +
+          return "the agent of node " + std::to_string(n) +
+                 " stopped responding (no heartbeat for " +
                  std::to_string(static_cast<int>(o_.rdzv_timeout_s)) + " s)";
         }
       }
@@ -207,9 +208,9 @@ class Rendezvous {
 };
 
 struct RoundResult {
-  int signal = 0;                           // the launcher was told to stop
-  const WorkerProcess* failed = nullptr;    // the first worker that failed on this node
-  std::string remote;                       // or what failed elsewhere
+  int signal = 0;                         // the launcher was told to stop
+  const WorkerProcess* failed = nullptr;  // the first worker that failed on this node
+  std::string remote;                     // or what failed elsewhere
 };
 
 class Round {
@@ -399,7 +400,8 @@ int launch(const LaunchOptions& o) {
   if (o.max_restarts < 0)
     COHORT_THROW(ConfigError, "--max-restarts must be 0 or more, got ", o.max_restarts);
   if (o.monitor_interval_s <= 0 || o.grace_period_s < 0)
-    COHORT_THROW(ConfigError, "--monitor-interval must be positive and --grace-period not negative");
+    COHORT_THROW(ConfigError,
+                 "--monitor-interval must be positive and --grace-period not negative");
   check_ranks_filter(o.ranks_filter);
   if (o.program.empty())
     COHORT_THROW(ConfigError,
@@ -418,11 +420,10 @@ int launch(const LaunchOptions& o) {
       Round round(o, rz, restart);
       r = round.supervise();
       const bool restarting = (r.failed || !r.remote.empty()) && restart < o.max_restarts;
-      const std::string next =
-          restarting ? "; restarting all " + std::to_string(rz.world_size()) +
-                           " workers (restart " + std::to_string(restart + 1) + " of " +
-                           std::to_string(o.max_restarts) + ")"
-                     : (restart > 0 ? "; no restarts left" : "");
+      const std::string next = restarting ? "; restarting all " + std::to_string(rz.world_size()) +
+                                                " workers (restart " + std::to_string(restart + 1) +
+                                                " of " + std::to_string(o.max_restarts) + ")"
+                                          : (restart > 0 ? "; no restarts left" : "");
       if (r.failed) {
         print_failure(*r.failed, o.node_rank, next.c_str());
         if (!restarting) {

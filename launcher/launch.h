@@ -20,15 +20,15 @@ struct LaunchOptions {
   // own --node-rank; node 0's agent hosts the store on the endpoint's port.
   int nnodes = 1;
   int node_rank = 0;
-  std::string rdzv_endpoint;     // host:port; empty: one node, a port the OS picks
-  double rdzv_timeout_s = 300;   // waiting for the other agents, and for their heartbeats
+  std::string rdzv_endpoint;    // host:port; empty: one node, a port the OS picks
+  double rdzv_timeout_s = 300;  // waiting for the other agents, and for their heartbeats
   int max_restarts = 0;
-  double monitor_interval_s = 0.1;  // how often exits are checked between output
-  double grace_period_s = 10;       // SIGTERM to SIGKILL when stopping workers
-  std::string log_dir;              // per-rank log files instead of the console
-  bool tee = false;                 // with log_dir: the console too
-  std::string ranks_filter;         // "0,3": only these global ranks print to the console
-  std::string run_id;               // shown to workers as COHORT_RUN_ID; default: launcher pid
+  double monitor_interval_s = 0.1;   // how often exits are checked between output
+  double grace_period_s = 10;        // SIGTERM to SIGKILL when stopping workers
+  std::string log_dir;               // per-rank log files instead of the console
+  bool tee = false;                  // with log_dir: the console too
+  std::string ranks_filter;          // "0,3": only these global ranks print to the console
+  std::string run_id;                // shown to workers as COHORT_RUN_ID; default: launcher pid
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

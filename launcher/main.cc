@@ -54,17 +54,21 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   launch->add_option("--rdzv-endpoint", lo.rdzv_endpoint,
                      "HOST:PORT of node 0's store (node 0 listens on PORT)");
-  launch->add_option("--rdzv-timeout", lo.rdzv_timeout_s,
-                     "seconds to wait for the other nodes, and for their heartbeats")
+  launch
+      ->add_option("--rdzv-timeout", lo.rdzv_timeout_s,
+                   "seconds to wait for the other nodes, and for their heartbeats")
       ->capture_default_str();
-  launch->add_option("--max-restarts", lo.max_restarts,
-                     "times all workers start again after a failure")
+  launch
+      ->add_option("--max-restarts", lo.max_restarts,
+                   "times all workers start again after a failure")
       ->capture_default_str();
-  launch->add_option("--monitor-interval", lo.monitor_interval_s,
-                     "seconds between checks of the workers")
+  launch
+      ->add_option("--monitor-interval", lo.monitor_interval_s,
+                   "seconds between checks of the workers")
       ->capture_default_str();
-  launch->add_option("--grace-period", lo.grace_period_s,
-                     "seconds from SIGTERM to SIGKILL when stopping workers")
+  launch
+      ->add_option("--grace-period", lo.grace_period_s,
+                   "seconds from SIGTERM to SIGKILL when stopping workers")
       ->capture_default_str();
   launch->add_option("--log-dir", lo.log_dir, "write each rank's output to DIR/rank_N.log");
   launch->add_flag("--tee", lo.tee, "with --log-dir, also print the output");

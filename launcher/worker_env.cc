@@ -7,8 +7,8 @@
 #include "collectives/mpi/mpi_process_group.h"
 #include "collectives/store/file_store.h"
 #include "collectives/store/tcp_store.h"
-#include "launcher/slurm_env.h"
 #include "core/util/error.h"
+#include "launcher/slurm_env.h"
 
 namespace cohort::launcher {
 namespace {
@@ -93,7 +93,8 @@ WorkerEnv detect_worker_env() {
       const char* list = var(list_var);
       const char* job = var("SLURM_JOB_ID");
       if (!list || !job)
-        COHORT_THROW(ConfigError, "SLURM_PROCID is set but SLURM_STEP_NODELIST or SLURM_JOB_ID is "
+        COHORT_THROW(ConfigError,
+                     "SLURM_PROCID is set but SLURM_STEP_NODELIST or SLURM_JOB_ID is "
                      "not; set COHORT_STORE=host:port");
       // Tasks on the first node reach rank 0 through loopback, which needs no name resolution.
       const std::string host =

@@ -101,8 +101,7 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   if (n == sizeof exec_errno) {
     ::waitpid(pid_, &status_, 0);
     exited_ = true;
-    COHORT_THROW(ConfigError, "cannot run '", spec_.argv[0],
-                 "': ", std::strerror(exec_errno));
+    COHORT_THROW(ConfigError, "cannot run '", spec_.argv[0], "': ", std::strerror(exec_errno));
   }
 }
 

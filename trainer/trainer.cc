@@ -159,7 +159,8 @@ class StopSignals {
   }
 
  private:
-  struct sigaction old_term_ {}, old_usr1_ {};
+  struct sigaction old_term_ {
+  }, old_usr1_{};
 };
 
 }  // namespace

@@ -64,7 +64,6 @@ std::string bytes_str(size_t n) {
   return buf;
 }
 
-
 }  // namespace
 
 // One queued operation and the streaming engine that runs it.

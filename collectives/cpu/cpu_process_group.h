@@ -51,7 +51,7 @@ class CpuProcessGroup final : public ProcessGroup {
   std::unique_ptr<Mesh> mesh_;
   // Touched only by the operation running (the runner runs one at a time).
   std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer
-  std::exception_ptr broken_;  // the error that broke the group
+  std::exception_ptr broken_;                      // the error that broke the group
   std::unique_ptr<GroupMonitor> monitor_;
   std::unique_ptr<OpRunner> runner_;  // last: stopped first
 };

@@ -90,7 +90,7 @@ class Mesh {
   struct Tcp;
   std::unique_ptr<Tcp> tcp_;
   uint64_t idle_rounds_ = 0;
-  uint32_t bell_seen_ = 0;  // this rank's doorbell count when idle() last looked
+  uint32_t bell_seen_ = 0;       // this rank's doorbell count when idle() last looked
   bool oversubscribed_ = false;  // more ranks on this node than cores we may run on
   std::chrono::steady_clock::time_point last_liveness_check_{};
 };

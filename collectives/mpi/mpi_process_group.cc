@@ -42,7 +42,7 @@ struct Abandoned {
   MPI_Request request;
   std::vector<Tensor> buffers;
 };
-std::vector<Abandoned>& abandoned() {  // guarded by mpi_lock()
+std::vector<Abandoned>& abandoned() {                // guarded by mpi_lock()
   static auto* list = new std::vector<Abandoned>();  // outlives every static destructor
   return *list;
 }
@@ -220,7 +220,7 @@ class MpiProcessGroup final : public ProcessGroup {
   ProcessGroupOptions options_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int world_rank_ = 0;
-  std::vector<int> members_;       // group rank -> MPI_COMM_WORLD rank
+  std::vector<int> members_;   // group rank -> MPI_COMM_WORLD rank
   std::exception_ptr broken_;  // touched only by the running operation
   std::unique_ptr<GroupMonitor> monitor_;
   std::unique_ptr<OpRunner> runner_;  // last: stopped first
@@ -246,7 +246,8 @@ MpiProcessGroup::MpiProcessGroup(std::shared_ptr<Store> store, int rank, int siz
     if (members_[r] < 0 || members_[r] >= world_size || !seen.insert(members_[r]).second)
       COHORT_THROW(ConfigError, "rank ", r, " of this mpi group is MPI_COMM_WORLD rank ", value,
                    ", which another rank of the group already is or which is outside the world of ",
-                   world_size, "; the mpi backend needs one MPI process per rank, started by "
+                   world_size,
+                   "; the mpi backend needs one MPI process per rank, started by "
                    "mpirun");
   }
   // Concurrent creations of different groups must not match each other: the tag comes from the
@@ -395,10 +396,10 @@ std::shared_ptr<Work> MpiProcessGroup::reduce(Tensor& t, const ReduceOptions& o)
   return enqueue(
       "reduce", o.timeout, true, t.nbytes(), {buf->user, buf->mpi},
       [this, buf, count, root, o](Op&, MPI_Request* req) {
-        check_mpi(MPI_Ireduce(root ? MPI_IN_PLACE : buf->data(), root ? buf->data() : nullptr,
-                              count, reduce_type(buf->user.dtype()), mpi_op(o.op), o.root, comm_,
-                              req),
-                  "MPI_Ireduce");
+        check_mpi(
+            MPI_Ireduce(root ? MPI_IN_PLACE : buf->data(), root ? buf->data() : nullptr, count,
+                        reduce_type(buf->user.dtype()), mpi_op(o.op), o.root, comm_, req),
+            "MPI_Ireduce");
       },
       [buf, count, n, root, o] {
         if (!root) return;
@@ -421,10 +422,10 @@ std::shared_ptr<Work> MpiProcessGroup::allgather(Tensor& out, const Tensor& in,
       in.raw_data();
   return enqueue("allgather", o.timeout, true, out.nbytes(), {output, input},
                  [this, output, input, block, in_place](Op&, MPI_Request* req) {
-                   check_mpi(MPI_Iallgather(in_place ? MPI_IN_PLACE : input.raw_data(), block,
-                                            MPI_BYTE, output.raw_data(), block, MPI_BYTE, comm_,
-                                            req),
-                             "MPI_Iallgather");
+                   check_mpi(
+                       MPI_Iallgather(in_place ? MPI_IN_PLACE : input.raw_data(), block, MPI_BYTE,
+                                      output.raw_data(), block, MPI_BYTE, comm_, req),
+                       "MPI_Iallgather");
                  });
 }
 
@@ -442,10 +443,10 @@ std::shared_ptr<Work> MpiProcessGroup::reduce_scatter(Tensor& out, const Tensor&
   return enqueue(
       "reduce_scatter", o.timeout, true, in.nbytes(), {src->user, src->mpi, dst->user, dst->mpi},
       [this, src, dst, count, o](Op&, MPI_Request* req) {
-        check_mpi(MPI_Ireduce_scatter_block(src->data(), dst->data(), count,
-                                            reduce_type(src->user.dtype()), mpi_op(o.op), comm_,
-                                            req),
-                  "MPI_Ireduce_scatter_block");
+        check_mpi(
+            MPI_Ireduce_scatter_block(src->data(), dst->data(), count,
+                                      reduce_type(src->user.dtype()), mpi_op(o.op), comm_, req),
+            "MPI_Ireduce_scatter_block");
       },
       [dst, count, n, o] {
         if (o.op == ReduceOp::kAvg && count > 0)
@@ -528,9 +529,8 @@ std::shared_ptr<Store> bootstrap_store(Millis timeout) {
   if (store) return store;
   const std::string a = address;
   const size_t colon = a.rfind(':');
-  return std::make_shared<TcpStore>(a.substr(0, colon),
-                                    static_cast<uint16_t>(std::atoi(a.c_str() + colon + 1)), false,
-                                    timeout);
+  return std::make_shared<TcpStore>(
+      a.substr(0, colon), static_cast<uint16_t>(std::atoi(a.c_str() + colon + 1)), false, timeout);
 }
 
 }  // namespace cohort::collectives::mpi

@@ -101,7 +101,8 @@ void unhex(const std::string& text, void* data, size_t n) {
                " hex digits, expected ", 2 * n);
   auto digit = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
   for (size_t i = 0; i < n; ++i)
-    static_cast<uint8_t*>(data)[i] = static_cast<uint8_t>(digit(text[2 * i]) * 16 + digit(text[2 * i + 1]));
+    static_cast<uint8_t*>(data)[i] =
+        static_cast<uint8_t>(digit(text[2 * i]) * 16 + digit(text[2 * i + 1]));
 }
 
 class NcclProcessGroup final : public ProcessGroup {
@@ -162,12 +163,11 @@ class NcclProcessGroup final : public ProcessGroup {
     cpu::check_reducible(in.dtype(), o.op, "reduce_scatter");
     check_reduce_scatter(out, in, size_);
     Tensor y = out, x = in;
-    return enqueue("reduce_scatter", o.timeout, true, y, {y, x},
-                   [x, y, o](ncclComm_t c, cudaStream_t s) {
-                     return ncclReduceScatter(x.raw_data(), y.raw_data(),
-                                              static_cast<size_t>(y.numel()), nccl_type(x.dtype()),
-                                              nccl_op(o.op), c, s);
-                   });
+    return enqueue(
+        "reduce_scatter", o.timeout, true, y, {y, x}, [x, y, o](ncclComm_t c, cudaStream_t s) {
+          return ncclReduceScatter(x.raw_data(), y.raw_data(), static_cast<size_t>(y.numel()),
+                                   nccl_type(x.dtype()), nccl_op(o.op), c, s);
+        });
   }
 
   std::shared_ptr<Work> alltoall(Tensor& out, const Tensor& in,
@@ -195,13 +195,12 @@ class NcclProcessGroup final : public ProcessGroup {
     // An all-reduce of one value on the group's device; completes when every rank has reached it.
     int device = device_;
     if (device < 0) check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    Tensor token = core::empty({1}, core::TensorOptions(DType::kFloat32)
-                                        .with_device(core::Device::cuda(device)));
-    return enqueue("barrier", o.timeout, true, token, {token},
-                   [token](ncclComm_t c, cudaStream_t s) {
-                     return ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclFloat32,
-                                          ncclSum, c, s);
-                   });
+    Tensor token = core::empty(
+        {1}, core::TensorOptions(DType::kFloat32).with_device(core::Device::cuda(device)));
+    return enqueue(
+        "barrier", o.timeout, true, token, {token}, [token](ncclComm_t c, cudaStream_t s) {
+          return ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclFloat32, ncclSum, c, s);
+        });
   }
 
   // NCCL has no tags: sends and receives between two ranks match in issue order.
@@ -243,14 +242,13 @@ class NcclProcessGroup final : public ProcessGroup {
     Clock::time_point issued, deadline;
   };
 
-  std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective,
-                                const Tensor& on, std::vector<Tensor> keep, const Issue& issue,
-                                int peer = -1);
+  std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective, const Tensor& on,
+                                std::vector<Tensor> keep, const Issue& issue, int peer = -1);
   void init_comm(int device, uint64_t seq, Clock::time_point deadline);
   // Polls a non-blocking communicator until its last call has been set up.
   void settle(const char* what, uint64_t seq, Clock::time_point deadline);
-  [[noreturn]] void throw_timeout(const std::string& what, bool collective, uint64_t seq,
-                                  int peer, Millis timeout);
+  [[noreturn]] void throw_timeout(const std::string& what, bool collective, uint64_t seq, int peer,
+                                  Millis timeout);
   // Aborts the communicator and fails every pending operation with `error` (mu_ held).
   void fail_all(std::exception_ptr error);
   void watchdog_loop();
@@ -318,8 +316,8 @@ void NcclProcessGroup::settle(const char* what, uint64_t seq, Clock::time_point 
     std::this_thread::yield();
   }
   if (rc != ncclSuccess)
-    COHORT_THROW(DistributedError, what, " on rank ", rank_, " failed in NCCL: ",
-                 nccl_error(comm_, rc));
+    COHORT_THROW(DistributedError, what, " on rank ", rank_,
+                 " failed in NCCL: ", nccl_error(comm_, rc));
 }
 
 void NcclProcessGroup::init_comm(int device, uint64_t seq, Clock::time_point deadline) {
@@ -380,15 +378,16 @@ std::shared_ptr<Work> NcclProcessGroup::enqueue(const char* name, Millis timeout
     // Ordered after the work already queued for these tensors, without blocking the host.
     cudaEvent_t ready;
     check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "cudaEventCreate");
-    check_cuda(cudaEventRecord(ready, static_cast<cudaStream_t>(core::cuda::current_stream(device_))),
-               "cudaEventRecord");
+    check_cuda(
+        cudaEventRecord(ready, static_cast<cudaStream_t>(core::cuda::current_stream(device_))),
+        "cudaEventRecord");
     check_cuda(cudaStreamWaitEvent(stream_, ready, 0), "cudaStreamWaitEvent");
     cudaEventDestroy(ready);  // released once the wait has been satisfied
     if (on.nbytes() > 0 || std::string_view(name) == "barrier") {
       const ncclResult_t rc = issue(comm_, stream_);
       if (!nccl_ok(rc))
-        COHORT_THROW(DistributedError, name, " on rank ", rank_, " failed in NCCL: ",
-                     nccl_error(comm_, rc));
+        COHORT_THROW(DistributedError, name, " on rank ", rank_,
+                     " failed in NCCL: ", nccl_error(comm_, rc));
       if (rc == ncclInProgress) settle(name, p.seq, p.deadline);
     }
     check_cuda(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming), "cudaEventCreate");
@@ -435,9 +434,9 @@ void NcclProcessGroup::watchdog_loop() {
       if (q != cudaSuccess) {
         const std::string what = cudaGetErrorString(q);
         cudaGetLastError();
-        fail_all(monitor_->fail(std::make_exception_ptr(CudaError(
-            std::string(p.name) + " on rank " + std::to_string(rank_) + " failed on the GPU: " +
-            what))));
+        fail_all(monitor_->fail(std::make_exception_ptr(
+            CudaError(std::string(p.name) + " on rank " + std::to_string(rank_) +
+                      " failed on the GPU: " + what))));
         break;
       }
       cudaEventDestroy(p.done);
@@ -451,9 +450,9 @@ void NcclProcessGroup::watchdog_loop() {
     if (comm_) ncclCommGetAsyncError(comm_, &async);
     if (!nccl_ok(async)) {
       // NCCL noticed a peer's failure (e.g. its connection closed).
-      fail_all(monitor_->fail(std::make_exception_ptr(DistributedError(
-          std::string(front.name) + " on rank " + std::to_string(rank_) +
-          " failed in NCCL: " + nccl_error(comm_, async)))));
+      fail_all(monitor_->fail(std::make_exception_ptr(
+          DistributedError(std::string(front.name) + " on rank " + std::to_string(rank_) +
+                           " failed in NCCL: " + nccl_error(comm_, async)))));
       continue;
     }
     if (now > front.deadline) {

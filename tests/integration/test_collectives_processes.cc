@@ -124,11 +124,10 @@ TEST_F(CollectiveProcesses, UnderMpirunEveryOpWithTheMpiAndCpuBackends) {
       if (run.pid == 0) {
         setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-        const std::string cmd = "exec mpirun --oversubscribe --bind-to none -np 3 " +
-                                std::string(COHORT_BINARY) + " bench collectives --backend " +
-                                backend + " --op " + op +
-                                " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120 >" +
-                                run.log.string() + " 2>&1";
+        const std::string cmd =
+            "exec mpirun --oversubscribe --bind-to none -np 3 " + std::string(COHORT_BINARY) +
+            " bench collectives --backend " + backend + " --op " + op +
+            " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120 >" + run.log.string() + " 2>&1";
         execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
         _exit(127);
       }
@@ -194,8 +193,7 @@ TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {
   const std::vector<std::string> nodes = {node(0), node(0), node(1), node(1)};
   for (std::string op :
        {"allreduce", "broadcast", "allgather", "reduce_scatter", "alltoall", "barrier"}) {
-    const std::string args =
-        "--op " + op + " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
+    const std::string args = "--op " + op + " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
     {
       // The store lives on the bridge's address, where every node reaches it.
       cohort::collectives::TcpStoreServer server(0);

@@ -50,10 +50,11 @@ class Launch : public cohort::test::TempDirTest {
  protected:
   // Starts `cohort launch ARGS` (a shell fragment) with its own run id, inside network namespace
   // `netns` when one is given; returns the pid.
-  pid_t start(const std::string& args, const std::string& tag = "a", const std::string& netns = "") {
+  pid_t start(const std::string& args, const std::string& tag = "a",
+              const std::string& netns = "") {
     const std::string cmd = "exec " + (netns.empty() ? "" : "ip netns exec " + netns + " ") +
-                            std::string(COHORT_BINARY) + " launch --run-id " + id(tag) +
-                            " " + args + " >" + (dir_ / (tag + ".out")).string() + " 2>" +
+                            std::string(COHORT_BINARY) + " launch --run-id " + id(tag) + " " +
+                            args + " >" + (dir_ / (tag + ".out")).string() + " 2>" +
                             (dir_ / (tag + ".err")).string();
     const pid_t pid = fork();
     if (pid == 0) {
@@ -90,7 +91,9 @@ class Launch : public cohort::test::TempDirTest {
     }
     return r;
   }
-  Outcome run(const std::string& args, const std::string& tag = "a") { return finish(start(args, tag), tag); }
+  Outcome run(const std::string& args, const std::string& tag = "a") {
+    return finish(start(args, tag), tag);
+  }
   std::string id(const std::string& tag) const {
     return "launchtest" + std::to_string(getpid()) + tag.substr(0, tag.find('_'));
   }
@@ -105,9 +108,10 @@ class Launch : public cohort::test::TempDirTest {
 };
 
 TEST_F(Launch, SuccessRunsEveryRankWithTheContractEnvironment) {
-  Outcome r = run("--nproc-per-node 3 -- sh -c 'echo rank=$COHORT_RANK local=$COHORT_LOCAL_RANK "
-              "world=$COHORT_WORLD_SIZE lw=$COHORT_LOCAL_WORLD_SIZE restart=$COHORT_RESTART_COUNT "
-              "torch=$RANK/$WORLD_SIZE/$MASTER_ADDR store=$COHORT_STORE'");
+  Outcome r =
+      run("--nproc-per-node 3 -- sh -c 'echo rank=$COHORT_RANK local=$COHORT_LOCAL_RANK "
+          "world=$COHORT_WORLD_SIZE lw=$COHORT_LOCAL_WORLD_SIZE restart=$COHORT_RESTART_COUNT "
+          "torch=$RANK/$WORLD_SIZE/$MASTER_ADDR store=$COHORT_STORE'");
   EXPECT_EQ(r.code, 0) << r.err;
   for (int k = 0; k < 3; ++k) {
     const std::string rank = std::to_string(k);
@@ -119,8 +123,9 @@ TEST_F(Launch, SuccessRunsEveryRankWithTheContractEnvironment) {
 }
 
 TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
-  Outcome r = run("--nproc-per-node 3 -- sh -c 'echo started $COHORT_RANK; "
-              "if [ $COHORT_RANK = 1 ]; then echo about to fail >&2; exit 3; fi; sleep 300'");
+  Outcome r =
+      run("--nproc-per-node 3 -- sh -c 'echo started $COHORT_RANK; "
+          "if [ $COHORT_RANK = 1 ]; then echo about to fail >&2; exit 3; fi; sleep 300'");
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_NE(r.err.find("cohort launch: rank 1 (node 0, pid "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(") exited with code 3"), std::string::npos) << r.err;
@@ -128,13 +133,13 @@ TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
 }
 
 TEST_F(Launch, SegfaultsAndKillsAreNamedBySignal) {
-  Outcome seg = run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 0 ] && kill -SEGV $$; sleep 300'",
-                "seg");
+  Outcome seg =
+      run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 0 ] && kill -SEGV $$; sleep 300'", "seg");
   EXPECT_EQ(seg.code, 128 + SIGSEGV);
   EXPECT_NE(seg.err.find("rank 0 (node 0, pid "), std::string::npos) << seg.err;
   EXPECT_NE(seg.err.find("was killed by SIGSEGV (11)"), std::string::npos) << seg.err;
-  Outcome killed = run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 1 ] && kill -KILL $$; sleep 300'",
-                   "kill");
+  Outcome killed =
+      run("--nproc-per-node 2 -- sh -c '[ $COHORT_RANK = 1 ] && kill -KILL $$; sleep 300'", "kill");
   EXPECT_EQ(killed.code, 128 + SIGKILL);
   EXPECT_NE(killed.err.find("rank 1 (node 0, pid "), std::string::npos) << killed.err;
   EXPECT_NE(killed.err.find("was killed by SIGKILL (9)"), std::string::npos) << killed.err;
@@ -158,16 +163,18 @@ TEST_F(Launch, SigintStopsWorkersThatIgnoreItAfterTheGracePeriod) {
 }
 
 TEST_F(Launch, RestartsRunAgainWithTheRestartCountUntilTheyRunOut) {
-  Outcome ok = run("--nproc-per-node 2 --max-restarts 2 -- sh -c "
-               "'echo attempt $COHORT_RESTART_COUNT; [ $COHORT_RESTART_COUNT -ge 1 ]'",
-               "ok");
+  Outcome ok =
+      run("--nproc-per-node 2 --max-restarts 2 -- sh -c "
+          "'echo attempt $COHORT_RESTART_COUNT; [ $COHORT_RESTART_COUNT -ge 1 ]'",
+          "ok");
   EXPECT_EQ(ok.code, 0) << ok.err;
   EXPECT_NE(ok.err.find("restarting all 2 workers (restart 1 of 2)"), std::string::npos) << ok.err;
   EXPECT_NE(ok.out.find("[0/1] attempt 1"), std::string::npos) << ok.out;
 
-  Outcome bad = run("--nproc-per-node 1 --max-restarts 2 -- sh -c 'echo attempt $COHORT_RESTART_COUNT; "
-                "exit 5'",
-                "bad");
+  Outcome bad =
+      run("--nproc-per-node 1 --max-restarts 2 -- sh -c 'echo attempt $COHORT_RESTART_COUNT; "
+          "exit 5'",
+          "bad");
   EXPECT_EQ(bad.code, 5) << bad.err;
   EXPECT_NE(bad.out.find("[0/0] attempt 2"), std::string::npos) << bad.out;
   EXPECT_EQ(bad.out.find("attempt 3"), std::string::npos) << bad.out;
@@ -190,8 +197,9 @@ TEST_F(Launch, TwoJobsAtOnceOnOneMachine) {
 
 TEST_F(Launch, OutputLinesAreNeverMixedAndLogDirKeepsEachRank) {
   // Three ranks each write 300 long lines as fast as they can.
-  const std::string writer = "-- sh -c 'for i in $(seq 300); do printf \"%s\\n\" "
-                             "$(printf \"%0800d\" $COHORT_RANK); done'";
+  const std::string writer =
+      "-- sh -c 'for i in $(seq 300); do printf \"%s\\n\" "
+      "$(printf \"%0800d\" $COHORT_RANK); done'";
   Outcome r = run("--nproc-per-node 3 " + writer);
   EXPECT_EQ(r.code, 0) << r.err;
   std::istringstream lines(r.out);

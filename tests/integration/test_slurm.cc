@@ -52,7 +52,9 @@ class SlurmCluster : public cohort::test::TempDirTest {
     if (up_) sh(script() + " down " + (dir_ / "cluster").string());
     TempDirTest::TearDown();
   }
-  static std::string script() { return std::string(COHORT_SOURCE_DIR) + "/scripts/slurm/cluster.sh"; }
+  static std::string script() {
+    return std::string(COHORT_SOURCE_DIR) + "/scripts/slurm/cluster.sh";
+  }
   std::string env() const { return "SLURM_CONF=" + conf_ + " "; }
   bool up_ = false;
   std::string conf_;

@@ -41,7 +41,7 @@ inline void expect_values(const Tensor& t, const std::function<double(int64_t)>&
 }
 
 inline const std::vector<DType> kDtypes = {DType::kFloat32,  DType::kFloat64, DType::kFloat16,
-                                    DType::kBFloat16, DType::kInt32,   DType::kInt64};
+                                           DType::kBFloat16, DType::kInt32,   DType::kInt64};
 
 // Tensors live on `device` (CUDA for the nccl backend); values are made and checked on the host.
 inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& counts,

@@ -40,14 +40,33 @@ class WorkerEnvTest : public ::testing::Test {
   void SetUp() override { clear(); }
   void TearDown() override { clear(); }
   static void clear() {
-    for (const char* v :
-         {"COHORT_RANK", "COHORT_WORLD_SIZE", "COHORT_LOCAL_RANK", "COHORT_LOCAL_WORLD_SIZE",
-          "COHORT_STORE", "COHORT_STORE_PREFIX", "COHORT_RESTART_COUNT", "RANK", "WORLD_SIZE",
-          "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK",
-          "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
-          "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NODEID",
-          "SLURM_TASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_STEP_NODELIST",
-          "SLURM_JOB_NODELIST", "SLURM_JOB_ID"})
+    for (const char* v : {"COHORT_RANK",
+                          "COHORT_WORLD_SIZE",
+                          "COHORT_LOCAL_RANK",
+                          "COHORT_LOCAL_WORLD_SIZE",
+                          "COHORT_STORE",
+                          "COHORT_STORE_PREFIX",
+                          "COHORT_RESTART_COUNT",
+                          "RANK",
+                          "WORLD_SIZE",
+                          "LOCAL_RANK",
+                          "LOCAL_WORLD_SIZE",
+                          "MASTER_ADDR",
+                          "MASTER_PORT",
+                          "OMPI_COMM_WORLD_RANK",
+                          "OMPI_COMM_WORLD_SIZE",
+                          "OMPI_COMM_WORLD_LOCAL_RANK",
+                          "OMPI_COMM_WORLD_LOCAL_SIZE",
+                          "SLURM_PROCID",
+                          "SLURM_NTASKS",
+                          "SLURM_STEP_NUM_TASKS",
+                          "SLURM_LOCALID",
+                          "SLURM_NODEID",
+                          "SLURM_TASKS_PER_NODE",
+                          "SLURM_STEP_TASKS_PER_NODE",
+                          "SLURM_STEP_NODELIST",
+                          "SLURM_JOB_NODELIST",
+                          "SLURM_JOB_ID"})
       unsetenv(v);
   }
 };
