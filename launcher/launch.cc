@@ -412,8 +412,10 @@ int launch(const LaunchOptions& o) {
     if (ec)
       COHORT_THROW(ConfigError, "--log-dir ", o.log_dir, " cannot be created: ", ec.message());
   }
-  SignalScope signals;
+  // Meeting the other nodes comes before the signal handlers: a Ctrl-C while waiting for them
+  // ends the launcher at once (no worker runs yet) instead of waiting out --rdzv-timeout.
   Rendezvous rz(o);
+  SignalScope signals;
   for (int restart = 0;; ++restart) {
     RoundResult r;
     {

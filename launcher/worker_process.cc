@@ -41,15 +41,18 @@ std::string signal_name(int sig) {
 
 WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   COHORT_CHECK(!spec_.argv.empty(), "no program to run");
-  int out[2], err[2], status[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0 ||
-      ::pipe2(status, O_CLOEXEC) != 0)
-    COHORT_THROW(Error, "cannot create pipes for a worker: ", std::strerror(errno));
   if (!spec_.log_path.empty()) {
     log_fd_ = ::open(spec_.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd_ < 0)
       COHORT_THROW(ConfigError, "--log-dir: cannot write ", spec_.log_path, ": ",
                    std::strerror(errno));
+  }
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, status[2] = {-1, -1};
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0 ||
+      ::pipe2(status, O_CLOEXEC) != 0) {
+    const int e = errno;
+    for (int fd : {out[0], out[1], err[0], err[1], status[0], status[1], log_fd_}) ::close(fd);
+    COHORT_THROW(Error, "cannot create pipes for a worker: ", std::strerror(e));
   }
   // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
   std::vector<std::string> env_strings;
@@ -66,7 +69,11 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   const pid_t parent = ::getpid();
 
   pid_ = ::fork();
-  if (pid_ < 0) COHORT_THROW(Error, "cannot start a worker: fork failed: ", std::strerror(errno));
+  if (pid_ < 0) {
+    const int e = errno;
+    for (int fd : {out[0], out[1], err[0], err[1], status[0], status[1], log_fd_}) ::close(fd);
+    COHORT_THROW(Error, "cannot start a worker: fork failed: ", std::strerror(e));
+  }
   if (pid_ == 0) {
     ::setpgid(0, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -101,6 +108,8 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   if (n == sizeof exec_errno) {
     ::waitpid(pid_, &status_, 0);
     exited_ = true;
+    // The destructor does not run for a constructor that throws.
+    for (int fd : {out_.fd, err_.fd, log_fd_}) ::close(fd);
     COHORT_THROW(ConfigError, "cannot run '", spec_.argv[0], "': ", std::strerror(exec_errno));
   }
 }

@@ -311,16 +311,25 @@ struct TcpStore::Client {
           connected = ever_connected = true;
           return;
         }
-        last = done ? cec.message() : "connect timed out";
+        // An attempt cut short by the deadline says less than the one before it.
+        if (done && cec != asio::error::operation_aborted) {
+          last = cec.message();
+        } else if (last == "no attempt finished") {
+          last = "connect timed out";
+        }
       } else {
         last = ec.message();
       }
       boost::system::error_code ignored;
       socket.close(ignored);
-      if (Clock::now() + pause >= deadline)
+      const auto now = Clock::now();
+      if (now >= deadline)
         COHORT_THROW(TimeoutError, "cannot reach the TcpStore server at ", where(), " (", last, ")",
                      ever_connected ? "; it was reachable before, so it has probably exited" : "");
-      std::this_thread::sleep_for(pause);
+      // The last wait ends at the deadline, with one more try there: callers report the whole
+      // timeout as waited.
+      std::this_thread::sleep_for(
+          std::min<Clock::duration>(pause, deadline - now + std::chrono::milliseconds(1)));
       pause = std::min(pause * 2, std::chrono::milliseconds(1000));
     }
   }
