@@ -13,6 +13,7 @@
 
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
+#include "launcher/worker_env.h"
 #include "launcher/worker_process.h"
 
 namespace cohort::launcher {
@@ -86,20 +87,9 @@ class Rendezvous {
       host_ = "127.0.0.1";
       port_ = server_->port();
     } else {
-      const size_t colon = o.rdzv_endpoint.rfind(':');
-      int port = -1;
-      if (colon != std::string::npos && colon > 0) {
-        try {
-          port = std::stoi(o.rdzv_endpoint.substr(colon + 1));
-        } catch (const std::exception&) {
-          port = -1;
-        }
-      }
-      if (port <= 0 || port > 65535)
-        COHORT_THROW(ConfigError, "--rdzv-endpoint '", o.rdzv_endpoint,
-                     "' is not host:port (needed with --nnodes ", o.nnodes, ")");
-      host_ = o.rdzv_endpoint.substr(0, colon);
-      port_ = static_cast<uint16_t>(port);
+      const HostPort at = parse_host_port(o.rdzv_endpoint, "--rdzv-endpoint");
+      host_ = at.host;
+      port_ = at.port;
       if (o.node_rank == 0) server_ = std::make_unique<collectives::TcpStoreServer>(port_);
     }
     try {

@@ -31,6 +31,19 @@ int int_var(const char* name, int fallback) {
 
 }  // namespace
 
+HostPort parse_host_port(const std::string& text, const std::string& what,
+                         const char* other_forms) {
+  const size_t colon = text.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos && colon > 0) {
+    auto [end, ec] = std::from_chars(text.data() + colon + 1, text.data() + text.size(), port);
+    if (ec != std::errc() || end != text.data() + text.size()) port = -1;
+  }
+  if (port <= 0 || port > 65535)
+    COHORT_THROW(ConfigError, what, " '", text, "' is not host:port", other_forms);
+  return {text.substr(0, colon), static_cast<uint16_t>(port)};
+}
+
 WorkerEnv detect_worker_env() {
   WorkerEnv e;
   if (var("COHORT_RANK") || var("COHORT_WORLD_SIZE")) {
@@ -119,17 +132,8 @@ std::shared_ptr<collectives::Store> open_store(const WorkerEnv& env, collectives
   if (env.store.empty()) return std::make_shared<collectives::HashStore>();
   if (env.store.rfind("file:", 0) == 0)
     return std::make_shared<collectives::FileStore>(env.store.substr(5), timeout);
-  const size_t colon = env.store.rfind(':');
-  int port = -1;
-  if (colon != std::string::npos) {
-    auto [end, ec] =
-        std::from_chars(env.store.data() + colon + 1, env.store.data() + env.store.size(), port);
-    if (ec != std::errc() || end != env.store.data() + env.store.size()) port = -1;
-  }
-  if (port < 0 || port > 65535)
-    COHORT_THROW(ConfigError, "store address '", env.store, "' is not host:port or file:PATH");
-  return std::make_shared<collectives::TcpStore>(
-      env.store.substr(0, colon), static_cast<uint16_t>(port), env.host_store, timeout);
+  const HostPort at = parse_host_port(env.store, "store address", " or file:PATH");
+  return std::make_shared<collectives::TcpStore>(at.host, at.port, env.host_store, timeout);
 }
 
 }  // namespace

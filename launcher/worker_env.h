@@ -3,6 +3,7 @@
 // that order: under mpirun inside an sbatch job every rank sees SLURM_PROCID=0, so MPI's win.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -26,6 +27,16 @@ struct WorkerEnv {
   bool store_through_mpi = false;
   std::string source;  // which convention the values came from, for messages
 };
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+// Splits "host:port" at its last colon. Throws ConfigError quoting `text` as `what` (e.g. "store
+// address", "--rdzv-endpoint") when it has no host or no port in 1..65535; `other_forms` names
+// what else would have been accepted (" or file:PATH").
+HostPort parse_host_port(const std::string& text, const std::string& what,
+                         const char* other_forms = "");
 
 // Throws ConfigError naming the variable when one is malformed.
 WorkerEnv detect_worker_env();

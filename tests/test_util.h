@@ -9,9 +9,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace cohort::test {
+
+// The whole content of a file; empty when it cannot be read.
+inline std::string read_text(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
 
 // A fresh directory per test (named after the test and the process), removed afterwards.
 class TempDirTest : public ::testing::Test {

@@ -19,6 +19,7 @@ namespace {
 using core::DType;
 using core::Tensor;
 using Clock = std::chrono::steady_clock;
+using core::cuda::DeviceGuard;
 
 void check_cuda(cudaError_t rc, const char* call) {
   if (rc != cudaSuccess) COHORT_THROW(CudaError, call, " failed: ", cudaGetErrorString(rc));
@@ -35,18 +36,6 @@ std::string nccl_error(ncclComm_t comm, ncclResult_t rc) {
   }
   return msg;
 }
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&previous_);
-    if (device != previous_) check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
 
 ncclDataType_t nccl_type(DType d) {
   switch (d) {

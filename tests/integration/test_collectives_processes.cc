@@ -18,6 +18,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+using cohort::test::read_text;
 using namespace std::chrono_literals;
 
 struct Rank {
@@ -62,13 +63,6 @@ int wait_rank(Rank& r, std::chrono::seconds limit) {
   return -1;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 class CollectiveProcesses : public cohort::test::TempDirTest {
  protected:
   void TearDown() override {
@@ -88,7 +82,7 @@ class CollectiveProcesses : public cohort::test::TempDirTest {
       ranks_.push_back(start_rank(r, size, store, args, dir_, "", nodes.empty() ? "" : nodes[r]));
     for (int r = 0; r < size; ++r) {
       int code = wait_rank(ranks_[r], 300s);
-      EXPECT_EQ(code, 0) << "rank " << r << ":\n" << slurp(ranks_[r].log);
+      EXPECT_EQ(code, 0) << "rank " << r << ":\n" << read_text(ranks_[r].log);
     }
   }
   std::vector<Rank> ranks_;
@@ -106,7 +100,7 @@ TEST_F(CollectiveProcesses, EveryOpOverTcpStoreAndFileStoreWithEachTransport) {
         run_all(3, "127.0.0.1:" + std::to_string(server.port()), args);
       }
       run_all(3, "file:" + (dir_ / ("store" + std::to_string(n++))).string(), args);
-      const std::string table = slurp(dir_ / "rank0.log");
+      const std::string table = read_text(dir_ / "rank0.log");
       EXPECT_NE(table.find("errors"), std::string::npos) << table;
     }
 }
@@ -133,7 +127,7 @@ TEST_F(CollectiveProcesses, UnderMpirunEveryOpWithTheMpiAndCpuBackends) {
       }
       ranks_.push_back(run);
       const int code = wait_rank(ranks_.back(), 300s);
-      const std::string log = slurp(run.log);
+      const std::string log = read_text(run.log);
       EXPECT_EQ(code, 0) << backend << " " << op << ":\n" << log;
       EXPECT_NE(log.find("backend " + backend + ", transport auto, 3 ranks"), std::string::npos)
           << log;
@@ -150,7 +144,7 @@ TEST_F(CollectiveProcesses, ARankKilledMidAllreduceIsNamedByTheOthers) {
     // Let them get into the all-reduces: the table's header comes after the group is up, then
     // the first all-reduce is verified and the timed ones start.
     const auto end = std::chrono::steady_clock::now() + 120s;
-    while (slurp(ranks_[0].log).find("errors") == std::string::npos &&
+    while (read_text(ranks_[0].log).find("errors") == std::string::npos &&
            std::chrono::steady_clock::now() < end)
       std::this_thread::sleep_for(50ms);
     std::this_thread::sleep_for(1500ms);
@@ -160,7 +154,7 @@ TEST_F(CollectiveProcesses, ARankKilledMidAllreduceIsNamedByTheOthers) {
       // Well inside the 120 s collective timeout: the death itself is noticed.
       const auto t0 = std::chrono::steady_clock::now();
       int code = wait_rank(ranks_[r], 100s);
-      const std::string log = slurp(ranks_[r].log);
+      const std::string log = read_text(ranks_[r].log);
       EXPECT_EQ(code, 1) << transport << " rank " << r << ":\n" << log;
       EXPECT_NE(log.find("rank 1"), std::string::npos) << transport << " rank " << r << ":\n"
                                                        << log;
@@ -219,7 +213,7 @@ TEST_F(CollectiveProcesses, TheStoreServerDisappearingIsAnErrorNamingIt) {
   server.reset();
   for (int r = 0; r < 2; ++r) {
     const int code = wait_rank(ranks_[r], 100s);  // well inside the 120 s timeout
-    const std::string log = slurp(ranks_[r].log);
+    const std::string log = read_text(ranks_[r].log);
     EXPECT_NE(code, 0) << log;
     EXPECT_NE(code, -1) << "rank " << r << " hung:\n" << log;
     EXPECT_NE(log.find(address), std::string::npos) << log;

@@ -17,14 +17,8 @@
 namespace {
 
 namespace fs = std::filesystem;
+using cohort::test::read_text;
 using namespace std::chrono_literals;
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Processes whose environment carries COHORT_RUN_ID=id.
 std::vector<std::string> processes_of(const std::string& id) {
@@ -36,7 +30,7 @@ std::vector<std::string> processes_of(const std::string& id) {
     std::ifstream f(e.path() / "environ", std::ios::binary);
     std::string env((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     if (env.find(needle + '\0') != std::string::npos)
-      found.push_back(name + " " + slurp(e.path() / "cmdline"));
+      found.push_back(name + " " + read_text(e.path() / "cmdline"));
   }
   return found;
 }
@@ -83,8 +77,8 @@ class Launch : public cohort::test::TempDirTest {
       waitpid(pid, nullptr, 0);
     }
     std::erase(pids_, pid);
-    r.out = slurp(dir_ / (tag + ".out"));
-    r.err = slurp(dir_ / (tag + ".err"));
+    r.out = read_text(dir_ / (tag + ".out"));
+    r.err = read_text(dir_ / (tag + ".err"));
     // Nothing of the job may outlive the launcher.
     if (check) {
       EXPECT_EQ(processes_of(id(tag)), std::vector<std::string>{}) << "left behind by " << tag;
@@ -151,8 +145,8 @@ TEST_F(Launch, SigintStopsWorkersThatIgnoreItAfterTheGracePeriod) {
       "--nproc-per-node 2 --grace-period 1 -- sh -c "
       "'trap \"\" INT; echo ready $COHORT_RANK; while true; do sleep 1; done'");
   const auto end = std::chrono::steady_clock::now() + 60s;
-  while (slurp(dir_ / "a.out").find("ready 1") == std::string::npos ||
-         slurp(dir_ / "a.out").find("ready 0") == std::string::npos) {
+  while (read_text(dir_ / "a.out").find("ready 1") == std::string::npos ||
+         read_text(dir_ / "a.out").find("ready 0") == std::string::npos) {
     ASSERT_LT(std::chrono::steady_clock::now(), end) << "workers never started";
     std::this_thread::sleep_for(20ms);
   }
@@ -218,7 +212,7 @@ TEST_F(Launch, OutputLinesAreNeverMixedAndLogDirKeepsEachRank) {
   Outcome quiet = run("--nproc-per-node 2 --log-dir " + logs.string() + " " + writer, "quiet");
   EXPECT_EQ(quiet.code, 0) << quiet.err;
   EXPECT_EQ(quiet.out, "");
-  const std::string rank1 = slurp(logs / "rank_1.log");
+  const std::string rank1 = read_text(logs / "rank_1.log");
   EXPECT_EQ(std::count(rank1.begin(), rank1.end(), '\n'), 300);
   EXPECT_EQ(rank1.substr(0, 801), std::string(799, '0') + "1\n");
 }
@@ -231,7 +225,7 @@ TEST_F(Launch, RanksFilterKeepsOtherRanksOffTheConsoleButInTheLogs) {
   EXPECT_NE(r.out.find("[0/0] hello from 0"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("[0/2] hello from 2"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("hello from 1"), std::string::npos) << r.out;
-  EXPECT_EQ(slurp(logs / "rank_1.log"), "hello from 1\n");
+  EXPECT_EQ(read_text(logs / "rank_1.log"), "hello from 1\n");
   Outcome bad = run("--ranks-filter x -- true", "bad");
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("--ranks-filter 'x'"), std::string::npos) << bad.err;
@@ -260,8 +254,8 @@ TEST_F(Launch, SlurmSubmitDryRunPrintsOneSrunTaskPerRank) {
                           " --nodes 2 --ntasks-per-node 4 --partition gpu --time 1:00:00 "
                           "--gpus-per-node 4 --dry-run \"optimizer.lr=0.05\" >" +
                           (dir_ / "s.out").string() + " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "s.out");
-  const std::string script = slurp(dir_ / "s.out");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(dir_ / "s.out");
+  const std::string script = read_text(dir_ / "s.out");
   for (const char* line :
        {"#!/bin/bash\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=4\n",
         "#SBATCH --partition=gpu\n", "#SBATCH --time=1:00:00\n", "#SBATCH --gpus-per-node=4\n",
@@ -275,7 +269,8 @@ TEST_F(Launch, SlurmSubmitDryRunPrintsOneSrunTaskPerRank) {
   const std::string bad = std::string(COHORT_BINARY) + " slurm submit " + config +
                           " --dry-run optimizer.lr=fast >" + (dir_ / "b.out").string() + " 2>&1";
   EXPECT_EQ(WEXITSTATUS(std::system(bad.c_str())), 2);
-  EXPECT_NE(slurp(dir_ / "b.out").find("optimizer.lr"), std::string::npos) << slurp(dir_ / "b.out");
+  EXPECT_NE(read_text(dir_ / "b.out").find("optimizer.lr"), std::string::npos)
+      << read_text(dir_ / "b.out");
 }
 
 // An unreachable rendezvous is a clear error once --rdzv-timeout has passed, not a hang.
@@ -341,7 +336,7 @@ TEST_F(MultiNodeLaunch, AnAgentKilledMidRunEndsTheJobEverywhere) {
   std::vector<pid_t> agents;
   for (int k = 0; k < 3; ++k) agents.push_back(start_node(k, args));
   const auto end = std::chrono::steady_clock::now() + 120s;
-  while (slurp(dir_ / "job_0.out").find("errors") == std::string::npos) {
+  while (read_text(dir_ / "job_0.out").find("errors") == std::string::npos) {
     ASSERT_LT(std::chrono::steady_clock::now(), end) << "the job never started";
     std::this_thread::sleep_for(20ms);
   }

@@ -14,14 +14,8 @@
 namespace {
 
 namespace fs = std::filesystem;
+using cohort::test::read_text;
 using namespace std::chrono_literals;
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Runs a shell command; returns its exit code and output.
 std::pair<int, std::string> sh(const std::string& cmd) {
@@ -85,7 +79,7 @@ TEST_F(SlurmCluster, SlurmSubmitRunsAJobToTheEnd) {
       break;
     std::this_thread::sleep_for(200ms);
   }
-  const std::string log = slurp(run / ("slurm-" + job + ".out"));
+  const std::string log = read_text(run / ("slurm-" + job + ".out"));
   EXPECT_NE(state.find("JobState=COMPLETED"), std::string::npos) << state << log;
   EXPECT_NE(log.find("summary: steps 20"), std::string::npos) << log;
   EXPECT_TRUE(fs::exists(run / "slurm-submit.sbatch"));

@@ -35,6 +35,22 @@ TEST(SlurmLists, TasksPerNodeExpand) {
   EXPECT_EQ(slurm_port("1234567"), 29500 + 4567);
 }
 
+TEST(HostPort, SplitsAtTheLastColonAndNamesWhatWasBad) {
+  const HostPort a = parse_host_port("node-1.cluster:29400", "--rdzv-endpoint");
+  EXPECT_EQ(a.host, "node-1.cluster");
+  EXPECT_EQ(a.port, 29400);
+  for (const char* bad : {"nohost", ":29400", "h:", "h:0", "h:70000", "h:12x"}) {
+    try {
+      parse_host_port(bad, "--rdzv-endpoint");
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("--rdzv-endpoint '") + bad + "'"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 class WorkerEnvTest : public ::testing::Test {
  protected:
   void SetUp() override { clear(); }

@@ -15,19 +15,6 @@ void check(cudaError_t rc, const char* call) {
   if (rc != cudaSuccess) COHORT_THROW(CudaError, call, " failed: ", cudaGetErrorString(rc));
 }
 
-// Restores the calling thread's current device when it goes out of scope.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&previous_);
-    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
 class CachingAllocator {
  public:
   void* allocate(int device, size_t nbytes) {
@@ -118,6 +105,15 @@ class DeviceAllocator final : public Allocator {
 };
 
 }  // namespace
+
+DeviceGuard::DeviceGuard(int device) {
+  cudaGetDevice(&previous_);
+  if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0) cudaSetDevice(previous_);
+}
 
 int device_count() {
   int n = 0;

@@ -32,6 +32,19 @@ void release_cache();
 // stream until a backend sets another.
 void* current_stream(int device);
 
+// Makes cuda:`device` the calling thread's current device while in scope, then restores the
+// previous one. Throws CudaError when the device cannot be selected.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 // Copies n bytes between any two of host and device memory and returns once dst holds them
 // (a device-to-device copy is ordered on the current stream of dst's device).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n);

@@ -10,6 +10,8 @@ constexpr const char* kNoCuda =
     "Toolkit, or use device: cpu";
 }
 
+DeviceGuard::DeviceGuard(int) { COHORT_THROW(ConfigError, kNoCuda); }
+DeviceGuard::~DeviceGuard() = default;
 int device_count() { return 0; }
 std::string unavailable_reason() { return kNoCuda; }
 std::string device_name(int) { COHORT_THROW(ConfigError, kNoCuda); }
