@@ -21,7 +21,7 @@ void OpRunner::submit(size_t bytes, bool collective, std::function<void(uint64_t
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (collective) seq = next_seq_++;
-    if (bytes <= inline_bytes_ && queue_.empty() && !busy_) {
+    if (bytes <= inline_bytes_.load(std::memory_order_relaxed) && queue_.empty() && !busy_) {
       busy_ = true;
       run_here = true;
     } else {

@@ -4,6 +4,7 @@
 // progress thread, so that Work is truly asynchronous. Used by the cpu and mpi backends.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +27,9 @@ class OpRunner {
   // assigned under the lock that orders the queue so that numbers follow issue order; other
   // operations get 0. Blocks only when the operation is small enough to run inline.
   void submit(size_t bytes, bool collective, std::function<void(uint64_t seq)> run);
+  // Changes the inline threshold for later submissions (SIZE_MAX: everything runs inline when
+  // idle).
+  void set_inline_bytes(size_t bytes) { inline_bytes_.store(bytes, std::memory_order_relaxed); }
 
  private:
   struct Task {
@@ -34,7 +38,7 @@ class OpRunner {
   };
   void loop();
 
-  const size_t inline_bytes_;
+  std::atomic<size_t> inline_bytes_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Task> queue_;

@@ -45,9 +45,15 @@ std::exception_ptr Work::exception() const {
   return error_;
 }
 
+std::chrono::steady_clock::time_point Work::completed_at() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return completed_at_;
+}
+
 void Work::finish(std::exception_ptr error) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    completed_at_ = std::chrono::steady_clock::now();
     done_ = true;
     error_ = std::move(error);
   }

@@ -53,6 +53,8 @@ class Work {
   // TimeoutError (the operation itself keeps its own deadline and will still end).
   void wait(Millis timeout = Millis::max());
   std::exception_ptr exception() const;
+  // When finish() ran (the epoch if not yet): timelines draw the operation up to here.
+  std::chrono::steady_clock::time_point completed_at() const;
   // For backends: marks the work done, with an error or without.
   void finish(std::exception_ptr error = nullptr);
 
@@ -61,6 +63,7 @@ class Work {
   std::condition_variable cv_;
   bool done_ = false;
   std::exception_ptr error_;
+  std::chrono::steady_clock::time_point completed_at_{};
 };
 
 class ProcessGroup {

@@ -2,6 +2,8 @@
 // launch (start and supervise the workers of a job), bench collectives.
 // Exit codes: 0 success, 1 training error, 2 usage or config error, 128 + signal when SIGTERM or
 // SIGUSR1 stopped training (after writing a checkpoint).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +17,7 @@
 #include "launcher/bench_collectives.h"
 #include "launcher/launch.h"
 #include "launcher/slurm_submit.h"
+#include "launcher/worker_env.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 
@@ -23,9 +26,31 @@ namespace {
 constexpr int kExitTrainingError = 1;
 constexpr int kExitUsage = 2;
 
+// One worker of a job: alone, or one rank of the job its environment describes (cohort launch,
+// torchrun's variables, mpirun, srun).
 int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
-  cohort::trainer::Config c = cohort::trainer::load_config(config, overrides);
-  cohort::trainer::Trainer t(c);
+  using namespace cohort;
+  trainer::Config c = trainer::load_config(config, overrides);
+  launcher::WorkerEnv env = launcher::detect_worker_env();
+  trainer::Distributed dist;
+  if (env.world_size > 1) {
+    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+    dist.store =
+        std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
+    std::string backend = c.distributed.backend;
+    if (backend == "auto") backend = c.device.rfind("cuda", 0) == 0 ? "nccl" : "cpu";
+    collectives::ProcessGroupOptions po;
+    po.timeout = timeout;
+    dist.group = collectives::create_process_group(
+        backend, std::make_shared<collectives::PrefixStore>("group", dist.store), env.rank,
+        env.world_size, po);
+    dist.local_rank = env.local_rank;
+    dist.local_world_size = env.local_world_size;
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    dist.host = host;
+  }
+  trainer::Trainer t(c, dist);
   t.run();
   return 0;
 }

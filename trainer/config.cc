@@ -72,12 +72,13 @@ const std::vector<Key>& schema() {
       {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
       {"checkpoint.resume", Kind::kString, "never"},
       {"logging.dir", Kind::kString, ""},
-      {"logging.tensorboard", Kind::kBool, "false"},
+      {"logging.tensorboard", Kind::kBool, "true"},
       {"logging.timeline", Kind::kBool, "false"},
-      {"distributed.strategy", Kind::kString, "ddp", -kInf, kInf, {"ddp", "ps"}},
+      {"distributed.strategy", Kind::kString, "ddp", -kInf, kInf, {"none", "ddp", "zero1"}},
       {"distributed.backend", Kind::kString, "auto", -kInf, kInf, {"auto", "cpu", "nccl", "mpi"}},
       {"distributed.bucket_cap_mb", Kind::kFloat, "25", 0, kInf, {}, true},
       {"distributed.timeout_s", Kind::kFloat, "300", 0, kInf, {}, true},
+      {"distributed.find_unused_parameters", Kind::kBool, "false"},
   };
   return keys;
 }
@@ -405,6 +406,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.distributed.backend = str("distributed.backend");
   c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");
   c.distributed.timeout_s = f64("distributed.timeout_s");
+  c.distributed.find_unused_parameters = bl("distributed.find_unused_parameters");
   resolved["logging"]["dir"] = c.logging.dir;
   resolved["checkpoint"]["dir"] = c.checkpoint.dir;
   c.resolved = resolved;

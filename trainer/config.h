@@ -64,10 +64,11 @@ struct LoggingConfig {
 };
 
 struct DistributedConfig {
-  std::string strategy = "ddp";  // ddp | ps
+  std::string strategy = "ddp";  // none | ddp | zero1 (used when the job has more than one rank)
   std::string backend = "auto";  // auto | cpu | nccl | mpi
   double bucket_cap_mb = 25;
   double timeout_s = 300;
+  bool find_unused_parameters = false;
 };
 
 struct Config {

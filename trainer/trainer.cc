@@ -1,5 +1,5 @@
-// The single-process training loop. Distributed strategies (DDP, parameter server) plug in around
-// the same loop: the sampler already shards by rank, and gradient hooks are where DDP attaches.
+// The training loop, for one process or data-parallel ranks: the sampler shards each epoch by rank,
+// DDP (or ZeRO-1) averages gradients from autograd hooks, and rank 0 writes the run directory.
 #include "trainer/trainer.h"
 
 #include <signal.h>
@@ -13,6 +13,9 @@
 #include <fstream>
 #include <optional>
 
+#include <nlohmann/json.hpp>
+
+#include "collectives/ddp/zero.h"
 #include "core/autograd/grad_mode.h"
 #include "core/io/checkpoint.h"
 #include "core/nn/models.h"
@@ -57,8 +60,20 @@ std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* 
   return std::make_shared<GPT>(g, gen);
 }
 
-Trainer::Trainer(Config config) : c_(std::move(config)) {
-  core::set_num_threads(static_cast<int>(c_.threads));
+Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_(std::move(dist)) {
+  if (dist_.group) {
+    rank_ = dist_.group->rank();
+    world_ = dist_.group->size();
+  }
+  if (world_ > 1 && c_.distributed.strategy == "none")
+    COHORT_THROW(ConfigError, "distributed.strategy is none but this job has ", world_,
+                 " ranks; use ddp or zero1, or start a single process");
+  // Ranks sharing a node share its cores: torchrun's one-thread default wastes them, N threads
+  // per rank oversubscribes them.
+  int threads = static_cast<int>(c_.threads);
+  if (threads == 0)
+    threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
+  core::set_num_threads(threads);
   if (c_.device == "auto" || c_.device == "cpu") {
     device_ = core::Device::cpu();
   } else {
@@ -83,15 +98,29 @@ Trainer::Trainer(Config config) : c_(std::move(config)) {
           std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, split, 1.0);
   }
 
-  auto params = model_->parameters();
-  if (c_.optimizer.type == "sgd") {
-    optimizer_ = std::make_unique<core::optim::SGD>(
-        params, core::optim::SGDOptions{c_.optimizer.lr, c_.optimizer.momentum, 0.0,
-                                        c_.optimizer.weight_decay, c_.optimizer.nesterov});
+  const bool zero1 = world_ > 1 && c_.distributed.strategy == "zero1";
+  if (world_ > 1) {
+    collectives::DdpOptions o;
+    o.bucket_cap_mb = c_.distributed.bucket_cap_mb;
+    o.allow_unused_parameters = c_.distributed.find_unused_parameters;
+    o.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+    o.reduce_scatter = zero1;
+    ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist_.group, o);
+  }
+
+  const OptimizerConfig oc = c_.optimizer;
+  auto make_optimizer =
+      [oc](std::vector<Tensor> params) -> std::unique_ptr<core::optim::Optimizer> {
+    if (oc.type == "sgd")
+      return std::make_unique<core::optim::SGD>(
+          params, core::optim::SGDOptions{oc.lr, oc.momentum, 0.0, oc.weight_decay, oc.nesterov});
+    return std::make_unique<core::optim::AdamW>(
+        params, core::optim::AdamWOptions{oc.lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay});
+  };
+  if (zero1) {
+    optimizer_ = std::make_unique<collectives::ShardedOptimizer>(*ddp_, make_optimizer);
   } else {
-    optimizer_ = std::make_unique<core::optim::AdamW>(
-        params, core::optim::AdamWOptions{c_.optimizer.lr, c_.optimizer.beta1, c_.optimizer.beta2,
-                                          c_.optimizer.eps, c_.optimizer.weight_decay});
+    optimizer_ = make_optimizer(model_->parameters());
   }
 }
 
@@ -99,11 +128,31 @@ Trainer::~Trainer() = default;
 
 Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out) {
   Tensor x = batch.input.to(device_), y = batch.target.to(device_);
-  Tensor logits = model_->forward(x);
+  Tensor logits = ddp_ ? ddp_->forward(x) : model_->forward(x);
   if (logits_out) *logits_out = logits;
   if (logits.dim() == 3)
     return core::cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1}));
   return core::cross_entropy(logits, y);
+}
+
+std::vector<double> Trainer::sum_over_ranks(std::vector<double> values) {
+  if (world_ == 1) return values;
+  Tensor t = core::from_vector(values, {static_cast<int64_t>(values.size())}).to(device_);
+  dist_.group->allreduce(t)->wait();
+  t = t.to(core::Device::cpu());
+  for (size_t i = 0; i < values.size(); ++i) values[i] = t.data_ptr<double>()[i];
+  return values;
+}
+
+std::vector<double> Trainer::gather_from_ranks(const std::vector<double>& values) {
+  if (world_ == 1) return values;
+  const auto k = static_cast<int64_t>(values.size());
+  Tensor mine = core::from_vector(values, {k}).to(device_);
+  Tensor all =
+      core::zeros({world_ * k}, core::TensorOptions(core::DType::kFloat64).with_device(device_));
+  dist_.group->allgather(all, mine)->wait();
+  all = all.to(core::Device::cpu());
+  return std::vector<double>(all.data_ptr<double>(), all.data_ptr<double>() + world_ * k);
 }
 
 EvalResult Trainer::evaluate() {
@@ -111,27 +160,37 @@ EvalResult Trainer::evaluate() {
   if (!eval_set_) return r;
   core::autograd::NoGradGuard guard;
   model_->eval();
+  // Rank r evaluates samples r, r + world, ...: disjoint shards whose union is the whole set, so
+  // the reduced accuracy is the single-process one and every rank reports it.
   const int64_t n = eval_set_->size(), bs = c_.eval.batch_size;
+  std::vector<int64_t> mine;
+  for (int64_t i = rank_; i < n; i += world_) mine.push_back(i);
   int64_t correct = 0, count = 0, batches = 0;
   double loss_sum = 0;
-  for (int64_t start = 0; start < n; start += bs) {
+  for (size_t start = 0; start < mine.size(); start += static_cast<size_t>(bs)) {
     if (c_.eval.max_batches > 0 && batches >= c_.eval.max_batches) break;
-    std::vector<int64_t> idx;
-    for (int64_t i = start; i < std::min(n, start + bs); ++i) idx.push_back(i);
+    std::vector<int64_t> idx(mine.begin() + static_cast<std::ptrdiff_t>(start),
+                             mine.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                mine.size(), start + static_cast<size_t>(bs))));
     core::data::Batch b = eval_set_->get_batch(idx);
-    Tensor logits;
-    Tensor loss = compute_loss(b, &logits);
+    Tensor logits = model_->forward(b.input.to(device_));
     Tensor y = b.target.to(device_);
+    if (logits.dim() == 3) {
+      logits = logits.reshape({-1, logits.size(-1)});
+      y = y.reshape({-1});
+    }
+    Tensor loss = core::cross_entropy(logits, y);
     int64_t items = y.numel();
-    Tensor pred = core::argmax(logits, -1);
-    correct += core::sum(core::eq(pred, y)).item<int64_t>();
+    correct += core::sum(core::eq(core::argmax(logits, -1), y)).item<int64_t>();
     loss_sum += loss.item<double>() * static_cast<double>(items);
     count += items;
     ++batches;
   }
   model_->train();
-  r.accuracy = count ? static_cast<double>(correct) / static_cast<double>(count) : 0;
-  r.loss = count ? loss_sum / static_cast<double>(count) : 0;
+  auto totals =
+      sum_over_ranks({static_cast<double>(correct), static_cast<double>(count), loss_sum});
+  r.accuracy = totals[1] > 0 ? totals[0] / totals[1] : 0;
+  r.loss = totals[1] > 0 ? totals[2] / totals[1] : 0;
   return r;
 }
 
@@ -165,17 +224,94 @@ class StopSignals {
 
 }  // namespace
 
+// Agrees across ranks whether a stop signal arrived, so that every rank stops after the same step.
+// Each step starts a vote (an all-reduce of the local signal) and reads the previous step's,
+// which has finished meanwhile: no rank waits for it.
+class StopVote {
+ public:
+  StopVote(collectives::ProcessGroup* group, core::Device device) : group_(group) {
+    if (group_)
+      flag_ = core::zeros({1}, core::TensorOptions(core::DType::kInt32).with_device(device));
+  }
+  ~StopVote() {
+    if (work_) try {
+        work_->wait();
+      } catch (...) {
+      }
+  }
+  // The signal that stops every rank after this step, or 0.
+  int after_step() {
+    if (!group_) return g_stop_signal.load();
+    int agreed = 0;
+    if (work_) {
+      work_->wait();
+      work_ = nullptr;
+      agreed = flag_.to(core::Device::cpu()).item<int32_t>();
+      if (agreed) return agreed;
+    }
+    flag_.fill_(g_stop_signal.load());
+    work_ = group_->allreduce(flag_, {collectives::ReduceOp::kMax});
+    return 0;
+  }
+
+ private:
+  collectives::ProcessGroup* group_;
+  Tensor flag_;
+  std::shared_ptr<collectives::Work> work_;
+};
+
+void Trainer::merge_timelines(const std::string& local_path) {
+  namespace fs = std::filesystem;
+  std::string mine;
+  {
+    std::ifstream f(local_path, std::ios::binary);
+    mine.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  std::error_code ec;
+  fs::remove(local_path, ec);
+  auto store = std::make_shared<collectives::PrefixStore>("timeline", dist_.store);
+  const auto timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+  if (!leader()) {
+    store->set(std::to_string(rank_), mine);
+    return;
+  }
+  nlohmann::json all = nlohmann::json::array();
+  for (int r = 0; r < world_; ++r) {
+    std::string text = mine;
+    if (r != 0) {
+      store->wait({std::to_string(r)}, timeout);
+      text = store->get(std::to_string(r));
+      store->delete_key(std::to_string(r));
+    }
+    auto events = nlohmann::json::parse(text, nullptr, false);
+    if (events.is_discarded()) {
+      std::fprintf(stderr, "warning: rank %d's timeline is unreadable; left out of timeline.json\n",
+                   r);
+      continue;
+    }
+    for (auto& e : events) all.push_back(std::move(e));
+  }
+  const std::string path = c_.logging.dir + "/timeline.json";
+  {
+    std::ofstream f(path + ".tmp");
+    f << all.dump() << "\n";
+  }
+  fs::rename(path + ".tmp", path, ec);
+  if (ec) COHORT_THROW(IoError, "cannot write ", path, ": ", ec.message());
+}
+
 RunSummary Trainer::run() {
   StopSignals stop_signals;
   namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(c_.logging.dir, ec);
-  if (ec) COHORT_THROW(IoError, "cannot create logging.dir ", c_.logging.dir, ": ", ec.message());
-  {
+  if (leader()) {
+    std::error_code ec;
+    fs::create_directories(c_.logging.dir, ec);
+    if (ec) COHORT_THROW(IoError, "cannot create logging.dir ", c_.logging.dir, ": ", ec.message());
     std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
     f << c_.resolved << "\n";
   }
-  // Resume before anything else so that the metrics file is appended to, not truncated.
+  // Resume before anything else so that the metrics file is appended to, not truncated. Every rank
+  // reads the checkpoint, so checkpoint.dir must be on storage every node sees.
   std::optional<std::string> resume_from;
   if (c_.checkpoint.resume == "auto") {
     resume_from = core::io::latest_checkpoint(c_.checkpoint.dir);
@@ -189,29 +325,77 @@ RunSummary Trainer::run() {
     optimizer_->load_state_dict(ck.optimizer);
     start = ck.meta;
     core::default_generator().set_state(ck.meta.rng);
+  }
+  if (world_ > 1) {
+    auto steps = gather_from_ranks({static_cast<double>(resume_from ? start.step : -1)});
+    for (int r = 1; r < world_; ++r)
+      if (steps[static_cast<size_t>(r)] != steps[0])
+        COHORT_THROW(
+            ConfigError, "rank ", r, " resumes from ",
+            steps[static_cast<size_t>(r)] < 0
+                ? std::string("no checkpoint")
+                : "step " + std::to_string(static_cast<int64_t>(steps[static_cast<size_t>(r)])),
+            " but rank 0 from ",
+            steps[0] < 0 ? std::string("no checkpoint")
+                         : "step " + std::to_string(static_cast<int64_t>(steps[0])),
+            "; checkpoint.dir ", c_.checkpoint.dir, " must be shared by every node");
+  }
+  if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
                 static_cast<long long>(start.step), static_cast<long long>(start.epoch));
-  }
-  MetricsWriter metrics(c_.logging.dir, resume_from.has_value());
+  std::unique_ptr<MetricsWriter> metrics;
   std::unique_ptr<EventWriter> events;
-  if (c_.logging.tensorboard) events = std::make_unique<EventWriter>(c_.logging.dir);
+  if (leader()) {
+    metrics = std::make_unique<MetricsWriter>(c_.logging.dir, resume_from.has_value());
+    if (c_.logging.tensorboard) events = std::make_unique<EventWriter>(c_.logging.dir);
+  }
+  auto write_metrics = [&](const nlohmann::json& j) {
+    if (metrics) metrics->write(j);
+  };
+  // Ranks record on their own clocks, started together after a barrier; the leader merges them.
   std::unique_ptr<core::Timeline> timeline;
-  if (c_.logging.timeline)
-    timeline = std::make_unique<core::Timeline>(c_.logging.dir + "/timeline.json", 0, "rank 0");
+  std::string timeline_path;
+  if (c_.logging.timeline) {
+    if (world_ == 1) {
+      timeline_path = c_.logging.dir + "/timeline.json";
+    } else {
+      timeline_path =
+          (fs::temp_directory_path() / ("cohort-timeline-" + std::to_string(::getpid()) + ".json"))
+              .string();
+      dist_.group->barrier()->wait();
+    }
+    std::string name = "rank " + std::to_string(rank_);
+    if (!dist_.host.empty()) name += " (" + dist_.host + ")";
+    timeline = std::make_unique<core::Timeline>(timeline_path, rank_, name);
+    timeline->name_thread(0, "compute");
+    if (ddp_) timeline->name_thread(1, "gradient reduction");
+  }
   core::Timeline* tl = timeline.get();
+  if (ddp_) ddp_->set_timeline(tl);
 
+  const int64_t batch = c_.data.batch_size;
   auto sampler = std::make_shared<core::data::DistributedSampler>(
       train_set_->size(),
-      core::data::DistributedSamplerOptions{0, 1, c_.data.shuffle, c_.seed, false});
+      core::data::DistributedSamplerOptions{rank_, world_, c_.data.shuffle, c_.seed, false});
   core::data::DataLoader loader(train_set_, sampler,
-                                {c_.data.batch_size, true, static_cast<int>(c_.data.prefetch)});
-  loader.start_epoch(start.epoch, start.batch_in_epoch);
-  const int64_t per_epoch = loader.batches_per_epoch();
+                                {batch, true, static_cast<int>(c_.data.prefetch)});
+  const int64_t per_epoch = sampler->num_samples() / batch;  // the loader drops a partial batch
   if (per_epoch == 0)
-    COHORT_THROW(ConfigError, "data.batch_size ", c_.data.batch_size, " is larger than the ",
-                 train_set_->size(), " training samples");
-  const int64_t total_steps = c_.train.steps > 0 ? c_.train.steps : per_epoch * c_.train.epochs;
-  const int64_t epochs = (total_steps + per_epoch - 1) / per_epoch;
+    COHORT_THROW(ConfigError, "data.batch_size ", batch, " is larger than the ",
+                 sampler->num_samples(), " training samples of each rank");
+  // A checkpoint from another world size gives the job's samples consumed in its epoch: continue
+  // from the same place in the same permutation (rounded down to a whole global batch).
+  int64_t first_batch = start.batch_in_epoch;
+  if (start.samples_in_epoch >= 0) first_batch = start.samples_in_epoch / (batch * world_);
+  if (first_batch >= per_epoch) {
+    ++start.epoch;
+    first_batch = 0;
+  }
+  loader.start_epoch(start.epoch, first_batch);
+  const int64_t epochs = c_.train.epochs;
+  const int64_t total_steps = c_.train.steps > 0 ? c_.train.steps
+                                                 : start.step + (per_epoch - first_batch) +
+                                                       per_epoch * (epochs - start.epoch - 1);
 
   if (c_.schedule.type == "constant") {
     schedule_ = std::make_unique<core::optim::ConstantLR>(c_.optimizer.lr);
@@ -223,8 +407,9 @@ RunSummary Trainer::run() {
                                                         total_steps, c_.schedule.min_lr);
   }
 
-  const bool tty = isatty(STDOUT_FILENO);
+  const bool tty = leader() && isatty(STDOUT_FILENO);
   RunSummary s;
+  s.world_size = world_;
   int64_t step = start.step, samples = 0;
   int64_t last_saved = -1;
   auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
@@ -233,9 +418,14 @@ RunSummary Trainer::run() {
       batch_in_epoch = 0;
     }
     core::Timeline::Span span(tl, "checkpoint", "io");
-    core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, core::default_generator().state()};
-    core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_->state_dict(),
-                              meta, c_.checkpoint.keep);
+    // Every rank takes part: a sharded optimiser gathers its state.
+    auto optimizer_state = optimizer_->state_dict();
+    if (leader()) {
+      core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, batch_in_epoch * batch * world_,
+                                    core::default_generator().state()};
+      core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_state, meta,
+                                c_.checkpoint.keep);
+    }
     last_saved = step;
   };
   double eval_s = 0;
@@ -258,24 +448,29 @@ RunSummary Trainer::run() {
     if (tl) tl->flush();
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
-    metrics.write({{"event", "eval"},
+    write_metrics({{"event", "eval"},
                    {"step", step},
                    {"epoch", epoch},
                    {"test_acc", e.accuracy},
                    {"test_loss", e.loss}});
+    if (!leader()) return;
     if (tty) std::printf("\n");
     std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f\n",
                 static_cast<long long>(step), static_cast<long long>(epoch), e.accuracy, e.loss);
     std::fflush(stdout);
   };
 
+  StopVote stop_vote(world_ > 1 ? dist_.group.get() : nullptr, device_);
+  auto log_t0 = Clock::now();
+  double log_eval_s = 0;
+  int64_t log_step0 = step;
   for (; epoch < epochs && step < total_steps; ++epoch) {
     if (epoch != start.epoch) loader.start_epoch(epoch);
-    core::data::Batch batch;
+    core::data::Batch batch_data;
     while (step < total_steps) {
       {
         core::Timeline::Span span(tl, "data", "data");
-        if (!loader.next(batch)) break;
+        if (!loader.next(batch_data)) break;
       }
       const double lr = schedule_->lr(step);
       optimizer_->set_lr(lr);
@@ -283,7 +478,7 @@ RunSummary Trainer::run() {
       Tensor loss;
       {
         core::Timeline::Span span(tl, "forward", "compute");
-        loss = compute_loss(batch, nullptr);
+        loss = compute_loss(batch_data, nullptr);
       }
       {
         core::Timeline::Span span(tl, "backward", "compute");
@@ -291,34 +486,53 @@ RunSummary Trainer::run() {
       }
       {
         core::Timeline::Span span(tl, "optimizer", "compute");
-        if (c_.optimizer.grad_clip > 0)
-          core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
+        if (c_.optimizer.grad_clip > 0) {
+          // DDP's gradients are already averaged, so each rank's norm is the global one.
+          if (auto* sharded = dynamic_cast<collectives::ShardedOptimizer*>(optimizer_.get())) {
+            sharded->clip_grad_norm(c_.optimizer.grad_clip);
+          } else {
+            core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
+          }
+        }
         optimizer_->step();
       }
       ++step;
-      samples += batch.input.size(0);
+      samples += batch_data.input.size(0) * world_;
       if (step % c_.train.log_every == 0 || step == total_steps) {
-        const double l = loss.item<double>();
+        // Every rank's loss and mean step time since the last log line.
+        const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
+        const double step_ms =
+            1000 * window / static_cast<double>(std::max<int64_t>(step - log_step0, 1));
+        log_t0 = Clock::now();
+        log_eval_s = eval_s;
+        log_step0 = step;
+        std::vector<double> per_rank = gather_from_ranks({loss.item<double>(), step_ms});
+        double l = 0;
+        for (int r = 0; r < world_; ++r) l += per_rank[2 * static_cast<size_t>(r)] / world_;
         if (!std::isfinite(l))
           COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
                        "; lower optimizer.lr or set optimizer.grad_clip");
         const double el = seconds_since(t0) - eval_s;
         const double sps = static_cast<double>(samples) / std::max(el, 1e-9);
-        const double eta = static_cast<double>(total_steps - step) * el / static_cast<double>(step);
+        const double eta = static_cast<double>(total_steps - step) * el /
+                           static_cast<double>(std::max<int64_t>(step - start.step, 1));
         s.final_loss = l;
-        metrics.write(
+        write_metrics(
             {{"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}});
         if (events) {
           events->add_scalar("train/loss", l, step);
           events->add_scalar("train/lr", lr, step);
           events->add_scalar("train/samples_per_s", sps, step);
+          for (int r = 0; r < world_; ++r)
+            events->add_scalar("step_time_ms/rank_" + std::to_string(r),
+                               per_rank[2 * static_cast<size_t>(r) + 1], step);
           events->flush();
         }
         if (tty) {
           std::printf("\rstep %lld/%lld  epoch %lld  loss %.4f  %.0f samples/s  ETA %s   ",
                       static_cast<long long>(step), static_cast<long long>(total_steps),
                       static_cast<long long>(epoch), l, sps, format_eta(eta).c_str());
-        } else {
+        } else if (leader()) {
           std::printf("step %lld/%lld epoch %lld loss %.4f lr %.6g samples_per_s %.0f\n",
                       static_cast<long long>(step), static_cast<long long>(total_steps),
                       static_cast<long long>(epoch), l, lr, sps);
@@ -328,7 +542,7 @@ RunSummary Trainer::run() {
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
       if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0)
         save(epoch, loader.position());
-      if (const int sig = g_stop_signal.load()) {
+      if (const int sig = stop_vote.after_step()) {
         if (last_saved != step) save(epoch, loader.position());
         std::fflush(stdout);
         throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : "SIGUSR1") +
@@ -348,15 +562,30 @@ RunSummary Trainer::run() {
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);
-  metrics.write({{"event", "summary"},
+  const double my_sps = s.samples_per_s / world_;
+  std::vector<double> rank_sps = gather_from_ranks({my_sps});
+  if (world_ > 1) {
+    std::printf("rank %d: %.0f samples/s\n", rank_, my_sps);
+    for (int r = 0; r < world_; ++r)
+      write_metrics(
+          {{"event", "rank"}, {"rank", r}, {"samples_per_s", rank_sps[static_cast<size_t>(r)]}});
+  }
+  write_metrics({{"event", "summary"},
                  {"steps", step},
                  {"train_s", s.train_s},
                  {"samples_per_s", s.samples_per_s},
                  {"test_acc", s.test_acc},
                  {"test_loss", s.test_loss},
-                 {"world_size", 1}});
-  std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size 1\n",
-              static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc);
+                 {"world_size", world_}});
+  if (leader())
+    std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size %d\n",
+                static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc, world_);
+  std::fflush(stdout);
+  if (timeline && world_ > 1) {
+    if (ddp_) ddp_->set_timeline(nullptr);
+    timeline.reset();
+    merge_timelines(timeline_path);
+  }
   return s;
 }
 

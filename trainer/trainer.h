@@ -4,6 +4,8 @@
 
 #include <memory>
 
+#include "collectives/ddp/ddp.h"
+#include "collectives/process_group.h"
 #include "core/data/dataset.h"
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
@@ -12,9 +14,19 @@
 
 namespace cohort::trainer {
 
+// The job this worker belongs to. An empty group means a single process.
+struct Distributed {
+  std::shared_ptr<collectives::ProcessGroup> group;
+  // The job's store (for what is not a tensor: merging timelines).
+  std::shared_ptr<collectives::Store> store;
+  int local_rank = 0, local_world_size = 1;
+  std::string host;  // names this rank in timelines
+};
+
 struct RunSummary {
   int64_t steps = 0;
-  double train_s = 0, samples_per_s = 0;
+  int world_size = 1;
+  double train_s = 0, samples_per_s = 0;  // samples/s of the whole job
   double test_acc = 0, test_loss = 0;
   double final_loss = 0;
 };
@@ -35,9 +47,12 @@ class Stopped : public Error {
   int signal_;
 };
 
+// With a group of several ranks the trainer is data-parallel (distributed.strategy ddp or zero1):
+// every rank trains on its shard of each epoch, gradients are averaged, evaluation is sharded and
+// reduced, and rank 0 alone writes the run directory and checkpoints.
 class Trainer {
  public:
-  explicit Trainer(Config config);
+  explicit Trainer(Config config, Distributed dist = {});
   ~Trainer();
   // Runs to train.steps or train.epochs. Throws ConfigError for bad settings found late, Stopped
   // after SIGTERM or SIGUSR1, other cohort::Error subclasses for failures while training.
@@ -47,7 +62,17 @@ class Trainer {
 
  private:
   core::Tensor compute_loss(const core::data::Batch& batch, core::Tensor* logits_out);
+  // Sums `values` over the ranks (identity for a single process).
+  std::vector<double> sum_over_ranks(std::vector<double> values);
+  // Every rank's `values`, concatenated in rank order.
+  std::vector<double> gather_from_ranks(const std::vector<double>& values);
+  void merge_timelines(const std::string& local_path);
+  bool leader() const { return rank_ == 0; }
+
   Config c_;
+  Distributed dist_;
+  int rank_ = 0, world_ = 1;
+  std::unique_ptr<collectives::DistributedDataParallel> ddp_;
   core::Device device_;
   std::shared_ptr<core::nn::Module> model_;
   std::shared_ptr<core::data::Dataset> train_set_, eval_set_;

@@ -14,6 +14,7 @@
 #include "collectives/cpu/reduce_kernels.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
+#include "core/util/threads.h"
 
 namespace cohort::collectives::cpu {
 
@@ -311,8 +312,21 @@ CpuProcessGroup::CpuProcessGroup(std::shared_ptr<Store> store, int rank, int siz
                  "'; expected auto, tcp or shm");
   const std::string address = options_.address.empty() ? tcp_address_of(store_) : options_.address;
   mesh_ = std::make_unique<Mesh>(store_, rank, size, options_.transport, address, options_.timeout);
+  all_shm_ = true;
+  for (int r = 0; r < size; ++r)
+    if (r != rank && !mesh_->is_shm(r)) all_shm_ = false;
   monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
   runner_ = std::make_unique<OpRunner>(kInlineBytes);
+}
+
+size_t CpuProcessGroup::inline_bytes() const {
+  // A shared-memory reduction is CPU work. When this node's ranks already keep every core busy
+  // with their compute threads, a progress thread only takes turns with compute and adds context
+  // switches (2-rank MLP DDP on 2 cores: 19k samples/s with it, 23k without), so operations run on
+  // the caller's thread. Over TCP the progress thread mostly waits on the network: overlap pays.
+  if (all_shm_ && static_cast<int64_t>(size_) * core::get_num_threads() >= core::available_cores())
+    return SIZE_MAX;
+  return kInlineBytes;
 }
 
 // The runner goes first (it finishes what is queued), then the monitor publishes its last report.
@@ -328,6 +342,7 @@ std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout,
   op->body = std::move(body);
   op->work = std::make_shared<Work>();
   op->pg = this;
+  runner_->set_inline_bytes(inline_bytes());
   runner_->submit(bytes, collective, [this, op](uint64_t seq) {
     op->seq = seq;
     execute(*op);

@@ -35,7 +35,8 @@ class CpuProcessGroup final : public ProcessGroup {
 
   // Messages at or below this many bytes use recursive doubling; above, the ring.
   static constexpr size_t kSmallAllreduceBytes = 64 << 10;
-  // Operations up to this size run on the caller's thread when the queue is empty.
+  // Operations up to this size run on the caller's thread when the queue is empty; all of them do
+  // when every peer is on shared memory and this node's ranks keep all its cores computing.
   static constexpr size_t kInlineBytes = 64 << 10;
 
   struct Op;  // one queued operation (defined in the .cc)
@@ -45,10 +46,13 @@ class CpuProcessGroup final : public ProcessGroup {
                                 std::function<void(Op&)> body);
   // Runs on the runner's thread or inline, one operation at a time.
   void execute(Op& op);
+  // The size up to which an operation issued now runs on the caller's thread.
+  size_t inline_bytes() const;
 
   std::shared_ptr<Store> store_;
   ProcessGroupOptions options_;
   std::unique_ptr<Mesh> mesh_;
+  bool all_shm_ = false;  // every peer shares this node's memory
   // Touched only by the operation running (the runner runs one at a time).
   std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer
   std::exception_ptr broken_;                      // the error that broke the group

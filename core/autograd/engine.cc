@@ -27,9 +27,39 @@ void accumulate(Tensor& slot, Tensor&& g) {
   }
 }
 
+// Callbacks queued by the backward pass running on this thread; depth > 0 while one runs.
+thread_local std::vector<std::function<void()>> t_callbacks;
+thread_local int t_depth = 0;
+
+void run_graph(const TensorList& roots, const TensorList& grads, bool retain_graph);
+
 }  // namespace
 
+void queue_callback(std::function<void()> fn) {
+  COHORT_CHECK(t_depth > 0, "queue_callback outside a backward pass");
+  t_callbacks.push_back(std::move(fn));
+}
+
 void backward(const TensorList& roots, const TensorList& grads, bool retain_graph) {
+  // A nested backward (from a hook) shares the outer pass's callbacks; they run when it ends.
+  struct Depth {
+    Depth() { ++t_depth; }
+    ~Depth() {
+      if (--t_depth == 0) t_callbacks.clear();
+    }
+  } depth;
+  run_graph(roots, grads, retain_graph);
+  if (t_depth > 1) return;
+  // A callback may queue another (it runs in this same loop).
+  for (size_t i = 0; i < t_callbacks.size(); ++i) {
+    auto fn = std::move(t_callbacks[i]);
+    fn();
+  }
+}
+
+namespace {
+
+void run_graph(const TensorList& roots, const TensorList& grads, bool retain_graph) {
   NoGradGuard no_grad;
   std::vector<Edge> root_edges;
   for (size_t i = 0; i < roots.size(); ++i) {
@@ -110,6 +140,8 @@ void backward(const TensorList& roots, const TensorList& grads, bool retain_grap
     }
   }
 }
+
+}  // namespace
 
 }  // namespace cohort::core::autograd
 

@@ -53,6 +53,7 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model,
   m["step"] = meta.step;
   m["epoch"] = meta.epoch;
   m["batch_in_epoch"] = meta.batch_in_epoch;
+  m["samples_in_epoch"] = meta.samples_in_epoch;
   m["rng"] = {{"state", std::vector<uint64_t>(meta.rng.s.begin(), meta.rng.s.end())},
               {"have_spare", meta.rng.have_spare},
               {"spare", meta.rng.spare}};
@@ -106,6 +107,7 @@ Checkpoint load_checkpoint(const std::string& dir) {
     c.meta.step = m.at("step");
     c.meta.epoch = m.at("epoch");
     c.meta.batch_in_epoch = m.at("batch_in_epoch");
+    c.meta.samples_in_epoch = m.value("samples_in_epoch", int64_t{-1});
     auto s = m.at("rng").at("state").get<std::vector<uint64_t>>();
     if (s.size() != 4) COHORT_THROW(IoError, "checkpoint ", dir, " has a malformed RNG state");
     std::copy(s.begin(), s.end(), c.meta.rng.s.begin());

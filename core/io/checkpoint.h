@@ -15,6 +15,9 @@ struct CheckpointMeta {
   int64_t step = 0;
   int64_t epoch = 0;
   int64_t batch_in_epoch = 0;  // batches of `epoch` already consumed
+  // Samples of `epoch` consumed by the whole job (all ranks): lets a run resume on another world
+  // size. -1 in checkpoints written before it existed.
+  int64_t samples_in_epoch = -1;
   Generator::State rng{};
 };
 

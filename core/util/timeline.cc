@@ -28,10 +28,10 @@ Timeline::~Timeline() {
   std::fclose(f_);
 }
 
-int64_t Timeline::now_us() const {
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
-                                                               t0_)
-      .count();
+int64_t Timeline::now_us() const { return to_us(std::chrono::steady_clock::now()); }
+
+int64_t Timeline::to_us(std::chrono::steady_clock::time_point t) const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t - t0_).count();
 }
 
 void Timeline::complete(std::string_view name, std::string_view category, int64_t start_us,

@@ -23,6 +23,7 @@ class Timeline {
 
   // Microseconds on the timeline's clock (steady, zero at construction).
   int64_t now_us() const;
+  int64_t to_us(std::chrono::steady_clock::time_point t) const;
   // A finished span [start_us, start_us + dur_us) on thread lane `tid`. Thread-safe.
   void complete(std::string_view name, std::string_view category, int64_t start_us, int64_t dur_us,
                 int tid = 0);

@@ -99,7 +99,7 @@ TEST_F(CheckpointTest, AtomicCheckpointsKeepNewestAndVerifyChecksums) {
   TensorMap model = {{"w", ones({2, 2})}};
   TensorMap opt = {{"0.momentum_buffer", zeros({2, 2})}};
   for (int64_t s : {10, 20, 30, 40})
-    save_checkpoint(root, model, opt, {s, 0, s, Generator(s).state()}, 2);
+    save_checkpoint(root, model, opt, {s, 0, s, -1, Generator(s).state()}, 2);
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());

@@ -1,0 +1,248 @@
+#include "collectives/ddp/ddp.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "core/autograd/engine.h"
+#include "core/autograd/grad_mode.h"
+#include "core/ops/ops.h"
+
+namespace cohort::collectives {
+
+using core::Tensor;
+
+namespace {
+
+// Module::to(device) and load_state_dict keep parameter identity, so views taken here stay valid.
+Tensor slot_view(const Tensor& flat, int64_t offset, const Tensor& like) {
+  return flat.narrow(0, offset, like.numel()).view(like.sizes());
+}
+
+std::string mb(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+}  // namespace
+
+DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Module> module,
+                                                 std::shared_ptr<ProcessGroup> group,
+                                                 const DdpOptions& o)
+    : module_(std::move(module)), group_(std::move(group)), o_(o) {
+  COHORT_CHECK(module_ && group_, "DistributedDataParallel needs a module and a process group");
+  if (o_.bucket_cap_mb <= 0 || o_.first_bucket_cap_mb <= 0)
+    COHORT_THROW(ConfigError, "distributed.bucket_cap_mb must be positive, got ", o_.bucket_cap_mb);
+  for (auto& [name, p] : module_->named_parameters()) {
+    if (!p.requires_grad()) continue;
+    params_.push_back(p);
+    names_.push_back(name);
+  }
+  // Reverse registration order approximates the order in which backward finishes gradients.
+  slots_.resize(params_.size());
+  const int64_t world = group_->size();
+  // As in PyTorch, a bucket closes once it reaches its cap (so it may exceed it by one tensor).
+  bool closed = true;
+  for (size_t k = params_.size(); k-- > 0;) {
+    const Tensor& p = params_[k];
+    if (!closed) {
+      const Tensor& first = params_[buckets_.back().params.front()];
+      closed = first.dtype() != p.dtype() || first.device() != p.device();
+    }
+    if (closed) buckets_.emplace_back();
+    Bucket& b = buckets_.back();
+    slots_[k] = Slot{buckets_.size() - 1, b.numel};
+    b.params.push_back(k);
+    b.numel += p.numel();
+    const double cap =
+        (buckets_.size() == 1 ? o_.first_bucket_cap_mb : o_.bucket_cap_mb) * (1 << 20);
+    closed = static_cast<double>(b.numel * static_cast<int64_t>(p.element_size())) >= cap;
+  }
+  for (Bucket& b : buckets_) {
+    const Tensor& like = params_[b.params.front()];
+    int64_t padded = b.numel;
+    if (o_.reduce_scatter) padded = (b.numel + world - 1) / world * world;
+    b.grads = core::zeros({padded}, core::TensorOptions(like.dtype()).with_device(like.device()));
+    if (o_.reduce_scatter) b.shard = b.grads.narrow(0, 0, padded / world).clone();
+  }
+  broadcast_parameters();
+  broadcast_buffers();
+  for (size_t i = 0; i < params_.size(); ++i)
+    hook_ids_.push_back(
+        params_[i].register_post_accumulate_grad_hook([this, i](Tensor&) { on_gradient(i); }));
+  ready_.assign(params_.size(), 0);
+  pending_.assign(buckets_.size(), 0);
+  works_.resize(buckets_.size());
+  launched_us_.assign(buckets_.size(), 0);
+}
+
+DistributedDataParallel::~DistributedDataParallel() {
+  for (size_t i = 0; i < params_.size(); ++i) params_[i].remove_hook(hook_ids_[i]);
+  // A backward that threw may have left reductions running on our buffers: let them end (each has
+  // its own deadline) before the buffers go.
+  for (auto& w : works_) {
+    if (!w) continue;
+    try {
+      w->wait(timeout() * 2);
+    } catch (...) {
+    }
+  }
+}
+
+Millis DistributedDataParallel::timeout() const {
+  // A Work always ends by its backend's deadline; this bound only guards against a backend bug.
+  return (o_.timeout.count() > 0 ? o_.timeout : Millis(std::chrono::minutes(10))) +
+         Millis(std::chrono::seconds(30));
+}
+
+int64_t DistributedDataParallel::bucket_bytes() const {
+  int64_t n = 0;
+  for (auto& b : buckets_) n += b.grads.numel() * b.grads.element_size();
+  return n;
+}
+
+void DistributedDataParallel::broadcast_parameters() {
+  if (group_->size() == 1) return;
+  core::autograd::NoGradGuard guard;
+  // Pack each bucket's parameters into its (still unused) gradient buffer: one broadcast per
+  // bucket instead of one per tensor.
+  std::vector<std::shared_ptr<Work>> works;
+  for (Bucket& b : buckets_) {
+    for (size_t k : b.params) slot_view(b.grads, slots_[k].offset, params_[k]).copy_(params_[k]);
+    works.push_back(group_->broadcast(b.grads, {0, o_.timeout}));
+  }
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    works[i]->wait(timeout());
+    Bucket& b = buckets_[i];
+    for (size_t k : b.params) params_[k].copy_(slot_view(b.grads, slots_[k].offset, params_[k]));
+    b.grads.zero_();
+  }
+}
+
+void DistributedDataParallel::broadcast_buffers() {
+  if (group_->size() == 1) return;
+  core::autograd::NoGradGuard guard;
+  for (auto& [name, t] : module_->named_buffers()) {
+    Tensor buf = t.contiguous();
+    group_->broadcast(buf, {0, o_.timeout})->wait(timeout());
+    if (buf.raw_data() != t.raw_data()) t.copy_(buf);
+  }
+}
+
+Tensor DistributedDataParallel::forward(const Tensor& x) {
+  if (o_.broadcast_buffers && core::autograd::GradMode::is_enabled() && module_->is_training())
+    broadcast_buffers();
+  return module_->forward(x);
+}
+
+void DistributedDataParallel::begin_backward() {
+  in_backward_ = true;
+  std::fill(ready_.begin(), ready_.end(), 0);
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    pending_[b] = static_cast<int64_t>(buckets_[b].params.size());
+  next_launch_ = 0;
+  std::fill(works_.begin(), works_.end(), nullptr);
+  core::autograd::queue_callback([this] { finish_backward(); });
+}
+
+void DistributedDataParallel::on_gradient(size_t i) {
+  if (!sync_) return;
+  if (!in_backward_) begin_backward();
+  if (ready_[i])
+    COHORT_THROW(Error, "DistributedDataParallel: parameter ", names_[i],
+                 " received a gradient twice in one backward pass; each parameter is reduced "
+                 "once, so run extra backward passes inside no_sync()");
+  ready_[i] = 1;
+  const Slot& s = slots_[i];
+  Tensor g = params_[i].grad();
+  Tensor view = slot_view(buckets_[s.bucket].grads, s.offset, params_[i]);
+  if (g.raw_data() != view.raw_data()) {
+    core::autograd::NoGradGuard guard;
+    view.copy_(g);
+    params_[i].set_grad(view);
+  }
+  if (--pending_[s.bucket] == 0) launch_ready_buckets();
+}
+
+void DistributedDataParallel::launch_ready_buckets() {
+  while (next_launch_ < buckets_.size() && pending_[next_launch_] == 0) launch(next_launch_++);
+}
+
+void DistributedDataParallel::launch(size_t b) {
+  Bucket& bucket = buckets_[b];
+  if (o_.timeline) launched_us_[b] = o_.timeline->now_us();
+  if (o_.reduce_scatter) {
+    works_[b] = group_->reduce_scatter(bucket.shard, bucket.grads, {ReduceOp::kAvg, o_.timeout});
+  } else {
+    works_[b] = group_->allreduce(bucket.grads, {ReduceOp::kAvg, o_.timeout});
+  }
+}
+
+void DistributedDataParallel::finish_backward() {
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{in_backward_};
+  std::vector<size_t> unused;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!ready_[i]) unused.push_back(i);
+  if (!unused.empty() && !o_.allow_unused_parameters) {
+    std::ostringstream names;
+    for (size_t k = 0; k < unused.size() && k < 10; ++k)
+      names << (k ? ", " : "") << names_[unused[k]];
+    if (unused.size() > 10) names << " and " << unused.size() - 10 << " more";
+    COHORT_THROW(ConfigError, "DistributedDataParallel: ", unused.size(),
+                 " parameter(s) got no gradient in this backward pass on rank ", group_->rank(),
+                 ": ", names.str(),
+                 "; make every parameter contribute to the loss or set "
+                 "distributed.find_unused_parameters: true");
+  }
+  {
+    core::autograd::NoGradGuard guard;
+    for (size_t i : unused) {
+      const Slot& s = slots_[i];
+      slot_view(buckets_[s.bucket].grads, s.offset, params_[i]).zero_();
+      --pending_[s.bucket];
+    }
+  }
+  launch_ready_buckets();
+  // Which of the unused parameters were unused on every rank: those keep no gradient, as they
+  // would in a single process. Started after the last bucket so every rank issues the same order.
+  Tensor used;
+  if (o_.allow_unused_parameters) {
+    used =
+        core::zeros({static_cast<int64_t>(params_.size())},
+                    core::TensorOptions(core::DType::kFloat32)
+                        .with_device(params_.empty() ? core::Device::cpu() : params_[0].device()));
+    Tensor local = core::zeros({static_cast<int64_t>(params_.size())});
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (ready_[i]) local.data_ptr<float>()[i] = 1;
+    used.copy_(local);
+    group_->allreduce(used, {ReduceOp::kSum, o_.timeout})->wait(timeout());
+    used = used.to(core::Device::cpu());
+  }
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    works_[b]->wait(timeout());
+    if (o_.timeline)
+      o_.timeline->complete("allreduce bucket " + std::to_string(b) + " (" +
+                                mb(buckets_[b].grads.numel() * buckets_[b].grads.element_size()) +
+                                ")",
+                            "comm", launched_us_[b],
+                            o_.timeline->to_us(works_[b]->completed_at()) - launched_us_[b], 1);
+    works_[b] = nullptr;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const bool globally_unused = used.defined() && used.data_ptr<float>()[i] == 0;
+    if (o_.reduce_scatter || globally_unused) {
+      // Under reduce-scatter no rank holds the whole averaged gradient: the sharded optimiser
+      // reads its shard from the bucket.
+      params_[i].set_grad(Tensor());
+    } else {
+      params_[i].set_grad(
+          slot_view(buckets_[slots_[i].bucket].grads, slots_[i].offset, params_[i]));
+    }
+  }
+}
+
+}  // namespace cohort::collectives

@@ -1,0 +1,119 @@
+// DistributedDataParallel: keeps one model's replicas identical across the ranks of a process
+// group by averaging their gradients.
+//
+// Parameters are grouped into buckets in reverse registration order (the order backward produces
+// their gradients): a small first bucket (1 MB) so communication starts early, then buckets of up
+// to bucket_cap_mb (a bucket closes when it reaches its cap). A post-accumulate hook on each
+// parameter copies its gradient into its bucket's flat buffer; when a bucket's last gradient
+// arrives its all-reduce is started asynchronously, so communication overlaps the rest of backward.
+// Buckets are started strictly in order on every rank, which keeps the collective sequence
+// identical everywhere. When backward ends (an autograd callback) DDP waits for every bucket and
+// each parameter's .grad() is a view of its bucket.
+//
+// With reduce_scatter (ZeRO-1, see zero.h) a bucket is reduce-scattered instead: each rank gets the
+// averaged gradient of its own contiguous shard of the bucket only.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "collectives/process_group.h"
+#include "core/nn/module.h"
+#include "core/util/timeline.h"
+
+namespace cohort::collectives {
+
+struct DdpOptions {
+  double bucket_cap_mb = 25;
+  double first_bucket_cap_mb = 1;
+  // Broadcast the module's buffers from rank 0 before each forward() (none of our models has any,
+  // but user modules may).
+  bool broadcast_buffers = true;
+  // Parameters that get no gradient in a backward are an error naming them, unless allowed; then
+  // they count as zero on that rank, and those unused on every rank keep no gradient.
+  bool allow_unused_parameters = false;
+  Millis timeout{0};  // 0: the group's
+  // Reduce-scatter each bucket instead of all-reducing it (for the sharded optimiser).
+  bool reduce_scatter = false;
+  // Bucket all-reduces are drawn on lane 1 of this timeline, if set.
+  core::Timeline* timeline = nullptr;
+};
+
+class DistributedDataParallel {
+ public:
+  // Broadcasts every parameter (and buffer) from rank 0, then hooks the parameters. Every rank must
+  // build it with the same module architecture.
+  DistributedDataParallel(std::shared_ptr<core::nn::Module> module,
+                          std::shared_ptr<ProcessGroup> group, const DdpOptions& o = {});
+  ~DistributedDataParallel();
+  DistributedDataParallel(const DistributedDataParallel&) = delete;
+  DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;
+
+  core::Tensor forward(const core::Tensor& x);
+  core::nn::Module& module() { return *module_; }
+  void set_timeline(core::Timeline* t) { o_.timeline = t; }
+  ProcessGroup& group() { return *group_; }
+
+  // While a NoSync lives, backward passes only accumulate gradients locally; the next backward
+  // outside it averages the accumulated sums (gradient accumulation without extra communication).
+  class NoSync {
+   public:
+    explicit NoSync(DistributedDataParallel* d) : d_(d) { d_->sync_ = false; }
+    ~NoSync() { d_->sync_ = true; }
+    NoSync(const NoSync&) = delete;
+    NoSync& operator=(const NoSync&) = delete;
+
+   private:
+    DistributedDataParallel* d_;
+  };
+  NoSync no_sync() { return NoSync(this); }
+
+  // Where parameter `i` (of module().parameters()) lives: its bucket and element offset.
+  struct Slot {
+    size_t bucket = 0;
+    int64_t offset = 0;
+  };
+  struct Bucket {
+    std::vector<size_t> params;  // indices into module().parameters(), in bucket order
+    core::Tensor grads;          // flat gradients; numel padded to a multiple of the world size
+    core::Tensor shard;          // reduce_scatter: this rank's averaged shard of `grads`
+    int64_t numel = 0;           // unpadded
+  };
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  const std::vector<Slot>& slots() const { return slots_; }
+  const std::vector<core::Tensor>& params() const { return params_; }
+  const std::vector<std::string>& param_names() const { return names_; }
+  // Bytes of gradient communicated per synchronised step.
+  int64_t bucket_bytes() const;
+
+ private:
+  void on_gradient(size_t index);
+  void begin_backward();
+  void launch_ready_buckets();
+  void launch(size_t bucket);
+  void finish_backward();
+  void broadcast_parameters();
+  void broadcast_buffers();
+  Millis timeout() const;
+
+  std::shared_ptr<core::nn::Module> module_;
+  std::shared_ptr<ProcessGroup> group_;
+  DdpOptions o_;
+  std::vector<core::Tensor> params_;
+  std::vector<std::string> names_;
+  std::vector<Slot> slots_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> hook_ids_;
+  bool sync_ = true;
+
+  // State of the backward pass in progress.
+  bool in_backward_ = false;
+  std::vector<char> ready_;       // per parameter
+  std::vector<int64_t> pending_;  // per bucket: gradients still to arrive
+  size_t next_launch_ = 0;        // buckets launch in order
+  std::vector<std::shared_ptr<Work>> works_;
+  std::vector<int64_t> launched_us_;  // timeline start of each bucket's reduction
+};
+
+}  // namespace cohort::collectives
