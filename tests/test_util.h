@@ -15,6 +15,26 @@
 
 namespace cohort::test {
 
+struct CommandResult {
+  int code = -1;  // -1 when it did not exit normally
+  std::string output;
+};
+
+// Runs a shell command with a time limit (`timeout` ends its whole process group), capturing
+// stdout and stderr together.
+inline CommandResult run_command(const std::string& cmd, int timeout_s = 600) {
+  const std::string full = "timeout -k 5 " + std::to_string(timeout_s) + " " + cmd + " 2>&1";
+  CommandResult r;
+  FILE* p = ::popen(full.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 // The whole content of a file; empty when it cannot be read.
 inline std::string read_text(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -42,6 +43,20 @@ std::string format_eta(double s) {
   std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60),
                 static_cast<long long>(t % 60));
   return buf;
+}
+
+// For fault-tolerance tests and drills: COHORT_KILL_AT_STEP=RANK:STEP makes that rank die by
+// SIGKILL right after STEP, as a crash would, on a job's first attempt only (COHORT_RESTART_COUNT
+// unset or 0), so that a restarted job can finish. -1 when it does not apply to this rank.
+int64_t kill_at_step(int rank) {
+  const char* spec = std::getenv("COHORT_KILL_AT_STEP");
+  const char* restart = std::getenv("COHORT_RESTART_COUNT");
+  if (!spec || (restart && std::string(restart) != "0")) return -1;
+  int r = -1;
+  long long step = -1;
+  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2)
+    COHORT_THROW(ConfigError, "COHORT_KILL_AT_STEP='", spec, "' is not RANK:STEP");
+  return r == rank ? step : -1;
 }
 
 }  // namespace
@@ -461,6 +476,7 @@ RunSummary Trainer::run() {
   };
 
   StopVote stop_vote(world_ > 1 ? dist_.group.get() : nullptr, device_);
+  const int64_t kill_at = kill_at_step(rank_);
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
@@ -497,6 +513,7 @@ RunSummary Trainer::run() {
         optimizer_->step();
       }
       ++step;
+      if (step == kill_at) ::raise(SIGKILL);
       samples += batch_data.input.size(0) * world_;
       if (step % c_.train.log_every == 0 || step == total_steps) {
         // Every rank's loss and mean step time since the last log line.

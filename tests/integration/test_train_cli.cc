@@ -16,23 +16,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string output;
-};
-
-// Runs a shell command with a time limit, capturing stdout and stderr together.
+using Result = cohort::test::CommandResult;
 Result run(const std::string& cmd, int timeout_s = 600) {
-  std::string full = "timeout -k 5 " + std::to_string(timeout_s) + " " + cmd + " 2>&1";
-  Result r;
-  FILE* p = popen(full.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return cohort::test::run_command(cmd, timeout_s);
 }
 
 class TrainCli : public cohort::test::TempDirTest {
