@@ -222,6 +222,8 @@ void DistributedDataParallel::finish_backward() {
     group_->allreduce(used, {ReduceOp::kSum, o_.timeout})->wait(timeout());
     used = used.to(core::Device::cpu());
   }
+  // What backward waits for here is communication that compute did not hide.
+  core::Timeline::Span waiting(o_.timeline, "wait for gradient reduction", "comm");
   for (size_t b = 0; b < buckets_.size(); ++b) {
     works_[b]->wait(timeout());
     if (o_.timeline)

@@ -1,6 +1,8 @@
 // Graph nodes, saved tensors and history recording.
 #include "core/autograd/node.h"
 
+#include <cstdint>
+
 #include <algorithm>
 #include <atomic>
 
@@ -73,7 +75,12 @@ TensorList FunctionNode::apply(TensorList&& grads) {
 }
 
 AccumulateGrad::AccumulateGrad(std::weak_ptr<TensorImpl> variable)
-    : Node("AccumulateGrad"), variable_(std::move(variable)) {}
+    : Node("AccumulateGrad"), variable_(std::move(variable)) {
+  // A leaf's accumulator is created on its first use, so its number is older than every op of
+  // later steps and it would run at the very end of backward. Running it as soon as its gradient
+  // is ready (as PyTorch does) is what lets DDP start a bucket's all-reduce while backward goes on.
+  set_sequence_nr(UINT64_MAX);
+}
 
 TensorList AccumulateGrad::apply(TensorList&& grads) {
   auto impl = variable_.lock();

@@ -46,6 +46,10 @@ class Node {
   bool remove_pre_hook(int id);
   void run_pre_hooks(TensorList& grads);
 
+ protected:
+  // The engine runs ready nodes with the highest number first.
+  void set_sequence_nr(uint64_t n) { sequence_nr_ = n; }
+
  private:
   std::string name_;
   uint64_t sequence_nr_;
