@@ -64,8 +64,8 @@ TEST_F(SlurmCluster, SrunTasksFindTheirRanksAndTheStore) {
 TEST_F(SlurmCluster, SlurmSubmitRunsAJobToTheEnd) {
   const fs::path run = dir_ / "run";
   auto [rc, job] = sh(env() + std::string(COHORT_BINARY) + " slurm submit " + COHORT_SOURCE_DIR +
-                      "/configs/fashion_mnist_mlp.yaml --nodes 1 --ntasks-per-node 1 logging.dir=" +
-                      run.string() + " train.steps=20");
+                      "/configs/fashion_mnist_mlp.yaml --nodes 1 --ntasks-per-node 2 logging.dir=" +
+                      run.string() + " train.steps=20 data.batch_size=64");
   ASSERT_EQ(rc, 0) << job;
   job = job.substr(0, job.find('\n'));
   ASSERT_FALSE(job.empty());
@@ -81,7 +81,10 @@ TEST_F(SlurmCluster, SlurmSubmitRunsAJobToTheEnd) {
   }
   const std::string log = read_text(run / ("slurm-" + job + ".out"));
   EXPECT_NE(state.find("JobState=COMPLETED"), std::string::npos) << state << log;
+  // Two data-parallel ranks: one summary, from rank 0, for the whole job.
   EXPECT_NE(log.find("summary: steps 20"), std::string::npos) << log;
+  EXPECT_NE(log.find("world_size 2"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 1: "), std::string::npos) << log;
   EXPECT_TRUE(fs::exists(run / "slurm-submit.sbatch"));
 }
 
