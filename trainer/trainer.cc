@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +23,7 @@
 #include "core/util/threads.h"
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
+#include "trainer/stop.h"
 #include "trainer/tensorboard.h"
 
 namespace cohort::trainer {
@@ -43,20 +43,6 @@ std::string format_eta(double s) {
   std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60),
                 static_cast<long long>(t % 60));
   return buf;
-}
-
-// For fault-tolerance tests and drills: COHORT_KILL_AT_STEP=RANK:STEP makes that rank die by
-// SIGKILL right after STEP, as a crash would, on a job's first attempt only (COHORT_RESTART_COUNT
-// unset or 0), so that a restarted job can finish. -1 when it does not apply to this rank.
-int64_t kill_at_step(int rank) {
-  const char* spec = std::getenv("COHORT_KILL_AT_STEP");
-  const char* restart = std::getenv("COHORT_RESTART_COUNT");
-  if (!spec || (restart && std::string(restart) != "0")) return -1;
-  int r = -1;
-  long long step = -1;
-  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2)
-    COHORT_THROW(ConfigError, "COHORT_KILL_AT_STEP='", spec, "' is not RANK:STEP");
-  return r == rank ? step : -1;
 }
 
 }  // namespace
@@ -208,72 +194,6 @@ EvalResult Trainer::evaluate() {
   r.loss = totals[1] > 0 ? totals[2] / totals[1] : 0;
   return r;
 }
-
-namespace {
-
-// Set by SIGTERM or SIGUSR1 while run() trains; the loop checks it after each step.
-std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal.store(sig); }
-
-// Installs the stop handlers for the duration of a run and restores the previous ones.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal.store(0);
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    ::sigaction(SIGTERM, &sa, &old_term_);
-    ::sigaction(SIGUSR1, &sa, &old_usr1_);
-  }
-  ~StopSignals() {
-    ::sigaction(SIGTERM, &old_term_, nullptr);
-    ::sigaction(SIGUSR1, &old_usr1_, nullptr);
-  }
-
- private:
-  struct sigaction old_term_ {
-  }, old_usr1_{};
-};
-
-}  // namespace
-
-// Agrees across ranks whether a stop signal arrived, so that every rank stops after the same step.
-// Each step starts a vote (an all-reduce of the local signal) and reads the previous step's,
-// which has finished meanwhile: no rank waits for it.
-class StopVote {
- public:
-  StopVote(collectives::ProcessGroup* group, core::Device device) : group_(group) {
-    if (group_)
-      flag_ = core::zeros({1}, core::TensorOptions(core::DType::kInt32).with_device(device));
-  }
-  ~StopVote() {
-    if (work_) try {
-        work_->wait();
-      } catch (...) {
-      }
-  }
-  // The signal that stops every rank after this step, or 0.
-  int after_step() {
-    if (!group_) return g_stop_signal.load();
-    int agreed = 0;
-    if (work_) {
-      work_->wait();
-      work_ = nullptr;
-      agreed = flag_.to(core::Device::cpu()).item<int32_t>();
-      if (agreed) return agreed;
-    }
-    flag_.fill_(g_stop_signal.load());
-    work_ = group_->allreduce(flag_, {collectives::ReduceOp::kMax});
-    return 0;
-  }
-
- private:
-  collectives::ProcessGroup* group_;
-  Tensor flag_;
-  std::shared_ptr<collectives::Work> work_;
-};
 
 void Trainer::merge_timelines(const std::string& local_path) {
   namespace fs = std::filesystem;

@@ -1,0 +1,74 @@
+#include "trainer/stop.h"
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "core/ops/ops.h"
+
+namespace cohort::trainer {
+
+namespace {
+
+// Set by SIGTERM or SIGUSR1 while a run trains; the loop checks it after each step.
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+}  // namespace
+
+StopSignals::StopSignals() {
+  g_stop_signal.store(0);
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGTERM, &sa, &old_term_);
+  ::sigaction(SIGUSR1, &sa, &old_usr1_);
+}
+
+StopSignals::~StopSignals() {
+  ::sigaction(SIGTERM, &old_term_, nullptr);
+  ::sigaction(SIGUSR1, &old_usr1_, nullptr);
+}
+
+StopVote::StopVote(collectives::ProcessGroup* group, core::Device device) : group_(group) {
+  if (group_)
+    flag_ = core::zeros({1}, core::TensorOptions(core::DType::kInt32).with_device(device));
+}
+
+StopVote::~StopVote() {
+  if (!work_) return;
+  try {
+    work_->wait();
+  } catch (...) {
+  }
+}
+
+int StopVote::after_step() {
+  if (!group_) return g_stop_signal.load();
+  if (work_) {
+    work_->wait();
+    work_ = nullptr;
+    const int agreed = flag_.to(core::Device::cpu()).item<int32_t>();
+    if (agreed) return agreed;
+  }
+  flag_.fill_(g_stop_signal.load());
+  work_ = group_->allreduce(flag_, {collectives::ReduceOp::kMax});
+  return 0;
+}
+
+int64_t kill_at_step(int rank) {
+  const char* spec = std::getenv("COHORT_KILL_AT_STEP");
+  const char* restart = std::getenv("COHORT_RESTART_COUNT");
+  if (!spec || (restart && std::string(restart) != "0")) return -1;
+  int r = -1;
+  long long step = -1;
+  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2)
+    COHORT_THROW(ConfigError, "COHORT_KILL_AT_STEP='", spec, "' is not RANK:STEP");
+  return r == rank ? step : -1;
+}
+
+}  // namespace cohort::trainer

@@ -1,0 +1,50 @@
+// Stopping a run cleanly: SIGTERM or SIGUSR1 (a launcher stopping its workers, Slurm before a time
+// limit or preemption) end training after the current step with a checkpoint. With several ranks
+// they must all stop after the same step, which StopVote agrees on.
+#pragma once
+
+#include <signal.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "collectives/process_group.h"
+
+namespace cohort::trainer {
+
+// Installs the stop handlers for its lifetime and restores the previous ones.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {
+  }, old_usr1_{};
+};
+
+// Agrees across ranks whether a stop signal arrived. Each step starts a vote (an all-reduce of the
+// local signal) and reads the previous step's, which has finished meanwhile: no rank waits for it.
+class StopVote {
+ public:
+  // A null group: a single process, which needs no vote.
+  StopVote(collectives::ProcessGroup* group, core::Device device);
+  ~StopVote();
+  // The signal that stops every rank after this step, or 0.
+  int after_step();
+
+ private:
+  collectives::ProcessGroup* group_;
+  core::Tensor flag_;
+  std::shared_ptr<collectives::Work> work_;
+};
+
+// For fault-tolerance tests and drills: COHORT_KILL_AT_STEP=RANK:STEP makes that rank die by
+// SIGKILL right after STEP, as a crash would, on a job's first attempt only (COHORT_RESTART_COUNT
+// unset or 0), so that a restarted job can finish. -1 when it does not apply to this rank; throws
+// ConfigError when the variable is malformed.
+int64_t kill_at_step(int rank);
+
+}  // namespace cohort::trainer
