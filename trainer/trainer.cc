@@ -174,13 +174,9 @@ EvalResult Trainer::evaluate() {
                              mine.begin() + static_cast<std::ptrdiff_t>(std::min(
                                                 mine.size(), start + static_cast<size_t>(bs))));
     core::data::Batch b = eval_set_->get_batch(idx);
-    Tensor logits = model_->forward(b.input.to(device_));
+    Tensor logits;  // through DDP, which broadcasts buffers only while training
+    Tensor loss = compute_loss(b, &logits);
     Tensor y = b.target.to(device_);
-    if (logits.dim() == 3) {
-      logits = logits.reshape({-1, logits.size(-1)});
-      y = y.reshape({-1});
-    }
-    Tensor loss = core::cross_entropy(logits, y);
     int64_t items = y.numel();
     correct += core::sum(core::eq(core::argmax(logits, -1), y)).item<int64_t>();
     loss_sum += loss.item<double>() * static_cast<double>(items);

@@ -53,6 +53,7 @@ class CpuProcessGroup final : public ProcessGroup {
   ProcessGroupOptions options_;
   std::unique_ptr<Mesh> mesh_;
   bool all_shm_ = false;  // every peer shares this node's memory
+  int cores_ = 1;         // cores this process may run on, read when the group was made
   // Touched only by the operation running (the runner runs one at a time).
   std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer
   std::exception_ptr broken_;                      // the error that broke the group

@@ -96,12 +96,6 @@ Millis DistributedDataParallel::timeout() const {
          Millis(std::chrono::seconds(30));
 }
 
-int64_t DistributedDataParallel::bucket_bytes() const {
-  int64_t n = 0;
-  for (auto& b : buckets_) n += b.grads.numel() * b.grads.element_size();
-  return n;
-}
-
 void DistributedDataParallel::broadcast_parameters() {
   if (group_->size() == 1) return;
   core::autograd::NoGradGuard guard;
@@ -234,13 +228,14 @@ void DistributedDataParallel::finish_backward() {
                             o_.timeline->to_us(works_[b]->completed_at()) - launched_us_[b], 1);
     works_[b] = nullptr;
   }
+  // Parameters that arrived in on_gradient already have their bucket view as .grad().
   for (size_t i = 0; i < params_.size(); ++i) {
     const bool globally_unused = used.defined() && used.data_ptr<float>()[i] == 0;
     if (o_.reduce_scatter || globally_unused) {
       // Under reduce-scatter no rank holds the whole averaged gradient: the sharded optimiser
       // reads its shard from the bucket.
       params_[i].set_grad(Tensor());
-    } else {
+    } else if (!ready_[i]) {
       params_[i].set_grad(
           slot_view(buckets_[slots_[i].bucket].grads, slots_[i].offset, params_[i]));
     }

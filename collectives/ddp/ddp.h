@@ -84,8 +84,6 @@ class DistributedDataParallel {
   const std::vector<Slot>& slots() const { return slots_; }
   const std::vector<core::Tensor>& params() const { return params_; }
   const std::vector<std::string>& param_names() const { return names_; }
-  // Bytes of gradient communicated per synchronised step.
-  int64_t bucket_bytes() const;
 
  private:
   void on_gradient(size_t index);
