@@ -78,6 +78,14 @@ void check_ranks_filter(const std::string& filter) {
                    "' is not a comma-separated list of ranks such as 0,3");
 }
 
+StreamRoute route(bool shown, int redirect_bits, int tee_bits, int bit) {
+  StreamRoute r;
+  const bool tee = tee_bits & bit;
+  r.file = tee || (redirect_bits & bit);
+  r.console = shown && (!r.file || tee);
+  return r;
+}
+
 class Rendezvous {
  public:
   explicit Rendezvous(const LaunchOptions& o) : o_(o) {
@@ -212,6 +220,8 @@ class Round {
  public:
   Round(const LaunchOptions& o, Rendezvous& rz, int restart) : o_(o), rz_(rz), attempt_(restart) {
     const int n = o.nproc_per_node;
+    const std::vector<int> redirects = parse_stream_spec("--redirects", o.redirects, n);
+    const std::vector<int> tees = parse_stream_spec("--tee", o.tee, n);
     const std::string run_id = o.run_id.empty() ? std::to_string(::getpid()) : o.run_id;
     const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
     for (int r = 0; r < n; ++r) {
@@ -220,9 +230,11 @@ class Round {
       spec.local_rank = r;
       spec.argv = o.program;
       spec.prefix = "[" + node + "/" + std::to_string(spec.rank) + "] ";
-      spec.tee = o.tee;
-      spec.console = shown_on_console(o.ranks_filter, spec.rank);
-      if (!o.log_dir.empty())
+      const bool shown = shown_on_console(o.ranks_filter, spec.rank);
+      const int redirect = redirects[static_cast<size_t>(r)], tee = tees[static_cast<size_t>(r)];
+      spec.out = route(shown, redirect, tee, 1);
+      spec.err = route(shown, redirect, tee, 2);
+      if (spec.out.file || spec.err.file)
         spec.log_path =
             (std::filesystem::path(o.log_dir) / ("rank_" + std::to_string(spec.rank) + ".log"))
                 .string();
@@ -385,7 +397,43 @@ void print_failure(const WorkerProcess& w, int node, const char* what_next) {
 
 }  // namespace
 
-int launch(const LaunchOptions& o) {
+std::vector<int> parse_stream_spec(const std::string& option, const std::string& spec, int nproc) {
+  std::vector<int> bits(static_cast<size_t>(std::max(nproc, 0)), 0);
+  if (spec.empty()) return bits;
+  const auto fail = [&](const std::string& why, bool hint = true) {
+    COHORT_THROW(ConfigError, option, " '", spec, "' ", why,
+                 hint ? "; give 0 (neither), 1 (stdout), 2 (stderr) or 3 (both), for every local "
+                        "rank or per local rank as in 0:1,1:3"
+                      : "");
+  };
+  const auto stream_bits = [&](const std::string& v) {
+    if (v.size() != 1 || v[0] < '0' || v[0] > '3') fail("has '" + v + "' for the streams");
+    return v[0] - '0';
+  };
+  if (spec.find(':') == std::string::npos) {
+    std::fill(bits.begin(), bits.end(), stream_bits(spec));
+    return bits;
+  }
+  size_t start = 0;
+  while (start <= spec.size()) {
+    const size_t comma = std::min(spec.find(',', start), spec.size());
+    const std::string item = spec.substr(start, comma - start);
+    const size_t colon = item.find(':');
+    const std::string rank = item.substr(0, colon);
+    if (colon == std::string::npos || rank.empty() ||
+        rank.find_first_not_of("0123456789") != std::string::npos || rank.size() > 6)
+      fail("has '" + item + "' where LOCAL_RANK:STREAMS belongs");
+    const int local = std::stoi(rank);
+    if (local >= nproc)
+      fail("names local rank " + rank + " but --nproc-per-node is " + std::to_string(nproc), false);
+    bits[static_cast<size_t>(local)] = stream_bits(item.substr(colon + 1));
+    start = comma + 1;
+  }
+  return bits;
+}
+
+int launch(const LaunchOptions& options) {
+  LaunchOptions o = options;
   if (o.nnodes < 1 || o.node_rank < 0 || o.node_rank >= o.nnodes)
     COHORT_THROW(ConfigError, "--node-rank ", o.node_rank, " is outside --nnodes ", o.nnodes);
   if (o.nnodes > 1 && o.rdzv_endpoint.empty())
@@ -401,6 +449,21 @@ int launch(const LaunchOptions& o) {
   if (o.program.empty())
     COHORT_THROW(ConfigError,
                  "no program to launch; usage: cohort launch [options] -- PROGRAM [ARGS...]");
+  parse_stream_spec("--redirects", o.redirects, o.nproc_per_node);
+  parse_stream_spec("--tee", o.tee, o.nproc_per_node);
+  // --log-dir alone sends every stream there (as in earlier releases).
+  if (!o.log_dir.empty() && o.redirects.empty()) o.redirects = "3";
+  if (o.log_dir.empty() && (!o.redirects.empty() || !o.tee.empty())) {
+    // As torchrun: streams sent to files without a directory for them go to a new one.
+    std::string tmpl = (std::filesystem::temp_directory_path() / "cohort-logs-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+      COHORT_THROW(ConfigError,
+                   "cohort launch: cannot create a directory for --redirects/--tee "
+                   "logs under ",
+                   std::filesystem::temp_directory_path().string(), "; give --log-dir");
+    o.log_dir = tmpl;
+    std::fprintf(stderr, "cohort launch: worker logs in %s\n", o.log_dir.c_str());
+  }
   if (!o.log_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(o.log_dir, ec);

@@ -23,14 +23,23 @@ struct LaunchOptions {
   std::string rdzv_endpoint;    // host:port; empty: one node, a port the OS picks
   double rdzv_timeout_s = 300;  // waiting for the other agents, and for their heartbeats
   int max_restarts = 0;
-  double monitor_interval_s = 0.1;   // how often exits are checked between output
-  double grace_period_s = 10;        // SIGTERM to SIGKILL when stopping workers
-  std::string log_dir;               // per-rank log files instead of the console
-  bool tee = false;                  // with log_dir: the console too
+  double monitor_interval_s = 0.1;  // how often exits are checked between output
+  double grace_period_s = 10;       // SIGTERM to SIGKILL when stopping workers
+  // Per-rank log files DIR/rank_N.log. Alone, --log-dir sends both streams of every rank there
+  // instead of the console; --redirects and --tee choose per stream and local rank, as torchrun's
+  // do, and without --log-dir they write into a new temporary directory.
+  std::string log_dir;
+  std::string redirects;             // streams to the file instead of the console
+  std::string tee;                   // streams to the file and the console
   std::string ranks_filter;          // "0,3": only these global ranks print to the console
   std::string run_id;                // shown to workers as COHORT_RUN_ID; default: launcher pid
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
+
+// A torchrun stream spec: "3" for every local rank, or "0:1,2:3" for some; 0 neither stream, 1
+// stdout, 2 stderr, 3 both. Returns the bits for local ranks 0 to nproc-1 (unlisted ones: 0).
+// Throws ConfigError naming `option` for anything else.
+std::vector<int> parse_stream_spec(const std::string& option, const std::string& spec, int nproc);
 
 // Returns the launcher's exit code: 0 when every worker succeeded; else the first failed worker's
 // code (128 + signal for a signal); 128 + the signal that stopped the launcher. Throws

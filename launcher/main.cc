@@ -95,8 +95,15 @@ int main(int argc, char** argv) {
       ->add_option("--grace-period", lo.grace_period_s,
                    "seconds from SIGTERM to SIGKILL when stopping workers")
       ->capture_default_str();
-  launch->add_option("--log-dir", lo.log_dir, "write each rank's output to DIR/rank_N.log");
-  launch->add_flag("--tee", lo.tee, "with --log-dir, also print the output");
+  launch->add_option("--log-dir", lo.log_dir,
+                     "write each rank's output to DIR/rank_N.log instead of the console");
+  launch->add_option("-r,--redirects", lo.redirects,
+                     "streams sent to the log file instead of the console: 1 stdout, 2 stderr, 3 "
+                     "both, per local rank as 0:1,1:3 (default with --log-dir: 3)");
+  // A bare --tee (the flag of earlier releases) means both streams of every rank.
+  launch->add_flag("-t,--tee{3}", lo.tee,
+                   "streams sent to the log file and the console, as --redirects: --tee=1, "
+                   "--tee=0:3; bare --tee: 3");
   launch->add_option("--ranks-filter,--local-ranks-filter", lo.ranks_filter,
                      "only these ranks print to the console, e.g. 0,3 (logs keep every rank)");
   launch->add_option("--run-id,--rdzv-id", lo.run_id, "job id shown to workers (COHORT_RUN_ID)");

@@ -41,10 +41,12 @@ std::string signal_name(int sig) {
 
 WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   COHORT_CHECK(!spec_.argv.empty(), "no program to run");
+  COHORT_CHECK(spec_.log_path.empty() == !(spec_.out.file || spec_.err.file),
+               "a worker's log file and the streams routed to it disagree");
   if (!spec_.log_path.empty()) {
     log_fd_ = ::open(spec_.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd_ < 0)
-      COHORT_THROW(ConfigError, "--log-dir: cannot write ", spec_.log_path, ": ",
+      COHORT_THROW(ConfigError, "cohort launch: cannot write the log file ", spec_.log_path, ": ",
                    std::strerror(errno));
   }
   int out[2] = {-1, -1}, err[2] = {-1, -1}, status[2] = {-1, -1};
@@ -133,11 +135,11 @@ std::vector<int> WorkerProcess::fds() const {
 void WorkerProcess::emit(const Stream& s, const std::string& line) {
   tail_.push_back(line);
   if (tail_.size() > kTailLines) tail_.pop_front();
-  const std::string text = spec_.prefix + line + "\n";
-  if (log_fd_ >= 0) write_all(log_fd_, line + "\n");
-  if (spec_.console && (log_fd_ < 0 || spec_.tee)) {
+  const StreamRoute& route = s.is_err ? spec_.err : spec_.out;
+  if (route.file) write_all(log_fd_, line + "\n");
+  if (route.console) {
     std::lock_guard<std::mutex> lock(console_mu());
-    write_all(s.is_err ? STDERR_FILENO : STDOUT_FILENO, text);
+    write_all(s.is_err ? STDERR_FILENO : STDOUT_FILENO, spec_.prefix + line + "\n");
   }
 }
 

@@ -15,14 +15,20 @@
 
 namespace cohort::launcher {
 
+// Where one of a worker's streams goes: the console (prefixed), its log file (as written), both
+// or neither.
+struct StreamRoute {
+  bool console = true;
+  bool file = false;
+};
+
 struct WorkerSpec {
   int rank = 0, local_rank = 0;
   std::vector<std::string> argv;           // program and arguments; PATH is searched
   std::map<std::string, std::string> env;  // added to the launcher's environment
   std::string prefix;                      // "[0/3] "
-  std::string log_path;                    // when set, output is appended there
-  bool tee = true;                         // with log_path: also to the console
-  bool console = true;                     // false: this rank's output stays off the console
+  std::string log_path;                    // the file for streams routed there
+  StreamRoute out, err;                    // stdout, stderr
 };
 
 class WorkerProcess {

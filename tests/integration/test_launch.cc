@@ -231,6 +231,44 @@ TEST_F(Launch, RanksFilterKeepsOtherRanksOffTheConsoleButInTheLogs) {
   EXPECT_NE(bad.err.find("--ranks-filter 'x'"), std::string::npos) << bad.err;
 }
 
+TEST_F(Launch, RedirectsAndTeeRouteEachStreamOfEachLocalRank) {
+  const std::string both = " -- sh -c 'echo out $COHORT_RANK; echo err $COHORT_RANK >&2'";
+  // Rank 0's stdout only to its file, rank 1's stderr to its file and the console; the rest as
+  // without options.
+  const fs::path logs = dir_ / "logs";
+  Outcome r =
+      run("--nproc-per-node 3 --log-dir " + logs.string() + " --redirects 0:1 --tee=1:2" + both,
+          "routes");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.find("out 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("[0/0] err 0"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("[0/1] out 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("[0/1] err 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("[0/2] out 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("[0/2] err 2"), std::string::npos) << r.err;
+  EXPECT_EQ(read_text(logs / "rank_0.log"), "out 0\n");
+  EXPECT_EQ(read_text(logs / "rank_1.log"), "err 1\n");
+  EXPECT_FALSE(fs::exists(logs / "rank_2.log"));
+
+  // Without --log-dir the files go to a new directory that the launcher names.
+  Outcome tmp = run("--nproc-per-node 2 --redirects 3" + both, "tmpdir");
+  EXPECT_EQ(tmp.code, 0) << tmp.err;
+  EXPECT_EQ(tmp.out, "");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(tmp.err, m, std::regex("worker logs in (\\S+)"))) << tmp.err;
+  const fs::path made = m[1].str();
+  const std::string rank1 = read_text(made / "rank_1.log");
+  fs::remove_all(made);
+  EXPECT_NE(rank1.find("out 1\n"), std::string::npos) << rank1;
+  EXPECT_NE(rank1.find("err 1\n"), std::string::npos) << rank1;
+
+  Outcome bad = run("--nproc-per-node 2 --redirects 0:1,2:3 -- true", "badspec");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("--redirects '0:1,2:3' names local rank 2 but --nproc-per-node is 2"),
+            std::string::npos)
+      << bad.err;
+}
+
 TEST_F(Launch, BadInputIsOneClearSentenceWithExitCode2) {
   Outcome unknown = run("--no-such-option -- true", "unknown");
   EXPECT_EQ(unknown.code, 2);

@@ -1,10 +1,12 @@
 // Where a worker learns who it is: Cohort's, torchrun's, Open MPI's and Slurm's variables, their
-// precedence, and Slurm's compressed host and task lists.
+// precedence, and Slurm's compressed host and task lists; and `cohort launch`'s torchrun-style
+// stream specs (--redirects, --tee).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "core/util/error.h"
+#include "launcher/launch.h"
 #include "launcher/slurm_env.h"
 #include "launcher/worker_env.h"
 
@@ -12,6 +14,31 @@ namespace cohort::launcher {
 namespace {
 
 using Strings = std::vector<std::string>;
+
+TEST(StreamSpec, OneValueForEveryLocalRankOrOnePerLocalRank) {
+  using Bits = std::vector<int>;
+  EXPECT_EQ(parse_stream_spec("--redirects", "", 3), (Bits{0, 0, 0}));
+  EXPECT_EQ(parse_stream_spec("--redirects", "3", 3), (Bits{3, 3, 3}));
+  EXPECT_EQ(parse_stream_spec("--tee", "0:1,2:2", 3), (Bits{1, 0, 2}));
+  EXPECT_EQ(parse_stream_spec("--tee", "1:3", 2), (Bits{0, 3}));
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"4", "has '4' for the streams"},
+      {"13", "has '13' for the streams"},
+      {"0:1,", "has '' where LOCAL_RANK:STREAMS belongs"},
+      {"x:1", "has 'x:1' where LOCAL_RANK:STREAMS belongs"},
+      {"0:1,1", "has '1' where LOCAL_RANK:STREAMS belongs"},
+      {"0:", "has '' for the streams"},
+      {"2:1", "names local rank 2 but --nproc-per-node is 2"}};
+  for (const auto& [spec, why] : bad) {
+    try {
+      parse_stream_spec("--redirects", spec, 2);
+      ADD_FAILURE() << spec << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--redirects '" + spec + "' " + why), std::string::npos)
+          << e.what();
+    }
+  }
+}
 
 TEST(SlurmLists, HostListsExpand) {
   EXPECT_EQ(expand_hostlist("n[1-3,7],m5"), (Strings{"n1", "n2", "n3", "n7", "m5"}));
