@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -323,7 +324,8 @@ RunSummary Trainer::run() {
     first_batch = 0;
   }
   loader.start_epoch(start.epoch, first_batch);
-  const int64_t epochs = c_.train.epochs;
+  // train.steps > 0 wins over train.epochs: as many epochs as those steps take.
+  const int64_t epochs = c_.train.steps > 0 ? std::numeric_limits<int64_t>::max() : c_.train.epochs;
   const int64_t total_steps = c_.train.steps > 0 ? c_.train.steps
                                                  : start.step + (per_epoch - first_batch) +
                                                        per_epoch * (epochs - start.epoch - 1);
@@ -396,7 +398,9 @@ RunSummary Trainer::run() {
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
+  int64_t last_epoch = std::min(start.epoch, epochs - 1);  // the one the final eval reports
   for (; epoch < epochs && step < total_steps; ++epoch) {
+    last_epoch = epoch;
     if (epoch != start.epoch) loader.start_epoch(epoch);
     core::data::Batch batch_data;
     while (step < total_steps) {
@@ -491,7 +495,7 @@ RunSummary Trainer::run() {
     if (step >= total_steps && last_saved != step) save(epoch, loader.position());
   }
   // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters.
-  if (eval_set_ && last_eval_step != step) run_eval(std::min(epoch, epochs - 1));
+  if (eval_set_ && last_eval_step != step) run_eval(last_epoch);
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);

@@ -1,11 +1,14 @@
 // A real single-node Slurm cluster (slurmctld, slurmd, munge; scripts/slurm/cluster.sh), started
-// and stopped by the test: `srun` tasks find their rank and the store from Slurm's variables, and
-// `cohort slurm submit` runs a job through sbatch to the end.
+// and stopped by the test: `srun` tasks find their rank and the store from Slurm's variables,
+// `cohort slurm submit` runs a job through sbatch to the end, and the SIGUSR1 that Slurm sends its
+// tasks before a time limit or preemption makes the job checkpoint, requeue itself and resume.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -61,31 +64,93 @@ TEST_F(SlurmCluster, SrunTasksFindTheirRanksAndTheStore) {
   EXPECT_NE(out.find("backend cpu, transport auto, 3 ranks"), std::string::npos) << out;
 }
 
-TEST_F(SlurmCluster, SlurmSubmitRunsAJobToTheEnd) {
-  const fs::path run = dir_ / "run";
-  auto [rc, job] = sh(env() + std::string(COHORT_BINARY) + " slurm submit " + COHORT_SOURCE_DIR +
-                      "/configs/fashion_mnist_mlp.yaml --nodes 1 --ntasks-per-node 2 logging.dir=" +
-                      run.string() + " train.steps=20 data.batch_size=64");
-  ASSERT_EQ(rc, 0) << job;
-  job = job.substr(0, job.find('\n'));
-  ASSERT_FALSE(job.empty());
-  ASSERT_EQ(job.find_first_not_of("0123456789"), std::string::npos) << "not a job id: " << job;
-  std::string state;
-  const auto end = std::chrono::steady_clock::now() + 180s;
-  while (std::chrono::steady_clock::now() < end) {
-    state = sh(env() + "scontrol show job " + job).second;
-    if (state.find("JobState=COMPLETED") != std::string::npos ||
-        state.find("JobState=FAILED") != std::string::npos)
-      break;
-    std::this_thread::sleep_for(200ms);
+class SlurmSubmit : public SlurmCluster {
+ protected:
+  // `cohort slurm submit` of the MLP config with 2 tasks; returns the job id.
+  std::string submit(const std::string& overrides) {
+    auto [rc, job] = sh(env() + std::string(COHORT_BINARY) + " slurm submit " + COHORT_SOURCE_DIR +
+                        "/configs/fashion_mnist_mlp.yaml --nodes 1 " +
+                        "--ntasks-per-node 2 logging.dir=" + run_.string() + " " + overrides);
+    EXPECT_EQ(rc, 0) << job;
+    job = job.substr(0, job.find('\n'));
+    EXPECT_FALSE(job.empty());
+    EXPECT_EQ(job.find_first_not_of("0123456789"), std::string::npos) << "not a job id: " << job;
+    return job;
   }
-  const std::string log = read_text(run / ("slurm-" + job + ".out"));
+  // Polls until `done` accepts `scontrol show job`'s text or the limit passes; returns the text.
+  std::string wait_for(const std::string& job, const std::function<bool(const std::string&)>& done,
+                       std::chrono::seconds limit = 180s) {
+    std::string state;
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      state = sh(env() + "scontrol show job " + job).second;
+      if (done(state)) break;
+      std::this_thread::sleep_for(200ms);
+    }
+    return state;
+  }
+  static bool finished(const std::string& state) {
+    for (const char* s : {"JobState=COMPLETED", "JobState=FAILED", "JobState=CANCELLED",
+                          "JobState=TIMEOUT", "JobState=NODE_FAIL"})
+      if (state.find(s) != std::string::npos) return true;
+    return false;
+  }
+  std::string log(const std::string& job) const {
+    return read_text(run_ / ("slurm-" + job + ".out"));
+  }
+  void SetUp() override {
+    SlurmCluster::SetUp();
+    run_ = dir_ / "run";  // dir_ exists from SetUp on
+  }
+  fs::path run_;
+};
+
+TEST_F(SlurmSubmit, RunsAJobToTheEnd) {
+  const std::string job = submit("train.steps=20 data.batch_size=64");
+  const std::string state = wait_for(job, finished);
+  const fs::path& run = run_;
+  const std::string log = this->log(job);
   EXPECT_NE(state.find("JobState=COMPLETED"), std::string::npos) << state << log;
   // Two data-parallel ranks: one summary, from rank 0, for the whole job.
   EXPECT_NE(log.find("summary: steps 20"), std::string::npos) << log;
   EXPECT_NE(log.find("world_size 2"), std::string::npos) << log;
   EXPECT_NE(log.find("rank 1: "), std::string::npos) << log;
   EXPECT_TRUE(fs::exists(run / "slurm-submit.sbatch"));
+}
+
+// Slurm signals a job's tasks (not its batch shell) before the time limit (--signal=USR1@120) and
+// before preemption; `scancel --signal=USR1` sends the same signal the same way, without waiting
+// for a time limit whose resolution is a minute. The tasks checkpoint and exit 138, the script
+// requeues the job, and its second run resumes from the checkpoint and finishes.
+TEST_F(SlurmSubmit, SigusrFromSlurmCheckpointsRequeuesAndResumes) {
+  const std::string job = submit("train.steps=3000 data.batch_size=64 train.log_every=10");
+  // The trainer handles SIGUSR1 once it trains: wait for its first progress line.
+  const auto end = std::chrono::steady_clock::now() + 180s;
+  while (log(job).find("step 10/3000") == std::string::npos &&
+         std::chrono::steady_clock::now() < end &&
+         !finished(sh(env() + "scontrol show job " + job).second))
+    std::this_thread::sleep_for(100ms);
+  ASSERT_NE(log(job).find("step 10/3000"), std::string::npos) << log(job);
+  auto [rc, out] = sh(env() + "scancel --signal=USR1 " + job);
+  ASSERT_EQ(rc, 0) << out;
+  // Slurm holds a requeued job for two minutes (Reason=BeginTime); an operator may release it
+  // sooner, and so does the test.
+  const std::string requeued = wait_for(job, [](const std::string& s) {
+    return s.find("Restarts=1") != std::string::npos || finished(s);
+  });
+  ASSERT_NE(requeued.find("Restarts=1"), std::string::npos) << requeued << log(job);
+  sh(env() + "scontrol update JobId=" + job + " StartTime=now");
+  const std::string state = wait_for(job, finished, 300s);
+  const std::string text = log(job);
+  EXPECT_NE(state.find("JobState=COMPLETED"), std::string::npos) << state << text;
+  EXPECT_NE(state.find("Restarts=1"), std::string::npos) << state;
+  EXPECT_NE(text.find("SIGUSR1 stopped training after step"), std::string::npos) << text;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(text, m, std::regex(R"(resumed from \S+ \(step (\d+), epoch)")))
+      << text;
+  EXPECT_GT(std::stoll(m[1]), 0);
+  EXPECT_LT(std::stoll(m[1]), 3000);
+  EXPECT_NE(text.find("summary: steps 3000"), std::string::npos) << text;
 }
 
 }  // namespace

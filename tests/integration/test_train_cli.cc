@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 
 namespace {
@@ -71,6 +72,27 @@ TEST_F(TrainCli, TinyGptTrains) {
     if (rec.contains("loss") && !rec.contains("event")) last = rec["loss"];
   EXPECT_LT(last, first) << r.output;
   EXPECT_NEAR(first, std::log(256.0), 0.5);  // an untrained byte model is near uniform
+}
+
+// train.steps wins over train.epochs: a run of more steps than one epoch has goes on into the
+// next epochs instead of stopping at the end of train.epochs.
+TEST_F(TrainCli, StepsBeyondOneEpochRunIntoTheNextEpochs) {
+  const fs::path text = dir_ / "small.txt";
+  {
+    std::ofstream f(text);
+    for (int i = 0; i < 20; ++i) f << "the quick brown fox jumps over the lazy dog. ";
+  }
+  fs::path run_dir = dir_ / "steps";
+  // About 900 bytes in windows of 16, 8 per batch: a handful of steps per epoch.
+  Result r = run(cohort() + " train " + config("tiny_gpt.yaml") + " data.path=" + text.string() +
+                 " train.epochs=1 train.steps=40 train.log_every=40 data.batch_size=8 " +
+                 "model.dim=16 model.layers=1 model.heads=2 model.context=16 eval.every_steps=0 " +
+                 "eval.max_batches=1 logging.dir=" + run_dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("summary: steps 40 "), std::string::npos) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(step 40/40 epoch (\d+))"))) << r.output;
+  EXPECT_GT(std::stoi(m[1]), 1) << r.output;
 }
 
 // TensorBoard events are checked by an independent reader (its own CRC-32C, python3-protobuf with
