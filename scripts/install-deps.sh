@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
 # Installs every Debian package Cohort's build, tests and demo need. Safe to re-run: it only calls
 # apt-get when something is missing. Needs root (or sudo).
+#   --tests   also the Python tools the tests use that Debian lacks (TensorBoard, from PyPI, pinned
+#             in scripts/requirements-test.txt) in a virtual environment, .venv, beside Debian's
+#             Python packages
 set -euo pipefail
+cd "$(dirname "$0")/.."
+tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) tests=1 ;;
+    *) echo "install-deps: unknown option '$arg' (--tests)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build pkg-config ccache git
@@ -11,7 +22,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libcli11-dev
   dataset-fashion-mnist
-  python3 python3-numpy python3-protobuf
+  python3 python3-numpy python3-protobuf python3-venv
   iproute2
   slurmctld slurmd slurm-client munge
 )
@@ -20,13 +31,23 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1; }
-  sudo=sudo
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "install-deps: installing ${missing[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+if [ "$tests" = 1 ]; then
+  want=$(grep -v '^#' scripts/requirements-test.txt)
+  if ! .venv/bin/python3 -m pip freeze 2>/dev/null | grep -qxF "$want"; then
+    echo "install-deps: installing $want from PyPI into .venv"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+    .venv/bin/python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt ||
+      { echo "install-deps: pip could not install $want into .venv (is PyPI reachable?)" >&2; exit 1; }
+  fi
+fi

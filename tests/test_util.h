@@ -11,7 +11,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <sstream>
 #include <string>
+#include <utility>
+
+#include <nlohmann/json.hpp>
 
 namespace cohort::test {
 
@@ -39,6 +44,45 @@ inline CommandResult run_command(const std::string& cmd, int timeout_s = 600) {
 inline std::string read_text(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// A run directory's TensorBoard scalars as TensorBoard itself reads them (tests/read_tfevents.py,
+// run by .venv's Python, where `scripts/install-deps.sh --tests` installs the tensorboard package):
+// (tag, step) -> value. A reader that cannot run fails the test.
+struct TensorBoardScalars {
+  double file_version = 0;
+  std::map<std::pair<std::string, int64_t>, double> values;
+  bool has(const std::string& tag, int64_t step) const { return values.count({tag, step}) > 0; }
+};
+inline TensorBoardScalars read_tensorboard(const std::filesystem::path& run_dir) {
+  TensorBoardScalars tb;
+  const std::filesystem::path python =
+      std::filesystem::path(COHORT_SOURCE_DIR) / ".venv/bin/python3";
+  if (!std::filesystem::exists(python)) {
+    ADD_FAILURE() << python.string()
+                  << " is missing: scripts/install-deps.sh --tests installs TensorBoard there";
+    return tb;
+  }
+  // The reader's warnings (no TensorFlow: a reduced feature set) go to stderr, not into the JSON.
+  const std::string cmd = "timeout -k 5 300 " + python.string() + " " + COHORT_SOURCE_DIR +
+                          "/tests/read_tfevents.py " + run_dir.string() + " 2>/dev/null";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while (p && (n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = p ? ::pclose(p) : -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    ADD_FAILURE() << "TensorBoard could not read " << run_dir.string() << ": " << out;
+    return tb;
+  }
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("file_version")) tb.file_version = j["file_version"];
+    if (j.contains("tag")) tb.values[{j["tag"], j["step"]}] = j["value"];
+  }
+  return tb;
 }
 
 // A fresh directory per test (named after the test and the process), removed afterwards.

@@ -138,6 +138,28 @@ TEST_F(DdpTrain, RankZeroWritesAndTheTimelineShowsOverlap) {
   }
   EXPECT_EQ(summaries, 1);
   EXPECT_EQ(ranks, 2);
+  // TensorBoard (the PyPI package) reads rank 0's events: the mean loss over ranks as in
+  // metrics.jsonl, the job's samples/s, each rank's step time, the test accuracy.
+  const auto tb = cohort::test::read_tensorboard(dir_ / "run");
+  int logged = 0;
+  for (auto& j : m) {
+    if (j.contains("event")) {
+      if (j["event"] == "eval") {
+        EXPECT_FLOAT_EQ(tb.values.at({"eval/test_acc", j["step"]}), j["test_acc"].get<double>());
+      }
+      continue;
+    }
+    ++logged;
+    EXPECT_FLOAT_EQ(tb.values.at({"train/loss", j["step"]}), j["loss"].get<double>());
+    EXPECT_FLOAT_EQ(tb.values.at({"train/samples_per_s", j["step"]}),
+                    j["samples_per_s"].get<double>());
+    for (const char* tag : {"step_time_ms/rank_0", "step_time_ms/rank_1"}) {
+      ASSERT_TRUE(tb.has(tag, j["step"])) << tag << " at step " << j["step"];
+      EXPECT_GT(tb.values.at({tag, j["step"]}), 0.0) << tag;
+    }
+  }
+  EXPECT_EQ(logged, 4);  // steps 5, 10, 15, 20
+  EXPECT_TRUE(tb.has("eval/test_acc", 20));
   // No stray per-rank timeline files left behind; one merged file with both ranks.
   auto events = nlohmann::json::parse(read_text(dir_ / "run" / "timeline.json"));
   std::map<int, std::vector<nlohmann::json>> by_rank;
