@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/ops/cpu/cpu_backend.h"
+#include "core/ops/cpu/fast_exp.h"
 
 namespace cohort::core::cpu {
 namespace {
@@ -35,15 +36,11 @@ void CpuBackend::softmax(const Tensor& in, const Tensor& out, bool log) {
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
-      T m = -INFINITY;
-      for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;
+      T m = row_max(xr, cols);
       if (std::isinf(m) && m < 0) m = 0;  // a fully masked row gives NaN like PyTorch below
-      T s = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        T e = std::exp(xr[c] - m);
-        if (!log) yr[c] = e;
-        s += e;
-      }
+      // Exponentials first (a loop that vectorises), then their sum (in order, as before).
+      for (int64_t c = 0; c < cols; ++c) yr[c] = exp_of(xr[c] - m);
+      const T s = row_sum(yr, cols);
       if (log) {
         T ls = std::log(s) + m;
         for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - ls;
@@ -70,7 +67,7 @@ void CpuBackend::softmax_backward(const Tensor& grad, const Tensor& out, const T
       T s = 0;
       if (log) {
         for (int64_t c = 0; c < cols; ++c) s += gr[c];
-        for (int64_t c = 0; c < cols; ++c) o[c] = gr[c] - std::exp(yr[c]) * s;
+        for (int64_t c = 0; c < cols; ++c) o[c] = gr[c] - exp_of(yr[c]) * s;
       } else {
         for (int64_t c = 0; c < cols; ++c) s += gr[c] * yr[c];
         for (int64_t c = 0; c < cols; ++c) o[c] = yr[c] * (gr[c] - s);
@@ -95,13 +92,11 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& target, int64
       }
       check_index(t[r], classes, "cross_entropy target");
       const T* xr = x + r * classes;
-      T m = xr[0];
-      for (int64_t c = 1; c < classes; ++c) m = xr[c] > m ? xr[c] : m;
-      double s = 0, sum_x = 0;
-      for (int64_t c = 0; c < classes; ++c) {
-        s += std::exp(static_cast<double>(xr[c] - m));
-        sum_x += xr[c];
-      }
+      const T m = row_max(xr, classes);
+      thread_local std::vector<T> e;
+      e.resize(static_cast<size_t>(classes));
+      for (int64_t c = 0; c < classes; ++c) e[c] = exp_of(xr[c] - m);
+      const double s = row_sum(e.data(), classes), sum_x = row_sum(xr, classes);
       double lse = std::log(s) + m;
       double nll = lse - xr[t[r]];
       double smooth = lse - sum_x / static_cast<double>(classes);
@@ -129,13 +124,9 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
         continue;
       }
       const T* xr = x + r * classes;
-      T m = xr[0];
-      for (int64_t c = 1; c < classes; ++c) m = xr[c] > m ? xr[c] : m;
-      T s = 0;
-      for (int64_t c = 0; c < classes; ++c) {
-        gr[c] = std::exp(xr[c] - m);
-        s += gr[c];
-      }
+      const T m = row_max(xr, classes);
+      for (int64_t c = 0; c < classes; ++c) gr[c] = exp_of(xr[c] - m);
+      const T s = row_sum(gr, classes);
       const T k = scale[r] / s, sc = scale[r];
       for (int64_t c = 0; c < classes; ++c) gr[c] = gr[c] * k - off * sc;
       gr[t[r]] -= (on - off) * sc;
