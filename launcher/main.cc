@@ -1,7 +1,8 @@
 // The `cohort` executable. Subcommands: train (one worker; alone, single-process training),
 // launch (start and supervise the workers of a job), bench collectives.
-// Exit codes: 0 success, 1 training error, 2 usage or config error, 128 + signal when SIGTERM or
-// SIGUSR1 stopped training (after writing a checkpoint).
+// Exit codes: 0 success, 1 training error, 2 usage or config error, 3 a data or checkpoint file
+// that cannot be read or written, 4 a distributed failure (a peer died or a wait timed out), 128 +
+// signal when SIGTERM or SIGUSR1 stopped training (after writing a checkpoint).
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,8 @@ namespace {
 
 constexpr int kExitTrainingError = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitIo = 3;
+constexpr int kExitDistributed = 4;
 
 // One worker of a job: alone, or one rank of the job its environment describes (cohort launch,
 // torchrun's variables, mpirun, srun).
@@ -189,6 +192,15 @@ int main(int argc, char** argv) {
   } catch (const cohort::ConfigError& e) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
     return kExitUsage;
+  } catch (const cohort::IoError& e) {
+    std::fprintf(stderr, "cohort: %s\n", e.what());
+    return kExitIo;
+  } catch (const cohort::DistributedError& e) {
+    std::fprintf(stderr, "cohort: %s\n", e.what());
+    return kExitDistributed;
+  } catch (const cohort::TimeoutError& e) {
+    std::fprintf(stderr, "cohort: %s\n", e.what());
+    return kExitDistributed;
   } catch (const cohort::Error& e) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
     return kExitTrainingError;

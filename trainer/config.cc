@@ -41,8 +41,16 @@ const std::vector<Key>& schema() {
       {"model.dim", Kind::kInt, "128", 1, 1 << 20},
       {"model.context", Kind::kInt, "64", 1, 1 << 20},
       {"model.dropout", Kind::kFloat, "0.0", 0, 1},
-      {"data.dataset", Kind::kString, "fashion_mnist", -kInf, kInf, {"fashion_mnist", "text"}},
+      {"model.vocab", Kind::kInt, "256", 1, 1 << 24},
+      {"data.dataset",
+       Kind::kString,
+       "fashion_mnist",
+       -kInf,
+       kInf,
+       {"fashion_mnist", "text", "tokens", "synthetic"}},
       {"data.path", Kind::kString, "/usr/share/datasets/fashion-mnist"},
+      {"data.val_path", Kind::kString, ""},
+      {"data.synthetic_samples", Kind::kInt, "10000", 1, int64_t{1} << 40},
       {"data.batch_size", Kind::kInt, "64", 1, 1 << 24},
       {"data.shuffle", Kind::kBool, "true"},
       {"data.prefetch", Kind::kInt, "2", 0, 64},
@@ -336,6 +344,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.model.dim = i64("model.dim");
   c.model.context = i64("model.context");
   c.model.dropout = f64("model.dropout");
+  c.model.vocab = i64("model.vocab");
   if (c.model.type == "gpt" && c.model.dim % c.model.heads != 0)
     val.fail("model.dim", lookup(root, "model.dim"),
              "model.dim (" + std::to_string(c.model.dim) + ") must be divisible by model.heads (" +
@@ -346,24 +355,37 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.shuffle = bl("data.shuffle");
   c.data.prefetch = i64("data.prefetch");
   c.data.val_fraction = f64("data.val_fraction");
-  if (c.model.type == "gpt" && c.data.dataset != "text")
+  c.data.val_path = str("data.val_path");
+  c.data.synthetic_samples = i64("data.synthetic_samples");
+  const bool language = c.data.dataset != "fashion_mnist";
+  if (c.model.type == "gpt" && !language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
-             "model.type gpt needs data.dataset: text");
-  if (c.model.type != "gpt" && c.data.dataset == "text")
+             "model.type gpt needs data.dataset text, tokens or synthetic");
+  if (c.model.type != "gpt" && language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
-             "data.dataset text needs model.type gpt");
+             "data.dataset " + c.data.dataset + " needs model.type gpt");
+  if (c.data.dataset == "text" && c.model.vocab < 256)
+    val.fail("model.vocab", lookup(root, "model.vocab"),
+             "model.vocab must be at least 256 for data.dataset text (one token per byte), got " +
+                 std::to_string(c.model.vocab));
   {
     namespace fs = std::filesystem;
-    bool ok =
-        c.data.dataset == "text" ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path);
+    const bool file = c.data.dataset == "text" || c.data.dataset == "tokens";
+    const bool ok = c.data.dataset == "synthetic" ||
+                    (file ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path));
     if (!ok)
       val.fail(
           "data.path", lookup(root, "data.path"),
-          "data.path " + c.data.path +
-              (c.data.dataset == "text" ? " is not a readable file" : " is not a directory") +
+          "data.path " + c.data.path + (file ? " is not a readable file" : " is not a directory") +
               (c.data.dataset == "fashion_mnist"
                    ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)"
                    : ""));
+    if (!c.data.val_path.empty() && c.data.dataset != "tokens")
+      val.fail("data.val_path", lookup(root, "data.val_path"),
+               "data.val_path is for data.dataset tokens only");
+    if (!c.data.val_path.empty() && !fs::is_regular_file(c.data.val_path))
+      val.fail("data.val_path", lookup(root, "data.val_path"),
+               "data.val_path " + c.data.val_path + " is not a readable file");
   }
   c.optimizer.type = str("optimizer.type");
   c.optimizer.lr = f64("optimizer.lr");

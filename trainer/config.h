@@ -15,16 +15,19 @@ struct ModelConfig {
   std::string type;                                        // mlp | cnn | gpt
   std::vector<int64_t> hidden;                             // mlp
   int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
+  int64_t vocab = 256;                                     // gpt: 256 bytes, 50257 for GPT-2
   double dropout = 0.0;
 };
 
 struct DataConfig {
-  std::string dataset;  // fashion_mnist | text
+  std::string dataset;  // fashion_mnist | text | tokens | synthetic
   std::string path;
-  int64_t batch_size = 64;  // per rank
+  std::string val_path;               // tokens: a separate validation file (llm.c's *_val_*.bin)
+  int64_t synthetic_samples = 10000;  // synthetic: samples per epoch
+  int64_t batch_size = 64;            // per rank
   bool shuffle = true;
   int64_t prefetch = 2;
-  double val_fraction = 0.1;  // text: the tail of the file held out for evaluation
+  double val_fraction = 0.1;  // text, tokens: the tail of the file held out for evaluation
 };
 
 struct OptimizerConfig {

@@ -53,7 +53,7 @@ std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* 
   if (c.model.type == "mlp") return std::make_shared<MLP>(28 * 28, c.model.hidden, 10, gen);
   if (c.model.type == "cnn") return std::make_shared<CNN>(1, 10, gen);
   GPTConfig g;
-  g.vocab_size = 256;
+  g.vocab_size = c.model.vocab;
   g.context = c.model.context;
   g.layers = c.model.layers;
   g.heads = c.model.heads;
@@ -91,13 +91,31 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (c_.data.dataset == "fashion_mnist") {
     train_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "train");
     eval_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "t10k");
-  } else {
-    double split = 1.0 - c_.data.val_fraction;
-    train_set_ =
-        std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, 0.0, split);
+  } else if (c_.data.dataset == "synthetic") {
+    train_set_ = std::make_shared<core::data::SyntheticTokenDataset>(
+        c_.data.synthetic_samples, c_.model.context, c_.model.vocab, c_.seed);
     if (c_.data.val_fraction > 0)
-      eval_set_ =
-          std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, split, 1.0);
+      eval_set_ = std::make_shared<core::data::SyntheticTokenDataset>(
+          std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(c_.data.synthetic_samples) *
+                                                    c_.data.val_fraction)),
+          c_.model.context, c_.model.vocab, c_.seed + 1);
+  } else if (c_.data.dataset == "tokens" && !c_.data.val_path.empty()) {
+    train_set_ = std::make_shared<core::data::TokenFileDataset>(c_.data.path, c_.model.context,
+                                                                c_.model.vocab);
+    eval_set_ = std::make_shared<core::data::TokenFileDataset>(c_.data.val_path, c_.model.context,
+                                                               c_.model.vocab);
+  } else {
+    // One file: its tail (data.val_fraction) is held out for evaluation.
+    const double split = 1.0 - c_.data.val_fraction;
+    const bool tokens = c_.data.dataset == "tokens";
+    auto part = [&](double b, double e) -> std::shared_ptr<core::data::Dataset> {
+      if (tokens)
+        return std::make_shared<core::data::TokenFileDataset>(c_.data.path, c_.model.context,
+                                                              c_.model.vocab, b, e);
+      return std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, b, e);
+    };
+    train_set_ = part(0.0, split);
+    if (c_.data.val_fraction > 0) eval_set_ = part(split, 1.0);
   }
 
   const bool zero1 = world_ > 1 && c_.distributed.strategy == "zero1";

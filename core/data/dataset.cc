@@ -1,9 +1,15 @@
-// Samplers, the prefetching DataLoader, and the Fashion-MNIST and byte-text datasets.
+// Samplers, the prefetching DataLoader, and the Fashion-MNIST, byte-text and token datasets.
 #include "core/data/dataset.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 
@@ -224,6 +230,102 @@ Batch ByteTextDataset::get_batch(const std::vector<int64_t>& indices) const {
     for (int64_t t = 0; t < context_; ++t) {
       xp[i * context_ + t] = bytes_[start + t];
       yp[i * context_ + t] = bytes_[start + t + 1];
+    }
+  }
+  return {x, y};
+}
+
+TokenFileDataset::TokenFileDataset(const std::string& path, int64_t context, int64_t vocab,
+                                   double begin_frac, double end_frac)
+    : context_(context) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) COHORT_THROW(IoError, "cannot open token file ", path, ": ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_size < kHeaderInts * 4) {
+    ::close(fd);
+    COHORT_THROW(IoError, "token file ", path, " is shorter than llm.c's 1024-byte header");
+  }
+  map_bytes_ = static_cast<size_t>(st.st_size);
+  map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    COHORT_THROW(IoError, "cannot map token file ", path, ": ", std::strerror(errno));
+  }
+  int32_t header[3];
+  std::memcpy(header, map_, sizeof header);
+  const auto fail = [&](const std::string& why) {
+    ::munmap(map_, map_bytes_);
+    map_ = nullptr;
+    COHORT_THROW(IoError, "token file ", path, " ", why);
+  };
+  if (header[0] != kMagic)
+    fail("is not in llm.c's format (magic " + std::to_string(header[0]) + ", expected " +
+         std::to_string(kMagic) + ")");
+  if (header[1] != 1)
+    fail("has version " + std::to_string(header[1]) + "; only 1 (uint16) is read");
+  const int64_t total = header[2];
+  if (total < 0 || static_cast<size_t>(kHeaderInts * 4 + total * 2) > map_bytes_)
+    fail("says it holds " + std::to_string(total) + " tokens but has room for " +
+         std::to_string((static_cast<int64_t>(map_bytes_) - kHeaderInts * 4) / 2));
+  const int64_t b = static_cast<int64_t>(begin_frac * static_cast<double>(total));
+  const int64_t e = static_cast<int64_t>(end_frac * static_cast<double>(total));
+  tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map_) + kHeaderInts * 4) + b;
+  count_ = e - b;
+  if (count_ < context + 1)
+    fail("has " + std::to_string(count_) + " tokens in this split; need at least " +
+         std::to_string(context + 1) + " for context " + std::to_string(context));
+  // A token the embedding has no row for would read out of bounds later; say so now.
+  const uint16_t top = *std::max_element(tokens_, tokens_ + count_);
+  if (top >= vocab)
+    fail("holds token " + std::to_string(top) + " but model.vocab is " + std::to_string(vocab));
+}
+
+TokenFileDataset::~TokenFileDataset() {
+  if (map_) ::munmap(map_, map_bytes_);
+}
+
+int64_t TokenFileDataset::size() const { return (count_ - 1) / context_; }
+
+Batch TokenFileDataset::get_batch(const std::vector<int64_t>& indices) const {
+  const int64_t b = static_cast<int64_t>(indices.size());
+  Tensor x = empty({b, context_}, TensorOptions(DType::kInt64));
+  Tensor y = empty({b, context_}, TensorOptions(DType::kInt64));
+  int64_t* xp = x.data_ptr<int64_t>();
+  int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const uint16_t* w = tokens_ + indices[static_cast<size_t>(i)] * context_;
+    for (int64_t t = 0; t < context_; ++t) {
+      xp[i * context_ + t] = w[t];
+      yp[i * context_ + t] = w[t + 1];
+    }
+  }
+  return {x, y};
+}
+
+SyntheticTokenDataset::SyntheticTokenDataset(int64_t samples, int64_t context, int64_t vocab,
+                                             uint64_t seed)
+    : samples_(samples), context_(context), vocab_(vocab), seed_(seed) {
+  COHORT_CHECK(samples > 0 && context > 0 && vocab > 0,
+               "synthetic tokens need positive samples, context and vocab");
+}
+
+Batch SyntheticTokenDataset::get_batch(const std::vector<int64_t>& indices) const {
+  const int64_t b = static_cast<int64_t>(indices.size());
+  Tensor x = empty({b, context_}, TensorOptions(DType::kInt64));
+  Tensor y = empty({b, context_}, TensorOptions(DType::kInt64));
+  int64_t* xp = x.data_ptr<int64_t>();
+  int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    // Each sample's tokens depend on (seed, index) only, so any loader order sees the same data.
+    Generator g(seed_ * 0x9e3779b97f4a7c15ULL +
+                static_cast<uint64_t>(indices[static_cast<size_t>(i)]));
+    int64_t prev = static_cast<int64_t>(g.below(static_cast<uint64_t>(vocab_)));
+    for (int64_t t = 0; t < context_; ++t) {
+      const int64_t next = static_cast<int64_t>(g.below(static_cast<uint64_t>(vocab_)));
+      xp[i * context_ + t] = prev;
+      yp[i * context_ + t] = next;
+      prev = next;
     }
   }
   return {x, y};

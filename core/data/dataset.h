@@ -129,6 +129,45 @@ class ByteTextDataset : public Dataset {
   int64_t context_;
 };
 
+// Token files in llm.c's format (what its fineweb/tinyshakespeare scripts write): a header of 256
+// little-endian int32 (magic 20240520, version 1, token count), then the tokens as uint16. The file
+// is mapped, not read, so a multi-gigabyte shard costs no memory up front. Sample i is the window
+// of tokens [i*ctx, i*ctx + ctx]: input the first ctx, target the next ctx (int64 [B, ctx]).
+class TokenFileDataset : public Dataset {
+ public:
+  // Uses tokens [begin_frac, end_frac) of the file. Throws IoError naming the file when it is
+  // missing, not in that format, shorter than its header says, too short for one window, or holds
+  // a token >= vocab (checked once, here).
+  TokenFileDataset(const std::string& path, int64_t context, int64_t vocab, double begin_frac = 0,
+                   double end_frac = 1);
+  ~TokenFileDataset() override;
+  TokenFileDataset(const TokenFileDataset&) = delete;
+  TokenFileDataset& operator=(const TokenFileDataset&) = delete;
+  int64_t size() const override;
+  Batch get_batch(const std::vector<int64_t>& indices) const override;
+  static constexpr int32_t kMagic = 20240520;
+  static constexpr int64_t kHeaderInts = 256;
+
+ private:
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const uint16_t* tokens_ = nullptr;
+  int64_t count_ = 0, context_;
+};
+
+// Uniformly random tokens in [0, vocab), the same for a given seed on every rank and every run:
+// for measuring throughput without a dataset (the loss stays near log(vocab)).
+class SyntheticTokenDataset : public Dataset {
+ public:
+  SyntheticTokenDataset(int64_t samples, int64_t context, int64_t vocab, uint64_t seed);
+  int64_t size() const override { return samples_; }
+  Batch get_batch(const std::vector<int64_t>& indices) const override;
+
+ private:
+  int64_t samples_, context_, vocab_;
+  uint64_t seed_;
+};
+
 // Reads an IDX file (optionally gzip-compressed) into bytes and its dimensions.
 std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dims);
 

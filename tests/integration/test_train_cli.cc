@@ -74,6 +74,56 @@ TEST_F(TrainCli, TinyGptTrains) {
   EXPECT_NEAR(first, std::log(256.0), 0.5);  // an untrained byte model is near uniform
 }
 
+// configs/gpt2_124m.yaml with GPT-2's vocabulary (the shape shrunk to fit a CPU test): synthetic
+// tokens by default, llm.c token files with a separate validation file; the loss starts near
+// log(50257) and falls on a file that repeats itself.
+TEST_F(TrainCli, Gpt2ConfigTrainsOnSyntheticAndTokenFiles) {
+  const std::string small =
+      " model.layers=1 model.dim=32 model.heads=2 model.context=16 data.batch_size=4 "
+      "train.log_every=10 eval.every_steps=0 eval.max_batches=2 schedule.warmup_steps=0 "
+      "optimizer.lr=0.01 ";
+  Result syn = run(cohort() + " train " + config("gpt2_124m.yaml") + small +
+                   "train.steps=10 logging.dir=" + (dir_ / "syn").string());
+  ASSERT_EQ(syn.code, 0) << syn.output;
+  auto m = metrics(dir_ / "syn");
+  EXPECT_NEAR(m.front()["loss"].get<double>(), std::log(50257.0), 0.5) << syn.output;
+
+  // A token file that repeats 64 tokens from the top of the vocabulary.
+  std::vector<int32_t> header(256, 0);
+  std::vector<uint16_t> tokens;
+  for (int i = 0; i < 4096; ++i) tokens.push_back(static_cast<uint16_t>(50257 - 64 + i % 64));
+  header[0] = 20240520;
+  header[1] = 1;
+  header[2] = static_cast<int32_t>(tokens.size());
+  for (const char* name : {"train.bin", "val.bin"}) {
+    std::ofstream f(dir_ / name, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(header.data()), 1024);
+    f.write(reinterpret_cast<const char*>(tokens.data()),
+            static_cast<std::streamsize>(tokens.size() * 2));
+  }
+  Result tok = run(cohort() + " train " + config("gpt2_124m.yaml") + small +
+                   "train.steps=60 data.dataset=tokens data.path=" + (dir_ / "train.bin").string() +
+                   " data.val_path=" + (dir_ / "val.bin").string() +
+                   " logging.dir=" + (dir_ / "tok").string());
+  ASSERT_EQ(tok.code, 0) << tok.output;
+  m = metrics(dir_ / "tok");
+  double first = m.front()["loss"], last = 0;
+  for (auto& rec : m)
+    if (rec.contains("loss") && !rec.contains("event")) last = rec["loss"];
+  EXPECT_LT(last, first - 2.0) << tok.output;
+  EXPECT_NE(tok.output.find("test_acc"), std::string::npos) << tok.output;
+
+  // A file that is not a token file: exit code 3 and one sentence naming it.
+  Result bad = run(cohort() + " train " + config("gpt2_124m.yaml") + small +
+                   "train.steps=1 data.dataset=tokens data.path=" + config("gpt2_124m.yaml") +
+                   " logging.dir=" + (dir_ / "bad").string());
+  EXPECT_EQ(bad.code, 3) << bad.output;
+  EXPECT_NE(bad.output.find("token file " + config("gpt2_124m.yaml") +
+                            " is shorter than llm.c's 1024-byte header"),
+            std::string::npos)
+      << bad.output;
+}
+
 // train.steps wins over train.epochs: a run of more steps than one epoch has goes on into the
 // next epochs instead of stopping at the end of train.epochs.
 TEST_F(TrainCli, StepsBeyondOneEpochRunIntoTheNextEpochs) {

@@ -128,6 +128,16 @@ TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
       << e;
   e = error_of("model:\n  type: gpt\ndata:\n  dataset: text\n  path: /nonexistent.txt\n");
   EXPECT_NE(e.find("data.path /nonexistent.txt is not a readable file"), std::string::npos) << e;
+  e = error_of("model:\n  type: gpt\ndata:\n  dataset: tokens\n  path: /nonexistent.bin\n");
+  EXPECT_NE(e.find("data.path /nonexistent.bin is not a readable file"), std::string::npos) << e;
+  e = error_of("model:\n  type: mlp\ndata:\n  dataset: synthetic\n");
+  EXPECT_NE(e.find("data.dataset synthetic needs model.type gpt"), std::string::npos) << e;
+  e = error_of(
+      "model:\n  type: gpt\n  vocab: 100\ndata:\n  dataset: text\n  path: /etc/hostname\n");
+  EXPECT_NE(e.find("model.vocab must be at least 256 for data.dataset text"), std::string::npos)
+      << e;
+  e = error_of("model:\n  type: gpt\ndata:\n  dataset: synthetic\n  val_path: /etc/hostname\n");
+  EXPECT_NE(e.find("data.val_path is for data.dataset tokens only"), std::string::npos) << e;
 }
 
 }  // namespace
