@@ -22,6 +22,8 @@ using cohort::test::read_text;
 using cohort::test::run_command;
 
 const char* kData = "/usr/share/datasets/fashion-mnist";
+// One run takes seconds; a stuck one fails its test with its output well inside CTest's limit.
+constexpr int kRunLimit = 150;
 
 class DdpTrain : public cohort::test::TempDirTest {
  protected:
@@ -36,8 +38,8 @@ class DdpTrain : public cohort::test::TempDirTest {
     return std::string(COHORT_BINARY) + " train " + COHORT_SOURCE_DIR + "/configs/fashion_mnist_" +
            model + ".yaml train.steps=" + std::to_string(steps) +
            " data.batch_size=" + std::to_string(batch) + " train.log_every=5 " +
-           "eval.max_batches=1 eval.batch_size=500 logging.dir=" + (dir_ / run).string() + " " +
-           extra;
+           "eval.max_batches=1 eval.batch_size=500 distributed.timeout_s=60 logging.dir=" +
+           (dir_ / run).string() + " " + extra;
   }
   std::string launch(int n, const std::string& args) const {
     return std::string(COHORT_BINARY) + " launch --nproc-per-node " + std::to_string(n) + " -- " +
@@ -98,18 +100,19 @@ TEST_F(DdpTrain, RanksWithBatchBEqualOneProcessWithBatchNB) {
     for (int n : {2, 4}) {
       const int64_t b = 32 / n;
       const std::string ref = model + "_single_" + std::to_string(n);
-      auto r = run_command(train(model, n * b, ref));
+      auto r = run_command(train(model, n * b, ref), kRunLimit);
       ASSERT_EQ(r.code, 0) << r.output;
       auto expected = final_model(ref);
 
       const std::string launched = model + "_launch_" + std::to_string(n);
-      r = run_command(launch(n, train(model, b, launched)));
+      r = run_command(launch(n, train(model, b, launched)), kRunLimit);
       ASSERT_EQ(r.code, 0) << r.output;
       expect_same_model(final_model(launched), expected, launched);
       if (!COHORT_USE_MPI) continue;
       for (std::string backend : {"mpi", "cpu"}) {
         const std::string mpi = model + "_mpirun_" + backend + "_" + std::to_string(n);
-        r = run_command(mpirun(n, train(model, b, mpi, "distributed.backend=" + backend)));
+        r = run_command(mpirun(n, train(model, b, mpi, "distributed.backend=" + backend)),
+                        kRunLimit);
         ASSERT_EQ(r.code, 0) << r.output;
         expect_same_model(final_model(mpi), expected, mpi);
       }
