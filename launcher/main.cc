@@ -29,6 +29,15 @@ constexpr int kExitUsage = 2;
 constexpr int kExitIo = 3;
 constexpr int kExitDistributed = 4;
 
+int exit_code_of(const cohort::Error& e) {
+  if (dynamic_cast<const cohort::ConfigError*>(&e)) return kExitUsage;
+  if (dynamic_cast<const cohort::IoError*>(&e)) return kExitIo;
+  if (dynamic_cast<const cohort::DistributedError*>(&e) ||
+      dynamic_cast<const cohort::TimeoutError*>(&e))
+    return kExitDistributed;
+  return kExitTrainingError;
+}
+
 // One worker of a job: alone, or one rank of the job its environment describes (cohort launch,
 // torchrun's variables, mpirun, srun).
 int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
@@ -189,21 +198,9 @@ int main(int argc, char** argv) {
   } catch (const cohort::trainer::Stopped& e) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
     return 128 + e.signal();
-  } catch (const cohort::ConfigError& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return kExitUsage;
-  } catch (const cohort::IoError& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return kExitIo;
-  } catch (const cohort::DistributedError& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return kExitDistributed;
-  } catch (const cohort::TimeoutError& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return kExitDistributed;
   } catch (const cohort::Error& e) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
-    return kExitTrainingError;
+    return exit_code_of(e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cohort: unexpected error: %s\n", e.what());
     return kExitTrainingError;

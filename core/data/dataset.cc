@@ -16,6 +16,28 @@
 #include "core/ops/ops.h"
 
 namespace cohort::core::data {
+namespace {
+
+// Sample i of a language-model dataset: input tokens [i*ctx, i*ctx + ctx), target the same window
+// one token later (int64 [B, ctx] each).
+template <typename Token>
+Batch windows(const std::vector<int64_t>& indices, int64_t context, const Token* tokens) {
+  const int64_t b = static_cast<int64_t>(indices.size());
+  Tensor x = empty({b, context}, TensorOptions(DType::kInt64));
+  Tensor y = empty({b, context}, TensorOptions(DType::kInt64));
+  int64_t* xp = x.data_ptr<int64_t>();
+  int64_t* yp = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const Token* w = tokens + indices[static_cast<size_t>(i)] * context;
+    for (int64_t t = 0; t < context; ++t) {
+      xp[i * context + t] = w[t];
+      yp[i * context + t] = w[t + 1];
+    }
+  }
+  return {x, y};
+}
+
+}  // namespace
 
 DistributedSampler::DistributedSampler(int64_t dataset_size, const DistributedSamplerOptions& o)
     : size_(dataset_size), o_(o) {
@@ -220,19 +242,7 @@ int64_t ByteTextDataset::size() const {
 }
 
 Batch ByteTextDataset::get_batch(const std::vector<int64_t>& indices) const {
-  const int64_t b = static_cast<int64_t>(indices.size());
-  Tensor x = empty({b, context_}, TensorOptions(DType::kInt64));
-  Tensor y = empty({b, context_}, TensorOptions(DType::kInt64));
-  int64_t* xp = x.data_ptr<int64_t>();
-  int64_t* yp = y.data_ptr<int64_t>();
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t start = indices[i] * context_;
-    for (int64_t t = 0; t < context_; ++t) {
-      xp[i * context_ + t] = bytes_[start + t];
-      yp[i * context_ + t] = bytes_[start + t + 1];
-    }
-  }
-  return {x, y};
+  return windows(indices, context_, bytes_.data());
 }
 
 TokenFileDataset::TokenFileDataset(const std::string& path, int64_t context, int64_t vocab,
@@ -288,19 +298,7 @@ TokenFileDataset::~TokenFileDataset() {
 int64_t TokenFileDataset::size() const { return (count_ - 1) / context_; }
 
 Batch TokenFileDataset::get_batch(const std::vector<int64_t>& indices) const {
-  const int64_t b = static_cast<int64_t>(indices.size());
-  Tensor x = empty({b, context_}, TensorOptions(DType::kInt64));
-  Tensor y = empty({b, context_}, TensorOptions(DType::kInt64));
-  int64_t* xp = x.data_ptr<int64_t>();
-  int64_t* yp = y.data_ptr<int64_t>();
-  for (int64_t i = 0; i < b; ++i) {
-    const uint16_t* w = tokens_ + indices[static_cast<size_t>(i)] * context_;
-    for (int64_t t = 0; t < context_; ++t) {
-      xp[i * context_ + t] = w[t];
-      yp[i * context_ + t] = w[t + 1];
-    }
-  }
-  return {x, y};
+  return windows(indices, context_, tokens_);
 }
 
 SyntheticTokenDataset::SyntheticTokenDataset(int64_t samples, int64_t context, int64_t vocab,
