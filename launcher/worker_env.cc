@@ -114,6 +114,7 @@ WorkerEnv detect_worker_env() {
           int_var("SLURM_NODEID", -1) == 0 ? "127.0.0.1" : expand_hostlist(list).front();
       e.store = host + ":" + std::to_string(slurm_port(job));
       e.host_store = e.rank == 0;
+      e.job_id = std::string(job) + "." + (var("SLURM_STEP_ID") ? var("SLURM_STEP_ID") : "0");
     }
   }
   if (e.world_size < 1 || e.rank >= e.world_size)
@@ -141,6 +142,17 @@ std::shared_ptr<collectives::Store> open_store(const WorkerEnv& env, collectives
 std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
                                                   collectives::Millis timeout) {
   auto store = open_store(env, timeout);
+  if (!env.job_id.empty()) {
+    const std::string key = "cohort/job";
+    if (env.host_store) {
+      store->set(key, env.job_id);
+    } else if (const std::string owner = store->get(key); owner != env.job_id) {
+      COHORT_THROW(DistributedError, "rank ", env.rank, ": the store at ", env.store,
+                   " belongs to Slurm job ", owner, ", not to this job ", env.job_id,
+                   ": another job on that node holds the port derived from the job id; set "
+                   "COHORT_STORE=host:port for this job");
+    }
+  }
   if (env.store_prefix.empty()) return store;
   return std::make_shared<collectives::PrefixStore>(env.store_prefix, std::move(store));
 }

@@ -26,6 +26,9 @@ struct WorkerEnv {
   // it and broadcasts its address).
   bool store_through_mpi = false;
   std::string source;  // which convention the values came from, for messages
+  // Under srun: "JOBID.STEPID". The store's port is derived from the job id, so another job on the
+  // same node may hold it; rank 0 records this job in its store and the others check it.
+  std::string job_id;
 };
 
 struct HostPort {

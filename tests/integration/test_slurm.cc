@@ -130,7 +130,8 @@ TEST_F(SlurmSubmit, SigusrFromSlurmCheckpointsRequeuesAndResumes) {
          std::chrono::steady_clock::now() < end &&
          !finished(sh(env() + "scontrol show job " + job).second))
     std::this_thread::sleep_for(100ms);
-  ASSERT_NE(log(job).find("step 10/3000"), std::string::npos) << log(job);
+  ASSERT_NE(log(job).find("step 10/3000"), std::string::npos)
+      << "job " << job << ": " << sh(env() + "scontrol show job " + job).second << log(job);
   auto [rc, out] = sh(env() + "scancel --signal=USR1 " + job);
   ASSERT_EQ(rc, 0) << out;
   // Slurm holds a requeued job for two minutes (Reason=BeginTime); an operator may release it
