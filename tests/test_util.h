@@ -64,18 +64,15 @@ inline TensorBoardScalars read_tensorboard(const std::filesystem::path& run_dir)
     return tb;
   }
   // The reader's warnings (no TensorFlow: a reduced feature set) go to stderr, not into the JSON.
-  const std::string cmd = "timeout -k 5 300 " + python.string() + " " + COHORT_SOURCE_DIR +
-                          "/tests/read_tfevents.py " + run_dir.string() + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while (p && (n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = p ? ::pclose(p) : -1;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    ADD_FAILURE() << "TensorBoard could not read " << run_dir.string() << ": " << out;
+  const CommandResult r =
+      run_command("sh -c '" + python.string() + " " + COHORT_SOURCE_DIR +
+                      "/tests/read_tfevents.py " + run_dir.string() + " 2>/dev/null'",
+                  300);
+  if (r.code != 0) {
+    ADD_FAILURE() << "TensorBoard could not read " << run_dir.string() << ": " << r.output;
     return tb;
   }
+  const std::string& out = r.output;
   std::istringstream lines(out);
   for (std::string line; std::getline(lines, line);) {
     const auto j = nlohmann::json::parse(line);
