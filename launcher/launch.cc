@@ -1,10 +1,14 @@
 #include "launcher/launch.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +19,7 @@
 #include "core/util/error.h"
 #include "launcher/worker_env.h"
 #include "launcher/worker_process.h"
+#include "parameter_server/auth.h"
 
 namespace cohort::launcher {
 namespace {
@@ -126,6 +131,39 @@ class Rendezvous {
 
   const std::string& host() const { return host_; }
   uint16_t port() const { return port_; }
+
+  // Parameter-server mode: the job's secret (COHORT_PS_SECRET if the user set one, else made by
+  // node 0 and read by the others from the store) and the address this node's servers listen on.
+  std::string ps_secret() {
+    if (const char* s = std::getenv("COHORT_PS_SECRET"); s && *s) return s;
+    if (o_.nnodes == 1) return ps::new_secret();
+    if (o_.node_rank == 0) store_->set("ps/secret", ps::new_secret());
+    store_->wait({"ps/secret"},
+                 std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000)));
+    return store_->get("ps/secret");
+  }
+  std::string local_address() const {
+    if (o_.nnodes == 1 && o_.rdzv_endpoint.empty()) return "127.0.0.1";
+    // The address of the interface that reaches node 0: a connected UDP socket sends nothing.
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_DGRAM;
+    if (::getaddrinfo(host_.c_str(), std::to_string(port_).c_str(), &hints, &res) != 0 || !res)
+      return "127.0.0.1";
+    std::string out = "127.0.0.1";
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+      sockaddr_in local{};
+      socklen_t len = sizeof local;
+      char buf[INET_ADDRSTRLEN] = {};
+      if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+          ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf))
+        out = buf;
+    }
+    if (fd >= 0) ::close(fd);
+    ::freeaddrinfo(res);
+    return out;
+  }
   int world_size() const { return world_; }
   int rank_offset() const { return offset_; }
 
@@ -210,6 +248,21 @@ class Rendezvous {
   Clock::time_point next_beat_{};
 };
 
+// "rank 3" or "parameter server 1", for messages.
+std::string who(const WorkerSpec& spec) {
+  return (spec.server ? "parameter server " : "rank ") + std::to_string(spec.rank);
+}
+
+void print_lost(const WorkerProcess& w) {
+  std::fprintf(stderr,
+               "cohort launch: worker rank %d (pid %d) %s; parameter-server training goes on "
+               "without it\n",
+               w.spec().rank, static_cast<int>(w.pid()), w.describe_status().c_str());
+  for (const auto& line : w.last_lines())
+    std::fprintf(stderr, "  %s%s\n", w.spec().prefix.c_str(), line.c_str());
+  std::fflush(stderr);
+}
+
 struct RoundResult {
   int signal = 0;                         // the launcher was told to stop
   const WorkerProcess* failed = nullptr;  // the first worker that failed on this node
@@ -218,7 +271,8 @@ struct RoundResult {
 
 class Round {
  public:
-  Round(const LaunchOptions& o, Rendezvous& rz, int restart) : o_(o), rz_(rz), attempt_(restart) {
+  Round(const LaunchOptions& o, Rendezvous& rz, int restart, const std::string& ps_secret)
+      : o_(o), rz_(rz), attempt_(restart) {
     const int n = o.nproc_per_node;
     const std::vector<int> redirects = parse_stream_spec("--redirects", o.redirects, n);
     const std::vector<int> tees = parse_stream_spec("--tee", o.tee, n);
@@ -260,8 +314,41 @@ class Round {
                   {"MASTER_ADDR", rz.host()},
                   {"MASTER_PORT", port},
                   {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)}};
+      if (o.ps_servers > 0) {
+        spec.env["COHORT_ROLE"] = "worker";
+        spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * o.nnodes);
+        spec.env["COHORT_PS_SECRET"] = ps_secret;
+      }
       workers_.push_back(std::make_unique<WorkerProcess>(std::move(spec)));
     }
+    // Servers first in line for nothing: workers find them through the store, waiting if need be.
+    for (int i = 0; i < o.ps_servers; ++i) {
+      WorkerSpec spec;
+      spec.server = true;
+      spec.rank = o.node_rank * o.ps_servers + i;
+      spec.argv = o.program;
+      spec.prefix = "[" + node + "/ps" + std::to_string(spec.rank) + "] ";
+      // Servers' streams go where local rank 0's go.
+      spec.out = route(true, redirects[0], tees[0], 1);
+      spec.err = route(true, redirects[0], tees[0], 2);
+      if (spec.out.file || spec.err.file)
+        spec.log_path =
+            (std::filesystem::path(o.log_dir) / ("ps_" + std::to_string(spec.rank) + ".log"))
+                .string();
+      spec.env = {{"COHORT_ROLE", "server"},
+                  {"COHORT_PS_SERVER_RANK", std::to_string(spec.rank)},
+                  {"COHORT_PS_SERVERS", std::to_string(o.ps_servers * o.nnodes)},
+                  {"COHORT_PS_SECRET", ps_secret},
+                  {"COHORT_PS_BIND", rz.local_address()},
+                  {"COHORT_WORLD_SIZE", std::to_string(rz.world_size())},
+                  {"COHORT_NODE_RANK", node},
+                  {"COHORT_STORE", rz.host() + ":" + port},
+                  {"COHORT_STORE_PREFIX", "attempt" + std::to_string(restart)},
+                  {"COHORT_RESTART_COUNT", "0"},
+                  {"COHORT_RUN_ID", run_id}};
+      workers_.push_back(std::make_unique<WorkerProcess>(std::move(spec)));
+    }
+    server_restarts_.assign(workers_.size(), 0);
   }
 
   RoundResult supervise() {
@@ -277,11 +364,19 @@ class Round {
         return result;
       }
       bool all_done = true;
-      for (auto& w : workers_) {
+      for (size_t i = 0; i < workers_.size(); ++i) {
+        auto& w = workers_[i];
         if (!w->poll_exit()) {
-          all_done = false;
+          if (!w->spec().server) all_done = false;
+        } else if (w->spec().server) {
+          if (!restart_server(i) && !result.failed) result.failed = w.get();
         } else if (w->exit_code() != 0 && !result.failed) {
-          result.failed = w.get();
+          // Parameter-server workers are independent: only the chief's failure ends the job.
+          if (o_.ps_servers > 0 && w->spec().rank != 0) {
+            note_lost_worker(*w);
+          } else {
+            result.failed = w.get();
+          }
         }
       }
       if (result.failed) {
@@ -293,7 +388,7 @@ class Round {
         finish_output(std::chrono::seconds(2));
         rz_.post_done(attempt_);
         finished_here = true;
-        if (rz_.all_done(attempt_)) return result;
+        if (rz_.all_done(attempt_)) return finish(result);
       }
       if (Clock::now() >= next_check) {
         next_check = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(
@@ -305,16 +400,15 @@ class Round {
           stop(SIGTERM);
           return result;
         }
-        if (finished_here && rz_.all_done(attempt_)) return result;
+        if (finished_here && rz_.all_done(attempt_)) return finish(result);
       }
     }
   }
 
   // One line for the summary, with the worker's last lines, as the other nodes will print it.
   std::string describe_failure(const WorkerProcess& w) const {
-    std::string text = "rank " + std::to_string(w.spec().rank) + " (node " +
-                       std::to_string(o_.node_rank) + ", pid " + std::to_string(w.pid()) + ") " +
-                       w.describe_status();
+    std::string text = who(w.spec()) + " (node " + std::to_string(o_.node_rank) + ", pid " +
+                       std::to_string(w.pid()) + ") " + w.describe_status();
     if (!w.last_lines().empty()) {
       text += "; its last lines:";
       for (const auto& line : w.last_lines()) text += "\n    " + w.spec().prefix + line;
@@ -323,6 +417,47 @@ class Round {
   }
 
  private:
+  // The workers are done: parameter servers (if any) write their last checkpoints and stop.
+  RoundResult finish(RoundResult r) {
+    bool servers = false;
+    for (auto& w : workers_) servers = servers || (w->spec().server && !w->exited());
+    if (servers) stop(SIGTERM);
+    if (!lost_.empty())
+      std::fprintf(stderr,
+                   "cohort launch: parameter-server training finished without worker(s) %s\n",
+                   lost_.c_str());
+    return r;
+  }
+
+  void note_lost_worker(const WorkerProcess& w) {
+    const std::string rank = std::to_string(w.spec().rank);
+    if (std::find(lost_ranks_.begin(), lost_ranks_.end(), w.spec().rank) != lost_ranks_.end())
+      return;
+    lost_ranks_.push_back(w.spec().rank);
+    lost_ += (lost_.empty() ? "" : ", ") + rank;
+    print_lost(w);
+  }
+
+  // A parameter server that exited while the workers need it starts again (it resumes from its
+  // checkpoint; the workers reconnect). False when it has no restarts left.
+  bool restart_server(size_t i) {
+    const WorkerProcess& w = *workers_[i];
+    if (server_restarts_[i] >= o_.max_restarts) {
+      return false;
+    }
+    ++server_restarts_[i];
+    std::fprintf(stderr,
+                 "cohort launch: parameter server %d (node %d, pid %d) %s; restarting it "
+                 "(restart %d of %d)\n",
+                 w.spec().rank, o_.node_rank, static_cast<int>(w.pid()),
+                 w.describe_status().c_str(), server_restarts_[i], o_.max_restarts);
+    std::fflush(stderr);
+    WorkerSpec spec = w.spec();
+    spec.env["COHORT_RESTART_COUNT"] = std::to_string(server_restarts_[i]);
+    workers_[i] = std::make_unique<WorkerProcess>(std::move(spec));
+    return true;
+  }
+
   // Waits up to `timeout` for output (or a signal) and forwards what arrived.
   void pump(std::chrono::milliseconds timeout) {
     std::vector<pollfd> fds;
@@ -380,15 +515,18 @@ class Round {
   const LaunchOptions& o_;
   Rendezvous& rz_;
   int attempt_;
-  std::vector<std::unique_ptr<WorkerProcess>> workers_;
+  std::vector<std::unique_ptr<WorkerProcess>> workers_;  // and parameter servers, after them
+  std::vector<int> server_restarts_;
+  std::vector<int> lost_ranks_;  // parameter-server workers that failed; the job went on
+  std::string lost_;
 };
 
 void print_failure(const WorkerProcess& w, int node, const char* what_next) {
-  std::string text = "cohort launch: rank " + std::to_string(w.spec().rank) + " (node " +
-                     std::to_string(node) + ", pid " + std::to_string(w.pid()) + ") " +
-                     w.describe_status() + what_next + "\n";
+  std::string text = "cohort launch: " + who(w.spec()) + " (node " + std::to_string(node) +
+                     ", pid " + std::to_string(w.pid()) + ") " + w.describe_status() + what_next +
+                     "\n";
   if (!w.last_lines().empty()) {
-    text += "cohort launch: last lines of rank " + std::to_string(w.spec().rank) + "'s output:\n";
+    text += "cohort launch: last lines of " + who(w.spec()) + "'s output:\n";
     for (const auto& line : w.last_lines()) text += "  " + w.spec().prefix + line + "\n";
   }
   std::fputs(text.c_str(), stderr);
@@ -472,12 +610,15 @@ int launch(const LaunchOptions& options) {
   }
   // Meeting the other nodes comes before the signal handlers: a Ctrl-C while waiting for them
   // ends the launcher at once (no worker runs yet) instead of waiting out --rdzv-timeout.
+  if (o.ps_servers < 0)
+    COHORT_THROW(ConfigError, "--ps-servers must be 0 or more, got ", o.ps_servers);
   Rendezvous rz(o);
+  const std::string ps_secret = o.ps_servers > 0 ? rz.ps_secret() : "";
   SignalScope signals;
   for (int restart = 0;; ++restart) {
     RoundResult r;
     {
-      Round round(o, rz, restart);
+      Round round(o, rz, restart, ps_secret);
       r = round.supervise();
       const bool restarting = (r.failed || !r.remote.empty()) && restart < o.max_restarts;
       const std::string next = restarting ? "; restarting all " + std::to_string(rz.world_size()) +

@@ -33,6 +33,11 @@ struct LaunchOptions {
   std::string tee;                   // streams to the file and the console
   std::string ranks_filter;          // "0,3": only these global ranks print to the console
   std::string run_id;                // shown to workers as COHORT_RUN_ID; default: launcher pid
+  // Parameter-server mode: this many servers on this node (the same on every node), started with
+  // COHORT_ROLE=server beside the workers. A server that exits is restarted (up to
+  // --max-restarts times each) and resumes from its checkpoint; a worker other than rank 0 that
+  // fails is reported and the others go on; when the workers are done the servers are stopped.
+  int ps_servers = 0;
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
 

@@ -1,5 +1,5 @@
 // The `cohort` executable. Subcommands: train (one worker; alone, single-process training),
-// launch (start and supervise the workers of a job), bench collectives.
+// launch (start and supervise the workers of a job), ps (one parameter server), bench collectives.
 // Exit codes: 0 success, 1 training error, 2 usage or config error, 3 a data or checkpoint file
 // that cannot be read or written, 4 a distributed failure (a peer died or a wait timed out), 128 +
 // signal when SIGTERM or SIGUSR1 stopped training (after writing a checkpoint).
@@ -17,6 +17,7 @@
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
 #include "launcher/launch.h"
+#include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
 #include "launcher/worker_env.h"
 #include "trainer/config.h"
@@ -43,9 +44,22 @@ int exit_code_of(const cohort::Error& e) {
 int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
   using namespace cohort;
   trainer::Config c = trainer::load_config(config, overrides);
+  // `cohort launch --ps-servers` starts the servers as the same command.
+  if (launcher::process_role() == "server") return launcher::serve_parameter_server(c, {});
   launcher::WorkerEnv env = launcher::detect_worker_env();
   trainer::Distributed dist;
-  if (env.world_size > 1) {
+  if (c.distributed.strategy == "parameter_server") {
+    // Workers share no process group: each talks to the servers only, so that one that dies
+    // stops nobody.
+    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+    if (!env.store.empty() || env.store_through_mpi)
+      dist.store = launcher::connect_store(env, timeout);
+    dist.rank = env.rank;
+    dist.world = env.world_size;
+    dist.local_rank = env.local_rank;
+    dist.local_world_size = env.local_world_size;
+    dist.ps = launcher::ps_client_options(c, env, dist.store);
+  } else if (env.world_size > 1) {
     const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
     dist.store =
         std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
@@ -79,6 +93,19 @@ int main(int argc, char** argv) {
       app.add_subcommand("train", "train a model described by a YAML config (one worker)");
   train->add_option("config", config, "the experiment's YAML file")->required();
   train->add_option("overrides", overrides, "key.path=value overrides of config keys");
+
+  auto* ps = app.add_subcommand(
+      "ps",
+      "serve one shard of a parameter-server job until SIGTERM (cohort launch --ps-servers "
+      "starts these for you)");
+  cohort::launcher::PsServeOptions pso;
+  ps->add_option("config", config, "the experiment's YAML file")->required();
+  ps->add_option("overrides", overrides, "key.path=value overrides of config keys");
+  ps->add_option("--index", pso.index, "this server's index (default COHORT_PS_SERVER_RANK)");
+  ps->add_option("--workers", pso.workers, "the job's workers (default COHORT_WORLD_SIZE)");
+  ps->add_option("--bind", pso.bind,
+                 "address to listen on (default parameter_server.bind, COHORT_PS_BIND, 127.0.0.1)");
+  ps->add_option("--port", pso.port, "port to listen on (default: a free one)");
 
   auto* launch = app.add_subcommand(
       "launch", "start --nproc-per-node workers of PROGRAM on this node and supervise them");
@@ -119,6 +146,10 @@ int main(int argc, char** argv) {
   launch->add_option("--ranks-filter,--local-ranks-filter", lo.ranks_filter,
                      "only these ranks print to the console, e.g. 0,3 (logs keep every rank)");
   launch->add_option("--run-id,--rdzv-id", lo.run_id, "job id shown to workers (COHORT_RUN_ID)");
+  launch
+      ->add_option("--ps-servers", lo.ps_servers,
+                   "parameter servers on this node (distributed.strategy parameter_server)")
+      ->capture_default_str();
   bool standalone = true;
   launch->add_flag("--standalone", standalone, "one node, store on a free port (the default)");
   // Everything from the program on belongs to the program, options included.
@@ -181,6 +212,9 @@ int main(int argc, char** argv) {
   }
   try {
     if (*train) return cmd_train(config, overrides);
+    if (*ps)
+      return cohort::launcher::serve_parameter_server(
+          cohort::trainer::load_config(config, overrides), pso);
     if (*launch) {
       lo.program = launch->remaining();
       lo.program.insert(lo.program.end(), after_dashes.begin(), after_dashes.end());

@@ -82,11 +82,25 @@ const std::vector<Key>& schema() {
       {"logging.dir", Kind::kString, ""},
       {"logging.tensorboard", Kind::kBool, "true"},
       {"logging.timeline", Kind::kBool, "false"},
-      {"distributed.strategy", Kind::kString, "ddp", -kInf, kInf, {"none", "ddp", "zero1"}},
+      {"distributed.strategy",
+       Kind::kString,
+       "ddp",
+       -kInf,
+       kInf,
+       {"none", "ddp", "zero1", "parameter_server"}},
       {"distributed.backend", Kind::kString, "auto", -kInf, kInf, {"auto", "cpu", "nccl", "mpi"}},
       {"distributed.bucket_cap_mb", Kind::kFloat, "25", 0, kInf, {}, true},
       {"distributed.timeout_s", Kind::kFloat, "300", 0, kInf, {}, true},
       {"distributed.find_unused_parameters", Kind::kBool, "false"},
+      {"parameter_server.servers", Kind::kInt, "1", 1, 4096},
+      {"parameter_server.mode", Kind::kString, "sync", -kInf, kInf, {"sync", "async", "bounded"}},
+      {"parameter_server.staleness", Kind::kInt, "0", 0},
+      {"parameter_server.compression", Kind::kString, "none", -kInf, kInf, {"none", "bf16"}},
+      {"parameter_server.bind", Kind::kString, ""},
+      {"parameter_server.heartbeat_s", Kind::kFloat, "1", 0, kInf, {}, true},
+      {"parameter_server.worker_timeout_s", Kind::kFloat, "30", 0, kInf, {}, true},
+      {"parameter_server.checkpoint_every", Kind::kInt, "0", 0},
+      {"parameter_server.checkpoint_dir", Kind::kString, ""},
   };
   return keys;
 }
@@ -429,8 +443,27 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");
   c.distributed.timeout_s = f64("distributed.timeout_s");
   c.distributed.find_unused_parameters = bl("distributed.find_unused_parameters");
+  c.parameter_server.servers = i64("parameter_server.servers");
+  c.parameter_server.mode = str("parameter_server.mode");
+  c.parameter_server.staleness = i64("parameter_server.staleness");
+  c.parameter_server.compression = str("parameter_server.compression");
+  c.parameter_server.bind = str("parameter_server.bind");
+  c.parameter_server.heartbeat_s = f64("parameter_server.heartbeat_s");
+  c.parameter_server.worker_timeout_s = f64("parameter_server.worker_timeout_s");
+  c.parameter_server.checkpoint_every = i64("parameter_server.checkpoint_every");
+  c.parameter_server.checkpoint_dir = str("parameter_server.checkpoint_dir");
+  if (c.parameter_server.checkpoint_dir.empty())
+    c.parameter_server.checkpoint_dir = c.checkpoint.dir + "/ps";
+  if (c.parameter_server.mode == "bounded" && c.parameter_server.staleness == 0)
+    val.fail("parameter_server.staleness", lookup(root, "parameter_server.staleness"),
+             "parameter_server.mode bounded needs parameter_server.staleness >= 1 (0 is sync)");
+  if (c.parameter_server.heartbeat_s * 3 > c.parameter_server.worker_timeout_s)
+    val.fail("parameter_server.worker_timeout_s", lookup(root, "parameter_server.worker_timeout_s"),
+             "parameter_server.worker_timeout_s must be at least 3 heartbeats "
+             "(parameter_server.heartbeat_s)");
   resolved["logging"]["dir"] = c.logging.dir;
   resolved["checkpoint"]["dir"] = c.checkpoint.dir;
+  resolved["parameter_server"]["checkpoint_dir"] = c.parameter_server.checkpoint_dir;
   c.resolved = resolved;
   return c;
 }

@@ -74,6 +74,19 @@ struct DistributedConfig {
   bool find_unused_parameters = false;
 };
 
+// distributed.strategy parameter_server: S servers hold the parameters and apply the optimiser.
+struct ParameterServerConfig {
+  int64_t servers = 1;
+  std::string mode = "sync";         // sync | async | bounded
+  int64_t staleness = 0;             // bounded: steps a worker may run ahead of the slowest
+  std::string compression = "none";  // none | bf16 (on the wire)
+  std::string
+      bind;  // the servers' listening address; default: this node's, as cohort launch sees it
+  double heartbeat_s = 1, worker_timeout_s = 30;
+  int64_t checkpoint_every = 0;  // server updates; 0: at shutdown only
+  std::string checkpoint_dir;    // default <checkpoint.dir>/ps
+};
+
 struct Config {
   std::string experiment;
   uint64_t seed = 0;
@@ -88,6 +101,7 @@ struct Config {
   CheckpointConfig checkpoint;
   LoggingConfig logging;
   DistributedConfig distributed;
+  ParameterServerConfig parameter_server;
   YAML::Node resolved;  // the full config with defaults filled in, for config.resolved.yaml
 };
 

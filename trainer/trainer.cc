@@ -66,7 +66,18 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (dist_.group) {
     rank_ = dist_.group->rank();
     world_ = dist_.group->size();
+  } else {
+    rank_ = dist_.rank;
+    world_ = dist_.world;
   }
+  const bool ps_mode = c_.distributed.strategy == "parameter_server";
+  if (ps_mode != dist_.ps.has_value())
+    COHORT_THROW(ConfigError,
+                 ps_mode ? "distributed.strategy is parameter_server but this worker was not "
+                           "started with parameter servers; use cohort launch --ps-servers S"
+                         : "this worker was started with parameter servers but "
+                           "distributed.strategy is " +
+                               c_.distributed.strategy + "; set it to parameter_server");
   if (world_ > 1 && c_.distributed.strategy == "none")
     COHORT_THROW(ConfigError, "distributed.strategy is none but this job has ", world_,
                  " ranks; use ddp or zero1, or start a single process");
@@ -119,7 +130,7 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   }
 
   const bool zero1 = world_ > 1 && c_.distributed.strategy == "zero1";
-  if (world_ > 1) {
+  if (collective()) {
     collectives::DdpOptions o;
     o.bucket_cap_mb = c_.distributed.bucket_cap_mb;
     o.allow_unused_parameters = c_.distributed.find_unused_parameters;
@@ -140,7 +151,17 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (zero1) {
     optimizer_ = std::make_unique<collectives::ShardedOptimizer>(*ddp_, make_optimizer);
   } else {
+    // With parameter servers this one only clears gradients: the servers apply the updates.
     optimizer_ = make_optimizer(model_->parameters());
+  }
+  if (ps_mode) {
+    std::vector<std::string> names;
+    std::vector<Tensor> params;
+    for (auto& [name, p] : model_->named_parameters()) {
+      names.push_back(name);
+      params.push_back(p);
+    }
+    ps_ = std::make_unique<ps::PsWorker>(params, names, *dist_.ps);
   }
 }
 
@@ -156,7 +177,7 @@ Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out)
 }
 
 std::vector<double> Trainer::sum_over_ranks(std::vector<double> values) {
-  if (world_ == 1) return values;
+  if (!collective()) return values;
   Tensor t = core::from_vector(values, {static_cast<int64_t>(values.size())}).to(device_);
   dist_.group->allreduce(t)->wait();
   t = t.to(core::Device::cpu());
@@ -165,7 +186,7 @@ std::vector<double> Trainer::sum_over_ranks(std::vector<double> values) {
 }
 
 std::vector<double> Trainer::gather_from_ranks(const std::vector<double>& values) {
-  if (world_ == 1) return values;
+  if (!collective()) return values;
   const auto k = static_cast<int64_t>(values.size());
   Tensor mine = core::from_vector(values, {k}).to(device_);
   Tensor all =
@@ -178,13 +199,16 @@ std::vector<double> Trainer::gather_from_ranks(const std::vector<double>& values
 EvalResult Trainer::evaluate() {
   EvalResult r;
   if (!eval_set_) return r;
+  // Parameter-server workers do not wait for each other: the chief evaluates the whole set.
+  if (ps_ && !leader()) return r;
+  const int eval_rank = ps_ ? 0 : rank_, eval_world = ps_ ? 1 : world_;
   core::autograd::NoGradGuard guard;
   model_->eval();
   // Rank r evaluates samples r, r + world, ...: disjoint shards whose union is the whole set, so
   // the reduced accuracy is the single-process one and every rank reports it.
   const int64_t n = eval_set_->size(), bs = c_.eval.batch_size;
   std::vector<int64_t> mine;
-  for (int64_t i = rank_; i < n; i += world_) mine.push_back(i);
+  for (int64_t i = eval_rank; i < n; i += eval_world) mine.push_back(i);
   int64_t correct = 0, count = 0, batches = 0;
   double loss_sum = 0;
   for (size_t start = 0; start < mine.size(); start += static_cast<size_t>(bs)) {
@@ -276,7 +300,7 @@ RunSummary Trainer::run() {
     start = ck.meta;
     core::default_generator().set_state(ck.meta.rng);
   }
-  if (world_ > 1) {
+  if (collective()) {
     auto steps = gather_from_ranks({static_cast<double>(resume_from ? start.step : -1)});
     for (int r = 1; r < world_; ++r)
       if (steps[static_cast<size_t>(r)] != steps[0])
@@ -305,8 +329,9 @@ RunSummary Trainer::run() {
   // Ranks record on their own clocks, started together after a barrier; the leader merges them.
   std::unique_ptr<core::Timeline> timeline;
   std::string timeline_path;
-  if (c_.logging.timeline) {
-    if (world_ == 1) {
+  // Parameter-server workers other than the chief keep no timeline (they merge nothing).
+  if (c_.logging.timeline && (collective() || leader())) {
+    if (!collective()) {
       timeline_path = c_.logging.dir + "/timeline.json";
     } else {
       timeline_path =
@@ -319,6 +344,7 @@ RunSummary Trainer::run() {
     timeline = std::make_unique<core::Timeline>(timeline_path, rank_, name);
     timeline->name_thread(0, "compute");
     if (ddp_) timeline->name_thread(1, "gradient reduction");
+    if (ps_) timeline->name_thread(1, "parameter servers");
   }
   core::Timeline* tl = timeline.get();
   if (ddp_) ddp_->set_timeline(tl);
@@ -362,8 +388,17 @@ RunSummary Trainer::run() {
   RunSummary s;
   s.world_size = world_;
   int64_t step = start.step, samples = 0;
+  // Parameter servers count the samples every worker pushed: the job's throughput, whoever died.
+  int64_t ps_samples0 = -1;
   int64_t last_saved = -1;
+  // The chief evaluates and saves the servers' parameters after every update it pushed.
+  auto pull_latest = [&] {
+    if (!ps_ || !leader()) return;
+    core::Timeline::Span span(tl, "pull", "comm", 1);
+    ps_->pull(step);
+  };
   auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
+    pull_latest();
     if (batch_in_epoch >= per_epoch) {
       ++epoch;
       batch_in_epoch = 0;
@@ -386,6 +421,7 @@ RunSummary Trainer::run() {
     last_eval_step = step;
     auto te = Clock::now();
     EvalResult e;
+    pull_latest();
     {
       core::Timeline::Span span(tl, "eval", "eval");
       e = evaluate();
@@ -411,7 +447,7 @@ RunSummary Trainer::run() {
     std::fflush(stdout);
   };
 
-  StopVote stop_vote(world_ > 1 ? dist_.group.get() : nullptr, device_);
+  StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
   const int64_t kill_at = kill_at_step(rank_);
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
@@ -429,6 +465,15 @@ RunSummary Trainer::run() {
       const double lr = schedule_->lr(step);
       optimizer_->set_lr(lr);
       optimizer_->zero_grad();
+      // Without clipping, gradients go to the servers from autograd hooks during backward.
+      const bool clip = c_.optimizer.grad_clip > 0;
+      if (ps_) {
+        {
+          core::Timeline::Span span(tl, "pull", "comm");
+          ps_->pull(step);
+        }
+        ps_->begin_step(step, lr, batch_data.input.size(0), !clip);
+      }
       Tensor loss;
       {
         core::Timeline::Span span(tl, "forward", "compute");
@@ -438,7 +483,17 @@ RunSummary Trainer::run() {
         core::Timeline::Span span(tl, "backward", "compute");
         loss.backward();
       }
-      {
+      if (ps_) {
+        core::Timeline::Span span(tl, "push", "comm");
+        // Each worker clips its own gradient: the global norm would need the others'.
+        if (clip) {
+          core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
+          ps_->push_all();
+        }
+        const int64_t total = ps_->finish_step().samples;
+        if (ps_samples0 < 0) ps_samples0 = total - batch_data.input.size(0);
+        samples = total - ps_samples0;
+      } else {
         core::Timeline::Span span(tl, "optimizer", "compute");
         if (c_.optimizer.grad_clip > 0) {
           // DDP's gradients are already averaged, so each rank's norm is the global one.
@@ -452,7 +507,7 @@ RunSummary Trainer::run() {
       }
       ++step;
       if (step == kill_at) ::raise(SIGKILL);
-      samples += batch_data.input.size(0) * world_;
+      if (!ps_) samples += batch_data.input.size(0) * world_;
       if (step % c_.train.log_every == 0 || step == total_steps) {
         // Every rank's loss and mean step time since the last log line.
         const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
@@ -463,7 +518,8 @@ RunSummary Trainer::run() {
         log_step0 = step;
         std::vector<double> per_rank = gather_from_ranks({loss.item<double>(), step_ms});
         double l = 0;
-        for (int r = 0; r < world_; ++r) l += per_rank[2 * static_cast<size_t>(r)] / world_;
+        const int ranks = static_cast<int>(per_rank.size() / 2);
+        for (int r = 0; r < ranks; ++r) l += per_rank[2 * static_cast<size_t>(r)] / ranks;
         if (!std::isfinite(l))
           COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
                        "; lower optimizer.lr or set optimizer.grad_clip");
@@ -478,7 +534,7 @@ RunSummary Trainer::run() {
           events->add_scalar("train/loss", l, step);
           events->add_scalar("train/lr", lr, step);
           events->add_scalar("train/samples_per_s", sps, step);
-          for (int r = 0; r < world_; ++r)
+          for (int r = 0; r < ranks; ++r)
             events->add_scalar("step_time_ms/rank_" + std::to_string(r),
                                per_rank[2 * static_cast<size_t>(r) + 1], step);
           events->flush();
@@ -512,6 +568,12 @@ RunSummary Trainer::run() {
       save(epoch, loader.position());
     if (step >= total_steps && last_saved != step) save(epoch, loader.position());
   }
+  // The chief's final evaluation and checkpoint hold the servers' final parameters; the others
+  // leave at once, so that sync steps stop waiting for them.
+  if (ps_) {
+    if (leader() && last_eval_step != step) pull_latest();
+    ps_->leave();
+  }
   // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters.
   if (eval_set_ && last_eval_step != step) run_eval(last_epoch);
   s.steps = step;
@@ -519,7 +581,7 @@ RunSummary Trainer::run() {
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);
   const double my_sps = s.samples_per_s / world_;
   std::vector<double> rank_sps = gather_from_ranks({my_sps});
-  if (world_ > 1) {
+  if (collective()) {
     std::printf("rank %d: %.0f samples/s\n", rank_, my_sps);
     for (int r = 0; r < world_; ++r)
       write_metrics(
@@ -536,7 +598,7 @@ RunSummary Trainer::run() {
     std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size %d\n",
                 static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc, world_);
   std::fflush(stdout);
-  if (timeline && world_ > 1) {
+  if (timeline && collective()) {
     if (ddp_) ddp_->set_timeline(nullptr);
     timeline.reset();
     merge_timelines(timeline_path);

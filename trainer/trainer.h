@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "collectives/ddp/ddp.h"
 #include "collectives/process_group.h"
@@ -10,6 +11,7 @@
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/generator.h"
+#include "parameter_server/client.h"
 #include "trainer/config.h"
 
 namespace cohort::trainer {
@@ -21,6 +23,11 @@ struct Distributed {
   std::shared_ptr<collectives::Store> store;
   int local_rank = 0, local_world_size = 1;
   std::string host;  // names this rank in timelines
+  // Without a group (parameter-server workers train independently): this worker's place in the
+  // job, for sharding the data.
+  int rank = 0, world = 1;
+  // distributed.strategy parameter_server: how this worker reaches the servers.
+  std::optional<ps::ClientOptions> ps;
 };
 
 struct RunSummary {
@@ -50,6 +57,9 @@ class Stopped : public Error {
 // With a group of several ranks the trainer is data-parallel (distributed.strategy ddp or zero1):
 // every rank trains on its shard of each epoch, gradients are averaged, evaluation is sharded and
 // reduced, and rank 0 alone writes the run directory and checkpoints.
+// With parameter servers (Distributed::ps) the workers never wait for each other: each pulls the
+// parameters, pushes its gradients (the servers apply the optimiser), and worker 0, the chief,
+// evaluates and writes the run directory; a worker that dies does not stop the others.
 class Trainer {
  public:
   explicit Trainer(Config config, Distributed dist = {});
@@ -68,11 +78,14 @@ class Trainer {
   std::vector<double> gather_from_ranks(const std::vector<double>& values);
   void merge_timelines(const std::string& local_path);
   bool leader() const { return rank_ == 0; }
+  // True when the ranks take part in collectives (not for parameter-server workers).
+  bool collective() const { return dist_.group && world_ > 1; }
 
   Config c_;
   Distributed dist_;
   int rank_ = 0, world_ = 1;
   std::unique_ptr<collectives::DistributedDataParallel> ddp_;
+  std::unique_ptr<ps::PsWorker> ps_;
   core::Device device_;
   std::shared_ptr<core::nn::Module> model_;
   std::shared_ptr<core::data::Dataset> train_set_, eval_set_;

@@ -1,0 +1,182 @@
+#include "launcher/ps_command.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "core/util/error.h"
+#include "parameter_server/server.h"
+
+namespace cohort::launcher {
+namespace {
+
+const char* env_or_null(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+int int_env(const char* name, int fallback) {
+  const char* v = env_or_null(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x < 0 || x > 1 << 20)
+    COHORT_THROW(ConfigError, name, "='", v, "' is not a non-negative integer");
+  return static_cast<int>(x);
+}
+
+std::string job_secret() {
+  const char* s = env_or_null("COHORT_PS_SECRET");
+  if (!s)
+    COHORT_THROW(
+        ConfigError,
+        "COHORT_PS_SECRET is not set: parameter servers and their workers prove the job's "
+        "secret to each other (cohort launch --ps-servers sets it; started by hand, give "
+        "every process of the job the same 64 hex digits, e.g. from `openssl rand -hex 32`)");
+  return s;
+}
+
+std::string server_key(int index) { return "ps/server/" + std::to_string(index); }
+
+collectives::Millis millis(double s) { return collectives::Millis(static_cast<int64_t>(s * 1000)); }
+
+}  // namespace
+
+std::string process_role() {
+  const char* r = env_or_null("COHORT_ROLE");
+  if (!r || std::string(r) == "worker") return "worker";
+  if (std::string(r) == "server") return "server";
+  COHORT_THROW(ConfigError, "COHORT_ROLE='", r, "' is not worker or server");
+}
+
+int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
+  // Signals are taken synchronously below; blocked before gRPC starts its threads, so that none of
+  // them receives one.
+  sigset_t stop_set;
+  sigemptyset(&stop_set);
+  sigaddset(&stop_set, SIGTERM);
+  sigaddset(&stop_set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+
+  const auto& p = c.parameter_server;
+  const int servers = int_env("COHORT_PS_SERVERS", static_cast<int>(p.servers));
+  const int index = o.index >= 0 ? o.index : int_env("COHORT_PS_SERVER_RANK", -1);
+  if (index < 0 || index >= servers)
+    COHORT_THROW(ConfigError, "parameter server index ", index, " is outside 0..", servers - 1,
+                 " (COHORT_PS_SERVER_RANK, or cohort ps --index)");
+  const int workers = o.workers > 0 ? o.workers : int_env("COHORT_WORLD_SIZE", 1);
+  ps::ServerOptions so;
+  so.secret = job_secret();
+  so.port = o.port;
+  so.bind = !o.bind.empty()                 ? o.bind
+            : !p.bind.empty()               ? p.bind
+            : env_or_null("COHORT_PS_BIND") ? env_or_null("COHORT_PS_BIND")
+                                            : "127.0.0.1";
+  ps::ShardOptions& sh = so.shard;
+  sh.server = index;
+  sh.mode = ps::parse_mode(p.mode);
+  sh.staleness = p.staleness;
+  sh.workers = workers;
+  sh.worker_timeout = millis(p.worker_timeout_s);
+  sh.optimizer.type = c.optimizer.type;
+  sh.optimizer.momentum = c.optimizer.momentum;
+  sh.optimizer.weight_decay = c.optimizer.weight_decay;
+  sh.optimizer.beta1 = c.optimizer.beta1;
+  sh.optimizer.beta2 = c.optimizer.beta2;
+  sh.optimizer.eps = c.optimizer.eps;
+  sh.optimizer.nesterov = c.optimizer.nesterov;
+  sh.checkpoint_dir = p.checkpoint_dir + "/server_" + std::to_string(index);
+  sh.checkpoint_every = p.checkpoint_every;
+  const std::string log_dir = c.logging.dir + "/ps";
+  std::error_code ec;
+  std::filesystem::create_directories(log_dir, ec);
+  if (ec) COHORT_THROW(IoError, "cannot create ", log_dir, ": ", ec.message());
+  sh.clock_log = log_dir + "/server_" + std::to_string(index) + "_clocks.jsonl";
+
+  ps::Server server(so);
+  std::printf(
+      "parameter server %d of %d (pid %d) listening on %s: mode %s%s, %d workers%s\n", index,
+      servers, static_cast<int>(::getpid()), server.address().c_str(), p.mode.c_str(),
+      p.mode == "bounded" ? (" (staleness " + std::to_string(p.staleness) + ")").c_str() : "",
+      workers,
+      server.shard().restored()
+          ? (", restored at version " + std::to_string(server.shard().version())).c_str()
+          : "");
+  std::fflush(stdout);
+  if (const char* store_addr = env_or_null("COHORT_STORE")) {
+    WorkerEnv env;
+    env.store = store_addr;
+    if (const char* prefix = env_or_null("COHORT_STORE_PREFIX")) env.store_prefix = prefix;
+    auto store = connect_store(env, millis(c.distributed.timeout_s));
+    store->set(server_key(index), server.address());
+  }
+  // Test hook, as COHORT_KILL_AT_STEP for workers: "INDEX:VERSION" kills this server (first start
+  // only) once it has applied that many updates.
+  std::thread killer;
+  std::atomic<bool> done{false};
+  if (const char* spec = env_or_null("COHORT_PS_KILL_AT_VERSION");
+      spec && int_env("COHORT_RESTART_COUNT", 0) == 0) {
+    int victim = -1;
+    long long at = -1;
+    if (std::sscanf(spec, "%d:%lld", &victim, &at) != 2)
+      COHORT_THROW(ConfigError, "COHORT_PS_KILL_AT_VERSION='", spec, "' is not INDEX:VERSION");
+    if (victim == index)
+      killer = std::thread([&server, &done, at] {
+        while (!done.load()) {
+          if (server.shard().version() >= at) ::raise(SIGKILL);
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+      });
+  }
+  int sig = 0;
+  sigwait(&stop_set, &sig);
+  done.store(true);
+  if (killer.joinable()) killer.join();
+  server.shutdown();
+  std::printf("parameter server %d: stopped by %s after %lld updates\n", index,
+              sig == SIGTERM ? "SIGTERM" : "SIGINT",
+              static_cast<long long>(server.shard().version()));
+  std::fflush(stdout);
+  return 0;
+}
+
+ps::ClientOptions ps_client_options(const trainer::Config& c, const WorkerEnv& env,
+                                    std::shared_ptr<collectives::Store> store) {
+  const auto& p = c.parameter_server;
+  ps::ClientOptions o;
+  o.servers = int_env("COHORT_PS_SERVERS", static_cast<int>(p.servers));
+  if (o.servers != p.servers)
+    COHORT_THROW(ConfigError, "parameter_server.servers is ", p.servers, " but the job has ",
+                 o.servers, " servers (COHORT_PS_SERVERS); make them agree");
+  o.secret = job_secret();
+  o.worker = env.rank;
+  o.compression = ps::parse_compression(p.compression);
+  o.timeout = millis(c.distributed.timeout_s);
+  o.heartbeat_s = p.heartbeat_s;
+  if (!store)
+    COHORT_THROW(ConfigError,
+                 "parameter-server workers find their servers in the job's store; set COHORT_STORE "
+                 "or start the job with cohort launch --ps-servers");
+  auto mu = std::make_shared<std::mutex>();
+  const auto timeout = o.timeout;
+  o.resolve = [store, mu, timeout](int index) {
+    std::lock_guard<std::mutex> lock(*mu);
+    try {
+      store->wait({server_key(index)}, timeout);
+    } catch (const TimeoutError&) {
+      COHORT_THROW(TimeoutError, "parameter server ", index, " did not publish its address in ",
+                   timeout.count() / 1000.0, " s (distributed.timeout_s)");
+    }
+    return store->get(server_key(index));
+  };
+  return o;
+}
+
+}  // namespace cohort::launcher

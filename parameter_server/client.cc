@@ -1,0 +1,504 @@
+#include "parameter_server/client.h"
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "core/util/error.h"
+#include "parameter_server/auth.h"
+#include "parameter_server/ps.grpc.pb.h"
+
+namespace cohort::ps {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A failed call. Retryable ones mean the server went away or forgot us (it restarted).
+struct RpcError : std::runtime_error {
+  RpcError(const grpc::Status& s, const std::string& what)
+      : std::runtime_error(what + ": " + s.error_message()), code(s.error_code()) {}
+  grpc::StatusCode code;
+  bool retryable() const {
+    return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::UNAUTHENTICATED ||
+           code == grpc::StatusCode::UNKNOWN || code == grpc::StatusCode::CANCELLED;
+  }
+};
+
+void check(const grpc::Status& s, const std::string& what) {
+  if (!s.ok()) throw RpcError(s, what);
+}
+
+std::chrono::system_clock::time_point deadline_in(collectives::Millis t) {
+  return std::chrono::system_clock::now() + t;
+}
+
+wire::Encoding encoding_of(Compression c) {
+  return c == Compression::kBFloat16 ? wire::BFLOAT16 : wire::FLOAT32;
+}
+
+// One server: its channel and session, and a thread that runs this worker's calls to it in order.
+class Connection {
+ public:
+  Connection(int index, const ClientOptions& o) : index_(index), o_(o) {
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Connection() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  std::future<void> post(std::function<void()> task) {
+    auto p = std::make_shared<std::packaged_task<void()>>(std::move(task));
+    auto f = p->get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back([p] { (*p)(); });
+    }
+    cv_.notify_all();
+    return f;
+  }
+
+  // (Re)connects and authenticates. Throws RpcError (retryable when the server is not there yet)
+  // or DistributedError when the server refuses our proof.
+  void connect() {
+    const std::string address = o_.resolve(index_);
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(8 << 20);
+    args.SetMaxSendMessageSize(8 << 20);
+    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    auto stub = wire::ParameterServer::NewStub(channel);
+    grpc::ClientContext c1;
+    c1.set_deadline(deadline_in(std::chrono::seconds(10)));
+    c1.set_wait_for_ready(true);
+    wire::ChallengeRequest creq;
+    creq.set_worker(o_.worker);
+    wire::ChallengeReply challenge;
+    check(stub->Challenge(&c1, creq, &challenge), "server " + name() + " at " + address);
+    grpc::ClientContext c2;
+    c2.set_deadline(deadline_in(std::chrono::seconds(10)));
+    wire::AuthRequest areq;
+    areq.set_worker(o_.worker);
+    areq.set_nonce(challenge.nonce());
+    areq.set_proof(auth_proof(o_.secret, challenge.nonce(), o_.worker));
+    wire::AuthReply auth;
+    grpc::Status s = stub->Authenticate(&c2, areq, &auth);
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
+      COHORT_THROW(DistributedError, "parameter server ", index_, " at ", address,
+                   " refused worker ", o_.worker, ": ", s.error_message());
+    check(s, "server " + name() + " at " + address);
+    std::lock_guard<std::mutex> lock(session_mu_);
+    stub_ = std::move(stub);
+    session_ = auth.session();
+    address_ = address;
+  }
+
+  // A context carrying the session, with a deadline.
+  std::unique_ptr<grpc::ClientContext> context(collectives::Millis timeout) {
+    auto c = std::make_unique<grpc::ClientContext>();
+    std::lock_guard<std::mutex> lock(session_mu_);
+    c->AddMetadata("cohort-session", session_);
+    c->set_deadline(deadline_in(timeout));
+    return c;
+  }
+  wire::ParameterServer::Stub& stub() {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    return *stub_;
+  }
+  bool connected() {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    return stub_ != nullptr;
+  }
+  std::string name() const { return std::to_string(index_); }
+  int index() const { return index_; }
+
+  // The push in progress (used on this connection's thread only).
+  std::unique_ptr<grpc::ClientContext> push_ctx;
+  std::unique_ptr<grpc::ClientWriter<wire::PushMessage>> push_writer;
+  wire::PushReply push_reply;
+  bool push_broken = false;
+
+ private:
+  void loop() {
+    while (true) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+
+  int index_;
+  const ClientOptions& o_;
+  std::mutex session_mu_;
+  std::unique_ptr<wire::ParameterServer::Stub> stub_;
+  std::string session_, address_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+class PsWorker::Impl {
+ public:
+  Impl(std::vector<core::Tensor> params, const std::vector<std::string>& names, ClientOptions o)
+      : params_(std::move(params)), o_(std::move(o)) {
+    COHORT_CHECK(o_.resolve, "parameter-server client: no way to find the servers");
+    std::vector<TensorSpec> specs;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      COHORT_CHECK(params_[i].dtype() == core::DType::kFloat32 && params_[i].is_contiguous(),
+                   "parameter-server training needs contiguous float32 parameters; ", names[i],
+                   " is not");
+      specs.push_back({names[i], params_[i].sizes()});
+    }
+    pieces_ = partition(specs, {o_.servers, o_.min_slice_bytes, 4});
+    of_param_.resize(params_.size());
+    for (size_t p = 0; p < pieces_.size(); ++p) of_param_[pieces_[p].tensor].push_back(p);
+    for (int s = 0; s < o_.servers; ++s) conns_.push_back(std::make_unique<Connection>(s, o_));
+    // Every server at once: connect, authenticate, define our pieces.
+    run_everywhere([this](Connection& c) { with_retries(c, "initialise", [] {}); });
+    for (size_t i = 0; i < params_.size(); ++i)
+      hooks_.push_back(params_[i].register_post_accumulate_grad_hook(
+          [this, i](core::Tensor&) { on_gradient(i); }));
+    heartbeat_ = std::thread([this] { heartbeats(); });
+  }
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(hb_mu_);
+      hb_stop_ = true;
+    }
+    hb_cv_.notify_all();
+    heartbeat_.join();
+    for (size_t i = 0; i < params_.size(); ++i) params_[i].remove_hook(hooks_[i]);
+    conns_.clear();  // joins their threads after the queued calls
+  }
+
+  void pull(int64_t step) {
+    run_everywhere([this, step](Connection& c) {
+      with_retries(c, "pull step " + std::to_string(step), [&] {
+        auto ctx = c.context(o_.timeout);
+        wire::PullRequest req;
+        req.set_step(step);
+        req.set_encoding(encoding_of(o_.compression));
+        auto reader = c.stub().Pull(ctx.get(), req);
+        wire::Chunk chunk;
+        size_t got = 0;
+        while (reader->Read(&chunk)) {
+          const Piece* piece = find_piece(chunk.key(), c.index());
+          if (!piece) continue;  // another worker's model defined more; not ours
+          const Compression comp =
+              chunk.encoding() == wire::BFLOAT16 ? Compression::kBFloat16 : Compression::kNone;
+          const int64_t n = decoded_count(chunk.data(), comp);
+          COHORT_CHECK(chunk.offset() >= 0 && chunk.offset() + n <= piece->numel, "server ",
+                       c.index(), " sent a chunk outside tensor ", chunk.key());
+          decode(chunk.data(), comp,
+                 params_[piece->tensor].data_ptr<float>() + piece->offset + chunk.offset());
+          if (chunk.offset() == 0) ++got;
+        }
+        check(reader->Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
+        size_t expected = 0;
+        for (const auto& p : pieces_) expected += p.server == c.index();
+        if (got < expected)
+          COHORT_THROW(DistributedError, "server ", c.index(), " sent ", got, " of the ", expected,
+                       " tensors it should hold");
+      });
+    });
+  }
+
+  void begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
+    step_ = step;
+    lr_ = lr;
+    samples_ = samples;
+    sent_.assign(params_.size(), 0);
+    for (auto& c : conns_) {
+      Connection* conn = c.get();
+      pending_.push_back(conn->post([this, conn] { open_push(*conn); }));
+    }
+    streaming_ = during_backward;
+  }
+
+  void push_all() {
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (!sent_[i]) send_param(i);
+  }
+
+  StepResult finish_step() {
+    streaming_ = false;
+    push_all();
+    std::vector<std::future<void>> done;
+    std::vector<int64_t> samples(conns_.size(), 0);
+    for (auto& c : conns_) {
+      Connection* conn = c.get();
+      done.push_back(conn->post([this, conn, &samples] {
+        samples[static_cast<size_t>(conn->index())] = close_push(*conn);
+      }));
+    }
+    wait_all(pending_);
+    wait_all(done);
+    return {samples[0]};
+  }
+
+  void leave() {
+    run_everywhere([this](Connection& c) {
+      try {
+        auto ctx = c.context(std::chrono::seconds(5));
+        wire::HeartbeatRequest req;
+        req.set_leaving(true);
+        wire::HeartbeatReply reply;
+        (void)c.stub().Heartbeat(ctx.get(), req, &reply);
+      } catch (const std::exception&) {
+        // A server that is gone does not need to hear it.
+      }
+    });
+  }
+
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  int64_t bytes_per_step() const {
+    int64_t n = 0;
+    for (const auto& p : pieces_) n += p.numel;
+    return n * static_cast<int64_t>(element_bytes(o_.compression));
+  }
+
+ private:
+  const Piece* find_piece(const std::string& key, int server) const {
+    for (const auto& p : pieces_)
+      if (p.server == server && p.key == key) return &p;
+    return nullptr;
+  }
+
+  void run_everywhere(const std::function<void(Connection&)>& fn) {
+    std::vector<std::future<void>> fs;
+    for (auto& c : conns_) {
+      Connection* conn = c.get();
+      fs.push_back(conn->post([conn, &fn] { fn(*conn); }));
+    }
+    wait_all(fs);
+  }
+
+  // Waits for every future, then rethrows the first failure.
+  static void wait_all(std::vector<std::future<void>>& fs) {
+    std::exception_ptr first;
+    for (auto& f : fs) {
+      try {
+        f.get();
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    fs.clear();
+    if (first) std::rethrow_exception(first);
+  }
+
+  // Runs `call` on connection `c`, reconnecting (and redefining our pieces there) while the
+  // server is away, until the timeout. Runs on c's thread.
+  void with_retries(Connection& c, const std::string& what, const std::function<void()>& call) {
+    const auto deadline = Clock::now() + o_.timeout;
+    std::string last;
+    bool need_connect = !c.connected();
+    while (true) {
+      try {
+        if (need_connect) {
+          c.connect();
+          init(c);
+          need_connect = false;
+        }
+        call();
+        return;
+      } catch (const RpcError& e) {
+        if (e.code == grpc::StatusCode::DEADLINE_EXCEEDED)
+          COHORT_THROW(TimeoutError, "worker ", o_.worker, ": ", what, " on parameter server ",
+                       c.index(), " timed out: ", e.what());
+        if (!e.retryable())
+          COHORT_THROW(DistributedError, "worker ", o_.worker, ": ", what, " on parameter server ",
+                       c.index(), " failed: ", e.what());
+        last = e.what();
+        need_connect = true;
+      }
+      if (Clock::now() >= deadline)
+        COHORT_THROW(DistributedError, "worker ", o_.worker, ": parameter server ", c.index(),
+                     " could not be reached for ", o_.timeout.count() / 1000.0, " s (", what,
+                     "); last error: ", last);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  // Defines this worker's pieces on c's server with the current parameter values.
+  void init(Connection& c) {
+    auto ctx = c.context(o_.timeout);
+    wire::InitReply reply;
+    auto writer = c.stub().Init(ctx.get(), &reply);
+    wire::Chunk chunk;
+    for (const auto& p : pieces_) {
+      if (p.server != c.index()) continue;
+      const float* v = params_[p.tensor].data_ptr<float>() + p.offset;
+      for (int64_t off = 0; off < p.numel || off == 0; off += kChunkElements) {
+        const int64_t n = std::min(kChunkElements, p.numel - off);
+        chunk.set_key(p.key);
+        chunk.mutable_shape()->Assign(p.shape.begin(), p.shape.end());
+        chunk.set_offset(off);
+        chunk.set_encoding(wire::FLOAT32);  // initial values exactly, whatever the compression
+        encode(v + off, n, Compression::kNone, chunk.mutable_data());
+        if (!writer->Write(chunk)) break;
+        if (p.numel == 0) break;
+      }
+    }
+    writer->WritesDone();
+    check(writer->Finish(), "server " + c.name() + ": defining the model's tensors");
+  }
+
+  void on_gradient(size_t i) {
+    if (streaming_ && !sent_[i]) send_param(i);
+  }
+
+  // Queues the gradient of parameter i (zeros when it has none) to the servers holding it.
+  void send_param(size_t i) {
+    sent_[i] = 1;
+    core::Tensor g = params_[i].grad();
+    if (!g.defined()) g = core::Tensor();
+    for (size_t p : of_param_[i]) {
+      Connection* conn = conns_[static_cast<size_t>(pieces_[p].server)].get();
+      pending_.push_back(conn->post([this, conn, g, p] { write_piece(*conn, p, g); }));
+    }
+  }
+
+  void write_piece(Connection& c, size_t p, const core::Tensor& grad) {
+    if (c.push_broken) return;  // the whole push is redone at the end
+    const Piece& piece = pieces_[p];
+    wire::PushMessage msg;
+    wire::Chunk* chunk = msg.mutable_chunk();
+    chunk->set_key(piece.key);
+    chunk->set_encoding(encoding_of(o_.compression));
+    std::vector<float> zeros;
+    const float* v = nullptr;
+    if (grad.defined()) {
+      v = grad.contiguous().data_ptr<float>() + piece.offset;
+    } else {
+      zeros.assign(static_cast<size_t>(piece.numel), 0.f);
+      v = zeros.data();
+    }
+    for (int64_t off = 0; off < piece.numel || off == 0; off += kChunkElements) {
+      const int64_t n = std::min(kChunkElements, piece.numel - off);
+      chunk->set_offset(off);
+      encode(v + off, n, o_.compression, chunk->mutable_data());
+      if (!c.push_writer->Write(msg)) {
+        c.push_broken = true;
+        return;
+      }
+      if (piece.numel == 0) break;
+    }
+  }
+
+  void open_push(Connection& c) {
+    c.push_broken = false;
+    c.push_ctx = c.context(o_.timeout);
+    c.push_writer = c.stub().Push(c.push_ctx.get(), &c.push_reply);
+    wire::PushMessage msg;
+    msg.mutable_header()->set_step(step_);
+    msg.mutable_header()->set_lr(lr_);
+    msg.mutable_header()->set_samples(samples_);
+    if (!c.push_writer->Write(msg)) c.push_broken = true;
+  }
+
+  // Ends the streamed push; if it broke (the server went away), pushes the step again whole.
+  int64_t close_push(Connection& c) {
+    grpc::Status s;
+    if (!c.push_broken) c.push_writer->WritesDone();
+    s = c.push_writer->Finish();
+    c.push_writer.reset();
+    c.push_ctx.reset();
+    if (s.ok()) return c.push_reply.samples();
+    RpcError first(s, "server " + c.name() + ": push of step " + std::to_string(step_));
+    if (!first.retryable()) {
+      if (first.code == grpc::StatusCode::DEADLINE_EXCEEDED)
+        COHORT_THROW(TimeoutError, "worker ", o_.worker, ": ", first.what());
+      COHORT_THROW(DistributedError, "worker ", o_.worker, ": ", first.what());
+    }
+    int64_t samples = 0;
+    bool first_try = true;
+    with_retries(c, "push step " + std::to_string(step_), [&] {
+      if (first_try) {
+        first_try = false;
+        throw first;  // reconnect before the first retry
+      }
+      open_push(c);
+      for (size_t p = 0; p < pieces_.size(); ++p)
+        if (pieces_[p].server == c.index()) write_piece(c, p, params_[pieces_[p].tensor].grad());
+      if (!c.push_broken) c.push_writer->WritesDone();
+      grpc::Status st = c.push_writer->Finish();
+      c.push_writer.reset();
+      c.push_ctx.reset();
+      check(st, "server " + c.name() + ": push of step " + std::to_string(step_));
+      samples = c.push_reply.samples();
+    });
+    return samples;
+  }
+
+  void heartbeats() {
+    std::unique_lock<std::mutex> lock(hb_mu_);
+    const auto period = std::chrono::milliseconds(static_cast<int64_t>(o_.heartbeat_s * 1000));
+    while (!hb_cv_.wait_for(lock, period, [this] { return hb_stop_; })) {
+      for (auto& c : conns_) {
+        if (!c->connected()) continue;
+        try {
+          auto ctx = c->context(std::chrono::seconds(5));
+          wire::HeartbeatRequest req;
+          req.set_step(step_);
+          wire::HeartbeatReply reply;
+          (void)c->stub().Heartbeat(ctx.get(), req, &reply);
+        } catch (const std::exception&) {
+          // The next call on that connection finds out and reconnects.
+        }
+      }
+    }
+  }
+
+  std::vector<core::Tensor> params_;
+  ClientOptions o_;
+  std::vector<Piece> pieces_;
+  std::vector<std::vector<size_t>> of_param_;
+  std::vector<std::unique_ptr<Connection>> conns_;
+  std::vector<int> hooks_;
+  std::vector<std::future<void>> pending_;
+  std::vector<char> sent_;
+  std::atomic<bool> streaming_{false};
+  std::atomic<int64_t> step_{0};
+  double lr_ = 0;
+  int64_t samples_ = 0;
+  std::thread heartbeat_;
+  std::mutex hb_mu_;
+  std::condition_variable hb_cv_;
+  bool hb_stop_ = false;
+};
+
+PsWorker::PsWorker(std::vector<core::Tensor> params, const std::vector<std::string>& names,
+                   ClientOptions o)
+    : impl_(std::make_unique<Impl>(std::move(params), names, std::move(o))) {}
+PsWorker::~PsWorker() = default;
+void PsWorker::pull(int64_t step) { impl_->pull(step); }
+void PsWorker::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
+  impl_->begin_step(step, lr, samples, during_backward);
+}
+void PsWorker::push_all() { impl_->push_all(); }
+StepResult PsWorker::finish_step() { return impl_->finish_step(); }
+void PsWorker::leave() { impl_->leave(); }
+const std::vector<Piece>& PsWorker::pieces() const { return impl_->pieces(); }
+int64_t PsWorker::bytes_per_step() const { return impl_->bytes_per_step(); }
+
+}  // namespace cohort::ps

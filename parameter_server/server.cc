@@ -1,0 +1,348 @@
+#include "parameter_server/server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "core/util/error.h"
+#include "parameter_server/auth.h"
+#include "parameter_server/codec.h"
+#include "parameter_server/ps.grpc.pb.h"
+
+namespace cohort::ps {
+namespace {
+
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kMaxDims = 8;
+constexpr int64_t kMaxPieceElements = int64_t{1} << 31;
+constexpr size_t kMaxPendingNonces = 1024;
+constexpr auto kNonceLifetime = std::chrono::seconds(30);
+
+Compression compression_of(wire::Encoding e) {
+  return e == wire::BFLOAT16 ? Compression::kBFloat16 : Compression::kNone;
+}
+
+// Runs a handler's body, turning our exceptions into statuses the client can act on.
+template <typename F>
+Status guarded(F&& body) {
+  try {
+    return body();
+  } catch (const InvalidArgument& e) {
+    return Status(StatusCode::INVALID_ARGUMENT, e.what());
+  } catch (const TimeoutError& e) {
+    return Status(StatusCode::DEADLINE_EXCEEDED, e.what());
+  } catch (const std::exception& e) {
+    return Status(StatusCode::INTERNAL, e.what());
+  }
+}
+
+class Service final : public wire::ParameterServer::Service {
+ public:
+  Service(Shard& shard, std::string secret)
+      : shard_(shard),
+        secret_(std::move(secret)),
+        push_mu_(static_cast<size_t>(shard.options().workers)) {}
+
+  Status Challenge(ServerContext*, const wire::ChallengeRequest* req,
+                   wire::ChallengeReply* reply) override {
+    return guarded([&] {
+      if (!valid_worker(req->worker()))
+        return Status(StatusCode::INVALID_ARGUMENT, not_in_job(req->worker()));
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto now = Clock::now();
+      std::erase_if(nonces_, [&](const auto& kv) { return kv.second.expires < now; });
+      if (nonces_.size() >= kMaxPendingNonces)
+        return Status(StatusCode::RESOURCE_EXHAUSTED, "too many authentications in progress");
+      std::string nonce = random_bytes(32);
+      nonces_[nonce] = {req->worker(), now + kNonceLifetime};
+      reply->set_nonce(nonce);
+      reply->set_server(shard_.options().server);
+      return Status::OK;
+    });
+  }
+
+  Status Authenticate(ServerContext* ctx, const wire::AuthRequest* req,
+                      wire::AuthReply* reply) override {
+    return guarded([&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = nonces_.find(req->nonce());
+      const bool fresh = it != nonces_.end() && it->second.expires >= Clock::now() &&
+                         it->second.worker == req->worker();
+      if (it != nonces_.end()) nonces_.erase(it);  // a nonce is answered once, right or wrong
+      if (!fresh || !proofs_equal(req->proof(), auth_proof(secret_, req->nonce(), req->worker()))) {
+        std::fprintf(stderr,
+                     "server %d: refused %s claiming to be worker %d: it does not hold the job's "
+                     "secret\n",
+                     shard_.options().server, ctx->peer().c_str(), req->worker());
+        return Status(StatusCode::UNAUTHENTICATED,
+                      "the proof does not match this job's secret (COHORT_PS_SECRET)");
+      }
+      std::string session = to_hex(random_bytes(16));
+      sessions_[session] = req->worker();
+      reply->set_session(session);
+      reply->set_mode(mode_name(shard_.options().mode));
+      reply->set_version(shard_.version());
+      return Status::OK;
+    });
+  }
+
+  Status Init(ServerContext* ctx, grpc::ServerReader<wire::Chunk>* reader,
+              wire::InitReply* reply) override {
+    return guarded([&] {
+      int worker = 0;
+      if (Status s = authorize(ctx, &worker); !s.ok()) return s;
+      shard_.touch(worker, -1);
+      struct Pending {
+        std::vector<int64_t> shape;
+        std::vector<float> values;
+        int64_t received = 0;
+      };
+      std::map<std::string, Pending> pending;
+      wire::Chunk chunk;
+      while (reader->Read(&chunk)) {
+        auto it = pending.find(chunk.key());
+        if (it == pending.end()) {
+          Pending p;
+          p.shape.assign(chunk.shape().begin(), chunk.shape().end());
+          if (Status s = check_shape(chunk.key(), p.shape); !s.ok()) return s;
+          p.values.resize(static_cast<size_t>(numel(p.shape)));
+          it = pending.emplace(chunk.key(), std::move(p)).first;
+        }
+        Pending& p = it->second;
+        const Compression c = compression_of(chunk.encoding());
+        const int64_t n = decoded_count(chunk.data(), c);
+        if (chunk.offset() < 0 || chunk.offset() + n > static_cast<int64_t>(p.values.size()))
+          return Status(StatusCode::INVALID_ARGUMENT,
+                        "a chunk of tensor " + chunk.key() + " lies outside it");
+        decode(chunk.data(), c, p.values.data() + chunk.offset());
+        p.received += n;
+      }
+      for (auto& [key, p] : pending) {
+        if (p.received != static_cast<int64_t>(p.values.size()))
+          return Status(StatusCode::INVALID_ARGUMENT,
+                        "tensor " + key + " arrived with " + std::to_string(p.received) + " of " +
+                            std::to_string(p.values.size()) + " elements");
+        shard_.define(key, p.shape, p.values);
+      }
+      reply->set_restored(shard_.restored());
+      reply->set_version(shard_.version());
+      return Status::OK;
+    });
+  }
+
+  Status Pull(ServerContext* ctx, const wire::PullRequest* req,
+              grpc::ServerWriter<wire::Chunk>* writer) override {
+    return guarded([&] {
+      int worker = 0;
+      if (Status s = authorize(ctx, &worker); !s.ok()) return s;
+      shard_.touch(worker, req->step());
+      // The client's deadline bounds the wait; without one, an hour.
+      auto timeout = std::chrono::duration_cast<collectives::Millis>(
+          ctx->deadline() - std::chrono::system_clock::now());
+      timeout = std::clamp(timeout, collectives::Millis(0), collectives::Millis(3600 * 1000));
+      if (!shard_.admit(worker, req->step(), timeout, [ctx] { return ctx->IsCancelled(); }))
+        return Status(StatusCode::CANCELLED, "the pull was cancelled");
+      const Shard::Snapshot snap = shard_.snapshot();
+      const Compression c = compression_of(req->encoding());
+      wire::Chunk chunk;
+      chunk.set_encoding(req->encoding());
+      for (size_t i = 0; i < snap.keys.size(); ++i) {
+        const auto& values = snap.values[i];
+        const auto total = static_cast<int64_t>(values.size());
+        for (int64_t off = 0; off < total || off == 0; off += kChunkElements) {
+          const int64_t n = std::min(kChunkElements, total - off);
+          chunk.set_key(snap.keys[i]);
+          chunk.mutable_shape()->Assign(snap.shapes[i].begin(), snap.shapes[i].end());
+          chunk.set_offset(off);
+          encode(values.data() + off, n, c, chunk.mutable_data());
+          if (!writer->Write(chunk)) return Status(StatusCode::CANCELLED, "the client went away");
+          if (total == 0) break;
+        }
+      }
+      return Status::OK;
+    });
+  }
+
+  Status Push(ServerContext* ctx, grpc::ServerReader<wire::PushMessage>* reader,
+              wire::PushReply* reply) override {
+    return guarded([&] {
+      int worker = 0;
+      if (Status s = authorize(ctx, &worker); !s.ok()) return s;
+      std::lock_guard<std::mutex> one_push(push_mu_[static_cast<size_t>(worker)]);
+      wire::PushMessage msg;
+      if (!reader->Read(&msg) || !msg.has_header())
+        return Status(StatusCode::INVALID_ARGUMENT, "a push must begin with its step header");
+      shard_.touch(worker, msg.header().step());
+      shard_.push_begin(worker, msg.header().step(), msg.header().lr(), msg.header().samples());
+      std::vector<float> values;
+      while (reader->Read(&msg)) {
+        if (!msg.has_chunk())
+          return Status(StatusCode::INVALID_ARGUMENT, "a push has one header, then chunks");
+        const wire::Chunk& chunk = msg.chunk();
+        const Compression c = compression_of(chunk.encoding());
+        values.resize(static_cast<size_t>(decoded_count(chunk.data(), c)));
+        decode(chunk.data(), c, values.data());
+        shard_.push_chunk(worker, chunk.key(), chunk.offset(), values.data(),
+                          static_cast<int64_t>(values.size()));
+      }
+      if (ctx->IsCancelled()) return Status(StatusCode::CANCELLED, "the push was cancelled");
+      const PushResult r = shard_.push_commit(worker);
+      reply->set_version(r.version);
+      reply->set_samples(r.samples);
+      return Status::OK;
+    });
+  }
+
+  Status Heartbeat(ServerContext* ctx, const wire::HeartbeatRequest* req,
+                   wire::HeartbeatReply* reply) override {
+    return guarded([&] {
+      int worker = 0;
+      if (Status s = authorize(ctx, &worker); !s.ok()) return s;
+      if (req->leaving()) {
+        shard_.leave(worker);
+      } else {
+        shard_.touch(worker, req->step());
+      }
+      reply->set_version(shard_.version());
+      return Status::OK;
+    });
+  }
+
+ private:
+  struct Nonce {
+    int worker;
+    Clock::time_point expires;
+  };
+
+  bool valid_worker(int w) const { return w >= 0 && w < shard_.options().workers; }
+  std::string not_in_job(int w) const {
+    return "worker " + std::to_string(w) + " is not one of this job's " +
+           std::to_string(shard_.options().workers) + " workers";
+  }
+  static int64_t numel(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  static Status check_shape(const std::string& key, const std::vector<int64_t>& shape) {
+    if (key.empty()) return Status(StatusCode::INVALID_ARGUMENT, "a tensor has an empty key");
+    if (shape.size() > kMaxDims)
+      return Status(StatusCode::INVALID_ARGUMENT, "tensor " + key + " has more than 8 dimensions");
+    int64_t n = 1;
+    for (int64_t d : shape) {
+      if (d < 0 || (d > 0 && n > kMaxPieceElements / d))
+        return Status(StatusCode::INVALID_ARGUMENT, "tensor " + key + " has an invalid shape");
+      n *= d;
+    }
+    return Status::OK;
+  }
+
+  Status authorize(ServerContext* ctx, int* worker) {
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("cohort-session");
+    if (it == md.end())
+      return Status(StatusCode::UNAUTHENTICATED, "no session: authenticate first");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = sessions_.find(std::string(it->second.data(), it->second.size()));
+    if (s == sessions_.end())
+      return Status(StatusCode::UNAUTHENTICATED, "unknown session: authenticate again");
+    *worker = s->second;
+    return Status::OK;
+  }
+
+  Shard& shard_;
+  std::string secret_;
+  std::mutex mu_;
+  std::map<std::string, Nonce> nonces_;
+  std::map<std::string, int> sessions_;
+  std::vector<std::mutex> push_mu_;  // one push at a time per worker
+};
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  explicit Impl(ServerOptions o) : o_(std::move(o)) {
+    if (o_.secret.empty())
+      COHORT_THROW(ConfigError,
+                   "a parameter server needs the job's secret in COHORT_PS_SECRET (cohort launch "
+                   "sets it; for a server started by hand, generate one and give it to every "
+                   "process of the job)");
+    shard_ = std::make_unique<Shard>(o_.shard);
+    service_ = std::make_unique<Service>(*shard_, o_.secret);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(o_.bind + ":" + std::to_string(o_.port),
+                             grpc::InsecureServerCredentials(), &port_);
+    builder.SetMaxReceiveMessageSize(o_.max_message_bytes);
+    builder.SetMaxSendMessageSize(o_.max_message_bytes);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    if (!server_ || port_ == 0)
+      COHORT_THROW(DistributedError, "parameter server ", o_.shard.server, " cannot listen on ",
+                   o_.bind, ":", o_.port,
+                   " (is the address one of this host's, and the port free?)");
+    reaper_ = std::thread([this] { reap(); });
+  }
+  ~Impl() { shutdown(); }
+
+  void shutdown() {
+    if (stopped_.exchange(true)) return;
+    {
+      std::lock_guard<std::mutex> lock(reaper_mu_);
+      reaper_cv_.notify_all();
+    }
+    if (reaper_.joinable()) reaper_.join();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server_->Wait();
+    try {
+      shard_->checkpoint();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "server %d: the last checkpoint failed: %s\n", o_.shard.server,
+                   e.what());
+    }
+  }
+
+  // Drops workers that stopped calling, and says so: the log names each one.
+  void reap() {
+    std::unique_lock<std::mutex> lock(reaper_mu_);
+    while (!stopped_.load()) {
+      reaper_cv_.wait_for(lock, std::chrono::milliseconds(200));
+      for (int w : shard_->expire_workers()) {
+        std::string live;
+        for (int v : shard_->live_workers()) live += (live.empty() ? "" : ", ") + std::to_string(v);
+        std::fprintf(stderr,
+                     "server %d: worker %d dropped: no call or heartbeat for %.0f s; training goes "
+                     "on with worker(s) %s\n",
+                     o_.shard.server, w, o_.shard.worker_timeout.count() / 1000.0,
+                     live.empty() ? "none" : live.c_str());
+      }
+    }
+  }
+
+  ServerOptions o_;
+  std::unique_ptr<Shard> shard_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::atomic<bool> stopped_{false};
+  std::thread reaper_;
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+};
+
+Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {}
+Server::~Server() = default;
+int Server::port() const { return impl_->port_; }
+std::string Server::address() const { return impl_->o_.bind + ":" + std::to_string(port()); }
+Shard& Server::shard() { return *impl_->shard_; }
+void Server::shutdown() { impl_->shutdown(); }
+
+}  // namespace cohort::ps

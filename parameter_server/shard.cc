@@ -1,0 +1,397 @@
+#include "parameter_server/shard.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "core/autograd/grad_mode.h"
+#include "core/io/checkpoint.h"
+#include "core/ops/ops.h"
+#include "core/util/error.h"
+
+namespace cohort::ps {
+
+using Clock = std::chrono::steady_clock;
+
+Mode parse_mode(const std::string& name) {
+  if (name == "sync") return Mode::kSync;
+  if (name == "async") return Mode::kAsync;
+  if (name == "bounded") return Mode::kBounded;
+  COHORT_THROW(ConfigError, "parameter_server.mode '", name,
+               "' is not one of sync, async, bounded");
+}
+
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kSync:
+      return "sync";
+    case Mode::kAsync:
+      return "async";
+    case Mode::kBounded:
+      return "bounded";
+  }
+  return "?";
+}
+
+Shard::Shard(ShardOptions o) : o_(std::move(o)) {
+  COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
+  for (int w = 0; w < o_.workers; ++w) {
+    workers_.push_back(std::make_unique<Worker>());
+    workers_.back()->seen = Clock::now();
+  }
+  if (!o_.clock_log.empty()) {
+    clock_log_ = std::fopen(o_.clock_log.c_str(), "a");
+    if (!clock_log_) COHORT_THROW(IoError, "cannot open the clock log ", o_.clock_log);
+  }
+  if (!o_.checkpoint_dir.empty()) restore();
+}
+
+Shard::~Shard() {
+  if (clock_log_) std::fclose(clock_log_);
+}
+
+int64_t Shard::version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
+}
+
+size_t Shard::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pieces_.size();
+}
+
+std::unique_ptr<core::optim::Optimizer> Shard::make_optimizer(const core::Tensor& param) const {
+  const OptimizerSpec& s = o_.optimizer;
+  // The learning rate comes with each push (the workers own the schedule).
+  if (s.type == "adamw")
+    return std::make_unique<core::optim::AdamW>(
+        std::vector<core::Tensor>{param},
+        core::optim::AdamWOptions{0.0, s.beta1, s.beta2, s.eps, s.weight_decay});
+  return std::make_unique<core::optim::SGD>(
+      std::vector<core::Tensor>{param},
+      core::optim::SGDOptions{0.0, s.momentum, 0.0, s.weight_decay, s.nesterov});
+}
+
+void Shard::define(const std::string& key, const std::vector<int64_t>& shape,
+                   const std::vector<float>& values) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pieces_.find(key);
+  if (it != pieces_.end()) {
+    COHORT_CHECK(it->second.param.sizes() == shape, "tensor ", key, " has shape ",
+                 core::shape_str(it->second.param.sizes()), " on server ", o_.server, ", not the ",
+                 core::shape_str(shape), " the worker sent");
+    return;
+  }
+  core::Tensor p = core::from_vector(values, shape);
+  Piece piece;
+  piece.param = p;
+  piece.optimizer = make_optimizer(p);
+  piece.grads.resize(static_cast<size_t>(o_.workers));
+  piece.received.assign(static_cast<size_t>(o_.workers), 0);
+  pieces_.emplace(key, std::move(piece));
+}
+
+Shard::Piece& Shard::piece(const std::string& key) {
+  auto it = pieces_.find(key);
+  COHORT_CHECK(it != pieces_.end(), "tensor ", key, " is not held by server ", o_.server);
+  return it->second;
+}
+
+std::vector<int64_t> Shard::shape_of(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pieces_.find(key);
+  COHORT_CHECK(it != pieces_.end(), "tensor ", key, " is not held by server ", o_.server);
+  return it->second.param.sizes();
+}
+
+Shard::Worker& Shard::worker(int w) {
+  COHORT_CHECK(w >= 0 && w < o_.workers, "worker ", w, " is not one of this job's ", o_.workers,
+               " workers");
+  return *workers_[static_cast<size_t>(w)];
+}
+
+void Shard::touch(int w, int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  k.seen = Clock::now();
+  if (step >= 0 && k.clock < 0) k.clock = step;
+  if (!k.live) {
+    k.live = true;
+    k.left = false;
+    if (k.clock < 0 || step >= 0) k.clock = std::max<int64_t>(step, 0);
+    std::fprintf(stderr, "server %d: worker %d rejoined at step %lld\n", o_.server, w,
+                 static_cast<long long>(k.clock));
+  }
+  changed_.notify_all();
+}
+
+void Shard::leave(int w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  k.live = false;
+  k.left = true;
+  maybe_finish_sync_step_locked();
+  changed_.notify_all();
+}
+
+int64_t Shard::min_clock_locked() const {
+  int64_t m = -1;
+  for (const auto& k : workers_)
+    if (k->live && k->clock >= 0 && (m < 0 || k->clock < m)) m = k->clock;
+  return m;
+}
+
+bool Shard::admissible_locked(int w, int64_t step) const {
+  const Worker& k = *workers_[static_cast<size_t>(w)];
+  switch (o_.mode) {
+    case Mode::kSync:
+      return !k.committed;
+    case Mode::kAsync:
+      return true;
+    case Mode::kBounded: {
+      const int64_t slowest = min_clock_locked();
+      return slowest < 0 || step - slowest <= o_.staleness;
+    }
+  }
+  return true;
+}
+
+bool Shard::admit(int w, int64_t step, collectives::Millis timeout,
+                  const std::function<bool()>& cancelled) {
+  std::unique_lock<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  const auto deadline = Clock::now() + timeout;
+  while (!admissible_locked(w, step)) {
+    if (cancelled && cancelled()) return false;
+    if (Clock::now() >= deadline) {
+      std::string waiting;
+      for (int v = 0; v < o_.workers; ++v) {
+        const Worker& o = *workers_[static_cast<size_t>(v)];
+        if (v != w && o.live &&
+            (o_.mode == Mode::kSync ? !o.committed : o.clock < step - o_.staleness))
+          waiting += (waiting.empty() ? "" : ", ") + std::to_string(v);
+      }
+      COHORT_THROW(TimeoutError, "server ", o_.server, ": worker ", w, "'s step ", step, " waited ",
+                   timeout.count() / 1000.0, " s for worker(s) ",
+                   waiting.empty() ? std::string("none") : waiting, " (mode ", mode_name(o_.mode),
+                   ")");
+    }
+    // Short slices: a cancelled call (the worker gave up) must not hold a thread for long.
+    changed_.wait_for(lock, std::chrono::milliseconds(100));
+    k.seen = Clock::now();  // a worker waiting here is alive
+  }
+  k.seen = Clock::now();
+  if (clock_log_) {
+    nlohmann::json live = nlohmann::json::array();
+    for (int v = 0; v < o_.workers; ++v)
+      if (workers_[static_cast<size_t>(v)]->live) live.push_back(v);
+    const nlohmann::json line = {
+        {"worker", w},         {"step", step}, {"min_clock", min_clock_locked()},
+        {"version", version_}, {"live", live}, {"mode", mode_name(o_.mode)}};
+    std::fprintf(clock_log_, "%s\n", line.dump().c_str());
+    std::fflush(clock_log_);
+  }
+  return true;
+}
+
+Shard::Snapshot Shard::snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Snapshot s;
+  s.version = version_;
+  for (const auto& [key, p] : pieces_) {
+    s.keys.push_back(key);
+    s.shapes.push_back(p.param.sizes());
+    const float* v = p.param.data_ptr<float>();
+    s.values.emplace_back(v, v + p.param.numel());
+  }
+  return s;
+}
+
+void Shard::push_begin(int w, int64_t step, double lr, int64_t samples) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  COHORT_CHECK(!k.committed, "worker ", w, " pushed step ", step,
+               " before its previous push was applied; pull first");
+  k.pushing = true;
+  k.step = step;
+  k.lr = lr;
+  k.samples = samples;
+  k.seen = Clock::now();
+  for (auto& [key, p] : pieces_) p.received[static_cast<size_t>(w)] = 0;
+}
+
+void Shard::push_chunk(int w, const std::string& key, int64_t offset, const float* values,
+                       int64_t n) {
+  std::vector<float>* buffer = nullptr;
+  int64_t* received = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Worker& k = worker(w);
+    COHORT_CHECK(k.pushing, "worker ", w, " sent a gradient chunk outside a push");
+    Piece& p = piece(key);
+    const int64_t numel = p.param.numel();
+    COHORT_CHECK(offset >= 0 && n >= 0 && offset + n <= numel, "a chunk of tensor ", key,
+                 " covers elements [", offset, ", ", offset + n, ") but it has ", numel);
+    auto& g = p.grads[static_cast<size_t>(w)];
+    if (g.size() != static_cast<size_t>(numel)) g.assign(static_cast<size_t>(numel), 0.f);
+    buffer = &g;
+    received = &p.received[static_cast<size_t>(w)];
+    k.seen = Clock::now();
+  }
+  // Only this worker's push writes its buffers, and nothing reads them before the commit.
+  std::memcpy(buffer->data() + offset, values, static_cast<size_t>(n) * sizeof(float));
+  *received += n;
+}
+
+PushResult Shard::push_commit(int w) {
+  std::unique_lock<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  COHORT_CHECK(k.pushing, "worker ", w, " committed a push it never began");
+  k.pushing = false;
+  for (auto& [key, p] : pieces_)
+    COHORT_CHECK(p.received[static_cast<size_t>(w)] == p.param.numel(), "worker ", w,
+                 "'s push of step ", k.step, " has ", p.received[static_cast<size_t>(w)],
+                 " of the ", p.param.numel(), " elements of tensor ", key);
+  k.clock = std::max(k.clock, k.step + 1);
+  k.seen = Clock::now();
+  if (o_.mode == Mode::kSync) {
+    k.committed = true;
+    maybe_finish_sync_step_locked();
+  } else {
+    apply_locked({w}, k.lr);
+  }
+  PushResult r{version_, samples_};
+  changed_.notify_all();
+  lock.unlock();
+  checkpoint_if_due();
+  return r;
+}
+
+void Shard::maybe_finish_sync_step_locked() {
+  if (o_.mode != Mode::kSync) return;
+  std::vector<int> committed;
+  for (int v = 0; v < o_.workers; ++v) {
+    const Worker& k = *workers_[static_cast<size_t>(v)];
+    if (k.committed) {
+      committed.push_back(v);
+    } else if (k.live) {
+      return;  // a live worker has not pushed yet
+    }
+  }
+  if (committed.empty()) return;
+  // Workers agree on the learning rate (the same schedule at the same step); take the first's.
+  apply_locked(committed, workers_[static_cast<size_t>(committed[0])]->lr);
+  for (int v : committed) workers_[static_cast<size_t>(v)]->committed = false;
+}
+
+void Shard::apply_locked(const std::vector<int>& from, double lr) {
+  core::autograd::NoGradGuard no_grad;
+  const float scale = 1.0f / static_cast<float>(from.size());
+  for (auto& [key, p] : pieces_) {
+    core::Tensor g = core::empty(p.param.sizes());
+    float* out = g.data_ptr<float>();
+    const auto n = static_cast<size_t>(p.param.numel());
+    std::memcpy(out, p.grads[static_cast<size_t>(from[0])].data(), n * sizeof(float));
+    for (size_t i = 1; i < from.size(); ++i) {
+      const float* in = p.grads[static_cast<size_t>(from[i])].data();
+      for (size_t j = 0; j < n; ++j) out[j] += in[j];
+    }
+    if (from.size() > 1)
+      for (size_t j = 0; j < n; ++j) out[j] *= scale;
+    p.param.set_grad(g);
+    p.optimizer->set_lr(lr);
+    p.optimizer->step();
+    p.param.set_grad(core::Tensor());
+  }
+  for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
+  ++version_;
+  changed_.notify_all();
+}
+
+std::vector<int> Shard::expire_workers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int> dropped;
+  const auto now = Clock::now();
+  for (int v = 0; v < o_.workers; ++v) {
+    Worker& k = *workers_[static_cast<size_t>(v)];
+    if (k.live && now - k.seen > o_.worker_timeout) {
+      k.live = false;
+      k.pushing = false;  // an unfinished push is discarded
+      dropped.push_back(v);
+    }
+  }
+  if (!dropped.empty()) {
+    maybe_finish_sync_step_locked();
+    changed_.notify_all();
+  }
+  return dropped;
+}
+
+std::vector<int> Shard::live_workers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int> live;
+  for (int v = 0; v < o_.workers; ++v)
+    if (workers_[static_cast<size_t>(v)]->live) live.push_back(v);
+  return live;
+}
+
+void Shard::checkpoint_if_due() {
+  if (o_.checkpoint_dir.empty() || o_.checkpoint_every <= 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (version_ - last_checkpoint_ < o_.checkpoint_every) return;
+  }
+  checkpoint();
+}
+
+void Shard::checkpoint() {
+  if (o_.checkpoint_dir.empty()) return;
+  std::lock_guard<std::mutex> one_at_a_time(checkpoint_mu_);
+  core::io::TensorMap model, optimizer;
+  core::io::CheckpointMeta meta;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (version_ == last_checkpoint_ && restored_) return;
+    for (const auto& [key, p] : pieces_) {
+      model[key] = p.param.clone();
+      for (const auto& [name, t] : p.optimizer->state_dict())
+        optimizer[key + "/" + name] = t.clone();
+    }
+    meta.step = version_;
+    meta.samples_in_epoch = samples_;
+    last_checkpoint_ = version_;
+  }
+  // Written outside the lock: training goes on while the files are written and renamed.
+  core::io::save_checkpoint(o_.checkpoint_dir, model, optimizer, meta, o_.checkpoint_keep);
+}
+
+void Shard::restore() {
+  auto latest = core::io::latest_checkpoint(o_.checkpoint_dir);
+  if (!latest) return;
+  core::io::Checkpoint ck = core::io::load_checkpoint(*latest);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [key, t] : ck.model) {
+    Piece piece;
+    piece.param = t.to(core::DType::kFloat32).contiguous().clone();
+    piece.optimizer = make_optimizer(piece.param);
+    core::optim::OptimizerState state;
+    const std::string prefix = key + "/";
+    for (auto& [name, s] : ck.optimizer)
+      if (name.rfind(prefix, 0) == 0) state[name.substr(prefix.size())] = s;
+    if (!state.empty()) piece.optimizer->load_state_dict(state);
+    piece.grads.resize(static_cast<size_t>(o_.workers));
+    piece.received.assign(static_cast<size_t>(o_.workers), 0);
+    pieces_.emplace(key, std::move(piece));
+  }
+  version_ = ck.meta.step;
+  last_checkpoint_ = version_;
+  samples_ = std::max<int64_t>(0, ck.meta.samples_in_epoch);
+  restored_ = true;
+  // The workers' clocks are unknown until they call: none holds back the others meanwhile.
+  for (auto& k : workers_) k->clock = -1;
+  std::fprintf(stderr, "server %d: restored %zu tensors at version %lld from %s\n", o_.server,
+               pieces_.size(), static_cast<long long>(version_), latest->c_str());
+}
+
+}  // namespace cohort::ps

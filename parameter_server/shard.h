@@ -1,0 +1,149 @@
+// One parameter server's state, without the transport: its pieces of the model with their
+// optimiser state, the workers it expects, and the rules of the three modes.
+//   sync     a worker's push is applied once every live worker has pushed (averaged over those
+//            that did); its next pull waits for that update.
+//   async    each push is applied when it completes; pulls never wait.
+//   bounded  as async, but a worker's pull for step t waits while t - (the slowest live worker's
+//            completed steps) > staleness.
+// A worker that stays silent (no request, no heartbeat) for worker_timeout is dropped: it no
+// longer holds back sync steps or the bounded clock; it rejoins by calling again. Thread-safe: the
+// gRPC service calls it from many threads.
+#pragma once
+
+#include <condition_variable>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "collectives/store/store.h"
+#include "core/optim/optimizer.h"
+#include "core/tensor/tensor.h"
+
+namespace cohort::ps {
+
+enum class Mode { kSync, kAsync, kBounded };
+Mode parse_mode(const std::string& name);  // throws ConfigError
+const char* mode_name(Mode m);
+
+struct OptimizerSpec {
+  std::string type = "sgd";  // sgd | adamw
+  double momentum = 0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+};
+
+struct ShardOptions {
+  int server = 0;
+  Mode mode = Mode::kSync;
+  int64_t staleness = 0;  // bounded
+  int workers = 1;        // the job's workers, 0..workers-1, all expected from the start
+  collectives::Millis worker_timeout{30000};
+  OptimizerSpec optimizer;
+  // Checkpoints of the pieces and their optimiser state every checkpoint_every updates (0: only
+  // when asked); on construction the newest one under checkpoint_dir is restored.
+  std::string checkpoint_dir;
+  int64_t checkpoint_every = 0;
+  int64_t checkpoint_keep = 2;
+  // One JSON line per admitted pull: {"worker", "step", "min_clock", "live"}.
+  std::string clock_log;
+};
+
+struct PushResult {
+  int64_t version = 0;  // updates applied so far
+  int64_t samples = 0;  // samples pushed by every worker so far
+};
+
+class Shard {
+ public:
+  explicit Shard(ShardOptions o);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  const ShardOptions& options() const { return o_; }
+  bool restored() const { return restored_; }
+  int64_t version() const;
+
+  // Defines a piece with its initial values unless it exists (the first worker's values win; a
+  // restored shard keeps its own). InvalidArgument when it exists with another shape.
+  void define(const std::string& key, const std::vector<int64_t>& shape,
+              const std::vector<float>& values);
+  // InvalidArgument naming the key when it is unknown.
+  std::vector<int64_t> shape_of(const std::string& key) const;
+  size_t size() const;
+
+  // Any call from `worker` (a heartbeat, a pull, a push) proves it alive; `step` is its clock
+  // (steps completed), or -1 when the call does not say. InvalidArgument for a worker outside the
+  // job.
+  void touch(int worker, int64_t step);
+  // The worker has finished training: it leaves the live set without being reported as lost.
+  void leave(int worker);
+  // Blocks until `worker` may compute step `step` under the mode's rule. Throws TimeoutError after
+  // `timeout`, naming the workers it waited for; returns false if `cancelled()` became true.
+  bool admit(int worker, int64_t step, collectives::Millis timeout,
+             const std::function<bool()>& cancelled);
+  // Every piece's key, shape and values at one version.
+  struct Snapshot {
+    int64_t version = 0;
+    std::vector<std::string> keys;
+    std::vector<std::vector<int64_t>> shapes;
+    std::vector<std::vector<float>> values;
+  };
+  Snapshot snapshot() const;
+
+  // A push: begin, the chunks of every piece, commit. A chunk outside its piece or of an unknown
+  // key is InvalidArgument; a commit that misses elements of some piece is InvalidArgument naming
+  // it (nothing of that push is applied).
+  void push_begin(int worker, int64_t step, double lr, int64_t samples);
+  void push_chunk(int worker, const std::string& key, int64_t offset, const float* values,
+                  int64_t n);
+  PushResult push_commit(int worker);
+
+  // Drops the workers silent for longer than worker_timeout; returns their ids.
+  std::vector<int> expire_workers();
+  std::vector<int> live_workers() const;
+  // Writes a checkpoint now (no-op without checkpoint_dir). Throws IoError.
+  void checkpoint();
+
+ private:
+  struct Piece {
+    core::Tensor param;
+    std::unique_ptr<core::optim::Optimizer> optimizer;
+    std::vector<std::vector<float>> grads;  // per worker: the push in progress
+    std::vector<int64_t> received;          // per worker: elements received in it
+  };
+  struct Worker {
+    bool live = true, left = false;
+    int64_t clock = 0;  // steps completed; -1 unknown (after a restore, until it calls)
+    std::chrono::steady_clock::time_point seen;
+    // The push in progress, then (sync) committed and waiting for the step to be applied.
+    bool pushing = false, committed = false;
+    int64_t step = 0, samples = 0;
+    double lr = 0;
+  };
+  Piece& piece(const std::string& key);
+  Worker& worker(int w);
+  std::unique_ptr<core::optim::Optimizer> make_optimizer(const core::Tensor& param) const;
+  // Under mu_: applies the committed pushes of `workers` (averaged) as one update.
+  void apply_locked(const std::vector<int>& workers, double lr);
+  void maybe_finish_sync_step_locked();
+  int64_t min_clock_locked() const;
+  bool admissible_locked(int worker, int64_t step) const;
+  void restore();
+  void checkpoint_if_due();
+
+  ShardOptions o_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::map<std::string, Piece> pieces_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  int64_t version_ = 0, samples_ = 0, last_checkpoint_ = 0;
+  bool restored_ = false;
+  std::FILE* clock_log_ = nullptr;
+  std::mutex checkpoint_mu_;
+};
+
+}  // namespace cohort::ps
