@@ -71,4 +71,14 @@ int64_t kill_at_step(int rank) {
   return r == rank ? step : -1;
 }
 
+int64_t step_delay_ms(int rank) {
+  const char* spec = std::getenv("COHORT_TEST_STEP_DELAY_MS");
+  if (!spec) return 0;
+  int r = -1;
+  long long ms = 0;
+  if (std::sscanf(spec, "%d:%lld", &r, &ms) != 2)
+    COHORT_THROW(ConfigError, "COHORT_TEST_STEP_DELAY_MS='", spec, "' is not RANK:MS");
+  return r == rank ? ms : 0;
+}
+
 }  // namespace cohort::trainer

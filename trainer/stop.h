@@ -46,5 +46,8 @@ class StopVote {
 // unset or 0), so that a restarted job can finish. -1 when it does not apply to this rank; throws
 // ConfigError when the variable is malformed.
 int64_t kill_at_step(int rank);
+// Test hook: COHORT_TEST_STEP_DELAY_MS="RANK:MS" makes that rank sleep MS after each step (a
+// straggler); 0 for the other ranks.
+int64_t step_delay_ms(int rank);
 
 }  // namespace cohort::trainer

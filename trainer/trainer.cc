@@ -13,6 +13,7 @@
 #include <fstream>
 #include <limits>
 #include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -449,6 +450,7 @@ RunSummary Trainer::run() {
 
   StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
   const int64_t kill_at = kill_at_step(rank_);
+  const int64_t delay_ms = step_delay_ms(rank_);
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
@@ -507,6 +509,7 @@ RunSummary Trainer::run() {
       }
       ++step;
       if (step == kill_at) ::raise(SIGKILL);
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
       if (!ps_) samples += batch_data.input.size(0) * world_;
       if (step % c_.train.log_every == 0 || step == total_steps) {
         // Every rank's loss and mean step time since the last log line.
