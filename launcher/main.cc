@@ -16,6 +16,7 @@
 #include "cohort/config.h"
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
+#include "launcher/bench_ps.h"
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
@@ -192,6 +193,15 @@ int main(int argc, char** argv) {
   bench_coll->add_option("--warmup", bo.warmup, "untimed iterations")->capture_default_str();
   bench_coll->add_option("--timeout", bo.timeout_s, "seconds before a collective fails")
       ->capture_default_str();
+  auto* bench_ps = bench->add_subcommand(
+      "ps",
+      "time a push plus pull of a model's gradients (run as the program of cohort launch "
+      "--ps-servers)");
+  cohort::launcher::BenchPsOptions bpo;
+  bench_ps->add_option("config", bpo.config, "the experiment's YAML file")->required();
+  bench_ps->add_option("overrides", bpo.overrides, "key.path=value overrides of config keys");
+  bench_ps->add_option("--iters", bpo.iters, "timed iterations")->capture_default_str();
+  bench_ps->add_option("--warmup", bpo.warmup, "untimed iterations")->capture_default_str();
   // `cohort launch [options] -- PROGRAM ARGS...`: what follows "--" is the program's; CLI11 would
   // hand it to the parent command.
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -224,6 +234,7 @@ int main(int argc, char** argv) {
       so.cohort_binary = std::filesystem::canonical("/proc/self/exe").string();
       return cohort::launcher::slurm_submit(so);
     }
+    if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);

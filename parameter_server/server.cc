@@ -22,6 +22,8 @@ using grpc::StatusCode;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kMaxDims = 8;
+constexpr int kFrameBytes = 4 << 20;
+constexpr int kWindowBytes = 16 << 20;
 constexpr int64_t kMaxPieceElements = int64_t{1} << 31;
 constexpr size_t kMaxPendingNonces = 1024;
 constexpr auto kNonceLifetime = std::chrono::seconds(30);
@@ -283,6 +285,12 @@ class Server::Impl {
                              grpc::InsecureServerCredentials(), &port_);
     builder.SetMaxReceiveMessageSize(o_.max_message_bytes);
     builder.SetMaxSendMessageSize(o_.max_message_bytes);
+    // Large frames and windows: a step moves megabytes, and HTTP/2's 16 KB frames and 64 KB
+    // initial window would cut it into thousands of round trips.
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kFrameBytes);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kWindowBytes);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kWindowBytes);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0)

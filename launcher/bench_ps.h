@@ -1,0 +1,20 @@
+// `cohort bench ps CONFIG`: each worker of a parameter-server job (cohort launch --ps-servers)
+// pushes its model's gradients and pulls the parameters `iters` times and reports the time of a
+// push plus pull, the bytes each moved and the rate; rank 0 prints one summary line per rank.
+// scripts/bench/ps.sh sets it beside an all-reduce of the same bytes and beside DDP training.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace cohort::launcher {
+
+struct BenchPsOptions {
+  std::string config;
+  std::vector<std::string> overrides;
+  int iters = 50, warmup = 5;
+};
+
+int bench_ps(const BenchPsOptions& o);
+
+}  // namespace cohort::launcher

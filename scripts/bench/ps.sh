@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Parameter-server mode on one node, in one invocation, printing ratios against our own DDP:
+#   train   1 epoch of the Fashion-MNIST MLP: sync PS (2 workers, 1 server) samples/s against DDP
+#           on 2 ranks (goal >= 0.8); async and bounded for reference.
+#   comm    push plus pull of the MLP's gradients (cohort bench ps, 2 workers, 1 server) against
+#           our all-reduce of the same bytes on 2 ranks (goal <= 2x); bf16 compression too.
+#   scripts/bench/ps.sh [train] [comm]       (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${COHORT_BUILD_DIR:-build}
+what=${*:-train comm}
+scripts/build.sh >/dev/null
+cohort=$build/launcher/cohort
+config=configs/fashion_mnist_mlp.yaml
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+field() { sed -nE "s/.*$1[= ]([0-9.]+).*/\1/p" | tail -n 1; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ps=(distributed.strategy=parameter_server)
+
+train() {  # launch options, then overrides
+  local opts=$1; shift
+  # shellcheck disable=SC2086
+  "$cohort" launch --nproc-per-node 2 $opts -- "$cohort" train "$config" train.log_every=100000 \
+    logging.tensorboard=false logging.dir="$tmp/run$RANDOM" "$@" 2>&1 | grep "summary:"
+}
+
+if [[ " $what " == *" train "* ]]; then
+  ddp=$(train "") ; ddp_sps=$(field samples_per_s <<<"$ddp"); ddp_acc=$(field test_acc <<<"$ddp")
+  echo "DDP 2 ranks:                      $ddp_sps samples/s  test_acc $ddp_acc"
+  for mode in sync async bounded; do
+    extra=()
+    [ "$mode" = bounded ] && extra=(parameter_server.staleness=2)
+    r=$(train "--ps-servers 1" "${ps[@]}" parameter_server.mode=$mode "${extra[@]}")
+    sps=$(field samples_per_s <<<"$r")
+    printf "PS %-7s 2 workers, 1 server:   %s samples/s  test_acc %s  = %sx DDP%s\n" "$mode" \
+      "$sps" "$(field test_acc <<<"$r")" "$(div "$sps" "$ddp_sps")" \
+      "$([ "$mode" = sync ] && echo "  (goal >= 0.8)")"
+  done
+fi
+
+if [[ " $what " == *" comm "* ]]; then
+  bench() {
+    "$cohort" launch --nproc-per-node 2 --ps-servers 1 -- "$cohort" bench ps "$config" "${ps[@]}" \
+      logging.dir="$tmp/b" --iters 100 "$@" 2>&1 | grep "rank 0" | field median
+  }
+  bytes=$("$cohort" launch --nproc-per-node 1 --ps-servers 1 -- "$cohort" bench ps "$config" \
+    "${ps[@]}" logging.dir="$tmp/b" --iters 1 2>&1 | sed -nE 's/.*of ([0-9.]+) MB.*/\1/p')
+  nbytes=$(awk -v m="$bytes" 'BEGIN { printf "%d", m * 1e6 }')
+  ar_us=$("$cohort" launch --nproc-per-node 2 -- "$cohort" bench collectives --op allreduce \
+    -b "$nbytes" -e "$nbytes" --iters 100 2>&1 | awk '$2 ~ /^[0-9]+$/ { t = $3 } END { print t }')
+  ar_ms=$(awk -v u="$ar_us" 'BEGIN { printf "%.3f", u / 1000 }')
+  f32=$(bench)
+  bf16=$(bench parameter_server.compression=bf16)
+  echo "all-reduce of $bytes MB, 2 ranks (cpu backend):  $ar_ms ms"
+  echo "push+pull of $bytes MB, 2 workers, 1 server:     $f32 ms  = $(div "$f32" "$ar_ms")x all-reduce (goal <= 2)"
+  echo "  with bf16 on the wire:                     $bf16 ms  = $(div "$bf16" "$ar_ms")x all-reduce"
+fi
