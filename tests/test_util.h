@@ -6,6 +6,7 @@
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +18,8 @@
 #include <utility>
 
 #include <nlohmann/json.hpp>
+
+#include "core/io/checkpoint.h"
 
 namespace cohort::test {
 
@@ -143,5 +146,39 @@ class NetnsCluster {
   std::string prefix_;
   bool up_ = false;
 };
+
+// The model of the newest checkpoint under RUN_DIR/checkpoints (a failure when there is none).
+inline core::io::TensorMap final_model(const std::filesystem::path& run_dir) {
+  auto latest = core::io::latest_checkpoint((run_dir / "checkpoints").string());
+  if (!latest) {
+    ADD_FAILURE() << run_dir << " wrote no checkpoint";
+    return {};
+  }
+  return core::io::load_checkpoint(*latest).model;
+}
+
+// Relative error ||a - b|| / ||b|| of each tensor at most 1e-5. Float32 sums over a split batch
+// round differently (1e-7), and twenty steps of momentum carry that along; where a ReLU input lies
+// that close to 0 the kink changes a few elements by more (seen: 2e-5 in 3 of c2.weight's 18k), so
+// an element-wise bound would flag correct runs.
+inline void expect_same_model(const cohort::core::io::TensorMap& a,
+                              const cohort::core::io::TensorMap& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  ASSERT_FALSE(a.empty()) << what;
+  for (auto& [name, t] : b) {
+    ASSERT_TRUE(a.count(name)) << what << ": " << name;
+    auto x = a.at(name).contiguous().to(cohort::core::DType::kFloat64);
+    auto y = t.contiguous().to(cohort::core::DType::kFloat64);
+    ASSERT_EQ(x.numel(), y.numel()) << what << ": " << name;
+    const double* p = x.data_ptr<double>();
+    const double* q = y.data_ptr<double>();
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      diff += (p[i] - q[i]) * (p[i] - q[i]);
+      norm += q[i] * q[i];
+    }
+    EXPECT_LE(std::sqrt(diff), 1e-5 * std::sqrt(norm)) << what << ": " << name;
+  }
+}
 
 }  // namespace cohort::test

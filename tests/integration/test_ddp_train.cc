@@ -18,6 +18,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+using cohort::test::expect_same_model;
 using cohort::test::read_text;
 using cohort::test::run_command;
 
@@ -51,12 +52,7 @@ class DdpTrain : public cohort::test::TempDirTest {
            std::to_string(n) + " " + args;
   }
   cohort::core::io::TensorMap final_model(const std::string& run) const {
-    auto latest = cohort::core::io::latest_checkpoint((dir_ / run / "checkpoints").string());
-    if (!latest) {
-      ADD_FAILURE() << run << " wrote no checkpoint";
-      return {};
-    }
-    return cohort::core::io::load_checkpoint(*latest).model;
+    return cohort::test::final_model(dir_ / run);
   }
   std::vector<nlohmann::json> metrics(const std::string& run) const {
     std::vector<nlohmann::json> out;
@@ -65,30 +61,6 @@ class DdpTrain : public cohort::test::TempDirTest {
     return out;
   }
 };
-
-// Relative error ||a - b|| / ||b|| of each tensor at most 1e-5. Float32 sums over a split batch
-// round differently (1e-7), and twenty steps of momentum carry that along; where a ReLU input lies
-// that close to 0 the kink changes a few elements by more (seen: 2e-5 in 3 of c2.weight's 18k), so
-// an element-wise bound would flag correct runs.
-void expect_same_model(const cohort::core::io::TensorMap& a, const cohort::core::io::TensorMap& b,
-                       const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  ASSERT_FALSE(a.empty()) << what;
-  for (auto& [name, t] : b) {
-    ASSERT_TRUE(a.count(name)) << what << ": " << name;
-    auto x = a.at(name).contiguous().to(cohort::core::DType::kFloat64);
-    auto y = t.contiguous().to(cohort::core::DType::kFloat64);
-    ASSERT_EQ(x.numel(), y.numel()) << what << ": " << name;
-    const double* p = x.data_ptr<double>();
-    const double* q = y.data_ptr<double>();
-    double diff = 0, norm = 0;
-    for (int64_t i = 0; i < y.numel(); ++i) {
-      diff += (p[i] - q[i]) * (p[i] - q[i]);
-      norm += q[i] * q[i];
-    }
-    EXPECT_LE(std::sqrt(diff), 1e-5 * std::sqrt(norm)) << what << ": " << name;
-  }
-}
 
 // The contract: N ranks of batch b after 20 steps == 1 process of batch N*b, for the MLP and the
 // CNN, under cohort launch (cpu backend) and under mpirun (mpi backend, and cpu through MPI's

@@ -48,12 +48,7 @@ class PsTrain : public cohort::test::TempDirTest {
            " --ps-servers " + std::to_string(servers) + " " + options + " -- " + args;
   }
   cohort::core::io::TensorMap final_model(const std::string& run) const {
-    auto latest = cohort::core::io::latest_checkpoint((dir_ / run / "checkpoints").string());
-    if (!latest) {
-      ADD_FAILURE() << run << " wrote no checkpoint";
-      return {};
-    }
-    return cohort::core::io::load_checkpoint(*latest).model;
+    return cohort::test::final_model(dir_ / run);
   }
   nlohmann::json summary(const std::string& run) const {
     std::istringstream in(read_text(dir_ / run / "metrics.jsonl"));
@@ -76,20 +71,7 @@ TEST_F(PsTrain, SyncWithTwoServersEndsWhereDdpEnds) {
       run_command(launch(2, 2, train("ps", ps(2, "sync")) + " optimizer.momentum=0.9"), kRunLimit);
   ASSERT_EQ(ps_run.code, 0) << ps_run.output;
   EXPECT_NE(ps_run.output.find("parameter server 1 of 2"), std::string::npos) << ps_run.output;
-  auto a = final_model("ps"), b = final_model("ddp");
-  ASSERT_EQ(a.size(), b.size());
-  ASSERT_FALSE(b.empty());
-  for (auto& [name, t] : b) {
-    ASSERT_TRUE(a.count(name)) << name;
-    const float* x = a[name].data_ptr<float>();
-    const float* y = t.data_ptr<float>();
-    double diff = 0, norm = 0;
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      diff = std::max(diff, std::abs(double(x[i]) - y[i]));
-      norm = std::max(norm, std::abs(double(y[i])));
-    }
-    EXPECT_LE(diff, 1e-5 * norm) << name << " after 20 steps: sync PS and DDP differ";
-  }
+  cohort::test::expect_same_model(final_model("ps"), final_model("ddp"), "sync PS against DDP");
   EXPECT_EQ(summary("ps").value("steps", 0), 20);
 }
 
