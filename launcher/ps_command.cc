@@ -17,23 +17,8 @@
 namespace cohort::launcher {
 namespace {
 
-const char* env_or_null(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v ? v : nullptr;
-}
-
-int int_env(const char* name, int fallback) {
-  const char* v = env_or_null(name);
-  if (!v) return fallback;
-  char* end = nullptr;
-  const long x = std::strtol(v, &end, 10);
-  if (*end != '\0' || x < 0 || x > 1 << 20)
-    COHORT_THROW(ConfigError, name, "='", v, "' is not a non-negative integer");
-  return static_cast<int>(x);
-}
-
 std::string job_secret() {
-  const char* s = env_or_null("COHORT_PS_SECRET");
+  const char* s = var("COHORT_PS_SECRET");
   if (!s)
     COHORT_THROW(
         ConfigError,
@@ -50,7 +35,7 @@ collectives::Millis millis(double s) { return collectives::Millis(static_cast<in
 }  // namespace
 
 std::string process_role() {
-  const char* r = env_or_null("COHORT_ROLE");
+  const char* r = var("COHORT_ROLE");
   if (!r || std::string(r) == "worker") return "worker";
   if (std::string(r) == "server") return "server";
   COHORT_THROW(ConfigError, "COHORT_ROLE='", r, "' is not worker or server");
@@ -66,19 +51,19 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
 
   const auto& p = c.parameter_server;
-  const int servers = int_env("COHORT_PS_SERVERS", static_cast<int>(p.servers));
-  const int index = o.index >= 0 ? o.index : int_env("COHORT_PS_SERVER_RANK", -1);
+  const int servers = int_var("COHORT_PS_SERVERS", static_cast<int>(p.servers));
+  const int index = o.index >= 0 ? o.index : int_var("COHORT_PS_SERVER_RANK", -1);
   if (index < 0 || index >= servers)
     COHORT_THROW(ConfigError, "parameter server index ", index, " is outside 0..", servers - 1,
                  " (COHORT_PS_SERVER_RANK, or cohort ps --index)");
-  const int workers = o.workers > 0 ? o.workers : int_env("COHORT_WORLD_SIZE", 1);
+  const int workers = o.workers > 0 ? o.workers : int_var("COHORT_WORLD_SIZE", 1);
   ps::ServerOptions so;
   so.secret = job_secret();
   so.port = o.port;
-  so.bind = !o.bind.empty()                 ? o.bind
-            : !p.bind.empty()               ? p.bind
-            : env_or_null("COHORT_PS_BIND") ? env_or_null("COHORT_PS_BIND")
-                                            : "127.0.0.1";
+  so.bind = !o.bind.empty()         ? o.bind
+            : !p.bind.empty()       ? p.bind
+            : var("COHORT_PS_BIND") ? var("COHORT_PS_BIND")
+                                    : "127.0.0.1";
   ps::ShardOptions& sh = so.shard;
   sh.server = index;
   sh.mode = ps::parse_mode(p.mode);
@@ -110,10 +95,10 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
           ? (", restored at version " + std::to_string(server.shard().version())).c_str()
           : "");
   std::fflush(stdout);
-  if (const char* store_addr = env_or_null("COHORT_STORE")) {
+  if (const char* store_addr = var("COHORT_STORE")) {
     WorkerEnv env;
     env.store = store_addr;
-    if (const char* prefix = env_or_null("COHORT_STORE_PREFIX")) env.store_prefix = prefix;
+    if (const char* prefix = var("COHORT_STORE_PREFIX")) env.store_prefix = prefix;
     auto store = connect_store(env, millis(c.distributed.timeout_s));
     store->set(server_key(index), server.address());
   }
@@ -121,8 +106,8 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
   // only) once it has applied that many updates.
   std::thread killer;
   std::atomic<bool> done{false};
-  if (const char* spec = env_or_null("COHORT_PS_KILL_AT_VERSION");
-      spec && int_env("COHORT_RESTART_COUNT", 0) == 0) {
+  if (const char* spec = var("COHORT_PS_KILL_AT_VERSION");
+      spec && int_var("COHORT_RESTART_COUNT", 0) == 0) {
     int victim = -1;
     long long at = -1;
     if (std::sscanf(spec, "%d:%lld", &victim, &at) != 2)
@@ -151,7 +136,7 @@ ps::ClientOptions ps_client_options(const trainer::Config& c, const WorkerEnv& e
                                     std::shared_ptr<collectives::Store> store) {
   const auto& p = c.parameter_server;
   ps::ClientOptions o;
-  o.servers = int_env("COHORT_PS_SERVERS", static_cast<int>(p.servers));
+  o.servers = int_var("COHORT_PS_SERVERS", static_cast<int>(p.servers));
   if (o.servers != p.servers)
     COHORT_THROW(ConfigError, "parameter_server.servers is ", p.servers, " but the job has ",
                  o.servers, " servers (COHORT_PS_SERVERS); make them agree");

@@ -11,7 +11,6 @@
 #include "launcher/slurm_env.h"
 
 namespace cohort::launcher {
-namespace {
 
 const char* var(const char* name) {
   const char* v = std::getenv(name);
@@ -28,8 +27,6 @@ int int_var(const char* name, int fallback) {
                  "' is not a non-negative integer");
   return out;
 }
-
-}  // namespace
 
 HostPort parse_host_port(const std::string& text, const std::string& what,
                          const char* other_forms) {

@@ -41,6 +41,12 @@ struct HostPort {
 HostPort parse_host_port(const std::string& text, const std::string& what,
                          const char* other_forms = "");
 
+// An environment variable's value; null when unset or empty.
+const char* var(const char* name);
+// A non-negative integer from the environment, or `fallback` when unset; ConfigError naming the
+// variable when it is anything else.
+int int_var(const char* name, int fallback);
+
 // Throws ConfigError naming the variable when one is malformed.
 WorkerEnv detect_worker_env();
 std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,

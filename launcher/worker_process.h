@@ -24,7 +24,7 @@ struct StreamRoute {
 
 struct WorkerSpec {
   int rank = 0, local_rank = 0;
-  bool server = false;  // a parameter server (rank is then its server index)
+  bool server = false;                     // a parameter server (rank is then its server index)
   std::vector<std::string> argv;           // program and arguments; PATH is searched
   std::map<std::string, std::string> env;  // added to the launcher's environment
   std::string prefix;                      // "[0/3] "

@@ -312,10 +312,11 @@ class PsWorker::Impl {
 
   // Runs `call` on connection `c`, reconnecting (and redefining our pieces there) while the
   // server is away, until the timeout. Runs on c's thread.
-  void with_retries(Connection& c, const std::string& what, const std::function<void()>& call) {
+  void with_retries(Connection& c, const std::string& what, const std::function<void()>& call,
+                    bool reconnect_first = false) {
     const auto deadline = Clock::now() + o_.timeout;
     std::string last;
-    bool need_connect = !c.connected();
+    bool need_connect = reconnect_first || !c.connected();
     while (true) {
       try {
         if (need_connect) {
@@ -375,7 +376,7 @@ class PsWorker::Impl {
   void send_param(size_t i) {
     sent_[i] = 1;
     core::Tensor g = params_[i].grad();
-    if (!g.defined()) g = core::Tensor();
+    if (g.defined()) g = g.contiguous();  // held by the tasks until they have sent it
     for (size_t p : of_param_[i]) {
       Connection* conn = conns_[static_cast<size_t>(pieces_[p].server)].get();
       pending_.push_back(conn->post([this, conn, g, p] { write_piece(*conn, p, g); }));
@@ -392,7 +393,7 @@ class PsWorker::Impl {
     std::vector<float> zeros;
     const float* v = nullptr;
     if (grad.defined()) {
-      v = grad.contiguous().data_ptr<float>() + piece.offset;
+      v = grad.data_ptr<float>() + piece.offset;  // contiguous: send_param made it so
     } else {
       zeros.assign(static_cast<size_t>(piece.numel), 0.f);
       v = zeros.data();
@@ -435,22 +436,23 @@ class PsWorker::Impl {
       COHORT_THROW(DistributedError, "worker ", o_.worker, ": ", first.what());
     }
     int64_t samples = 0;
-    bool first_try = true;
-    with_retries(c, "push step " + std::to_string(step_), [&] {
-      if (first_try) {
-        first_try = false;
-        throw first;  // reconnect before the first retry
-      }
-      open_push(c);
-      for (size_t p = 0; p < pieces_.size(); ++p)
-        if (pieces_[p].server == c.index()) write_piece(c, p, params_[pieces_[p].tensor].grad());
-      if (!c.push_broken) c.push_writer->WritesDone();
-      grpc::Status st = c.push_writer->Finish();
-      c.push_writer.reset();
-      c.push_ctx.reset();
-      check(st, "server " + c.name() + ": push of step " + std::to_string(step_));
-      samples = c.push_reply.samples();
-    });
+    with_retries(
+        c, "push step " + std::to_string(step_),
+        [&] {
+          open_push(c);
+          for (size_t p = 0; p < pieces_.size(); ++p) {
+            if (pieces_[p].server != c.index()) continue;
+            core::Tensor g = params_[pieces_[p].tensor].grad();
+            write_piece(c, p, g.defined() ? g.contiguous() : g);
+          }
+          if (!c.push_broken) c.push_writer->WritesDone();
+          grpc::Status st = c.push_writer->Finish();
+          c.push_writer.reset();
+          c.push_ctx.reset();
+          check(st, "server " + c.name() + ": push of step " + std::to_string(step_));
+          samples = c.push_reply.samples();
+        },
+        /*reconnect_first=*/true);
     return samples;
   }
 

@@ -86,6 +86,7 @@ void Shard::define(const std::string& key, const std::vector<int64_t>& shape,
   core::Tensor p = core::from_vector(values, shape);
   Piece piece;
   piece.param = p;
+  piece.grad = core::empty(shape);
   piece.optimizer = make_optimizer(p);
   piece.grads.resize(static_cast<size_t>(o_.workers));
   piece.received.assign(static_cast<size_t>(o_.workers), 0);
@@ -289,8 +290,7 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
   core::autograd::NoGradGuard no_grad;
   const float scale = 1.0f / static_cast<float>(from.size());
   for (auto& [key, p] : pieces_) {
-    core::Tensor g = core::empty(p.param.sizes());
-    float* out = g.data_ptr<float>();
+    float* out = p.grad.data_ptr<float>();
     const auto n = static_cast<size_t>(p.param.numel());
     std::memcpy(out, p.grads[static_cast<size_t>(from[0])].data(), n * sizeof(float));
     for (size_t i = 1; i < from.size(); ++i) {
@@ -299,7 +299,7 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
     }
     if (from.size() > 1)
       for (size_t j = 0; j < n; ++j) out[j] *= scale;
-    p.param.set_grad(g);
+    p.param.set_grad(p.grad);
     p.optimizer->set_lr(lr);
     p.optimizer->step();
     p.param.set_grad(core::Tensor());
@@ -352,7 +352,8 @@ void Shard::checkpoint() {
   core::io::CheckpointMeta meta;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (version_ == last_checkpoint_ && restored_) return;
+    // Nothing to save before any worker has defined the model, nor twice for one version.
+    if (pieces_.empty() || (saved_ && version_ == last_checkpoint_)) return;
     for (const auto& [key, p] : pieces_) {
       model[key] = p.param.clone();
       for (const auto& [name, t] : p.optimizer->state_dict())
@@ -361,6 +362,7 @@ void Shard::checkpoint() {
     meta.step = version_;
     meta.samples_in_epoch = samples_;
     last_checkpoint_ = version_;
+    saved_ = true;
   }
   // Written outside the lock: training goes on while the files are written and renamed.
   core::io::save_checkpoint(o_.checkpoint_dir, model, optimizer, meta, o_.checkpoint_keep);
@@ -374,6 +376,7 @@ void Shard::restore() {
   for (auto& [key, t] : ck.model) {
     Piece piece;
     piece.param = t.to(core::DType::kFloat32).contiguous().clone();
+    piece.grad = core::empty(piece.param.sizes());
     piece.optimizer = make_optimizer(piece.param);
     core::optim::OptimizerState state;
     const std::string prefix = key + "/";
@@ -386,6 +389,7 @@ void Shard::restore() {
   }
   version_ = ck.meta.step;
   last_checkpoint_ = version_;
+  saved_ = true;
   samples_ = std::max<int64_t>(0, ck.meta.samples_in_epoch);
   restored_ = true;
   // The workers' clocks are unknown until they call: none holds back the others meanwhile.

@@ -111,6 +111,7 @@ class Shard {
  private:
   struct Piece {
     core::Tensor param;
+    core::Tensor grad;  // the averaged gradient, reused by every update
     std::unique_ptr<core::optim::Optimizer> optimizer;
     std::vector<std::vector<float>> grads;  // per worker: the push in progress
     std::vector<int64_t> received;          // per worker: elements received in it
@@ -142,6 +143,7 @@ class Shard {
   std::vector<std::unique_ptr<Worker>> workers_;
   int64_t version_ = 0, samples_ = 0, last_checkpoint_ = 0;
   bool restored_ = false;
+  bool saved_ = false;  // a checkpoint holds version last_checkpoint_
   std::FILE* clock_log_ = nullptr;
   std::mutex checkpoint_mu_;
 };
