@@ -85,6 +85,11 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
   if (ec) COHORT_THROW(IoError, "cannot create ", log_dir, ": ", ec.message());
   sh.clock_log = log_dir + "/server_" + std::to_string(index) + "_clocks.jsonl";
 
+  // Test hook: a restarted server that is slow to come back, so that workers first find its
+  // predecessor's address in the store (they must keep resolving it, not give up).
+  if (const int delay = int_var("COHORT_PS_TEST_RESTART_DELAY_MS", 0);
+      delay > 0 && int_var("COHORT_RESTART_COUNT", 0) > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
   ps::Server server(so);
   std::printf(
       "parameter server %d of %d (pid %d) listening on %s: mode %s%s, %d workers%s\n", index,

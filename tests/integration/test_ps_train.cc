@@ -143,7 +143,9 @@ INSTANTIATE_TEST_SUITE_P(Modes, PsFaults, ::testing::Values("sync", "async"));
 
 TEST_F(PsTrain, AKilledServerRestartsFromItsCheckpointAndTrainingContinues) {
   auto r = run_command(
-      "env COHORT_PS_KILL_AT_VERSION=1:12 " +
+      // The restarted server waits 3 s (longer than a worker's connection attempt) before it
+      // listens, so workers first meet the dead server's address.
+      "env COHORT_PS_KILL_AT_VERSION=1:12 COHORT_PS_TEST_RESTART_DELAY_MS=3000 " +
           launch(2, 2, train("run", ps(2, "sync") + " parameter_server.checkpoint_every=5", 40),
                  "--max-restarts 1"),
       kRunLimit);
