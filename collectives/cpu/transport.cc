@@ -1,24 +1,22 @@
 #include "collectives/cpu/transport.h"
 
-#include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <thread>
 #include <utility>  // Boost 1.74's asio uses std::exchange without including it
 
 #include <boost/asio.hpp>
 
+#include "collectives/shared_memory.h"
 #include "core/util/error.h"
 
 namespace cohort::collectives::cpu {
@@ -35,25 +33,6 @@ inline void cpu_relax() {
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
-}
-
-std::string read_first_line(const char* path) {
-  std::ifstream f(path);
-  std::string s;
-  std::getline(f, s);
-  return s;
-}
-
-std::string node_identity(std::string& host) {
-  char buf[256] = {};
-  ::gethostname(buf, sizeof buf - 1);
-  host = buf;
-  // Separate network namespaces count as separate nodes, so namespace-based multi-node tests
-  // (and containers) use the network like real nodes do.
-  char ns[128] = {};
-  ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof ns - 1);
-  return host + "/" + read_first_line("/proc/sys/kernel/random/boot_id") + "/" +
-         std::string(ns, n > 0 ? static_cast<size_t>(n) : 0);
 }
 
 size_t ring_bytes() {
@@ -85,39 +64,6 @@ long futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const timespec* ts
 void ring_bell(Control* c) {
   c->bell.fetch_add(1, std::memory_order_seq_cst);
   if (c->sleeping.load(std::memory_order_seq_cst)) futex(&c->bell, FUTEX_WAKE, INT32_MAX, nullptr);
-}
-
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  Mapping() = default;
-  Mapping(void* a, size_t s) : addr(a), size(s) {}
-  Mapping(Mapping&& o) noexcept : addr(std::exchange(o.addr, nullptr)), size(o.size) {}
-  Mapping& operator=(Mapping&&) = delete;
-  ~Mapping() {
-    if (addr) ::munmap(addr, size);
-  }
-};
-
-Mapping map_segment(const std::string& name, size_t size, bool create) {
-  int fd = ::shm_open(name.c_str(), create ? (O_RDWR | O_CREAT | O_EXCL) : O_RDWR, 0600);
-  if (fd < 0)
-    COHORT_THROW(DistributedError, "cannot ", create ? "create" : "open", " shared memory ", name,
-                 ": ", std::strerror(errno), create ? "; is /dev/shm full?" : "");
-  if (create && ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int e = errno;
-    ::close(fd);
-    ::shm_unlink(name.c_str());
-    COHORT_THROW(DistributedError, "cannot size shared memory ", name, " to ", size,
-                 " bytes: ", std::strerror(e), "; is /dev/shm full?");
-  }
-  // Populated up front: otherwise the first pass of every message through a ring takes a page
-  // fault per 4 KiB on both sides (a 4 KiB all-reduce ran 5x slower until the rings had wrapped).
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED)
-    COHORT_THROW(DistributedError, "cannot map shared memory ", name, ": ", std::strerror(errno));
-  return Mapping(p, size);
 }
 
 class ShmSend final : public Channel {
@@ -241,7 +187,7 @@ struct Mesh::Shm {
   // never arrives) is never destroyed, only its members are.
   std::vector<std::string> created;
   ~Shm() {
-    for (const auto& n : created) ::shm_unlink(n.c_str());
+    for (const auto& n : created) unlink_segment(n);
   }
 };
 
@@ -329,13 +275,13 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
     std::vector<Control*> ctl(size, nullptr);
     shm_->maps.push_back(map_segment(ctl_name(rank), sizeof(Control), true));
     shm_->created.push_back(ctl_name(rank));
-    shm_->mine = new (shm_->maps.back().addr) Control();
+    shm_->mine = new (shm_->maps.back().addr()) Control();
     ctl[rank] = shm_->mine;
     for (int r = 0; r < size; ++r) {
       if (!shm_peer_[r]) continue;
       shm_->maps.push_back(map_segment(ring_name(rank, r), kRingDataOffset + cap, true));
       shm_->created.push_back(ring_name(rank, r));
-      out_seg[r] = shm_->maps.back().addr;
+      out_seg[r] = shm_->maps.back().addr();
       new (out_seg[r]) RingHeader();
     }
     store->set("mesh/shm_created/" + std::to_string(rank), "1");
@@ -344,16 +290,16 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
       store->wait({"mesh/shm_created/" + std::to_string(r)},
                   std::chrono::duration_cast<Millis>(deadline - Clock::now()));
       shm_->maps.push_back(map_segment(ctl_name(r), sizeof(Control), false));
-      ctl[r] = static_cast<Control*>(shm_->maps.back().addr);
+      ctl[r] = static_cast<Control*>(shm_->maps.back().addr());
       shm_->maps.push_back(map_segment(ring_name(r, rank), kRingDataOffset + cap, false));
-      in_seg[r] = shm_->maps.back().addr;
+      in_seg[r] = shm_->maps.back().addr();
     }
     store->set("mesh/shm_mapped/" + std::to_string(rank), "1");
     for (int r = 0; r < size; ++r)
       if (shm_peer_[r])
         store->wait({"mesh/shm_mapped/" + std::to_string(r)},
                     std::chrono::duration_cast<Millis>(deadline - Clock::now()));
-    for (const auto& n : shm_->created) ::shm_unlink(n.c_str());
+    for (const auto& n : shm_->created) unlink_segment(n);
     shm_->created.clear();
     for (int r = 0; r < size; ++r) {
       if (!shm_peer_[r]) continue;

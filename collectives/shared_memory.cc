@@ -1,0 +1,85 @@
+#include "collectives/shared_memory.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "core/util/error.h"
+
+namespace cohort::collectives {
+namespace {
+
+std::string read_first_line(const char* path) {
+  std::ifstream f(path);
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+}  // namespace
+
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    if (addr_) ::munmap(addr_, size_);
+    addr_ = std::exchange(o.addr_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+Mapping::~Mapping() {
+  if (addr_) ::munmap(addr_, size_);
+}
+
+Mapping map_segment(const std::string& name, size_t size, bool create) {
+  int fd = ::shm_open(name.c_str(), create ? (O_RDWR | O_CREAT | O_EXCL) : O_RDWR, 0600);
+  if (fd < 0)
+    COHORT_THROW(DistributedError, "cannot ", create ? "create" : "open", " shared memory ", name,
+                 ": ", std::strerror(errno), create ? "; is /dev/shm full?" : "");
+  if (create && ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int e = errno;
+    ::close(fd);
+    ::shm_unlink(name.c_str());
+    COHORT_THROW(DistributedError, "cannot size shared memory ", name, " to ", size,
+                 " bytes: ", std::strerror(e), "; is /dev/shm full?");
+  }
+  if (!create) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || static_cast<size_t>(st.st_size) < size) {
+      ::close(fd);
+      COHORT_THROW(DistributedError, "shared memory ", name, " has ",
+                   static_cast<long long>(st.st_size), " bytes, not the ", size, " expected");
+    }
+  }
+  // Populated up front: otherwise the first pass over the memory takes a page fault per 4 KiB on
+  // both sides (a 4 KiB all-reduce ran 5x slower until the rings had wrapped).
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED)
+    COHORT_THROW(DistributedError, "cannot map shared memory ", name, ": ", std::strerror(errno));
+  return Mapping(p, size);
+}
+
+void unlink_segment(const std::string& name) { ::shm_unlink(name.c_str()); }
+
+std::string node_identity(std::string& host) {
+  char buf[256] = {};
+  ::gethostname(buf, sizeof buf - 1);
+  host = buf;
+  char ns[128] = {};
+  ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+  return host + "/" + read_first_line("/proc/sys/kernel/random/boot_id") + "/" +
+         std::string(ns, n > 0 ? static_cast<size_t>(n) : 0);
+}
+
+std::string node_identity() {
+  std::string host;
+  return node_identity(host);
+}
+
+}  // namespace cohort::collectives
