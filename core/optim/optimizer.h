@@ -47,6 +47,7 @@ class SGD : public Optimizer {
   void step() override;
 
  private:
+  void fused_step(Tensor& p, const Tensor& grad, Tensor* buf, bool first) const;
   SGDOptions o_;
 };
 
