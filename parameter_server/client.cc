@@ -1,6 +1,8 @@
 #include "parameter_server/client.h"
 
 #include <condition_variable>
+#include <cstdio>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -8,6 +10,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "collectives/shared_memory.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/ps.grpc.pb.h"
@@ -130,6 +133,18 @@ class Connection {
   std::string name() const { return std::to_string(index_); }
   int index() const { return index_; }
 
+  // The shared-memory data path to this server when it is on our node (set by attach; used on
+  // this connection's thread only): gradients go to [0, floats), values come from [floats, 2x).
+  collectives::Mapping segment;
+  int64_t segment_floats = 0;
+  std::vector<int64_t> segment_offset;  // per piece of the worker's; -1: not on this server
+  bool shared() const { return static_cast<bool>(segment); }
+  int64_t prefetched = -1;  // the step whose values the last push left in the segment
+  float* segment_grad(size_t piece) {
+    return static_cast<float*>(segment.addr()) + segment_offset[piece];
+  }
+  float* segment_values(size_t piece) { return segment_grad(piece) + segment_floats; }
+
   // The push in progress (used on this connection's thread only).
   std::unique_ptr<grpc::ClientContext> push_ctx;
   std::unique_ptr<grpc::ClientWriter<wire::PushMessage>> push_writer;
@@ -168,7 +183,7 @@ class Connection {
 class PsWorker::Impl {
  public:
   Impl(std::vector<core::Tensor> params, const std::vector<std::string>& names, ClientOptions o)
-      : params_(std::move(params)), o_(std::move(o)) {
+      : params_(std::move(params)), o_(std::move(o)), node_(collectives::node_identity()) {
     COHORT_CHECK(o_.resolve, "parameter-server client: no way to find the servers");
     std::vector<TensorSpec> specs;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -203,11 +218,25 @@ class PsWorker::Impl {
   void pull(int64_t step) {
     run_everywhere([this, step](Connection& c) {
       with_retries(c, "pull step " + std::to_string(step), [&] {
+        if (c.shared() && c.prefetched == step) {
+          c.prefetched = -1;
+          copy_from_segment(c);
+          return;
+        }
         auto ctx = c.context(o_.timeout);
         wire::PullRequest req;
         req.set_step(step);
         req.set_encoding(encoding_of(o_.compression));
+        req.set_shared_memory(c.shared());
         auto reader = c.stub().Pull(ctx.get(), req);
+        if (c.shared()) {
+          wire::Chunk ignored;
+          while (reader->Read(&ignored)) {
+          }
+          check(reader->Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
+          copy_from_segment(c);
+          return;
+        }
         wire::Chunk chunk;
         size_t got = 0;
         while (reader->Read(&chunk)) {
@@ -328,6 +357,7 @@ class PsWorker::Impl {
         if (need_connect) {
           c.connect();
           init(c);
+          attach(c);
           need_connect = false;
         }
         call();
@@ -374,6 +404,53 @@ class PsWorker::Impl {
     check(writer->Finish(), "server " + c.name() + ": defining the model's tensors");
   }
 
+  void copy_from_segment(Connection& c) {
+    for (size_t p = 0; p < pieces_.size(); ++p)
+      if (pieces_[p].server == c.index())
+        std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
+                    c.segment_values(p), static_cast<size_t>(pieces_[p].numel) * sizeof(float));
+  }
+
+  // Asks a server for the shared-memory data path; a server on another node (or a segment this
+  // process cannot open) leaves the connection on gRPC.
+  void attach(Connection& c) {
+    c.segment = collectives::Mapping();
+    if (!o_.shared_memory) return;
+    auto ctx = c.context(o_.timeout);
+    wire::AttachRequest req;
+    req.set_node(node_);
+    wire::AttachReply reply;
+    check(c.stub().Attach(ctx.get(), req, &reply),
+          "server " + c.name() + ": attaching shared memory");
+    if (reply.segment().empty()) return;
+    std::vector<int64_t> offsets(pieces_.size(), -1);
+    for (const auto& sp : reply.pieces()) {
+      const Piece* piece = find_piece(sp.key(), c.index());
+      if (!piece) continue;
+      COHORT_CHECK(sp.numel() == piece->numel && sp.offset() >= 0 &&
+                       sp.offset() + sp.numel() <= reply.floats(),
+                   "server ", c.index(), " placed tensor ", sp.key(),
+                   " outside its shared-memory segment");
+      offsets[static_cast<size_t>(piece - pieces_.data())] = sp.offset();
+    }
+    for (size_t p = 0; p < pieces_.size(); ++p)
+      if (pieces_[p].server == c.index() && offsets[p] < 0)
+        COHORT_THROW(DistributedError, "server ", c.index(),
+                     "'s shared-memory segment lacks tensor ", pieces_[p].key);
+    try {
+      c.segment = collectives::map_segment(
+          reply.segment(), 2 * static_cast<size_t>(reply.floats()) * sizeof(float), false);
+    } catch (const DistributedError& e) {
+      std::fprintf(stderr,
+                   "worker %d: shared memory with parameter server %d failed (%s); using gRPC\n",
+                   o_.worker, c.index(), e.what());
+      return;
+    }
+    collectives::unlink_segment(reply.segment());  // both sides have it: no name left behind
+    c.segment_floats = reply.floats();
+    c.segment_offset = std::move(offsets);
+  }
+
   void on_gradient(size_t i) {
     if (streaming_ && !sent_[i]) send_param(i);
   }
@@ -392,6 +469,15 @@ class PsWorker::Impl {
   void write_piece(Connection& c, size_t p, const core::Tensor& grad) {
     if (c.push_broken) return;  // the whole push is redone at the end
     const Piece& piece = pieces_[p];
+    if (c.shared()) {
+      const size_t bytes = static_cast<size_t>(piece.numel) * sizeof(float);
+      if (grad.defined()) {
+        std::memcpy(c.segment_grad(p), grad.data_ptr<float>() + piece.offset, bytes);
+      } else {
+        std::memset(c.segment_grad(p), 0, bytes);
+      }
+      return;
+    }
     wire::PushMessage msg;
     wire::Chunk* chunk = msg.mutable_chunk();
     chunk->set_key(piece.key);
@@ -416,24 +502,39 @@ class PsWorker::Impl {
     }
   }
 
+  // Opens the push's stream; through shared memory, the call waits for finish_push.
   void open_push(Connection& c) {
     c.push_broken = false;
+    if (c.shared()) return;
+    start_push(c, false);
+  }
+
+  void start_push(Connection& c, bool shared) {
     c.push_ctx = c.context(o_.timeout);
     c.push_writer = c.stub().Push(c.push_ctx.get(), &c.push_reply);
     wire::PushMessage msg;
     msg.mutable_header()->set_step(step_);
     msg.mutable_header()->set_lr(lr_);
     msg.mutable_header()->set_samples(samples_);
+    msg.mutable_header()->set_shared_memory(shared);
+    msg.mutable_header()->set_then_pull(shared);
+    c.prefetched = -1;
     if (!c.push_writer->Write(msg)) c.push_broken = true;
+  }
+
+  grpc::Status finish_push(Connection& c) {
+    if (c.shared()) start_push(c, true);
+    if (!c.push_broken) c.push_writer->WritesDone();
+    grpc::Status s = c.push_writer->Finish();
+    c.push_writer.reset();
+    c.push_ctx.reset();
+    if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
+    return s;
   }
 
   // Ends the streamed push; if it broke (the server went away), pushes the step again whole.
   int64_t close_push(Connection& c) {
-    grpc::Status s;
-    if (!c.push_broken) c.push_writer->WritesDone();
-    s = c.push_writer->Finish();
-    c.push_writer.reset();
-    c.push_ctx.reset();
+    const grpc::Status s = finish_push(c);
     if (s.ok()) return c.push_reply.samples();
     RpcError first(s, "server " + c.name() + ": push of step " + std::to_string(step_));
     if (!first.retryable()) {
@@ -451,11 +552,7 @@ class PsWorker::Impl {
             core::Tensor g = params_[pieces_[p].tensor].grad();
             write_piece(c, p, g.defined() ? g.contiguous() : g);
           }
-          if (!c.push_broken) c.push_writer->WritesDone();
-          grpc::Status st = c.push_writer->Finish();
-          c.push_writer.reset();
-          c.push_ctx.reset();
-          check(st, "server " + c.name() + ": push of step " + std::to_string(step_));
+          check(finish_push(c), "server " + c.name() + ": push of step " + std::to_string(step_));
           samples = c.push_reply.samples();
         },
         /*reconnect_first=*/true);
@@ -483,6 +580,7 @@ class PsWorker::Impl {
 
   std::vector<core::Tensor> params_;
   ClientOptions o_;
+  std::string node_;  // node_identity(), sent when asking a server for shared memory
   std::vector<Piece> pieces_;
   std::vector<std::vector<size_t>> of_param_;
   std::vector<std::unique_ptr<Connection>> conns_;

@@ -31,6 +31,9 @@ struct ClientOptions {
   collectives::Millis timeout{300000};  // bounds every wait, reconnections included
   double heartbeat_s = 1;
   int64_t min_slice_bytes = 256 << 10;
+  // A server on this node is reached through shared memory (gradients and values; gRPC carries
+  // only the calls); false keeps every byte on gRPC (parameter_server.transport: grpc).
+  bool shared_memory = true;
 };
 
 struct StepResult {

@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "collectives/shared_memory.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/codec.h"
@@ -51,6 +52,7 @@ class Service final : public wire::ParameterServer::Service {
   Service(Shard& shard, std::string secret)
       : shard_(shard),
         secret_(std::move(secret)),
+        node_(collectives::node_identity()),
         push_mu_(static_cast<size_t>(shard.options().workers)) {}
 
   Status Challenge(ServerContext*, const wire::ChallengeRequest* req,
@@ -146,12 +148,12 @@ class Service final : public wire::ParameterServer::Service {
       int worker = 0;
       if (Status s = authorize(ctx, &worker); !s.ok()) return s;
       shard_.touch(worker, req->step());
-      // The client's deadline bounds the wait; without one, an hour.
-      auto timeout = std::chrono::duration_cast<collectives::Millis>(
-          ctx->deadline() - std::chrono::system_clock::now());
-      timeout = std::clamp(timeout, collectives::Millis(0), collectives::Millis(3600 * 1000));
-      if (!shard_.admit(worker, req->step(), timeout, [ctx] { return ctx->IsCancelled(); }))
+      if (!shard_.admit(worker, req->step(), remaining(ctx), [ctx] { return ctx->IsCancelled(); }))
         return Status(StatusCode::CANCELLED, "the pull was cancelled");
+      if (req->shared_memory()) {
+        shard_.copy_to_segment(worker);
+        return Status::OK;
+      }
       const Shard::Snapshot snap = shard_.snapshot();
       const Compression c = compression_of(req->encoding());
       wire::Chunk chunk;
@@ -182,8 +184,25 @@ class Service final : public wire::ParameterServer::Service {
       wire::PushMessage msg;
       if (!reader->Read(&msg) || !msg.has_header())
         return Status(StatusCode::INVALID_ARGUMENT, "a push must begin with its step header");
-      shard_.touch(worker, msg.header().step());
-      shard_.push_begin(worker, msg.header().step(), msg.header().lr(), msg.header().samples());
+      const wire::StepHeader& h = msg.header();
+      shard_.touch(worker, h.step());
+      if (h.shared_memory()) {
+        if (reader->Read(&msg))
+          return Status(StatusCode::INVALID_ARGUMENT,
+                        "a push through shared memory has only its header");
+        const PushResult r = shard_.push_from_segment(worker, h.step(), h.lr(), h.samples());
+        reply->set_version(r.version);
+        reply->set_samples(r.samples);
+        if (h.then_pull()) {
+          if (!shard_.admit(worker, h.step() + 1, remaining(ctx),
+                            [ctx] { return ctx->IsCancelled(); }))
+            return Status(StatusCode::CANCELLED, "the push was cancelled");
+          reply->set_version(shard_.copy_to_segment(worker));
+          reply->set_pulled(true);
+        }
+        return Status::OK;
+      }
+      shard_.push_begin(worker, h.step(), h.lr(), h.samples());
       std::vector<float> values;
       while (reader->Read(&msg)) {
         if (!msg.has_chunk())
@@ -199,6 +218,29 @@ class Service final : public wire::ParameterServer::Service {
       const PushResult r = shard_.push_commit(worker);
       reply->set_version(r.version);
       reply->set_samples(r.samples);
+      return Status::OK;
+    });
+  }
+
+  Status Attach(ServerContext* ctx, const wire::AttachRequest* req,
+                wire::AttachReply* reply) override {
+    return guarded([&] {
+      int worker = 0;
+      if (Status s = authorize(ctx, &worker); !s.ok()) return s;
+      shard_.touch(worker, -1);
+      if (req->node() != node_) return Status::OK;  // another node: no segment, gRPC it is
+      const Shard::SegmentLayout layout = shard_.attach_segment(worker);
+      std::fprintf(stderr,
+                   "server %d: worker %d is on this node: its data goes through shared memory\n",
+                   shard_.options().server, worker);
+      reply->set_segment(layout.name);
+      reply->set_floats(layout.floats);
+      for (size_t i = 0; i < layout.keys.size(); ++i) {
+        wire::SegmentPiece* p = reply->add_pieces();
+        p->set_key(layout.keys[i]);
+        p->set_offset(layout.offsets[i]);
+        p->set_numel(layout.numels[i]);
+      }
       return Status::OK;
     });
   }
@@ -223,6 +265,13 @@ class Service final : public wire::ParameterServer::Service {
     int worker;
     Clock::time_point expires;
   };
+
+  // The client's deadline bounds a wait; without one, an hour.
+  static collectives::Millis remaining(const ServerContext* ctx) {
+    auto t = std::chrono::duration_cast<collectives::Millis>(ctx->deadline() -
+                                                             std::chrono::system_clock::now());
+    return std::clamp(t, collectives::Millis(0), collectives::Millis(3600 * 1000));
+  }
 
   bool valid_worker(int w) const { return w >= 0 && w < shard_.options().workers; }
   std::string not_in_job(int w) const {
@@ -262,6 +311,7 @@ class Service final : public wire::ParameterServer::Service {
 
   Shard& shard_;
   std::string secret_;
+  std::string node_;  // node_identity(): workers that send the same may use shared memory
   std::mutex mu_;
   std::map<std::string, Nonce> nonces_;
   std::map<std::string, int> sessions_;

@@ -3,12 +3,16 @@
 #include <algorithm>
 #include <cstring>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/autograd/grad_mode.h"
 #include "core/io/checkpoint.h"
 #include "core/ops/ops.h"
 #include "core/util/error.h"
+#include "core/util/threads.h"
+#include "parameter_server/auth.h"
 
 namespace cohort::ps {
 
@@ -36,6 +40,7 @@ const char* mode_name(Mode m) {
 
 Shard::Shard(ShardOptions o) : o_(std::move(o)) {
   COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
+  if (core::available_cores() > 1) helper_ = std::make_unique<Helper>();
   for (int w = 0; w < o_.workers; ++w) {
     workers_.push_back(std::make_unique<Worker>());
     workers_.back()->seen = Clock::now();
@@ -49,6 +54,8 @@ Shard::Shard(ShardOptions o) : o_(std::move(o)) {
 
 Shard::~Shard() {
   if (clock_log_) std::fclose(clock_log_);
+  for (auto& k : workers_)
+    if (!k->segment_name.empty()) collectives::unlink_segment(k->segment_name);
 }
 
 int64_t Shard::version() const {
@@ -83,14 +90,18 @@ void Shard::define(const std::string& key, const std::vector<int64_t>& shape,
                  core::shape_str(shape), " the worker sent");
     return;
   }
-  core::Tensor p = core::from_vector(values, shape);
+  pieces_.emplace(key, make_piece(core::from_vector(values, shape)));
+}
+
+Shard::Piece Shard::make_piece(core::Tensor param) const {
   Piece piece;
-  piece.param = p;
-  piece.grad = core::empty(shape);
-  piece.optimizer = make_optimizer(p);
+  piece.param = std::move(param);
+  piece.grad = core::empty(piece.param.sizes());
+  piece.optimizer = make_optimizer(piece.param);
   piece.grads.resize(static_cast<size_t>(o_.workers));
   piece.received.assign(static_cast<size_t>(o_.workers), 0);
-  pieces_.emplace(key, std::move(piece));
+  piece.segment_offset.assign(static_cast<size_t>(o_.workers), -1);
+  return piece;
 }
 
 Shard::Piece& Shard::piece(const std::string& key) {
@@ -219,6 +230,7 @@ void Shard::push_begin(int w, int64_t step, double lr, int64_t samples) {
   k.lr = lr;
   k.samples = samples;
   k.seen = Clock::now();
+  k.from_segment = false;
   for (auto& [key, p] : pieces_) p.received[static_cast<size_t>(w)] = 0;
 }
 
@@ -287,26 +299,186 @@ void Shard::maybe_finish_sync_step_locked() {
 }
 
 void Shard::apply_locked(const std::vector<int>& from, double lr) {
+  // Pieces have optimisers of their own, so they update independently: the larger ones (by
+  // elements, greedily) are split between this thread and the helper. In sync mode every worker
+  // waits for this update, so the cores they leave idle are there to take.
+  std::vector<Piece*> mine, helpers;
+  int64_t total = 0;
+  for (auto& [key, p] : pieces_) {
+    mine.push_back(&p);
+    total += p.param.numel();
+  }
+  if (helper_ && total >= kParallelElements) {
+    std::sort(mine.begin(), mine.end(),
+              [](Piece* a, Piece* b) { return a->param.numel() > b->param.numel(); });
+    std::vector<Piece*> all = std::move(mine);
+    mine.clear();
+    int64_t load_mine = 0, load_helper = 0;
+    for (Piece* p : all) {
+      const bool to_helper = load_helper < load_mine;
+      (to_helper ? helpers : mine).push_back(p);
+      (to_helper ? load_helper : load_mine) += p->param.numel();
+    }
+    helper_->start([this, &helpers, &from, lr] {
+      for (Piece* p : helpers) update_piece(*p, from, lr);
+    });
+  }
+  for (Piece* p : mine) update_piece(*p, from, lr);
+  if (!helpers.empty()) helper_->wait();
+  for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
+  ++version_;
+  changed_.notify_all();
+}
+
+void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) const {
   core::autograd::NoGradGuard no_grad;
   const float scale = 1.0f / static_cast<float>(from.size());
-  for (auto& [key, p] : pieces_) {
-    float* out = p.grad.data_ptr<float>();
-    const auto n = static_cast<size_t>(p.param.numel());
-    std::memcpy(out, p.grads[static_cast<size_t>(from[0])].data(), n * sizeof(float));
-    for (size_t i = 1; i < from.size(); ++i) {
-      const float* in = p.grads[static_cast<size_t>(from[i])].data();
-      for (size_t j = 0; j < n; ++j) out[j] += in[j];
+  {
+    const float* first = pushed_gradient(p, from[0]);
+    if (from.size() == 1) {
+      // The pushed buffer itself (nothing else touches it until the update is done).
+      p.param.set_grad(
+          core::from_blob(const_cast<float*>(first), p.param.sizes(), core::DType::kFloat32));
+    } else {
+      // The sum in worker order, scaled in the last pass: one pass per worker after the first.
+      float* out = p.grad.data_ptr<float>();
+      const auto n = static_cast<size_t>(p.param.numel());
+      for (size_t i = 1; i < from.size(); ++i) {
+        const float* acc = i == 1 ? first : out;
+        const float* in = pushed_gradient(p, from[i]);
+        if (i + 1 == from.size()) {
+          for (size_t j = 0; j < n; ++j) out[j] = (acc[j] + in[j]) * scale;
+        } else {
+          for (size_t j = 0; j < n; ++j) out[j] = acc[j] + in[j];
+        }
+      }
+      p.param.set_grad(p.grad);
     }
-    if (from.size() > 1)
-      for (size_t j = 0; j < n; ++j) out[j] *= scale;
-    p.param.set_grad(p.grad);
     p.optimizer->set_lr(lr);
     p.optimizer->step();
     p.param.set_grad(core::Tensor());
   }
-  for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
-  ++version_;
-  changed_.notify_all();
+}
+
+Shard::Helper::Helper() : thread_([this] { loop(); }) {}
+
+Shard::Helper::~Helper() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Shard::Helper::start(std::function<void()> task) {
+  std::lock_guard<std::mutex> lock(mu_);
+  task_ = std::move(task);
+  error_ = nullptr;
+  cv_.notify_all();
+}
+
+void Shard::Helper::wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return !task_; });
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+}
+
+void Shard::Helper::loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stop_ || task_; });
+    if (stop_) return;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      task_();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    error_ = error;
+    task_ = nullptr;
+    cv_.notify_all();
+  }
+}
+
+const float* Shard::pushed_gradient(const Piece& p, int w) const {
+  const Worker& k = *workers_[static_cast<size_t>(w)];
+  if (k.from_segment)
+    return static_cast<const float*>(k.segment.addr()) + p.segment_offset[static_cast<size_t>(w)];
+  return p.grads[static_cast<size_t>(w)].data();
+}
+
+Shard::SegmentLayout Shard::attach_segment(int w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  COHORT_CHECK(!pieces_.empty(), "worker ", w,
+               " asked for shared memory before defining its tensors on server ", o_.server);
+  SegmentLayout layout;
+  // Pieces start on 64-byte boundaries; the same offsets for every worker, as pieces_ is ordered.
+  for (const auto& [key, p] : pieces_) {
+    layout.keys.push_back(key);
+    layout.offsets.push_back(layout.floats);
+    layout.numels.push_back(p.param.numel());
+    layout.floats += (p.param.numel() + 15) / 16 * 16;
+  }
+  layout.name = "/cohort-ps" + std::to_string(::getpid()) + "-w" + std::to_string(w) + "-" +
+                to_hex(random_bytes(8));
+  const size_t bytes =
+      std::max<size_t>(4096, 2 * static_cast<size_t>(layout.floats) * sizeof(float));
+  collectives::Mapping segment = collectives::map_segment(layout.name, bytes, /*create=*/true);
+  // A sync push committed from the old segment but not yet applied moves with the worker.
+  if (k.committed && k.from_segment && k.segment_floats == layout.floats)
+    std::memcpy(segment.addr(), k.segment.addr(),
+                static_cast<size_t>(layout.floats) * sizeof(float));
+  if (!k.segment_name.empty()) collectives::unlink_segment(k.segment_name);
+  k.segment = std::move(segment);
+  k.segment_name = layout.name;
+  k.segment_floats = layout.floats;
+  size_t i = 0;
+  for (auto& [key, p] : pieces_) p.segment_offset[static_cast<size_t>(w)] = layout.offsets[i++];
+  return layout;
+}
+
+void Shard::check_segment_locked(int w) {
+  Worker& k = worker(w);
+  COHORT_CHECK(k.segment, "worker ", w, " used shared memory on server ", o_.server,
+               " without attaching a segment");
+  for (const auto& [key, p] : pieces_)
+    COHORT_CHECK(p.segment_offset[static_cast<size_t>(w)] >= 0, "tensor ", key,
+                 " is not in worker ", w, "'s segment on server ", o_.server, "; attach again");
+  // The worker has mapped it (it is using it): the name is no longer needed.
+  if (!k.segment_name.empty()) {
+    collectives::unlink_segment(k.segment_name);
+    k.segment_name.clear();
+  }
+}
+
+PushResult Shard::push_from_segment(int w, int64_t step, double lr, int64_t samples) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    check_segment_locked(w);
+  }
+  push_begin(w, step, lr, samples);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Worker& k = worker(w);
+    k.from_segment = true;
+    for (auto& [key, p] : pieces_) p.received[static_cast<size_t>(w)] = p.param.numel();
+  }
+  return push_commit(w);
+}
+
+int64_t Shard::copy_to_segment(int w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_segment_locked(w);
+  const Worker& k = worker(w);
+  float* values = static_cast<float*>(k.segment.addr()) + k.segment_floats;
+  for (const auto& [key, p] : pieces_)
+    std::memcpy(values + p.segment_offset[static_cast<size_t>(w)], p.param.data_ptr<float>(),
+                static_cast<size_t>(p.param.numel()) * sizeof(float));
+  return version_;
 }
 
 std::vector<int> Shard::expire_workers() {
@@ -374,17 +546,12 @@ void Shard::restore() {
   core::io::Checkpoint ck = core::io::load_checkpoint(*latest);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [key, t] : ck.model) {
-    Piece piece;
-    piece.param = t.to(core::DType::kFloat32).contiguous().clone();
-    piece.grad = core::empty(piece.param.sizes());
-    piece.optimizer = make_optimizer(piece.param);
+    Piece piece = make_piece(t.to(core::DType::kFloat32).contiguous().clone());
     core::optim::OptimizerState state;
     const std::string prefix = key + "/";
     for (auto& [name, s] : ck.optimizer)
       if (name.rfind(prefix, 0) == 0) state[name.substr(prefix.size())] = s;
     if (!state.empty()) piece.optimizer->load_state_dict(state);
-    piece.grads.resize(static_cast<size_t>(o_.workers));
-    piece.received.assign(static_cast<size_t>(o_.workers), 0);
     pieces_.emplace(key, std::move(piece));
   }
   version_ = ck.meta.step;

@@ -12,13 +12,16 @@
 
 #include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "collectives/shared_memory.h"
 #include "collectives/store/store.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/tensor.h"
@@ -102,6 +105,21 @@ class Shard {
                   int64_t n);
   PushResult push_commit(int worker);
 
+  // The shared-memory data path of a worker on this node: a fresh segment (replacing any the
+  // worker had) with a gradient area of `floats` floats and a values area after it, each piece at
+  // the same offset in both. Throws InvalidArgument before any piece is defined.
+  struct SegmentLayout {
+    std::string name;
+    int64_t floats = 0;
+    std::vector<std::string> keys;
+    std::vector<int64_t> offsets, numels;
+  };
+  SegmentLayout attach_segment(int worker);
+  // A push whose gradients for every piece the worker has left in its segment.
+  PushResult push_from_segment(int worker, int64_t step, double lr, int64_t samples);
+  // Copies every piece's values into the worker's segment (one version); returns the version.
+  int64_t copy_to_segment(int worker);
+
   // Drops the workers silent for longer than worker_timeout; returns their ids.
   std::vector<int> expire_workers();
   std::vector<int> live_workers() const;
@@ -115,6 +133,7 @@ class Shard {
     std::unique_ptr<core::optim::Optimizer> optimizer;
     std::vector<std::vector<float>> grads;  // per worker: the push in progress
     std::vector<int64_t> received;          // per worker: elements received in it
+    std::vector<int64_t> segment_offset;    // per worker: in its segment, -1 without one
   };
   struct Worker {
     bool live = true, left = false;
@@ -124,19 +143,49 @@ class Shard {
     bool pushing = false, committed = false;
     int64_t step = 0, samples = 0;
     double lr = 0;
+    // Its shared-memory segment, if it attached one, and whether the push is in it.
+    collectives::Mapping segment;
+    std::string segment_name;  // until unlinked (once both sides have it mapped)
+    int64_t segment_floats = 0;
+    bool from_segment = false;
   };
   Piece& piece(const std::string& key);
   Worker& worker(int w);
+  Piece make_piece(core::Tensor param) const;
+  const float* pushed_gradient(const Piece& p, int w) const;
+  void check_segment_locked(int w);
   std::unique_ptr<core::optim::Optimizer> make_optimizer(const core::Tensor& param) const;
   // Under mu_: applies the committed pushes of `workers` (averaged) as one update.
   void apply_locked(const std::vector<int>& workers, double lr);
+  void update_piece(Piece& p, const std::vector<int>& workers, double lr) const;
   void maybe_finish_sync_step_locked();
   int64_t min_clock_locked() const;
   bool admissible_locked(int worker, int64_t step) const;
   void restore();
   void checkpoint_if_due();
 
+  // A second thread for updates (one task at a time; apply_locked runs under mu_).
+  class Helper {
+   public:
+    Helper();
+    ~Helper();
+    void start(std::function<void()> task);
+    void wait();  // rethrows what the task threw
+
+   private:
+    void loop();
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::function<void()> task_;
+    std::exception_ptr error_;
+    bool stop_ = false;
+    std::thread thread_;
+  };
+  // Below this many elements an update is not worth a second thread.
+  static constexpr int64_t kParallelElements = 1 << 16;
+
   ShardOptions o_;
+  std::unique_ptr<Helper> helper_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, Piece> pieces_;

@@ -97,6 +97,7 @@ const std::vector<Key>& schema() {
       {"parameter_server.staleness", Kind::kInt, "0", 0},
       {"parameter_server.compression", Kind::kString, "none", -kInf, kInf, {"none", "bf16"}},
       {"parameter_server.bind", Kind::kString, ""},
+      {"parameter_server.transport", Kind::kString, "auto", -kInf, kInf, {"auto", "grpc"}},
       {"parameter_server.heartbeat_s", Kind::kFloat, "1", 0, kInf, {}, true},
       {"parameter_server.worker_timeout_s", Kind::kFloat, "30", 0, kInf, {}, true},
       {"parameter_server.checkpoint_every", Kind::kInt, "0", 0},
@@ -448,6 +449,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.parameter_server.staleness = i64("parameter_server.staleness");
   c.parameter_server.compression = str("parameter_server.compression");
   c.parameter_server.bind = str("parameter_server.bind");
+  c.parameter_server.transport = str("parameter_server.transport");
   c.parameter_server.heartbeat_s = f64("parameter_server.heartbeat_s");
   c.parameter_server.worker_timeout_s = f64("parameter_server.worker_timeout_s");
   c.parameter_server.checkpoint_every = i64("parameter_server.checkpoint_every");

@@ -80,8 +80,10 @@ struct ParameterServerConfig {
   std::string mode = "sync";         // sync | async | bounded
   int64_t staleness = 0;             // bounded: steps a worker may run ahead of the slowest
   std::string compression = "none";  // none | bf16 (on the wire)
-  std::string
-      bind;  // the servers' listening address; default: this node's, as cohort launch sees it
+  // The servers' listening address; default: this node's, as cohort launch sees it.
+  std::string bind;
+  // auto: a server on the worker's node is reached through shared memory; grpc: always gRPC.
+  std::string transport = "auto";
   double heartbeat_s = 1, worker_timeout_s = 30;
   int64_t checkpoint_every = 0;  // server updates; 0: at shutdown only
   std::string checkpoint_dir;    // default <checkpoint.dir>/ps

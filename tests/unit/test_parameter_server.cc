@@ -194,6 +194,42 @@ TEST(Shard, IncompleteOrOutOfRangePushesAreRefused) {
   EXPECT_THROW(s.touch(7, 0), InvalidArgument);
 }
 
+TEST(Shard, APushFromASegmentEqualsAStreamedOneAndPullsCopyIntoIt) {
+  Shard streamed(sgd_options(Mode::kSync, 2)), shared(sgd_options(Mode::kSync, 2));
+  for (Shard* s : {&streamed, &shared}) {
+    s->define("a", {3}, {1, 2, 3});
+    s->define("b", {2}, {4, 5});
+  }
+  EXPECT_THROW(shared.push_from_segment(0, 0, 1.0, 1), InvalidArgument);  // no segment yet
+  const std::vector<std::vector<float>> ga = {{1, 2, 3}, {3, 2, 1}}, gb = {{1, 1}, {3, -1}};
+  std::vector<collectives::Mapping> maps;
+  for (int w = 0; w < 2; ++w) {
+    const Shard::SegmentLayout l = shared.attach_segment(w);
+    ASSERT_EQ(l.keys, (std::vector<std::string>{"a", "b"}));
+    EXPECT_EQ(l.offsets[1] % 16, 0);  // 64-byte aligned
+    // As the worker does: map it, write each gradient at its offset.
+    maps.push_back(collectives::map_segment(l.name, 2 * l.floats * sizeof(float), false));
+    auto* g = static_cast<float*>(maps.back().addr());
+    std::copy(ga[w].begin(), ga[w].end(), g + l.offsets[0]);
+    std::copy(gb[w].begin(), gb[w].end(), g + l.offsets[1]);
+    shared.push_from_segment(w, 0, 0.5, 1);
+    // Used once, the name is gone: nothing is left in /dev/shm.
+    EXPECT_FALSE(std::filesystem::exists("/dev/shm" + l.name)) << l.name;
+    streamed.push_begin(w, 0, 0.5, 1);
+    streamed.push_chunk(w, "a", 0, ga[w].data(), 3);
+    streamed.push_chunk(w, "b", 0, gb[w].data(), 2);
+    streamed.push_commit(w);
+  }
+  EXPECT_EQ(shared.version(), 1);
+  const auto want = streamed.snapshot(), got = shared.snapshot();
+  EXPECT_EQ(got.values, want.values);
+  EXPECT_EQ(got.values[0], (std::vector<float>{0, 1, 2}));  // [1 2 3] - 0.5 * [2 2 2]
+  EXPECT_EQ(shared.copy_to_segment(1), 1);
+  const auto* v = static_cast<const float*>(maps[1].addr());
+  const int64_t floats = static_cast<int64_t>(maps[1].size() / sizeof(float) / 2);
+  EXPECT_EQ(std::vector<float>(v + floats, v + floats + 3), want.values[0]);
+}
+
 TEST(Shard, CheckpointRestoresValuesOptimiserStateAndVersion) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("cohort_shard_ckpt_" + std::to_string(::getpid()));
@@ -346,6 +382,45 @@ TEST_F(ServerSecurity, AClientWithoutTheSecretCanNeitherPullNorPush) {
   } catch (const DistributedError& e) {
     EXPECT_NE(std::string(e.what()).find("refused worker 1"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(ServerSecurity, SharedMemoryIsOfferedOnlyToAuthenticatedWorkersOnItsNode) {
+  good_ = login(0, secret_);
+  ASSERT_TRUE(init(good_, "w", {2}, {0.f, 0.f}).ok());
+  auto attach = [this](const std::string& session, const std::string& node,
+                       wire::AttachReply* reply) {
+    grpc::ClientContext c;
+    if (!session.empty()) c.AddMetadata("cohort-session", session);
+    wire::AttachRequest req;
+    req.set_node(node);
+    return stub_->Attach(&c, req, reply);
+  };
+  wire::AttachReply reply;
+  EXPECT_EQ(attach("", collectives::node_identity(), &reply).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_TRUE(attach(good_, "another-host/boot/net", &reply).ok());
+  EXPECT_TRUE(reply.segment().empty());  // not on this node: gRPC carries the data
+  // Without a segment, a push that says its data is in shared memory is refused.
+  auto shared_header = header(0);
+  shared_header.mutable_header()->set_shared_memory(true);
+  EXPECT_EQ(push(good_, {shared_header}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(attach(good_, collectives::node_identity(), &reply).ok());
+  ASSERT_FALSE(reply.segment().empty());
+  ASSERT_EQ(reply.pieces_size(), 1);
+  EXPECT_EQ(reply.pieces(0).key(), "w");
+  // A shared-memory push carries nothing but its header.
+  EXPECT_EQ(push(good_, {shared_header, chunk("w", 0, {1.f, 1.f})}).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    auto m = collectives::map_segment(reply.segment(), 2 * reply.floats() * sizeof(float), false);
+    auto* g = static_cast<float*>(m.addr()) + reply.pieces(0).offset();
+    g[0] = 2.f;
+    g[1] = 4.f;
+    EXPECT_TRUE(push(good_, {shared_header}).ok());
+  }
+  const auto v = server_->shard().snapshot().values.at(0);
+  EXPECT_EQ(v, (std::vector<float>{-2.f, -4.f}));  // async, lr 1
+  expect_still_serving();
 }
 
 TEST_F(ServerSecurity, MalformedOversizedAndMismatchedMessagesAreRefused) {
