@@ -415,6 +415,7 @@ class PsWorker::Impl {
   // process cannot open) leaves the connection on gRPC.
   void attach(Connection& c) {
     c.segment = collectives::Mapping();
+    c.prefetched = -1;  // whatever the old segment held is gone with it
     if (!o_.shared_memory) return;
     auto ctx = c.context(o_.timeout);
     wire::AttachRequest req;

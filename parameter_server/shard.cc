@@ -333,31 +333,29 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
 void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) const {
   core::autograd::NoGradGuard no_grad;
   const float scale = 1.0f / static_cast<float>(from.size());
-  {
-    const float* first = pushed_gradient(p, from[0]);
-    if (from.size() == 1) {
-      // The pushed buffer itself (nothing else touches it until the update is done).
-      p.param.set_grad(
-          core::from_blob(const_cast<float*>(first), p.param.sizes(), core::DType::kFloat32));
-    } else {
-      // The sum in worker order, scaled in the last pass: one pass per worker after the first.
-      float* out = p.grad.data_ptr<float>();
-      const auto n = static_cast<size_t>(p.param.numel());
-      for (size_t i = 1; i < from.size(); ++i) {
-        const float* acc = i == 1 ? first : out;
-        const float* in = pushed_gradient(p, from[i]);
-        if (i + 1 == from.size()) {
-          for (size_t j = 0; j < n; ++j) out[j] = (acc[j] + in[j]) * scale;
-        } else {
-          for (size_t j = 0; j < n; ++j) out[j] = acc[j] + in[j];
-        }
+  const float* first = pushed_gradient(p, from[0]);
+  if (from.size() == 1) {
+    // The pushed buffer itself (nothing else touches it until the update is done).
+    p.param.set_grad(
+        core::from_blob(const_cast<float*>(first), p.param.sizes(), core::DType::kFloat32));
+  } else {
+    // The sum in worker order, scaled in the last pass: one pass per worker after the first.
+    float* out = p.grad.data_ptr<float>();
+    const auto n = static_cast<size_t>(p.param.numel());
+    for (size_t i = 1; i < from.size(); ++i) {
+      const float* acc = i == 1 ? first : out;
+      const float* in = pushed_gradient(p, from[i]);
+      if (i + 1 == from.size()) {
+        for (size_t j = 0; j < n; ++j) out[j] = (acc[j] + in[j]) * scale;
+      } else {
+        for (size_t j = 0; j < n; ++j) out[j] = acc[j] + in[j];
       }
-      p.param.set_grad(p.grad);
     }
-    p.optimizer->set_lr(lr);
-    p.optimizer->step();
-    p.param.set_grad(core::Tensor());
+    p.param.set_grad(p.grad);
   }
+  p.optimizer->set_lr(lr);
+  p.optimizer->step();
+  p.param.set_grad(core::Tensor());
 }
 
 Shard::Helper::Helper() : thread_([this] { loop(); }) {}
