@@ -3,7 +3,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -14,6 +13,7 @@
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/ps.grpc.pb.h"
+#include "parameter_server/task_thread.h"
 
 namespace cohort::ps {
 namespace {
@@ -46,28 +46,9 @@ wire::Encoding encoding_of(Compression c) {
 // One server: its channel and session, and a thread that runs this worker's calls to it in order.
 class Connection {
  public:
-  Connection(int index, const ClientOptions& o) : index_(index), o_(o) {
-    thread_ = std::thread([this] { loop(); });
-  }
-  ~Connection() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+  Connection(int index, const ClientOptions& o) : index_(index), o_(o) {}
 
-  std::future<void> post(std::function<void()> task) {
-    auto p = std::make_shared<std::packaged_task<void()>>(std::move(task));
-    auto f = p->get_future();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back([p] { (*p)(); });
-    }
-    cv_.notify_all();
-    return f;
-  }
+  std::future<void> post(std::function<void()> task) { return thread_.post(std::move(task)); }
 
   // (Re)connects and authenticates. Throws RpcError (retryable when the server is not there yet)
   // or DistributedError when the server refuses our proof.
@@ -152,30 +133,12 @@ class Connection {
   bool push_broken = false;
 
  private:
-  void loop() {
-    while (true) {
-      std::function<void()> task;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        task = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      task();
-    }
-  }
-
   int index_;
   const ClientOptions& o_;
   std::mutex session_mu_;
   std::unique_ptr<wire::ParameterServer::Stub> stub_;
   std::string session_, address_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
-  bool stop_ = false;
-  std::thread thread_;
+  TaskThread thread_;  // last: joined first, while the rest still exists
 };
 
 }  // namespace
@@ -445,6 +408,7 @@ class PsWorker::Impl {
       std::fprintf(stderr,
                    "worker %d: shared memory with parameter server %d failed (%s); using gRPC\n",
                    o_.worker, c.index(), e.what());
+      collectives::unlink_segment(reply.segment());  // nobody will open it now
       return;
     }
     collectives::unlink_segment(reply.segment());  // both sides have it: no name left behind

@@ -229,7 +229,15 @@ class Service final : public wire::ParameterServer::Service {
       if (Status s = authorize(ctx, &worker); !s.ok()) return s;
       shard_.touch(worker, -1);
       if (req->node() != node_) return Status::OK;  // another node: no segment, gRPC it is
-      const Shard::SegmentLayout layout = shard_.attach_segment(worker);
+      Shard::SegmentLayout layout;
+      try {
+        layout = shard_.attach_segment(worker);
+      } catch (const DistributedError& e) {
+        // /dev/shm full or missing: this worker's data goes over gRPC like a remote one's.
+        std::fprintf(stderr, "server %d: no shared memory for worker %d (%s); it uses gRPC\n",
+                     shard_.options().server, worker, e.what());
+        return Status::OK;
+      }
       std::fprintf(stderr,
                    "server %d: worker %d is on this node: its data goes through shared memory\n",
                    shard_.options().server, worker);

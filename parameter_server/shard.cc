@@ -40,7 +40,7 @@ const char* mode_name(Mode m) {
 
 Shard::Shard(ShardOptions o) : o_(std::move(o)) {
   COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
-  if (core::available_cores() > 1) helper_ = std::make_unique<Helper>();
+  if (core::available_cores() > 1) helper_ = std::make_unique<TaskThread>();
   for (int w = 0; w < o_.workers; ++w) {
     workers_.push_back(std::make_unique<Worker>());
     workers_.back()->seen = Clock::now();
@@ -319,12 +319,14 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
       (to_helper ? helpers : mine).push_back(p);
       (to_helper ? load_helper : load_mine) += p->param.numel();
     }
-    helper_->start([this, &helpers, &from, lr] {
+  }
+  std::future<void> helped;
+  if (!helpers.empty())
+    helped = helper_->post([this, &helpers, &from, lr] {
       for (Piece* p : helpers) update_piece(*p, from, lr);
     });
-  }
   for (Piece* p : mine) update_piece(*p, from, lr);
-  if (!helpers.empty()) helper_->wait();
+  if (helped.valid()) helped.get();  // rethrows what the helper threw
   for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
   ++version_;
   changed_.notify_all();
@@ -356,49 +358,6 @@ void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) cons
   p.optimizer->set_lr(lr);
   p.optimizer->step();
   p.param.set_grad(core::Tensor());
-}
-
-Shard::Helper::Helper() : thread_([this] { loop(); }) {}
-
-Shard::Helper::~Helper() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
-}
-
-void Shard::Helper::start(std::function<void()> task) {
-  std::lock_guard<std::mutex> lock(mu_);
-  task_ = std::move(task);
-  error_ = nullptr;
-  cv_.notify_all();
-}
-
-void Shard::Helper::wait() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [this] { return !task_; });
-  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
-}
-
-void Shard::Helper::loop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (true) {
-    cv_.wait(lock, [this] { return stop_ || task_; });
-    if (stop_) return;
-    lock.unlock();
-    std::exception_ptr error;
-    try {
-      task_();
-    } catch (...) {
-      error = std::current_exception();
-    }
-    lock.lock();
-    error_ = error;
-    task_ = nullptr;
-    cv_.notify_all();
-  }
 }
 
 const float* Shard::pushed_gradient(const Piece& p, int w) const {

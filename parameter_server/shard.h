@@ -12,19 +12,18 @@
 
 #include <condition_variable>
 #include <cstdio>
-#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "collectives/shared_memory.h"
 #include "collectives/store/store.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/tensor.h"
+#include "parameter_server/task_thread.h"
 
 namespace cohort::ps {
 
@@ -164,28 +163,11 @@ class Shard {
   void restore();
   void checkpoint_if_due();
 
-  // A second thread for updates (one task at a time; apply_locked runs under mu_).
-  class Helper {
-   public:
-    Helper();
-    ~Helper();
-    void start(std::function<void()> task);
-    void wait();  // rethrows what the task threw
-
-   private:
-    void loop();
-    std::mutex mu_;
-    std::condition_variable cv_;
-    std::function<void()> task_;
-    std::exception_ptr error_;
-    bool stop_ = false;
-    std::thread thread_;
-  };
   // Below this many elements an update is not worth a second thread.
   static constexpr int64_t kParallelElements = 1 << 16;
 
   ShardOptions o_;
-  std::unique_ptr<Helper> helper_;
+  std::unique_ptr<TaskThread> helper_;  // a second thread for updates (none on one core)
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, Piece> pieces_;
