@@ -143,6 +143,22 @@ class Backend {
                       const Tensor& col) = 0;
   virtual void col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n,
                       const Tensor& image) = 0;
+  // Winograd F(2x2, 3x3) transforms for 3x3, stride-1, undilated convolutions on contiguous NCHW
+  // tensors. Output tile t = (n * tiles_h + th) * tiles_w + tw covers outputs (2th.., 2tw..),
+  // tiles_h = ceil(out_h / 2), and the 16 transformed positions lead: v [16, C, tiles] and
+  // m [16, O, tiles], so that m[i] = u[i] v[i] is one GEMM per position. The tiles of a row are
+  // contiguous; positions and rows may lie further apart (v may be a slice of a larger batch).
+  // v = B^T d B over every 4x4 input window (positions outside the image read as zero).
+  virtual void winograd_input(const Tensor& x, const Conv2dGeometry& g, const Tensor& v) = 0;
+  // x = the adjoint of winograd_input applied to v (the input gradient; x is overwritten).
+  virtual void winograd_input_backward(const Tensor& v, const Conv2dGeometry& g,
+                                       const Tensor& x) = 0;
+  // y = A^T m A (+ bias[o] when defined), clipped to the output.
+  virtual void winograd_output(const Tensor& m, const Tensor& bias, const Conv2dGeometry& g,
+                               const Tensor& y) = 0;
+  // m = A dy A^T, the adjoint of winograd_output.
+  virtual void winograd_output_backward(const Tensor& dy, const Conv2dGeometry& g,
+                                        const Tensor& m) = 0;
   // Pooling over contiguous [planes, h, w]; max pooling records int64 argmax offsets.
   virtual void max_pool2d(const Tensor& in, const Pool2dGeometry& g, const Tensor& out,
                           const Tensor& indices) = 0;

@@ -21,7 +21,127 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, const c
   return o;
 }
 
+// Why Winograd does not apply to this geometry, or nullptr when it does.
+const char* winograd_unsuitable(const Tensor& weight, const Conv2dOptions& o) {
+  if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3) return "needs a 3x3 kernel";
+  if (o.stride.first != 1 || o.stride.second != 1) return "needs stride 1";
+  if (o.dilation.first != 1 || o.dilation.second != 1) return "needs dilation 1";
+  if (o.groups != 1) return "needs groups=1";
+  return nullptr;
+}
+
+// kron(G, G) for F(2x2, 3x3), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: row i*4+j, column
+// k*3+l holds G[i][k] G[j][l], so u = K w[o, c] (flattened) is G w G^T for every (o, c) in one
+// GEMM. Every entry is exact in any floating dtype.
+Tensor winograd_weight_matrix(const TensorOptions& opts) {
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  std::vector<double> k(16 * 9);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) k[(i * 4 + j) * 9 + a * 3 + b] = G[i][a] * G[j][b];
+  return from_vector(k, {16, 9}).to(opts.dtype).to(opts.device);
+}
+
+// [16, rows, tiles] for the transformed positions, each position's matrix 64 bytes further into
+// the cache sets than the last: at a whole multiple of 4 KiB apart (the plain layout, for most
+// sizes) the transforms' 16 streams would all fall into one L1 set.
+Tensor winograd_buffer(int64_t rows, int64_t tiles, const TensorOptions& opts) {
+  const int64_t n = rows * tiles, skewed = (n + 1023) / 1024 * 1024 + 16;
+  return empty({16, skewed}, opts).slice(1, 0, n).view({16, rows, tiles});
+}
+
+// Images per pass of a Winograd convolution: about this many tiles, so that the transformed
+// output of a pass (16 O tiles values) stays near the cache instead of growing with the batch.
+constexpr int64_t kWinogradPassTiles = 1024;
+
+// Winograd F(2x2, 3x3): u = G w G^T, v = B^T d B per input tile, m[i] = u[i] v[i] as 16 GEMMs,
+// y = A^T m A per output tile. Backward runs the adjoint of each step. What it keeps is the
+// transformed input v (16 C tiles values, less than im2col's 9 C out_h out_w).
+Tensor conv2d_winograd(const Tensor& x, const Tensor& w, const Tensor& bias,
+                       const Conv2dGeometry& g) {
+  const int64_t C = g.in_channels, O = g.out_channels;
+  const int64_t per_image = ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2), tiles = g.batch * per_image;
+  const int64_t npass = (tiles + kWinogradPassTiles - 1) / kWinogradPassTiles;
+  const int64_t step = (g.batch + npass - 1) / npass;  // even passes: no small straggler
+  // Runs fn(first image, images, geometry of those images) pass by pass.
+  auto passes = [=](auto&& fn) {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += step) {
+      Conv2dGeometry gp = g;
+      gp.batch = std::min(step, g.batch - n0);
+      fn(n0, gp.batch, gp);
+    }
+  };
+  std::vector<Tensor> inputs{x, w};
+  if (bias.defined()) inputs.push_back(bias);
+  const bool backward = autograd::any_requires_grad(inputs);
+
+  Tensor kmat = winograd_weight_matrix(x.options());
+  Tensor u, v = backward ? winograd_buffer(C, tiles, x.options()) : Tensor();
+  Tensor out = empty({g.batch, O, g.out_h, g.out_w}, x.options());
+  {
+    autograd::NoGradGuard guard;
+    Backend& be = backend_for(x.device());
+    u = matmul(kmat, w.detach().view({O * C, 9}).t()).view({16, O, C});
+    Tensor b = bias.defined() ? bias.detach().contiguous() : Tensor();
+    passes([&](int64_t n0, int64_t nb, const Conv2dGeometry& gp) {
+      Tensor vp = backward ? v.slice(2, n0 * per_image, (n0 + nb) * per_image)
+                           : winograd_buffer(C, nb * per_image, x.options());
+      be.winograd_input(x.detach().slice(0, n0, n0 + nb), gp, vp);
+      Tensor m = winograd_buffer(O, nb * per_image, x.options());
+      detail::batched_gemm(u, vp, m, 0);
+      be.winograd_output(m, b, gp, out.slice(0, n0, n0 + nb));
+    });
+  }
+  if (backward) {
+    const bool has_bias = bias.defined();
+    autograd::record("Conv2dBackward", inputs, {&out}, [=](const TensorList& gr, const Needs& nd) {
+      Tensor gy = gr[0].contiguous();
+      Backend& be = backend_for(gy.device());
+      Tensor gx = nd[0] ? empty({g.batch, C, g.in_h, g.in_w}, gy.options()) : Tensor();
+      Tensor gu = nd[1] ? empty({16, O, C}, gy.options()) : Tensor();
+      passes([&](int64_t n0, int64_t nb, const Conv2dGeometry& gp) {
+        Tensor gm = winograd_buffer(O, nb * per_image, gy.options());
+        be.winograd_output_backward(gy.slice(0, n0, n0 + nb), gp, gm);
+        if (gx.defined()) {
+          Tensor gv = winograd_buffer(C, nb * per_image, gy.options());
+          detail::batched_gemm(u.transpose(1, 2), gm, gv, 0);
+          be.winograd_input_backward(gv, gp, gx.slice(0, n0, n0 + nb));
+        }
+        if (gu.defined()) {
+          Tensor vp = v.slice(2, n0 * per_image, (n0 + nb) * per_image);
+          detail::batched_gemm(gm, vp.transpose(1, 2), gu, n0 == 0 ? 0 : 1);
+        }
+      });
+      TensorList r(has_bias ? 3 : 2);
+      r[0] = gx;
+      if (gu.defined()) r[1] = matmul(gu.view({16, O * C}).t(), kmat).view({O, C, 3, 3});
+      if (has_bias && nd[2]) r[2] = sum(gy, {0, 2, 3});
+      return r;
+    });
+  }
+  return out;
+}
+
 }  // namespace
+
+Conv2dAlgorithm conv2d_algorithm(const Tensor& x, const Tensor& weight, const Conv2dOptions& o) {
+  const char* why_not = winograd_unsuitable(weight, o);
+  switch (o.algorithm) {
+    case Conv2dAlgorithm::kIm2col:
+      return Conv2dAlgorithm::kIm2col;
+    case Conv2dAlgorithm::kWinograd:
+      COHORT_CHECK(why_not == nullptr, "conv2d: the Winograd algorithm ", why_not ? why_not : "");
+      return Conv2dAlgorithm::kWinograd;
+    case Conv2dAlgorithm::kAuto:
+      break;
+  }
+  // Below 16 channels the 16 GEMMs are too thin to repay the transforms. float64 is asked for
+  // precision, so it keeps im2col's rounding.
+  const bool suits = why_not == nullptr && x.device().is_cpu() && x.dtype() == DType::kFloat32 &&
+                     x.dim() >= 3 && x.size(-3) >= 16 && weight.size(0) >= 16;
+  return suits ? Conv2dAlgorithm::kWinograd : Conv2dAlgorithm::kIm2col;
+}
 
 Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
               const Conv2dOptions& o) {
@@ -60,6 +180,9 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
     COHORT_CHECK(bias.dim() == 1 && bias.size(0) == g.out_channels, "conv2d: bias of shape ",
                  shape_str(bias.sizes()), " does not match ", g.out_channels, " output channels");
   }
+
+  if (conv2d_algorithm(input, weight, o) == Conv2dAlgorithm::kWinograd)
+    return conv2d_winograd(input.contiguous(), weight.contiguous(), bias, g);
 
   const int64_t G = g.groups, Og = g.out_channels / G;
   const int64_t K = g.in_channels * g.kernel_h * g.kernel_w, Kg = K / G, ohw = g.out_h * g.out_w;

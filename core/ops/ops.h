@@ -149,12 +149,20 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullpt
 // softmax(q k^T / sqrt(d) + causal mask) v over [..., L, d] tensors.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);
 
+// kIm2col: one GEMM over unfolded input windows; any geometry. kWinograd: F(2x2, 3x3), 2.25x
+// fewer multiplications, for 3x3 kernels with stride 1, dilation 1 and one group. kAuto takes
+// Winograd for such float32 CPU convolutions with at least 16 channels in and out.
+enum class Conv2dAlgorithm { kAuto, kIm2col, kWinograd };
 struct Conv2dOptions {
   std::pair<int64_t, int64_t> stride{1, 1}, padding{0, 0}, dilation{1, 1};
   int64_t groups = 1;
+  Conv2dAlgorithm algorithm = Conv2dAlgorithm::kAuto;
 };
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
               const Conv2dOptions& opts = {});
+// The algorithm conv2d runs for these operands (never kAuto). Asking for kWinograd where it
+// does not apply is an error naming the reason.
+Conv2dAlgorithm conv2d_algorithm(const Tensor& x, const Tensor& weight, const Conv2dOptions& opts);
 struct Pool2dOptions {
   std::pair<int64_t, int64_t> kernel{2, 2}, stride{0, 0} /* 0: = kernel */, padding{0, 0};
   bool count_include_pad = true;

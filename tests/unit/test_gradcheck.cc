@@ -136,6 +136,22 @@ TEST(Gradcheck, LayerNormEmbeddingAttention) {
       {rand64({3, 3}, 9), rand64({5, 3}, 10), rand64({5, 2}, 11)}));
 }
 
+// Winograd F(2x2, 3x3) in float64, forced (kAuto keeps float64 on im2col): odd and even output
+// sizes (a tile hanging over the edge), padding 0, 1 and 2, with and without bias.
+TEST(Gradcheck, ConvWinograd) {
+  auto conv = [](int64_t pad, bool bias) {
+    return [=](const V& x) {
+      return ops::conv2d(x[0], x[1], bias ? x[2] : Tensor(),
+                         {{1, 1}, {pad, pad}, {1, 1}, 1, core::Conv2dAlgorithm::kWinograd});
+    };
+  };
+  EXPECT_TRUE(
+      gradcheck(conv(1, true), {rand64({2, 3, 5, 6}, 1), rand64({4, 3, 3, 3}, 2), rand64({4}, 3)}));
+  EXPECT_TRUE(gradcheck(conv(0, false), {rand64({1, 2, 6, 7}, 4), rand64({3, 2, 3, 3}, 5)}));
+  EXPECT_TRUE(
+      gradcheck(conv(2, true), {rand64({1, 2, 3, 4}, 6), rand64({2, 2, 3, 3}, 7), rand64({2}, 8)}));
+}
+
 TEST(Gradcheck, ConvAndPool) {
   EXPECT_TRUE(gradcheck(
       [](const V& x) {

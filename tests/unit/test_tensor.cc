@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "core/ops/ops.h"
@@ -204,6 +205,79 @@ TEST(Tensor, MaxPool2x2MatchesTheDefinition) {
         expect_grad[best] += 1.0f;
       }
   for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(gp[i], expect_grad[i]) << "element " << i;
+}
+
+TEST(Tensor, Conv2dChoosesWinogradOnlyWhereItApplies) {
+  auto algo = [](const Shape& x, const Shape& w, Conv2dOptions o, DType dt = DType::kFloat32) {
+    return conv2d_algorithm(empty(x, TensorOptions(dt)), empty(w, TensorOptions(dt)), o);
+  };
+  const Conv2dOptions pad1{{1, 1}, {1, 1}, {1, 1}, 1};
+  EXPECT_EQ(algo({8, 32, 14, 14}, {64, 32, 3, 3}, pad1), Conv2dAlgorithm::kWinograd);
+  EXPECT_EQ(algo({8, 1, 28, 28}, {32, 1, 3, 3}, pad1), Conv2dAlgorithm::kIm2col);  // 1 channel
+  EXPECT_EQ(algo({8, 32, 14, 14}, {64, 32, 3, 3}, pad1, DType::kFloat64), Conv2dAlgorithm::kIm2col);
+  EXPECT_EQ(algo({8, 32, 14, 14}, {64, 32, 3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}),
+            Conv2dAlgorithm::kIm2col);
+  EXPECT_EQ(algo({8, 32, 14, 14}, {64, 32, 5, 5}, pad1), Conv2dAlgorithm::kIm2col);
+  Conv2dOptions forced = pad1;
+  forced.algorithm = Conv2dAlgorithm::kIm2col;
+  EXPECT_EQ(algo({8, 32, 14, 14}, {64, 32, 3, 3}, forced), Conv2dAlgorithm::kIm2col);
+  forced.algorithm = Conv2dAlgorithm::kWinograd;
+  forced.dilation = {2, 2};
+  try {
+    algo({8, 32, 14, 14}, {64, 32, 3, 3}, forced);
+    FAIL() << "a dilated Winograd convolution was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("Winograd algorithm needs dilation 1"), std::string::npos)
+        << e.what();
+  }
+}
+
+// A batch large enough for several Winograd passes (2048 tiles each; 49 per 13x14 image), in
+// float64 so that both algorithms agree to rounding: values and all three gradients.
+TEST(Tensor, Conv2dWinogradOverSeveralPassesEqualsIm2col) {
+  Generator gen(5);
+  const TensorOptions f64(DType::kFloat64);
+  Tensor x0 = randn({100, 3, 13, 14}, f64, &gen), w0 = randn({5, 3, 3, 3}, f64, &gen);
+  Tensor b0 = randn({5}, f64, &gen), gy = randn({100, 5, 13, 14}, f64, &gen);
+  auto run = [&](Conv2dAlgorithm a) {
+    Tensor x = x0.clone(), w = w0.clone(), b = b0.clone();
+    for (Tensor* t : {&x, &w, &b}) t->set_requires_grad(true);
+    Tensor y = conv2d(x, w, b, {{1, 1}, {1, 1}, {1, 1}, 1, a});
+    y.backward(gy);
+    return std::vector<Tensor>{y.detach(), x.grad(), w.grad(), b.grad()};
+  };
+  auto wino = run(Conv2dAlgorithm::kWinograd), ref = run(Conv2dAlgorithm::kIm2col);
+  const char* names[] = {"output", "input grad", "weight grad", "bias grad"};
+  for (int i = 0; i < 4; ++i) {
+    const double err = max(abs(sub(wino[i], ref[i]))).item_double();
+    const double scale = max(abs(ref[i])).item_double();
+    EXPECT_LT(err, 1e-12 * scale) << names[i];
+  }
+}
+
+// The CNN's second convolution in float32, which kAuto runs with Winograd: its extra rounding
+// stays far below what training notices (measured: under 1e-6 of the largest value).
+TEST(Tensor, Conv2dWinogradFloat32IsCloseToIm2col) {
+  Generator gen(6);
+  Tensor x0 = randn({4, 32, 14, 14}, {}, &gen), w0 = mul(randn({64, 32, 3, 3}, {}, &gen), 0.06);
+  Tensor gy = randn({4, 64, 14, 14}, {}, &gen);
+  auto run = [&](Conv2dAlgorithm a) {
+    Tensor x = x0.clone(), w = w0.clone();
+    x.set_requires_grad(true);
+    w.set_requires_grad(true);
+    Tensor y = conv2d(x, w, Tensor(), {{1, 1}, {1, 1}, {1, 1}, 1, a});
+    y.backward(gy);
+    return std::vector<Tensor>{y.detach(), x.grad(), w.grad()};
+  };
+  ASSERT_EQ(conv2d_algorithm(x0, w0, {{1, 1}, {1, 1}, {1, 1}, 1}), Conv2dAlgorithm::kWinograd);
+  auto wino = run(Conv2dAlgorithm::kAuto), ref = run(Conv2dAlgorithm::kIm2col);
+  const char* names[] = {"output", "input grad", "weight grad"};
+  for (int i = 0; i < 3; ++i) {
+    const double err = max(abs(sub(wino[i], ref[i]))).item_double();
+    const double scale = max(abs(ref[i])).item_double();
+    std::printf("%s: max error %.3g of %.3g\n", names[i], err, scale);
+    EXPECT_LT(err, 1e-5 * scale) << names[i];
+  }
 }
 
 }  // namespace

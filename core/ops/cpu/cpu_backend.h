@@ -34,6 +34,12 @@ class CpuBackend final : public Backend {
   void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n, const Tensor& col) override;
   void col2im(const Tensor& col, const Conv2dGeometry& g, int64_t n, const Tensor& image) override;
+  void winograd_input(const Tensor& x, const Conv2dGeometry& g, const Tensor& v) override;
+  void winograd_input_backward(const Tensor& v, const Conv2dGeometry& g, const Tensor& x) override;
+  void winograd_output(const Tensor& m, const Tensor& bias, const Conv2dGeometry& g,
+                       const Tensor& y) override;
+  void winograd_output_backward(const Tensor& dy, const Conv2dGeometry& g,
+                                const Tensor& m) override;
   void max_pool2d(const Tensor& in, const Pool2dGeometry& g, const Tensor& out,
                   const Tensor& indices) override;
   void max_pool2d_backward(const Tensor& grad, const Tensor& indices, const Pool2dGeometry& g,
