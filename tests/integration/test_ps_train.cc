@@ -1,7 +1,7 @@
 // Parameter-server training as users run it, under `cohort launch --ps-servers`: sync ends where
 // DDP ends; async reaches the accuracy goal; bounded staleness holds (read from the servers' clock
 // logs); a worker killed mid-run is dropped and the job finishes; a server killed mid-run is
-// restarted from its checkpoint and training continues.
+// restarted from its checkpoint and training continues; two nodes mix both data paths.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -85,6 +85,38 @@ TEST_P(PsTransport, SyncWithTwoServersEndsWhereDdpEnds) {
 
 INSTANTIATE_TEST_SUITE_P(Paths, PsTransport, ::testing::Values("auto", "grpc"),
                          [](const auto& info) { return info.param; });
+
+// Two nodes (network namespaces), one worker and one server on each: every worker has its own
+// node's server on shared memory and the other node's over gRPC, and sync still ends where DDP
+// does.
+TEST_F(PsTrain, TwoNodesMixSharedMemoryAndGrpcAndEndWhereDdpEnds) {
+  cohort::test::NetnsCluster cluster("cps", 2);
+  if (!cluster.unavailable.empty()) GTEST_SKIP() << cluster.unavailable;
+  ASSERT_EQ(cluster.error, "");
+  auto ddp = run_command(std::string(COHORT_BINARY) + " launch --nproc-per-node 2 -- " +
+                             train("ddp", "") + " optimizer.momentum=0.9",
+                         kRunLimit);
+  ASSERT_EQ(ddp.code, 0) << ddp.output;
+  std::string both;
+  for (int k = 0; k < 2; ++k) {
+    both += "ip netns exec " + cluster.node(k) + " " + COHORT_BINARY +
+            " launch --nnodes 2 --node-rank " + std::to_string(k) + " --rdzv-endpoint " +
+            cluster.address(0) + ":29400 --rdzv-timeout 60 --nproc-per-node 1 --ps-servers 1 -- " +
+            train("ps", ps(2, "sync")) + " optimizer.momentum=0.9 > " +
+            (dir_ / ("node" + std::to_string(k))).string() + ".log 2>&1 & p" + std::to_string(k) +
+            "=$!; ";
+  }
+  auto r = run_command("sh -c '" + both + "wait $p0; a=$?; wait $p1; exit $((a | $?))'", kRunLimit);
+  const std::string log0 = read_text(dir_ / "node0.log"), log1 = read_text(dir_ / "node1.log");
+  ASSERT_EQ(r.code, 0) << log0 << log1;
+  // Ranks follow node order: worker 0 is on node 0 and worker 1 on node 1.
+  EXPECT_NE(log0.find("worker 0 is on this node"), std::string::npos) << log0;
+  EXPECT_EQ(log0.find("worker 1 is on this node"), std::string::npos) << log0;
+  EXPECT_NE(log1.find("worker 1 is on this node"), std::string::npos) << log1;
+  EXPECT_EQ(log1.find("worker 0 is on this node"), std::string::npos) << log1;
+  cohort::test::expect_same_model(final_model("ps"), final_model("ddp"), "two-node sync PS");
+  EXPECT_EQ(summary("ps").value("steps", 0), 20);
+}
 
 TEST_F(PsTrain, AsyncWithFourWorkersReachesTheAccuracyGoalInOneEpoch) {
   // Stale gradients and heavy momentum do not mix: async takes smaller batches and momentum 0.5,
