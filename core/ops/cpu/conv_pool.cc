@@ -10,6 +10,7 @@
 #endif
 
 #include "core/ops/cpu/cpu_backend.h"
+#include "core/util/threads.h"
 
 namespace cohort::core::cpu {
 namespace {
@@ -228,20 +229,29 @@ void max_pool_general(const T* x, const Pool2dGeometry& g, T* y, int64_t* idx) {
   }
 }
 
+// Planes per parallel_for range of max pooling (a 28x28 plane is well under a microsecond).
+constexpr int64_t kPoolPlanesPerTask = 64;
+
 }  // namespace
 
 void CpuBackend::max_pool2d(const Tensor& in, const Pool2dGeometry& g, const Tensor& out,
                             const Tensor& indices) {
   dispatch_floating(in.dtype(), "max_pool2d", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const T* x = static_cast<const T*>(in.raw_data());
-    T* y = static_cast<T*>(out.raw_data());
-    int64_t* idx = indices.data_ptr<int64_t>();
-    if (g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 &&
-        g.pad_w == 0)
-      max_pool_2x2(x, g, y, idx);
-    else
-      max_pool_general(x, g, y, idx);
+    const bool two_by_two = g.kernel_h == 2 && g.kernel_w == 2 && g.stride_h == 2 &&
+                            g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0;
+    // Planes are independent (indices are offsets within a plane): split them over threads.
+    parallel_for(g.planes, kPoolPlanesPerTask, [&](int64_t begin, int64_t end) {
+      Pool2dGeometry part = g;
+      part.planes = end - begin;
+      const T* x = static_cast<const T*>(in.raw_data()) + begin * g.in_h * g.in_w;
+      T* y = static_cast<T*>(out.raw_data()) + begin * g.out_h * g.out_w;
+      int64_t* idx = indices.data_ptr<int64_t>() + begin * g.out_h * g.out_w;
+      if (two_by_two)
+        max_pool_2x2(x, part, y, idx);
+      else
+        max_pool_general(x, part, y, idx);
+    });
   });
 }
 
@@ -252,13 +262,15 @@ void CpuBackend::max_pool2d_backward(const Tensor& grad, const Tensor& indices,
     const T* gy = static_cast<const T*>(grad.raw_data());
     const int64_t* idx = indices.data_ptr<int64_t>();
     T* gx = static_cast<T*>(grad_in.raw_data());
-    std::memset(gx, 0, sizeof(T) * g.planes * g.in_h * g.in_w);
     const int64_t ohw = g.out_h * g.out_w, ihw = g.in_h * g.in_w;
-    for (int64_t p = 0; p < g.planes; ++p)
-      for (int64_t o = 0; o < ohw; ++o) {
-        const int64_t i = idx[p * ohw + o];
-        if (i >= 0) gx[p * ihw + i] += gy[p * ohw + o];
-      }
+    parallel_for(g.planes, kPoolPlanesPerTask, [&](int64_t begin, int64_t end) {
+      std::memset(gx + begin * ihw, 0, sizeof(T) * (end - begin) * ihw);
+      for (int64_t p = begin; p < end; ++p)
+        for (int64_t o = 0; o < ohw; ++o) {
+          const int64_t i = idx[p * ohw + o];
+          if (i >= 0) gx[p * ihw + i] += gy[p * ohw + o];
+        }
+    });
   });
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/ops/cpu/cpu_backend.h"
+#include "core/util/threads.h"
 
 namespace cohort::core::cpu {
 namespace {
@@ -33,6 +34,9 @@ Tiles tiles_of(const Conv2dGeometry& g) {
   return t;
 }
 
+// Planes (image, channel) per parallel_for range: a 14x14 plane is about a microsecond of work.
+constexpr int64_t kPlanesPerTask = 32;
+
 // Where position i of tile t of row r lives in v or m: i * pos + r * row + t.
 struct Layout {
   int64_t pos, row;
@@ -51,10 +55,11 @@ template <typename T>
 void input_transform(const T* x, const Conv2dGeometry& g, T* v, Layout l) {
   const Tiles tl = tiles_of(g);
   const int64_t pw = tl.pad_w, rows = rows_in(g, tl), cols = cols_in(g, tl);
-  std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t c = 0; c < g.in_channels; ++c) {
-      const T* plane = x + (n * g.in_channels + c) * g.in_h * g.in_w;
+  parallel_for(g.batch * g.in_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
+    std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / g.in_channels, c = nc % g.in_channels;
+      const T* plane = x + nc * g.in_h * g.in_w;
       std::fill(padded.begin(), padded.end(), T(0));
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(&padded[(r + g.pad_h) * pw + g.pad_w], plane + r * g.in_w, sizeof(T) * cols);
@@ -83,7 +88,7 @@ void input_transform(const T* x, const Conv2dGeometry& g, T* v, Layout l) {
         }
       }
     }
-  }
+  });
 }
 
 // The adjoint of input_transform: the gradient of the input from that of v.
@@ -91,9 +96,10 @@ template <typename T>
 void input_transform_backward(const T* v, Layout l, const Conv2dGeometry& g, T* x) {
   const Tiles tl = tiles_of(g);
   const int64_t pw = tl.pad_w, rows = rows_in(g, tl), cols = cols_in(g, tl);
-  std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t c = 0; c < g.in_channels; ++c) {
+  parallel_for(g.batch * g.in_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
+    std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / g.in_channels, c = nc % g.in_channels;
       std::fill(padded.begin(), padded.end(), T(0));
       const T* vc = v + c * l.row + n * tl.per_image;
       for (int64_t th = 0; th < tl.h; ++th) {
@@ -121,23 +127,24 @@ void input_transform_backward(const T* v, Layout l, const Conv2dGeometry& g, T* 
         }
       }
       // Padding positions have no gradient to give; every image position is inside the plane.
-      T* plane = x + (n * g.in_channels + c) * g.in_h * g.in_w;
+      T* plane = x + nc * g.in_h * g.in_w;
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(plane + r * g.in_w, &padded[(r + g.pad_h) * pw + g.pad_w], sizeof(T) * cols);
     }
-  }
+  });
 }
 
 template <typename T>
 void output_transform(const T* m, Layout l, const T* bias, const Conv2dGeometry& g, T* y) {
   const Tiles tl = tiles_of(g);
   const int64_t w2 = 2 * tl.w;
-  std::vector<T> rows(2 * w2);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t o = 0; o < g.out_channels; ++o) {
+  parallel_for(g.batch * g.out_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows(2 * w2);
+    for (int64_t no = begin; no < end; ++no) {
+      const int64_t n = no / g.out_channels, o = no % g.out_channels;
       const T b0 = bias ? bias[o] : T(0);
       const T* mo = m + o * l.row + n * tl.per_image;
-      T* plane = y + (n * g.out_channels + o) * g.out_h * g.out_w;
+      T* plane = y + no * g.out_h * g.out_w;
       for (int64_t th = 0; th < tl.h; ++th) {
         T *y0 = rows.data(), *y1 = y0 + w2;
         for (int64_t tw = 0; tw < tl.w; ++tw) {
@@ -159,7 +166,7 @@ void output_transform(const T* m, Layout l, const T* bias, const Conv2dGeometry&
           std::memcpy(plane + (2 * th + 1) * g.out_w, y1, sizeof(T) * g.out_w);
       }
     }
-  }
+  });
 }
 
 // The adjoint of output_transform (without the bias): m = A dy A^T.
@@ -168,10 +175,11 @@ void output_transform_backward(const T* dy, const Conv2dGeometry& g, T* m, Layou
   const Tiles tl = tiles_of(g);
   const int64_t w2 = 2 * tl.w;
   // Outputs past an odd edge were dropped, so their gradient is zero: `rows` past out_w stays 0.
-  std::vector<T> rows(2 * w2, T(0));
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for (int64_t o = 0; o < g.out_channels; ++o) {
-      const T* plane = dy + (n * g.out_channels + o) * g.out_h * g.out_w;
+  parallel_for(g.batch * g.out_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows(2 * w2, T(0));
+    for (int64_t no = begin; no < end; ++no) {
+      const int64_t n = no / g.out_channels, o = no % g.out_channels;
+      const T* plane = dy + no * g.out_h * g.out_w;
       T* mo = m + o * l.row + n * tl.per_image;
       for (int64_t th = 0; th < tl.h; ++th) {
         T *d0 = rows.data(), *d1 = d0 + w2;
@@ -193,7 +201,7 @@ void output_transform_backward(const T* dy, const Conv2dGeometry& g, T* m, Layou
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace
