@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/ops/backend.h"
 #include "core/ops/ops.h"
 
 namespace cohort::core {
@@ -205,6 +206,28 @@ TEST(Tensor, MaxPool2x2MatchesTheDefinition) {
         expect_grad[best] += 1.0f;
       }
   for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(gp[i], expect_grad[i]) << "element " << i;
+}
+
+// beta = 0 ignores what C held (NaN included) and leaves the columns past n (ldc > n) alone; the
+// CPU backend clears C itself before OpenBLAS runs with beta = 1.
+TEST(Tensor, GemmWithBetaZeroOverwritesOnlyC) {
+  Tensor a = from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = from_vector<float>({1, 0, 2, 1, 1, 0}, {3, 2});
+  const float nan = std::nanf("");
+  Tensor c = from_vector<float>({nan, nan, 7, nan, nan, 8}, {2, 3});  // ldc 3, n 2
+  GemmArgs g;
+  g.m = 2;
+  g.n = 2;
+  g.k = 3;
+  g.lda = 3;
+  g.ldb = 2;
+  g.ldc = 3;
+  g.beta = 0;
+  backend_for(Device::cpu()).gemm(g, a, b, c);
+  const float* cp = c.data_ptr<float>();
+  const std::vector<float> expect{1 + 2 * 2 + 3 * 1, 1 * 0 + 2 * 1 + 0, 7,
+                                  4 + 5 * 2 + 6 * 1, 0 + 5 * 1 + 0,     8};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(cp[i], expect[static_cast<size_t>(i)]) << i;
 }
 
 TEST(Tensor, Conv2dChoosesWinogradOnlyWhereItApplies) {

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "cohort/config.h"
 #include "core/ops/cpu/cpu_backend.h"
@@ -135,9 +136,22 @@ void dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, cons
 void CpuBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, const Tensor& c) {
   for (int64_t i = 0; i < g.batch; ++i) {
     if (c.dtype() == DType::kFloat32) {
+      float* ci = c.data_ptr<float>() + i * g.stride_c;
+      float beta = static_cast<float>(g.beta);
+      if (beta == 0.0f && g.k > 0) {
+        // OpenBLAS clears C for beta = 0 in a pass of its own that ran at well under memset's
+        // speed (9% of a CNN step); C = A B + 0 is the same product, bit for bit.
+        if (g.ldc == g.n) {
+          std::memset(ci, 0, sizeof(float) * static_cast<size_t>(g.m * g.n));
+        } else {
+          for (int64_t r = 0; r < g.m; ++r)
+            std::memset(ci + r * g.ldc, 0, sizeof(float) * static_cast<size_t>(g.n));
+        }
+        beta = 1.0f;
+      }
       sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<float>(g.alpha),
             a.data_ptr<float>() + i * g.stride_a, g.lda, b.data_ptr<float>() + i * g.stride_b,
-            g.ldb, static_cast<float>(g.beta), c.data_ptr<float>() + i * g.stride_c, g.ldc);
+            g.ldb, beta, ci, g.ldc);
     } else if (c.dtype() == DType::kFloat64) {
       dgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a.data_ptr<double>() + i * g.stride_a,
             g.lda, b.data_ptr<double>() + i * g.stride_b, g.ldb, g.beta,
