@@ -21,7 +21,9 @@ namespace {
 
 struct Tiles {
   int64_t h, w, per_image;  // tiles per column, per row, per image
-  int64_t pad_h, pad_w;     // of the padded plane: (2h + 2) x (2w + 2)
+  // The padded plane, (2h + 2) x (2w + 2), holds the whole image at (pad_h, pad_w):
+  // 2 ceil(out / 2) + 2 >= out + 2 = in + 2 pad.
+  int64_t pad_h, pad_w;
 };
 
 Tiles tiles_of(const Conv2dGeometry& g) {
@@ -43,18 +45,10 @@ struct Layout {
 };
 Layout layout_of(const Tensor& t) { return {t.stride(0), t.stride(1)}; }
 
-// Image rows and columns that land inside the padded plane (the rest is never read by a tile).
-int64_t rows_in(const Conv2dGeometry& g, const Tiles& t) {
-  return std::min<int64_t>(g.in_h, t.pad_h - g.pad_h);
-}
-int64_t cols_in(const Conv2dGeometry& g, const Tiles& t) {
-  return std::min<int64_t>(g.in_w, t.pad_w - g.pad_w);
-}
-
 template <typename T>
 void input_transform(const T* x, const Conv2dGeometry& g, T* v, Layout l) {
   const Tiles tl = tiles_of(g);
-  const int64_t pw = tl.pad_w, rows = rows_in(g, tl), cols = cols_in(g, tl);
+  const int64_t pw = tl.pad_w, rows = g.in_h, cols = g.in_w;
   parallel_for(g.batch * g.in_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
     std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
     for (int64_t nc = begin; nc < end; ++nc) {
@@ -95,7 +89,7 @@ void input_transform(const T* x, const Conv2dGeometry& g, T* v, Layout l) {
 template <typename T>
 void input_transform_backward(const T* v, Layout l, const Conv2dGeometry& g, T* x) {
   const Tiles tl = tiles_of(g);
-  const int64_t pw = tl.pad_w, rows = rows_in(g, tl), cols = cols_in(g, tl);
+  const int64_t pw = tl.pad_w, rows = g.in_h, cols = g.in_w;
   parallel_for(g.batch * g.in_channels, kPlanesPerTask, [&](int64_t begin, int64_t end) {
     std::vector<T> padded(tl.pad_h * pw), rowt(4 * pw);
     for (int64_t nc = begin; nc < end; ++nc) {
