@@ -28,6 +28,11 @@ class Pool {
       fn(0, n);  // another thread's job holds the pool
       return;
     }
+    // A parallel_for inside fn, on this thread too, runs inline (and never re-locks job_mu_).
+    struct InJob {
+      InJob() { inside_job = true; }
+      ~InJob() { inside_job = false; }
+    } in_job;
     grow(threads - 1);
     // About four ranges per thread, so that a slow thread does not hold up the rest.
     const int64_t chunk = std::max(grain, (n + 4 * threads - 1) / (4 * threads));
@@ -57,7 +62,7 @@ class Pool {
   }
 
   void loop() {
-    in_pool = true;
+    inside_job = true;
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -86,7 +91,8 @@ class Pool {
   }
 
  public:
-  static thread_local bool in_pool;
+  // This thread runs part of a job (a pool thread, or a caller inside run).
+  static thread_local bool inside_job;
 
  private:
   std::mutex job_mu_, mu_, err_mu_;
@@ -100,7 +106,7 @@ class Pool {
   std::exception_ptr error_;
 };
 
-thread_local bool Pool::in_pool = false;
+thread_local bool Pool::inside_job = false;
 
 // A forked child has none of the parent's threads (and maybe a mutex locked by one of them): it
 // starts a pool of its own. The old one is left behind, as its state may be mid-job.
@@ -135,7 +141,7 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   grain = std::max<int64_t>(grain, 1);
   const int threads =
       static_cast<int>(std::min<int64_t>(get_num_threads(), (n + grain - 1) / grain));
-  if (threads <= 1 || Pool::in_pool) {
+  if (threads <= 1 || Pool::inside_job) {
     fn(0, n);
     return;
   }
