@@ -106,7 +106,7 @@ class TempDirTest : public ::testing::Test {
 // cannot have them, `unavailable` says why (tests skip with it); `error` says what else failed.
 class NetnsCluster {
  public:
-  NetnsCluster(const std::string& tag, int nodes) {
+  NetnsCluster(const std::string& tag, int nodes) : nodes_(nodes) {
     if (::geteuid() != 0) {
       unavailable = "network namespaces need root";
       return;
@@ -138,12 +138,29 @@ class NetnsCluster {
   // The namespace of node k, and its address.
   std::string node(int k) const { return prefix_ + std::to_string(k); }
   std::string address(int k) const { return subnet + "." + std::to_string(k + 1); }
+  // A shell command that runs `cohort launch --nnodes N <launch_options> -- <program>` on every
+  // node at once (rendezvous on node 0), node k's output in <log_prefix>k.log, and exits non-zero
+  // when any node did.
+  std::string launch_on_every_node(const std::string& launch_options, const std::string& program,
+                                   const std::string& log_prefix) const {
+    std::string all, wait;
+    for (int k = 0; k < nodes_; ++k) {
+      const std::string K = std::to_string(k);
+      all += "ip netns exec " + node(k) + " " + COHORT_BINARY + " launch --nnodes " +
+             std::to_string(nodes_) + " --node-rank " + K + " --rdzv-endpoint " + address(0) +
+             ":29400 --rdzv-timeout 60 " + launch_options + " -- " + program + " > " + log_prefix +
+             K + ".log 2>&1 & p" + K + "=$!; ";
+      wait += "wait $p" + K + "; s=$((s | $?)); ";
+    }
+    return "sh -c 's=0; " + all + wait + "exit $s'";
+  }
 
   std::string unavailable, error;
   std::string subnet;  // e.g. "10.57.0"; the bridge is <subnet>.254
 
  private:
   std::string prefix_;
+  int nodes_;
   bool up_ = false;
 };
 

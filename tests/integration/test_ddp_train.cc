@@ -200,15 +200,9 @@ TEST_F(DdpTrain, TwoNodesOverNetworkNamespaces) {
   ASSERT_EQ(cluster.error, "");
   auto r = run_command(train("cnn", 16, "single"));
   ASSERT_EQ(r.code, 0) << r.output;
-  std::string both;
-  for (int k = 0; k < 2; ++k) {
-    both += "ip netns exec " + cluster.node(k) + " " + COHORT_BINARY +
-            " launch --nnodes 2 --node-rank " + std::to_string(k) + " --rdzv-endpoint " +
-            cluster.address(0) + ":29400 --rdzv-timeout 60 --nproc-per-node 1 -- " +
-            train("cnn", 8, "nodes") + " > " + (dir_ / ("node" + std::to_string(k))).string() +
-            ".log 2>&1 & p" + std::to_string(k) + "=$!; ";
-  }
-  r = run_command("sh -c '" + both + "wait $p0; a=$?; wait $p1; exit $((a | $?))'", 300);
+  r = run_command(cluster.launch_on_every_node("--nproc-per-node 1", train("cnn", 8, "nodes"),
+                                               (dir_ / "node").string()),
+                  300);
   ASSERT_EQ(r.code, 0) << read_text(dir_ / "node0.log") << read_text(dir_ / "node1.log");
   EXPECT_NE(read_text(dir_ / "node0.log").find("world_size 2"), std::string::npos);
   expect_same_model(final_model("nodes"), final_model("single"), "two nodes");

@@ -97,16 +97,11 @@ TEST_F(PsTrain, TwoNodesMixSharedMemoryAndGrpcAndEndWhereDdpEnds) {
                              train("ddp", "") + " optimizer.momentum=0.9",
                          kRunLimit);
   ASSERT_EQ(ddp.code, 0) << ddp.output;
-  std::string both;
-  for (int k = 0; k < 2; ++k) {
-    both += "ip netns exec " + cluster.node(k) + " " + COHORT_BINARY +
-            " launch --nnodes 2 --node-rank " + std::to_string(k) + " --rdzv-endpoint " +
-            cluster.address(0) + ":29400 --rdzv-timeout 60 --nproc-per-node 1 --ps-servers 1 -- " +
-            train("ps", ps(2, "sync")) + " optimizer.momentum=0.9 > " +
-            (dir_ / ("node" + std::to_string(k))).string() + ".log 2>&1 & p" + std::to_string(k) +
-            "=$!; ";
-  }
-  auto r = run_command("sh -c '" + both + "wait $p0; a=$?; wait $p1; exit $((a | $?))'", kRunLimit);
+  auto r = run_command(
+      cluster.launch_on_every_node("--nproc-per-node 1 --ps-servers 1",
+                                   train("ps", ps(2, "sync")) + " optimizer.momentum=0.9",
+                                   (dir_ / "node").string()),
+      kRunLimit);
   const std::string log0 = read_text(dir_ / "node0.log"), log1 = read_text(dir_ / "node1.log");
   ASSERT_EQ(r.code, 0) << log0 << log1;
   // Ranks follow node order: worker 0 is on node 0 and worker 1 on node 1.
