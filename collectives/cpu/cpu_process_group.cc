@@ -93,6 +93,7 @@ struct CpuProcessGroup::Op {
     uint8_t* recv_ptr = nullptr;
     size_t send_bytes = 0, recv_bytes = 0;
     bool reduce = false;
+    int divide_by = 0;  // reduce, then divide each element by this (an average's last step)
     int dep = -1;
     uint32_t tag = 0;
     uint64_t send_seq = 0, recv_seq = 0;  // header sequence numbers (collective seq or p2p count)
@@ -187,6 +188,7 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
               k -= take;
               if (r.carry_n == elem) {
                 reduce_into(dtype, reduce, st.recv_ptr + r.done, r.carry, 1);
+                if (st.divide_by) divide(dtype, st.recv_ptr + r.done, 1, st.divide_by);
                 r.done += elem;
                 r.carry_n = 0;
               }
@@ -194,6 +196,8 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
             const size_t whole = k / elem;
             if (whole) {
               reduce_into(dtype, reduce, st.recv_ptr + r.done, p, whole);
+              // Before `done` moves: a step forwarding these bytes may send them at once.
+              if (st.divide_by) divide(dtype, st.recv_ptr + r.done, whole, st.divide_by);
               r.done += whole * elem;
             }
             const size_t rest = k - whole * elem;
@@ -391,8 +395,10 @@ using Step = CpuProcessGroup::Op::Step;
 
 // Ring reduce-scatter (and, with `gather`, the all-gather after it) over buf: afterwards chunk r
 // of buf holds the reduction (and with gather, every chunk does).
+// average: the last reduce step divides this rank's chunk by `size` as it completes, so an
+// average's gather already carries it (while in cache) instead of a pass over the whole buffer.
 void ring(CpuProcessGroup::Op& op, int rank, int size, uint8_t* buf, const Chunks& c, bool scatter,
-          bool gather) {
+          bool gather, bool average = false) {
   const int next = (rank + 1) % size, prev = mod(rank - 1, size);
   std::vector<Step> steps;
   if (scatter)
@@ -406,6 +412,7 @@ void ring(CpuProcessGroup::Op& op, int rank, int size, uint8_t* buf, const Chunk
       st.recv_ptr = buf + c.off[rc];
       st.recv_bytes = c.len[rc];
       st.reduce = true;
+      if (average && s == size - 2) st.divide_by = size;
       st.dep = s == 0 ? -1 : s - 1;
       st.send_seq = st.recv_seq = op.seq;
       steps.push_back(st);
@@ -492,16 +499,19 @@ std::shared_ptr<Work> CpuProcessGroup::allreduce(Tensor& t, const AllreduceOptio
     op.elem = tensor.element_size();
     const size_t bytes = tensor.nbytes();
     uint8_t* buf = static_cast<uint8_t*>(tensor.raw_data());
+    bool averaged = false;
     if (size_ > 1 && bytes > 0) {
       if (bytes <= kSmallAllreduceBytes ||
           static_cast<size_t>(tensor.numel()) < static_cast<size_t>(size_)) {
         recursive_doubling(op, rank_, size_, buf, bytes);
       } else {
+        averaged = o.op == ReduceOp::kAvg;
         ring(op, rank_, size_, buf, Chunks(static_cast<size_t>(tensor.numel()), op.elem, size_),
-             true, true);
+             true, true, averaged);
       }
     }
-    if (o.op == ReduceOp::kAvg && bytes > 0) divide(op.dtype, buf, tensor.numel(), size_);
+    if (o.op == ReduceOp::kAvg && bytes > 0 && !averaged)
+      divide(op.dtype, buf, tensor.numel(), size_);
   });
 }
 
