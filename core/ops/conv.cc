@@ -62,7 +62,7 @@ Tensor conv2d_winograd(const Tensor& x, const Tensor& w, const Tensor& bias,
                        const Conv2dGeometry& g) {
   const int64_t C = g.in_channels, O = g.out_channels;
   const int64_t per_image = ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2), tiles = g.batch * per_image;
-  const int64_t npass = (tiles + kWinogradPassTiles - 1) / kWinogradPassTiles;
+  const int64_t npass = std::max<int64_t>(1, (tiles + kWinogradPassTiles - 1) / kWinogradPassTiles);
   const int64_t step = (g.batch + npass - 1) / npass;  // even passes: no small straggler
   // Runs fn(first image, images, geometry of those images) pass by pass.
   auto passes = [=](auto&& fn) {
@@ -99,7 +99,10 @@ Tensor conv2d_winograd(const Tensor& x, const Tensor& w, const Tensor& bias,
       Tensor gy = gr[0].contiguous();
       Backend& be = backend_for(gy.device());
       Tensor gx = nd[0] ? empty({g.batch, C, g.in_h, g.in_w}, gy.options()) : Tensor();
-      Tensor gu = nd[1] ? empty({16, O, C}, gy.options()) : Tensor();
+      // An empty batch has no pass to write gu: its gradient is zero.
+      Tensor gu = !nd[1]         ? Tensor()
+                  : g.batch == 0 ? zeros({16, O, C}, gy.options())
+                                 : empty({16, O, C}, gy.options());
       passes([&](int64_t n0, int64_t nb, const Conv2dGeometry& gp) {
         Tensor gm = winograd_buffer(O, nb * per_image, gy.options());
         be.winograd_output_backward(gy.slice(0, n0, n0 + nb), gp, gm);
@@ -238,7 +241,9 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
         r[0] = gx;
       }
       if (nd[1]) {
-        Tensor gw = empty({G, Og, Kg}, gy.options());
+        // Accumulated image by image: an empty batch leaves it zero.
+        Tensor gw =
+            g.batch == 0 ? zeros({G, Og, Kg}, gy.options()) : empty({G, Og, Kg}, gy.options());
         const Tensor& c = scol.get();
         for (int64_t gi = 0; gi < G; ++gi) {
           Tensor gwg = gw.select(0, gi).unsqueeze(0);

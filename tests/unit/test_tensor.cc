@@ -255,6 +255,20 @@ TEST(Tensor, Conv2dChoosesWinogradOnlyWhereItApplies) {
   }
 }
 
+// An empty batch gives an empty output and zero weight and bias gradients, whichever algorithm.
+TEST(Tensor, Conv2dOfAnEmptyBatch) {
+  for (Conv2dAlgorithm a : {Conv2dAlgorithm::kIm2col, Conv2dAlgorithm::kWinograd}) {
+    Tensor x = zeros({0, 16, 7, 7}), w = ones({16, 16, 3, 3}), b = ones({16});
+    for (Tensor* t : {&x, &w, &b}) t->set_requires_grad(true);
+    Tensor y = conv2d(x, w, b, {{1, 1}, {1, 1}, {1, 1}, 1, a});
+    EXPECT_EQ(y.sizes(), (Shape{0, 16, 7, 7}));
+    sum(y).backward();
+    EXPECT_EQ(x.grad().sizes(), (Shape{0, 16, 7, 7}));
+    EXPECT_EQ(max(abs(w.grad())).item_double(), 0.0);
+    EXPECT_EQ(max(abs(b.grad())).item_double(), 0.0);
+  }
+}
+
 // A batch large enough for several Winograd passes (2048 tiles each; 49 per 13x14 image), in
 // float64 so that both algorithms agree to rounding: values and all three gradients.
 TEST(Tensor, Conv2dWinogradOverSeveralPassesEqualsIm2col) {
