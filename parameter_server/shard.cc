@@ -40,7 +40,6 @@ const char* mode_name(Mode m) {
 
 Shard::Shard(ShardOptions o) : o_(std::move(o)) {
   COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
-  if (core::available_cores() > 1) helper_ = std::make_unique<TaskThread>();
   for (int w = 0; w < o_.workers; ++w) {
     workers_.push_back(std::make_unique<Worker>());
     workers_.back()->seen = Clock::now();
@@ -299,34 +298,25 @@ void Shard::maybe_finish_sync_step_locked() {
 }
 
 void Shard::apply_locked(const std::vector<int>& from, double lr) {
-  // Pieces have optimisers of their own, so they update independently: the larger ones (by
-  // elements, greedily) are split between this thread and the helper. In sync mode every worker
+  // Pieces have optimisers of their own, so they update independently: largest first over the
+  // kernels' thread pool, which hands each idle thread the next one. In sync mode every worker
   // waits for this update, so the cores they leave idle are there to take.
-  std::vector<Piece*> mine, helpers;
+  std::vector<Piece*> order;
   int64_t total = 0;
   for (auto& [key, p] : pieces_) {
-    mine.push_back(&p);
+    order.push_back(&p);
     total += p.param.numel();
   }
-  if (helper_ && total >= kParallelElements) {
-    std::sort(mine.begin(), mine.end(),
-              [](Piece* a, Piece* b) { return a->param.numel() > b->param.numel(); });
-    std::vector<Piece*> all = std::move(mine);
-    mine.clear();
-    int64_t load_mine = 0, load_helper = 0;
-    for (Piece* p : all) {
-      const bool to_helper = load_helper < load_mine;
-      (to_helper ? helpers : mine).push_back(p);
-      (to_helper ? load_helper : load_mine) += p->param.numel();
-    }
+  std::sort(order.begin(), order.end(),
+            [](Piece* a, Piece* b) { return a->param.numel() > b->param.numel(); });
+  auto update = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) update_piece(*order[static_cast<size_t>(i)], from, lr);
+  };
+  if (total >= kParallelElements) {
+    core::parallel_for(static_cast<int64_t>(order.size()), 1, update);
+  } else {
+    update(0, static_cast<int64_t>(order.size()));  // too small to repay waking a thread
   }
-  std::future<void> helped;
-  if (!helpers.empty())
-    helped = helper_->post([this, &helpers, &from, lr] {
-      for (Piece* p : helpers) update_piece(*p, from, lr);
-    });
-  for (Piece* p : mine) update_piece(*p, from, lr);
-  if (helped.valid()) helped.get();  // rethrows what the helper threw
   for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
   ++version_;
   changed_.notify_all();

@@ -23,7 +23,6 @@
 #include "collectives/store/store.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/tensor.h"
-#include "parameter_server/task_thread.h"
 
 namespace cohort::ps {
 
@@ -167,7 +166,6 @@ class Shard {
   static constexpr int64_t kParallelElements = 1 << 16;
 
   ShardOptions o_;
-  std::unique_ptr<TaskThread> helper_;  // a second thread for updates (none on one core)
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, Piece> pieces_;

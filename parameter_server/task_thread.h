@@ -1,6 +1,5 @@
 // A thread that runs posted tasks one at a time, in order; each post returns a future that holds
-// the task's exception, if any. The worker's connection to each server runs its calls on one; a
-// server splits its updates with one.
+// the task's exception, if any. The worker's connection to each server runs its calls on one.
 #pragma once
 
 #include <condition_variable>
