@@ -65,7 +65,8 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
     dist.store =
         std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
     std::string backend = c.distributed.backend;
-    if (backend == "auto") backend = c.device.rfind("cuda", 0) == 0 ? "nccl" : "cpu";
+    if (backend == "auto")
+      backend = trainer::resolve_device(c.device, env.local_rank).is_cuda() ? "nccl" : "cpu";
     collectives::ProcessGroupOptions po;
     po.timeout = timeout;
     dist.group = collectives::create_process_group(

@@ -347,8 +347,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.experiment = str("experiment");
   c.seed = static_cast<uint64_t>(i64("seed"));
   c.device = str("device");
-  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" &&
-      c.device.rfind("cuda:", 0) != 0)
+  const bool cuda_n = c.device.rfind("cuda:", 0) == 0 && c.device.size() > 5 &&
+                      c.device.size() < 9 &&
+                      c.device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && !cuda_n)
     val.fail("device", lookup(root, "device"),
              "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
   c.threads = i64("threads");

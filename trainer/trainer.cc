@@ -22,6 +22,7 @@
 #include "core/io/checkpoint.h"
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
+#include "core/tensor/cuda/cuda_device.h"
 #include "core/util/threads.h"
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
@@ -48,6 +49,21 @@ std::string format_eta(double s) {
 }
 
 }  // namespace
+
+core::Device resolve_device(const std::string& spec, int local_rank) {
+  if (spec == "cpu") return core::Device::cpu();
+  const int gpus = core::cuda::device_count();
+  if (spec == "auto") return gpus > 0 ? core::Device::cuda(local_rank % gpus) : core::Device::cpu();
+  if (gpus == 0)
+    COHORT_THROW(ConfigError, "device ", spec, " was requested but ",
+                 core::cuda::unavailable_reason(), "; use device: cpu or auto");
+  if (spec == "cuda") return core::Device::cuda(local_rank % gpus);
+  const int index = std::stoi(spec.substr(5));  // the config checked the form cuda:N
+  if (index < 0 || index >= gpus)
+    COHORT_THROW(ConfigError, "device ", spec, " does not exist: this machine has ", gpus,
+                 gpus == 1 ? " GPU" : " GPUs");
+  return core::Device::cuda(index);
+}
 
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen) {
   using namespace core::nn;
@@ -88,13 +104,7 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (threads == 0)
     threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
   core::set_num_threads(threads);
-  if (c_.device == "auto" || c_.device == "cpu") {
-    device_ = core::Device::cpu();
-  } else {
-    COHORT_THROW(
-        ConfigError, "device ", c_.device,
-        " was requested but this build of cohort has no CUDA support; use device: cpu or auto");
-  }
+  device_ = resolve_device(c_.device, dist_.local_rank);
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
   model_ = build_model(c_, &init_gen);

@@ -96,4 +96,9 @@ class Trainer {
 // Builds the model a config names (exposed for tests and examples).
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen);
 
+// The device a worker trains on for the config's `device`: cpu; cuda:N; cuda (the node's GPU
+// number local_rank, modulo the GPUs visible); auto (cuda where this build and machine have a
+// GPU, else cpu). Asking for a GPU that is not there is a ConfigError saying why.
+core::Device resolve_device(const std::string& spec, int local_rank);
+
 }  // namespace cohort::trainer

@@ -138,6 +138,16 @@ class Backend {
   virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index,
                            const Tensor& src) = 0;
 
+  // Whole convolutions in a vendor library (cuDNN) on contiguous NCHW tensors, where the device
+  // has one for `dtype`; otherwise conv2d runs im2col + GEMM (or Winograd) through the kernels
+  // below. conv2d_backward skips the gradients that are not defined.
+  virtual bool has_conv2d(DType) const { return false; }
+  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Conv2dGeometry& g, const Tensor& y);
+  virtual void conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w,
+                               const Conv2dGeometry& g, const Tensor& gx, const Tensor& gw,
+                               const Tensor& gb);
+
   // Convolution through im2col/col2im on contiguous NCHW tensors.
   virtual void im2col(const Tensor& image, const Conv2dGeometry& g, int64_t n,
                       const Tensor& col) = 0;
@@ -170,6 +180,5 @@ class Backend {
 };
 
 Backend& backend_for(Device device);
-void register_backend(DeviceType type, Backend* backend);
 
 }  // namespace cohort::core

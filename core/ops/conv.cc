@@ -126,6 +126,32 @@ Tensor conv2d_winograd(const Tensor& x, const Tensor& w, const Tensor& bias,
   return out;
 }
 
+// The whole convolution in the device's library (cuDNN); backward saves x and w.
+Tensor conv2d_library(const Tensor& x, const Tensor& w, const Tensor& bias,
+                      const Conv2dGeometry& g) {
+  Backend& be = backend_for(x.device());
+  Tensor out = empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  Tensor b = bias.defined() ? bias.detach().contiguous() : Tensor();
+  be.conv2d_forward(x.detach(), w.detach(), b, g, out);
+  std::vector<Tensor> inputs{x, w};
+  if (bias.defined()) inputs.push_back(bias);
+  if (autograd::any_requires_grad(inputs)) {
+    SavedTensor sx(x), sw(w);
+    const bool has_bias = bias.defined();
+    autograd::record("Conv2dBackward", inputs, {&out}, [=](const TensorList& gr, const Needs& nd) {
+      Tensor gy = gr[0].contiguous();
+      TensorList r(has_bias ? 3 : 2);
+      if (nd[0]) r[0] = empty({g.batch, g.in_channels, g.in_h, g.in_w}, gy.options());
+      if (nd[1]) r[1] = empty(sw.get().sizes(), gy.options());
+      if (has_bias && nd[2]) r[2] = empty({g.out_channels}, gy.options());
+      backend_for(gy.device())
+          .conv2d_backward(gy, sx.get(), sw.get(), g, r[0], r[1], has_bias ? r[2] : Tensor());
+      return r;
+    });
+  }
+  return out;
+}
+
 }  // namespace
 
 Conv2dAlgorithm conv2d_algorithm(const Tensor& x, const Tensor& weight, const Conv2dOptions& o) {
@@ -136,6 +162,10 @@ Conv2dAlgorithm conv2d_algorithm(const Tensor& x, const Tensor& weight, const Co
     case Conv2dAlgorithm::kWinograd:
       COHORT_CHECK(why_not == nullptr, "conv2d: the Winograd algorithm ", why_not ? why_not : "");
       return Conv2dAlgorithm::kWinograd;
+    case Conv2dAlgorithm::kLibrary:
+      COHORT_CHECK(backend_for(x.device()).has_conv2d(x.dtype()), "conv2d: ", x.device().str(),
+                   " has no convolution library for ", dtype_name(x.dtype()));
+      return Conv2dAlgorithm::kLibrary;
     case Conv2dAlgorithm::kAuto:
       break;
   }
@@ -143,7 +173,9 @@ Conv2dAlgorithm conv2d_algorithm(const Tensor& x, const Tensor& weight, const Co
   // precision, so it keeps im2col's rounding.
   const bool suits = why_not == nullptr && x.device().is_cpu() && x.dtype() == DType::kFloat32 &&
                      x.dim() >= 3 && x.size(-3) >= 16 && weight.size(0) >= 16;
-  return suits ? Conv2dAlgorithm::kWinograd : Conv2dAlgorithm::kIm2col;
+  if (suits) return Conv2dAlgorithm::kWinograd;
+  if (backend_for(x.device()).has_conv2d(x.dtype())) return Conv2dAlgorithm::kLibrary;
+  return Conv2dAlgorithm::kIm2col;
 }
 
 Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -184,8 +216,11 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
                  shape_str(bias.sizes()), " does not match ", g.out_channels, " output channels");
   }
 
-  if (conv2d_algorithm(input, weight, o) == Conv2dAlgorithm::kWinograd)
+  const Conv2dAlgorithm algorithm = conv2d_algorithm(input, weight, o);
+  if (algorithm == Conv2dAlgorithm::kWinograd)
     return conv2d_winograd(input.contiguous(), weight.contiguous(), bias, g);
+  if (algorithm == Conv2dAlgorithm::kLibrary)
+    return conv2d_library(input.contiguous(), weight.contiguous(), bias, g);
 
   const int64_t G = g.groups, Og = g.out_channels / G;
   const int64_t K = g.in_channels * g.kernel_h * g.kernel_w, Kg = K / G, ohw = g.out_h * g.out_w;

@@ -151,8 +151,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
 // kIm2col: one GEMM over unfolded input windows; any geometry. kWinograd: F(2x2, 3x3), 2.25x
 // fewer multiplications, for 3x3 kernels with stride 1, dilation 1 and one group. kAuto takes
-// Winograd for such float32 CPU convolutions with at least 16 channels in and out.
-enum class Conv2dAlgorithm { kAuto, kIm2col, kWinograd };
+// Winograd for such float32 CPU convolutions with at least 16 channels in and out, and the
+// device's library (kLibrary: cuDNN for CUDA tensors) where there is one, im2col otherwise.
+enum class Conv2dAlgorithm { kAuto, kIm2col, kWinograd, kLibrary };
 struct Conv2dOptions {
   std::pair<int64_t, int64_t> stride{1, 1}, padding{0, 0}, dilation{1, 1};
   int64_t groups = 1;

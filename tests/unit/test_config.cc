@@ -7,7 +7,9 @@
 #include <fstream>
 
 #include "core/util/error.h"
+#include "core/tensor/cuda/cuda_device.h"
 #include "trainer/config.h"
+#include "trainer/trainer.h"
 
 namespace cohort::trainer {
 namespace {
@@ -92,6 +94,8 @@ TEST_F(ConfigTest, WrongTypesAndRanges) {
       {"model:\n  type: mlp\ndata:\n  shuffle: maybe\n", "data.shuffle must be true or false"},
       {"model: mlp\n", "c.yaml:1: 'model' must be a mapping of keys"},
       {"model:\n  type: mlp\ndevice: tpu\n", "device must be auto, cpu, cuda or cuda:N"},
+      {"model:\n  type: mlp\ndevice: 'cuda:x'\n", "device must be auto, cpu, cuda or cuda:N"},
+      {"model:\n  type: mlp\ndevice: 'cuda:'\n", "device must be auto, cpu, cuda or cuda:N"},
       {"model:\n  type: mlp\noptimizer:\n  nesterov: true\n",
        "optimizer.nesterov needs optimizer.momentum > 0"},
       {"model:\n  type: mlp\nlogging:\n  tensorboard: 3\n",
@@ -138,6 +142,31 @@ TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
       << e;
   e = error_of("model:\n  type: gpt\ndata:\n  dataset: synthetic\n  val_path: /etc/hostname\n");
   EXPECT_NE(e.find("data.val_path is for data.dataset tokens only"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace cohort::trainer
+
+namespace cohort::trainer {
+namespace {
+
+// Where the build or the machine has no GPU, asking for one is a ConfigError that says why;
+// cpu and auto train on the CPU.
+TEST(ResolveDevice, CpuAutoAndMissingGpus) {
+  EXPECT_TRUE(resolve_device("cpu", 3).is_cpu());
+  if (core::cuda::device_count() > 0) {
+    EXPECT_TRUE(resolve_device("auto", 0).is_cuda());
+    EXPECT_THROW(resolve_device("cuda:999", 0), ConfigError);
+    return;
+  }
+  EXPECT_TRUE(resolve_device("auto", 1).is_cpu());
+  try {
+    resolve_device("cuda", 0);
+    ADD_FAILURE() << "a GPU was found where there is none";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("device cuda was requested but"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -2,10 +2,17 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
+#include "core/tensor/cuda/kernel_error.h"
 #include "core/util/error.h"
 
 namespace cohort::core::cuda {
@@ -155,20 +162,161 @@ void release_cache() { caching_allocator().release(); }
 
 void* current_stream(int) { return nullptr; }
 
+namespace {
+struct ErrorSlots {
+  std::mutex mu;
+  std::map<int, KernelError*> slots;
+};
+ErrorSlots& error_slots() {
+  static auto* s = new ErrorSlots();
+  return *s;
+}
+const char* kernel_error_op(int op) {
+  switch (op) {
+    case kIndexSelectIndex:
+      return "index_select";
+    case kIndexAddIndex:
+      return "index_add";
+    case kGatherIndex:
+      return "gather";
+    case kScatterAddIndex:
+      return "scatter_add";
+    case kCrossEntropyTarget:
+      return "cross_entropy target";
+    case kEmbeddingIndex:
+      return "embedding";
+  }
+  return "a CUDA kernel";
+}
+}  // namespace
+
+KernelError* index_error_slot(int device) {
+  ErrorSlots& e = error_slots();
+  std::lock_guard<std::mutex> lock(e.mu);
+  KernelError*& slot = e.slots[device];
+  if (!slot) {
+    DeviceGuard guard(device);
+    check(cudaMalloc(&slot, sizeof(KernelError)), "cudaMalloc");
+    check(cudaMemset(slot, 0, sizeof(KernelError)), "cudaMemset");
+  }
+  return slot;
+}
+
+namespace {
+std::atomic<int>& tf32_setting() {
+  static std::atomic<int> v{[] {
+    const char* e = std::getenv("COHORT_ALLOW_TF32");
+    return (e && std::string(e) == "0") ? 0 : 1;
+  }()};
+  return v;
+}
+}  // namespace
+
+bool allow_tf32() { return tf32_setting().load() != 0; }
+void set_allow_tf32(bool allow) { tf32_setting().store(allow ? 1 : 0); }
+
+void synchronize() {
+  const int n = device_count();
+  for (int d = 0; d < n; ++d) {
+    DeviceGuard guard(d);
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  }
+  raise_kernel_errors();
+}
+
+void raise_kernel_errors() {
+  ErrorSlots& e = error_slots();
+  std::lock_guard<std::mutex> lock(e.mu);
+  for (auto& [device, slot] : e.slots) {
+    DeviceGuard guard(device);
+    KernelError host{};
+    check(cudaMemcpy(&host, slot, sizeof host, cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (host.flag == 0) continue;
+    check(cudaMemset(slot, 0, sizeof(KernelError)), "cudaMemset");
+    COHORT_THROW(InvalidArgument, kernel_error_op(host.op), " on cuda:", device, ": index ",
+                 host.index, " is out of range for a dimension of size ", host.size);
+  }
+}
+
+namespace {
+
+// Pinned host buffers for host-to-device copies. A copy from pageable memory makes the host
+// wait until the GPU has finished all earlier work, which would serialise every training step's
+// batch upload with the step before it. Copying into pinned memory first (a host memcpy) lets the
+// upload queue behind that work instead; each buffer is reused once its event says the GPU has
+// read it.
+class PinnedStaging {
+ public:
+  void upload(void* dst, const void* src, size_t n, cudaStream_t stream) {
+    Block* b = take(n);
+    std::memcpy(b->host, src, n);
+    check(cudaMemcpyAsync(dst, b->host, n, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+    check(cudaEventRecord(b->done, stream), "cudaEventRecord");
+    std::lock_guard<std::mutex> lock(mu_);
+    b->busy = false;
+  }
+
+ private:
+  struct Block {
+    void* host = nullptr;
+    size_t size = 0;
+    cudaEvent_t done = nullptr;
+    bool busy = false;
+  };
+
+  Block* take(size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& b : blocks_) {
+        if (b->busy || b->size < n) continue;
+        const cudaError_t rc = cudaEventQuery(b->done);
+        if (rc == cudaErrorNotReady) continue;
+        check(rc, "cudaEventQuery");
+        b->busy = true;
+        return b.get();
+      }
+    }
+    auto b = std::make_unique<Block>();
+    b->size = std::max<size_t>(n, size_t{1} << 20);
+    check(cudaHostAlloc(&b->host, b->size, cudaHostAllocDefault), "cudaHostAlloc");
+    check(cudaEventCreateWithFlags(&b->done, cudaEventDisableTiming), "cudaEventCreate");
+    b->busy = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    blocks_.push_back(std::move(b));
+    return blocks_.back().get();
+  }
+
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+};
+
+PinnedStaging& staging() {
+  static auto* s = new PinnedStaging();  // outlives static destructors that copy
+  return *s;
+}
+
+}  // namespace
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n) {
   if (n == 0) return;
-  if (dst_device.is_cuda() && src_device.is_cuda()) {
+  if (dst_device.is_cuda()) {
     DeviceGuard guard(dst_device.index);
     auto stream = static_cast<cudaStream_t>(current_stream(dst_device.index));
+    if (!src_device.is_cuda()) {
+      staging().upload(dst, src, n, stream);
+      return;
+    }
     check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    // Work on the source's device is ordered on another stream: wait for the copy.
+    if (src_device.index != dst_device.index)
+      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
     return;
   }
-  // cudaMemcpy orders host<->device copies after earlier work on the legacy default stream.
-  DeviceGuard guard(dst_device.is_cuda() ? dst_device.index : src_device.index);
-  const cudaMemcpyKind kind =
-      dst_device.is_cuda() ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
-  check(cudaMemcpy(dst, src, n, kind), "cudaMemcpy");
+  // cudaMemcpy orders a device-to-host copy after earlier work on the legacy default stream.
+  DeviceGuard guard(src_device.index);
+  check(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  // What the host reads must not come from a kernel that skipped a bad index.
+  raise_kernel_errors();
 }
 
 }  // namespace cohort::core::cuda

@@ -32,6 +32,15 @@ void release_cache();
 // stream until a backend sets another.
 void* current_stream(int device);
 
+// Whether float32 matmuls and convolutions may use TF32 tensor cores (10-bit mantissa, float32
+// range; PyTorch's allow_tf32). On by default; COHORT_ALLOW_TF32=0 in the environment or
+// set_allow_tf32(false) turns it off for results that must match float32 arithmetic.
+bool allow_tf32();
+void set_allow_tf32(bool allow);
+
+// Waits for all work on every device, then raises any index error a kernel recorded.
+void synchronize();
+
 // Makes cuda:`device` the calling thread's current device while in scope, then restores the
 // previous one. Throws CudaError when the device cannot be selected.
 class DeviceGuard {
@@ -45,8 +54,10 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
-// Copies n bytes between any two of host and device memory and returns once dst holds them
-// (a device-to-device copy is ordered on the current stream of dst's device).
+// Copies n bytes between any two of host and device memory. Host memory may be reused as soon as
+// it returns. A copy to the device is ordered on the current stream of dst's device without
+// waiting for it (host data goes through a pinned staging buffer); a copy to the host returns
+// once dst holds the bytes, after all earlier work on the device.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n);
 
 }  // namespace cohort::core::cuda

@@ -19,6 +19,9 @@ Allocator& allocator(int) { COHORT_THROW(ConfigError, kNoCuda); }
 size_t cached_bytes() { return 0; }
 void release_cache() {}
 void* current_stream(int) { return nullptr; }
+void synchronize() {}
+bool allow_tf32() { return false; }
+void set_allow_tf32(bool) {}
 void copy_bytes(void*, Device, const void*, Device, size_t) { COHORT_THROW(ConfigError, kNoCuda); }
 
 }  // namespace cohort::core::cuda
