@@ -7,7 +7,9 @@
 #                                  GPU machine lacks, and Fashion-MNIST into .gpu/ (git-ignored)
 #   scripts/gpu-test.sh [BUILD]    on the GPU machine: unpacks .gpu/ (or uses the build folder
 #                                  BUILD made there), then runs the CUDA op tests, the NCCL tests
-#                                  at world size 1, a short training run and the GPU benchmark
+#                                  at world size 1, short training runs and the GPU benchmarks
+#   scripts/gpu-test.sh --run CMD  on the GPU machine: only CMD, in that environment ($bin/cohort,
+#                                  $tests/*, LD_LIBRARY_PATH, COHORT_BIN); for iterating
 #
 # Steps are printed as they start; the exit status is the first failure's.
 set -uo pipefail
@@ -20,12 +22,12 @@ if [[ ${1:-} == --bundle ]]; then
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" \
     -DCOHORT_USE_CUDA=ON -DCOHORT_USE_MPI=OFF -DCOHORT_USE_GRPC=OFF -DCOHORT_BUILD_EXAMPLES=OFF \
     -DCOHORT_BUILD_BENCHMARKS=OFF >/dev/null
-  ninja -C build-gpu cohort core_cuda_test collectives_nccl_test
+  ninja -C build-gpu cohort core_cuda_test collectives_nccl_test collectives_ddp_test
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
   mkdir -p "$stage/bin" "$stage/lib" .gpu
   cp build-gpu/launcher/cohort build-gpu/tests/core_cuda_test build-gpu/tests/collectives_nccl_test \
-    "$stage/bin/"
+    build-gpu/tests/collectives_ddp_test "$stage/bin/"
   # Libraries a GPU machine lacks: everything but glibc's and the CUDA libraries (its toolkit and
   # PyTorch's pip packages have those), plus OpenBLAS, which Cohort opens at run time.
   blas=$(sed -nE 's/#define COHORT_OPENBLAS_PATH "(.*)"/\1/p' build-gpu/generated/cohort/config.h)
@@ -53,6 +55,11 @@ if [[ -n $site ]]; then
   for d in "$site"/nvidia/*/lib; do libs="$libs:$d"; done
 fi
 
+run_only=
+if [[ ${1:-} == --run ]]; then
+  run_only=$2
+  shift 2
+fi
 if [[ -n ${1:-} ]]; then
   bin=$1/launcher tests=$1/tests
 else
@@ -69,6 +76,11 @@ fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 data=${COHORT_DATA:-/usr/share/datasets/fashion-mnist}
 [[ -d $data ]] || data=$root/.gpu/fashion-mnist
+export COHORT_BIN=$bin/cohort COHORT_DATA=$data
+if [[ -n $run_only ]]; then
+  eval "$run_only"
+  exit $?
+fi
 
 step "GPU"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || fail nvidia-smi
@@ -79,13 +91,25 @@ step "CUDA ops against the CPU backend"
 step "NCCL process group at world size 1"
 "$tests/collectives_nccl_test" || fail collectives_nccl_test
 
+step "DDP over NCCL on one GPU"
+"$tests/collectives_ddp_test" --gtest_filter='Ddp.Nccl*' || fail collectives_ddp_test
+
 step "a short CNN training run on the GPU"
 run=$(mktemp -d)
 "$bin/cohort" train configs/fashion_mnist_cnn.yaml device=cuda data.path="$data" \
   train.steps=300 logging.dir="$run" || fail "cohort train on cuda"
 
+step "a small GPT in bf16 and in fp16 (loss scaling) on the GPU"
+for p in bf16 fp16; do
+  "$bin/cohort" train configs/tiny_gpt.yaml device=cuda precision=$p data.path=README.md \
+    train.steps=100 logging.dir="$run/gpt_$p" | grep -E "^(eval|summary)" || fail "tiny_gpt $p"
+done
+
 step "benchmark: scripts/bench/train_gpu.sh"
 COHORT_BIN="$bin/cohort" COHORT_DATA="$data" scripts/bench/train_gpu.sh || fail train_gpu.sh
+
+step "benchmark: scripts/bench/gpt2_gpu.sh"
+COHORT_BIN="$bin/cohort" scripts/bench/gpt2_gpu.sh || fail gpt2_gpu.sh
 
 echo
 [[ $status -eq 0 ]] && echo "gpu-test: all passed" || echo "gpu-test: FAILED"

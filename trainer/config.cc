@@ -33,6 +33,7 @@ const std::vector<Key>& schema() {
       {"experiment", Kind::kString, "default"},
       {"seed", Kind::kInt, "0", 0},
       {"device", Kind::kString, "auto"},
+      {"precision", Kind::kString, "fp32", -kInf, kInf, {"fp32", "bf16", "fp16"}},
       {"threads", Kind::kInt, "0", 0, 1024},
       {"model.type", Kind::kString, "", -kInf, kInf, {"mlp", "cnn", "gpt"}, false, true},
       {"model.hidden", Kind::kIntList, "[512, 512]", 1},
@@ -41,6 +42,7 @@ const std::vector<Key>& schema() {
       {"model.dim", Kind::kInt, "128", 1, 1 << 20},
       {"model.context", Kind::kInt, "64", 1, 1 << 20},
       {"model.dropout", Kind::kFloat, "0.0", 0, 1},
+      {"model.init_from", Kind::kString, ""},
       {"model.vocab", Kind::kInt, "256", 1, 1 << 24},
       {"data.dataset",
        Kind::kString,
@@ -353,6 +355,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && !cuda_n)
     val.fail("device", lookup(root, "device"),
              "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
+  c.precision = str("precision");
   c.threads = i64("threads");
   c.model.type = str("model.type");
   c.model.hidden = lookup(resolved, "model.hidden").as<std::vector<int64_t>>();
@@ -361,6 +364,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.model.dim = i64("model.dim");
   c.model.context = i64("model.context");
   c.model.dropout = f64("model.dropout");
+  c.model.init_from = str("model.init_from");
+  if (!c.model.init_from.empty() && !std::filesystem::is_regular_file(c.model.init_from))
+    val.fail("model.init_from", lookup(root, "model.init_from"),
+             "model.init_from " + c.model.init_from + " is not a readable file");
   c.model.vocab = i64("model.vocab");
   if (c.model.type == "gpt" && c.model.dim % c.model.heads != 0)
     val.fail("model.dim", lookup(root, "model.dim"),

@@ -17,6 +17,9 @@ struct ModelConfig {
   int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
   int64_t vocab = 256;                                     // gpt: 256 bytes, 50257 for GPT-2
   double dropout = 0.0;
+  // A safetensors file of initial weights (names and shapes as the model's state_dict), e.g.
+  // written by PyTorch; empty: initialise from the seed.
+  std::string init_from;
 };
 
 struct DataConfig {
@@ -93,6 +96,9 @@ struct Config {
   std::string experiment;
   uint64_t seed = 0;
   std::string device = "auto";
+  // fp32; bf16 or fp16: matmuls, linear layers and attention in that dtype on a GPU (autocast),
+  // float32 master weights; fp16 adds dynamic loss scaling.
+  std::string precision = "fp32";
   int64_t threads = 0;  // 0: one per core available to this process
   ModelConfig model;
   DataConfig data;

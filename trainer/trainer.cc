@@ -20,6 +20,7 @@
 #include "collectives/ddp/zero.h"
 #include "core/autograd/grad_mode.h"
 #include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
@@ -105,9 +106,31 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
     threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
   core::set_num_threads(threads);
   device_ = resolve_device(c_.device, dist_.local_rank);
+  if (c_.precision != "fp32") {
+    if (!device_.is_cuda())
+      COHORT_THROW(ConfigError, "precision ", c_.precision,
+                   " runs on a GPU, but this worker trains on ", device_.str(),
+                   "; use precision: fp32 or device: cuda");
+    autocast_ = c_.precision == "bf16" ? core::DType::kBFloat16 : core::DType::kFloat16;
+    if (c_.precision == "fp16") {
+      if (c_.distributed.strategy == "parameter_server")
+        COHORT_THROW(ConfigError,
+                     "precision fp16 needs its loss scale on the workers' gradients, which "
+                     "parameter servers apply as they arrive; use precision: bf16 or fp32 there");
+      scaler_ = std::make_unique<LossScaler>();
+    }
+  }
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
   model_ = build_model(c_, &init_gen);
+  if (!c_.model.init_from.empty()) {
+    try {
+      model_->load_state_dict(core::io::load_safetensors(c_.model.init_from));
+    } catch (const Error& e) {
+      COHORT_THROW(ConfigError, "model.init_from ", c_.model.init_from,
+                   " does not fit this model: ", e.what());
+    }
+  }
   model_->to(device_);
 
   if (c_.data.dataset == "fashion_mnist") {
@@ -178,7 +201,40 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
 
 Trainer::~Trainer() = default;
 
+Tensor LossScaler::scaled(const Tensor& loss) const { return core::mul(loss, scale_); }
+
+bool LossScaler::unscale(const std::vector<Tensor>& params,
+                         const std::function<double(double)>& over_ranks) {
+  core::autograd::NoGradGuard guard;
+  // Any inf or NaN makes the sum of all gradients non-finite: one number crosses to the host.
+  Tensor total;
+  for (const Tensor& p : params) {
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    Tensor s = core::sum(g.to(core::DType::kFloat64));
+    total = total.defined() ? core::add(total, s) : s;
+  }
+  double sum = total.defined() ? total.item<double>() : 0.0;
+  if (over_ranks) sum = over_ranks(sum);
+  if (!std::isfinite(sum)) {
+    scale_ /= 2;
+    clean_ = 0;
+    return false;
+  }
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (g.defined()) core::mul_(g, 1.0 / scale_);
+  }
+  if (++clean_ == interval_) {
+    scale_ *= 2;
+    clean_ = 0;
+  }
+  return true;
+}
+
 Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out) {
+  std::optional<core::AutocastGuard> autocast;
+  if (autocast_ != core::DType::kFloat32) autocast.emplace(autocast_);
   Tensor x = batch.input.to(device_), y = batch.target.to(device_);
   Tensor logits = ddp_ ? ddp_->forward(x) : model_->forward(x);
   if (logits_out) *logits_out = logits;
@@ -493,7 +549,11 @@ RunSummary Trainer::run() {
       }
       {
         core::Timeline::Span span(tl, "backward", "compute");
-        loss.backward();
+        if (scaler_) {
+          scaler_->scaled(loss).backward();
+        } else {
+          loss.backward();
+        }
       }
       if (ps_) {
         core::Timeline::Span span(tl, "push", "comm");
@@ -507,7 +567,11 @@ RunSummary Trainer::run() {
         samples = total - ps_samples0;
       } else {
         core::Timeline::Span span(tl, "optimizer", "compute");
-        if (c_.optimizer.grad_clip > 0) {
+        // An fp16 overflow skips the step on every rank alike (DDP averaged the infinities).
+        const bool overflow = scaler_ && !scaler_->unscale(optimizer_->params(), [this](double v) {
+          return sum_over_ranks({v})[0];
+        });
+        if (!overflow && c_.optimizer.grad_clip > 0) {
           // DDP's gradients are already averaged, so each rank's norm is the global one.
           if (auto* sharded = dynamic_cast<collectives::ShardedOptimizer*>(optimizer_.get())) {
             sharded->clip_grad_norm(c_.optimizer.grad_clip);
@@ -515,7 +579,7 @@ RunSummary Trainer::run() {
             core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
           }
         }
-        optimizer_->step();
+        if (!overflow) optimizer_->step();
       }
       ++step;
       if (step == kill_at) ::raise(SIGKILL);

@@ -2,6 +2,7 @@
 // Config, trains, evaluates, and writes the run directory (config.resolved.yaml, metrics.jsonl).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -60,6 +61,27 @@ class Stopped : public Error {
 // With parameter servers (Distributed::ps) the workers never wait for each other: each pulls the
 // parameters, pushes its gradients (the servers apply the optimiser), and worker 0, the chief,
 // evaluates and writes the run directory; a worker that dies does not stop the others.
+// fp16 training's dynamic loss scale (PyTorch's GradScaler): the loss is multiplied by the scale
+// before backward so that small gradients survive float16; unscale() divides them again before
+// the optimiser and reports an overflow (inf or NaN anywhere), after which the step is skipped
+// and the scale halves. After `growth_interval` clean steps in a row it doubles.
+class LossScaler {
+ public:
+  explicit LossScaler(double initial = 65536.0, int64_t growth_interval = 2000)
+      : scale_(initial), interval_(growth_interval) {}
+  double scale() const { return scale_; }
+  core::Tensor scaled(const core::Tensor& loss) const;
+  // One synchronisation with the device. False: gradients overflowed; skip this step.
+  // `over_ranks` sums a number over the ranks, so that all of them agree (ZeRO-1's gradients
+  // are still per rank here).
+  bool unscale(const std::vector<core::Tensor>& params,
+               const std::function<double(double)>& over_ranks = {});
+
+ private:
+  double scale_;
+  int64_t interval_, clean_ = 0;
+};
+
 class Trainer {
  public:
   explicit Trainer(Config config, Distributed dist = {});
@@ -91,6 +113,9 @@ class Trainer {
   std::shared_ptr<core::data::Dataset> train_set_, eval_set_;
   std::unique_ptr<core::optim::Optimizer> optimizer_;
   std::unique_ptr<core::optim::LRSchedule> schedule_;
+  // precision: the dtype matmuls run in under autocast (kFloat32: off), and fp16's loss scale.
+  core::DType autocast_ = core::DType::kFloat32;
+  std::unique_ptr<LossScaler> scaler_;
 };
 
 // Builds the model a config names (exposed for tests and examples).

@@ -68,7 +68,15 @@ TensorList FunctionNode::apply(TensorList&& grads) {
   std::vector<bool> needs(next_edges().size());
   for (size_t i = 0; i < needs.size(); ++i) needs[i] = next_edges()[i].valid();
   try {
-    return fn_(grads, needs);
+    TensorList out = fn_(grads, needs);
+    for (size_t i = 0; i < out.size() && i < input_dtypes_.size(); ++i) {
+      if (out[i].defined() && out[i].dtype() != input_dtypes_[i] && is_floating(input_dtypes_[i]) &&
+          is_floating(out[i].dtype())) {
+        NoGradGuard guard;
+        out[i] = out[i].to(input_dtypes_[i]);
+      }
+    }
+    return out;
   } catch (const Error& e) {
     COHORT_THROW(Error, "in the backward of ", name(), ": ", e.what());
   }
@@ -144,7 +152,11 @@ void record(std::string name, const std::vector<Tensor>& inputs,
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<FunctionNode>(std::move(name), std::move(fn));
   node->next_edges().reserve(inputs.size());
-  for (const Tensor& t : inputs) node->next_edges().push_back(gradient_edge(t));
+  node->input_dtypes().reserve(inputs.size());
+  for (const Tensor& t : inputs) {
+    node->next_edges().push_back(gradient_edge(t));
+    node->input_dtypes().push_back(t.defined() ? t.dtype() : DType::kFloat32);
+  }
   node->set_num_outputs(static_cast<uint32_t>(outputs.size()));
   for (uint32_t i = 0; i < outputs.size(); ++i) {
     if (!outputs[i] || !outputs[i]->defined()) continue;

@@ -83,9 +83,13 @@ class FunctionNode final : public Node {
   FunctionNode(std::string name, BackwardFn fn) : Node(std::move(name)), fn_(std::move(fn)) {}
   TensorList apply(TensorList&& grads) override;
   void release() override { fn_ = nullptr; }
+  // The dtype of each input: a gradient is returned in its input's dtype (a float32 residual
+  // added to a bfloat16 activation sends back a bfloat16 gradient), as in PyTorch.
+  std::vector<DType>& input_dtypes() { return input_dtypes_; }
 
  private:
   BackwardFn fn_;
+  std::vector<DType> input_dtypes_;
 };
 
 // The sink for a leaf's gradient: runs the leaf's hooks, accumulates into .grad(), then runs its

@@ -87,9 +87,22 @@ struct Pool2dGeometry {
   bool count_include_pad = true;
 };
 
+// One AdamW update's constants (PyTorch's formula): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
+// v = beta2 v + (1 - beta2) g^2; p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
+struct AdamWStep {
+  double lr, beta1, beta2, eps, weight_decay, bc1, bc2;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
+
+  // The whole AdamW update of one parameter in one pass, where the device has a fused kernel
+  // for it (contiguous float32 p, g, m, v); false: the optimiser runs it op by op.
+  virtual bool adamw_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const AdamWStep&) {
+    return false;
+  }
 
   // dst = src (converted to dst's dtype); src is broadcastable to dst's shape. Any strides.
   virtual void copy(const Tensor& src, const Tensor& dst) = 0;
@@ -112,6 +125,13 @@ class Backend {
   virtual void softmax(const Tensor& in, const Tensor& out, bool log) = 0;
   virtual void softmax_backward(const Tensor& grad, const Tensor& out, const Tensor& grad_in,
                                 bool log) = 0;
+  // Attention probabilities: a softmax over the last dim of contiguous scores [matrices, lq, lk]
+  // (already scaled). With causal, key j > query i is masked: probability exactly 0.
+  virtual void attention_softmax(const Tensor& scores, bool causal, const Tensor& probs) = 0;
+  // grad_scores = scale * probs * (grad_probs - sum_j grad_probs * probs), 0 where masked: the
+  // gradient of the unscaled scores q k^T.
+  virtual void attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs,
+                                          bool causal, double scale, const Tensor& grad_scores) = 0;
   // Fused log_softmax + NLL over contiguous logits [rows, classes] and int64 targets [rows].
   // Writes per-row losses and, when defined, the gradient w.r.t. logits scaled by row_scale[rows].
   virtual void cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,

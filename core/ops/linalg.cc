@@ -33,7 +33,8 @@ BlasOperand blas_operand(const Tensor& t) {
 
 }  // namespace
 
-void detail::batched_gemm(const Tensor& a, const Tensor& b, const Tensor& c, double beta) {
+void detail::batched_gemm(const Tensor& a, const Tensor& b, const Tensor& c, double beta,
+                          double alpha) {
   BlasOperand A = blas_operand(a), B = blas_operand(b);
   GemmArgs g;
   g.trans_a = A.trans;
@@ -45,6 +46,7 @@ void detail::batched_gemm(const Tensor& a, const Tensor& b, const Tensor& c, dou
   g.ldb = B.ld;
   g.ldc = std::max<int64_t>(g.n, 1);
   g.beta = beta;
+  g.alpha = alpha;
   g.batch = c.size(0);
   g.stride_a = a.size(0) == 1 ? 0 : A.t.stride(0);
   g.stride_b = b.size(0) == 1 ? 0 : B.t.stride(0);
@@ -105,15 +107,44 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
+namespace {
+thread_local DType t_autocast = DType::kFloat32;
+}  // namespace
+
+AutocastGuard::AutocastGuard(DType dtype) : previous_(t_autocast) {
+  COHORT_CHECK(dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16,
+               "autocast: dtype must be float32, bfloat16 or float16, got ", dtype_name(dtype));
+  t_autocast = dtype;
+}
+AutocastGuard::~AutocastGuard() { t_autocast = previous_; }
+DType autocast_dtype() { return t_autocast; }
+
+bool autocasts(const Tensor& t) {
+  return t_autocast != DType::kFloat32 && t.device().is_cuda() &&
+         (t.dtype() == DType::kFloat32 || (is_half_float(t) && t.dtype() != t_autocast));
+}
+
+bool is_half_float(const Tensor& t) {
+  return t.dtype() == DType::kBFloat16 || t.dtype() == DType::kFloat16;
+}
+
 Tensor matmul(const Tensor& a, const Tensor& b) {
   COHORT_CHECK(a.device() == b.device(), "matmul: tensors are on different devices (",
                a.device().str(), " and ", b.device().str(), ")");
+  if (autocasts(a) || autocasts(b)) return matmul(a.to(t_autocast), b.to(t_autocast));
   COHORT_CHECK(a.dtype() == b.dtype(), "matmul: dtypes differ (", dtype_name(a.dtype()), " and ",
                dtype_name(b.dtype()), ")");
   COHORT_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dimension");
   if (a.dim() == 1 && b.dim() == 1) return matmul_nd(a.unsqueeze(0), b.unsqueeze(1)).reshape({});
   if (a.dim() == 1) return matmul_nd(a.unsqueeze(0), b).squeeze(-2);
   if (b.dim() == 1) return matmul_nd(a, b.unsqueeze(1)).squeeze(-1);
+  if (a.dim() > 2 && b.dim() == 2) {
+    // A batch times one matrix (a weight, an output head) is one product over all rows: a single
+    // large GEMM forward, and in backward one GEMM for b's gradient instead of a sum of products.
+    Shape out_shape = a.sizes();
+    out_shape.back() = b.size(1);
+    return matmul_nd(a.reshape({-1, a.size(-1)}), b).view(out_shape);
+  }
   return matmul_nd(a, b);
 }
 
@@ -122,6 +153,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   COHORT_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input of shape ",
                shape_str(x.sizes()), " does not match weight of shape ", shape_str(weight.sizes()),
                " (expected last dim ", weight.size(1), ")");
+  if (x.device() == weight.device() && (autocasts(x) || autocasts(weight))) {
+    return linear(x.to(t_autocast), weight.to(t_autocast),
+                  bias.defined() ? bias.to(t_autocast) : Tensor());
+  }
   COHORT_CHECK(x.dtype() == weight.dtype() && x.device() == weight.device(),
                "linear: input and weight differ in dtype or device");
   const int64_t in = weight.size(1), outf = weight.size(0);

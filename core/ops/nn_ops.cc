@@ -5,6 +5,7 @@
 #include "core/autograd/grad_mode.h"
 #include "core/autograd/node.h"
 #include "core/ops/backend.h"
+#include "core/ops/gemm.h"
 #include "core/ops/ops.h"
 
 namespace cohort::core {
@@ -53,10 +54,21 @@ Tensor reduce_loss(const Tensor& rows, Reduction r, const Tensor& count) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& a, int64_t dim) { return softmax_impl(a, dim, false); }
-Tensor log_softmax(const Tensor& a, int64_t dim) { return softmax_impl(a, dim, true); }
+Tensor softmax(const Tensor& a, int64_t dim) {
+  if (autocast_dtype() != DType::kFloat32 && is_half_float(a))
+    return softmax_impl(a.to(DType::kFloat32), dim, false);
+  return softmax_impl(a, dim, false);
+}
+Tensor log_softmax(const Tensor& a, int64_t dim) {
+  if (autocast_dtype() != DType::kFloat32 && is_half_float(a))
+    return softmax_impl(a.to(DType::kFloat32), dim, true);
+  return softmax_impl(a, dim, true);
+}
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {
+  // Under autocast the 16-bit logits of a matmul are scored in float32 (PyTorch's fp32 list).
+  if (autocast_dtype() != DType::kFloat32 && is_half_float(logits))
+    return cross_entropy(logits.to(DType::kFloat32), target, opts);
   COHORT_CHECK(target.dtype() == DType::kInt64,
                "cross_entropy: target must be int64 class indices, got ",
                dtype_name(target.dtype()));
@@ -103,6 +115,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
 }
 
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  if (autocast_dtype() != DType::kFloat32 && (is_half_float(input) || is_half_float(target)))
+    return mse_loss(input.to(DType::kFloat32), target.to(DType::kFloat32), reduction);
   COHORT_CHECK(input.sizes() == target.sizes(), "mse_loss: input ", shape_str(input.sizes()),
                " and target ", shape_str(target.sizes()), " differ in shape");
   return reduce_loss(square(sub(input, target)), reduction, Tensor());
@@ -110,6 +124,8 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) 
 
 Tensor layer_norm(const Tensor& input, const Shape& normalized_shape, const Tensor& weight,
                   const Tensor& bias, double eps) {
+  if (autocast_dtype() != DType::kFloat32 && is_half_float(input))
+    return layer_norm(input.to(DType::kFloat32), normalized_shape, weight, bias, eps);
   const int64_t nd = static_cast<int64_t>(normalized_shape.size());
   COHORT_CHECK(nd >= 1 && input.dim() >= nd, "layer_norm: normalized_shape ",
                shape_str(normalized_shape), " does not fit input ", shape_str(input.sizes()));
@@ -189,17 +205,86 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   COHORT_CHECK(q.size(-1) == k.size(-1),
                "scaled_dot_product_attention: q and k head sizes differ (", q.size(-1), " vs ",
                k.size(-1), ")");
-  const int64_t lq = q.size(-2), lk = k.size(-2);
-  Tensor scores =
-      mul(matmul(q, k.transpose(-1, -2)), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  if (causal) {
-    std::vector<bool> m(static_cast<size_t>(lq * lk));
-    for (int64_t i = 0; i < lq; ++i)
-      for (int64_t j = 0; j < lk; ++j) m[i * lk + j] = j > i;
-    Tensor mask = from_vector(m, {lq, lk}).to(q.device());
-    scores = masked_fill(scores, mask, -INFINITY);
+  COHORT_CHECK(k.size(-2) == v.size(-2), "scaled_dot_product_attention: k has ", k.size(-2),
+               " positions and v ", v.size(-2));
+  if (autocasts(q) || autocasts(k) || autocasts(v)) {
+    const DType low = autocast_dtype();
+    return scaled_dot_product_attention(q.to(low), k.to(low), v.to(low), causal);
   }
-  return matmul(softmax(scores, -1), v);
+  COHORT_CHECK(q.dtype() == k.dtype() && k.dtype() == v.dtype() && q.device() == k.device() &&
+                   k.device() == v.device(),
+               "scaled_dot_product_attention: q, k and v differ in dtype or device");
+  const Shape batch(q.sizes().begin(), q.sizes().end() - 2);
+  if (Shape(k.sizes().begin(), k.sizes().end() - 2) != batch ||
+      Shape(v.sizes().begin(), v.sizes().end() - 2) != batch) {
+    // Broadcast batch dims: the composite form.
+    Tensor scores =
+        mul(matmul(q, k.transpose(-1, -2)), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+    if (causal) {
+      const int64_t lq = q.size(-2), lk = k.size(-2);
+      std::vector<bool> m(static_cast<size_t>(lq * lk));
+      for (int64_t i = 0; i < lq; ++i)
+        for (int64_t j = 0; j < lk; ++j) m[i * lk + j] = j > i;
+      scores = masked_fill(scores, from_vector(m, {lq, lk}).to(q.device()), -INFINITY);
+    }
+    return matmul(softmax(scores, -1), v);
+  }
+  // One scaled GEMM for the scores, a fused masked softmax, one GEMM for the output; backward
+  // keeps only the probabilities (in q's dtype: bfloat16 under autocast).
+  const int64_t nb = shape_numel(batch), lq = q.size(-2), lk = k.size(-2), d = q.size(-1),
+                dv = v.size(-1);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  Tensor q3 = q.contiguous().reshape({nb, lq, d}), k3 = k.contiguous().reshape({nb, lk, d}),
+         v3 = v.contiguous().reshape({nb, lk, dv});
+  Tensor probs, out;
+  {
+    autograd::NoGradGuard guard;
+    Backend& be = backend_for(q.device());
+    Tensor scores = empty({nb, lq, lk}, q.options());
+    detail::batched_gemm(q3.detach(), k3.detach().transpose(1, 2), scores, 0, scale);
+    probs = empty({nb, lq, lk}, q.options());
+    be.attention_softmax(scores, causal, probs);
+    out = empty({nb, lq, dv}, q.options());
+    detail::batched_gemm(probs, v3.detach(), out, 0);
+  }
+  Shape out_shape = batch;
+  out_shape.push_back(lq);
+  out_shape.push_back(dv);
+  out = out.view(out_shape);
+  if (autograd::any_requires_grad({&q, &k, &v})) {
+    SavedTensor sq(q3), sk(k3), sv(v3), sp(probs);
+    const Shape qs = q.sizes(), ks = k.sizes(), vs = v.sizes();
+    autograd::record(
+        "ScaledDotProductAttentionBackward", {q, k, v}, {&out},
+        [=](const TensorList& g, const Needs& nd) {
+          Tensor go = g[0].contiguous().reshape({nb, lq, dv});
+          const Tensor& p = sp.get();
+          TensorList r(3);
+          if (nd[2]) {
+            Tensor gv = empty({nb, lk, dv}, go.options());
+            detail::batched_gemm(p.transpose(1, 2), go, gv, 0);
+            r[2] = gv.view(vs);
+          }
+          if (nd[0] || nd[1]) {
+            Tensor gp = empty({nb, lq, lk}, go.options());
+            detail::batched_gemm(go, sv.get().transpose(1, 2), gp, 0);
+            Tensor gs = empty({nb, lq, lk}, go.options());
+            backend_for(go.device()).attention_softmax_backward(gp, p, causal, scale, gs);
+            if (nd[0]) {
+              Tensor gq = empty({nb, lq, d}, go.options());
+              detail::batched_gemm(gs, sk.get(), gq, 0);
+              r[0] = gq.view(qs);
+            }
+            if (nd[1]) {
+              Tensor gk = empty({nb, lk, d}, go.options());
+              detail::batched_gemm(gs.transpose(1, 2), sq.get(), gk, 0);
+              r[1] = gk.view(ks);
+            }
+          }
+          return r;
+        });
+  }
+  return out;
 }
 
 }  // namespace cohort::core

@@ -128,6 +128,31 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 // x @ weight^T + bias, with the bias folded into the GEMM. bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
+// Mixed precision, as PyTorch's autocast: while an AutocastGuard(kBFloat16 or kFloat16) lives on
+// this thread, matmul, linear and scaled_dot_product_attention of CUDA tensors run in that dtype
+// on tensor cores (float32 accumulation) and return it, so activations between them stay 16-bit;
+// layer_norm, softmax, log_softmax, cross_entropy and mse_loss take 16-bit inputs in float32;
+// other ops run in their inputs' promoted dtype. The float32 parameters stay the master copy.
+// Autograd records the casts, and each gradient comes back in its input's dtype. CPU tensors are
+// unaffected.
+class AutocastGuard {
+ public:
+  explicit AutocastGuard(DType dtype);
+  ~AutocastGuard();
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  DType previous_;
+};
+// The dtype autocast computes in on this thread (kFloat32: off).
+DType autocast_dtype();
+// Whether autocast converts `t` for a matmul (a float32, or other 16-bit, CUDA tensor while
+// autocast is on).
+bool autocasts(const Tensor& t);
+// bfloat16 or float16.
+bool is_half_float(const Tensor& t);
+
 // --- neural-network functions
 // ----------------------------------------------------------------------
 Tensor softmax(const Tensor& a, int64_t dim);

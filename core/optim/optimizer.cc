@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/autograd/grad_mode.h"
+#include "core/ops/backend.h"
 #include "core/ops/ops.h"
 
 namespace cohort::core::optim {
@@ -156,9 +157,16 @@ void AdamW::step() {
     Tensor& p = params_[i];
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    if (o_.weight_decay != 0) mul_(p, 1 - lr_ * o_.weight_decay);
     Tensor& m = buffer(i, "exp_avg", p);
     Tensor& v = buffer(i, "exp_avg_sq", p);
+    AdamWStep a{lr_, o_.beta1, o_.beta2, o_.eps, o_.weight_decay, bc1, bc2};
+    if (backend_for(p.device()).adamw_step(p, g, m, v, a)) {
+      p.bump_version();
+      m.bump_version();
+      v.bump_version();
+      continue;
+    }
+    if (o_.weight_decay != 0) mul_(p, 1 - lr_ * o_.weight_decay);
     lerp_(m, g, 1 - o_.beta1);
     mul_(v, o_.beta2);
     addcmul_(v, g, g, 1 - o_.beta2);
@@ -181,12 +189,16 @@ double CosineLR::lr(int64_t step) const {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   autograd::NoGradGuard guard;
-  double total = 0;
+  // The squares are summed where the gradients live; only the total crosses to the host (a GPU
+  // would otherwise wait for the host once per parameter).
+  Tensor squares;
   for (auto& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    total += sum(square(g.to(DType::kFloat64))).item<double>();
+    Tensor s = sum(square(g.to(DType::kFloat64)));
+    squares = squares.defined() ? add(squares, s) : s;
   }
+  const double total = squares.defined() ? squares.item<double>() : 0.0;
   double norm = std::sqrt(total);
   double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {

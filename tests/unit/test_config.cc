@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/util/error.h"
 #include "core/tensor/cuda/cuda_device.h"
+#include "core/util/error.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 

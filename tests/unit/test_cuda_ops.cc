@@ -312,6 +312,10 @@ TEST_F(CudaOps, NeuralNetworkFunctions) {
     EXPECT_TRUE(same_on_gpu(
         [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
         {rnd({2, 3, 5, 8}, 11, dt), rnd({2, 3, 5, 8}, 12, dt), rnd({2, 3, 5, 8}, 13, dt)}, tol));
+    // Rows of more than 1024 keys take the block kernels instead of a warp per row.
+    EXPECT_TRUE(same_on_gpu(
+        [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
+        {rnd({1, 1030, 4}, 15, dt), rnd({1, 1030, 4}, 16, dt), rnd({1, 1030, 4}, 17, dt)}, tol));
     // Dropout draws its mask from the generator on the host: the same seed, the same mask.
     EXPECT_TRUE(same_on_gpu(
         [](const V& x) {
@@ -384,6 +388,123 @@ TEST_F(CudaOps, CnnTrainingStepsMatchTheCpu) {
   auto cpu = run(core::Device::cpu()), gpu = run(kGpu);
   ASSERT_EQ(cpu.size(), gpu.size());
   for (auto& [name, t] : cpu) EXPECT_LT(max_error(gpu.at(name), t), 1e-4) << name;
+}
+
+// 16-bit floats (the dtypes of mixed-precision backward) compute in float and round once: exactly
+// the CPU's float32 result rounded, for elementwise ops; sums within the rounding of the result.
+TEST_F(CudaOps, SixteenBitElementwiseAndSums) {
+  for (DType low : {DType::kBFloat16, DType::kFloat16}) {
+    Tensor a = rnd({64, 33}, 1, DType::kFloat32, -4, 4, false).to(low);
+    Tensor b = rnd({33}, 2, DType::kFloat32, -4, 4, false).to(low);
+    auto f32 = [](const Tensor& t) { return t.to(DType::kFloat32); };
+    // add, mul and relu round exactly as the CPU; tanh may differ in float's last bit, which
+    // can move gelu's result by one 16-bit step.
+    const double ulp = low == DType::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+    const std::vector<std::pair<Fn, double>> cases = {
+        {[](const V& x) { return ops::add(x[0], x[1]); }, 0.0},
+        {[](const V& x) { return ops::mul(x[0], x[1]); }, 0.0},
+        {[](const V& x) { return ops::relu(x[0]); }, 0.0},
+        {[](const V& x) { return ops::gelu(x[0], "tanh"); }, ulp}};
+    for (const auto& [f, tol] : cases) {
+      Tensor want = f({f32(a), f32(b)}).to(low);
+      Tensor got = f({a.to(kGpu), b.to(kGpu)});
+      ASSERT_EQ(got.dtype(), low);
+      EXPECT_LE(max_error(got, want), tol) << core::dtype_name(low);
+    }
+    Tensor want = ops::sum(f32(a), {0});
+    Tensor got = ops::sum(a.to(kGpu), {0});
+    ASSERT_EQ(got.dtype(), low);
+    EXPECT_LT(max_error(got, want), low == DType::kBFloat16 ? 1e-2 : 1e-3);
+  }
+}
+
+// Large bfloat16 products whose leading dimension is not a multiple of 16 bytes (GPT-2's output
+// head: 50257 classes) are computed in padded buffers; forward (with the bias's beta = 1) and
+// backward still equal the float32 CPU result within bfloat16's rounding.
+TEST_F(CudaOps, MisalignedLargeProductsArePadded) {
+  Tensor x = rnd({64, 128}, 1, DType::kFloat32), w = rnd({50257, 128}, 2, DType::kFloat32),
+         b = rnd({50257}, 3, DType::kFloat32);
+  Tensor up = rnd({64, 50257}, 4, DType::kFloat32, -1, 1, false);
+  ops::sum(ops::mul(ops::linear(x, w, b), up)).backward();
+  Tensor ref = ops::linear(x.detach(), w.detach(), b.detach());
+  V gpu{x.detach().to(kGpu), w.detach().to(kGpu), b.detach().to(kGpu)};
+  for (Tensor& t : gpu) t.set_requires_grad(true);
+  Tensor y;
+  {
+    core::AutocastGuard autocast(DType::kBFloat16);
+    y = ops::linear(gpu[0], gpu[1], gpu[2]);
+  }
+  ASSERT_EQ(y.dtype(), DType::kBFloat16);
+  EXPECT_LT(max_error(y, ref), 0.05);  // sums of 128 products of bfloat16-rounded inputs
+  ops::sum(ops::mul(y.to(DType::kFloat32), up.to(kGpu))).backward();
+  EXPECT_LT(max_error(gpu[0].grad(), x.grad()), 0.05);
+  EXPECT_LT(max_error(gpu[1].grad(), w.grad()), 0.05);
+  EXPECT_LT(max_error(gpu[2].grad(), b.grad()), 0.05);
+}
+
+// The fused AdamW kernel against the op-by-op update on the CPU.
+TEST_F(CudaOps, AdamWStepsMatchTheCpu) {
+  auto run = [](core::Device device) {
+    Tensor p = rnd({1000}, 1, DType::kFloat32, -1, 1, false).to(device);
+    p.set_requires_grad(true);
+    core::optim::AdamWOptions o;
+    o.lr = 0.01;
+    o.weight_decay = 0.1;
+    core::optim::AdamW opt({p}, o);
+    for (int step = 0; step < 5; ++step) {
+      opt.zero_grad();
+      ops::sum(ops::mul(ops::square(p),
+                        rnd({1000}, 10 + step, DType::kFloat32, -1, 1, false).to(device)))
+          .backward();
+      opt.step();
+    }
+    return p.detach();
+  };
+  EXPECT_LT(max_error(run(kGpu), run(core::Device::cpu())), 1e-6);
+}
+
+// Autocast: matmuls, linear layers and attention of float32 CUDA tensors run in bfloat16 (or
+// float16) and return it, within its rounding of the float32 result; a 16-bit activation meets a
+// float32 weight in the next layer; layer norm and cross-entropy take 16-bit inputs in float32;
+// gradients reach the float32 leaves in float32.
+TEST_F(CudaOps, AutocastComputesInSixteenBits) {
+  for (DType low : {DType::kBFloat16, DType::kFloat16}) {
+    const double tol = low == DType::kBFloat16 ? 2e-2 : 4e-3;
+    Tensor x = rnd({32, 64}, 1, DType::kFloat32), w = rnd({48, 64}, 2, DType::kFloat32),
+           b = rnd({48}, 3, DType::kFloat32);
+    Tensor q = rnd({2, 3, 16, 8}, 4, DType::kFloat32), k = rnd({2, 3, 16, 8}, 5, DType::kFloat32),
+           v = rnd({2, 3, 16, 8}, 6, DType::kFloat32);
+    Tensor ref_lin = ops::linear(x, w, b);
+    Tensor ref_att = ops::scaled_dot_product_attention(q, k, v, true);
+    V gpu{x.detach().to(kGpu), w.detach().to(kGpu), b.detach().to(kGpu),
+          q.detach().to(kGpu), k.detach().to(kGpu), v.detach().to(kGpu)};
+    for (Tensor& t : gpu) t.set_requires_grad(true);
+    Tensor w2 = rnd({10, 48}, 7, DType::kFloat32).to(kGpu);
+    Tensor target = core::from_vector(std::vector<int64_t>(32, 3), {32}).to(kGpu);
+    Tensor lin, att, loss, normed;
+    {
+      core::AutocastGuard autocast(low);
+      EXPECT_EQ(core::autocast_dtype(), low);
+      lin = ops::linear(gpu[0], gpu[1], gpu[2]);
+      att = ops::scaled_dot_product_attention(gpu[3], gpu[4], gpu[5], true);
+      Tensor logits = ops::linear(ops::gelu(lin, "tanh"), w2, Tensor());  // 16-bit meets float32
+      EXPECT_EQ(logits.dtype(), low);
+      loss = ops::cross_entropy(logits, target);
+      normed = ops::layer_norm(lin, {48}, Tensor(), Tensor());
+    }
+    EXPECT_EQ(core::autocast_dtype(), DType::kFloat32);
+    EXPECT_EQ(lin.dtype(), low);
+    EXPECT_EQ(att.dtype(), low);
+    EXPECT_EQ(loss.dtype(), DType::kFloat32);
+    EXPECT_EQ(normed.dtype(), DType::kFloat32);
+    EXPECT_LT(max_error(lin, ref_lin), tol * 8);  // sums of 64 rounded products
+    EXPECT_LT(max_error(att, ref_att), tol);
+    ops::add(ops::add(ops::sum(lin), ops::sum(att)), ops::add(loss, ops::sum(normed))).backward();
+    for (const Tensor& t : gpu) {
+      ASSERT_TRUE(t.grad().defined());
+      EXPECT_EQ(t.grad().dtype(), DType::kFloat32);
+    }
+  }
 }
 
 TEST_F(CudaOps, CachingAllocatorReusesBlocks) {

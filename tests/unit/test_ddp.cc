@@ -7,6 +7,7 @@
 #include <functional>
 #include <thread>
 
+#include "cohort/config.h"
 #include "collectives/ddp/ddp.h"
 #include "collectives/ddp/zero.h"
 #include "core/autograd/grad_mode.h"
@@ -14,6 +15,7 @@
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
 #include "core/optim/optimizer.h"
+#include "core/tensor/cuda/cuda_device.h"
 
 namespace cohort::collectives {
 namespace {
@@ -85,6 +87,36 @@ std::vector<Tensor> single_process_grads(const Data& d) {
   std::vector<Tensor> g;
   for (auto& p : m->parameters()) g.push_back(p.grad());
   return g;
+}
+
+// DDP on CUDA tensors over the nccl backend: buckets, the unused-parameter vote and the
+// all-reduce's events on the GPU. One GPU allows one rank, so the group has one; gradients must
+// equal a plain backward of the same model on the same GPU. Skips where there is no GPU.
+TEST(Ddp, NcclOnOneGpuEqualsAPlainBackward) {
+  if (!COHORT_USE_NCCL || core::cuda::device_count() == 0)
+    GTEST_SKIP() << (COHORT_USE_NCCL ? "needs a GPU: " + core::cuda::unavailable_reason()
+                                     : std::string("this build has no NCCL"));
+  const core::Device gpu = core::Device::cuda(0);
+  Data d = make_data(12);
+  auto plain = make_mlp(0);
+  plain->to(gpu);
+  core::cross_entropy(plain->forward(d.x.to(gpu)), d.y.to(gpu)).backward();
+  auto model = make_mlp(0);
+  model->to(gpu);
+  DdpOptions o = small_buckets();
+  o.allow_unused_parameters = true;
+  DistributedDataParallel ddp(model,
+                              create_process_group("nccl", std::make_shared<HashStore>(), 0, 1), o);
+  for (int step = 0; step < 2; ++step) {
+    for (auto& p : model->parameters()) p.set_grad(Tensor());
+    core::cross_entropy(ddp.forward(d.x.to(gpu)), d.y.to(gpu)).backward();
+  }
+  auto want = plain->parameters(), got = model->parameters();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].grad().device(), gpu);
+    expect_close(got[i].grad().to(core::Device::cpu()), want[i].grad().to(core::Device::cpu()),
+                 ddp.param_names()[i]);
+  }
 }
 
 TEST(Ddp, BroadcastsRankZerosParametersAndBucketsInReverseOrder) {

@@ -134,6 +134,13 @@ TEST(Gradcheck, LayerNormEmbeddingAttention) {
   EXPECT_TRUE(gradcheck(
       [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], false); },
       {rand64({3, 3}, 9), rand64({5, 3}, 10), rand64({5, 2}, 11)}));
+  // Causal with more keys than queries, and batch dims that broadcast (the composite form).
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
+      {rand64({2, 3, 4}, 12), rand64({2, 5, 4}, 13), rand64({2, 5, 6}, 14)}));
+  EXPECT_TRUE(gradcheck(
+      [](const V& x) { return ops::scaled_dot_product_attention(x[0], x[1], x[2], true); },
+      {rand64({2, 3, 4}, 15), rand64({1, 3, 4}, 16), rand64({1, 3, 2}, 17)}));
 }
 
 // Winograd F(2x2, 3x3) in float64, forced (kAuto keeps float64 on im2col): odd and even output

@@ -18,6 +18,9 @@ class CpuBackend final : public Backend {
   void softmax(const Tensor& in, const Tensor& out, bool log) override;
   void softmax_backward(const Tensor& grad, const Tensor& out, const Tensor& grad_in,
                         bool log) override;
+  void attention_softmax(const Tensor& scores, bool causal, const Tensor& probs) override;
+  void attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs, bool causal,
+                                  double scale, const Tensor& grad_scores) override;
   void cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
                      double label_smoothing, const Tensor& loss_rows) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& target, int64_t ignore_index,

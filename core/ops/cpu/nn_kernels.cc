@@ -1,4 +1,5 @@
 // CPU kernels for softmax, fused cross-entropy, layer norm and indexing.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -72,6 +73,48 @@ void CpuBackend::softmax_backward(const Tensor& grad, const Tensor& out, const T
         for (int64_t c = 0; c < cols; ++c) s += gr[c] * yr[c];
         for (int64_t c = 0; c < cols; ++c) o[c] = yr[c] * (gr[c] - s);
       }
+    }
+  });
+}
+
+void CpuBackend::attention_softmax(const Tensor& scores, bool causal, const Tensor& probs) {
+  dispatch_floating(scores.dtype(), "attention", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t lq = scores.size(-2), lk = scores.size(-1), rows = scores.numel() / lk;
+    const T* x = static_cast<const T*>(scores.raw_data());
+    T* y = static_cast<T*>(probs.raw_data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * lk;
+      T* yr = y + r * lk;
+      const int64_t valid = causal ? std::min(r % lq + 1, lk) : lk;
+      const T m = row_max(xr, valid);
+      for (int64_t c = 0; c < valid; ++c) yr[c] = exp_of(xr[c] - m);
+      const T inv = T(1) / row_sum(yr, valid);
+      for (int64_t c = 0; c < valid; ++c) yr[c] *= inv;
+      for (int64_t c = valid; c < lk; ++c) yr[c] = 0;
+    }
+  });
+}
+
+void CpuBackend::attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs,
+                                            bool causal, double scale,
+                                            const Tensor& grad_scores) {
+  dispatch_floating(probs.dtype(), "attention backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t lq = probs.size(-2), lk = probs.size(-1), rows = probs.numel() / lk;
+    const T* g = static_cast<const T*>(grad_probs.raw_data());
+    const T* p = static_cast<const T*>(probs.raw_data());
+    T* o = static_cast<T*>(grad_scores.raw_data());
+    const T sc = static_cast<T>(scale);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * lk;
+      const T* pr = p + r * lk;
+      T* orow = o + r * lk;
+      const int64_t valid = causal ? std::min(r % lq + 1, lk) : lk;
+      T s = 0;
+      for (int64_t c = 0; c < valid; ++c) s += gr[c] * pr[c];
+      for (int64_t c = 0; c < valid; ++c) orow[c] = sc * pr[c] * (gr[c] - s);
+      for (int64_t c = valid; c < lk; ++c) orow[c] = 0;
     }
   });
 }

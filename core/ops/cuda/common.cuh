@@ -97,12 +97,24 @@ __device__ __forceinline__ To convert(From v) {
 template <int N>
 struct Offsets {
   int nd = 0;
+  bool small = false;  // fewer than 2^31 indices: 32-bit division, several times cheaper
   int64_t sizes[kMaxDims] = {};
   int64_t strides[kMaxDims][N] = {};
 
   __device__ __forceinline__ void at(int64_t i, int64_t (&off)[N]) const {
 #pragma unroll
     for (int k = 0; k < N; ++k) off[k] = 0;
+    if (small) {
+      uint32_t j = static_cast<uint32_t>(i);
+      for (int d = nd - 1; d >= 0; --d) {
+        const uint32_t s = static_cast<uint32_t>(sizes[d]);
+        const uint32_t c = j % s;
+        j /= s;
+#pragma unroll
+        for (int k = 0; k < N; ++k) off[k] += static_cast<int64_t>(c) * strides[d][k];
+      }
+      return;
+    }
     for (int d = nd - 1; d >= 0; --d) {
       const int64_t s = sizes[d];
       const int64_t c = i % s;
@@ -123,6 +135,9 @@ Offsets<N> make_offsets(const Shape& shape, const std::array<Shape, N>& byte_str
                kMaxDims, " dimensions");
   Offsets<N> o;
   o.nd = static_cast<int>(d.sizes.size());
+  int64_t count = 1;
+  for (int64_t v : d.sizes) count *= v;
+  o.small = count < (int64_t{1} << 31);
   for (int i = 0; i < o.nd; ++i) {
     o.sizes[i] = d.sizes[i];
     for (int k = 0; k < N; ++k) o.strides[i][k] = d.strides[i][k];

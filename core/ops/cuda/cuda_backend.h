@@ -8,6 +8,8 @@ namespace cohort::core::cuda {
 
 class CudaBackend final : public Backend {
  public:
+  bool adamw_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                  const AdamWStep& a) override;
   void copy(const Tensor& src, const Tensor& dst) override;
   void fill(const Tensor& dst, double value) override;
   void unary(UnaryOp op, const Tensor& in, const Tensor& out, Scalars s) override;
@@ -19,6 +21,9 @@ class CudaBackend final : public Backend {
   void softmax(const Tensor& in, const Tensor& out, bool log) override;
   void softmax_backward(const Tensor& grad, const Tensor& out, const Tensor& grad_in,
                         bool log) override;
+  void attention_softmax(const Tensor& scores, bool causal, const Tensor& probs) override;
+  void attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs, bool causal,
+                                  double scale, const Tensor& grad_scores) override;
   void cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
                      double label_smoothing, const Tensor& loss_rows) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& target, int64_t ignore_index,

@@ -59,6 +59,20 @@ __global__ void where_strided(int64_t n, Offsets<4> o, char* out, const char* co
   }
 }
 
+__global__ void adamw_kernel(int64_t n, float* __restrict__ p, const float* __restrict__ g,
+                             float* __restrict__ m, float* __restrict__ v, float decay, float b1,
+                             float b2, float step, float sqrt_bc2, float eps) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float gi = g[i];
+    const float mi = m[i] + (1.0f - b1) * (gi - m[i]);
+    const float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step * mi / (sqrtf(vi) / sqrt_bc2 + eps);
+  }
+}
+
 }  // namespace kernels
 
 namespace elementwise {
@@ -171,6 +185,46 @@ struct CompareF {
   }
 };
 
+// Storage type S computed in C (float for the 16-bit floats, S itself otherwise).
+template <typename S, typename C, typename F>
+struct Via1 {
+  F f;
+  __device__ S operator()(S x) const { return convert<S>(f(convert<C>(x))); }
+};
+template <typename S, typename C, typename F>
+struct Via2 {
+  F f;
+  __device__ S operator()(S x, S y) const { return convert<S>(f(convert<C>(x), convert<C>(y))); }
+};
+template <typename S, typename C, typename F>
+struct ViaCompare {
+  F f;
+  __device__ bool operator()(S x, S y) const { return f(convert<C>(x), convert<C>(y)); }
+};
+
+// Calls fn(TypeTag<S>{}, TypeTag<C>{}): the device storage type and the type arithmetic runs in.
+template <typename Fn>
+void dispatch_compute(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::kFloat32:
+      return fn(TypeTag<float>{}, TypeTag<float>{});
+    case DType::kFloat64:
+      return fn(TypeTag<double>{}, TypeTag<double>{});
+    case DType::kInt64:
+      return fn(TypeTag<int64_t>{}, TypeTag<int64_t>{});
+    case DType::kInt32:
+      return fn(TypeTag<int32_t>{}, TypeTag<int32_t>{});
+    case DType::kUInt8:
+      return fn(TypeTag<uint8_t>{}, TypeTag<uint8_t>{});
+    case DType::kBFloat16:
+      return fn(TypeTag<__nv_bfloat16>{}, TypeTag<float>{});
+    case DType::kFloat16:
+      return fn(TypeTag<__half>{}, TypeTag<float>{});
+    default:
+      COHORT_THROW(InvalidArgument, op, " does not support dtype ", dtype_name(t));
+  }
+}
+
 struct NotF {
   __device__ bool operator()(bool x) const { return !x; }
 };
@@ -222,9 +276,9 @@ void binary_map(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
 
 #define COHORT_UNARY_CASE(OP) \
   case UnaryOp::OP:           \
-    return unary_map<T, T>(in, out, UnaryF<T, UnaryOp::OP>{a, b});
+    return unary_map<S, S>(in, out, Via1<S, T, UnaryF<T, UnaryOp::OP>>{{a, b}});
 
-template <typename T>
+template <typename S, typename T>
 void unary_typed(UnaryOp op, const Tensor& in, const Tensor& out, Scalars s) {
   const T a = static_cast<T>(s.a), b = static_cast<T>(s.b);
   switch (op) {
@@ -256,18 +310,18 @@ void unary_typed(UnaryOp op, const Tensor& in, const Tensor& out, Scalars s) {
     }
   }
   COHORT_THROW(InvalidArgument, "unary op ", static_cast<int>(op), " is not defined for dtype ",
-               dtype_name(dtype_of<T>()));
+               dtype_name(in.dtype()));
 }
 #undef COHORT_UNARY_CASE
 
 #define COHORT_BINARY_CASE(OP) \
   case BinaryOp::OP:           \
-    return binary_map<T, T>(a, b, out, BinaryF<T, BinaryOp::OP>{sa, sb});
+    return binary_map<S, S>(a, b, out, Via2<S, T, BinaryF<T, BinaryOp::OP>>{{sa, sb}});
 #define COHORT_COMPARE_CASE(OP) \
   case BinaryOp::OP:            \
-    return binary_map<bool, T>(a, b, out, CompareF<T, BinaryOp::OP>{});
+    return binary_map<bool, S>(a, b, out, ViaCompare<S, T, CompareF<T, BinaryOp::OP>>{});
 
-template <typename T>
+template <typename S, typename T>
 void compare_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   switch (op) {
     COHORT_COMPARE_CASE(kEq)
@@ -281,7 +335,7 @@ void compare_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& 
   }
 }
 
-template <typename T>
+template <typename S, typename T>
 void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, Scalars s) {
   const T sa = static_cast<T>(s.a), sb = static_cast<T>(s.b);
   switch (op) {
@@ -298,7 +352,7 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
     case BinaryOp::kLe:
     case BinaryOp::kGt:
     case BinaryOp::kGe:
-      return compare_typed<T>(op, a, b, out);
+      return compare_typed<S, T>(op, a, b, out);
     case BinaryOp::kDiv:
       if constexpr (std::is_integral_v<T>)
         COHORT_THROW(InvalidArgument, "integer division is not supported; convert to float first");
@@ -321,7 +375,7 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
     }
   }
   COHORT_THROW(InvalidArgument, "binary op ", static_cast<int>(op), " is not defined for dtype ",
-               dtype_name(dtype_of<T>()));
+               dtype_name(a.dtype()));
 }
 #undef COHORT_BINARY_CASE
 #undef COHORT_COMPARE_CASE
@@ -329,6 +383,24 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
 }  // namespace elementwise
 
 using namespace elementwise;
+
+bool CudaBackend::adamw_step(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                             const AdamWStep& a) {
+  for (const Tensor* t : {&p, &g, &m, &v})
+    if (t->dtype() != DType::kFloat32 || !t->is_contiguous() || t->device() != p.device())
+      return false;
+  if (g.numel() != p.numel() || m.numel() != p.numel() || v.numel() != p.numel()) return false;
+  const int64_t n = p.numel();
+  if (n == 0) return true;
+  DeviceGuard guard(p.device().index);
+  kernels::adamw_kernel<<<blocks_for(n), kThreads, 0, stream_of(p)>>>(
+      n, p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(),
+      static_cast<float>(1 - a.lr * a.weight_decay), static_cast<float>(a.beta1),
+      static_cast<float>(a.beta2), static_cast<float>(a.lr / a.bc1),
+      static_cast<float>(std::sqrt(a.bc2)), static_cast<float>(a.eps));
+  COHORT_CUDA_LAUNCHED("adamw");
+  return true;
+}
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
   if (src.device() != dst.device()) {
@@ -372,9 +444,8 @@ void CudaBackend::unary(UnaryOp op, const Tensor& in, const Tensor& out, Scalars
     COHORT_CHECK(in.dtype() == DType::kBool, "logical_not needs a bool tensor");
     return unary_map<bool, bool>(in, out, NotF{});
   }
-  dispatch_arith(in.dtype(), "unary op", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    unary_typed<T>(op, in, out, s);
+  dispatch_compute(in.dtype(), "unary op", [&](auto storage, auto compute) {
+    unary_typed<typename decltype(storage)::type, typename decltype(compute)::type>(op, in, out, s);
   });
 }
 
@@ -388,11 +459,11 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
     return binary_map<bool, bool>(a, b, out, CompareF<bool, BinaryOp::kOr>{});
   }
   if (a.dtype() == DType::kBool && (op == BinaryOp::kEq || op == BinaryOp::kNe)) {
-    return compare_typed<bool>(op, a, b, out);
+    return compare_typed<bool, bool>(op, a, b, out);
   }
-  dispatch_arith(a.dtype(), "binary op", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    binary_typed<T>(op, a, b, out, s);
+  dispatch_compute(a.dtype(), "binary op", [&](auto storage, auto compute) {
+    binary_typed<typename decltype(storage)::type, typename decltype(compute)::type>(op, a, b, out,
+                                                                                     s);
   });
 }
 

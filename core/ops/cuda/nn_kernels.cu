@@ -67,6 +67,119 @@ __global__ void softmax_backward_rows(int64_t cols, const T* g, const T* y, T* g
   }
 }
 
+// One block per row of [matrices, lq, lk] scores; the row's query index is row % lq. Computes in
+// float (double for double) whatever the storage type.
+template <typename T>
+__global__ void attention_softmax_rows(int64_t lq, int64_t lk, bool causal, const T* x, T* y) {
+  using A = acc_t<T>;
+  __shared__ A shared[33];
+  const int64_t r = blockIdx.x;
+  const int64_t valid = causal ? ::min(r % lq + 1, lk) : lk;
+  const T* xr = x + r * lk;
+  T* yr = y + r * lk;
+  A m = -INFINITY;
+  for (int64_t c = threadIdx.x; c < valid; c += blockDim.x) m = Max()(m, convert<A>(xr[c]));
+  m = block_reduce(m, Max(), shared, A(-INFINITY));
+  A s = 0;
+  for (int64_t c = threadIdx.x; c < valid; c += blockDim.x) s += exp(convert<A>(xr[c]) - m);
+  const A inv = A(1) / block_reduce(s, Sum(), shared, A(0));
+  for (int64_t c = threadIdx.x; c < lk; c += blockDim.x)
+    yr[c] = convert<T>(c < valid ? exp(convert<A>(xr[c]) - m) * inv : A(0));
+}
+
+template <typename T>
+__global__ void attention_softmax_backward_rows(int64_t lq, int64_t lk, bool causal, acc_t<T> scale,
+                                                const T* g, const T* p, T* o) {
+  using A = acc_t<T>;
+  __shared__ A shared[33];
+  const int64_t r = blockIdx.x;
+  const int64_t valid = causal ? ::min(r % lq + 1, lk) : lk;
+  const int64_t base = r * lk;
+  A s = 0;
+  for (int64_t c = threadIdx.x; c < valid; c += blockDim.x)
+    s += convert<A>(g[base + c]) * convert<A>(p[base + c]);
+  s = block_reduce(s, Sum(), shared, A(0));
+  for (int64_t c = threadIdx.x; c < lk; c += blockDim.x) {
+    const A pv = convert<A>(p[base + c]);
+    o[base + c] = convert<T>(c < valid ? scale * pv * (convert<A>(g[base + c]) - s) : A(0));
+  }
+}
+
+// Rows of at most 32 kPer keys: a warp per row, the row in registers (kPer values per lane, at
+// lane + 32 i), read once and written once. The block kernels above read it three times.
+template <typename T, int kPer>
+__global__ void attention_softmax_warp(int64_t rows, int64_t lq, int64_t lk, bool causal,
+                                       const T* x, T* y) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= rows) return;  // the whole warp
+  const int lane = threadIdx.x & 31;
+  const int64_t valid = causal ? ::min(r % lq + 1, lk) : lk;
+  const T* xr = x + r * lk;
+  T* yr = y + r * lk;
+  A v[kPer];
+  A m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t c = lane + 32 * i;
+    v[i] = c < valid ? convert<A>(xr[c]) : A(-INFINITY);
+    m = Max()(m, v[i]);
+  }
+  m = warp_reduce(m, Max());
+  A s = 0;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    v[i] = lane + 32 * i < valid ? exp(v[i] - m) : A(0);
+    s += v[i];
+  }
+  const A inv = A(1) / warp_reduce(s, Sum());
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t c = lane + 32 * i;
+    if (c < lk) yr[c] = convert<T>(v[i] * inv);
+  }
+}
+
+template <typename T, int kPer>
+__global__ void attention_softmax_backward_warp(int64_t rows, int64_t lq, int64_t lk, bool causal,
+                                                acc_t<T> scale, const T* g, const T* p, T* o) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t valid = causal ? ::min(r % lq + 1, lk) : lk;
+  const int64_t base = r * lk;
+  A gv[kPer], pv[kPer];
+  A s = 0;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t c = lane + 32 * i;
+    const bool in = c < valid;
+    gv[i] = in ? convert<A>(g[base + c]) : A(0);
+    pv[i] = in ? convert<A>(p[base + c]) : A(0);
+    s += gv[i] * pv[i];
+  }
+  s = warp_reduce(s, Sum());
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t c = lane + 32 * i;
+    if (c < lk) o[base + c] = convert<T>(scale * pv[i] * (gv[i] - s));
+  }
+}
+
+// Calls fn(std::integral_constant<int, kPer>) with the smallest power of two kPer such that
+// 32 kPer >= lk; false when lk > 1024 (the block kernels take those rows).
+template <typename Fn>
+bool with_lane_count(int64_t lk, Fn&& fn) {
+  if (lk <= 32) return fn(std::integral_constant<int, 1>{}), true;
+  if (lk <= 64) return fn(std::integral_constant<int, 2>{}), true;
+  if (lk <= 128) return fn(std::integral_constant<int, 4>{}), true;
+  if (lk <= 256) return fn(std::integral_constant<int, 8>{}), true;
+  if (lk <= 512) return fn(std::integral_constant<int, 16>{}), true;
+  if (lk <= 1024) return fn(std::integral_constant<int, 32>{}), true;
+  return false;
+}
+
 // Per row: max, sum of exponentials and sum of logits (for label smoothing).
 template <typename T>
 __device__ void row_stats(const T* xr, int64_t cols, T* shared, T& m, T& s, T& sum_x) {
@@ -172,16 +285,19 @@ __global__ void layer_norm_backward_rows(int64_t cols, const T* g, const T* x, c
   }
 }
 
-// Weight and bias gradients: column sums over rows. A block covers 32 columns with 8 row lanes,
-// so that each warp reads 32 neighbouring values of a row.
+// Weight and bias gradients: column sums over rows, in two passes. Block (c, r) covers 32
+// columns of rows [r * chunk, (r + 1) * chunk) with 8 row lanes, so that each warp reads 32
+// neighbouring values of a row, and writes one partial sum per column; layer_norm_sum_partials
+// adds a column's partials. One pass with a block per 32 columns left most of the GPU idle.
 template <typename T>
-__global__ void layer_norm_param_grads(int64_t rows, int64_t cols, const T* g, const T* x,
-                                       const T* mean, const T* rstd, T* gw, T* gb) {
+__global__ void layer_norm_param_partials(int64_t rows, int64_t cols, int64_t chunk, const T* g,
+                                          const T* x, const T* mean, const T* rstd, T* pw, T* pb) {
   __shared__ T sw[8][33], sb[8][33];
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  const int64_t r0 = blockIdx.y * chunk, r1 = ::min(rows, r0 + chunk);
   T aw = 0, ab = 0;
   if (c < cols) {
-    for (int64_t r = threadIdx.y; r < rows; r += 8) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
       const T gv = g[r * cols + c];
       aw += gv * (x[r * cols + c] - mean[r]) * rstd[r];
       ab += gv;
@@ -195,6 +311,21 @@ __global__ void layer_norm_param_grads(int64_t rows, int64_t cols, const T* g, c
     for (int k = 0; k < 8; ++k) {
       tw += sw[k][threadIdx.x];
       tb += sb[k][threadIdx.x];
+    }
+    pw[blockIdx.y * cols + c] = tw;
+    pb[blockIdx.y * cols + c] = tb;
+  }
+}
+
+template <typename T>
+__global__ void layer_norm_sum_partials(int64_t parts, int64_t cols, const T* pw, const T* pb,
+                                        T* gw, T* gb) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
+       c += int64_t(gridDim.x) * blockDim.x) {
+    T tw = 0, tb = 0;
+    for (int64_t k = 0; k < parts; ++k) {
+      tw += pw[k * cols + c];
+      tb += pb[k * cols + c];
     }
     if (gw) gw[c] = tw;
     if (gb) gb[c] = tb;
@@ -306,6 +437,23 @@ void dispatch_atomic(DType t, const char* op, Fn&& fn) {
   }
 }
 
+// float, double and the 16-bit floats (as their device types).
+template <typename Fn>
+void dispatch_attention(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::kFloat32:
+      return fn(TypeTag<float>{});
+    case DType::kFloat64:
+      return fn(TypeTag<double>{});
+    case DType::kBFloat16:
+      return fn(TypeTag<__nv_bfloat16>{});
+    case DType::kFloat16:
+      return fn(TypeTag<__half>{});
+    default:
+      COHORT_THROW(InvalidArgument, "attention needs a floating-point tensor, got ", dtype_name(t));
+  }
+}
+
 }  // namespace nn_kernels
 
 using namespace nn_kernels;
@@ -334,6 +482,53 @@ void CudaBackend::softmax_backward(const Tensor& grad, const Tensor& out, const 
         static_cast<T*>(grad_in.raw_data()), log);
     COHORT_CUDA_LAUNCHED("softmax backward");
   });
+}
+
+void CudaBackend::attention_softmax(const Tensor& scores, bool causal, const Tensor& probs) {
+  const int64_t lq = scores.size(-2), lk = scores.size(-1);
+  const int64_t rows = lk ? scores.numel() / lk : 0;
+  if (rows == 0) return;
+  DeviceGuard guard(scores.device().index);
+  dispatch_attention(scores.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* x = static_cast<const T*>(scores.raw_data());
+    T* y = static_cast<T*>(probs.raw_data());
+    const bool warp = with_lane_count(lk, [&](auto per) {
+      attention_softmax_warp<T, decltype(per)::value>
+          <<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream_of(scores)>>>(rows, lq, lk,
+                                                                                 causal, x, y);
+    });
+    if (!warp)
+      attention_softmax_rows<T>
+          <<<static_cast<unsigned>(rows), row_threads(lk), 0, stream_of(scores)>>>(lq, lk, causal,
+                                                                                   x, y);
+  });
+  COHORT_CUDA_LAUNCHED("attention softmax");
+}
+
+void CudaBackend::attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs,
+                                             bool causal, double scale, const Tensor& grad_scores) {
+  const int64_t lq = probs.size(-2), lk = probs.size(-1);
+  const int64_t rows = lk ? probs.numel() / lk : 0;
+  if (rows == 0) return;
+  DeviceGuard guard(probs.device().index);
+  dispatch_attention(probs.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const auto sc = static_cast<acc_t<T>>(scale);
+    const T* g = static_cast<const T*>(grad_probs.raw_data());
+    const T* p = static_cast<const T*>(probs.raw_data());
+    T* o = static_cast<T*>(grad_scores.raw_data());
+    const bool warp = with_lane_count(lk, [&](auto per) {
+      attention_softmax_backward_warp<T, decltype(per)::value>
+          <<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream_of(probs)>>>(
+              rows, lq, lk, causal, sc, g, p, o);
+    });
+    if (!warp)
+      attention_softmax_backward_rows<T>
+          <<<static_cast<unsigned>(rows), row_threads(lk), 0, stream_of(probs)>>>(lq, lk, causal,
+                                                                                  sc, g, p, o);
+  });
+  COHORT_CUDA_LAUNCHED("attention softmax backward");
 }
 
 void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
@@ -406,10 +601,18 @@ void CudaBackend::layer_norm_backward(const Tensor& grad, const Tensor& x, const
       COHORT_CUDA_LAUNCHED("layer_norm backward");
     }
     if ((grad_w.defined() || grad_b.defined()) && cols > 0) {
-      const unsigned blocks = static_cast<unsigned>((cols + 31) / 32);
-      layer_norm_param_grads<T><<<blocks, dim3(32, 8), 0, stream_of(x)>>>(
-          rows, cols, g, xp, mp, rp,
-          grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
+      // About 128 rows per block, at most 256 parts per column.
+      const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(256, rows / 128));
+      const int64_t chunk = (rows + parts - 1) / parts;
+      Tensor partial = empty({2, parts, cols}, x.options());
+      T* pw = static_cast<T*>(partial.raw_data());
+      T* pb = pw + parts * cols;
+      const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(parts));
+      layer_norm_param_partials<T>
+          <<<grid, dim3(32, 8), 0, stream_of(x)>>>(rows, cols, chunk, g, xp, mp, rp, pw, pb);
+      COHORT_CUDA_LAUNCHED("layer_norm parameter gradients");
+      layer_norm_sum_partials<T><<<blocks_for(cols), kThreads, 0, stream_of(x)>>>(
+          parts, cols, pw, pb, grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
           grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
       COHORT_CUDA_LAUNCHED("layer_norm parameter gradients");
     }

@@ -9,8 +9,15 @@
 namespace cohort::core::cuda {
 namespace reduce_kernels {
 
+// Float types accumulate in their own precision (the 16-bit ones in float), integers in int64.
 template <typename T>
-using reduce_acc_t = std::conditional_t<std::is_floating_point_v<T>, T, int64_t>;
+using reduce_acc_t =
+    std::conditional_t<is_half_v<T>, float,
+                       std::conditional_t<std::is_floating_point_v<T>, T, int64_t>>;
+// numeric_limits of the type the limits are taken from (float's for the 16-bit floats, whose
+// range bounds theirs: an identity of +-inf is exact in them).
+template <typename T>
+using limits_t = std::conditional_t<is_half_v<T>, float, T>;
 
 template <typename Acc, ReduceOp OP>
 struct Combine {
@@ -23,8 +30,9 @@ struct Combine {
   }
 };
 
-template <typename T, typename Acc>
+template <typename T0, typename Acc>
 Acc identity(ReduceOp op) {
+  using T = limits_t<T0>;
   switch (op) {
     case ReduceOp::kSum:
       return Acc(0);
@@ -55,10 +63,10 @@ __global__ void reduce_block(int64_t n_out, int64_t n_red, Offsets<2> kept, Offs
     for (int64_t j = threadIdx.x; j < n_red; j += blockDim.x) {
       int64_t ro[1];
       red.at(j, ro);
-      acc = f(acc, static_cast<Acc>(*reinterpret_cast<const T*>(base + ro[0])));
+      acc = f(acc, convert<Acc>(*reinterpret_cast<const T*>(base + ro[0])));
     }
     acc = block_reduce(acc, f, shared, init);
-    if (threadIdx.x == 0) *reinterpret_cast<T*>(out + ko[0]) = static_cast<T>(acc);
+    if (threadIdx.x == 0) *reinterpret_cast<T*>(out + ko[0]) = convert<T>(acc);
   }
 }
 
@@ -75,9 +83,47 @@ __global__ void reduce_thread(int64_t n_out, int64_t n_red, Offsets<2> kept, Off
     for (int64_t j = 0; j < n_red; ++j) {
       int64_t ro[1];
       red.at(j, ro);
-      acc = f(acc, static_cast<Acc>(*reinterpret_cast<const T*>(base + ro[0])));
+      acc = f(acc, convert<Acc>(*reinterpret_cast<const T*>(base + ro[0])));
     }
-    *reinterpret_cast<T*>(out + ko[0]) = static_cast<T>(acc);
+    *reinterpret_cast<T*>(out + ko[0]) = convert<T>(acc);
+  }
+}
+
+// Few outputs, long reductions: block (s, o) reduces part s of output o's range into
+// partial[o * splits + s]; reduce_partials then combines each output's parts.
+template <typename T, typename Acc, typename F>
+__global__ void reduce_split(int64_t n_out, int64_t n_red, int64_t chunk, Offsets<2> kept,
+                             Offsets<1> red, const char* in, Acc init, F f, Acc* partial) {
+  __shared__ Acc shared[33];
+  const int64_t splits = gridDim.x, s = blockIdx.x;
+  const int64_t begin = s * chunk, end = ::min(n_red, begin + chunk);
+  for (int64_t o = blockIdx.y; o < n_out; o += gridDim.y) {
+    int64_t ko[2];
+    kept.at(o, ko);
+    const char* base = in + ko[1];
+    Acc acc = init;
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+      int64_t ro[1];
+      red.at(j, ro);
+      acc = f(acc, convert<Acc>(*reinterpret_cast<const T*>(base + ro[0])));
+    }
+    acc = block_reduce(acc, f, shared, init);
+    if (threadIdx.x == 0) partial[o * splits + s] = acc;
+  }
+}
+
+template <typename T, typename Acc, typename F>
+__global__ void reduce_partials(int64_t n_out, int64_t splits, const Acc* partial, Offsets<2> kept,
+                                char* out, Acc init, F f) {
+  __shared__ Acc shared[33];
+  for (int64_t o = blockIdx.x; o < n_out; o += gridDim.x) {
+    Acc acc = init;
+    for (int64_t k = threadIdx.x; k < splits; k += blockDim.x)
+      acc = f(acc, partial[o * splits + k]);
+    acc = block_reduce(acc, f, shared, init);
+    int64_t ko[2];
+    kept.at(o, ko);
+    if (threadIdx.x == 0) *reinterpret_cast<T*>(out + ko[0]) = convert<T>(acc);
   }
 }
 
@@ -134,6 +180,27 @@ void reduce_general(const Tensor& in, const Tensor& out) {
   DeviceGuard guard(in.device().index);
   char* o = static_cast<char*>(out.raw_data());
   const char* x = static_cast<const char*>(in.raw_data());
+  // Long reductions into few outputs (a whole-tensor sum, a gradient norm): one block per output
+  // would leave the GPU idle, so each output's range is split over many blocks.
+  constexpr int64_t kPerBlock = 16384;
+  const int64_t splits =
+      std::min<int64_t>((n_red + kPerBlock - 1) / kPerBlock, std::max<int64_t>(1, 8192 / n_out));
+  if (splits > 1) {
+    const int64_t chunk = (n_red + splits - 1) / splits;
+    Tensor partial =
+        empty({n_out * splits}, TensorOptions(dtype_of<Acc>()).with_device(in.device()));
+    Acc* pp = static_cast<Acc*>(partial.raw_data());
+    const dim3 grid(static_cast<unsigned>(splits),
+                    static_cast<unsigned>(std::min<int64_t>(n_out, 65535)));
+    reduce_split<T, Acc><<<grid, kThreads, 0, stream_of(in)>>>(n_out, n_red, chunk, kept, red, x,
+                                                               init, Combine<Acc, OP>{}, pp);
+    COHORT_CUDA_LAUNCHED("reduce");
+    reduce_partials<T, Acc>
+        <<<static_cast<unsigned>(std::min<int64_t>(n_out, 65536)), kThreads, 0, stream_of(in)>>>(
+            n_out, splits, pp, kept, o, init, Combine<Acc, OP>{});
+    COHORT_CUDA_LAUNCHED("reduce");
+    return;
+  }
   // Short reductions with many outputs: a thread each; otherwise a block each.
   if (n_red <= 64 && n_out >= 1024) {
     reduce_thread<T, Acc><<<blocks_for(n_out), kThreads, 0, stream_of(in)>>>(
@@ -151,7 +218,7 @@ void reduce_general(const Tensor& in, const Tensor& out) {
 void CudaBackend::reduce(ReduceOp op, const Tensor& in, const Tensor& out, const Tensor& indices,
                          int64_t dim) {
   using namespace reduce_kernels;
-  dispatch_arith(in.dtype(), "reduction", [&](auto tag) {
+  auto run = [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (indices.defined()) {
       COHORT_CHECK(in.is_contiguous() && out.is_contiguous(),
@@ -178,7 +245,12 @@ void CudaBackend::reduce(ReduceOp op, const Tensor& in, const Tensor& out, const
       case ReduceOp::kMin:
         return reduce_general<T, ReduceOp::kMin>(in, out);
     }
-  });
+  };
+  // 16-bit floats: sums in mixed-precision backward (a broadcast bias gradient), argmax of
+  // 16-bit logits.
+  if (in.dtype() == DType::kBFloat16) return run(TypeTag<__nv_bfloat16>{});
+  if (in.dtype() == DType::kFloat16) return run(TypeTag<__half>{});
+  dispatch_arith(in.dtype(), "reduction", run);
 }
 
 }  // namespace cohort::core::cuda
