@@ -342,6 +342,20 @@ TEST_F(CudaOps, ShapesAndIndexing) {
   Tensor idx = core::from_vector(std::vector<int64_t>{3, 0, 3, 1}, {4});
   EXPECT_TRUE(same_on_gpu([](const V& x) { return ops::index_select(x[0], 1, x[1]); },
                           {rnd({2, 4, 3}, 6), idx}, k64));
+  // Same-dtype copies with a dense innermost dim move 16 bytes per thread; a misaligned start
+  // (the slice from element 1) takes the element-wise path.
+  for (DType dt : {DType::kFloat64, DType::kFloat32, DType::kBFloat16}) {
+    const bool grad = dt != DType::kBFloat16;
+    EXPECT_TRUE(same_on_gpu([](const V& x) { return x[0].permute({1, 0, 2}).contiguous(); },
+                            {rnd({3, 5, 16}, 8, dt, -1, 1, grad)}, 0))
+        << core::dtype_name(dt);
+    EXPECT_TRUE(same_on_gpu([](const V& x) { return x[0].slice(2, 8, 24).contiguous(); },
+                            {rnd({3, 5, 24}, 9, dt, -1, 1, grad)}, 0))
+        << core::dtype_name(dt);
+    EXPECT_TRUE(same_on_gpu([](const V& x) { return x[0].slice(2, 1, 17).contiguous(); },
+                            {rnd({3, 5, 24}, 10, dt, -1, 1, grad)}, 0))
+        << core::dtype_name(dt);
+  }
   Tensor gi = core::from_vector(std::vector<int64_t>{0, 2, 2, 1, 0, 0}, {2, 3});
   EXPECT_TRUE(same_on_gpu([](const V& x) { return ops::gather(x[0], 1, x[1]); },
                           {rnd({2, 4}, 7), gi}, k64));

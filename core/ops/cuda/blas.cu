@@ -41,21 +41,26 @@ struct Operand {
   int64_t ld;
 };
 
-// cuBLAS's fast Hopper kernels need leading dimensions that are whole multiples of 16 bytes; with
-// one that is not (GPT-2's vocabulary of 50257 in bfloat16) it falls back to kernels several
-// times slower. A large operand of `rows` rows of `cols` elements is then copied into a padded
-// buffer first: a pitched copy costs a small fraction of the product. `keep` holds the buffer
-// until the GEMM is queued (the caching allocator orders its reuse after it).
-Operand aligned(const Operand& o, int64_t rows, int64_t cols, int64_t es, Device device,
-                DType dtype, cudaStream_t stream, std::vector<Tensor>& keep) {
-  if ((o.ld * es) % 16 == 0 || rows <= 1) return o;
-  const int64_t per = 16 / es;
-  const int64_t ld = (cols + per - 1) / per * per;
-  keep.push_back(empty({rows * ld}, TensorOptions(dtype).with_device(device)));
-  check_cuda(cudaMemcpy2DAsync(keep.back().raw_data(), ld * es, o.ptr, o.ld * es, cols * es, rows,
-                               cudaMemcpyDeviceToDevice, stream),
-             "cudaMemcpy2DAsync");
-  return {keep.back().raw_data(), ld};
+// cuBLAS's fast Hopper kernels want every leading dimension and the sizes n and k in whole
+// multiples of 16 bytes; otherwise (GPT-2's vocabulary of 50257 in bfloat16) it falls back to
+// kernels several times slower. A large product is then computed on padded copies: `rows` x
+// `cols` of `o` placed in a zeroed `rows_pad` x `cols_pad` buffer (zeros in the padding add
+// nothing to the product). The pitched copies cost a small fraction of the product. `keep` holds
+// the buffers until the GEMM is queued; the caching allocator orders their reuse after it.
+Operand padded(const Operand& o, int64_t rows, int64_t cols, int64_t rows_pad, int64_t cols_pad,
+               int64_t es, const Tensor& like, cudaStream_t stream, std::vector<Tensor>& keep,
+               bool copy) {
+  if (rows_pad == rows && cols_pad == cols && (o.ld * es) % 16 == 0) return o;
+  keep.push_back(empty({rows_pad * cols_pad}, like.options()));
+  void* p = keep.back().raw_data();
+  if (cols_pad > cols || rows_pad > rows)
+    check_cuda(cudaMemsetAsync(p, 0, static_cast<size_t>(rows_pad * cols_pad * es), stream),
+               "cudaMemsetAsync");
+  if (copy)
+    check_cuda(cudaMemcpy2DAsync(p, cols_pad * es, o.ptr, o.ld * es, cols * es, rows,
+                                 cudaMemcpyDeviceToDevice, stream),
+               "cudaMemcpy2DAsync");
+  return {p, cols_pad};
 }
 
 }  // namespace
@@ -98,36 +103,35 @@ void CudaBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, cons
                    dtype_name(c.dtype()));
   }
   Operand A{a.raw_data(), g.lda}, B{b.raw_data(), g.ldb}, C{c.raw_data(), g.ldc};
+  int64_t n = g.n, k = g.k;
   std::vector<Tensor> keep;
   const auto es = static_cast<int64_t>(c.element_size());
   cudaStream_t stream = stream_of(c);
-  const bool big = g.batch == 1 &&
-                   static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) >=
-                       static_cast<double>(1 << 28);
-  if (big) {
-    A = aligned(A, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, es, c.device(), c.dtype(), stream,
-                keep);
-    B = aligned(B, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, es, c.device(), c.dtype(), stream,
-                keep);
-    if ((g.ldc * es) % 16 != 0) {
-      // C is written (and read when beta != 0) in a padded buffer and copied back after.
-      if (g.beta != 0) {
-        C = aligned(C, g.m, g.n, es, c.device(), c.dtype(), stream, keep);
-      } else {
-        const int64_t per = 16 / es, ld = (g.n + per - 1) / per * per;
-        keep.push_back(empty({g.m * ld}, TensorOptions(c.dtype()).with_device(c.device())));
-        C = {keep.back().raw_data(), ld};
-      }
-    }
+  const int64_t per = 16 / es;
+  auto round_up = [per](int64_t v) { return (v + per - 1) / per * per; };
+  const bool big = g.batch == 1 && static_cast<double>(g.m) * static_cast<double>(g.n) *
+                                           static_cast<double>(g.k) >=
+                                       static_cast<double>(1 << 28);
+  const bool misaligned = n % per != 0 || k % per != 0 || (g.lda * es) % 16 != 0 ||
+                          (g.ldb * es) % 16 != 0 || (g.ldc * es) % 16 != 0;
+  if (big && misaligned) {
+    n = round_up(g.n);
+    k = round_up(g.k);
+    // A is m x k (k x m when transposed), B k x n (n x k): k and n grow, m stays.
+    A = g.trans_a ? padded(A, g.k, g.m, k, round_up(g.m), es, c, stream, keep, true)
+                  : padded(A, g.m, g.k, g.m, k, es, c, stream, keep, true);
+    B = g.trans_b ? padded(B, g.n, g.k, n, k, es, c, stream, keep, true)
+                  : padded(B, g.k, g.n, k, n, es, c, stream, keep, true);
+    C = padded(C, g.m, g.n, g.m, n, es, c, stream, keep, g.beta != 0);
   }
   // An empty inner dimension leaves C = beta C; cuBLAS handles k = 0 as that.
-  check_cublas(
-      cublasGemmStridedBatchedEx(h, op_b, op_a, static_cast<int>(g.n), static_cast<int>(g.m),
-                                 static_cast<int>(g.k), alpha, B.ptr, type, static_cast<int>(B.ld),
-                                 g.stride_b, A.ptr, type, static_cast<int>(A.ld), g.stride_a, beta,
-                                 const_cast<void*>(C.ptr), type, static_cast<int>(C.ld), g.stride_c,
-                                 static_cast<int>(g.batch), compute, CUBLAS_GEMM_DEFAULT),
-      "cublasGemmStridedBatchedEx");
+  check_cublas(cublasGemmStridedBatchedEx(
+                   h, op_b, op_a, static_cast<int>(n), static_cast<int>(g.m), static_cast<int>(k),
+                   alpha, B.ptr, type, static_cast<int>(B.ld), g.stride_b, A.ptr, type,
+                   static_cast<int>(A.ld), g.stride_a, beta, const_cast<void*>(C.ptr), type,
+                   static_cast<int>(C.ld), g.stride_c, static_cast<int>(g.batch), compute,
+                   CUBLAS_GEMM_DEFAULT),
+               "cublasGemmStridedBatchedEx");
   if (C.ptr != c.raw_data())
     check_cuda(cudaMemcpy2DAsync(c.raw_data(), g.ldc * es, C.ptr, C.ld * es, g.n * es, g.m,
                                  cudaMemcpyDeviceToDevice, stream),
