@@ -209,6 +209,53 @@ TEST_F(TrainCli, ConfigErrorsExitWithCode2AndOneSentence) {
   EXPECT_EQ(r.code, 2) << r.output;
 }
 
+// model.init_from: weights from a safetensors file (here a checkpoint of another run) replace the
+// seeded initialisation, so two runs with different seeds start alike; a missing file or one that
+// does not fit the model is a config error.
+TEST_F(TrainCli, InitFromReplacesTheSeededInitialisation) {
+  const std::string gpt = " train " + config("tiny_gpt.yaml") +
+                          " model.dim=32 model.layers=1 model.context=16 data.shuffle=false"
+                          " train.log_every=1 eval.every_steps=0 eval.max_batches=1 ";
+  Result source = run(cohort() + gpt + "train.steps=2 logging.dir=" + (dir_ / "src").string());
+  ASSERT_EQ(source.code, 0) << source.output;
+  const fs::path weights = dir_ / "src" / "checkpoints" / "step_2" / "model.safetensors";
+  ASSERT_TRUE(fs::exists(weights));
+  auto first_loss = [&](const std::string& name, const std::string& extra) {
+    Result r =
+        run(cohort() + gpt + "train.steps=1 " + extra + " logging.dir=" + (dir_ / name).string());
+    EXPECT_EQ(r.code, 0) << r.output;
+    auto m = metrics(dir_ / name);
+    return m.empty() ? -1.0 : m.front()["loss"].get<double>();
+  };
+  const std::string init = "model.init_from=" + weights.string();
+  const double a = first_loss("a", "seed=1 " + init), b = first_loss("b", "seed=2 " + init);
+  const double fresh = first_loss("c", "seed=1");
+  EXPECT_EQ(a, b) << "runs that start from the same weights differ";
+  EXPECT_NE(a, fresh) << "the weights file made no difference";
+
+  Result r = run(cohort() + gpt + "model.init_from=/nonexistent.safetensors");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.init_from /nonexistent.safetensors is not a readable file"),
+            std::string::npos)
+      << r.output;
+  r = run(cohort() + gpt + "model.dim=64 " + init + " logging.dir=" + (dir_ / "d").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("does not fit this model"), std::string::npos) << r.output;
+}
+
+// Mixed precision is for GPUs: asking for it on the CPU exits with code 2 and says so.
+TEST_F(TrainCli, SixteenBitPrecisionOnTheCpuIsAConfigError) {
+  Result r = run(cohort() + " train " + config("tiny_gpt.yaml") +
+                 " device=cpu precision=bf16 logging.dir=" + (dir_ / "p").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("precision bf16 runs on a GPU, but this worker trains on cpu"),
+            std::string::npos)
+      << r.output;
+  r = run(cohort() + " train " + config("tiny_gpt.yaml") + " precision=fp8");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("precision"), std::string::npos) << r.output;
+}
+
 TEST_F(TrainCli, DivergenceIsATrainingErrorWithCode1) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
     GTEST_SKIP()
