@@ -15,6 +15,18 @@ namespace cohort::core::cpu {
 // Byte strides of `t` broadcast to `shape` (right-aligned, 0 where t has size 1 or lacks the dim).
 Shape broadcast_byte_strides(const Tensor& t, const Shape& shape);
 
+// Sizes of a contiguous tensor around `dim`: [outer, n, inner] (the index kernels' view).
+struct Around {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+inline Around around(const Tensor& t, int64_t dim) {
+  Around a;
+  for (int64_t i = 0; i < dim; ++i) a.outer *= t.size(i);
+  a.n = t.dim() ? t.size(dim) : 1;
+  for (int64_t i = dim + 1; i < t.dim(); ++i) a.inner *= t.size(i);
+  return a;
+}
+
 template <size_t N>
 struct LoopDims {
   std::vector<int64_t> sizes;                   // outermost first

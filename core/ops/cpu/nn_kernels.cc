@@ -6,21 +6,10 @@
 
 #include "core/ops/cpu/cpu_backend.h"
 #include "core/ops/cpu/fast_exp.h"
+#include "core/ops/cpu/loops.h"
 
 namespace cohort::core::cpu {
 namespace {
-
-// Sizes of a contiguous tensor around `dim`: [outer, n, inner].
-struct Around {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-Around around(const Tensor& t, int64_t dim) {
-  Around a;
-  for (int64_t i = 0; i < dim; ++i) a.outer *= t.size(i);
-  a.n = t.dim() ? t.size(dim) : 1;
-  for (int64_t i = dim + 1; i < t.dim(); ++i) a.inner *= t.size(i);
-  return a;
-}
 
 void check_index(int64_t v, int64_t n, const char* op) {
   COHORT_CHECK(v >= 0 && v < n, op, ": index ", v, " is out of range for a dimension of size ", n);
@@ -97,8 +86,7 @@ void CpuBackend::attention_softmax(const Tensor& scores, bool causal, const Tens
 }
 
 void CpuBackend::attention_softmax_backward(const Tensor& grad_probs, const Tensor& probs,
-                                            bool causal, double scale,
-                                            const Tensor& grad_scores) {
+                                            bool causal, double scale, const Tensor& grad_scores) {
   dispatch_floating(probs.dtype(), "attention backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t lq = probs.size(-2), lk = probs.size(-1), rows = probs.numel() / lk;

@@ -237,6 +237,14 @@ struct Algos {
   cudnnConvolutionBwdFilterAlgo_t bwd_filter;
 };
 
+// The heuristics' best algorithm that can run (the first one when none says so).
+template <typename Perf>
+auto first_usable(const Perf* perf, int n) {
+  for (int i = 0; i < n; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i].algo;
+  return perf[0].algo;
+}
+
 Algos algos_for(cudnnHandle_t h, const ConvDescriptors& d, const Conv2dGeometry& g, DType dtype) {
   static std::mutex mu;
   static auto* cache = new std::map<AlgoKey, Algos>();
@@ -252,32 +260,17 @@ Algos algos_for(cudnnHandle_t h, const ConvDescriptors& d, const Conv2dGeometry&
   check_cudnn(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, fwd),
               "cudnnGetConvolutionForwardAlgorithm_v7");
-  a.fwd = fwd[0].algo;
-  for (int i = 0; i < n; ++i)
-    if (fwd[i].status == CUDNN_STATUS_SUCCESS) {
-      a.fwd = fwd[i].algo;
-      break;
-    }
+  a.fwd = first_usable(fwd, n);
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   check_cudnn(cudnnGetConvolutionBackwardDataAlgorithm_v7(
                   h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, bd),
               "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-  a.bwd_data = bd[0].algo;
-  for (int i = 0; i < n; ++i)
-    if (bd[i].status == CUDNN_STATUS_SUCCESS) {
-      a.bwd_data = bd[i].algo;
-      break;
-    }
+  a.bwd_data = first_usable(bd, n);
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   check_cudnn(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
                   h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, bf),
               "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-  a.bwd_filter = bf[0].algo;
-  for (int i = 0; i < n; ++i)
-    if (bf[i].status == CUDNN_STATUS_SUCCESS) {
-      a.bwd_filter = bf[i].algo;
-      break;
-    }
+  a.bwd_filter = first_usable(bf, n);
   std::lock_guard<std::mutex> lock(mu);
   cache->emplace(key, a);
   return a;

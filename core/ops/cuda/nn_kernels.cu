@@ -399,16 +399,8 @@ __global__ void gather_scatter_kernel(int64_t outer, int64_t n_idx, int64_t n_x,
   }
 }
 
-struct Around {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-Around around(const Tensor& t, int64_t dim) {
-  Around a;
-  for (int64_t i = 0; i < dim; ++i) a.outer *= t.size(i);
-  a.n = t.dim() ? t.size(dim) : 1;
-  for (int64_t i = dim + 1; i < t.dim(); ++i) a.inner *= t.size(i);
-  return a;
-}
+using cpu::Around;
+using cpu::around;
 
 int64_t rows_of(const Tensor& t) {
   const int64_t cols = t.dim() ? t.size(-1) : 1;
