@@ -106,6 +106,14 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
     threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
   core::set_num_threads(threads);
   device_ = resolve_device(c_.device, dist_.local_rank);
+  if (c_.distributed.strategy == "parameter_server" && device_.is_cuda()) {
+    // The parameter-server client moves parameters and gradients through host memory.
+    if (c_.device != "auto")
+      COHORT_THROW(ConfigError, "device ", c_.device,
+                   ": parameter-server workers train on the CPU in this version (their client "
+                   "exchanges tensors from host memory); use device: cpu or auto");
+    device_ = core::Device::cpu();
+  }
   if (c_.precision != "fp32") {
     if (!device_.is_cuda())
       COHORT_THROW(ConfigError, "precision ", c_.precision,
