@@ -138,7 +138,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (a.dim() == 1 && b.dim() == 1) return matmul_nd(a.unsqueeze(0), b.unsqueeze(1)).reshape({});
   if (a.dim() == 1) return matmul_nd(a.unsqueeze(0), b).squeeze(-2);
   if (b.dim() == 1) return matmul_nd(a, b.unsqueeze(1)).squeeze(-1);
-  if (a.dim() > 2 && b.dim() == 2) {
+  if (a.dim() > 2 && b.dim() == 2 && a.size(-1) > 0) {
     // A batch times one matrix (a weight, an output head) is one product over all rows: a single
     // large GEMM forward, and in backward one GEMM for b's gradient instead of a sum of products.
     Shape out_shape = a.sizes();

@@ -247,13 +247,25 @@ namespace {
 // read it.
 class PinnedStaging {
  public:
+  // Copies at most this large are staged (batches); larger ones (moving a model to the GPU) are
+  // one-off and would pin their whole size for the life of the process.
+  static constexpr size_t kMaxStaged = size_t{16} << 20;
+
   void upload(void* dst, const void* src, size_t n, cudaStream_t stream) {
+    if (n > kMaxStaged) {
+      check(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy");
+      return;
+    }
     Block* b = take(n);
+    cudaError_t rc = cudaSuccess;
     std::memcpy(b->host, src, n);
-    check(cudaMemcpyAsync(dst, b->host, n, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
-    check(cudaEventRecord(b->done, stream), "cudaEventRecord");
-    std::lock_guard<std::mutex> lock(mu_);
-    b->busy = false;
+    rc = cudaMemcpyAsync(dst, b->host, n, cudaMemcpyHostToDevice, stream);
+    if (rc == cudaSuccess) rc = cudaEventRecord(b->done, stream);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      b->busy = false;
+    }
+    check(rc, "cudaMemcpyAsync");
   }
 
  private:
