@@ -88,6 +88,13 @@ TEST(Gradcheck, Matmul) {
                         {rand64({4, 3}, 9), rand64({4, 2}, 10)}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::linear(x[0], x[1], x[2]); },
                         {rand64({5, 3}, 11), rand64({4, 3}, 12), rand64({4}, 13)}));
+  // A batch times a matrix with an empty inner dim: zeros of the right shape, zero gradients.
+  Tensor a = rand64({2, 3, 0}, 14), b = rand64({0, 4}, 15);
+  Tensor y = ops::matmul(a, b);
+  EXPECT_EQ(y.sizes(), (core::Shape{2, 3, 4}));
+  EXPECT_EQ(ops::sum(ops::abs(y)).item<double>(), 0.0);
+  ops::sum(y).backward();
+  EXPECT_EQ(b.grad().sizes(), (core::Shape{0, 4}));
   EXPECT_TRUE(gradcheck([](const V& x) { return ops::linear(x[0], x[1], Tensor()); },
                         {rand64({2, 5, 3}, 14), rand64({4, 3}, 15)}));
 }
