@@ -346,8 +346,11 @@ TEST_F(CudaOps, ShapesAndIndexing) {
   // (the slice from element 1) takes the element-wise path.
   for (DType dt : {DType::kFloat64, DType::kFloat32, DType::kBFloat16}) {
     const bool grad = dt != DType::kBFloat16;
-    EXPECT_TRUE(same_on_gpu([](const V& x) { return x[0].permute({1, 0, 2}).contiguous(); },
-                            {rnd({3, 5, 16}, 8, dt, -1, 1, grad)}, 0))
+    EXPECT_TRUE(same_on_gpu(
+        [](const V& x) {
+          return x[0].permute({1, 0, 2}).contiguous();
+        },
+        {rnd({3, 5, 16}, 8, dt, -1, 1, grad)}, 0))
         << core::dtype_name(dt);
     EXPECT_TRUE(same_on_gpu([](const V& x) { return x[0].slice(2, 8, 24).contiguous(); },
                             {rnd({3, 5, 24}, 9, dt, -1, 1, grad)}, 0))
@@ -521,12 +524,36 @@ TEST_F(CudaOps, AutocastComputesInSixteenBits) {
   }
 }
 
-TEST_F(CudaOps, CachingAllocatorReusesBlocks) {
-  { Tensor a = core::empty({1 << 20}, core::TensorOptions().with_device(kGpu)); }
-  const size_t cached = core::cuda::cached_bytes();
-  EXPECT_GE(cached, size_t{4} << 20);
-  { Tensor b = core::empty({1 << 20}, core::TensorOptions().with_device(kGpu)); }
-  EXPECT_EQ(core::cuda::cached_bytes(), cached);
+TEST_F(CudaOps, CachingAllocatorReusesBlocksAndCountsThem) {
+  core::cuda::synchronize();
+  core::cuda::release_cache();  // so that the first request below must go to the driver
+  core::cuda::reset_peak_memory();
+  const core::cuda::MemoryStats before = core::cuda::memory_stats();
+  ASSERT_EQ(before.cached, 0u);
+  constexpr size_t kBytes = size_t{12} << 20;
+  {
+    Tensor a =
+        core::empty({static_cast<int64_t>(kBytes / 4)}, core::TensorOptions().with_device(kGpu));
+    const core::cuda::MemoryStats live = core::cuda::memory_stats();
+    EXPECT_EQ(live.allocated, before.allocated + kBytes);
+    EXPECT_EQ(live.device_allocations, before.device_allocations + 1);
+    EXPECT_EQ(live.reserved, before.reserved + kBytes);
+  }
+  const core::cuda::MemoryStats freed = core::cuda::memory_stats();
+  EXPECT_EQ(freed.allocated, before.allocated);
+  EXPECT_EQ(freed.cached, before.cached + kBytes);
+  EXPECT_GE(freed.peak_allocated, before.allocated + kBytes);
+  {
+    Tensor b =
+        core::empty({static_cast<int64_t>(kBytes / 4)}, core::TensorOptions().with_device(kGpu));
+  }
+  const core::cuda::MemoryStats reused = core::cuda::memory_stats();
+  EXPECT_EQ(reused.device_allocations, freed.device_allocations);  // no cudaMalloc: the cache
+  EXPECT_EQ(reused.cache_hits, freed.cache_hits + 1);
+  EXPECT_EQ(reused.cached, freed.cached);
+  core::cuda::release_cache();
+  EXPECT_EQ(core::cuda::memory_stats().cached, 0u);
+  EXPECT_EQ(core::cuda::memory_stats().reserved, reused.reserved - reused.cached);
 }
 
 }  // namespace

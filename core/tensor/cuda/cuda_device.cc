@@ -35,6 +35,8 @@ class CachingAllocator {
         list.pop_back();
         cached_ -= size;
         owner_[p] = {device, size};
+        ++stats_.cache_hits;
+        count_allocated(size);
         return p;
       }
     }
@@ -52,6 +54,9 @@ class CachingAllocator {
                    cudaGetErrorString(rc));
     std::lock_guard<std::mutex> lock(mu_);
     owner_[p] = {device, size};
+    ++stats_.device_allocations;
+    stats_.reserved += size;
+    count_allocated(size);
     return p;
   }
 
@@ -64,7 +69,20 @@ class CachingAllocator {
     // it because allocations are handed to work on that same stream.
     free_[it->second].push_back(ptr);
     cached_ += it->second.second;
+    stats_.allocated -= it->second.second;
     owner_.erase(it);
+  }
+
+  MemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    MemoryStats s = stats_;
+    s.cached = cached_;
+    return s;
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.peak_allocated = stats_.allocated;
   }
 
   size_t cached() {
@@ -77,6 +95,7 @@ class CachingAllocator {
     for (auto& [key, list] : free_) {
       DeviceGuard guard(key.first);
       for (void* p : list) cudaFree(p);
+      stats_.reserved -= key.second * list.size();
       list.clear();
     }
     cached_ = 0;
@@ -89,7 +108,14 @@ class CachingAllocator {
     return (n + unit - 1) / unit * unit;
   }
 
+  // Under mu_.
+  void count_allocated(size_t size) {
+    stats_.allocated += size;
+    stats_.peak_allocated = std::max(stats_.peak_allocated, stats_.allocated);
+  }
+
   std::mutex mu_;
+  MemoryStats stats_;
   std::map<std::pair<int, size_t>, std::vector<void*>> free_;
   std::map<void*, std::pair<int, size_t>> owner_;
   size_t cached_ = 0;
@@ -158,6 +184,8 @@ Allocator& allocator(int device) {
   return per_device->try_emplace(device, device).first->second;
 }
 size_t cached_bytes() { return caching_allocator().cached(); }
+MemoryStats memory_stats() { return caching_allocator().stats(); }
+void reset_peak_memory() { caching_allocator().reset_peak(); }
 void release_cache() { caching_allocator().release(); }
 
 void* current_stream(int) { return nullptr; }

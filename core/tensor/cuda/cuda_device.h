@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "core/tensor/device.h"
@@ -27,6 +28,18 @@ Allocator& allocator(int device);
 // Device bytes kept for reuse, and a way to give them back to the driver.
 size_t cached_bytes();
 void release_cache();
+
+// The caching allocator's accounting over all devices (PyTorch's torch.cuda.memory_stats): bytes
+// held by live tensors and their peak, bytes kept for reuse, bytes obtained from the driver, and
+// how many requests needed cudaMalloc or were served from the cache. Sizes are the allocator's
+// rounded block sizes.
+struct MemoryStats {
+  size_t allocated = 0, peak_allocated = 0, cached = 0, reserved = 0;
+  uint64_t device_allocations = 0, cache_hits = 0;
+};
+MemoryStats memory_stats();
+// Starts peak_allocated again from what is allocated now.
+void reset_peak_memory();
 
 // The stream that work for `device` is ordered on (cudaStream_t as void*); the legacy default
 // stream until a backend sets another.

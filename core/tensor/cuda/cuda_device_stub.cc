@@ -18,6 +18,8 @@ std::string device_name(int) { COHORT_THROW(ConfigError, kNoCuda); }
 Allocator& allocator(int) { COHORT_THROW(ConfigError, kNoCuda); }
 size_t cached_bytes() { return 0; }
 void release_cache() {}
+MemoryStats memory_stats() { return {}; }
+void reset_peak_memory() {}
 void* current_stream(int) { return nullptr; }
 void synchronize() {}
 bool allow_tf32() { return false; }
