@@ -66,7 +66,9 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
         std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
     std::string backend = c.distributed.backend;
     if (backend == "auto")
-      backend = trainer::resolve_device(c.device, env.local_rank).is_cuda() ? "nccl" : "cpu";
+      backend = trainer::resolve_device(c.device, env.local_rank, env.local_world_size).is_cuda()
+                    ? "nccl"
+                    : "cpu";
     collectives::ProcessGroupOptions po;
     po.timeout = timeout;
     dist.group = collectives::create_process_group(

@@ -51,14 +51,24 @@ std::string format_eta(double s) {
 
 }  // namespace
 
-core::Device resolve_device(const std::string& spec, int local_rank) {
+core::Device resolve_device(const std::string& spec, int local_rank, int local_world_size) {
   if (spec == "cpu") return core::Device::cpu();
   const int gpus = core::cuda::device_count();
-  if (spec == "auto") return gpus > 0 ? core::Device::cuda(local_rank % gpus) : core::Device::cpu();
+  // NCCL needs a GPU of its own for every rank of a node.
+  if (spec == "auto")
+    return gpus > 0 && gpus >= local_world_size ? core::Device::cuda(local_rank % gpus)
+                                                : core::Device::cpu();
   if (gpus == 0)
     COHORT_THROW(ConfigError, "device ", spec, " was requested but ",
                  core::cuda::unavailable_reason(), "; use device: cpu or auto");
-  if (spec == "cuda") return core::Device::cuda(local_rank % gpus);
+  if (spec == "cuda") {
+    if (local_world_size > gpus)
+      COHORT_THROW(ConfigError, "device cuda: ", local_world_size, " ranks on this node share ",
+                   gpus, gpus == 1 ? " GPU" : " GPUs",
+                   ", and each rank needs one of its own; start at most ", gpus,
+                   " per node (--nproc-per-node) or use device: cpu");
+    return core::Device::cuda(local_rank);
+  }
   const int index = std::stoi(spec.substr(5));  // the config checked the form cuda:N
   if (index < 0 || index >= gpus)
     COHORT_THROW(ConfigError, "device ", spec, " does not exist: this machine has ", gpus,
@@ -105,7 +115,7 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (threads == 0)
     threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
   core::set_num_threads(threads);
-  device_ = resolve_device(c_.device, dist_.local_rank);
+  device_ = resolve_device(c_.device, dist_.local_rank, dist_.local_world_size);
   if (c_.distributed.strategy == "parameter_server" && device_.is_cuda()) {
     // The parameter-server client moves parameters and gradients through host memory.
     if (c_.device != "auto")

@@ -122,8 +122,9 @@ class Trainer {
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen);
 
 // The device a worker trains on for the config's `device`: cpu; cuda:N; cuda (the node's GPU
-// number local_rank, modulo the GPUs visible); auto (cuda where this build and machine have a
-// GPU, else cpu). Asking for a GPU that is not there is a ConfigError saying why.
-core::Device resolve_device(const std::string& spec, int local_rank);
+// number local_rank; a ConfigError when the node's ranks outnumber its GPUs); auto (cuda where
+// this build and machine have a GPU for every rank of the node, else cpu). Asking for a GPU that
+// is not there is a ConfigError saying why.
+core::Device resolve_device(const std::string& spec, int local_rank, int local_world_size = 1);
 
 }  // namespace cohort::trainer

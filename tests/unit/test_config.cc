@@ -154,9 +154,12 @@ namespace {
 // cpu and auto train on the CPU.
 TEST(ResolveDevice, CpuAutoAndMissingGpus) {
   EXPECT_TRUE(resolve_device("cpu", 3).is_cpu());
-  if (core::cuda::device_count() > 0) {
+  if (const int gpus = core::cuda::device_count(); gpus > 0) {
     EXPECT_TRUE(resolve_device("auto", 0).is_cuda());
     EXPECT_THROW(resolve_device("cuda:999", 0), ConfigError);
+    // More ranks on the node than GPUs: auto falls back to the CPU, cuda is an error.
+    EXPECT_TRUE(resolve_device("auto", 0, gpus + 1).is_cpu());
+    EXPECT_THROW(resolve_device("cuda", 0, gpus + 1), ConfigError);
     return;
   }
   EXPECT_TRUE(resolve_device("auto", 1).is_cpu());
