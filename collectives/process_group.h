@@ -78,10 +78,13 @@ class ProcessGroup {
   virtual std::shared_ptr<Work> broadcast(core::Tensor& tensor, const BroadcastOptions& o = {}) = 0;
   // The result lands on o.root; other ranks' tensors hold partial results afterwards.
   virtual std::shared_ptr<Work> reduce(core::Tensor& tensor, const ReduceOptions& o = {}) = 0;
-  // output holds size() blocks of input's numel, rank i's input in block i.
+  // output holds size() blocks of input's numel, rank i's input in block i. In place when input is
+  // output's block rank().
   virtual std::shared_ptr<Work> allgather(core::Tensor& output, const core::Tensor& input,
                                           const CollectiveOptions& o = {}) = 0;
   // input holds size() blocks of output's numel; rank i gets the reduction of everyone's block i.
+  // In place when output is input's block rank() (NCCL's convention): the other blocks of input
+  // are then left undefined, and the cpu and nccl backends reduce without copying the input.
   virtual std::shared_ptr<Work> reduce_scatter(core::Tensor& output, const core::Tensor& input,
                                                const ReduceScatterOptions& o = {}) = 0;
   // input and output hold size() equal blocks; block j of rank i's input becomes block i of rank

@@ -610,14 +610,23 @@ std::shared_ptr<Work> CpuProcessGroup::reduce_scatter(Tensor& out, const Tensor&
     op.reduce = o.op;
     op.elem = input.element_size();
     const size_t block = output.nbytes();
-    std::vector<uint8_t> tmp(input.nbytes());
-    std::memcpy(tmp.data(), input.raw_data(), input.nbytes());
+    auto* in_bytes = static_cast<uint8_t*>(input.raw_data());
+    // In place (output is input's block `rank`, as NCCL defines it) the ring reduces in the input
+    // itself: no copy of the whole input, and the average is taken as the last partial sum lands.
+    const bool in_place = in_bytes + rank_ * block == output.raw_data();
+    std::unique_ptr<uint8_t[]> tmp;
+    uint8_t* buf = in_bytes;
+    if (!in_place) {
+      tmp.reset(new uint8_t[input.nbytes()]);  // not value-initialised: every byte is copied over
+      std::memcpy(tmp.get(), in_bytes, input.nbytes());
+      buf = tmp.get();
+    }
+    const bool average = o.op == ReduceOp::kAvg && size_ > 1;
     if (size_ > 1) {
       Chunks c(static_cast<size_t>(input.numel()), op.elem, size_);
-      ring(op, rank_, size_, tmp.data(), c, true, false);
+      ring(op, rank_, size_, buf, c, true, false, average);
     }
-    std::memcpy(output.raw_data(), tmp.data() + rank_ * block, block);
-    if (o.op == ReduceOp::kAvg) divide(op.dtype, output.raw_data(), output.numel(), size_);
+    if (!in_place) std::memcpy(output.raw_data(), buf + rank_ * block, block);
   });
 }
 

@@ -64,7 +64,9 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
     int64_t padded = b.numel;
     if (o_.reduce_scatter) padded = (b.numel + world - 1) / world * world;
     b.grads = core::zeros({padded}, core::TensorOptions(like.dtype()).with_device(like.device()));
-    if (o_.reduce_scatter) b.shard = b.grads.narrow(0, 0, padded / world).clone();
+    // This rank's block of the bucket: the reduce-scatter runs in place.
+    if (o_.reduce_scatter)
+      b.shard = b.grads.narrow(0, padded / world * group_->rank(), padded / world);
   }
   broadcast_parameters();
   broadcast_buffers();

@@ -436,8 +436,14 @@ std::shared_ptr<Work> MpiProcessGroup::reduce_scatter(Tensor& out, const Tensor&
   cpu::check_reducible(in.dtype(), o.op, "reduce_scatter");
   check_reduce_scatter(out, in, size_);
   mpi_count(static_cast<size_t>(in.numel()), "reduce_scatter");
-  auto src = std::make_shared<ReduceBuffer>(in);
   auto dst = std::make_shared<ReduceBuffer>(out);
+  // MPI forbids overlapping send and receive buffers; the in-place form (output is the input's
+  // block `rank`) reduces from a copy of the input.
+  const auto* in_begin = static_cast<const uint8_t*>(in.raw_data());
+  const auto* out_begin = static_cast<const uint8_t*>(dst->data());
+  const bool overlap =
+      out_begin < in_begin + in.nbytes() && in_begin < out_begin + dst->mpi.nbytes();
+  auto src = std::make_shared<ReduceBuffer>(overlap ? in.clone() : in);
   const int count = static_cast<int>(out.numel());
   const int n = size_;
   return enqueue(

@@ -115,6 +115,28 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
       expect_values(
           rs_out, [&](int64_t i) { return W * (W + 1) / 2.0 + W * ((r * n + i) % 7); },
           "reduce_scatter " + at);
+      // In place (NCCL's convention: output is block `rank` of the input), and averaged there,
+      // the way the sharded optimiser's buckets reduce.
+      if (floating) {
+        Tensor rs_buf = filled(n * W, dt, [&](int64_t i) { return value(r, i); });
+        Tensor rs_mine = rs_buf.narrow(0, n * r, n);
+        pg.reduce_scatter(rs_mine, rs_buf, {ReduceOp::kAvg})->wait();
+        expect_values(
+            rs_mine, [&](int64_t i) { return (W + 1) / 2.0 + (r * n + i) % 7; },
+            "in-place reduce_scatter avg " + at);
+      }
+      Tensor ag_buf = filled(n * W, dt, [&](int64_t i) {
+        return i / std::max<int64_t>(n, 1) == r ? value(r, i % std::max<int64_t>(n, 1)) : -1;
+      });
+      Tensor ag_mine = ag_buf.narrow(0, n * r, n);
+      pg.allgather(ag_buf, ag_mine)->wait();
+      expect_values(
+          ag_buf,
+          [&](int64_t i) {
+            return value(static_cast<int>(i / std::max<int64_t>(n, 1)),
+                         i % std::max<int64_t>(n, 1));
+          },
+          "in-place allgather " + at);
       // alltoall: block b of rank q's input is q * 100 + b + i % 7... kept small for bfloat16.
       Tensor a_in =
           filled(n * W, dt, [&](int64_t i) { return r * 10 + i / std::max<int64_t>(n, 1); });
