@@ -20,33 +20,29 @@ Tensor param_slice(const Tensor& flat, int64_t offset, const Tensor& like) {
 
 ShardedOptimizer::ShardedOptimizer(DistributedDataParallel& ddp, const MakeInner& make_inner)
     : Optimizer(ddp.params(), 0.0), ddp_(ddp) {
+  core::autograd::NoGradGuard guard;
+  const int rank = ddp_.group().rank();
   for (auto& b : ddp_.buckets()) {
     COHORT_CHECK(b.shard.defined(),
                  "ShardedOptimizer needs DistributedDataParallel built with reduce_scatter");
-    gathered_.push_back(core::zeros_like(b.grads));
-    Tensor s = core::zeros_like(b.shard);
+    Tensor flat = core::zeros_like(b.grads);
+    for (size_t k : b.params) {
+      Tensor slot = param_slice(flat, ddp_.slots()[k].offset, params_[k]);
+      slot.copy_(params_[k]);
+      params_[k].set_(slot);
+    }
+    const int64_t n = b.shard.numel();
+    Tensor s = flat.narrow(0, n * rank, n);
     s.set_requires_grad(true);
     s.set_grad(b.shard);
+    flat_.push_back(flat);
     shards_.push_back(s);
   }
-  read_shards();
   inner_ = make_inner(shards_);
   lr_ = inner_->lr();
 }
 
 int64_t ShardedOptimizer::shard_size(size_t bucket) const { return shards_[bucket].numel(); }
-
-void ShardedOptimizer::read_shards() {
-  core::autograd::NoGradGuard guard;
-  const int rank = ddp_.group().rank();
-  for (size_t b = 0; b < shards_.size(); ++b) {
-    Tensor& flat = gathered_[b];
-    flat.zero_();
-    for (size_t k : ddp_.buckets()[b].params)
-      param_slice(flat, ddp_.slots()[k].offset, params_[k]).copy_(params_[k]);
-    shards_[b].copy_(flat.narrow(0, shard_size(b) * rank, shard_size(b)));
-  }
-}
 
 double ShardedOptimizer::clip_grad_norm(double max_norm) {
   core::autograd::NoGradGuard guard;
@@ -75,14 +71,13 @@ void ShardedOptimizer::step() {
   inner_->step();
   ++steps_;
   ProcessGroup& g = ddp_.group();
+  // In place: each shard is its block of the flat buffer, so the other ranks' blocks land
+  // directly in the module's parameters.
   std::vector<std::shared_ptr<Work>> works;
-  for (size_t b = 0; b < shards_.size(); ++b)
-    works.push_back(g.allgather(gathered_[b], shards_[b]));
-  // Copy bucket b into the module while later buckets are still being gathered.
+  for (size_t b = 0; b < shards_.size(); ++b) works.push_back(g.allgather(flat_[b], shards_[b]));
   for (size_t b = 0; b < shards_.size(); ++b) {
     works[b]->wait();
-    for (size_t k : ddp_.buckets()[b].params)
-      params_[k].copy_(param_slice(gathered_[b], ddp_.slots()[k].offset, params_[k]));
+    flat_[b].bump_version();
   }
 }
 
@@ -98,7 +93,7 @@ core::optim::OptimizerState ShardedOptimizer::state_dict() const {
     for (size_t b = 0; b < shards_.size(); ++b) {
       auto it = inner.find(std::to_string(b) + "." + name);
       if (it == inner.end()) continue;
-      Tensor full = core::zeros_like(gathered_[b]);
+      Tensor full = core::zeros_like(flat_[b]);
       Tensor mine = it->second.contiguous();
       g.allgather(full, mine)->wait();
       for (size_t k : ddp_.buckets()[b].params)
@@ -121,7 +116,7 @@ void ShardedOptimizer::load_state_dict(const core::optim::OptimizerState& state)
   core::optim::OptimizerState inner;
   for (const std::string& name : names) {
     for (size_t b = 0; b < shards_.size(); ++b) {
-      Tensor full = core::zeros_like(gathered_[b]);
+      Tensor full = core::zeros_like(flat_[b]);
       bool any = false;
       for (size_t k : ddp_.buckets()[b].params) {
         auto it = state.find(std::to_string(k) + "." + name);
@@ -142,7 +137,6 @@ void ShardedOptimizer::load_state_dict(const core::optim::OptimizerState& state)
     steps_ = it->second.item<int64_t>();
   }
   inner_->load_state_dict(inner);
-  read_shards();
 }
 
 }  // namespace cohort::collectives

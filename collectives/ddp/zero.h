@@ -1,10 +1,12 @@
 // ZeRO stage 1: optimiser state sharded across the ranks of a data-parallel group.
 //
 // DDP runs with reduce_scatter, so after backward each rank holds the averaged gradient of its own
-// contiguous shard of every bucket. Each rank keeps the master copy of its parameter shard and the
-// optimiser state for it only (1/world of the memory), steps it with an ordinary optimiser, then
-// every bucket's parameters are all-gathered back into the module. Because SGD and AdamW update
-// each element independently, the result equals plain DDP.
+// contiguous shard of every bucket. Each bucket's parameters live in one flat buffer laid out as
+// its gradients (the module's parameters become views of it, as FSDP's flat parameters are): each
+// rank steps its own shard of that buffer with an ordinary optimiser that keeps state for the shard
+// only (1/world of the memory), and an in-place all-gather then fills in the other ranks' shards,
+// straight into the module's parameters. Because SGD and AdamW update each element independently,
+// the result equals plain DDP. A bucket's parameters share one version counter.
 //
 // state_dict() is consolidated (a collective: every rank must call it): it has the keys of an
 // unsharded optimiser over the module's parameters, so checkpoints move freely between ddp, zero1,
@@ -29,18 +31,15 @@ class ShardedOptimizer : public core::optim::Optimizer {
 
   void step() override;
   core::optim::OptimizerState state_dict() const override;
-  // Load the model's parameters first: the shards are re-read from them.
   void load_state_dict(const core::optim::OptimizerState& state) override;
   // Global-norm clipping over the shards of every rank (a collective); returns the norm before.
   double clip_grad_norm(double max_norm);
-  // Copies this rank's shards from the module's current parameters.
-  void read_shards();
 
  private:
   int64_t shard_size(size_t bucket) const;
   DistributedDataParallel& ddp_;
-  std::vector<core::Tensor> shards_;    // per bucket: master copy of this rank's slice
-  std::vector<core::Tensor> gathered_;  // per bucket: all ranks' slices, padded
+  std::vector<core::Tensor> flat_;    // per bucket: every parameter, padded; the module's views
+  std::vector<core::Tensor> shards_;  // per bucket: this rank's block of flat_ (a view)
   std::unique_ptr<core::optim::Optimizer> inner_;
 };
 

@@ -407,6 +407,19 @@ Tensor& Tensor::copy_(const Tensor& src) {
   return *this;
 }
 
+Tensor& Tensor::set_(const Tensor& source) {
+  COHORT_CHECK(!(autograd::GradMode::is_enabled() && requires_grad()),
+               "set_ on a tensor that requires grad; wrap it in NoGradGuard");
+  COHORT_CHECK(source.dtype() == dtype(), "set_: source is ", dtype_name(source.dtype()),
+               ", this tensor ", dtype_name(dtype()));
+  impl_->storage = source.storage();
+  impl_->sizes = source.sizes();
+  impl_->strides = source.strides();
+  impl_->offset = source.offset();
+  bump_version();  // a tensor saved for backward before now no longer holds what it did
+  return *this;
+}
+
 Tensor& Tensor::fill_(double value) {
   COHORT_CHECK(!(autograd::GradMode::is_enabled() && requires_grad()),
                "fill_ on a tensor that requires grad; wrap it in NoGradGuard");

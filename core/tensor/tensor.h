@@ -137,6 +137,11 @@ class Tensor {
   Tensor& copy_(const Tensor& src);
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0.0); }
+  // Makes this tensor a view of source's memory (PyTorch's set_): its storage, offset, sizes and
+  // strides, keeping this tensor's identity and autograd state. Every handle to this tensor sees
+  // the new memory; the version counter is now source's storage's (and is bumped). Same dtype; not
+  // under autograd on a tensor that requires grad.
+  Tensor& set_(const Tensor& source);
 
   // --- autograd
   // -------------------------------------------------------------------------------------

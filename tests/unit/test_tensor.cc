@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/autograd/grad_mode.h"
 #include "core/ops/backend.h"
 #include "core/ops/ops.h"
 
@@ -50,6 +51,31 @@ TEST(Tensor, ViewsShareStorage) {
   EXPECT_THROW(a.expand({3, 5}), InvalidArgument);
   EXPECT_EQ(a.slice(0, 0, 3, 2).sizes(), (Shape{2, 4}));
   EXPECT_EQ(a.flatten().sizes(), (Shape{12}));
+}
+
+TEST(Tensor, SetMakesATensorAViewOfOtherMemoryKeepingItsIdentity) {
+  Tensor p = arange(6, TensorOptions(DType::kFloat32)).view({2, 3});
+  p.set_requires_grad(true);
+  p.set_grad(ones({2, 3}));
+  Tensor handle = p;  // another handle to the same tensor, as a module and an optimiser hold
+  Tensor flat = zeros({10});
+  const uint64_t before = flat.version();
+  {
+    autograd::NoGradGuard g;
+    Tensor slot = flat.narrow(0, 2, 6).view({2, 3});
+    slot.copy_(p);
+    EXPECT_THROW(p.set_(zeros({2, 3}, DType::kFloat64)), InvalidArgument);
+    p.set_(slot);
+  }
+  EXPECT_GT(flat.version(), before + 1);  // the copy and the set_ each bump it
+  EXPECT_EQ(handle.raw_data(), flat.data_ptr<float>() + 2);
+  EXPECT_EQ(handle.sizes(), (Shape{2, 3}));
+  EXPECT_TRUE(handle.requires_grad());
+  EXPECT_EQ(sum(handle.grad()).item<float>(), 6.0f);
+  flat.narrow(0, 7, 1).fill_(40);  // element [1, 2] of p
+  EXPECT_EQ(handle.select(0, 1).select(0, 2).item<float>(), 40.0f);
+  EXPECT_EQ(handle.select(0, 0).select(0, 1).item<float>(), 1.0f);
+  EXPECT_THROW(p.set_(flat), InvalidArgument);  // requires grad, outside a NoGradGuard
 }
 
 TEST(Tensor, BroadcastingFollowsNumpyRules) {
