@@ -49,6 +49,10 @@ class Connection {
   Connection(int index, const ClientOptions& o) : index_(index), o_(o) {}
 
   std::future<void> post(std::function<void()> task) { return thread_.post(std::move(task)); }
+  // A second thread, for the async mode's pull of the next step while this step's push ends.
+  std::future<void> post_prefetch(std::function<void()> task) {
+    return prefetcher_.post(std::move(task));
+  }
 
   // (Re)connects and authenticates. Throws RpcError (retryable when the server is not there yet)
   // or DistributedError when the server refuses our proof.
@@ -90,7 +94,7 @@ class Connection {
                    " refused worker ", o_.worker, ": ", s.error_message());
     check(s, "server " + name() + " at " + address);
     std::lock_guard<std::mutex> lock(session_mu_);
-    stub_ = std::move(stub);
+    stub_ = std::shared_ptr<wire::ParameterServer::Stub>(std::move(stub));
     session_ = auth.session();
     address_ = address;
   }
@@ -106,6 +110,11 @@ class Connection {
   wire::ParameterServer::Stub& stub() {
     std::lock_guard<std::mutex> lock(session_mu_);
     return *stub_;
+  }
+  // For threads other than the connection's: keeps the stub alive across a reconnection there.
+  std::shared_ptr<wire::ParameterServer::Stub> shared_stub() {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    return stub_;
   }
   bool connected() {
     std::lock_guard<std::mutex> lock(session_mu_);
@@ -136,8 +145,9 @@ class Connection {
   int index_;
   const ClientOptions& o_;
   std::mutex session_mu_;
-  std::unique_ptr<wire::ParameterServer::Stub> stub_;
+  std::shared_ptr<wire::ParameterServer::Stub> stub_;
   std::string session_, address_;
+  TaskThread prefetcher_;
   TaskThread thread_;  // last: joined first, while the rest still exists
 };
 
@@ -178,7 +188,8 @@ class PsWorker::Impl {
     conns_.clear();  // joins their threads after the queued calls
   }
 
-  void pull(int64_t step) {
+  void pull(int64_t step, bool fresh) {
+    if (take_prefetch(step, fresh)) return;
     run_everywhere([this, step](Connection& c) {
       with_retries(c, "pull step " + std::to_string(step), [&] {
         if (c.shared() && c.prefetched == step) {
@@ -200,28 +211,88 @@ class PsWorker::Impl {
           copy_from_segment(c);
           return;
         }
-        wire::Chunk chunk;
-        size_t got = 0;
-        while (reader->Read(&chunk)) {
-          const Piece* piece = find_piece(chunk.key(), c.index());
-          if (!piece) continue;  // another worker's model defined more; not ours
-          const Compression comp =
-              chunk.encoding() == wire::BFLOAT16 ? Compression::kBFloat16 : Compression::kNone;
-          const int64_t n = decoded_count(chunk.data(), comp);
-          COHORT_CHECK(chunk.offset() >= 0 && chunk.offset() + n <= piece->numel, "server ",
-                       c.index(), " sent a chunk outside tensor ", chunk.key());
-          decode(chunk.data(), comp,
-                 params_[piece->tensor].data_ptr<float>() + piece->offset + chunk.offset());
-          if (chunk.offset() == 0) ++got;
-        }
-        check(reader->Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
-        size_t expected = 0;
-        for (const auto& p : pieces_) expected += p.server == c.index();
-        if (got < expected)
-          COHORT_THROW(DistributedError, "server ", c.index(), " sent ", got, " of the ", expected,
-                       " tensors it should hold");
+        read_values(c, *reader, step, [this](const Piece& piece) {
+          return params_[piece.tensor].data_ptr<float>() + piece.offset;
+        });
       });
     });
+  }
+
+  // Reads a pull's chunks from connection c's server into where(piece), checking that every piece
+  // of ours it holds arrived.
+  void read_values(Connection& c, grpc::ClientReader<wire::Chunk>& reader, int64_t step,
+                   const std::function<float*(const Piece&)>& where) {
+    wire::Chunk chunk;
+    size_t got = 0;
+    while (reader.Read(&chunk)) {
+      const Piece* piece = find_piece(chunk.key(), c.index());
+      if (!piece) continue;  // another worker's model defined more; not ours
+      const Compression comp =
+          chunk.encoding() == wire::BFLOAT16 ? Compression::kBFloat16 : Compression::kNone;
+      const int64_t n = decoded_count(chunk.data(), comp);
+      COHORT_CHECK(chunk.offset() >= 0 && chunk.offset() + n <= piece->numel, "server ", c.index(),
+                   " sent a chunk outside tensor ", chunk.key());
+      decode(chunk.data(), comp, where(*piece) + chunk.offset());
+      if (chunk.offset() == 0) ++got;
+    }
+    check(reader.Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
+    size_t expected = 0;
+    for (const auto& p : pieces_) expected += p.server == c.index();
+    if (got < expected)
+      COHORT_THROW(DistributedError, "server ", c.index(), " sent ", got, " of the ", expected,
+                   " tensors it should hold");
+  }
+
+  // Async mode over gRPC: the next step's values are fetched while this step's push is still
+  // finishing (mostly the first layers' gradients, which backward produces last), so the link
+  // carries both directions at once. The values then miss at most this worker's own last push,
+  // one step more of the staleness that async mode accepts anyway. They land in a staging copy:
+  // the parameters may be read (evaluation, checkpoints) until pull() moves them in. One attempt,
+  // without reconnecting (the connection's own thread does that): when it fails, pull() fetches
+  // the values the usual way.
+  void start_prefetch(int64_t step) {
+    for (auto& conn : conns_)  // shared memory: the push's reply brings the values
+      if (conn->shared() || !conn->connected()) return;
+    prefetch_step_ = step;
+    prefetch_.resize(pieces_.size());
+    for (auto& conn : conns_) {
+      Connection* c = conn.get();
+      auto stub = c->shared_stub();
+      prefetch_futures_.push_back(c->post_prefetch([this, c, stub, step] {
+        auto ctx = c->context(o_.timeout);
+        wire::PullRequest req;
+        req.set_step(step);
+        req.set_encoding(encoding_of(o_.compression));
+        auto reader = stub->Pull(ctx.get(), req);
+        read_values(*c, *reader, step, [this](const Piece& piece) {
+          auto& v = prefetch_[static_cast<size_t>(&piece - pieces_.data())];
+          v.resize(static_cast<size_t>(piece.numel));
+          return v.data();
+        });
+      }));
+    }
+  }
+
+  // True when a prefetch of `step` reached every server and its values are now the parameters'.
+  // `fresh` drops it: the caller wants values that include this worker's finished pushes.
+  bool take_prefetch(int64_t step, bool fresh) {
+    if (prefetch_step_ < 0) return false;
+    const bool wanted = prefetch_step_ == step && !fresh;
+    prefetch_step_ = -1;
+    bool ok = true;
+    for (auto& f : prefetch_futures_) {
+      try {
+        f.get();
+      } catch (const std::exception&) {
+        ok = false;
+      }
+    }
+    prefetch_futures_.clear();
+    if (!wanted || !ok) return false;
+    for (size_t p = 0; p < pieces_.size(); ++p)
+      std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
+                  prefetch_[p].data(), prefetch_[p].size() * sizeof(float));
+    return true;
   }
 
   void begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
@@ -252,6 +323,7 @@ class PsWorker::Impl {
         samples[static_cast<size_t>(conn->index())] = close_push(*conn);
       }));
     }
+    if (o_.prefetch) start_prefetch(step_ + 1);
     wait_all(pending_);
     wait_all(done);
     return {samples[0]};
@@ -529,13 +601,14 @@ class PsWorker::Impl {
     const auto period = std::chrono::milliseconds(static_cast<int64_t>(o_.heartbeat_s * 1000));
     while (!hb_cv_.wait_for(lock, period, [this] { return hb_stop_; })) {
       for (auto& c : conns_) {
-        if (!c->connected()) continue;
+        auto stub = c->shared_stub();
+        if (!stub) continue;
         try {
           auto ctx = c->context(std::chrono::seconds(5));
           wire::HeartbeatRequest req;
           req.set_step(step_);
           wire::HeartbeatReply reply;
-          (void)c->stub().Heartbeat(ctx.get(), req, &reply);
+          (void)stub->Heartbeat(ctx.get(), req, &reply);
         } catch (const std::exception&) {
           // The next call on that connection finds out and reconnects.
         }
@@ -552,6 +625,9 @@ class PsWorker::Impl {
   std::vector<int> hooks_;
   std::vector<std::future<void>> pending_;
   std::vector<char> sent_;
+  int64_t prefetch_step_ = -1;  // the step start_prefetch fetches, until pull takes it
+  std::vector<std::vector<float>> prefetch_;  // per piece
+  std::vector<std::future<void>> prefetch_futures_;
   std::atomic<bool> streaming_{false};
   std::atomic<int64_t> step_{0};
   double lr_ = 0;
@@ -566,7 +642,8 @@ PsWorker::PsWorker(std::vector<core::Tensor> params, const std::vector<std::stri
                    ClientOptions o)
     : impl_(std::make_unique<Impl>(std::move(params), names, std::move(o))) {}
 PsWorker::~PsWorker() = default;
-void PsWorker::pull(int64_t step) { impl_->pull(step); }
+void PsWorker::pull(int64_t step) { impl_->pull(step, false); }
+void PsWorker::pull_fresh(int64_t step) { impl_->pull(step, true); }
 void PsWorker::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
   impl_->begin_step(step, lr, samples, during_backward);
 }

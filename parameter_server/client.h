@@ -34,6 +34,10 @@ struct ClientOptions {
   // A server on this node is reached through shared memory (gradients and values; gRPC carries
   // only the calls); false keeps every byte on gRPC (parameter_server.transport: grpc).
   bool shared_memory = true;
+  // Async mode: each step's pull over gRPC starts while the step's push is still finishing, so
+  // both directions of the link carry data at once; the values may then miss this worker's own
+  // last push (one step staler).
+  bool prefetch = false;
 };
 
 struct StepResult {
@@ -51,8 +55,12 @@ class PsWorker {
   PsWorker(const PsWorker&) = delete;
   PsWorker& operator=(const PsWorker&) = delete;
 
-  // Blocks until every server admits step `step`, then the parameters hold its values.
+  // Blocks until every server admits step `step`, then the parameters hold its values. With
+  // ClientOptions::prefetch these may be the values fetched while the last push finished.
   void pull(int64_t step);
+  // As pull, but the values include every push this worker has finished (for evaluation and
+  // checkpoints).
+  void pull_fresh(int64_t step);
   // Opens the step's pushes. With `during_backward`, each parameter's gradient is sent as soon as
   // autograd has accumulated it; otherwise push_all() sends them (after clipping, say).
   void begin_step(int64_t step, double lr, int64_t samples, bool during_backward);

@@ -262,6 +262,40 @@ TEST(Shard, CheckpointRestoresValuesOptimiserStateAndVersion) {
   std::filesystem::remove_all(dir);
 }
 
+// Async mode over gRPC: the pull of step s+1 starts while the push of step s finishes, so it
+// sees the values with or without that push (one step staler at most); pull_fresh sees them all.
+TEST(PsClient, AsyncPrefetchIsAtMostOneOwnPushBehindAndPullFreshIsNot) {
+  ServerOptions so;
+  so.secret = new_secret();
+  so.shard = sgd_options(Mode::kAsync, 1);
+  Server server(so);
+  ClientOptions co;
+  co.secret = so.secret;
+  co.timeout = std::chrono::seconds(60);
+  co.resolve = [&server](int) { return server.address(); };
+  co.shared_memory = false;
+  co.prefetch = true;
+  core::Tensor p = core::zeros({3});
+  p.set_requires_grad(true);
+  PsWorker w({p}, {"w"}, co);
+  const float lr = 0.5f;
+  for (int64_t step = 0; step < 20; ++step) {
+    w.pull(step);
+    // After `step` pushes of ones the value is -lr * step; a prefetched pull may lack the last.
+    const float v = p.data_ptr<float>()[0];
+    EXPECT_TRUE(v == -lr * static_cast<float>(step) ||
+                (step > 0 && v == -lr * static_cast<float>(step - 1)))
+        << "step " << step << ": " << v;
+    EXPECT_EQ(p.data_ptr<float>()[2], v);
+    w.begin_step(step, lr, 1, false);
+    p.set_grad(core::ones({3}));
+    w.finish_step();
+  }
+  w.pull_fresh(20);
+  EXPECT_EQ(p.data_ptr<float>()[1], -lr * 20);
+  EXPECT_EQ(values(server.shard()), std::vector<float>(3, -lr * 20));
+}
+
 // A server on loopback and raw gRPC clients, good and bad.
 class ServerSecurity : public ::testing::Test {
  protected:
