@@ -75,26 +75,66 @@ bool plain_cpu_float(const Tensor& t) {
 // path below makes four (and allocates for add_'s alpha): the optimizer step of a model whose
 // gradients are averaged elsewhere (a parameter server's, a small MLP's) is memory-bound. The
 // float arithmetic is the op path's, in its order: g + p*wd; buf*m + g*(1-d); p + g*(-lr).
-void SGD::fused_step(Tensor& p, const Tensor& grad, Tensor* buf, bool first) const {
-  const auto n = static_cast<size_t>(p.numel());
-  float* w = p.data_ptr<float>();
-  const float* g = grad.data_ptr<float>();
-  float* b = buf ? buf->data_ptr<float>() : nullptr;
-  const float wd = static_cast<float>(o_.weight_decay), m = static_cast<float>(o_.momentum);
-  const float damp = static_cast<float>(1 - o_.dampening), neg_lr = static_cast<float>(-lr_);
-  const bool decay = o_.weight_decay != 0, nesterov = o_.nesterov, undamped = o_.dampening == 0;
+namespace {
+
+// One loop per combination of options, so that each compiles to a plain vector loop: with the
+// options tested inside, GCC if-converted them into masks and shuffles on every element (the
+// MLP's step took 0.52 ms where a plain loop over the same memory takes 0.29).
+template <bool kDecay, bool kMomentum, bool kFirst, bool kNesterov, bool kUndamped>
+void sgd_loop(float* __restrict w, const float* __restrict g, float* __restrict b, size_t n,
+              float wd, float m, float damp, float neg_lr) {
   for (size_t j = 0; j < n; ++j) {
-    float d = decay ? g[j] + w[j] * wd : g[j];
-    if (b) {
-      if (first) {
-        b[j] = d;
+    float d = kDecay ? g[j] + w[j] * wd : g[j];
+    if constexpr (kMomentum) {
+      float bj;
+      if constexpr (kFirst) {
+        bj = d;
+      } else if constexpr (kUndamped) {
+        bj = b[j] * m + d;
       } else {
-        b[j] = undamped ? b[j] * m + d : b[j] * m + d * damp;
+        bj = b[j] * m + d * damp;
       }
-      d = nesterov ? d + b[j] * m : b[j];
+      b[j] = bj;
+      d = kNesterov ? d + bj * m : bj;
     }
     w[j] = w[j] + d * neg_lr;
   }
+}
+
+using SgdLoop = void (*)(float*, const float*, float*, size_t, float, float, float, float);
+
+template <bool kDecay, bool kMomentum, bool kFirst, bool kNesterov>
+SgdLoop pick_undamped(bool undamped) {
+  return undamped ? sgd_loop<kDecay, kMomentum, kFirst, kNesterov, true>
+                  : sgd_loop<kDecay, kMomentum, kFirst, kNesterov, false>;
+}
+template <bool kDecay, bool kMomentum, bool kFirst>
+SgdLoop pick_nesterov(bool nesterov, bool undamped) {
+  return nesterov ? pick_undamped<kDecay, kMomentum, kFirst, true>(undamped)
+                  : pick_undamped<kDecay, kMomentum, kFirst, false>(undamped);
+}
+template <bool kDecay>
+SgdLoop pick_momentum(bool momentum, bool first, bool nesterov, bool undamped) {
+  if (!momentum) return sgd_loop<kDecay, false, false, false, true>;
+  return first ? pick_nesterov<kDecay, true, true>(nesterov, undamped)
+               : pick_nesterov<kDecay, true, false>(nesterov, undamped);
+}
+
+}  // namespace
+
+// The update of one contiguous float32 CPU parameter in one pass over memory, where the op-by-op
+// path below makes four (and allocates for add_'s alpha): the optimizer step of a model whose
+// gradients are averaged elsewhere (a parameter server's, a small MLP's) is memory-bound. The
+// float arithmetic is the op path's, in its order: g + p*wd; buf*m + g*(1-d); p + g*(-lr).
+void SGD::fused_step(Tensor& p, const Tensor& grad, Tensor* buf, bool first) const {
+  const auto n = static_cast<size_t>(p.numel());
+  float* b = buf ? buf->data_ptr<float>() : nullptr;
+  const bool decay = o_.weight_decay != 0;
+  SgdLoop loop = decay ? pick_momentum<true>(b != nullptr, first, o_.nesterov, o_.dampening == 0)
+                       : pick_momentum<false>(b != nullptr, first, o_.nesterov, o_.dampening == 0);
+  loop(p.data_ptr<float>(), grad.data_ptr<float>(), b, n, static_cast<float>(o_.weight_decay),
+       static_cast<float>(o_.momentum), static_cast<float>(1 - o_.dampening),
+       static_cast<float>(-lr_));
   p.bump_version();
   if (b) buf->bump_version();
 }
