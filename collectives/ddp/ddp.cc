@@ -70,6 +70,11 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
   }
   broadcast_parameters();
   broadcast_buffers();
+  // Backward writes gradients straight into their bucket slots where the op can (linear layers),
+  // instead of into new tensors that on_gradient would copy there.
+  for (size_t i = 0; i < params_.size(); ++i)
+    core::autograd::set_grad_destination(
+        params_[i], slot_view(buckets_[slots_[i].bucket].grads, slots_[i].offset, params_[i]));
   for (size_t i = 0; i < params_.size(); ++i)
     hook_ids_.push_back(
         params_[i].register_post_accumulate_grad_hook([this, i](Tensor&) { on_gradient(i); }));
@@ -80,7 +85,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
-  for (size_t i = 0; i < params_.size(); ++i) params_[i].remove_hook(hook_ids_[i]);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    params_[i].remove_hook(hook_ids_[i]);
+    core::autograd::set_grad_destination(params_[i], Tensor());
+  }
   // A backward that threw may have left reductions running on our buffers: let them end (each has
   // its own deadline) before the buffers go.
   for (auto& w : works_) {

@@ -27,6 +27,28 @@ void accumulate(Tensor& slot, Tensor&& g) {
   }
 }
 
+// The destinations of the node being applied on this thread, per input (grad_destination).
+thread_local const TensorList* t_destinations = nullptr;
+
+// Where each input's gradient may be written in place: only a leaf whose accumulator hears from
+// no other edge (deps 1, nothing buffered) and whose gradient is still empty.
+TensorList destinations_for(Node* n, const std::unordered_map<Node*, int>& deps,
+                            const std::unordered_map<Node*, TensorList>& buffers) {
+  TensorList out;
+  auto& edges = n->next_edges();
+  for (size_t i = 0; i < edges.size(); ++i) {
+    auto* acc = dynamic_cast<AccumulateGrad*>(edges[i].fn.get());
+    if (!acc) continue;
+    auto d = deps.find(acc);
+    if (d == deps.end() || d->second != 1 || buffers.count(acc)) continue;
+    Tensor dest = acc->destination_if_empty();
+    if (!dest.defined()) continue;
+    out.resize(edges.size());
+    out[i] = std::move(dest);
+  }
+  return out;
+}
+
 // Callbacks queued by the backward pass running on this thread; depth > 0 while one runs.
 thread_local std::vector<std::function<void()>> t_callbacks;
 thread_local int t_depth = 0;
@@ -34,6 +56,11 @@ thread_local int t_depth = 0;
 void run_graph(const TensorList& roots, const TensorList& grads, bool retain_graph);
 
 }  // namespace
+
+Tensor grad_destination(size_t input) {
+  if (!t_destinations || input >= t_destinations->size()) return {};
+  return (*t_destinations)[input];
+}
 
 void queue_callback(std::function<void()> fn) {
   COHORT_CHECK(t_depth > 0, "queue_callback outside a backward pass");
@@ -124,6 +151,12 @@ void run_graph(const TensorList& roots, const TensorList& grads, bool retain_gra
     TensorList out;
     if (any) {
       n->run_pre_hooks(in);
+      const TensorList dests = destinations_for(n, deps, buffers);
+      struct Scope {  // restored for a backward nested in a hook
+        const TensorList* saved = t_destinations;
+        explicit Scope(const TensorList* d) { t_destinations = d; }
+        ~Scope() { t_destinations = saved; }
+      } scope(dests.empty() ? nullptr : &dests);
       out = n->apply(std::move(in));
     }
     if (!retain_graph) n->release();

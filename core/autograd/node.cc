@@ -90,6 +90,14 @@ AccumulateGrad::AccumulateGrad(std::weak_ptr<TensorImpl> variable)
   set_sequence_nr(UINT64_MAX);
 }
 
+Tensor AccumulateGrad::destination_if_empty() const {
+  auto impl = variable_.lock();
+  if (!impl || !impl->autograd) return {};
+  const AutogradMeta& m = *impl->autograd;
+  if (m.grad.defined() || !m.hooks.empty()) return {};
+  return m.grad_destination;
+}
+
 TensorList AccumulateGrad::apply(TensorList&& grads) {
   auto impl = variable_.lock();
   if (!impl || grads.empty() || !grads[0].defined()) return {};
@@ -102,7 +110,11 @@ TensorList AccumulateGrad::apply(TensorList&& grads) {
   }
   COHORT_CHECK(g.sizes() == var.sizes(), "gradient of shape ", shape_str(g.sizes()),
                " does not match parameter of shape ", shape_str(var.sizes()));
-  if (!m.grad.defined()) {
+  const Tensor& d = m.grad_destination;
+  if (!m.grad.defined() && d.defined() && g.raw_data() == d.raw_data() && g.sizes() == d.sizes() &&
+      g.strides() == d.strides() && g.dtype() == d.dtype()) {
+    m.grad = d;  // written in place by the op (grad_destination)
+  } else if (!m.grad.defined()) {
     // Steal the incoming buffer when nothing else can see it; otherwise copy so that later in-place
     // accumulation cannot change another tensor.
     bool unique = g.impl_ptr().use_count() == 1 && g.storage().use_count() == 1 &&
@@ -128,6 +140,20 @@ bool any_requires_grad(const std::vector<Tensor>& inputs) {
   for (const Tensor& t : inputs)
     if (t.defined() && (t.requires_grad() || t.grad_fn())) return true;
   return false;
+}
+
+void set_grad_destination(const Tensor& leaf, const Tensor& destination) {
+  if (!destination.defined()) {  // cancelling never fails (DDP does it in its destructor)
+    if (leaf.defined() && leaf.impl()->autograd) leaf.impl()->autograd->grad_destination = Tensor();
+    return;
+  }
+  COHORT_CHECK(leaf.is_leaf() && leaf.requires_grad(),
+               "set_grad_destination: the tensor must be a leaf that requires grad");
+  COHORT_CHECK(destination.sizes() == leaf.sizes() && destination.dtype() == leaf.dtype() &&
+                   destination.device() == leaf.device() && destination.is_contiguous(),
+               "set_grad_destination: the destination must be contiguous with the leaf's shape ",
+               shape_str(leaf.sizes()), ", dtype and device");
+  meta(leaf).grad_destination = destination;
 }
 
 AutogradMeta& meta(const Tensor& t) {

@@ -98,6 +98,8 @@ class AccumulateGrad final : public Node {
  public:
   explicit AccumulateGrad(std::weak_ptr<TensorImpl> variable);
   TensorList apply(TensorList&& grads) override;
+  // The leaf's grad_destination when its gradient is still undefined and it has no hooks.
+  Tensor destination_if_empty() const;
 
  private:
   std::weak_ptr<TensorImpl> variable_;
@@ -115,6 +117,9 @@ struct AutogradMeta {
   std::shared_ptr<autograd::Node> accumulator;    // leaves only, created on first use
   std::vector<std::pair<int, TensorHook>> hooks;  // leaves: run before accumulation
   std::vector<std::pair<int, PostAccumulateHook>> post_hooks;
+  // Leaves: where backward writes this gradient while .grad() is undefined (DDP's bucket slots),
+  // so that it arrives in place instead of being copied there.
+  Tensor grad_destination;
 };
 
 }  // namespace cohort::core
@@ -130,5 +135,15 @@ Edge gradient_edge(const Tensor& t);
 void record(std::string name, const std::vector<Tensor>& inputs,
             const std::vector<Tensor*>& outputs, BackwardFn fn);
 AutogradMeta& meta(const Tensor& t);  // creates it on first use
+
+// Asks backward to write leaf's gradient into `destination` (same shape, dtype and device,
+// contiguous) whenever the leaf has no gradient yet; an undefined tensor cancels. Ops that can
+// produce a gradient in place (linear's weight and bias) then do, and .grad() becomes
+// `destination` with no copy. Other ops, a leaf with hooks, or one that gets several
+// contributions take the usual path, and the gradient lands wherever they put it.
+void set_grad_destination(const Tensor& leaf, const Tensor& destination);
+// Inside a backward function: the destination for the gradient of input `i` of the op, or an
+// undefined tensor when that input's gradient has none. Set by the engine for each node it runs.
+Tensor grad_destination(size_t input);
 
 }  // namespace cohort::core::autograd

@@ -67,6 +67,22 @@ Tensor mm_raw(const Tensor& a, const Tensor& b) {
   return c;
 }
 
+namespace {
+
+// a @ b as the gradient of the op's input `input`, of shape `shape`: written straight into that
+// input's grad_destination when it has one (DDP's bucket), else into a new tensor.
+Tensor mm_grad(const Tensor& a, const Tensor& b, size_t input, const Shape& shape) {
+  Tensor d = autograd::grad_destination(input);
+  if (!d.defined() || d.dtype() != a.dtype() || d.device() != a.device() ||
+      d.numel() != a.size(0) * b.size(1))
+    return mm_raw(a, b).view(shape);
+  detail::batched_gemm(a.unsqueeze(0), b.unsqueeze(0), d.view({1, a.size(0), b.size(1)}), 0.0);
+  d.bump_version();
+  return d;
+}
+
+}  // namespace
+
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   COHORT_CHECK(b.size(-2) == k, "matmul: shapes ", shape_str(a.sizes()), " and ",
@@ -190,8 +206,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       Tensor g2 = g[0].reshape({-1, outf});
       TensorList r(has_bias ? 3 : 2);
       if (n[0]) r[0] = mm_raw(g2, sw.get()).view(x_shape);
-      if (n[1]) r[1] = mm_raw(g2.t(), sx.get());
-      if (has_bias && n[2]) r[2] = mm_raw(ones({1, g2.size(0)}, g2.options()), g2).view({outf});
+      if (n[1]) r[1] = mm_grad(g2.t(), sx.get(), 1, {outf, in});
+      if (has_bias && n[2]) r[2] = mm_grad(ones({1, g2.size(0)}, g2.options()), g2, 2, {outf});
       return r;
     });
   }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/autograd/grad_mode.h"
+#include "core/autograd/node.h"
 #include "core/ops/ops.h"
 
 namespace cohort::core {
@@ -18,6 +19,56 @@ TEST(Autograd, AccumulatesIntoLeavesAcrossBackwards) {
   EXPECT_TRUE(allclose(x.grad(), tensor({2, 4, 6}, DType::kFloat64)));
   sum(mul(x, 3.0)).backward();
   EXPECT_TRUE(allclose(x.grad(), tensor({5, 7, 9}, DType::kFloat64)));
+}
+
+// DDP's buckets: a linear layer writes its weight and bias gradients straight into the leaves'
+// destinations; anything else (a second contribution, a hook, an accumulation) still gives the
+// right gradient.
+TEST(Autograd, GradDestinationsReceiveLinearGradientsInPlace) {
+  Generator gen(3);
+  Tensor x = randn({4, 5}, {}, &gen), w0 = randn({3, 5}, {}, &gen), b0 = randn({3}, {}, &gen);
+  auto grads = [&](Tensor& w, Tensor& b, int uses) {
+    Tensor y = linear(x, w, b);
+    for (int u = 1; u < uses; ++u) y = add(y, linear(x, w, b));
+    sum(mul(y, y)).backward();
+  };
+  Tensor w_ref = w0.clone().requires_grad_(), b_ref = b0.clone().requires_grad_();
+  grads(w_ref, b_ref, 1);
+  Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+  Tensor flat = full({20}, 7.0);  // as a bucket: w's slot, then b's, then other memory
+  Tensor w_slot = flat.narrow(0, 0, 15).view({3, 5}), b_slot = flat.narrow(0, 15, 3);
+  autograd::set_grad_destination(w, w_slot);
+  autograd::set_grad_destination(b, b_slot);
+  grads(w, b, 1);
+  EXPECT_EQ(w.grad().raw_data(), w_slot.raw_data());
+  EXPECT_EQ(b.grad().raw_data(), b_slot.raw_data());
+  EXPECT_TRUE(allclose(w_slot, w_ref.grad()));
+  EXPECT_TRUE(allclose(b_slot, b_ref.grad()));
+  EXPECT_EQ(sum(flat.narrow(0, 18, 2)).item<float>(), 14.0f);  // untouched
+  // Accumulating into the defined gradient stays in place and sums.
+  grads(w, b, 1);
+  EXPECT_EQ(w.grad().raw_data(), w_slot.raw_data());
+  EXPECT_TRUE(allclose(w.grad(), mul(w_ref.grad(), 2.0)));
+  // Two uses of the weight: its gradient is a sum, made the usual way.
+  Tensor w2 = w0.clone().requires_grad_(), b2 = b0.clone().requires_grad_();
+  Tensor w2_ref = w0.clone().requires_grad_(), b2_ref = b0.clone().requires_grad_();
+  autograd::set_grad_destination(w2, zeros({3, 5}));
+  grads(w2, b2, 2);
+  grads(w2_ref, b2_ref, 2);
+  EXPECT_TRUE(allclose(w2.grad(), w2_ref.grad()));
+  // A leaf with a hook: the hook sees the gradient and its result is what is kept.
+  Tensor w3 = w0.clone().requires_grad_(), b3 = b0.clone().requires_grad_();
+  Tensor w3_slot = zeros({3, 5});
+  autograd::set_grad_destination(w3, w3_slot);
+  w3.register_hook([](const Tensor& g) { return mul(g, 0.5); });
+  grads(w3, b3, 1);
+  EXPECT_TRUE(allclose(w3.grad(), mul(w_ref.grad(), 0.5)));
+  // Cancelled: a new tensor again. A destination of the wrong shape is refused.
+  autograd::set_grad_destination(w, Tensor());
+  w.set_grad(Tensor());
+  grads(w, b, 1);
+  EXPECT_NE(w.grad().raw_data(), w_slot.raw_data());
+  EXPECT_THROW(autograd::set_grad_destination(w, zeros({5, 3})), InvalidArgument);
 }
 
 TEST(Autograd, SharedSubgraphSumsBothPaths) {

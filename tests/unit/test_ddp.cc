@@ -150,12 +150,28 @@ TEST_P(DdpWorld, AveragedGradientsEqualOneProcessOnTheWholeBatch) {
   auto expected = single_process_grads(all);
   run_ranks(world, [&](std::shared_ptr<ProcessGroup> pg) {
     auto model = make_mlp(0);
+    // Registered before DDP's own hooks, so these see each gradient as backward delivered it.
+    auto params = model->parameters();
+    std::vector<const void*> delivered(params.size());
+    for (size_t i = 0; i < params.size(); ++i)
+      params[i].register_post_accumulate_grad_hook(
+          [&delivered, i](Tensor& p) { delivered[i] = p.grad().raw_data(); });
     DistributedDataParallel ddp(model, pg, small_buckets());
     Data mine = rows(all, per_rank * pg->rank(), per_rank);
-    core::cross_entropy(ddp.forward(mine.x), mine.y).backward();
-    auto params = model->parameters();
-    for (size_t i = 0; i < params.size(); ++i)
-      expect_close(params[i].grad(), expected[i], ddp.param_names()[i]);
+    // Two steps: the second backward writes into the buckets the first one's gradients left.
+    for (int step = 0; step < 2; ++step) {
+      model->zero_grad();
+      core::cross_entropy(ddp.forward(mine.x), mine.y).backward();
+      for (size_t i = 0; i < params.size(); ++i) {
+        expect_close(params[i].grad(), expected[i], ddp.param_names()[i]);
+        // The linear layers' gradients were written in their bucket slots, not copied there.
+        const auto& slot = ddp.slots()[i];
+        const auto* in_bucket =
+            static_cast<const float*>(ddp.buckets()[slot.bucket].grads.raw_data()) + slot.offset;
+        EXPECT_EQ(delivered[i], in_bucket) << ddp.param_names()[i];
+        EXPECT_EQ(params[i].grad().raw_data(), in_bucket) << ddp.param_names()[i];
+      }
+    }
   });
 }
 
