@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "collectives/shared_memory.h"
+#include "core/autograd/node.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/ps.grpc.pb.h"
@@ -125,13 +126,14 @@ class Connection {
 
   // The shared-memory data path to this server when it is on our node (set by attach; used on
   // this connection's thread only): gradients go to [0, floats), values come from [floats, 2x).
-  collectives::Mapping segment;
+  // Shared: tensors viewing the segment (gradient destinations) keep it mapped.
+  std::shared_ptr<collectives::Mapping> segment;
   int64_t segment_floats = 0;
   std::vector<int64_t> segment_offset;  // per piece of the worker's; -1: not on this server
-  bool shared() const { return static_cast<bool>(segment); }
+  bool shared() const { return segment && *segment; }
   int64_t prefetched = -1;  // the step whose values the last push left in the segment
   float* segment_grad(size_t piece) {
-    return static_cast<float*>(segment.addr()) + segment_offset[piece];
+    return static_cast<float*>(segment->addr()) + segment_offset[piece];
   }
   float* segment_values(size_t piece) { return segment_grad(piece) + segment_floats; }
 
@@ -184,7 +186,10 @@ class PsWorker::Impl {
     }
     hb_cv_.notify_all();
     heartbeat_.join();
-    for (size_t i = 0; i < params_.size(); ++i) params_[i].remove_hook(hooks_[i]);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      params_[i].remove_hook(hooks_[i]);
+      core::autograd::set_grad_destination(params_[i], core::Tensor());
+    }
     conns_.clear();  // joins their threads after the queued calls
   }
 
@@ -449,7 +454,10 @@ class PsWorker::Impl {
   // Asks a server for the shared-memory data path; a server on another node (or a segment this
   // process cannot open) leaves the connection on gRPC.
   void attach(Connection& c) {
-    c.segment = collectives::Mapping();
+    for (size_t p = 0; p < pieces_.size(); ++p)  // the old segment is no longer read
+      if (pieces_[p].server == c.index())
+        core::autograd::set_grad_destination(params_[pieces_[p].tensor], core::Tensor());
+    c.segment.reset();
     c.prefetched = -1;  // whatever the old segment held is gone with it
     if (!o_.shared_memory) return;
     auto ctx = c.context(o_.timeout);
@@ -474,8 +482,8 @@ class PsWorker::Impl {
         COHORT_THROW(DistributedError, "server ", c.index(),
                      "'s shared-memory segment lacks tensor ", pieces_[p].key);
     try {
-      c.segment = collectives::map_segment(
-          reply.segment(), 2 * static_cast<size_t>(reply.floats()) * sizeof(float), false);
+      c.segment = std::make_shared<collectives::Mapping>(collectives::map_segment(
+          reply.segment(), 2 * static_cast<size_t>(reply.floats()) * sizeof(float), false));
     } catch (const DistributedError& e) {
       std::fprintf(stderr,
                    "worker %d: shared memory with parameter server %d failed (%s); using gRPC\n",
@@ -486,6 +494,24 @@ class PsWorker::Impl {
     collectives::unlink_segment(reply.segment());  // both sides have it: no name left behind
     c.segment_floats = reply.floats();
     c.segment_offset = std::move(offsets);
+    // A parameter this server holds whole gets its gradient written by backward straight into
+    // the segment (linear layers do; write_piece then has nothing to copy). The view keeps the
+    // mapping alive. (Parameters as views of the values half were tried too: no measurable gain
+    // over the copy out, so the parameters stay the model's own memory.)
+    for (size_t p = 0; p < pieces_.size(); ++p) {
+      const Piece& piece = pieces_[p];
+      const core::Tensor& param = params_[piece.tensor];
+      if (piece.server != c.index() || piece.offset != 0 || piece.numel != param.numel()) continue;
+      core::autograd::set_grad_destination(param, segment_view(c, c.segment_grad(p), param));
+    }
+  }
+
+  static core::Tensor segment_view(const Connection& c, float* at, const core::Tensor& like) {
+    auto storage =
+        std::make_shared<core::StorageImpl>(at, static_cast<size_t>(like.numel()) * sizeof(float),
+                                            core::Device::cpu(), [keep = c.segment](void*) {});
+    return core::Tensor(std::make_shared<core::TensorImpl>(
+        storage, like.sizes(), core::contiguous_strides(like.sizes()), 0, core::DType::kFloat32));
   }
 
   void on_gradient(size_t i) {
@@ -509,7 +535,8 @@ class PsWorker::Impl {
     if (c.shared()) {
       const size_t bytes = static_cast<size_t>(piece.numel) * sizeof(float);
       if (grad.defined()) {
-        std::memcpy(c.segment_grad(p), grad.data_ptr<float>() + piece.offset, bytes);
+        const float* from = grad.data_ptr<float>() + piece.offset;
+        if (from != c.segment_grad(p)) std::memcpy(c.segment_grad(p), from, bytes);
       } else {
         std::memset(c.segment_grad(p), 0, bytes);
       }

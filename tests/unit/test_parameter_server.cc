@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "core/ops/ops.h"
+#include "core/optim/optimizer.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/client.h"
 #include "parameter_server/codec.h"
@@ -25,6 +26,7 @@ namespace {
 
 using namespace cohort;
 using namespace cohort::ps;
+using core::Tensor;
 using std::chrono::milliseconds;
 
 TEST(Partition, SmallTensorsWholeLargeOnesSplitByRowsBalancedByBytes) {
@@ -294,6 +296,44 @@ TEST(PsClient, AsyncPrefetchIsAtMostOneOwnPushBehindAndPullFreshIsNot) {
   w.pull_fresh(20);
   EXPECT_EQ(p.data_ptr<float>()[1], -lr * 20);
   EXPECT_EQ(values(server.shard()), std::vector<float>(3, -lr * 20));
+}
+
+// Through shared memory, backward writes a linear layer's gradients straight into the worker's
+// segment (gradient destinations): the server must apply exactly those, step after step.
+TEST(PsClient, GradientsWrittenIntoTheSegmentAreTheOnesApplied) {
+  ServerOptions so;
+  so.secret = new_secret();
+  so.shard = sgd_options(Mode::kSync, 1);
+  Server server(so);
+  ClientOptions co;
+  co.secret = so.secret;
+  co.timeout = std::chrono::seconds(60);
+  co.resolve = [&server](int) { return server.address(); };
+  core::Generator gen(5);
+  Tensor x = core::randn({4, 5}, {}, &gen), w0 = core::randn({3, 5}, {}, &gen);
+  Tensor b0 = core::randn({3}, {}, &gen);
+  Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+  Tensor w_ref = w0.clone().requires_grad_(), b_ref = b0.clone().requires_grad_();
+  core::optim::SGD ref({w_ref, b_ref}, core::optim::SGDOptions{0.1, 0, 0, 0, false});
+  auto loss = [&](const Tensor& wt, const Tensor& bt) {
+    Tensor y = core::linear(x, wt, bt);
+    return core::sum(core::mul(y, y));
+  };
+  PsWorker worker({w, b}, {"w", "b"}, co);
+  for (int64_t step = 0; step < 5; ++step) {
+    worker.pull(step);
+    worker.begin_step(step, 0.1, 4, /*during_backward=*/true);
+    w.set_grad(Tensor());
+    b.set_grad(Tensor());
+    loss(w, b).backward();
+    worker.finish_step();
+    ref.zero_grad();
+    loss(w_ref, b_ref).backward();
+    ref.step();
+  }
+  worker.pull_fresh(5);
+  EXPECT_TRUE(core::allclose(w, w_ref, 1e-6, 1e-6));
+  EXPECT_TRUE(core::allclose(b, b_ref, 1e-6, 1e-6));
 }
 
 // A server on loopback and raw gRPC clients, good and bad.
