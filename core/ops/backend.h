@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "core/tensor/tensor.h"
 
@@ -59,6 +60,27 @@ enum class BinaryOp : uint8_t {
 };
 
 enum class ReduceOp : uint8_t { kSum, kProd, kMax, kMin };
+
+// The value a reduction over elements of type T starts from, in accumulator type Acc (both
+// backends): max and min start from -inf/+inf where T has them, else from T's range bounds.
+template <typename T, typename Acc>
+Acc reduce_identity(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return Acc(0);
+    case ReduceOp::kProd:
+      return Acc(1);
+    case ReduceOp::kMax:
+      return std::numeric_limits<T>::has_infinity
+                 ? -static_cast<Acc>(std::numeric_limits<T>::infinity())
+                 : static_cast<Acc>(std::numeric_limits<T>::lowest());
+    case ReduceOp::kMin:
+      return std::numeric_limits<T>::has_infinity
+                 ? static_cast<Acc>(std::numeric_limits<T>::infinity())
+                 : static_cast<Acc>(std::numeric_limits<T>::max());
+  }
+  return Acc(0);
+}
 
 struct Scalars {
   double a = 0;

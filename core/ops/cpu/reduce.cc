@@ -13,25 +13,6 @@ namespace {
 template <typename T>
 using AccOf = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
 
-template <typename T, typename Acc>
-Acc identity(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-      return Acc(0);
-    case ReduceOp::kProd:
-      return Acc(1);
-    case ReduceOp::kMax:
-      return std::numeric_limits<T>::has_infinity
-                 ? -static_cast<Acc>(std::numeric_limits<T>::infinity())
-                 : static_cast<Acc>(std::numeric_limits<T>::lowest());
-    case ReduceOp::kMin:
-      return std::numeric_limits<T>::has_infinity
-                 ? static_cast<Acc>(std::numeric_limits<T>::infinity())
-                 : static_cast<Acc>(std::numeric_limits<T>::max());
-  }
-  return Acc(0);
-}
-
 template <typename T>
 void reduce_general(ReduceOp op, const Tensor& in, const Tensor& out) {
   using Acc = AccOf<T>;
@@ -39,7 +20,7 @@ void reduce_general(ReduceOp op, const Tensor& in, const Tensor& out) {
   Tensor acc = empty(out.sizes(), TensorOptions(dtype_of<Acc>()));
   Acc* a = acc.data_ptr<Acc>();
   const int64_t n_out = acc.numel();
-  const Acc init = identity<T, Acc>(op);
+  const Acc init = reduce_identity<T, Acc>(op);
   for (int64_t i = 0; i < n_out; ++i) a[i] = init;
   for_each_strided<2>(
       shape, {static_cast<char*>(acc.raw_data()), static_cast<char*>(in.raw_data())},

@@ -109,9 +109,9 @@ void CudaBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, cons
   cudaStream_t stream = stream_of(c);
   const int64_t per = 16 / es;
   auto round_up = [per](int64_t v) { return (v + per - 1) / per * per; };
-  const bool big = g.batch == 1 && static_cast<double>(g.m) * static_cast<double>(g.n) *
-                                           static_cast<double>(g.k) >=
-                                       static_cast<double>(1 << 28);
+  const bool big = g.batch == 1 &&
+                   static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) >=
+                       static_cast<double>(1 << 28);
   const bool misaligned = n % per != 0 || k % per != 0 || (g.lda * es) % 16 != 0 ||
                           (g.ldb * es) % 16 != 0 || (g.ldc * es) % 16 != 0;
   if (big && misaligned) {
@@ -125,13 +125,13 @@ void CudaBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, cons
     C = padded(C, g.m, g.n, g.m, n, es, c, stream, keep, g.beta != 0);
   }
   // An empty inner dimension leaves C = beta C; cuBLAS handles k = 0 as that.
-  check_cublas(cublasGemmStridedBatchedEx(
-                   h, op_b, op_a, static_cast<int>(n), static_cast<int>(g.m), static_cast<int>(k),
-                   alpha, B.ptr, type, static_cast<int>(B.ld), g.stride_b, A.ptr, type,
-                   static_cast<int>(A.ld), g.stride_a, beta, const_cast<void*>(C.ptr), type,
-                   static_cast<int>(C.ld), g.stride_c, static_cast<int>(g.batch), compute,
-                   CUBLAS_GEMM_DEFAULT),
-               "cublasGemmStridedBatchedEx");
+  check_cublas(
+      cublasGemmStridedBatchedEx(h, op_b, op_a, static_cast<int>(n), static_cast<int>(g.m),
+                                 static_cast<int>(k), alpha, B.ptr, type, static_cast<int>(B.ld),
+                                 g.stride_b, A.ptr, type, static_cast<int>(A.ld), g.stride_a, beta,
+                                 const_cast<void*>(C.ptr), type, static_cast<int>(C.ld), g.stride_c,
+                                 static_cast<int>(g.batch), compute, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmStridedBatchedEx");
   if (C.ptr != c.raw_data())
     check_cuda(cudaMemcpy2DAsync(c.raw_data(), g.ldc * es, C.ptr, C.ld * es, g.n * es, g.m,
                                  cudaMemcpyDeviceToDevice, stream),

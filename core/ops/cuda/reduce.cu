@@ -30,26 +30,6 @@ struct Combine {
   }
 };
 
-template <typename T0, typename Acc>
-Acc identity(ReduceOp op) {
-  using T = limits_t<T0>;
-  switch (op) {
-    case ReduceOp::kSum:
-      return Acc(0);
-    case ReduceOp::kProd:
-      return Acc(1);
-    case ReduceOp::kMax:
-      return std::numeric_limits<T>::has_infinity
-                 ? -static_cast<Acc>(std::numeric_limits<T>::infinity())
-                 : static_cast<Acc>(std::numeric_limits<T>::lowest());
-    case ReduceOp::kMin:
-      return std::numeric_limits<T>::has_infinity
-                 ? static_cast<Acc>(std::numeric_limits<T>::infinity())
-                 : static_cast<Acc>(std::numeric_limits<T>::max());
-  }
-  return Acc(0);
-}
-
 // One block per output (grid-stride over outputs): for long reductions.
 template <typename T, typename Acc, typename F>
 __global__ void reduce_block(int64_t n_out, int64_t n_red, Offsets<2> kept, Offsets<1> red,
@@ -176,7 +156,7 @@ void reduce_general(const Tensor& in, const Tensor& out) {
   if (n_out == 0) return;
   Offsets<2> kept = make_offsets<2>(kept_sizes, {kept_out, kept_in}, {0, 0}, nullptr);
   Offsets<1> red = make_offsets<1>(red_sizes, {red_in}, {0}, nullptr);
-  const Acc init = identity<T, Acc>(OP);
+  const Acc init = reduce_identity<limits_t<T>, Acc>(OP);
   DeviceGuard guard(in.device().index);
   char* o = static_cast<char*>(out.raw_data());
   const char* x = static_cast<const char*>(in.raw_data());

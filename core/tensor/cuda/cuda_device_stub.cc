@@ -16,6 +16,9 @@ int device_count() { return 0; }
 std::string unavailable_reason() { return kNoCuda; }
 std::string device_name(int) { COHORT_THROW(ConfigError, kNoCuda); }
 Allocator& allocator(int) { COHORT_THROW(ConfigError, kNoCuda); }
+// Queries and settings about device memory and math stay callable (a trainer logs them, a user's
+// code may set TF32) and truthfully report that there is none: no device memory, nothing queued
+// to wait for, no TF32. Anything that would need a GPU throws ConfigError above.
 size_t cached_bytes() { return 0; }
 void release_cache() {}
 MemoryStats memory_stats() { return {}; }
