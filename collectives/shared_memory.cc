@@ -1,6 +1,7 @@
 #include "collectives/shared_memory.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,14 +68,27 @@ Mapping map_segment(const std::string& name, size_t size, bool create) {
 
 void unlink_segment(const std::string& name) { ::shm_unlink(name.c_str()); }
 
+bool process_exited(int pid) {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  // A zombie still answers kill() until its parent reaps it; its state says it has exited.
+  const std::string stat = read_first_line(("/proc/" + std::to_string(pid) + "/stat").c_str());
+  const size_t paren = stat.rfind(')');  // the command name may itself hold spaces or parens
+  return paren != std::string::npos && paren + 2 < stat.size() &&
+         (stat[paren + 2] == 'Z' || stat[paren + 2] == 'X');
+}
+
 std::string node_identity(std::string& host) {
   char buf[256] = {};
   ::gethostname(buf, sizeof buf - 1);
   host = buf;
-  char ns[128] = {};
-  ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof ns - 1);
+  auto ns = [](const char* path) {
+    char link[128] = {};
+    ssize_t n = ::readlink(path, link, sizeof link - 1);
+    return std::string(link, n > 0 ? static_cast<size_t>(n) : 0);
+  };
   return host + "/" + read_first_line("/proc/sys/kernel/random/boot_id") + "/" +
-         std::string(ns, n > 0 ? static_cast<size_t>(n) : 0);
+         ns("/proc/self/ns/net") + "/" + ns("/proc/self/ns/pid");
 }
 
 std::string node_identity() {

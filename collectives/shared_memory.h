@@ -38,8 +38,13 @@ Mapping map_segment(const std::string& name, size_t size, bool create);
 // Removes the name (the memory lives on while mapped); a missing name is not an error.
 void unlink_segment(const std::string& name);
 
-// "host/boot id/network namespace": processes with the same value can share memory. Separate
-// network namespaces count as separate nodes, so namespace-based multi-node tests (and
+// True once process `pid` (of this node's pid namespace) has exited, reaped or not: what the
+// shared-memory paths check while they wait on a peer that would never say it is gone.
+bool process_exited(int pid);
+
+// "host/boot id/network namespace/pid namespace": processes with the same value can share memory
+// and see each other's pids (which the shared-memory paths watch to notice a peer's exit).
+// Separate network namespaces count as separate nodes, so namespace-based multi-node tests (and
 // containers) use the network as real nodes do. Sets `host` to the hostname.
 std::string node_identity(std::string& host);
 std::string node_identity();

@@ -13,6 +13,7 @@
 #include "core/autograd/node.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
+#include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
 #include "parameter_server/task_thread.h"
 
@@ -131,6 +132,8 @@ class Connection {
   int64_t segment_floats = 0;
   std::vector<int64_t> segment_offset;  // per piece of the worker's; -1: not on this server
   bool shared() const { return segment && *segment; }
+  // The step's calls through shared memory too, when the server offered it.
+  std::unique_ptr<DoorbellClient> doorbell;
   int64_t prefetched = -1;  // the step whose values the last push left in the segment
   float* segment_grad(size_t piece) {
     return static_cast<float*>(segment->addr()) + segment_offset[piece];
@@ -199,6 +202,14 @@ class PsWorker::Impl {
       with_retries(c, "pull step " + std::to_string(step), [&] {
         if (c.shared() && c.prefetched == step) {
           c.prefetched = -1;
+          copy_from_segment(c);
+          return;
+        }
+        if (c.shared() && c.doorbell) {
+          DoorbellRequest req;
+          req.call = DoorbellCall::kPull;
+          req.step = step;
+          check(ring(c, req), "server " + c.name() + ": pull of step " + std::to_string(step));
           copy_from_segment(c);
           return;
         }
@@ -458,6 +469,7 @@ class PsWorker::Impl {
       if (pieces_[p].server == c.index())
         core::autograd::set_grad_destination(params_[pieces_[p].tensor], core::Tensor());
     c.segment.reset();
+    c.doorbell.reset();
     c.prefetched = -1;  // whatever the old segment held is gone with it
     if (!o_.shared_memory) return;
     auto ctx = c.context(o_.timeout);
@@ -494,6 +506,14 @@ class PsWorker::Impl {
     collectives::unlink_segment(reply.segment());  // both sides have it: no name left behind
     c.segment_floats = reply.floats();
     c.segment_offset = std::move(offsets);
+    if (!reply.doorbell().empty()) {
+      try {
+        c.doorbell = std::make_unique<DoorbellClient>(reply.doorbell());
+      } catch (const DistributedError& e) {
+        std::fprintf(stderr, "worker %d: calls to parameter server %d stay on gRPC (%s)\n",
+                     o_.worker, c.index(), e.what());
+      }
+    }
     // A parameter this server holds whole gets its gradient written by backward straight into
     // the segment (linear layers do; write_piece then has nothing to copy). The view keeps the
     // mapping alive. (Parameters as views of the values half were tried too: no measurable gain
@@ -587,6 +607,17 @@ class PsWorker::Impl {
   }
 
   grpc::Status finish_push(Connection& c) {
+    if (c.shared() && c.doorbell) {
+      c.prefetched = -1;
+      DoorbellRequest req;
+      req.call = DoorbellCall::kPushThenPull;
+      req.step = step_;
+      req.lr = lr_;
+      req.samples = samples_;
+      const grpc::Status s = ring(c, req);
+      if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
+      return s;
+    }
     if (c.shared()) start_push(c, true);
     if (!c.push_broken) c.push_writer->WritesDone();
     grpc::Status s = c.push_writer->Finish();
@@ -594,6 +625,18 @@ class PsWorker::Impl {
     c.push_ctx.reset();
     if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
     return s;
+  }
+
+  // A call through c's doorbell, answered as gRPC would (PushReply's fields in c.push_reply). The
+  // server may wait up to the timeout for the mode's rule; its reply gets a little longer to
+  // arrive, so that a server-side timeout reaches us with its message naming the late workers.
+  grpc::Status ring(Connection& c, DoorbellRequest req) {
+    req.timeout_ms = o_.timeout.count();
+    const DoorbellReply r = c.doorbell->call(req, o_.timeout + std::chrono::seconds(5));
+    c.push_reply.set_version(r.version);
+    c.push_reply.set_samples(r.samples);
+    c.push_reply.set_pulled(r.pulled);
+    return grpc::Status(r.code, r.message);
   }
 
   // Ends the streamed push; if it broke (the server went away), pushes the step again whole.

@@ -12,6 +12,7 @@
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/codec.h"
+#include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
 
 namespace cohort::ps {
@@ -190,17 +191,13 @@ class Service final : public wire::ParameterServer::Service {
         if (reader->Read(&msg))
           return Status(StatusCode::INVALID_ARGUMENT,
                         "a push through shared memory has only its header");
-        const PushResult r = shard_.push_from_segment(worker, h.step(), h.lr(), h.samples());
+        const DoorbellReply r =
+            push_through_segment(worker, h.step(), h.lr(), h.samples(), h.then_pull(),
+                                 remaining(ctx), [ctx] { return ctx->IsCancelled(); });
         reply->set_version(r.version);
         reply->set_samples(r.samples);
-        if (h.then_pull()) {
-          if (!shard_.admit(worker, h.step() + 1, remaining(ctx),
-                            [ctx] { return ctx->IsCancelled(); }))
-            return Status(StatusCode::CANCELLED, "the push was cancelled");
-          reply->set_version(shard_.copy_to_segment(worker));
-          reply->set_pulled(true);
-        }
-        return Status::OK;
+        reply->set_pulled(r.pulled);
+        return Status(r.code, r.message);
       }
       shard_.push_begin(worker, h.step(), h.lr(), h.samples());
       std::vector<float> values;
@@ -229,6 +226,7 @@ class Service final : public wire::ParameterServer::Service {
       if (Status s = authorize(ctx, &worker); !s.ok()) return s;
       shard_.touch(worker, -1);
       if (req->node() != node_) return Status::OK;  // another node: no segment, gRPC it is
+      stop_doorbell(worker);  // the old segment's calls end before the segment is replaced
       Shard::SegmentLayout layout;
       try {
         layout = shard_.attach_segment(worker);
@@ -249,8 +247,26 @@ class Service final : public wire::ParameterServer::Service {
         p->set_offset(layout.offsets[i]);
         p->set_numel(layout.numels[i]);
       }
+      try {
+        auto bell = std::make_unique<DoorbellServer>(
+            layout.name + "-calls",
+            [this, worker](const DoorbellRequest& r, const auto& cancelled) {
+              return ring(worker, r, cancelled);
+            });
+        reply->set_doorbell(bell->name());
+        std::lock_guard<std::mutex> lock(mu_);
+        doorbells_[worker] = std::move(bell);
+      } catch (const DistributedError& e) {
+        std::fprintf(stderr, "server %d: worker %d's calls stay on gRPC (%s)\n",
+                     shard_.options().server, worker, e.what());
+      }
       return Status::OK;
     });
+  }
+
+  // Ends every worker's shared-memory calls: their next (or current) one fails as UNAVAILABLE.
+  void stop_doorbells() {
+    for (int w = 0; w < shard_.options().workers; ++w) stop_doorbell(w);
   }
 
   Status Heartbeat(ServerContext* ctx, const wire::HeartbeatRequest* req,
@@ -269,6 +285,55 @@ class Service final : public wire::ParameterServer::Service {
   }
 
  private:
+  // Under the worker's push_mu_. The shared-memory path's step: the push whose gradients wait in
+  // the worker's segment, then (then_pull) the next step's values into it once the mode admits that
+  // step.
+  DoorbellReply push_through_segment(int worker, int64_t step, double lr, int64_t samples,
+                                     bool then_pull, collectives::Millis timeout,
+                                     const std::function<bool()>& cancelled) {
+    const PushResult r = shard_.push_from_segment(worker, step, lr, samples);
+    DoorbellReply reply;
+    reply.version = r.version;
+    reply.samples = r.samples;
+    if (!then_pull) return reply;
+    if (!shard_.admit(worker, step + 1, timeout, cancelled))
+      return {StatusCode::CANCELLED, "the push was cancelled"};
+    reply.version = shard_.copy_to_segment(worker);
+    reply.pulled = true;
+    return reply;
+  }
+
+  // A call through worker's doorbell: what Push (shared memory, then pull) or Pull (shared
+  // memory) would do over gRPC.
+  DoorbellReply ring(int worker, const DoorbellRequest& req,
+                     const std::function<bool()>& cancelled) {
+    const auto timeout = std::clamp(collectives::Millis(req.timeout_ms), collectives::Millis(0),
+                                    collectives::Millis(3600 * 1000));
+    shard_.touch(worker, req.step);
+    if (req.call == DoorbellCall::kPushThenPull) {
+      std::lock_guard<std::mutex> one_push(push_mu_[static_cast<size_t>(worker)]);
+      return push_through_segment(worker, req.step, req.lr, req.samples, true, timeout, cancelled);
+    }
+    if (!shard_.admit(worker, req.step, timeout, cancelled))
+      return {StatusCode::CANCELLED, "the pull was cancelled"};
+    DoorbellReply reply;
+    reply.version = shard_.copy_to_segment(worker);
+    reply.pulled = true;
+    return reply;
+  }
+
+  void stop_doorbell(int worker) {
+    std::unique_ptr<DoorbellServer> old;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = doorbells_.find(worker);
+      if (it == doorbells_.end()) return;
+      old = std::move(it->second);
+      doorbells_.erase(it);
+    }
+    // Destroyed outside mu_: its thread may be in a call that needs it.
+  }
+
   struct Nonce {
     int worker;
     Clock::time_point expires;
@@ -323,7 +388,8 @@ class Service final : public wire::ParameterServer::Service {
   std::mutex mu_;
   std::map<std::string, Nonce> nonces_;
   std::map<std::string, int> sessions_;
-  std::vector<std::mutex> push_mu_;  // one push at a time per worker
+  std::vector<std::mutex> push_mu_;                           // one push at a time per worker
+  std::map<int, std::unique_ptr<DoorbellServer>> doorbells_;  // per worker on this node; mu_
 };
 
 }  // namespace
@@ -366,6 +432,7 @@ class Server::Impl {
       reaper_cv_.notify_all();
     }
     if (reaper_.joinable()) reaper_.join();
+    service_->stop_doorbells();
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     server_->Wait();
     try {

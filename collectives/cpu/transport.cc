@@ -1,11 +1,8 @@
 #include "collectives/cpu/transport.h"
 
-#include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
-#include <signal.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +13,7 @@
 
 #include <boost/asio.hpp>
 
+#include "collectives/futex.h"
 #include "collectives/shared_memory.h"
 #include "core/util/error.h"
 
@@ -57,13 +55,9 @@ struct alignas(64) RingHeader {
 };
 constexpr size_t kRingDataOffset = 4096;
 
-long futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const timespec* ts) {
-  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val, ts, nullptr, 0);
-}
-
 void ring_bell(Control* c) {
   c->bell.fetch_add(1, std::memory_order_seq_cst);
-  if (c->sleeping.load(std::memory_order_seq_cst)) futex(&c->bell, FUTEX_WAKE, INT32_MAX, nullptr);
+  if (c->sleeping.load(std::memory_order_seq_cst)) futex_wake(&c->bell);
 }
 
 class ShmSend final : public Channel {
@@ -411,8 +405,7 @@ void Mesh::idle(const std::vector<int>& active) {
   if (now - last_liveness_check_ > std::chrono::milliseconds(100)) {
     last_liveness_check_ = now;
     for (int r : active)
-      if (shm_peer_[r] && peers_[r].pid != ::getpid() && ::kill(peers_[r].pid, 0) != 0 &&
-          errno == ESRCH)
+      if (shm_peer_[r] && peers_[r].pid != ::getpid() && process_exited(peers_[r].pid))
         COHORT_THROW(DistributedError, describe(r), " has exited");
   }
   std::vector<pollfd> fds;
@@ -433,8 +426,7 @@ void Mesh::idle(const std::vector<int>& active) {
     c->sleeping.store(0, std::memory_order_relaxed);
     return;
   }
-  timespec ts{0, 1000000};
-  futex(&c->bell, FUTEX_WAIT, v, &ts);
+  futex_wait(&c->bell, v, std::chrono::milliseconds(1));
   c->sleeping.store(0, std::memory_order_relaxed);
   bell_seen_ = c->bell.load(std::memory_order_seq_cst);
 }
