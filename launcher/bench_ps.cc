@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "core/autograd/grad_mode.h"
+#include "core/autograd/node.h"
 #include "core/ops/ops.h"
 #include "launcher/ps_command.h"
 #include "launcher/worker_env.h"
@@ -28,7 +29,11 @@ int bench_ps(const BenchPsOptions& o) {
     params.push_back(p);
   }
   ps::PsWorker worker(params, names, ps_client_options(c, env, store));
-  for (auto& p : params) p.set_grad(core::zeros_like(p));
+  for (auto& p : params) {
+    core::Tensor in_place =
+        o.copy_gradients ? core::Tensor() : core::autograd::grad_destination_of(p);
+    p.set_grad(in_place.defined() ? in_place : core::zeros_like(p));
+  }
   std::vector<double> ms;
   // Learning rate 0: the servers' parameters do not move, only bytes do.
   for (int i = 0; i < o.warmup + o.iters; ++i) {
@@ -45,10 +50,11 @@ int bench_ps(const BenchPsOptions& o) {
   const double median = ms[ms.size() / 2];
   const double bytes = static_cast<double>(worker.bytes_per_step());
   std::printf(
-      "bench ps: rank %d mode %s servers %lld: push+pull of %.2f MB each way: median %.3f ms "
-      "best %.3f ms (%.2f GB/s both ways)\n",
+      "bench ps: rank %d mode %s servers %lld gradients %s: push+pull of %.2f MB each way: "
+      "median %.3f ms best %.3f ms (%.2f GB/s both ways)\n",
       env.rank, c.parameter_server.mode.c_str(), static_cast<long long>(c.parameter_server.servers),
-      bytes / 1e6, median, ms.front(), 2 * bytes / (median * 1e-3) / 1e9);
+      o.copy_gradients ? "copied" : "in-place", bytes / 1e6, median, ms.front(),
+      2 * bytes / (median * 1e-3) / 1e9);
   return 0;
 }
 

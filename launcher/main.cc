@@ -205,6 +205,8 @@ int main(int argc, char** argv) {
   bench_ps->add_option("overrides", bpo.overrides, "key.path=value overrides of config keys");
   bench_ps->add_option("--iters", bpo.iters, "timed iterations")->capture_default_str();
   bench_ps->add_option("--warmup", bpo.warmup, "untimed iterations")->capture_default_str();
+  bench_ps->add_flag("--copy-gradients", bpo.copy_gradients,
+                     "start the gradients in tensors of their own, not where backward writes them");
   // `cohort launch [options] -- PROGRAM ARGS...`: what follows "--" is the program's; CLI11 would
   // hand it to the parent command.
   std::vector<std::string> args(argv + 1, argv + argc);

@@ -156,6 +156,11 @@ void set_grad_destination(const Tensor& leaf, const Tensor& destination) {
   meta(leaf).grad_destination = destination;
 }
 
+Tensor grad_destination_of(const Tensor& leaf) {
+  if (!leaf.defined() || !leaf.impl()->autograd) return Tensor();
+  return leaf.impl()->autograd->grad_destination;
+}
+
 AutogradMeta& meta(const Tensor& t) {
   auto& m = t.impl()->autograd;
   if (!m) m = std::make_unique<AutogradMeta>();

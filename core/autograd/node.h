@@ -142,6 +142,8 @@ AutogradMeta& meta(const Tensor& t);  // creates it on first use
 // `destination` with no copy. Other ops, a leaf with hooks, or one that gets several
 // contributions take the usual path, and the gradient lands wherever they put it.
 void set_grad_destination(const Tensor& leaf, const Tensor& destination);
+// The leaf's destination, or an undefined tensor without one.
+Tensor grad_destination_of(const Tensor& leaf);
 // Inside a backward function: the destination for the gradient of input `i` of the op, or an
 // undefined tensor when that input's gradient has none. Set by the engine for each node it runs.
 Tensor grad_destination(size_t input);

@@ -3,8 +3,9 @@
 #   train   1 epoch of the Fashion-MNIST MLP: sync PS (2 workers, 1 server) samples/s against DDP
 #           on 2 ranks (goal >= 0.8); async and bounded for reference.
 #   comm    push plus pull of the MLP's gradients (cohort bench ps, 2 workers, 1 server) against
-#           our all-reduce of the same bytes on 2 ranks (goal <= 2x); over gRPC alone, with and
-#           without bf16 compression, too.
+#           our all-reduce of the same bytes on 2 ranks (goal <= 2x): with the gradients where
+#           backward leaves them in training (in the server's shared memory), and copied in from
+#           tensors of their own; over gRPC alone, with and without bf16 compression, too.
 #   scripts/bench/ps.sh [train] [comm]       (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,10 +54,12 @@ if [[ " $what " == *" comm "* ]]; then
     -b "$nbytes" -e "$nbytes" --iters 100 2>&1 | awk '$2 ~ /^[0-9]+$/ { t = $3 } END { print t }')
   ar_ms=$(awk -v u="$ar_us" 'BEGIN { printf "%.3f", u / 1000 }')
   f32=$(bench)
+  copied=$(bench --copy-gradients)
   grpc=$(bench parameter_server.transport=grpc)
   bf16=$(bench parameter_server.transport=grpc parameter_server.compression=bf16)
   echo "all-reduce of $bytes MB, 2 ranks (cpu backend):  $ar_ms ms"
   echo "push+pull of $bytes MB, 2 workers, 1 server:     $f32 ms  = $(div "$f32" "$ar_ms")x all-reduce (goal <= 2)"
+  echo "  gradients copied in first:                 $copied ms  = $(div "$copied" "$ar_ms")x all-reduce"
   echo "  all of it over gRPC (transport: grpc):     $grpc ms  = $(div "$grpc" "$ar_ms")x all-reduce"
   echo "  over gRPC with bf16 on the wire:           $bf16 ms  = $(div "$bf16" "$ar_ms")x all-reduce"
 fi

@@ -39,6 +39,8 @@ TEST(Autograd, GradDestinationsReceiveLinearGradientsInPlace) {
   Tensor w_slot = flat.narrow(0, 0, 15).view({3, 5}), b_slot = flat.narrow(0, 15, 3);
   autograd::set_grad_destination(w, w_slot);
   autograd::set_grad_destination(b, b_slot);
+  EXPECT_EQ(autograd::grad_destination_of(w).raw_data(), w_slot.raw_data());
+  EXPECT_FALSE(autograd::grad_destination_of(w_ref).defined());
   grads(w, b, 1);
   EXPECT_EQ(w.grad().raw_data(), w_slot.raw_data());
   EXPECT_EQ(b.grad().raw_data(), b_slot.raw_data());
@@ -65,6 +67,7 @@ TEST(Autograd, GradDestinationsReceiveLinearGradientsInPlace) {
   EXPECT_TRUE(allclose(w3.grad(), mul(w_ref.grad(), 0.5)));
   // Cancelled: a new tensor again. A destination of the wrong shape is refused.
   autograd::set_grad_destination(w, Tensor());
+  EXPECT_FALSE(autograd::grad_destination_of(w).defined());
   w.set_grad(Tensor());
   grads(w, b, 1);
   EXPECT_NE(w.grad().raw_data(), w_slot.raw_data());
