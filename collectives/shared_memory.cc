@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/util/error.h"
@@ -67,6 +68,19 @@ Mapping map_segment(const std::string& name, size_t size, bool create) {
 }
 
 void unlink_segment(const std::string& name) { ::shm_unlink(name.c_str()); }
+
+void remove_orphaned_segments(const std::string& prefix) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t end = name.find('-', prefix.size());
+    if (end == std::string::npos || end == prefix.size()) continue;
+    const std::string digits = name.substr(prefix.size(), end - prefix.size());
+    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+    if (process_exited(std::stoi(digits))) unlink_segment("/" + name);
+  }
+}
 
 bool process_exited(int pid) {
   if (pid <= 0) return false;

@@ -38,6 +38,11 @@ Mapping map_segment(const std::string& name, size_t size, bool create);
 // Removes the name (the memory lives on while mapped); a missing name is not an error.
 void unlink_segment(const std::string& name);
 
+// Removes this node's segments named "/<prefix><pid>-..." whose process `pid` has exited: one
+// killed before it could unlink them (a parameter server's shared values live as long as it does).
+// Only this user's can go (/dev/shm is sticky).
+void remove_orphaned_segments(const std::string& prefix);
+
 // True once process `pid` (of this node's pid namespace) has exited, reaped or not: what the
 // shared-memory paths check while they wait on a peer that would never say it is gone.
 bool process_exited(int pid);

@@ -15,6 +15,7 @@
 #include "parameter_server/auth.h"
 #include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
+#include "parameter_server/shard.h"
 #include "parameter_server/task_thread.h"
 
 namespace cohort::ps {
@@ -134,6 +135,10 @@ class Connection {
   bool shared() const { return segment && *segment; }
   // The step's calls through shared memory too, when the server offered it.
   std::unique_ptr<DoorbellClient> doorbell;
+  // The server's parameters, shared by its workers on this node (Shard::SegmentLayout), and the
+  // step the server last admitted this worker to without copying them into the segment.
+  std::shared_ptr<collectives::Mapping> values;
+  int64_t admitted = -1;
   int64_t prefetched = -1;  // the step whose values the last push left in the segment
   float* segment_grad(size_t piece) {
     return static_cast<float*>(segment->addr()) + segment_offset[piece];
@@ -204,6 +209,11 @@ class PsWorker::Impl {
           c.prefetched = -1;
           copy_from_segment(c);
           return;
+        }
+        if (c.shared() && c.admitted == step) {
+          c.admitted = -1;
+          if (copy_from_values(c)) return;
+          // An update ran while we copied (async): the doorbell's pull below copies one whole.
         }
         if (c.shared() && c.doorbell) {
           DoorbellRequest req;
@@ -455,6 +465,22 @@ class PsWorker::Impl {
     check(writer->Finish(), "server " + c.name() + ": defining the model's tensors");
   }
 
+  // Copies c's server's shared values into the parameters; false when an update ran meanwhile (or
+  // the values were replaced), and the parameters may then hold a mixture.
+  bool copy_from_values(Connection& c) {
+    auto* lock = static_cast<Shard::SharedValues*>(c.values->addr());
+    const uint64_t seq = lock->seq.load(std::memory_order_acquire);
+    if (seq & 1) return false;
+    const float* base = static_cast<const float*>(c.values->addr()) + Shard::kSharedValuesOffset;
+    for (size_t p = 0; p < pieces_.size(); ++p)
+      if (pieces_[p].server == c.index())
+        std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
+                    base + c.segment_offset[p],
+                    static_cast<size_t>(pieces_[p].numel) * sizeof(float));
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return lock->seq.load(std::memory_order_relaxed) == seq;
+  }
+
   void copy_from_segment(Connection& c) {
     for (size_t p = 0; p < pieces_.size(); ++p)
       if (pieces_[p].server == c.index())
@@ -470,6 +496,8 @@ class PsWorker::Impl {
         core::autograd::set_grad_destination(params_[pieces_[p].tensor], core::Tensor());
     c.segment.reset();
     c.doorbell.reset();
+    c.values.reset();
+    c.admitted = -1;
     c.prefetched = -1;  // whatever the old segment held is gone with it
     if (!o_.shared_memory) return;
     auto ctx = c.context(o_.timeout);
@@ -511,6 +539,17 @@ class PsWorker::Impl {
         c.doorbell = std::make_unique<DoorbellClient>(reply.doorbell());
       } catch (const DistributedError& e) {
         std::fprintf(stderr, "worker %d: calls to parameter server %d stay on gRPC (%s)\n",
+                     o_.worker, c.index(), e.what());
+      }
+    }
+    if (c.doorbell && !reply.values().empty()) {
+      try {
+        c.values = std::make_shared<collectives::Mapping>(collectives::map_segment(
+            reply.values(),
+            static_cast<size_t>(Shard::kSharedValuesOffset + reply.floats()) * sizeof(float),
+            false));
+      } catch (const DistributedError& e) {
+        std::fprintf(stderr, "worker %d: parameter server %d copies the values for it (%s)\n",
                      o_.worker, c.index(), e.what());
       }
     }
@@ -609,13 +648,15 @@ class PsWorker::Impl {
   grpc::Status finish_push(Connection& c) {
     if (c.shared() && c.doorbell) {
       c.prefetched = -1;
+      c.admitted = -1;
       DoorbellRequest req;
-      req.call = DoorbellCall::kPushThenPull;
+      req.call = c.values ? DoorbellCall::kPushThenAdmit : DoorbellCall::kPushThenPull;
       req.step = step_;
       req.lr = lr_;
       req.samples = samples_;
       const grpc::Status s = ring(c, req);
       if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
+      if (s.ok() && c.values) c.admitted = step_ + 1;
       return s;
     }
     if (c.shared()) start_push(c, true);

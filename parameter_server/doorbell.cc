@@ -93,7 +93,8 @@ void DoorbellServer::serve() {
     };
     DoorbellReply rep;
     try {
-      if (req.call != DoorbellCall::kPushThenPull && req.call != DoorbellCall::kPull)
+      if (req.call != DoorbellCall::kPushThenPull && req.call != DoorbellCall::kPull &&
+          req.call != DoorbellCall::kPushThenAdmit)
         COHORT_THROW(InvalidArgument, "unknown call ", static_cast<int32_t>(req.call));
       rep = handle_(req, cancelled);
     } catch (const InvalidArgument& e) {

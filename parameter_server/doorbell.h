@@ -26,8 +26,9 @@
 namespace cohort::ps {
 
 enum class DoorbellCall : int32_t {
-  kPushThenPull = 1,  // apply the push left in the data segment, then pull step + 1 into it
-  kPull = 2,          // pull step `step` into the data segment
+  kPushThenPull = 1,   // apply the push left in the data segment, then pull step + 1 into it
+  kPull = 2,           // pull step `step` into the data segment
+  kPushThenAdmit = 3,  // as kPushThenPull, but the worker copies the shared values itself
 };
 
 struct DoorbellRequest {

@@ -241,6 +241,7 @@ class Service final : public wire::ParameterServer::Service {
                    shard_.options().server, worker);
       reply->set_segment(layout.name);
       reply->set_floats(layout.floats);
+      reply->set_values(layout.values_name);
       for (size_t i = 0; i < layout.keys.size(); ++i) {
         wire::SegmentPiece* p = reply->add_pieces();
         p->set_key(layout.keys[i]);
@@ -290,7 +291,7 @@ class Service final : public wire::ParameterServer::Service {
   // step.
   DoorbellReply push_through_segment(int worker, int64_t step, double lr, int64_t samples,
                                      bool then_pull, collectives::Millis timeout,
-                                     const std::function<bool()>& cancelled) {
+                                     const std::function<bool()>& cancelled, bool copy = true) {
     const PushResult r = shard_.push_from_segment(worker, step, lr, samples);
     DoorbellReply reply;
     reply.version = r.version;
@@ -298,6 +299,7 @@ class Service final : public wire::ParameterServer::Service {
     if (!then_pull) return reply;
     if (!shard_.admit(worker, step + 1, timeout, cancelled))
       return {StatusCode::CANCELLED, "the push was cancelled"};
+    if (!copy) return reply;  // admitted: the worker copies the shared values itself
     reply.version = shard_.copy_to_segment(worker);
     reply.pulled = true;
     return reply;
@@ -310,9 +312,10 @@ class Service final : public wire::ParameterServer::Service {
     const auto timeout = std::clamp(collectives::Millis(req.timeout_ms), collectives::Millis(0),
                                     collectives::Millis(3600 * 1000));
     shard_.touch(worker, req.step);
-    if (req.call == DoorbellCall::kPushThenPull) {
+    if (req.call != DoorbellCall::kPull) {
       std::lock_guard<std::mutex> one_push(push_mu_[static_cast<size_t>(worker)]);
-      return push_through_segment(worker, req.step, req.lr, req.samples, true, timeout, cancelled);
+      return push_through_segment(worker, req.step, req.lr, req.samples, true, timeout, cancelled,
+                                  req.call == DoorbellCall::kPushThenPull);
     }
     if (!shard_.admit(worker, req.step, timeout, cancelled))
       return {StatusCode::CANCELLED, "the pull was cancelled"};

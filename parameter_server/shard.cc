@@ -40,6 +40,8 @@ const char* mode_name(Mode m) {
 
 Shard::Shard(ShardOptions o) : o_(std::move(o)) {
   COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
+  // What a killed predecessor (or any killed server of this user) left in /dev/shm.
+  collectives::remove_orphaned_segments("cohort-ps");
   for (int w = 0; w < o_.workers; ++w) {
     workers_.push_back(std::make_unique<Worker>());
     workers_.back()->seen = Clock::now();
@@ -53,6 +55,7 @@ Shard::Shard(ShardOptions o) : o_(std::move(o)) {
 
 Shard::~Shard() {
   if (clock_log_) std::fclose(clock_log_);
+  if (!values_name_.empty()) collectives::unlink_segment(values_name_);
   for (auto& k : workers_)
     if (!k->segment_name.empty()) collectives::unlink_segment(k->segment_name);
 }
@@ -312,11 +315,18 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
   auto update = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) update_piece(*order[static_cast<size_t>(i)], from, lr);
   };
+  SharedValues* shared = shared_values();
+  const uint64_t seq = shared ? shared->seq.load(std::memory_order_relaxed) : 0;
+  if (shared) {
+    shared->seq.store(seq + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
   if (total >= kParallelElements) {
     core::parallel_for(static_cast<int64_t>(order.size()), 1, update);
   } else {
     update(0, static_cast<int64_t>(order.size()));  // too small to repay waking a thread
   }
+  if (shared) shared->seq.store(seq + 2, std::memory_order_release);
   for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
   ++version_;
   changed_.notify_all();
@@ -385,7 +395,46 @@ Shard::SegmentLayout Shard::attach_segment(int w) {
   k.segment_floats = layout.floats;
   size_t i = 0;
   for (auto& [key, p] : pieces_) p.segment_offset[static_cast<size_t>(w)] = layout.offsets[i++];
+  share_values_locked(layout);
   return layout;
+}
+
+void Shard::share_values_locked(SegmentLayout& layout) {
+  if (values_ && values_floats_ == layout.floats && values_pieces_ == pieces_.size()) {
+    layout.values_name = values_name_;
+    return;
+  }
+  const std::string name =
+      "/cohort-ps" + std::to_string(::getpid()) + "-values-" + to_hex(random_bytes(8));
+  auto mapping = std::make_shared<collectives::Mapping>(collectives::map_segment(
+      name, static_cast<size_t>(kSharedValuesOffset + layout.floats) * sizeof(float), true));
+  new (mapping->addr()) SharedValues();
+  float* base = static_cast<float*>(mapping->addr()) + kSharedValuesOffset;
+  size_t i = 0;
+  for (auto& [key, p] : pieces_) {
+    float* at = base + layout.offsets[i++];
+    const auto bytes = static_cast<size_t>(p.param.numel()) * sizeof(float);
+    std::memcpy(at, p.param.data_ptr<float>(), bytes);
+    // The same tensor (the optimiser holds it) now lives in the segment.
+    auto storage = std::make_shared<core::StorageImpl>(at, bytes, core::Device::cpu(),
+                                                       [keep = mapping](void*) {});
+    p.param.set_(core::Tensor(std::make_shared<core::TensorImpl>(
+        storage, p.param.sizes(), core::contiguous_strides(p.param.sizes()), 0,
+        core::DType::kFloat32)));
+  }
+  if (SharedValues* old = shared_values()) {
+    old->seq.store(1, std::memory_order_release);  // odd for good: its readers ask for copies
+    collectives::unlink_segment(values_name_);
+  }
+  values_ = std::move(mapping);
+  values_name_ = name;
+  values_floats_ = layout.floats;
+  values_pieces_ = pieces_.size();
+  layout.values_name = name;
+}
+
+Shard::SharedValues* Shard::shared_values() const {
+  return values_ ? static_cast<SharedValues*>(values_->addr()) : nullptr;
 }
 
 void Shard::check_segment_locked(int w) {

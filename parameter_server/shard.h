@@ -10,6 +10,7 @@
 // gRPC service calls it from many threads.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <functional>
@@ -106,12 +107,24 @@ class Shard {
   // The shared-memory data path of a worker on this node: a fresh segment (replacing any the
   // worker had) with a gradient area of `floats` floats and a values area after it, each piece at
   // the same offset in both. Throws InvalidArgument before any piece is defined.
+  // Also the shared values: one segment holding the parameters themselves, which every worker on
+  // this node maps, so that a worker admitted to a step copies the values out itself instead of
+  // the server copying them into each worker's segment first. It starts with a SharedValues
+  // header; piece i lies at float kSharedValuesOffset + offsets[i].
   struct SegmentLayout {
     std::string name;
     int64_t floats = 0;
     std::vector<std::string> keys;
     std::vector<int64_t> offsets, numels;
+    std::string values_name;
   };
+  // A sequence lock (Linux's seqlock): odd while an update writes the values. A reader copies,
+  // then checks that the number is the even one it saw before; otherwise it asks the server for
+  // a copy (copy_to_segment). A shared-values segment replaced by a new layout stays odd.
+  struct SharedValues {
+    std::atomic<uint64_t> seq{0};
+  };
+  static constexpr int64_t kSharedValuesOffset = 16;  // floats: a 64-byte header
   SegmentLayout attach_segment(int worker);
   // A push whose gradients for every piece the worker has left in its segment.
   PushResult push_from_segment(int worker, int64_t step, double lr, int64_t samples);
@@ -157,6 +170,9 @@ class Shard {
   void apply_locked(const std::vector<int>& workers, double lr);
   void update_piece(Piece& p, const std::vector<int>& workers, double lr) const;
   void maybe_finish_sync_step_locked();
+  // Under mu_: (re)creates the shared values for `layout` unless they already match it.
+  void share_values_locked(SegmentLayout& layout);
+  SharedValues* shared_values() const;
   int64_t min_clock_locked() const;
   bool admissible_locked(int worker, int64_t step) const;
   void restore();
@@ -174,6 +190,12 @@ class Shard {
   bool restored_ = false;
   bool saved_ = false;  // a checkpoint holds version last_checkpoint_
   std::FILE* clock_log_ = nullptr;
+  // The shared values (SegmentLayout), once a worker on this node attached; the pieces' params
+  // are views of it, which keep it mapped.
+  std::shared_ptr<collectives::Mapping> values_;
+  std::string values_name_;  // unlinked when the shard goes (late workers still open it)
+  int64_t values_floats_ = 0;
+  size_t values_pieces_ = 0;
   std::mutex checkpoint_mu_;
 };
 

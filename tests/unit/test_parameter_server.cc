@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -234,6 +235,57 @@ TEST(Shard, APushFromASegmentEqualsAStreamedOneAndPullsCopyIntoIt) {
   const auto* v = static_cast<const float*>(maps[1].addr());
   const int64_t floats = static_cast<int64_t>(maps[1].size() / sizeof(float) / 2);
   EXPECT_EQ(std::vector<float>(v + floats, v + floats + 3), want.values[0]);
+}
+
+// The values every worker on the node reads itself: the shard's parameters live in them, an
+// update holds their sequence lock odd while it writes, and a new layout retires them for good.
+TEST(Shard, SharedValuesAreTheParametersUnderASequenceLock) {
+  Shard shard(sgd_options(Mode::kAsync, 1));
+  shard.define("w", {3}, {1, 2, 3});
+  Shard::SegmentLayout l = shard.attach_segment(0);
+  ASSERT_FALSE(l.values_name.empty());
+  auto shared = collectives::map_segment(
+      l.values_name, (Shard::kSharedValuesOffset + l.floats) * sizeof(float), false);
+  auto* lock = static_cast<Shard::SharedValues*>(shared.addr());
+  const float* a = static_cast<const float*>(shared.addr()) + Shard::kSharedValuesOffset;
+  EXPECT_EQ(std::vector<float>(a + l.offsets[0], a + l.offsets[0] + 3),
+            (std::vector<float>{1, 2, 3}));
+  EXPECT_EQ(lock->seq.load(), 0u);
+  push(shard, 0, 0, 1.0, {1, 1, 1});
+  EXPECT_EQ(lock->seq.load(), 2u);  // one update: odd while it wrote, even again
+  EXPECT_EQ(std::vector<float>(a + l.offsets[0], a + l.offsets[0] + 3),
+            (std::vector<float>{0, 1, 2}));
+  EXPECT_EQ(values(shard), (std::vector<float>{0, 1, 2}));
+  // Another worker attaching with the same layout shares them.
+  EXPECT_EQ(shard.attach_segment(0).values_name, l.values_name);
+  // A new piece changes the layout: fresh values with every piece, the old ones odd for good.
+  shard.define("x", {2}, {4, 5});
+  const Shard::SegmentLayout l2 = shard.attach_segment(0);
+  EXPECT_NE(l2.values_name, l.values_name);
+  EXPECT_EQ(lock->seq.load() % 2, 1u);
+  auto values2 = collectives::map_segment(
+      l2.values_name, (Shard::kSharedValuesOffset + l2.floats) * sizeof(float), false);
+  const float* v2 = static_cast<const float*>(values2.addr()) + Shard::kSharedValuesOffset;
+  EXPECT_EQ(std::vector<float>(v2 + l2.offsets[0], v2 + l2.offsets[0] + 3),
+            (std::vector<float>{0, 1, 2}));
+  EXPECT_EQ(std::vector<float>(v2 + l2.offsets[1], v2 + l2.offsets[1] + 2),
+            (std::vector<float>{4, 5}));
+}
+
+// A server killed by SIGKILL cannot unlink its shared values; the next server on the node does.
+TEST(Shard, SegmentsOfAServerThatExitedAreRemovedByTheNext) {
+  const pid_t dead = ::fork();
+  ASSERT_GE(dead, 0);
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  const std::string orphan = "/cohort-ps" + std::to_string(dead) + "-values-test";
+  const std::string alive = "/cohort-ps" + std::to_string(::getpid()) + "-values-test";
+  collectives::map_segment(orphan, 4096, true);
+  collectives::map_segment(alive, 4096, true);
+  Shard next(sgd_options(Mode::kSync, 1));
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm" + orphan));
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm" + alive));  // its process still runs
+  collectives::unlink_segment(alive);
 }
 
 TEST(Shard, CheckpointRestoresValuesOptimiserStateAndVersion) {
@@ -502,6 +554,44 @@ TEST(PsClient, GradientsWrittenIntoTheSegmentAreTheOnesApplied) {
   worker.pull_fresh(5);
   EXPECT_TRUE(core::allclose(w, w_ref, 1e-6, 1e-6));
   EXPECT_TRUE(core::allclose(b, b_ref, 1e-6, 1e-6));
+}
+
+// Async workers on the server's node copy the shared values while the other's pushes update
+// them: every pull must still be one version (all elements equal here), never a mixture.
+TEST(PsClient, AsyncPullsOfSharedValuesAreNeverTorn) {
+  ServerOptions so;
+  so.secret = new_secret();
+  so.shard = sgd_options(Mode::kAsync, 2);
+  Server server(so);
+  constexpr int64_t kSteps = 150, kElements = 1 << 18;  // 1 MB: updates take a while
+  std::atomic<int> torn{0};
+  auto work = [&](int worker) {
+    ClientOptions co;
+    co.secret = so.secret;
+    co.worker = worker;
+    co.timeout = std::chrono::seconds(120);
+    co.resolve = [&server](int) { return server.address(); };
+    core::Tensor p = core::zeros({kElements});
+    p.set_requires_grad(true);
+    PsWorker w({p}, {"w"}, co);
+    for (int64_t step = 0; step < kSteps; ++step) {
+      w.pull(step);
+      const float* v = p.data_ptr<float>();
+      if (!std::all_of(v, v + kElements, [&](float x) { return x == v[0]; })) ++torn;
+      w.begin_step(step, 1.0, 1, false);
+      p.set_grad(core::ones({kElements}));
+      w.finish_step();
+    }
+    w.leave();
+  };
+  std::thread other(work, 1);
+  work(0);
+  other.join();
+  EXPECT_EQ(torn, 0);
+  const Shard::Snapshot snap = server.shard().snapshot();
+  EXPECT_EQ(snap.version, 2 * kSteps);
+  EXPECT_EQ(snap.values.at(0).front(), -2.0f * kSteps);
+  EXPECT_EQ(snap.values.at(0).back(), -2.0f * kSteps);
 }
 
 // A server on loopback and raw gRPC clients, good and bad.
