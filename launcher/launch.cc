@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -370,13 +371,11 @@ class Round {
           if (!w->spec().server) all_done = false;
         } else if (w->spec().server) {
           if (!restart_server(i) && !result.failed) result.failed = w.get();
-        } else if (w->exit_code() != 0 && !result.failed) {
+        } else if (w->exit_code() != 0 && o_.ps_servers > 0 && w->spec().rank != 0) {
           // Parameter-server workers are independent: only the chief's failure ends the job.
-          if (o_.ps_servers > 0 && w->spec().rank != 0) {
-            note_lost_worker(*w);
-          } else {
-            result.failed = w.get();
-          }
+          if (!result.failed) note_lost_worker(*w);
+        } else if (w->exit_code() != 0 && (!result.failed || first_cause(*w, *result.failed))) {
+          result.failed = w.get();
         }
       }
       if (result.failed) {
@@ -436,6 +435,14 @@ class Round {
     lost_ranks_.push_back(w.spec().rank);
     lost_ += (lost_.empty() ? "" : ", ") + rank;
     print_lost(w);
+  }
+
+  // Of two ranks found dead in the same look, whether `a` rather than `b` is the one to name: a
+  // rank killed by a signal over one that exited with a code, which is most likely a rank that
+  // saw its peer die (collectives watch their shared-memory peers' pids, and notice a dead one
+  // before this loop looks again).
+  static bool first_cause(const WorkerProcess& a, const WorkerProcess& b) {
+    return !b.spec().server && WIFSIGNALED(a.status()) && !WIFSIGNALED(b.status());
   }
 
   // A parameter server that exited while the workers need it starts again (it resumes from its

@@ -11,6 +11,7 @@
 
 #include "collectives/shared_memory.h"
 #include "core/autograd/node.h"
+#include "core/ops/ops.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/doorbell.h"
@@ -561,16 +562,10 @@ class PsWorker::Impl {
       const Piece& piece = pieces_[p];
       const core::Tensor& param = params_[piece.tensor];
       if (piece.server != c.index() || piece.offset != 0 || piece.numel != param.numel()) continue;
-      core::autograd::set_grad_destination(param, segment_view(c, c.segment_grad(p), param));
+      core::autograd::set_grad_destination(
+          param,
+          core::from_blob(c.segment_grad(p), param.sizes(), core::DType::kFloat32, c.segment));
     }
-  }
-
-  static core::Tensor segment_view(const Connection& c, float* at, const core::Tensor& like) {
-    auto storage =
-        std::make_shared<core::StorageImpl>(at, static_cast<size_t>(like.numel()) * sizeof(float),
-                                            core::Device::cpu(), [keep = c.segment](void*) {});
-    return core::Tensor(std::make_shared<core::TensorImpl>(
-        storage, like.sizes(), core::contiguous_strides(like.sizes()), 0, core::DType::kFloat32));
   }
 
   void on_gradient(size_t i) {

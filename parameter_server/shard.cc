@@ -416,11 +416,7 @@ void Shard::share_values_locked(SegmentLayout& layout) {
     const auto bytes = static_cast<size_t>(p.param.numel()) * sizeof(float);
     std::memcpy(at, p.param.data_ptr<float>(), bytes);
     // The same tensor (the optimiser holds it) now lives in the segment.
-    auto storage = std::make_shared<core::StorageImpl>(at, bytes, core::Device::cpu(),
-                                                       [keep = mapping](void*) {});
-    p.param.set_(core::Tensor(std::make_shared<core::TensorImpl>(
-        storage, p.param.sizes(), core::contiguous_strides(p.param.sizes()), 0,
-        core::DType::kFloat32)));
+    p.param.set_(core::from_blob(at, p.param.sizes(), core::DType::kFloat32, mapping));
   }
   if (SharedValues* old = shared_values()) {
     old->seq.store(1, std::memory_order_release);  // odd for good: its readers ask for copies

@@ -110,8 +110,14 @@ template Tensor from_vector(const std::vector<uint8_t>&, const Shape&, TensorOpt
 template Tensor from_vector(const std::vector<bool>&, const Shape&, TensorOptions);
 
 Tensor from_blob(void* data, const Shape& shape, DType dtype) {
+  return from_blob(data, shape, dtype, nullptr);
+}
+
+Tensor from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner) {
   size_t nbytes = static_cast<size_t>(shape_numel(shape)) * element_size(dtype);
-  auto storage = std::make_shared<StorageImpl>(data, nbytes, Device::cpu(), nullptr);
+  std::function<void(void*)> release;
+  if (owner) release = [owner = std::move(owner)](void*) {};
+  auto storage = std::make_shared<StorageImpl>(data, nbytes, Device::cpu(), std::move(release));
   return Tensor(std::make_shared<TensorImpl>(storage, shape, contiguous_strides(shape), 0, dtype));
 }
 

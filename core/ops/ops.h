@@ -36,6 +36,9 @@ Tensor from_vector(const std::vector<T>& data, const Shape& shape,
                    TensorOptions opts = TensorOptions(dtype_of<T>()));
 // Wraps external CPU memory without copying; the caller keeps it alive while the tensor lives.
 Tensor from_blob(void* data, const Shape& shape, DType dtype);
+// As above, and the tensor (with every view of it) holds `owner`, which keeps the memory alive (a
+// shared-memory mapping, say).
+Tensor from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner);
 Tensor tensor(std::initializer_list<double> values, TensorOptions opts = {});
 
 // In-place initialisers (no autograd), drawing from `gen` or the default generator.

@@ -98,16 +98,14 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
           expect_values(
               red, [&](int64_t i) { return W * (W + 1) / 2.0 + W * (i % 7); }, "reduce " + at);
       }
+      // Element i of an all-gather's output: rank i / n's value at i % n.
+      auto gathered_value = [&](int64_t i) {
+        return value(static_cast<int>(i / std::max<int64_t>(n, 1)), i % std::max<int64_t>(n, 1));
+      };
       Tensor in = filled(n, dt, [&](int64_t i) { return value(r, i); });
       Tensor gathered = empty(n * W, dt);
       pg.allgather(gathered, in)->wait();
-      expect_values(
-          gathered,
-          [&](int64_t i) {
-            return value(static_cast<int>(i / std::max<int64_t>(n, 1)),
-                         i % std::max<int64_t>(n, 1));
-          },
-          "allgather " + at);
+      expect_values(gathered, gathered_value, "allgather " + at);
       // reduce_scatter: rank q's input block b holds value(q, b*n + i).
       Tensor rs_in = filled(n * W, dt, [&](int64_t i) { return value(r, i); });
       Tensor rs_out = empty(n, dt);
@@ -130,13 +128,7 @@ inline void every_collective(ProcessGroup& pg, const std::vector<int64_t>& count
       });
       Tensor ag_mine = ag_buf.narrow(0, n * r, n);
       pg.allgather(ag_buf, ag_mine)->wait();
-      expect_values(
-          ag_buf,
-          [&](int64_t i) {
-            return value(static_cast<int>(i / std::max<int64_t>(n, 1)),
-                         i % std::max<int64_t>(n, 1));
-          },
-          "in-place allgather " + at);
+      expect_values(ag_buf, gathered_value, "in-place allgather " + at);
       // alltoall: block b of rank q's input is q * 100 + b + i % 7... kept small for bfloat16.
       Tensor a_in =
           filled(n * W, dt, [&](int64_t i) { return r * 10 + i / std::max<int64_t>(n, 1); });

@@ -486,15 +486,22 @@ TEST(Doorbell, AServerThatExitsFailsTheCallAsUnavailable) {
   ::close(ready[1]);
 }
 
+// The options of worker `worker` of a job whose one server is `server`.
+ClientOptions client_of(const Server& server, const std::string& secret, int worker = 0) {
+  ClientOptions co;
+  co.secret = secret;
+  co.worker = worker;
+  co.timeout = std::chrono::seconds(60);
+  co.resolve = [&server](int) { return server.address(); };
+  return co;
+}
+
 TEST(PsClient, AsyncPrefetchIsAtMostOneOwnPushBehindAndPullFreshIsNot) {
   ServerOptions so;
   so.secret = new_secret();
   so.shard = sgd_options(Mode::kAsync, 1);
   Server server(so);
-  ClientOptions co;
-  co.secret = so.secret;
-  co.timeout = std::chrono::seconds(60);
-  co.resolve = [&server](int) { return server.address(); };
+  ClientOptions co = client_of(server, so.secret);
   co.shared_memory = false;
   co.prefetch = true;
   core::Tensor p = core::zeros({3});
@@ -525,10 +532,7 @@ TEST(PsClient, GradientsWrittenIntoTheSegmentAreTheOnesApplied) {
   so.secret = new_secret();
   so.shard = sgd_options(Mode::kSync, 1);
   Server server(so);
-  ClientOptions co;
-  co.secret = so.secret;
-  co.timeout = std::chrono::seconds(60);
-  co.resolve = [&server](int) { return server.address(); };
+  ClientOptions co = client_of(server, so.secret);
   core::Generator gen(5);
   Tensor x = core::randn({4, 5}, {}, &gen), w0 = core::randn({3, 5}, {}, &gen);
   Tensor b0 = core::randn({3}, {}, &gen);
@@ -566,11 +570,7 @@ TEST(PsClient, AsyncPullsOfSharedValuesAreNeverTorn) {
   constexpr int64_t kSteps = 150, kElements = 1 << 18;  // 1 MB: updates take a while
   std::atomic<int> torn{0};
   auto work = [&](int worker) {
-    ClientOptions co;
-    co.secret = so.secret;
-    co.worker = worker;
-    co.timeout = std::chrono::seconds(120);
-    co.resolve = [&server](int) { return server.address(); };
+    ClientOptions co = client_of(server, so.secret, worker);
     core::Tensor p = core::zeros({kElements});
     p.set_requires_grad(true);
     PsWorker w({p}, {"w"}, co);

@@ -53,6 +53,22 @@ TEST(Tensor, ViewsShareStorage) {
   EXPECT_EQ(a.flatten().sizes(), (Shape{12}));
 }
 
+// A tensor over shared memory keeps the mapping alive through its views, and lets it go with
+// the last of them.
+TEST(Tensor, FromBlobWithAnOwnerHoldsItAsLongAsAnyViewLives) {
+  auto owner = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3, 4});
+  std::weak_ptr<std::vector<float>> watch = owner;
+  Tensor t = from_blob(owner->data(), {2, 2}, DType::kFloat32, owner);
+  owner.reset();
+  ASSERT_FALSE(watch.expired());
+  Tensor row = t.select(0, 1);
+  t = Tensor();
+  ASSERT_FALSE(watch.expired());
+  EXPECT_EQ(row.data_ptr<float>()[1], 4.0f);
+  row = Tensor();
+  EXPECT_TRUE(watch.expired());
+}
+
 TEST(Tensor, SetMakesATensorAViewOfOtherMemoryKeepingItsIdentity) {
   Tensor p = arange(6, TensorOptions(DType::kFloat32)).view({2, 3});
   p.set_requires_grad(true);
