@@ -334,8 +334,12 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
 
 void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) const {
   core::autograd::NoGradGuard no_grad;
+  std::vector<const float*> grads;
+  for (int w : from) grads.push_back(pushed_gradient(p, w));
+  p.optimizer->set_lr(lr);
+  if (p.optimizer->step_mean(grads)) return;  // averaged in the update's own pass
   const float scale = 1.0f / static_cast<float>(from.size());
-  const float* first = pushed_gradient(p, from[0]);
+  const float* first = grads[0];
   if (from.size() == 1) {
     // The pushed buffer itself (nothing else touches it until the update is done).
     p.param.set_grad(
@@ -346,7 +350,7 @@ void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) cons
     const auto n = static_cast<size_t>(p.param.numel());
     for (size_t i = 1; i < from.size(); ++i) {
       const float* acc = i == 1 ? first : out;
-      const float* in = pushed_gradient(p, from[i]);
+      const float* in = grads[i];
       if (i + 1 == from.size()) {
         for (size_t j = 0; j < n; ++j) out[j] = (acc[j] + in[j]) * scale;
       } else {
@@ -355,7 +359,6 @@ void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) cons
     }
     p.param.set_grad(p.grad);
   }
-  p.optimizer->set_lr(lr);
   p.optimizer->step();
   p.param.set_grad(core::Tensor());
 }

@@ -2,6 +2,7 @@
 // step.
 #include "core/optim/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/autograd/grad_mode.h"
@@ -139,26 +140,90 @@ void SGD::fused_step(Tensor& p, const Tensor& grad, Tensor* buf, bool first) con
   if (b) buf->bump_version();
 }
 
+// As fused_step, with the mean of several gradients. The mean is formed a block at a time in a
+// buffer that stays in the L1 cache, so each gradient is read once, in the update's own pass:
+// a separate averaging pass would read them, write the mean and read it back (8 streams over
+// memory where this makes 6 for two gradients with momentum).
+void SGD::fused_step_mean(Tensor& p, std::span<const float* const> grads, Tensor* buf,
+                          bool first) const {
+  const auto n = static_cast<size_t>(p.numel());
+  float* w = p.data_ptr<float>();
+  float* b = buf ? buf->data_ptr<float>() : nullptr;
+  const bool decay = o_.weight_decay != 0;
+  SgdLoop loop = decay ? pick_momentum<true>(b != nullptr, first, o_.nesterov, o_.dampening == 0)
+                       : pick_momentum<false>(b != nullptr, first, o_.nesterov, o_.dampening == 0);
+  const float scale = 1.0f / static_cast<float>(grads.size());
+  constexpr size_t kBlock = 2048;  // 8 KB
+  alignas(64) float mean[kBlock];
+  for (size_t at = 0; at < n; at += kBlock) {
+    const size_t len = std::min(kBlock, n - at);
+    const float* d = grads[0] + at;
+    for (size_t i = 1; i < grads.size(); ++i) {
+      const float* __restrict acc = i == 1 ? grads[0] + at : mean;
+      const float* __restrict in = grads[i] + at;
+      // The order of the op path's average: the sum in order, scaled in its last addition.
+      if (i + 1 == grads.size()) {
+        for (size_t j = 0; j < len; ++j) mean[j] = (acc[j] + in[j]) * scale;
+      } else {
+        for (size_t j = 0; j < len; ++j) mean[j] = acc[j] + in[j];
+      }
+      d = mean;
+    }
+    loop(w + at, d, b ? b + at : nullptr, len, static_cast<float>(o_.weight_decay),
+         static_cast<float>(o_.momentum), static_cast<float>(1 - o_.dampening),
+         static_cast<float>(-lr_));
+  }
+  p.bump_version();
+  if (b) buf->bump_version();
+}
+
+bool SGD::fused_buffer(size_t i, const Tensor& grad, Tensor*& buf, bool& first) {
+  const Tensor& p = params_[i];
+  if (!plain_cpu_float(p) || !plain_cpu_float(grad) || grad.numel() != p.numel()) return false;
+  buf = nullptr;
+  first = false;
+  if (o_.momentum == 0) return true;
+  auto key = std::to_string(i) + ".momentum_buffer";
+  auto it = state_.find(key);
+  first = it == state_.end();
+  if (first) it = state_.emplace(key, zeros_like(p)).first;
+  if (!plain_cpu_float(it->second)) return false;
+  buf = &it->second;
+  return true;
+}
+
+bool Optimizer::step_mean(std::span<const float* const>) { return false; }
+
+bool SGD::step_mean(std::span<const float* const> grads) {
+  COHORT_CHECK(params_.size() == 1 && !grads.empty(),
+               "SGD::step_mean: needs an optimizer of one parameter and a gradient");
+  autograd::NoGradGuard guard;
+  Tensor& p = params_[0];
+  // A view of the first gradient stands for all of them in the checks (same size and dtype).
+  const Tensor view = from_blob(const_cast<float*>(grads[0]), p.sizes(), DType::kFloat32);
+  Tensor* buf = nullptr;
+  bool first = false;
+  if (!fused_buffer(0, view, buf, first)) return false;
+  if (grads.size() == 1) {
+    fused_step(p, view, buf, first);
+  } else {
+    fused_step_mean(p, grads, buf, first);
+  }
+  ++steps_;
+  return true;
+}
+
 void SGD::step() {
   autograd::NoGradGuard guard;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    if (plain_cpu_float(p) && plain_cpu_float(g) && g.numel() == p.numel()) {
-      Tensor* buf = nullptr;
-      bool first = false;
-      if (o_.momentum != 0) {
-        auto key = std::to_string(i) + ".momentum_buffer";
-        auto it = state_.find(key);
-        first = it == state_.end();
-        if (first) it = state_.emplace(key, zeros_like(p)).first;
-        if (plain_cpu_float(it->second)) buf = &it->second;
-      }
-      if (o_.momentum == 0 || buf) {
-        fused_step(p, g, buf, first);
-        continue;
-      }
+    Tensor* buf = nullptr;
+    bool first = false;
+    if (fused_buffer(i, g, buf, first)) {
+      fused_step(p, g, buf, first);
+      continue;
     }
     if (o_.weight_decay != 0) g = add(g, mul(p, o_.weight_decay));
     if (o_.momentum != 0) {

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,12 @@ class Optimizer {
   virtual ~Optimizer() = default;
   // Applies one update to every parameter with a gradient.
   virtual void step() = 0;
+  // The step of an optimizer of one parameter with, as its gradient, the mean of `grads`
+  // (contiguous buffers of the parameter's size and dtype, summed in order, then scaled). An
+  // optimizer that can read them in its update's own pass over memory does so and returns true;
+  // otherwise it returns false having changed nothing, and the caller averages them into the
+  // gradient and calls step(). A parameter server averages its workers' gradients this way.
+  virtual bool step_mean(std::span<const float* const> grads);
   void zero_grad(bool set_to_none = true);
   double lr() const { return lr_; }
   void set_lr(double lr) { lr_ = lr; }
@@ -45,9 +52,15 @@ class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, const SGDOptions& o);
   void step() override;
+  bool step_mean(std::span<const float* const> grads) override;
 
  private:
+  // The momentum buffer of parameter i for the one-pass update, or false when that update does
+  // not apply (the parameter, gradient or buffer is not a plain CPU float32 tensor).
+  bool fused_buffer(size_t i, const Tensor& grad, Tensor*& buf, bool& first);
   void fused_step(Tensor& p, const Tensor& grad, Tensor* buf, bool first) const;
+  void fused_step_mean(Tensor& p, std::span<const float* const> grads, Tensor* buf,
+                       bool first) const;
   SGDOptions o_;
 };
 

@@ -199,6 +199,58 @@ TEST(TorchReference, FusedSgdStepEqualsTheOpByOpPathBitForBit) {
   }
 }
 
+// A parameter server's update averages its workers' gradients inside SGD's pass (step_mean, a
+// block at a time); it must give the bits of averaging first and stepping after. 5000 elements:
+// more than one block, and a last block that is not full.
+TEST(TorchReference, SgdStepOfAMeanEqualsAveragingThenStepping) {
+  const std::vector<optim::SGDOptions> configs = {{0.1, 0, 0, 0, false},
+                                                  {0.05, 0.9, 0, 0, false},
+                                                  {0.05, 0.9, 0.3, 0.01, false},
+                                                  {0.1, 0.9, 0, 0.01, true}};
+  Generator gen(11);
+  for (const auto& cfg : configs) {
+    for (int workers : {1, 2, 3}) {
+      SCOPED_TRACE("momentum " + std::to_string(cfg.momentum) + " nesterov " +
+                   std::to_string(cfg.nesterov) + " workers " + std::to_string(workers));
+      Tensor fused = randn({5000}, {}, &gen), plain = fused.clone();
+      optim::SGD a(V{fused}, cfg), b(V{plain}, cfg);
+      for (int step = 0; step < 3; ++step) {
+        std::vector<Tensor> grads;
+        std::vector<const float*> ptrs;
+        for (int w = 0; w < workers; ++w) {
+          grads.push_back(randn({5000}, {}, &gen));
+          ptrs.push_back(grads.back().data_ptr<float>());
+        }
+        ASSERT_TRUE(a.step_mean(ptrs));
+        // The server's own averaging: the sum in worker order, scaled in the last addition.
+        Tensor mean = grads[0].clone();
+        const float scale = 1.0f / static_cast<float>(workers);
+        for (int w = 1; w < workers; ++w) {
+          float* m = mean.data_ptr<float>();
+          const float* g = grads[static_cast<size_t>(w)].data_ptr<float>();
+          for (int64_t j = 0; j < mean.numel(); ++j)
+            m[j] = w + 1 == workers ? (m[j] + g[j]) * scale : m[j] + g[j];
+        }
+        plain.set_grad(mean);
+        b.step();
+        EXPECT_TRUE(close(fused, plain, 0)) << "step " << step;
+      }
+      EXPECT_EQ(a.steps(), b.steps());
+      if (cfg.momentum != 0) {
+        EXPECT_TRUE(close(a.state_dict().at("0.momentum_buffer"),
+                          b.state_dict().at("0.momentum_buffer"), 0));
+      }
+    }
+  }
+  // An optimizer without the one-pass form says so and changes nothing.
+  Tensor w = randn({8}, {}, &gen), before = w.clone(), g = randn({8}, {}, &gen);
+  optim::AdamW adam(V{w}, optim::AdamWOptions{});
+  const float* ptr = g.data_ptr<float>();
+  EXPECT_FALSE(adam.step_mean(std::span<const float* const>(&ptr, 1)));
+  EXPECT_TRUE(close(w, before, 0));
+  EXPECT_EQ(adam.steps(), 0);
+}
+
 TEST(TorchReference, OptimizerStateRoundTripContinuesIdentically) {
   Tensor x = decode(reference()["x"]), y = decode(reference()["y"]);
   auto make = [&](Tensor& w, Tensor& b) {
