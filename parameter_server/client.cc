@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "collectives/shared_memory.h"
+#include "core/autograd/grad_mode.h"
 #include "core/autograd/node.h"
 #include "core/ops/ops.h"
 #include "core/util/error.h"
@@ -141,6 +142,7 @@ class Connection {
   std::shared_ptr<collectives::Mapping> values;
   int64_t admitted = -1;
   int64_t prefetched = -1;  // the step whose values the last push left in the segment
+  bool aliased = false;     // its whole pieces' parameters view `values` (alias_values)
   float* segment_grad(size_t piece) {
     return static_cast<float*>(segment->addr()) + segment_offset[piece];
   }
@@ -177,6 +179,7 @@ class PsWorker::Impl {
       specs.push_back({names[i], params_[i].sizes()});
     }
     pieces_ = partition(specs, {o_.servers, o_.min_slice_bytes, 4});
+    aliased_.assign(pieces_.size(), 0);
     of_param_.resize(params_.size());
     for (size_t p = 0; p < pieces_.size(); ++p) of_param_[pieces_[p].tensor].push_back(p);
     for (int s = 0; s < o_.servers; ++s) conns_.push_back(std::make_unique<Connection>(s, o_));
@@ -195,6 +198,7 @@ class PsWorker::Impl {
     }
     hb_cv_.notify_all();
     heartbeat_.join();
+    for (auto& c : conns_) unalias(*c);  // their threads are idle: nothing is queued now
     for (size_t i = 0; i < params_.size(); ++i) {
       params_[i].remove_hook(hooks_[i]);
       core::autograd::set_grad_destination(params_[i], core::Tensor());
@@ -213,7 +217,10 @@ class PsWorker::Impl {
         }
         if (c.shared() && c.admitted == step) {
           c.admitted = -1;
-          if (copy_from_values(c)) return;
+          if (copy_from_values(c)) {
+            alias(c);
+            return;
+          }
           // An update ran while we copied (async): the doorbell's pull below copies one whole.
         }
         if (c.shared() && c.doorbell) {
@@ -222,6 +229,7 @@ class PsWorker::Impl {
           req.step = step;
           check(ring(c, req), "server " + c.name() + ": pull of step " + std::to_string(step));
           copy_from_segment(c);
+          alias(c);
           return;
         }
         auto ctx = c.context(o_.timeout);
@@ -358,6 +366,7 @@ class PsWorker::Impl {
 
   void leave() {
     run_everywhere([this](Connection& c) {
+      unalias(c);  // the others may go on updating the values once we have left
       try {
         auto ctx = c.context(std::chrono::seconds(5));
         wire::HeartbeatRequest req;
@@ -474,7 +483,7 @@ class PsWorker::Impl {
     if (seq & 1) return false;
     const float* base = static_cast<const float*>(c.values->addr()) + Shard::kSharedValuesOffset;
     for (size_t p = 0; p < pieces_.size(); ++p)
-      if (pieces_[p].server == c.index())
+      if (pieces_[p].server == c.index() && !aliased_[p])
         std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
                     base + c.segment_offset[p],
                     static_cast<size_t>(pieces_[p].numel) * sizeof(float));
@@ -482,16 +491,61 @@ class PsWorker::Impl {
     return lock->seq.load(std::memory_order_relaxed) == seq;
   }
 
+  // (Never into a parameter that views the shared values: this worker never writes those.)
   void copy_from_segment(Connection& c) {
     for (size_t p = 0; p < pieces_.size(); ++p)
-      if (pieces_[p].server == c.index())
+      if (pieces_[p].server == c.index() && !aliased_[p])
         std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
                     c.segment_values(p), static_cast<size_t>(pieces_[p].numel) * sizeof(float));
+  }
+
+  // alias_values: once c's server has admitted this worker, the parameters it holds whole become
+  // views of its shared values. Not before the first pull, so that what the worker writes into
+  // its parameters until then (a checkpoint it resumes from) stays its own.
+  void alias(Connection& c) {
+    if (!o_.alias_values || !c.values || c.aliased) return;
+    core::autograd::NoGradGuard no_grad;
+    float* base = static_cast<float*>(c.values->addr()) + Shard::kSharedValuesOffset;
+    for (size_t p = 0; p < pieces_.size(); ++p) {
+      const Piece& piece = pieces_[p];
+      core::Tensor& param = params_[piece.tensor];
+      if (piece.server != c.index() || piece.offset != 0 || piece.numel != param.numel()) continue;
+      param.set_(core::from_blob(base + c.segment_offset[p], param.sizes(), core::DType::kFloat32,
+                                 c.values));
+      aliased_[p] = 1;
+    }
+    c.aliased = true;
+  }
+
+  // Gives the parameters that view c's server's values memory of their own, holding what they
+  // show now: a copy under the values' sequence lock, taken again if an update landed meanwhile
+  // (a few times; a server whose values were retired keeps the lock odd, and then the copy
+  // stands). The mapping stays valid while the views hold it, even after the server has gone.
+  void unalias(Connection& c) {
+    if (!c.aliased) return;
+    core::autograd::NoGradGuard no_grad;
+    auto* lock = static_cast<Shard::SharedValues*>(c.values->addr());
+    std::vector<std::pair<size_t, core::Tensor>> own;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      own.clear();
+      const uint64_t seq = lock->seq.load(std::memory_order_acquire);
+      for (size_t p = 0; p < pieces_.size(); ++p)
+        if (aliased_[p] && pieces_[p].server == c.index())
+          own.emplace_back(p, params_[pieces_[p].tensor].clone());
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (!(seq & 1) && lock->seq.load(std::memory_order_relaxed) == seq) break;
+    }
+    for (auto& [p, t] : own) {
+      params_[pieces_[p].tensor].set_(t);
+      aliased_[p] = 0;
+    }
+    c.aliased = false;
   }
 
   // Asks a server for the shared-memory data path; a server on another node (or a segment this
   // process cannot open) leaves the connection on gRPC.
   void attach(Connection& c) {
+    unalias(c);  // the values of the server we had (gone, or restarted) stay as they were
     for (size_t p = 0; p < pieces_.size(); ++p)  // the old segment is no longer read
       if (pieces_[p].server == c.index())
         core::autograd::set_grad_destination(params_[pieces_[p].tensor], core::Tensor());
@@ -556,8 +610,7 @@ class PsWorker::Impl {
     }
     // A parameter this server holds whole gets its gradient written by backward straight into
     // the segment (linear layers do; write_piece then has nothing to copy). The view keeps the
-    // mapping alive. (Parameters as views of the values half were tried too: no measurable gain
-    // over the copy out, so the parameters stay the model's own memory.)
+    // mapping alive.
     for (size_t p = 0; p < pieces_.size(); ++p) {
       const Piece& piece = pieces_[p];
       const core::Tensor& param = params_[piece.tensor];
@@ -726,6 +779,7 @@ class PsWorker::Impl {
   ClientOptions o_;
   std::string node_;  // node_identity(), sent when asking a server for shared memory
   std::vector<Piece> pieces_;
+  std::vector<char> aliased_;  // per piece: its parameter views its server's shared values
   std::vector<std::vector<size_t>> of_param_;
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<int> hooks_;

@@ -38,6 +38,13 @@ struct ClientOptions {
   // both directions of the link carry data at once; the values may then miss this worker's own
   // last push (one step staler).
   bool prefetch = false;
+  // Sync mode: a parameter that a server on this node holds whole becomes a view of that server's
+  // shared values instead of a copy of them, so a pull copies nothing. Only sound where the values
+  // cannot change while a worker computes with them: in sync mode the update waits for every live
+  // worker's push. (A worker that was dropped as dead but still computes may see an update land;
+  // its gradient then mixes two steps' values, as an async worker's staleness would.) leave()
+  // and the worker's destruction give the parameters their own memory back.
+  bool alias_values = false;
 };
 
 struct StepResult {

@@ -15,6 +15,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "core/autograd/grad_mode.h"
 #include "core/ops/ops.h"
 #include "core/optim/optimizer.h"
 #include "parameter_server/auth.h"
@@ -592,6 +593,54 @@ TEST(PsClient, AsyncPullsOfSharedValuesAreNeverTorn) {
   EXPECT_EQ(snap.version, 2 * kSteps);
   EXPECT_EQ(snap.values.at(0).front(), -2.0f * kSteps);
   EXPECT_EQ(snap.values.at(0).back(), -2.0f * kSteps);
+}
+
+// Sync workers on the server's node compute with views of its shared values (alias_values): an
+// applied step shows in the parameters before any pull copies it. What a worker writes into its
+// parameters before its first pull (a checkpoint it resumes from) stays its own, and after
+// leave() its parameters are its own again while the other worker goes on.
+TEST(PsClient, SyncParametersViewTheSharedValuesFromTheFirstPullUntilLeaving) {
+  ServerOptions so;
+  so.secret = new_secret();
+  so.shard = sgd_options(Mode::kSync, 2);
+  Server server(so);
+  constexpr int64_t kSteps = 6, kMore = 3, kElements = 1000;
+  const float lr = 0.25f;
+  std::atomic<int> wrong{0};
+  auto work = [&](int worker, int64_t steps, float* final_value) {
+    ClientOptions co = client_of(server, so.secret, worker);
+    co.alias_values = true;
+    core::Tensor p = core::zeros({kElements});
+    p.set_requires_grad(true);
+    PsWorker w({p}, {"w"}, co);
+    {
+      core::autograd::NoGradGuard no_grad;
+      p.fill_(5.0);
+    }
+    for (int64_t step = 0; step < steps; ++step) {
+      w.pull(step);
+      if (step == 0 && p.data_ptr<float>()[0] != 0.0f) ++wrong;  // the server's, not our 5
+      w.begin_step(step, lr, 1, false);
+      p.set_grad(core::ones({kElements}));
+      w.finish_step();
+      // The step is applied when finish_step returns; a view shows it before the next pull.
+      const float* v = p.data_ptr<float>();
+      if (v[0] != -lr * static_cast<float>(step + 1) || v[kElements - 1] != v[0]) ++wrong;
+    }
+    w.leave();
+    *final_value = p.data_ptr<float>()[0];
+    return p;
+  };
+  float left_at = 0, other_at = 0;
+  core::Tensor other_p;
+  std::thread other([&] { other_p = work(1, kSteps + kMore, &other_at); });
+  core::Tensor p = work(0, kSteps, &left_at);
+  other.join();
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(left_at, -lr * kSteps);
+  EXPECT_EQ(p.data_ptr<float>()[0], -lr * kSteps);  // the other's later steps did not reach it
+  EXPECT_EQ(other_at, -lr * (kSteps + kMore));
+  EXPECT_EQ(values(server.shard()), std::vector<float>(kElements, -lr * (kSteps + kMore)));
 }
 
 // A server on loopback and raw gRPC clients, good and bad.
