@@ -137,6 +137,13 @@ class Connection {
   bool shared() const { return segment && *segment; }
   // The step's calls through shared memory too, when the server offered it.
   std::unique_ptr<DoorbellClient> doorbell;
+  // Data and calls both through shared memory: the worker's own thread rings the doorbell and
+  // copies, with no hop through this connection's thread (each hop is a thread to wake, tens of
+  // microseconds on a busy node). The connection's thread still reconnects when a call fails.
+  bool local() const { return shared() && doorbell != nullptr; }
+  // The tasks the worker posted to this connection's thread and has not yet waited for (touched
+  // by the worker's thread only). While any is unfinished, only that thread touches the rest.
+  std::vector<std::future<void>> queued;
   // The server's parameters, shared by its workers on this node (Shard::SegmentLayout), and the
   // step the server last admitted this worker to without copying them into the segment.
   std::shared_ptr<collectives::Mapping> values;
@@ -208,47 +215,69 @@ class PsWorker::Impl {
 
   void pull(int64_t step, bool fresh) {
     if (take_prefetch(step, fresh)) return;
-    run_everywhere([this, step](Connection& c) {
-      with_retries(c, "pull step " + std::to_string(step), [&] {
-        if (c.shared() && c.prefetched == step) {
-          c.prefetched = -1;
-          copy_from_segment(c);
-          return;
+    std::vector<std::future<void>> fs;
+    for (auto& conn : conns_) {
+      Connection* c = conn.get();
+      // Left by this step's push in the segment, or admitted by it: the values are there to
+      // take, on this thread.
+      if (c->local() && c->prefetched == step) {
+        c->prefetched = -1;
+        copy_from_segment(*c);
+        continue;
+      }
+      if (c->local() && c->admitted == step) {
+        c->admitted = -1;
+        if (copy_from_values(*c)) {
+          alias(*c);
+          continue;
         }
-        if (c.shared() && c.admitted == step) {
-          c.admitted = -1;
-          if (copy_from_values(c)) {
-            alias(c);
-            return;
-          }
-          // An update ran while we copied (async): the doorbell's pull below copies one whole.
-        }
-        if (c.shared() && c.doorbell) {
-          DoorbellRequest req;
-          req.call = DoorbellCall::kPull;
-          req.step = step;
-          check(ring(c, req), "server " + c.name() + ": pull of step " + std::to_string(step));
-          copy_from_segment(c);
+      }
+      fs.push_back(c->post([this, c, step] { pull_from(*c, step); }));
+    }
+    wait_all(fs);
+  }
+
+  // pull()'s general case, on c's thread.
+  void pull_from(Connection& c, int64_t step) {
+    with_retries(c, "pull step " + std::to_string(step), [&] {
+      if (c.shared() && c.prefetched == step) {
+        c.prefetched = -1;
+        copy_from_segment(c);
+        return;
+      }
+      if (c.shared() && c.admitted == step) {
+        c.admitted = -1;
+        if (copy_from_values(c)) {
           alias(c);
           return;
         }
-        auto ctx = c.context(o_.timeout);
-        wire::PullRequest req;
-        req.set_step(step);
-        req.set_encoding(encoding_of(o_.compression));
-        req.set_shared_memory(c.shared());
-        auto reader = c.stub().Pull(ctx.get(), req);
-        if (c.shared()) {
-          wire::Chunk ignored;
-          while (reader->Read(&ignored)) {
-          }
-          check(reader->Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
-          copy_from_segment(c);
-          return;
+        // An update ran while we copied (async): the doorbell's pull below copies one whole.
+      }
+      if (c.shared() && c.doorbell) {
+        DoorbellRequest req;
+        req.call = DoorbellCall::kPull;
+        req.step = step;
+        check(ring(c, req), "server " + c.name() + ": pull of step " + std::to_string(step));
+        copy_from_segment(c);
+        alias(c);
+        return;
+      }
+      auto ctx = c.context(o_.timeout);
+      wire::PullRequest req;
+      req.set_step(step);
+      req.set_encoding(encoding_of(o_.compression));
+      req.set_shared_memory(c.shared());
+      auto reader = c.stub().Pull(ctx.get(), req);
+      if (c.shared()) {
+        wire::Chunk ignored;
+        while (reader->Read(&ignored)) {
         }
-        read_values(c, *reader, step, [this](const Piece& piece) {
-          return params_[piece.tensor].data_ptr<float>() + piece.offset;
-        });
+        check(reader->Finish(), "server " + c.name() + ": pull of step " + std::to_string(step));
+        copy_from_segment(c);
+        return;
+      }
+      read_values(c, *reader, step, [this](const Piece& piece) {
+        return params_[piece.tensor].data_ptr<float>() + piece.offset;
       });
     });
   }
@@ -337,7 +366,11 @@ class PsWorker::Impl {
     sent_.assign(params_.size(), 0);
     for (auto& c : conns_) {
       Connection* conn = c.get();
-      pending_.push_back(conn->post([this, conn] { open_push(*conn); }));
+      if (conn->local()) {
+        open_push(*conn);
+      } else {
+        conn->queued.push_back(conn->post([this, conn] { open_push(*conn); }));
+      }
     }
     streaming_ = during_backward;
   }
@@ -350,17 +383,50 @@ class PsWorker::Impl {
   StepResult finish_step() {
     streaming_ = false;
     push_all();
-    std::vector<std::future<void>> done;
+    std::vector<std::future<void>> done;  // tasks that write into `samples`: always waited for
     std::vector<int64_t> samples(conns_.size(), 0);
+    std::vector<Connection*> rung;
+    std::exception_ptr first;
     for (auto& c : conns_) {
       Connection* conn = c.get();
-      done.push_back(conn->post([this, conn, &samples] {
-        samples[static_cast<size_t>(conn->index())] = close_push(*conn);
-      }));
+      const auto i = static_cast<size_t>(conn->index());
+      if (conn->local()) {  // every server rung before any reply is awaited
+        try {
+          wait_all(conn->queued);
+        } catch (...) {
+          if (!first) first = std::current_exception();
+          continue;
+        }
+        ring_push(*conn);
+        rung.push_back(conn);
+        continue;
+      }
+      done.push_back(conn->post([this, conn, i, &samples] { samples[i] = close_push(*conn); }));
     }
     if (o_.prefetch) start_prefetch(step_ + 1);
-    wait_all(pending_);
-    wait_all(done);
+    for (Connection* conn : rung) {
+      const auto i = static_cast<size_t>(conn->index());
+      const grpc::Status s = pushed(*conn);
+      if (s.ok()) {
+        samples[i] = conn->push_reply.samples();
+      } else {  // reconnecting is the connection's thread's work
+        done.push_back(
+            conn->post([this, conn, i, s, &samples] { samples[i] = settle_push(*conn, s); }));
+      }
+    }
+    for (auto& c : conns_) {
+      try {
+        wait_all(c->queued);
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    try {
+      wait_all(done);
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+    if (first) std::rethrow_exception(first);
     return {samples[0]};
   }
 
@@ -632,7 +698,11 @@ class PsWorker::Impl {
     if (g.defined()) g = g.contiguous();  // held by the tasks until they have sent it
     for (size_t p : of_param_[i]) {
       Connection* conn = conns_[static_cast<size_t>(pieces_[p].server)].get();
-      pending_.push_back(conn->post([this, conn, g, p] { write_piece(*conn, p, g); }));
+      // Backward wrote it into the segment already (a gradient destination): no task to wake.
+      if (conn->local() && g.defined() &&
+          g.data_ptr<float>() + pieces_[p].offset == conn->segment_grad(p))
+        continue;
+      conn->queued.push_back(conn->post([this, conn, g, p] { write_piece(*conn, p, g); }));
     }
   }
 
@@ -693,19 +763,30 @@ class PsWorker::Impl {
     if (!c.push_writer->Write(msg)) c.push_broken = true;
   }
 
+  // The step's push through c's doorbell, in two halves so that a worker rings all its servers
+  // before it waits for any: ring_push, then pushed for the status.
+  void ring_push(Connection& c) {
+    c.prefetched = -1;
+    c.admitted = -1;
+    DoorbellRequest req;
+    req.call = c.values ? DoorbellCall::kPushThenAdmit : DoorbellCall::kPushThenPull;
+    req.step = step_;
+    req.lr = lr_;
+    req.samples = samples_;
+    req.timeout_ms = o_.timeout.count();
+    c.doorbell->ring(req);
+  }
+  grpc::Status pushed(Connection& c) {
+    const grpc::Status s = answer(c);
+    if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
+    if (s.ok() && c.values) c.admitted = step_ + 1;
+    return s;
+  }
+
   grpc::Status finish_push(Connection& c) {
-    if (c.shared() && c.doorbell) {
-      c.prefetched = -1;
-      c.admitted = -1;
-      DoorbellRequest req;
-      req.call = c.values ? DoorbellCall::kPushThenAdmit : DoorbellCall::kPushThenPull;
-      req.step = step_;
-      req.lr = lr_;
-      req.samples = samples_;
-      const grpc::Status s = ring(c, req);
-      if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
-      if (s.ok() && c.values) c.admitted = step_ + 1;
-      return s;
+    if (c.local()) {
+      ring_push(c);
+      return pushed(c);
     }
     if (c.shared()) start_push(c, true);
     if (!c.push_broken) c.push_writer->WritesDone();
@@ -716,12 +797,17 @@ class PsWorker::Impl {
     return s;
   }
 
-  // A call through c's doorbell, answered as gRPC would (PushReply's fields in c.push_reply). The
-  // server may wait up to the timeout for the mode's rule; its reply gets a little longer to
-  // arrive, so that a server-side timeout reaches us with its message naming the late workers.
+  // A call through c's doorbell, answered as gRPC would (PushReply's fields in c.push_reply).
   grpc::Status ring(Connection& c, DoorbellRequest req) {
     req.timeout_ms = o_.timeout.count();
-    const DoorbellReply r = c.doorbell->call(req, o_.timeout + std::chrono::seconds(5));
+    c.doorbell->ring(req);
+    return answer(c);
+  }
+  // The reply to c's doorbell's last ring. The server may wait up to the timeout for the mode's
+  // rule; its reply gets a little longer to arrive, so that a server-side timeout reaches us with
+  // its message naming the late workers.
+  grpc::Status answer(Connection& c) {
+    const DoorbellReply r = c.doorbell->wait(o_.timeout + std::chrono::seconds(5));
     c.push_reply.set_version(r.version);
     c.push_reply.set_samples(r.samples);
     c.push_reply.set_pulled(r.pulled);
@@ -729,8 +815,10 @@ class PsWorker::Impl {
   }
 
   // Ends the streamed push; if it broke (the server went away), pushes the step again whole.
-  int64_t close_push(Connection& c) {
-    const grpc::Status s = finish_push(c);
+  int64_t close_push(Connection& c) { return settle_push(c, finish_push(c)); }
+  // The rest of close_push, given how the push ended: the samples, or the push again whole (on
+  // c's thread).
+  int64_t settle_push(Connection& c, const grpc::Status& s) {
     if (s.ok()) return c.push_reply.samples();
     RpcError first(s, "server " + c.name() + ": push of step " + std::to_string(step_));
     if (!first.retryable()) {
@@ -783,7 +871,6 @@ class PsWorker::Impl {
   std::vector<std::vector<size_t>> of_param_;
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<int> hooks_;
-  std::vector<std::future<void>> pending_;
   std::vector<char> sent_;
   int64_t prefetch_step_ = -1;  // the step start_prefetch fetches, until pull takes it
   std::vector<std::vector<float>> prefetch_;  // per piece

@@ -133,17 +133,23 @@ bool DoorbellClient::server_gone() const {
          collectives::process_exited(block_->server_pid);
 }
 
-DoorbellReply DoorbellClient::call(const DoorbellRequest& req, std::chrono::milliseconds timeout) {
-  if (server_gone())
-    return {grpc::StatusCode::UNAVAILABLE, "the server no longer answers through shared memory"};
+void DoorbellClient::ring(const DoorbellRequest& req) {
+  gone_ = server_gone();
+  if (gone_) return;
   block_->call = static_cast<int32_t>(req.call);
   block_->step = req.step;
   block_->lr = req.lr;
   block_->samples = req.samples;
   block_->timeout_ms = req.timeout_ms;
-  const uint32_t r = block_->request.load(std::memory_order_relaxed) + 1;
-  block_->request.store(r, std::memory_order_release);
+  rung_ = block_->request.load(std::memory_order_relaxed) + 1;
+  block_->request.store(rung_, std::memory_order_release);
   collectives::futex_wake(&block_->request);
+}
+
+DoorbellReply DoorbellClient::wait(std::chrono::milliseconds timeout) {
+  if (gone_)
+    return {grpc::StatusCode::UNAVAILABLE, "the server no longer answers through shared memory"};
+  const uint32_t r = rung_;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
     const uint32_t got = block_->reply.load(std::memory_order_acquire);

@@ -78,7 +78,8 @@ class DoorbellServer {
   std::thread thread_;  // last: started once the rest exists
 };
 
-// The worker's end. One call at a time (the connection's thread makes them).
+// The worker's end. One call at a time: ring, then wait for its reply before the next ring. A
+// worker with several servers rings them all before waiting for any.
 class DoorbellClient {
  public:
   // Maps the segment the server created, and unlinks its name. Throws DistributedError.
@@ -86,15 +87,23 @@ class DoorbellClient {
   DoorbellClient(const DoorbellClient&) = delete;
   DoorbellClient& operator=(const DoorbellClient&) = delete;
 
-  // Rings and waits for the reply: at most `timeout`, then DEADLINE_EXCEEDED (and the server is
-  // told to give up); UNAVAILABLE when the server stopped serving this worker or exited.
-  DoorbellReply call(const DoorbellRequest& req, std::chrono::milliseconds timeout);
+  // Hands the request to the server, which starts on it at once.
+  void ring(const DoorbellRequest& req);
+  // The reply to the last ring, waited for at most `timeout`, then DEADLINE_EXCEEDED (and the
+  // server is told to give up); UNAVAILABLE when the server stopped serving this worker or exited.
+  DoorbellReply wait(std::chrono::milliseconds timeout);
+  DoorbellReply call(const DoorbellRequest& req, std::chrono::milliseconds timeout) {
+    ring(req);
+    return wait(timeout);
+  }
 
  private:
   bool server_gone() const;
 
   collectives::Mapping mapping_;
   DoorbellBlock* block_ = nullptr;
+  uint32_t rung_ = 0;  // the request the next wait() answers
+  bool gone_ = false;  // the server was gone at the ring
 };
 
 }  // namespace cohort::ps
