@@ -38,26 +38,36 @@ ours() {  # model global_batch ranks [overrides...]
   fi
 }
 
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# This machine's speed wanders by tens of percent from one minute to the next (a shared host), so
+# each comparison runs in $rounds rounds, each giving its ratios, and the medians are the result.
+rounds=${COHORT_BENCH_ROUNDS:-3}
+
 compare() {  # model global_batch [overrides for the 2-rank run...]
   local model=$1 global=$2; shift 2
-  local one two t1 t2 label=${1:-ddp}
-  one=$(ours "$model" "$global" 1)
-  two=$(ours "$model" "$global" 2 "$@")
-  t1=$(cd "$ref" && env "${ref_env[@]}" /usr/bin/python3 fmnist.py "$model" 1 "$global")
-  t2=$(cd "$ref" && env "${ref_env[@]}" ./spawn.sh 2 ddp_fmnist.py "$model" $((global / 2)))
-  local s1 s2 a1 a2 ts1 ts2 ta2
-  s1=$(echo "$one" | field samples_per_s); a1=$(echo "$one" | field test_acc)
-  s2=$(echo "$two" | field samples_per_s); a2=$(echo "$two" | field test_acc)
-  ts1=$(echo "$t1" | field samples_per_s); ts2=$(echo "$t2" | field samples_per_s)
-  ta2=$(echo "$t2" | field test_acc)
+  local one two t1 t2 label=${1:-ddp} r
+  local s1 s2 a1 a2 ts1 ts2 ta2 own=() vs_torch=() torch_own=() acc=()
   echo "== $model, global batch $global, 1 epoch; 2 ranks of 1 thread ($label) =="
-  printf "%-28s %10s %9s\n" run samples/s test_acc
-  printf "%-28s %10.0f %9s\n" "cohort 1 rank" "$s1" "$a1" "cohort 2 ranks" "$s2" "$a2" \
-    "pytorch 1 process" "$ts1" "-" "pytorch ddp gloo 2 ranks" "$ts2" "$ta2"
-  echo "cohort 2 ranks / cohort 1 rank:          $(div "$s2" "$s1")x"
-  echo "cohort 2 ranks / pytorch ddp 2 ranks:    $(div "$s2" "$ts2")x"
-  echo "pytorch ddp 2 ranks / pytorch 1 process: $(div "$ts2" "$ts1")x"
-  echo "test accuracy, 2 ranks - 1 rank:         $(diff_points "$a2" "$a1") points"
+  printf "%-6s %12s %12s %12s %12s %9s %9s\n" round "cohort 1" "cohort 2" "torch 1" "torch ddp 2" \
+    "acc 1" "acc 2"
+  for r in $(seq "$rounds"); do
+    one=$(ours "$model" "$global" 1)
+    two=$(ours "$model" "$global" 2 "$@")
+    t1=$(cd "$ref" && env "${ref_env[@]}" /usr/bin/python3 fmnist.py "$model" 1 "$global")
+    t2=$(cd "$ref" && env "${ref_env[@]}" ./spawn.sh 2 ddp_fmnist.py "$model" $((global / 2)))
+    s1=$(echo "$one" | field samples_per_s); a1=$(echo "$one" | field test_acc)
+    s2=$(echo "$two" | field samples_per_s); a2=$(echo "$two" | field test_acc)
+    ts1=$(echo "$t1" | field samples_per_s); ts2=$(echo "$t2" | field samples_per_s)
+    ta2=$(echo "$t2" | field test_acc)
+    printf "%-6s %12.0f %12.0f %12.0f %12.0f %9s %9s\n" "$r" "$s1" "$s2" "$ts1" "$ts2" "$a1" "$a2"
+    own+=("$(div "$s2" "$s1")"); vs_torch+=("$(div "$s2" "$ts2")"); torch_own+=("$(div "$ts2" "$ts1")")
+    acc+=("$(diff_points "$a2" "$a1")")
+  done
+  echo "ratios: medians of $rounds rounds (each round's in brackets)"
+  echo "cohort 2 ranks / cohort 1 rank:          $(printf '%s\n' "${own[@]}" | median)x  (${own[*]})"
+  echo "cohort 2 ranks / pytorch ddp 2 ranks:    $(printf '%s\n' "${vs_torch[@]}" | median)x  (${vs_torch[*]})"
+  echo "pytorch ddp 2 ranks / pytorch 1 process: $(printf '%s\n' "${torch_own[@]}" | median)x  (${torch_own[*]})"
+  echo "test accuracy, 2 ranks - 1 rank:         ${acc[-1]} points"
 }
 
 for w in $what; do
