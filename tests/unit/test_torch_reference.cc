@@ -174,15 +174,19 @@ TEST(TorchReference, FiveOptimizerStepsMatchPyTorch) {
   }
 }
 
+// Plain, momentum, dampening with weight decay, nesterov with weight decay.
+std::vector<optim::SGDOptions> sgd_variants() {
+  return {{0.1, 0, 0, 0, false},
+          {0.05, 0.9, 0, 0, false},
+          {0.05, 0.9, 0.3, 0.01, false},
+          {0.1, 0.9, 0, 0.01, true}};
+}
+
 // SGD updates contiguous float32 CPU parameters in one fused pass; anything else takes the
 // op-by-op path. Both must give the same bits, or a run would depend on memory layout.
 TEST(TorchReference, FusedSgdStepEqualsTheOpByOpPathBitForBit) {
-  const std::vector<optim::SGDOptions> configs = {{0.1, 0, 0, 0, false},
-                                                  {0.05, 0.9, 0, 0, false},
-                                                  {0.05, 0.9, 0.3, 0.01, false},
-                                                  {0.1, 0.9, 0, 0.01, true}};
   Generator gen(7);
-  for (const auto& cfg : configs) {
+  for (const auto& cfg : sgd_variants()) {
     SCOPED_TRACE("momentum " + std::to_string(cfg.momentum) + " nesterov " +
                  std::to_string(cfg.nesterov));
     Tensor fused = randn({5, 7}, {}, &gen), ops = fused.clone();
@@ -203,12 +207,8 @@ TEST(TorchReference, FusedSgdStepEqualsTheOpByOpPathBitForBit) {
 // block at a time); it must give the bits of averaging first and stepping after. 5000 elements:
 // more than one block, and a last block that is not full.
 TEST(TorchReference, SgdStepOfAMeanEqualsAveragingThenStepping) {
-  const std::vector<optim::SGDOptions> configs = {{0.1, 0, 0, 0, false},
-                                                  {0.05, 0.9, 0, 0, false},
-                                                  {0.05, 0.9, 0.3, 0.01, false},
-                                                  {0.1, 0.9, 0, 0.01, true}};
   Generator gen(11);
-  for (const auto& cfg : configs) {
+  for (const auto& cfg : sgd_variants()) {
     for (int workers : {1, 2, 3}) {
       SCOPED_TRACE("momentum " + std::to_string(cfg.momentum) + " nesterov " +
                    std::to_string(cfg.nesterov) + " workers " + std::to_string(workers));
