@@ -237,7 +237,7 @@ class PsWorker::Impl {
     wait_all(fs);
   }
 
-  // pull()'s general case, on c's thread.
+  // pull()'s general case, on c's thread: servers over gRPC, and any call to be retried.
   void pull_from(Connection& c, int64_t step) {
     with_retries(c, "pull step " + std::to_string(step), [&] {
       if (c.shared() && c.prefetched == step) {
@@ -245,14 +245,8 @@ class PsWorker::Impl {
         copy_from_segment(c);
         return;
       }
-      if (c.shared() && c.admitted == step) {
-        c.admitted = -1;
-        if (copy_from_values(c)) {
-          alias(c);
-          return;
-        }
-        // An update ran while we copied (async): the doorbell's pull below copies one whole.
-      }
+      // (A server that admitted us was rung by pull() itself; it gets here when an update ran
+      // while pull() copied its values, async: the doorbell's pull copies one whole.)
       if (c.shared() && c.doorbell) {
         DoorbellRequest req;
         req.call = DoorbellCall::kPull;
