@@ -133,6 +133,28 @@ TEST_F(PsTrain, AsyncWithFourWorkersReachesTheAccuracyGoalInOneEpoch) {
   EXPECT_GT(s.value("samples_per_s", 0.0), 0) << s.dump();
 }
 
+// `cohort bench ps` as ps.sh runs it: every worker times its push plus pull of the MLP's 2.68 MB,
+// with the gradients where backward leaves them and copied in first.
+TEST_F(PsTrain, BenchPsTimesEveryWorkersPushAndPull) {
+  for (const std::string flag : {"", " --copy-gradients"}) {
+    SCOPED_TRACE("flags:" + flag);
+    auto r =
+        run_command(launch(2, 1,
+                           std::string(COHORT_BINARY) + " bench ps " + COHORT_SOURCE_DIR +
+                               "/configs/fashion_mnist_mlp.yaml " + ps(1, "sync") +
+                               " logging.dir=" + (dir_ / "bench").string() + " --iters 20" + flag),
+                    kRunLimit);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const std::string gradients = flag.empty() ? "in-place" : "copied";
+    for (int rank : {0, 1}) {
+      const std::string line = "bench ps: rank " + std::to_string(rank) +
+                               " mode sync servers 1 gradients " + gradients +
+                               ": push+pull of 2.68 MB each way: mean ";
+      EXPECT_NE(r.output.find(line), std::string::npos) << r.output;
+    }
+  }
+}
+
 TEST_F(PsTrain, BoundedStalenessIsNeverExceeded) {
   // Worker 2 is a straggler: without the bound the others would run far ahead of it.
   auto r = run_command(
