@@ -192,7 +192,8 @@ class Service final : public wire::ParameterServer::Service {
           return Status(StatusCode::INVALID_ARGUMENT,
                         "a push through shared memory has only its header");
         const DoorbellReply r =
-            push_through_segment(worker, h.step(), h.lr(), h.samples(), h.then_pull(),
+            push_through_segment(worker, h.step(), h.lr(), h.samples(),
+                                 h.then_pull() ? AfterPush::kPull : AfterPush::kReply,
                                  remaining(ctx), [ctx] { return ctx->IsCancelled(); });
         reply->set_version(r.version);
         reply->set_samples(r.samples);
@@ -289,17 +290,22 @@ class Service final : public wire::ParameterServer::Service {
   // Under the worker's push_mu_. The shared-memory path's step: the push whose gradients wait in
   // the worker's segment, then (then_pull) the next step's values into it once the mode admits that
   // step.
+  // What a push through shared memory does once applied: reply at once; wait until the worker is
+  // admitted to its next step (it then takes the shared values itself); or wait so, and copy the
+  // values into its segment.
+  enum class AfterPush { kReply, kAdmit, kPull };
+
   DoorbellReply push_through_segment(int worker, int64_t step, double lr, int64_t samples,
-                                     bool then_pull, collectives::Millis timeout,
-                                     const std::function<bool()>& cancelled, bool copy = true) {
+                                     AfterPush after, collectives::Millis timeout,
+                                     const std::function<bool()>& cancelled) {
     const PushResult r = shard_.push_from_segment(worker, step, lr, samples);
     DoorbellReply reply;
     reply.version = r.version;
     reply.samples = r.samples;
-    if (!then_pull) return reply;
+    if (after == AfterPush::kReply) return reply;
     if (!shard_.admit(worker, step + 1, timeout, cancelled))
       return {StatusCode::CANCELLED, "the push was cancelled"};
-    if (!copy) return reply;  // admitted: the worker copies the shared values itself
+    if (after == AfterPush::kAdmit) return reply;
     reply.version = shard_.copy_to_segment(worker);
     reply.pulled = true;
     return reply;
@@ -314,8 +320,10 @@ class Service final : public wire::ParameterServer::Service {
     shard_.touch(worker, req.step);
     if (req.call != DoorbellCall::kPull) {
       std::lock_guard<std::mutex> one_push(push_mu_[static_cast<size_t>(worker)]);
-      return push_through_segment(worker, req.step, req.lr, req.samples, true, timeout, cancelled,
-                                  req.call == DoorbellCall::kPushThenPull);
+      return push_through_segment(
+          worker, req.step, req.lr, req.samples,
+          req.call == DoorbellCall::kPushThenPull ? AfterPush::kPull : AfterPush::kAdmit, timeout,
+          cancelled);
     }
     if (!shard_.admit(worker, req.step, timeout, cancelled))
       return {StatusCode::CANCELLED, "the pull was cancelled"};
