@@ -252,6 +252,9 @@ class PsWorker::Impl {
         req.call = DoorbellCall::kPull;
         req.step = step;
         check(ring(c, req), "server " + c.name() + ": pull of step " + std::to_string(step));
+        // A pull that pull() could not take from the shared values: they moved while it copied,
+        // or were retired. The parameters get the server's copy in memory of their own.
+        unalias(c);
         copy_from_segment(c);
         alias(c);
         return;
@@ -564,6 +567,11 @@ class PsWorker::Impl {
   // its parameters until then (a checkpoint it resumes from) stays its own.
   void alias(Connection& c) {
     if (!o_.alias_values || !c.values || c.aliased) return;
+    // Odd: an update is writing (a dropped worker's late pull), or a new layout retired these
+    // values for good (Shard::SharedValues); either way they are not the ones to compute with.
+    if (static_cast<Shard::SharedValues*>(c.values->addr())->seq.load(std::memory_order_acquire) &
+        1)
+      return;
     core::autograd::NoGradGuard no_grad;
     float* base = static_cast<float*>(c.values->addr()) + Shard::kSharedValuesOffset;
     for (size_t p = 0; p < pieces_.size(); ++p) {
@@ -578,22 +586,33 @@ class PsWorker::Impl {
   }
 
   // Gives the parameters that view c's server's values memory of their own, holding what they
-  // show now: a copy under the values' sequence lock, taken again if an update landed meanwhile
-  // (a few times; a server whose values were retired keeps the lock odd, and then the copy
-  // stands). The mapping stays valid while the views hold it, even after the server has gone.
+  // show now: a copy under the values' sequence lock, taken once no update is writing and again
+  // if one landed meanwhile. Values that stay odd for 10 ms were retired by a new layout (or
+  // their server died mid-update): the copy then stands as it is. The mapping stays valid while
+  // the views hold it, even after the server has gone.
   void unalias(Connection& c) {
     if (!c.aliased) return;
     core::autograd::NoGradGuard no_grad;
     auto* lock = static_cast<Shard::SharedValues*>(c.values->addr());
     std::vector<std::pair<size_t, core::Tensor>> own;
     for (int attempt = 0; attempt < 100; ++attempt) {
-      own.clear();
       const uint64_t seq = lock->seq.load(std::memory_order_acquire);
+      if (seq & 1) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        continue;
+      }
+      own.clear();
       for (size_t p = 0; p < pieces_.size(); ++p)
         if (aliased_[p] && pieces_[p].server == c.index())
           own.emplace_back(p, params_[pieces_[p].tensor].clone());
       std::atomic_thread_fence(std::memory_order_acquire);
-      if (!(seq & 1) && lock->seq.load(std::memory_order_relaxed) == seq) break;
+      if (lock->seq.load(std::memory_order_relaxed) == seq) break;
+      own.clear();
+    }
+    if (own.empty()) {
+      for (size_t p = 0; p < pieces_.size(); ++p)
+        if (aliased_[p] && pieces_[p].server == c.index())
+          own.emplace_back(p, params_[pieces_[p].tensor].clone());
     }
     for (auto& [p, t] : own) {
       params_[pieces_[p].tensor].set_(t);
