@@ -14,7 +14,7 @@
 #include "core/autograd/node.h"
 #include "core/ops/ops.h"
 #include "core/util/error.h"
-#include "parameter_server/auth.h"
+#include "parameter_server/connection.h"
 #include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
 #include "parameter_server/shard.h"
@@ -24,152 +24,13 @@ namespace cohort::ps {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// A failed call. Retryable ones mean the server went away or forgot us (it restarted).
-struct RpcError : std::runtime_error {
-  RpcError(const grpc::Status& s, const std::string& what)
-      : std::runtime_error(what + ": " + s.error_message()), code(s.error_code()) {}
-  grpc::StatusCode code;
-  bool retryable() const {
-    return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::UNAUTHENTICATED ||
-           code == grpc::StatusCode::UNKNOWN || code == grpc::StatusCode::CANCELLED;
-  }
-};
-
-void check(const grpc::Status& s, const std::string& what) {
-  if (!s.ok()) throw RpcError(s, what);
-}
-
-std::chrono::system_clock::time_point deadline_in(collectives::Millis t) {
-  return std::chrono::system_clock::now() + t;
-}
+using detail::check;
+using detail::Connection;
+using detail::RpcError;
 
 wire::Encoding encoding_of(Compression c) {
   return c == Compression::kBFloat16 ? wire::BFLOAT16 : wire::FLOAT32;
 }
-
-// One server: its channel and session, and a thread that runs this worker's calls to it in order.
-class Connection {
- public:
-  Connection(int index, const ClientOptions& o) : index_(index), o_(o) {}
-
-  std::future<void> post(std::function<void()> task) { return thread_.post(std::move(task)); }
-  // A second thread, for the async mode's pull of the next step while this step's push ends.
-  std::future<void> post_prefetch(std::function<void()> task) {
-    return prefetcher_.post(std::move(task));
-  }
-
-  // (Re)connects and authenticates. Throws RpcError (retryable when the server is not there yet)
-  // or DistributedError when the server refuses our proof.
-  void connect() {
-    const std::string address = o_.resolve(index_);
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(8 << 20);
-    args.SetMaxSendMessageSize(8 << 20);
-    args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
-    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
-    args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 16 << 20);
-    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-    auto stub = wire::ParameterServer::NewStub(channel);
-    // A short wait: a restarted server publishes a new address, and until it has, `address` may
-    // be its predecessor's, where nothing will ever answer. Not answering in time is therefore
-    // retryable (with_retries resolves the address again), not a timeout of the job.
-    grpc::ClientContext c1;
-    c1.set_deadline(deadline_in(std::chrono::seconds(2)));
-    c1.set_wait_for_ready(true);
-    wire::ChallengeRequest creq;
-    creq.set_worker(o_.worker);
-    wire::ChallengeReply challenge;
-    grpc::Status cs = stub->Challenge(&c1, creq, &challenge);
-    if (cs.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
-      cs = grpc::Status(grpc::StatusCode::UNAVAILABLE, "no answer in 2 s");
-    check(cs, "server " + name() + " at " + address);
-    grpc::ClientContext c2;
-    c2.set_deadline(deadline_in(std::chrono::seconds(10)));
-    wire::AuthRequest areq;
-    areq.set_worker(o_.worker);
-    areq.set_nonce(challenge.nonce());
-    areq.set_proof(auth_proof(o_.secret, challenge.nonce(), o_.worker));
-    wire::AuthReply auth;
-    grpc::Status s = stub->Authenticate(&c2, areq, &auth);
-    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
-        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
-      COHORT_THROW(DistributedError, "parameter server ", index_, " at ", address,
-                   " refused worker ", o_.worker, ": ", s.error_message());
-    check(s, "server " + name() + " at " + address);
-    std::lock_guard<std::mutex> lock(session_mu_);
-    stub_ = std::shared_ptr<wire::ParameterServer::Stub>(std::move(stub));
-    session_ = auth.session();
-    address_ = address;
-  }
-
-  // A context carrying the session, with a deadline.
-  std::unique_ptr<grpc::ClientContext> context(collectives::Millis timeout) {
-    auto c = std::make_unique<grpc::ClientContext>();
-    std::lock_guard<std::mutex> lock(session_mu_);
-    c->AddMetadata("cohort-session", session_);
-    c->set_deadline(deadline_in(timeout));
-    return c;
-  }
-  wire::ParameterServer::Stub& stub() {
-    std::lock_guard<std::mutex> lock(session_mu_);
-    return *stub_;
-  }
-  // For threads other than the connection's: keeps the stub alive across a reconnection there.
-  std::shared_ptr<wire::ParameterServer::Stub> shared_stub() {
-    std::lock_guard<std::mutex> lock(session_mu_);
-    return stub_;
-  }
-  bool connected() {
-    std::lock_guard<std::mutex> lock(session_mu_);
-    return stub_ != nullptr;
-  }
-  std::string name() const { return std::to_string(index_); }
-  int index() const { return index_; }
-
-  // The shared-memory data path to this server when it is on our node (set by attach; used on
-  // this connection's thread only): gradients go to [0, floats), values come from [floats, 2x).
-  // Shared: tensors viewing the segment (gradient destinations) keep it mapped.
-  std::shared_ptr<collectives::Mapping> segment;
-  int64_t segment_floats = 0;
-  std::vector<int64_t> segment_offset;  // per piece of the worker's; -1: not on this server
-  bool shared() const { return segment && *segment; }
-  // The step's calls through shared memory too, when the server offered it.
-  std::unique_ptr<DoorbellClient> doorbell;
-  // Data and calls both through shared memory: the worker's own thread rings the doorbell and
-  // copies, with no hop through this connection's thread (each hop is a thread to wake, tens of
-  // microseconds on a busy node). The connection's thread still reconnects when a call fails.
-  bool local() const { return shared() && doorbell != nullptr; }
-  // The tasks the worker posted to this connection's thread and has not yet waited for (touched
-  // by the worker's thread only). While any is unfinished, only that thread touches the rest.
-  std::vector<std::future<void>> queued;
-  // The server's parameters, shared by its workers on this node (Shard::SegmentLayout), and the
-  // step the server last admitted this worker to without copying them into the segment.
-  std::shared_ptr<collectives::Mapping> values;
-  int64_t admitted = -1;
-  int64_t prefetched = -1;  // the step whose values the last push left in the segment
-  bool aliased = false;     // its whole pieces' parameters view `values` (alias_values)
-  float* segment_grad(size_t piece) {
-    return static_cast<float*>(segment->addr()) + segment_offset[piece];
-  }
-  float* segment_values(size_t piece) { return segment_grad(piece) + segment_floats; }
-
-  // The push in progress (used on this connection's thread only).
-  std::unique_ptr<grpc::ClientContext> push_ctx;
-  std::unique_ptr<grpc::ClientWriter<wire::PushMessage>> push_writer;
-  wire::PushReply push_reply;
-  bool push_broken = false;
-
- private:
-  int index_;
-  const ClientOptions& o_;
-  std::mutex session_mu_;
-  std::shared_ptr<wire::ParameterServer::Stub> stub_;
-  std::string session_, address_;
-  TaskThread prefetcher_;
-  TaskThread thread_;  // last: joined first, while the rest still exists
-};
 
 }  // namespace
 
