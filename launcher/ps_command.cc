@@ -149,7 +149,6 @@ ps::ClientOptions ps_client_options(const trainer::Config& c, const WorkerEnv& e
   o.worker = env.rank;
   o.compression = ps::parse_compression(p.compression);
   o.shared_memory = p.transport == "auto";
-  o.prefetch = p.mode == "async";
   o.alias_values = p.mode == "sync";
   o.timeout = millis(c.distributed.timeout_s);
   o.heartbeat_s = p.heartbeat_s;

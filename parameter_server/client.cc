@@ -66,7 +66,10 @@ class PsWorker::Impl {
     }
     hb_cv_.notify_all();
     heartbeat_.join();
-    for (auto& c : conns_) unalias(*c);  // their threads are idle: nothing is queued now
+    for (auto& c : conns_) {
+      c->cancel_prefetch();  // a pull beside a push that never came would wait out its deadline
+      unalias(*c);           // their threads are idle: nothing is queued now
+    }
     for (size_t i = 0; i < params_.size(); ++i) {
       params_[i].remove_hook(hooks_[i]);
       core::autograd::set_grad_destination(params_[i], core::Tensor());
@@ -74,11 +77,11 @@ class PsWorker::Impl {
     conns_.clear();  // joins their threads after the queued calls
   }
 
-  void pull(int64_t step, bool fresh) {
-    if (take_prefetch(step, fresh)) return;
+  void pull(int64_t step) {
     std::vector<std::future<void>> fs;
     for (auto& conn : conns_) {
       Connection* c = conn.get();
+      if (take_prefetch(*c, step)) continue;
       // Left by this step's push in the segment, or admitted by it: the values are there to
       // take, on this thread.
       if (c->local() && c->prefetched == step) {
@@ -165,56 +168,63 @@ class PsWorker::Impl {
                    " tensors it should hold");
   }
 
-  // Async mode over gRPC: the next step's values are fetched while this step's push is still
-  // finishing (mostly the first layers' gradients, which backward produces last), so the link
-  // carries both directions at once. The values then miss at most this worker's own last push,
-  // one step more of the staleness that async mode accepts anyway. They land in a staging copy:
-  // the parameters may be read (evaluation, checkpoints) until pull() moves them in. One attempt,
-  // without reconnecting (the connection's own thread does that): when it fails, pull() fetches
-  // the values the usual way.
+  // The next step's pull over gRPC, sent by begin_step beside the push (pull_with_push) on each
+  // connection's second thread: the server sends each block of the values once the push has
+  // been applied to it (Shard::stream_after_push). They land in a staging copy: the parameters
+  // are read by this step's backward, and may be read by evaluation and checkpoints, until
+  // pull() moves them in. One attempt, without reconnecting (the connection's own thread does
+  // that): when it fails, pull() fetches the values the usual way.
   void start_prefetch(int64_t step) {
-    for (auto& conn : conns_)  // shared memory: the push's reply brings the values
-      if (conn->shared() || !conn->connected()) return;
-    prefetch_step_ = step;
     prefetch_.resize(pieces_.size());
     for (auto& conn : conns_) {
       Connection* c = conn.get();
+      // Shared memory: the push's reply brings the values.
+      if (c->shared() || !c->connected() || c->prefetch_step >= 0) continue;
       auto stub = c->shared_stub();
-      prefetch_futures_.push_back(c->post_prefetch([this, c, stub, step] {
-        auto ctx = c->context(o_.timeout);
+      auto ctx = c->context(o_.timeout);
+      grpc::ClientContext* context = ctx.get();  // the connection holds it until pull() takes it
+      c->set_prefetch_context(std::move(ctx));
+      c->prefetch_step = step;
+      c->prefetch_done = c->post_prefetch([this, c, stub, context, step] {
         wire::PullRequest req;
         req.set_step(step);
         req.set_encoding(encoding_of(o_.compression));
-        auto reader = stub->Pull(ctx.get(), req);
+        req.set_with_push(true);
+        auto reader = stub->Pull(context, req);
         read_values(*c, *reader, step, [this](const Piece& piece) {
           auto& v = prefetch_[static_cast<size_t>(&piece - pieces_.data())];
           v.resize(static_cast<size_t>(piece.numel));
           return v.data();
         });
-      }));
+      });
     }
   }
 
-  // True when a prefetch of `step` reached every server and its values are now the parameters'.
-  // `fresh` drops it: the caller wants values that include this worker's finished pushes.
-  bool take_prefetch(int64_t step, bool fresh) {
-    if (prefetch_step_ < 0) return false;
-    const bool wanted = prefetch_step_ == step && !fresh;
-    prefetch_step_ = -1;
+  // True when c's prefetched values of `step` arrived and are now the parameters'.
+  bool take_prefetch(Connection& c, int64_t step) {
+    if (c.prefetch_step < 0) return false;
+    const bool wanted = c.prefetch_step == step;
+    c.prefetch_step = -1;
+    if (!wanted) c.cancel_prefetch();
     bool ok = true;
-    for (auto& f : prefetch_futures_) {
-      try {
-        f.get();
-      } catch (const std::exception&) {
-        ok = false;
-      }
+    try {
+      c.prefetch_done.get();
+    } catch (const std::exception&) {
+      ok = false;
     }
-    prefetch_futures_.clear();
+    c.set_prefetch_context(nullptr);
     if (!wanted || !ok) return false;
     for (size_t p = 0; p < pieces_.size(); ++p)
-      std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
-                  prefetch_[p].data(), prefetch_[p].size() * sizeof(float));
+      if (pieces_[p].server == c.index())
+        std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
+                    prefetch_[p].data(), prefetch_[p].size() * sizeof(float));
     return true;
+  }
+
+  // Ends every prefetch still running (the step failed: its push may never come).
+  void cancel_prefetches() {
+    for (auto& c : conns_)
+      if (c->prefetch_step >= 0) take_prefetch(*c, -1);
   }
 
   void begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
@@ -230,6 +240,7 @@ class PsWorker::Impl {
         conn->queued.push_back(conn->post([this, conn] { open_push(*conn); }));
       }
     }
+    if (o_.pull_with_push) start_prefetch(step + 1);
     streaming_ = during_backward;
   }
 
@@ -261,7 +272,6 @@ class PsWorker::Impl {
       }
       done.push_back(conn->post([this, conn, i, &samples] { samples[i] = close_push(*conn); }));
     }
-    if (o_.prefetch) start_prefetch(step_ + 1);
     for (Connection* conn : rung) {
       const auto i = static_cast<size_t>(conn->index());
       const grpc::Status s = pushed(*conn);
@@ -284,7 +294,10 @@ class PsWorker::Impl {
     } catch (...) {
       if (!first) first = std::current_exception();
     }
-    if (first) std::rethrow_exception(first);
+    if (first) {
+      cancel_prefetches();
+      std::rethrow_exception(first);
+    }
     return {samples[0]};
   }
 
@@ -746,9 +759,7 @@ class PsWorker::Impl {
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<int> hooks_;
   std::vector<char> sent_;
-  int64_t prefetch_step_ = -1;  // the step start_prefetch fetches, until pull takes it
-  std::vector<std::vector<float>> prefetch_;  // per piece
-  std::vector<std::future<void>> prefetch_futures_;
+  std::vector<std::vector<float>> prefetch_;  // per piece: start_prefetch's staging
   std::atomic<bool> streaming_{false};
   std::atomic<int64_t> step_{0};
   double lr_ = 0;
@@ -763,8 +774,7 @@ PsWorker::PsWorker(std::vector<core::Tensor> params, const std::vector<std::stri
                    ClientOptions o)
     : impl_(std::make_unique<Impl>(std::move(params), names, std::move(o))) {}
 PsWorker::~PsWorker() = default;
-void PsWorker::pull(int64_t step) { impl_->pull(step, false); }
-void PsWorker::pull_fresh(int64_t step) { impl_->pull(step, true); }
+void PsWorker::pull(int64_t step) { impl_->pull(step); }
 void PsWorker::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
   impl_->begin_step(step, lr, samples, during_backward);
 }

@@ -34,10 +34,12 @@ struct ClientOptions {
   // A server on this node is reached through shared memory (gradients and values; gRPC carries
   // only the calls); false keeps every byte on gRPC (parameter_server.transport: grpc).
   bool shared_memory = true;
-  // Async mode: each step's pull over gRPC starts while the step's push is still finishing, so
-  // both directions of the link carry data at once; the values may then miss this worker's own
-  // last push (one step staler).
-  bool prefetch = false;
+  // Each step's pull from a server over gRPC is sent beside its push, and the server sends each
+  // block of the values as soon as the push has been applied to it (sync: every worker's push,
+  // async and bounded: this worker's), so the values travel back while later gradients still
+  // arrive and both directions of the link carry data at once. The values are those a pull
+  // after the push would get. false: the pull follows the push.
+  bool pull_with_push = true;
   // Sync mode: a parameter that a server on this node holds whole becomes a view of that server's
   // shared values instead of a copy of them, so a pull copies nothing. Only sound where the values
   // cannot change while a worker computes with them: in sync mode the update waits for every live
@@ -62,12 +64,10 @@ class PsWorker {
   PsWorker(const PsWorker&) = delete;
   PsWorker& operator=(const PsWorker&) = delete;
 
-  // Blocks until every server admits step `step`, then the parameters hold its values. With
-  // ClientOptions::prefetch these may be the values fetched while the last push finished.
+  // Blocks until every server admits step `step`, then the parameters hold its values, which
+  // include every push this worker has finished (a pull sent beside the last push was waiting
+  // for it).
   void pull(int64_t step);
-  // As pull, but the values include every push this worker has finished (for evaluation and
-  // checkpoints).
-  void pull_fresh(int64_t step);
   // Opens the step's pushes. With `during_backward`, each parameter's gradient is sent as soon as
   // autograd has accumulated it; otherwise push_all() sends them (after clipping, say).
   void begin_step(int64_t step, double lr, int64_t samples, bool during_backward);

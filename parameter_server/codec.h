@@ -11,7 +11,9 @@ namespace cohort::ps {
 enum class Compression { kNone, kBFloat16 };
 Compression parse_compression(const std::string& name);  // none | bf16; throws ConfigError
 
-constexpr int64_t kChunkElements = 256 * 1024;
+// 256 KiB of float32: small enough that a sync server can update and send back the first
+// blocks of a tensor while its last ones still arrive (Shard::kBlockElements, the same).
+constexpr int64_t kChunkElements = 32 * 1024;
 
 size_t element_bytes(Compression c);
 // Replaces `out` with n encoded elements.

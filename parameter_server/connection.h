@@ -47,7 +47,7 @@ class Connection {
   Connection(int index, const ClientOptions& o) : index_(index), o_(o) {}
 
   std::future<void> post(std::function<void()> task) { return thread_.post(std::move(task)); }
-  // A second thread, for the async mode's pull of the next step while this step's push ends.
+  // A second thread, for the next step's pull beside this step's push.
   std::future<void> post_prefetch(std::function<void()> task) {
     return prefetcher_.post(std::move(task));
   }
@@ -107,6 +107,19 @@ class Connection {
   }
   float* segment_values(size_t piece) { return segment_grad(piece) + segment_floats; }
 
+  // A pull running on the prefetch thread beside the step's push (ClientOptions::pull_with_push),
+  // until the worker's pull() takes it: its step, its end, and its context (to cancel it).
+  int64_t prefetch_step = -1;
+  std::future<void> prefetch_done;
+  void set_prefetch_context(std::unique_ptr<grpc::ClientContext> c) {
+    std::lock_guard<std::mutex> lock(prefetch_mu_);
+    prefetch_ctx_ = std::move(c);
+  }
+  void cancel_prefetch() {
+    std::lock_guard<std::mutex> lock(prefetch_mu_);
+    if (prefetch_ctx_) prefetch_ctx_->TryCancel();
+  }
+
   // The push in progress (used on this connection's thread only).
   std::unique_ptr<grpc::ClientContext> push_ctx;
   std::unique_ptr<grpc::ClientWriter<wire::PushMessage>> push_writer;
@@ -119,6 +132,8 @@ class Connection {
   std::mutex session_mu_;
   std::shared_ptr<wire::ParameterServer::Stub> stub_;
   std::string session_, address_;
+  std::mutex prefetch_mu_;
+  std::unique_ptr<grpc::ClientContext> prefetch_ctx_;
   TaskThread prefetcher_;
   TaskThread thread_;  // last: joined first, while the rest still exists
 };

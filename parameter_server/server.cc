@@ -26,6 +26,11 @@ using Clock = std::chrono::steady_clock;
 constexpr int kMaxDims = 8;
 constexpr int kFrameBytes = 4 << 20;
 constexpr int kWindowBytes = 16 << 20;
+// Sync pushes over gRPC keep within two chunks of each other (Shard::pace): a worker that raced
+// ahead would leave the blocks waiting for the one behind, and the values' way back idle until
+// the end. A worker is held at most this long per chunk (one that stopped is dropped later).
+constexpr int64_t kPaceSlack = 2 * kChunkElements;
+constexpr auto kPaceWait = std::chrono::milliseconds(20);
 constexpr int64_t kMaxPieceElements = int64_t{1} << 31;
 constexpr size_t kMaxPendingNonces = 1024;
 constexpr auto kNonceLifetime = std::chrono::seconds(30);
@@ -149,7 +154,24 @@ class Service final : public wire::ParameterServer::Service {
       int worker = 0;
       if (Status s = authorize(ctx, &worker); !s.ok()) return s;
       shard_.touch(worker, req->step());
-      if (!shard_.admit(worker, req->step(), remaining(ctx), [ctx] { return ctx->IsCancelled(); }))
+      const auto cancelled = [ctx] { return ctx->IsCancelled(); };
+      if (req->with_push() && !req->shared_memory()) {
+        const Compression c = compression_of(req->encoding());
+        wire::Chunk chunk;
+        chunk.set_encoding(req->encoding());
+        const bool done = shard_.stream_after_push(
+            worker, req->step(), remaining(ctx), cancelled,
+            [&](const std::string& key, const std::vector<int64_t>& shape, int64_t offset,
+                const std::vector<float>& values) {
+              chunk.set_key(key);
+              chunk.mutable_shape()->Assign(shape.begin(), shape.end());
+              chunk.set_offset(offset);
+              encode(values.data(), static_cast<int64_t>(values.size()), c, chunk.mutable_data());
+              return writer->Write(chunk);
+            });
+        return done ? Status::OK : Status(StatusCode::CANCELLED, "the pull was cancelled");
+      }
+      if (!shard_.admit(worker, req->step(), remaining(ctx), cancelled))
         return Status(StatusCode::CANCELLED, "the pull was cancelled");
       if (req->shared_memory()) {
         shard_.copy_to_segment(worker);
@@ -202,7 +224,9 @@ class Service final : public wire::ParameterServer::Service {
       }
       shard_.push_begin(worker, h.step(), h.lr(), h.samples());
       std::vector<float> values;
-      while (reader->Read(&msg)) {
+      while (true) {
+        shard_.pace(worker, kPaceSlack, kPaceWait);
+        if (!reader->Read(&msg)) break;
         if (!msg.has_chunk())
           return Status(StatusCode::INVALID_ARGUMENT, "a push has one header, then chunks");
         const wire::Chunk& chunk = msg.chunk();

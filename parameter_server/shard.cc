@@ -92,18 +92,67 @@ void Shard::define(const std::string& key, const std::vector<int64_t>& shape,
                  core::shape_str(shape), " the worker sent");
     return;
   }
-  pieces_.emplace(key, make_piece(core::from_vector(values, shape)));
+  Piece& p = pieces_.emplace(key, make_piece(core::from_vector(values, shape))).first->second;
+  for (Block& b : p.blocks) b.updates = version_;
 }
 
 Shard::Piece Shard::make_piece(core::Tensor param) const {
   Piece piece;
   piece.param = std::move(param);
   piece.grad = core::empty(piece.param.sizes());
-  piece.optimizer = make_optimizer(piece.param);
+  const int64_t numel = piece.param.numel();
+  for (int64_t begin = 0; begin < numel || begin == 0; begin += kBlockElements) {
+    Block b;
+    b.begin = begin;
+    b.end = std::min(numel, begin + kBlockElements);
+    b.received.assign(static_cast<size_t>(o_.workers), 0);
+    b.applied.assign(static_cast<size_t>(o_.workers), 0);
+    piece.blocks.push_back(std::move(b));
+    if (numel == 0) break;
+  }
+  view_blocks(piece);
+  for (Block& b : piece.blocks) b.optimizer = make_optimizer(b.param);
   piece.grads.resize(static_cast<size_t>(o_.workers));
   piece.received.assign(static_cast<size_t>(o_.workers), 0);
   piece.segment_offset.assign(static_cast<size_t>(o_.workers), -1);
   return piece;
+}
+
+void Shard::view_blocks(Piece& p) {
+  core::autograd::NoGradGuard no_grad;
+  const core::Tensor flat = p.param.view({p.param.numel()});
+  for (Block& b : p.blocks) {
+    core::Tensor v = flat.slice(0, b.begin, b.end);
+    if (b.param.defined()) {
+      b.param.set_(v);  // the optimiser holds this tensor: it follows
+    } else {
+      b.param = v;
+    }
+  }
+}
+
+core::optim::OptimizerState Shard::piece_state(const Piece& p) {
+  std::map<std::string, std::vector<core::Tensor>> parts;
+  core::optim::OptimizerState state;
+  for (const Block& b : p.blocks)
+    for (auto& [name, t] : b.optimizer->state_dict()) {
+      if (name == "step") {
+        state[name] = t;  // the same in every block: each steps once per update
+      } else {
+        parts[name].push_back(t);
+      }
+    }
+  for (auto& [name, ts] : parts) state[name] = core::cat(ts, 0).view(p.param.sizes());
+  return state;
+}
+
+void Shard::load_piece_state(Piece& p, const core::optim::OptimizerState& state) {
+  for (Block& b : p.blocks) {
+    core::optim::OptimizerState part;
+    for (const auto& [name, t] : state)
+      part[name] = name == "step" ? t : t.reshape({t.numel()}).slice(0, b.begin, b.end);
+    b.optimizer->load_state_dict(part);  // (it copies)
+  }
 }
 
 Shard::Piece& Shard::piece(const std::string& key) {
@@ -209,6 +258,87 @@ bool Shard::admit(int w, int64_t step, collectives::Millis timeout,
   return true;
 }
 
+bool Shard::stream_after_push(int w, int64_t step, collectives::Millis timeout,
+                              const std::function<bool()>& cancelled, const BlockSink& send) {
+  const auto deadline = Clock::now() + timeout;
+  // Bounded: the staleness rule first (the worker's own clock is not what it waits for).
+  if (o_.mode != Mode::kSync && !admit(w, step, timeout, cancelled)) return false;
+  std::unique_lock<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  // Waits a slice for `changed_`; false when cancelled; throws once the deadline has passed.
+  auto wait = [&](const std::function<std::string()>& for_what) {
+    if (cancelled && cancelled()) return false;
+    if (Clock::now() >= deadline)
+      COHORT_THROW(TimeoutError, "server ", o_.server, ": worker ", w, "'s pull of step ", step,
+                   " waited ", timeout.count() / 1000.0, " s for ", for_what());
+    // Short slices: a cancelled call (the worker gave up) must not hold a thread for long.
+    changed_.wait_for(lock, std::chrono::milliseconds(100));
+    k.seen = Clock::now();  // a worker waiting here is alive
+    return true;
+  };
+  // The update the values must include: sync, the step's that the worker's push of step - 1
+  // takes part in; async and bounded, that push's own.
+  int64_t target = 0;
+  bool own_push = false;
+  while (true) {
+    if ((k.pushing || k.committed) && k.step == step - 1) {
+      target = version_ + 1;
+      own_push = true;
+      break;
+    }
+    if (!k.pushing && !k.committed && k.clock >= step) {
+      target = version_;  // applied already
+      break;
+    }
+    if (!wait([&] { return "its push of step " + std::to_string(step - 1); })) return false;
+  }
+  auto is_ready = [&](const Block& b) {
+    if (o_.mode == Mode::kSync) return b.updates >= target;
+    // (A push that ended, committed or dropped, has nothing more to apply.)
+    return !own_push || !k.pushing || k.step != step - 1 || b.applied[static_cast<size_t>(w)];
+  };
+  // The blocks not yet sent (pieces_ never erases, so its iterators stay valid unlocked).
+  std::vector<std::pair<std::map<std::string, Piece>::iterator, size_t>> left;
+  for (auto it = pieces_.begin(); it != pieces_.end(); ++it)
+    for (size_t i = 0; i < it->second.blocks.size(); ++i) left.emplace_back(it, i);
+  std::string key;
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+  while (!left.empty()) {
+    auto ready = std::find_if(left.begin(), left.end(), [&](const auto& pb) {
+      return is_ready(pb.first->second.blocks[pb.second]);
+    });
+    if (ready == left.end()) {
+      auto waiting_for = [&] {
+        const auto& [it, i] = left.front();
+        std::string who;
+        for (int v = 0; v < o_.workers; ++v)
+          if (workers_[static_cast<size_t>(v)]->live &&
+              !pushed_block_locked(it->second.blocks[i], v))
+            who += (who.empty() ? "" : ", ") + std::to_string(v);
+        return "worker(s) " + (who.empty() ? std::string("none") : who) + " to push their part";
+      };
+      if (!wait(waiting_for)) return false;
+      continue;
+    }
+    const auto [it, i] = *ready;
+    left.erase(ready);
+    const Piece& p = it->second;
+    const Block& b = p.blocks[i];
+    key = it->first;
+    shape = p.param.sizes();
+    const float* v = p.param.data_ptr<float>();
+    values.assign(v + b.begin, v + b.end);
+    const int64_t offset = b.begin;
+    lock.unlock();
+    const bool sent = send(key, shape, offset, values);
+    lock.lock();
+    if (!sent) return false;
+  }
+  k.seen = Clock::now();
+  return true;
+}
+
 Shard::Snapshot Shard::snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   Snapshot s;
@@ -223,8 +353,13 @@ Shard::Snapshot Shard::snapshot() const {
 }
 
 void Shard::push_begin(int w, int64_t step, double lr, int64_t samples) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   Worker& k = worker(w);
+  // A worker that streamed its values block by block can be here before the last worker's
+  // commit has ended the step: that commit is on its way, or its worker will time out.
+  const auto deadline = Clock::now() + 2 * o_.worker_timeout;
+  while (k.committed && Clock::now() < deadline)
+    changed_.wait_for(lock, std::chrono::milliseconds(100));
   COHORT_CHECK(!k.committed, "worker ", w, " pushed step ", step,
                " before its previous push was applied; pull first");
   k.pushing = true;
@@ -233,30 +368,121 @@ void Shard::push_begin(int w, int64_t step, double lr, int64_t samples) {
   k.samples = samples;
   k.seen = Clock::now();
   k.from_segment = false;
-  for (auto& [key, p] : pieces_) p.received[static_cast<size_t>(w)] = 0;
+  k.pushed = 0;
+  for (auto& [key, p] : pieces_) {
+    p.received[static_cast<size_t>(w)] = 0;
+    for (Block& b : p.blocks) {
+      b.received[static_cast<size_t>(w)] = 0;
+      b.applied[static_cast<size_t>(w)] = 0;
+    }
+  }
 }
 
 void Shard::push_chunk(int w, const std::string& key, int64_t offset, const float* values,
                        int64_t n) {
   std::vector<float>* buffer = nullptr;
-  int64_t* received = nullptr;
+  Piece* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Worker& k = worker(w);
     COHORT_CHECK(k.pushing, "worker ", w, " sent a gradient chunk outside a push");
-    Piece& p = piece(key);
-    const int64_t numel = p.param.numel();
+    p = &piece(key);
+    const int64_t numel = p->param.numel();
     COHORT_CHECK(offset >= 0 && n >= 0 && offset + n <= numel, "a chunk of tensor ", key,
                  " covers elements [", offset, ", ", offset + n, ") but it has ", numel);
-    auto& g = p.grads[static_cast<size_t>(w)];
+    auto& g = p->grads[static_cast<size_t>(w)];
     if (g.size() != static_cast<size_t>(numel)) g.assign(static_cast<size_t>(numel), 0.f);
     buffer = &g;
-    received = &p.received[static_cast<size_t>(w)];
     k.seen = Clock::now();
   }
-  // Only this worker's push writes its buffers, and nothing reads them before the commit.
+  // Only this worker's push writes its buffers, and nothing reads a block of them before the
+  // counts below (under the lock) say it has arrived.
   std::memcpy(buffer->data() + offset, values, static_cast<size_t>(n) * sizeof(float));
-  *received += n;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!worker(w).pushing) return;  // dropped meanwhile: its push is discarded
+  p->received[static_cast<size_t>(w)] += n;
+  worker(w).pushed += n;
+  if (o_.mode == Mode::kSync) changed_.notify_all();  // (pace)
+  if (n == 0) return;
+  const auto first = static_cast<size_t>(offset / kBlockElements);
+  const auto last = static_cast<size_t>((offset + n - 1) / kBlockElements) + 1;
+  for (size_t i = first; i < last; ++i) {
+    Block& b = p->blocks[i];
+    b.received[static_cast<size_t>(w)] += std::min(b.end, offset + n) - std::max(b.begin, offset);
+  }
+  if (o_.mode == Mode::kSync) {
+    update_ready_blocks_locked(p, first, last);
+    return;
+  }
+  // Async and bounded: each block of the push is applied as soon as it is complete.
+  for (size_t i = first; i < last; ++i) {
+    Block& b = p->blocks[i];
+    if (b.received[static_cast<size_t>(w)] == b.end - b.begin && !b.applied[static_cast<size_t>(w)])
+      update_early_locked(*p, b, {w}, worker(w).lr);
+  }
+}
+
+void Shard::pace(int w, int64_t slack, collectives::Millis max_wait) {
+  if (o_.mode != Mode::kSync) return;
+  std::unique_lock<std::mutex> lock(mu_);
+  Worker& k = worker(w);
+  auto behind = [&] {
+    int64_t least = INT64_MAX;
+    // (Workers on this node push through shared memory, all at once: not over the link.)
+    for (const auto& v : workers_)
+      if (v.get() != &k && v->live && !v->committed && !v->segment)
+        least = std::min(least, v->pushing ? v->pushed : 0);
+    return least;
+  };
+  const auto deadline = Clock::now() + max_wait;
+  while (k.pushing && behind() != INT64_MAX && k.pushed > behind() + slack &&
+         Clock::now() < deadline)
+    changed_.wait_until(lock, deadline);
+}
+
+bool Shard::pushed_block_locked(const Block& b, int w) const {
+  const Worker& k = *workers_[static_cast<size_t>(w)];
+  return k.committed || (k.pushing && b.received[static_cast<size_t>(w)] == b.end - b.begin);
+}
+
+void Shard::update_ready_blocks_locked(Piece* only, size_t first, size_t last) {
+  // The step's workers: every live one, each with a push under way or committed.
+  std::vector<int> from;
+  for (int v = 0; v < o_.workers; ++v) {
+    const Worker& k = *workers_[static_cast<size_t>(v)];
+    if (!k.live) continue;
+    if (!k.pushing && !k.committed) return;  // a live worker has not begun its push
+    from.push_back(v);
+  }
+  if (from.empty()) return;
+  const double lr = workers_[static_cast<size_t>(from[0])]->lr;
+  auto scan = [&](Piece& p, size_t begin, size_t end) {
+    for (size_t i = begin; i < std::min(end, p.blocks.size()); ++i) {
+      Block& b = p.blocks[i];
+      if (b.updates != version_) continue;  // updated already
+      if (std::all_of(from.begin(), from.end(), [&](int v) { return pushed_block_locked(b, v); }))
+        update_early_locked(p, b, from, lr);
+    }
+  };
+  if (only) {
+    scan(*only, first, last);
+  } else {
+    for (auto& [key, p] : pieces_) scan(p, 0, p.blocks.size());
+  }
+}
+
+void Shard::update_early_locked(Piece& p, Block& b, const std::vector<int>& from, double lr) {
+  SharedValues* shared = shared_values();
+  const uint64_t seq = shared ? shared->seq.load(std::memory_order_relaxed) : 0;
+  if (shared) {
+    shared->seq.store(seq + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  update_block(p, b, from, lr);
+  if (shared) shared->seq.store(seq + 2, std::memory_order_release);
+  b.updates = version_ + 1;
+  for (int v : from) b.applied[static_cast<size_t>(v)] = 1;
+  changed_.notify_all();
 }
 
 PushResult Shard::push_commit(int w) {
@@ -285,6 +511,7 @@ PushResult Shard::push_commit(int w) {
 
 void Shard::maybe_finish_sync_step_locked() {
   if (o_.mode != Mode::kSync) return;
+  update_ready_blocks_locked(nullptr);  // the workers, or what they have pushed, changed
   std::vector<int> committed;
   for (int v = 0; v < o_.workers; ++v) {
     const Worker& k = *workers_[static_cast<size_t>(v)];
@@ -301,21 +528,37 @@ void Shard::maybe_finish_sync_step_locked() {
 }
 
 void Shard::apply_locked(const std::vector<int>& from, double lr) {
-  // Pieces have optimisers of their own, so they update independently: largest first over the
+  // Blocks have optimisers of their own, so they update independently: largest first over the
   // kernels' thread pool, which hands each idle thread the next one. In sync mode every worker
-  // waits for this update, so the cores they leave idle are there to take.
-  std::vector<Piece*> order;
+  // waits for this update, so the cores they leave idle are there to take. (Sync: blocks every
+  // worker had pushed are updated already.)
+  // Async and bounded: the blocks this push has not reached yet (the streamed push applied
+  // each as it arrived).
+  std::vector<std::pair<Piece*, Block*>> order;
   int64_t total = 0;
-  for (auto& [key, p] : pieces_) {
-    order.push_back(&p);
-    total += p.param.numel();
-  }
-  std::sort(order.begin(), order.end(),
-            [](Piece* a, Piece* b) { return a->param.numel() > b->param.numel(); });
+  for (auto& [key, p] : pieces_)
+    for (Block& b : p.blocks) {
+      const bool pending = o_.mode == Mode::kSync
+                               ? b.updates == version_
+                               : !b.applied[static_cast<size_t>(from.front())];
+      if (pending) {
+        order.emplace_back(&p, &b);
+        total += b.end - b.begin;
+      }
+      b.updates = version_ + 1;
+      for (int v : from) b.applied[static_cast<size_t>(v)] = 1;
+    }
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.second->end - a.second->begin > b.second->end - b.second->begin;
+  });
   auto update = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) update_piece(*order[static_cast<size_t>(i)], from, lr);
+    for (int64_t i = begin; i < end; ++i) {
+      auto [p, b] = order[static_cast<size_t>(i)];
+      update_block(*p, *b, from, lr);
+    }
   };
-  SharedValues* shared = shared_values();
+  // (Nothing left: readers of the shared values need not retry.)
+  SharedValues* shared = order.empty() ? nullptr : shared_values();
   const uint64_t seq = shared ? shared->seq.load(std::memory_order_relaxed) : 0;
   if (shared) {
     shared->seq.store(seq + 1, std::memory_order_relaxed);
@@ -332,22 +575,22 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
   changed_.notify_all();
 }
 
-void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) const {
+void Shard::update_block(Piece& p, Block& b, const std::vector<int>& from, double lr) const {
   core::autograd::NoGradGuard no_grad;
   std::vector<const float*> grads;
-  for (int w : from) grads.push_back(pushed_gradient(p, w));
-  p.optimizer->set_lr(lr);
-  if (p.optimizer->step_mean(grads)) return;  // averaged in the update's own pass
+  for (int w : from) grads.push_back(pushed_gradient(p, w) + b.begin);
+  b.optimizer->set_lr(lr);
+  if (b.optimizer->step_mean(grads)) return;  // averaged in the update's own pass
   const float scale = 1.0f / static_cast<float>(from.size());
   const float* first = grads[0];
+  const int64_t numel = b.end - b.begin;
   if (from.size() == 1) {
     // The pushed buffer itself (nothing else touches it until the update is done).
-    p.param.set_grad(
-        core::from_blob(const_cast<float*>(first), p.param.sizes(), core::DType::kFloat32));
+    b.param.set_grad(core::from_blob(const_cast<float*>(first), {numel}, core::DType::kFloat32));
   } else {
     // The sum in worker order, scaled in the last pass: one pass per worker after the first.
-    float* out = p.grad.data_ptr<float>();
-    const auto n = static_cast<size_t>(p.param.numel());
+    float* out = p.grad.data_ptr<float>() + b.begin;
+    const auto n = static_cast<size_t>(numel);
     for (size_t i = 1; i < from.size(); ++i) {
       const float* acc = i == 1 ? first : out;
       const float* in = grads[i];
@@ -357,10 +600,10 @@ void Shard::update_piece(Piece& p, const std::vector<int>& from, double lr) cons
         for (size_t j = 0; j < n; ++j) out[j] = acc[j] + in[j];
       }
     }
-    p.param.set_grad(p.grad);
+    b.param.set_grad(core::from_blob(out, {numel}, core::DType::kFloat32));
   }
-  p.optimizer->step();
-  p.param.set_grad(core::Tensor());
+  b.optimizer->step();
+  b.param.set_grad(core::Tensor());
 }
 
 const float* Shard::pushed_gradient(const Piece& p, int w) const {
@@ -418,8 +661,9 @@ void Shard::share_values_locked(SegmentLayout& layout) {
     float* at = base + layout.offsets[i++];
     const auto bytes = static_cast<size_t>(p.param.numel()) * sizeof(float);
     std::memcpy(at, p.param.data_ptr<float>(), bytes);
-    // The same tensor (the optimiser holds it) now lives in the segment.
+    // The same tensors (the optimisers hold them) now live in the segment.
     p.param.set_(core::from_blob(at, p.param.sizes(), core::DType::kFloat32, mapping));
+    view_blocks(p);
   }
   if (SharedValues* old = shared_values()) {
     old->seq.store(1, std::memory_order_release);  // odd for good: its readers ask for copies
@@ -523,8 +767,7 @@ void Shard::checkpoint() {
     if (pieces_.empty() || (saved_ && version_ == last_checkpoint_)) return;
     for (const auto& [key, p] : pieces_) {
       model[key] = p.param.clone();
-      for (const auto& [name, t] : p.optimizer->state_dict())
-        optimizer[key + "/" + name] = t.clone();
+      for (const auto& [name, t] : piece_state(p)) optimizer[key + "/" + name] = t.clone();
     }
     meta.step = version_;
     meta.samples_in_epoch = samples_;
@@ -546,7 +789,8 @@ void Shard::restore() {
     const std::string prefix = key + "/";
     for (auto& [name, s] : ck.optimizer)
       if (name.rfind(prefix, 0) == 0) state[name.substr(prefix.size())] = s;
-    if (!state.empty()) piece.optimizer->load_state_dict(state);
+    if (!state.empty()) load_piece_state(piece, state);
+    for (Block& b : piece.blocks) b.updates = ck.meta.step;
     pieces_.emplace(key, std::move(piece));
   }
   version_ = ck.meta.step;

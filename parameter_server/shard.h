@@ -1,8 +1,12 @@
 // One parameter server's state, without the transport: its pieces of the model with their
 // optimiser state, the workers it expects, and the rules of the three modes.
 //   sync     a worker's push is applied once every live worker has pushed (averaged over those
-//            that did); its next pull waits for that update.
-//   async    each push is applied when it completes; pulls never wait.
+//            that did); its next pull waits for that update. The update goes block by block
+//            (kBlockElements of a piece): a block is updated as soon as every live worker has
+//            pushed it, so its values can travel back while later blocks' gradients arrive
+//            (stream_after_push). A worker that then fails its push has contributed to those
+//            blocks, as a worker that dies after a whole push has.
+//   async    each push is applied as it arrives, block by block; pulls never wait.
 //   bounded  as async, but a worker's pull for step t waits while t - (the slowest live worker's
 //            completed steps) > staleness.
 // A worker that stays silent (no request, no heartbeat) for worker_timeout is dropped: it no
@@ -12,6 +16,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -24,6 +29,7 @@
 #include "collectives/store/store.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/tensor.h"
+#include "parameter_server/codec.h"
 
 namespace cohort::ps {
 
@@ -98,10 +104,17 @@ class Shard {
 
   // A push: begin, the chunks of every piece, commit. A chunk outside its piece or of an unknown
   // key is InvalidArgument; a commit that misses elements of some piece is InvalidArgument naming
-  // it (nothing of that push is applied).
+  // it (in async and bounded mode nothing of that push is applied; in sync mode, the blocks every
+  // worker had pushed in full may have been). Sync: a worker whose last push is not yet applied
+  // (its values came block by block, before the last worker's commit) waits for that, up to
+  // twice the worker timeout.
   void push_begin(int worker, int64_t step, double lr, int64_t samples);
   void push_chunk(int worker, const std::string& key, int64_t offset, const float* values,
                   int64_t n);
+  // Sync: waits (at most max_wait) while this worker's push is more than `slack` elements ahead
+  // of the live worker furthest behind (of those without a shared-memory segment), so that
+  // streamed pushes share the link evenly.
+  void pace(int worker, int64_t slack, collectives::Millis max_wait);
   PushResult push_commit(int worker);
 
   // The shared-memory data path of a worker on this node: a fresh segment (replacing any the
@@ -131,6 +144,18 @@ class Shard {
   // Copies every piece's values into the worker's segment (one version); returns the version.
   int64_t copy_to_segment(int worker);
 
+  // Sync mode, the pull that a worker sends beside its push of step `step - 1` (which may still
+  // be arriving): hands `send` each block of every piece once that push's update has been applied
+  // to it, in the order blocks become ready, outside the lock. Other modes: admit, then every
+  // block of one snapshot. Returns false when `cancelled()` or `send` returns false; throws
+  // TimeoutError after `timeout`, naming the workers it waited for.
+  using BlockSink = std::function<bool(const std::string& key, const std::vector<int64_t>& shape,
+                                       int64_t offset, const std::vector<float>& values)>;
+  bool stream_after_push(int worker, int64_t step, collectives::Millis timeout,
+                         const std::function<bool()>& cancelled, const BlockSink& send);
+  // The most elements of a piece updated (and streamed) as one block: a chunk on the wire.
+  static constexpr int64_t kBlockElements = kChunkElements;
+
   // Drops the workers silent for longer than worker_timeout; returns their ids.
   std::vector<int> expire_workers();
   std::vector<int> live_workers() const;
@@ -138,10 +163,22 @@ class Shard {
   void checkpoint();
 
  private:
+  // Elements [begin, end) of a piece, with an optimiser of their own: every optimiser here is
+  // elementwise, so blocks stepped separately (each once per update) equal the piece stepped
+  // whole.
+  struct Block {
+    int64_t begin = 0, end = 0;
+    core::Tensor param;  // a view of the piece's param
+    std::unique_ptr<core::optim::Optimizer> optimizer;
+    // Updates applied: version_, or version_ + 1 once a sync update reached it early.
+    int64_t updates = 0;
+    std::vector<int64_t> received;  // per worker: elements of the push in progress
+    std::vector<char> applied;      // per worker: that push has been applied here
+  };
   struct Piece {
     core::Tensor param;
     core::Tensor grad;  // the averaged gradient, reused by every update
-    std::unique_ptr<core::optim::Optimizer> optimizer;
+    std::vector<Block> blocks;
     std::vector<std::vector<float>> grads;  // per worker: the push in progress
     std::vector<int64_t> received;          // per worker: elements received in it
     std::vector<int64_t> segment_offset;    // per worker: in its segment, -1 without one
@@ -154,6 +191,7 @@ class Shard {
     bool pushing = false, committed = false;
     int64_t step = 0, samples = 0;
     double lr = 0;
+    int64_t pushed = 0;  // elements of the push in progress received so far
     // Its shared-memory segment, if it attached one, and whether the push is in it.
     collectives::Mapping segment;
     std::string segment_name;  // until unlinked (once both sides have it mapped)
@@ -163,12 +201,22 @@ class Shard {
   Piece& piece(const std::string& key);
   Worker& worker(int w);
   Piece make_piece(core::Tensor param) const;
+  static void view_blocks(Piece& p);  // (re)points the blocks' params into p.param
+  // A piece's optimiser state as one tensor per buffer in the piece's shape (its blocks' laid
+  // end to end), as checkpoints hold it; and back.
+  static core::optim::OptimizerState piece_state(const Piece& p);
+  static void load_piece_state(Piece& p, const core::optim::OptimizerState& state);
   const float* pushed_gradient(const Piece& p, int w) const;
   void check_segment_locked(int w);
   std::unique_ptr<core::optim::Optimizer> make_optimizer(const core::Tensor& param) const;
   // Under mu_: applies the committed pushes of `workers` (averaged) as one update.
   void apply_locked(const std::vector<int>& workers, double lr);
-  void update_piece(Piece& p, const std::vector<int>& workers, double lr) const;
+  void update_block(Piece& p, Block& b, const std::vector<int>& workers, double lr) const;
+  // Sync, under mu_: updates blocks [first, last) of p (every piece's when p is null) that every
+  // live worker has pushed in full, ahead of the rest of the step.
+  void update_ready_blocks_locked(Piece* p, size_t first = 0, size_t last = SIZE_MAX);
+  void update_early_locked(Piece& p, Block& b, const std::vector<int>& workers, double lr);
+  bool pushed_block_locked(const Block& b, int worker) const;
   void maybe_finish_sync_step_locked();
   // Under mu_: (re)creates the shared values for `layout` unless they already match it.
   void share_values_locked(SegmentLayout& layout);

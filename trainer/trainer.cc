@@ -480,7 +480,7 @@ RunSummary Trainer::run() {
   auto pull_latest = [&] {
     if (!ps_ || !leader()) return;
     core::Timeline::Span span(tl, "pull", "comm", 1);
-    ps_->pull_fresh(step);
+    ps_->pull(step);
   };
   auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
     pull_latest();
