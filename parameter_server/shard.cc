@@ -538,9 +538,8 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
   int64_t total = 0;
   for (auto& [key, p] : pieces_)
     for (Block& b : p.blocks) {
-      const bool pending = o_.mode == Mode::kSync
-                               ? b.updates == version_
-                               : !b.applied[static_cast<size_t>(from.front())];
+      const bool pending = o_.mode == Mode::kSync ? b.updates == version_
+                                                  : !b.applied[static_cast<size_t>(from.front())];
       if (pending) {
         order.emplace_back(&p, &b);
         total += b.end - b.begin;
