@@ -334,6 +334,14 @@ void push_range(Shard& s, int w, const std::vector<float>& g, int64_t begin, int
   s.push_chunk(w, "w", begin, g.data() + begin, end - begin);
 }
 
+// Defines "w" as n zeros, begins a push of step 0 (lr 1) by each of `workers` workers and returns
+// the gradient they push: n ones.
+std::vector<float> define_zeros_pushing_ones(Shard& s, int64_t n, int workers) {
+  s.define("w", {n}, std::vector<float>(static_cast<size_t>(n), 0.f));
+  for (int w = 0; w < workers; ++w) s.push_begin(w, 0, 1.0, 1);
+  return std::vector<float>(static_cast<size_t>(n), 1.f);
+}
+
 // A sync step over a tensor of three blocks: a block is updated as soon as both workers have
 // pushed it, and a pull sent beside the push gets it then, before the others; the step ends
 // where one applied whole ends.
@@ -398,9 +406,7 @@ TEST(Shard, SyncUpdatesEachBlockOnceEveryWorkerHasPushedItAndStreamsItBack) {
 TEST(Shard, AsyncAppliesEachBlockOfAPushAsItArrives) {
   const int64_t b = Shard::kBlockElements, n = 2 * b;
   Shard s(sgd_options(Mode::kAsync, 1));
-  s.define("w", {n}, std::vector<float>(static_cast<size_t>(n), 0.f));
-  const std::vector<float> g(static_cast<size_t>(n), 1.f);
-  s.push_begin(0, 0, 1.0, 1);
+  const std::vector<float> g = define_zeros_pushing_ones(s, n, 1);
   push_range(s, 0, g, 0, b);
   std::vector<float> v = values(s);
   EXPECT_EQ(v[0], -1.f);
@@ -465,10 +471,7 @@ TEST(Shard, BlocksStepLikeTheWholeTensorAndCheckpointAsOne) {
 TEST(Shard, PaceHoldsAWorkerAheadUntilTheOthersCatchUp) {
   const int64_t b = Shard::kBlockElements, n = 4 * b;
   Shard s(sgd_options(Mode::kSync, 2));
-  s.define("w", {n}, std::vector<float>(static_cast<size_t>(n), 0.f));
-  const std::vector<float> g(static_cast<size_t>(n), 1.f);
-  s.push_begin(0, 0, 1.0, 1);
-  s.push_begin(1, 0, 1.0, 1);
+  const std::vector<float> g = define_zeros_pushing_ones(s, n, 2);
   push_range(s, 0, g, 0, 3 * b);
   std::atomic<bool> caught_up{false};
   std::thread ahead([&] {
