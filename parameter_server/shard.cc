@@ -511,14 +511,15 @@ PushResult Shard::push_commit(int w) {
 
 void Shard::maybe_finish_sync_step_locked() {
   if (o_.mode != Mode::kSync) return;
-  update_ready_blocks_locked(nullptr);  // the workers, or what they have pushed, changed
   std::vector<int> committed;
   for (int v = 0; v < o_.workers; ++v) {
     const Worker& k = *workers_[static_cast<size_t>(v)];
     if (k.committed) {
       committed.push_back(v);
     } else if (k.live) {
-      return;  // a live worker has not pushed yet
+      // A live worker has not pushed yet; the workers, or what they have pushed, changed.
+      update_ready_blocks_locked(nullptr);
+      return;
     }
   }
   if (committed.empty()) return;
