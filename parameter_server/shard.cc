@@ -18,6 +18,30 @@ namespace cohort::ps {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// Holds the shared values' sequence lock odd while an update writes them (nothing without them).
+class ValuesWrite {
+ public:
+  explicit ValuesWrite(Shard::SharedValues* values)
+      : values_(values), seq_(values ? values->seq.load(std::memory_order_relaxed) : 0) {
+    if (!values_) return;
+    values_->seq.store(seq_ + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  ~ValuesWrite() {
+    if (values_) values_->seq.store(seq_ + 2, std::memory_order_release);
+  }
+  ValuesWrite(const ValuesWrite&) = delete;
+  ValuesWrite& operator=(const ValuesWrite&) = delete;
+
+ private:
+  Shard::SharedValues* values_;
+  uint64_t seq_;
+};
+
+}  // namespace
+
 Mode parse_mode(const std::string& name) {
   if (name == "sync") return Mode::kSync;
   if (name == "async") return Mode::kAsync;
@@ -305,35 +329,38 @@ bool Shard::stream_after_push(int w, int64_t step, collectives::Millis timeout,
   std::vector<int64_t> shape;
   std::vector<float> values;
   while (!left.empty()) {
-    auto ready = std::find_if(left.begin(), left.end(), [&](const auto& pb) {
-      return is_ready(pb.first->second.blocks[pb.second]);
-    });
-    if (ready == left.end()) {
-      auto waiting_for = [&] {
-        const auto& [it, i] = left.front();
-        std::string who;
-        for (int v = 0; v < o_.workers; ++v)
-          if (workers_[static_cast<size_t>(v)]->live &&
-              !pushed_block_locked(it->second.blocks[i], v))
-            who += (who.empty() ? "" : ", ") + std::to_string(v);
-        return "worker(s) " + (who.empty() ? std::string("none") : who) + " to push their part";
-      };
-      if (!wait(waiting_for)) return false;
-      continue;
+    // One pass sends every block ready by the time it gets there and keeps the rest, so a pull
+    // costs a pass per wake-up, not one per block.
+    size_t kept = 0;
+    for (size_t j = 0; j < left.size(); ++j) {
+      const auto [it, i] = left[j];
+      const Block& b = it->second.blocks[i];
+      if (!is_ready(b)) {
+        left[kept++] = left[j];
+        continue;
+      }
+      key = it->first;
+      shape = it->second.param.sizes();
+      const float* v = it->second.param.data_ptr<float>();
+      values.assign(v + b.begin, v + b.end);
+      const int64_t offset = b.begin;
+      lock.unlock();
+      const bool sent = send(key, shape, offset, values);
+      lock.lock();
+      if (!sent) return false;
     }
-    const auto [it, i] = *ready;
-    left.erase(ready);
-    const Piece& p = it->second;
-    const Block& b = p.blocks[i];
-    key = it->first;
-    shape = p.param.sizes();
-    const float* v = p.param.data_ptr<float>();
-    values.assign(v + b.begin, v + b.end);
-    const int64_t offset = b.begin;
-    lock.unlock();
-    const bool sent = send(key, shape, offset, values);
-    lock.lock();
-    if (!sent) return false;
+    const bool sent_any = kept < left.size();
+    left.resize(kept);
+    if (left.empty() || sent_any) continue;
+    auto waiting_for = [&] {
+      const auto& [it, i] = left.front();
+      std::string who;
+      for (int v = 0; v < o_.workers; ++v)
+        if (workers_[static_cast<size_t>(v)]->live && !pushed_block_locked(it->second.blocks[i], v))
+          who += (who.empty() ? "" : ", ") + std::to_string(v);
+      return "worker(s) " + (who.empty() ? std::string("none") : who) + " to push their part";
+    };
+    if (!wait(waiting_for)) return false;
   }
   k.seen = Clock::now();
   return true;
@@ -472,14 +499,10 @@ void Shard::update_ready_blocks_locked(Piece* only, size_t first, size_t last) {
 }
 
 void Shard::update_early_locked(Piece& p, Block& b, const std::vector<int>& from, double lr) {
-  SharedValues* shared = shared_values();
-  const uint64_t seq = shared ? shared->seq.load(std::memory_order_relaxed) : 0;
-  if (shared) {
-    shared->seq.store(seq + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
+  {
+    ValuesWrite writing(shared_values());
+    update_block(p, b, from, lr);
   }
-  update_block(p, b, from, lr);
-  if (shared) shared->seq.store(seq + 2, std::memory_order_release);
   b.updates = version_ + 1;
   for (int v : from) b.applied[static_cast<size_t>(v)] = 1;
   changed_.notify_all();
@@ -557,19 +580,14 @@ void Shard::apply_locked(const std::vector<int>& from, double lr) {
       update_block(*p, *b, from, lr);
     }
   };
-  // (Nothing left: readers of the shared values need not retry.)
-  SharedValues* shared = order.empty() ? nullptr : shared_values();
-  const uint64_t seq = shared ? shared->seq.load(std::memory_order_relaxed) : 0;
-  if (shared) {
-    shared->seq.store(seq + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
+  if (!order.empty()) {  // (nothing left: readers of the shared values need not retry)
+    ValuesWrite writing(shared_values());
+    if (total >= kParallelElements) {
+      core::parallel_for(static_cast<int64_t>(order.size()), 1, update);
+    } else {
+      update(0, static_cast<int64_t>(order.size()));  // too small to repay waking a thread
+    }
   }
-  if (total >= kParallelElements) {
-    core::parallel_for(static_cast<int64_t>(order.size()), 1, update);
-  } else {
-    update(0, static_cast<int64_t>(order.size()));  // too small to repay waking a thread
-  }
-  if (shared) shared->seq.store(seq + 2, std::memory_order_release);
   for (int v : from) samples_ += workers_[static_cast<size_t>(v)]->samples;
   ++version_;
   changed_.notify_all();
