@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training on one node: Cohort's `cohort launch … cohort train` on 2 ranks of one
 # thread against our own single process and against PyTorch (single process and DDP over Gloo,
-# ../shared/bench/ddp_fmnist.py), 1 epoch of Fashion-MNIST, in one invocation, printing ratios.
+# ../shared/bench/ddp_fmnist.py), 1 epoch of Fashion-MNIST, in one invocation, printing ratios;
+# beside them two single-rank runs at once that never communicate: the node's own ceiling.
 # With root and network namespaces it also trains the CNN across two nodes joined by a 1 Gbit/s
 # link and reports how much of the all-reduce time the timeline shows hidden behind backward.
 #   scripts/bench/ddp.sh [mlp] [cnn] [zero1] [overlap]       (default: all four)
@@ -38,6 +39,22 @@ ours() {  # model global_batch ranks [overrides...]
   fi
 }
 
+# Two independent single-rank trainings at once, each with a 2-rank run's per-rank batch and one
+# core: their summed samples/s is what this node gives two processes that never communicate, the
+# ceiling for any 2-rank run here (memory bandwidth and caches are shared; a 1-rank run's loader
+# thread also has the other core to itself).
+alone_pair() {  # model global_batch: prints the two summed samples/s
+  local model=$1 global=$2 c
+  for c in 0 1; do
+    taskset -c $c "$cohort" train "configs/fashion_mnist_$model.yaml" data.batch_size=$((global / 2)) \
+      threads=1 train.log_every=100000 logging.tensorboard=false logging.dir="$tmp/alone$c" \
+      >"$tmp/alone$c.out" &
+  done
+  wait
+  awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") s += $(i + 1) }
+       END { printf "%.0f", s }' "$tmp/alone0.out" "$tmp/alone1.out"
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # This machine's speed wanders by tens of percent from one minute to the next (a shared host), so
 # each comparison runs in $rounds rounds, each giving its ratios, and the medians are the result.
@@ -46,27 +63,32 @@ rounds=${COHORT_BENCH_ROUNDS:-3}
 compare() {  # model global_batch [overrides for the 2-rank run...]
   local model=$1 global=$2; shift 2
   local one two t1 t2 label=${1:-ddp} r
-  local s1 s2 a1 a2 ts1 ts2 ta2 own=() vs_torch=() torch_own=() acc=()
+  local s1 s2 a1 a2 ts1 ts2 ta2 al own=() vs_torch=() torch_own=() acc=() ceiling=() of_ceiling=()
   echo "== $model, global batch $global, 1 epoch; 2 ranks of 1 thread ($label) =="
-  printf "%-6s %12s %12s %12s %12s %9s %9s\n" round "cohort 1" "cohort 2" "torch 1" "torch ddp 2" \
-    "acc 1" "acc 2"
+  printf "%-6s %12s %12s %12s %12s %12s %9s %9s\n" round "cohort 1" "cohort 2" "2 alone" "torch 1" \
+    "torch ddp 2" "acc 1" "acc 2"
   for r in $(seq "$rounds"); do
     one=$(ours "$model" "$global" 1)
     two=$(ours "$model" "$global" 2 "$@")
+    al=$(alone_pair "$model" "$global")
     t1=$(cd "$ref" && env "${ref_env[@]}" /usr/bin/python3 fmnist.py "$model" 1 "$global")
     t2=$(cd "$ref" && env "${ref_env[@]}" ./spawn.sh 2 ddp_fmnist.py "$model" $((global / 2)))
     s1=$(echo "$one" | field samples_per_s); a1=$(echo "$one" | field test_acc)
     s2=$(echo "$two" | field samples_per_s); a2=$(echo "$two" | field test_acc)
     ts1=$(echo "$t1" | field samples_per_s); ts2=$(echo "$t2" | field samples_per_s)
     ta2=$(echo "$t2" | field test_acc)
-    printf "%-6s %12.0f %12.0f %12.0f %12.0f %9s %9s\n" "$r" "$s1" "$s2" "$ts1" "$ts2" "$a1" "$a2"
+    printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %9s %9s\n" "$r" "$s1" "$s2" "$al" "$ts1" "$ts2" \
+      "$a1" "$a2"
     own+=("$(div "$s2" "$s1")"); vs_torch+=("$(div "$s2" "$ts2")"); torch_own+=("$(div "$ts2" "$ts1")")
+    ceiling+=("$(div "$al" "$s1")"); of_ceiling+=("$(div "$s2" "$al")")
     acc+=("$(diff_points "$a2" "$a1")")
   done
   echo "ratios: medians of $rounds rounds (each round's in brackets)"
   echo "cohort 2 ranks / cohort 1 rank:          $(printf '%s\n' "${own[@]}" | median)x  (${own[*]})"
   echo "cohort 2 ranks / pytorch ddp 2 ranks:    $(printf '%s\n' "${vs_torch[@]}" | median)x  (${vs_torch[*]})"
   echo "pytorch ddp 2 ranks / pytorch 1 process: $(printf '%s\n' "${torch_own[@]}" | median)x  (${torch_own[*]})"
+  echo "2 alone / cohort 1 rank (the ceiling):   $(printf '%s\n' "${ceiling[@]}" | median)x  (${ceiling[*]})"
+  echo "cohort 2 ranks / 2 alone:                $(printf '%s\n' "${of_ceiling[@]}" | median)x  (${of_ceiling[*]})"
   echo "test accuracy, 2 ranks - 1 rank:         ${acc[-1]} points"
 }
 
