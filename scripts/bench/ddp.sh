@@ -44,15 +44,23 @@ ours() {  # model global_batch ranks [overrides...]
 # ceiling for any 2-rank run here (memory bandwidth and caches are shared; a 1-rank run's loader
 # thread also has the other core to itself).
 alone_pair() {  # model global_batch: prints the two summed samples/s
-  local model=$1 global=$2 c
+  local model=$1 global=$2 c pids=()
   for c in 0 1; do
     taskset -c $c "$cohort" train "configs/fashion_mnist_$model.yaml" data.batch_size=$((global / 2)) \
       threads=1 train.log_every=100000 logging.tensorboard=false logging.dir="$tmp/alone$c" \
-      >"$tmp/alone$c.out" &
+      >"$tmp/alone$c.out" 2>&1 &
+    pids+=($!)
   done
-  wait
-  awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") s += $(i + 1) }
-       END { printf "%.0f", s }' "$tmp/alone0.out" "$tmp/alone1.out"
+  # A run that failed would leave half a sum that reads as a ceiling: stop instead.
+  for c in 0 1; do
+    if ! wait "${pids[$c]}"; then
+      echo "ddp.sh: the single-rank run on core $c failed; its last lines:" >&2
+      tail -n 5 "$tmp/alone$c.out" >&2
+      exit 1
+    fi
+  done
+  awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") { s += $(i + 1); n++ } }
+       END { if (n != 2) exit 1; printf "%.0f", s }' "$tmp/alone0.out" "$tmp/alone1.out"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
