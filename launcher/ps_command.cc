@@ -100,11 +100,15 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
           ? (", restored at version " + std::to_string(server.shard().version())).c_str()
           : "");
   std::fflush(stdout);
+  // Held until the server stops: a FileStore's file goes with its last user, so a server that let
+  // go right after publishing, before its workers had opened the store, took its address with it
+  // and left them waiting on a new, empty file.
+  std::shared_ptr<collectives::Store> store;
   if (const char* store_addr = var("COHORT_STORE")) {
     WorkerEnv env;
     env.store = store_addr;
     if (const char* prefix = var("COHORT_STORE_PREFIX")) env.store_prefix = prefix;
-    auto store = connect_store(env, millis(c.distributed.timeout_s));
+    store = connect_store(env, millis(c.distributed.timeout_s));
     store->set(server_key(index), server.address());
   }
   // Test hook, as COHORT_KILL_AT_STEP for workers: "INDEX:VERSION" kills this server (first start

@@ -182,6 +182,31 @@ TEST_F(PsTrain, BoundedStalenessIsNeverExceeded) {
   EXPECT_EQ(widest, 2);
 }
 
+// A server started by hand on a file store (README: "A server by hand"), and a worker that starts
+// only once the server has published its address: the address must still be in the store then.
+// The server used to let go of the store right after publishing, and a FileStore's file goes with
+// its last user, so a worker that came later waited on a new, empty file until its timeout.
+TEST_F(PsTrain, AServerStartedByHandIsFoundByAWorkerThatStartsAfterIt) {
+  const std::string store = (dir_ / "store").string();
+  const std::string config = std::string(COHORT_SOURCE_DIR) + "/configs/fashion_mnist_mlp.yaml";
+  const std::string script =
+      "export COHORT_PS_SECRET=" + std::string(64, 'a') + " COHORT_STORE=file:" + store +
+      " COHORT_WORLD_SIZE=1 COHORT_PS_SERVERS=1; " + COHORT_BINARY + " ps " + config + " " +
+      ps(1, "sync") + " logging.dir=" + (dir_ / "run").string() + " --index 0 >" +
+      (dir_ / "server.log").string() + " 2>&1 & server=$!; " +
+      "trap 'kill $server 2>/dev/null; wait $server' EXIT\n" +
+      // Up to 60 s for the address to be in the store, then the worker.
+      "for i in $(seq 600); do grep -qa ps/server/0 " + store +
+      " 2>/dev/null && break; sleep 0.1; done\n" + "COHORT_RANK=0 " + train("run", ps(1, "sync")) +
+      " distributed.timeout_s=20";
+  const fs::path file = dir_ / "by_hand.sh";
+  std::ofstream(file) << script << "\n";
+  auto r = run_command("bash " + file.string(), kRunLimit);
+  ASSERT_EQ(r.code, 0) << r.output << read_text(dir_ / "server.log");
+  EXPECT_EQ(summary("run").value("steps", 0), 20) << r.output;
+  EXPECT_NE(read_text(dir_ / "server.log").find("parameter server 0 of 1"), std::string::npos);
+}
+
 class PsFaults : public PsTrain, public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(PsFaults, AKilledWorkerIsDroppedAndTheJobFinishes) {
