@@ -33,7 +33,7 @@ const std::vector<Key>& schema() {
       {"experiment", Kind::kString, "default"},
       {"seed", Kind::kInt, "0", 0},
       {"device", Kind::kString, "auto"},
-      {"precision", Kind::kString, "fp32", -kInf, kInf, {"fp32", "bf16", "fp16"}},
+      {"precision", Kind::kString, "fp32", -kInf, kInf, {"fp32", "bf16", "fp16", "fp64"}},
       {"threads", Kind::kInt, "0", 0, 1024},
       {"model.type", Kind::kString, "", -kInf, kInf, {"mlp", "cnn", "gpt"}, false, true},
       {"model.hidden", Kind::kIntList, "[512, 512]", 1},

@@ -97,7 +97,8 @@ struct Config {
   uint64_t seed = 0;
   std::string device = "auto";
   // fp32; bf16 or fp16: matmuls, linear layers and attention in that dtype on a GPU (autocast),
-  // float32 master weights; fp16 adds dynamic loss scaling.
+  // float32 master weights; fp16 adds dynamic loss scaling. fp64 (CPU only): parameters, data and
+  // gradients in float64, for equivalence tests whose reference sums in another order.
   std::string precision = "fp32";
   int64_t threads = 0;  // 0: one per core available to this process
   ModelConfig model;

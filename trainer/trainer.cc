@@ -124,7 +124,16 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
                    "exchanges tensors from host memory); use device: cpu or auto");
     device_ = core::Device::cpu();
   }
-  if (c_.precision != "fp32") {
+  if (c_.precision == "fp64") {
+    if (!device_.is_cpu())
+      COHORT_THROW(ConfigError, "precision fp64 runs on the CPU, but this worker trains on ",
+                   device_.str(), "; use device: cpu");
+    if (ps_mode)
+      COHORT_THROW(ConfigError,
+                   "precision fp64 is not available with parameter servers, which hold float32 "
+                   "values; use precision: fp32 there");
+    param_dtype_ = core::DType::kFloat64;
+  } else if (c_.precision != "fp32") {
     if (!device_.is_cuda())
       COHORT_THROW(ConfigError, "precision ", c_.precision,
                    " runs on a GPU, but this worker trains on ", device_.str(),
@@ -150,6 +159,7 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
     }
   }
   model_->to(device_);
+  model_->to(param_dtype_);
 
   if (c_.data.dataset == "fashion_mnist") {
     train_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "train");
@@ -254,6 +264,7 @@ Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out)
   std::optional<core::AutocastGuard> autocast;
   if (autocast_ != core::DType::kFloat32) autocast.emplace(autocast_);
   Tensor x = batch.input.to(device_), y = batch.target.to(device_);
+  if (core::is_floating(x.dtype()) && x.dtype() != param_dtype_) x = x.to(param_dtype_);
   Tensor logits = ddp_ ? ddp_->forward(x) : model_->forward(x);
   if (logits_out) *logits_out = logits;
   if (logits.dim() == 3)

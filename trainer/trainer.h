@@ -115,6 +115,8 @@ class Trainer {
   std::unique_ptr<core::optim::LRSchedule> schedule_;
   // precision: the dtype matmuls run in under autocast (kFloat32: off), and fp16's loss scale.
   core::DType autocast_ = core::DType::kFloat32;
+  // The parameters' dtype: float32, or float64 under precision fp64.
+  core::DType param_dtype_ = core::DType::kFloat32;
   std::unique_ptr<LossScaler> scaler_;
 };
 

@@ -93,6 +93,19 @@ void Module::to(Device device) {
   for (auto& [n, c] : children_) c->to(device);
 }
 
+void Module::to(DType dtype) {
+  autograd::NoGradGuard guard;
+  for (auto& [n, t] : params_) {
+    if (t->dtype() == dtype || !is_floating(t->dtype())) continue;
+    Tensor converted = t->to(dtype);
+    converted.set_requires_grad(true);
+    *t = converted;
+  }
+  for (auto& [n, t] : buffers_)
+    if (t->dtype() != dtype && is_floating(t->dtype())) *t = t->to(dtype);
+  for (auto& [n, c] : children_) c->to(dtype);
+}
+
 void Module::zero_grad(bool set_to_none) {
   for (auto& t : parameters()) {
     if (set_to_none) {

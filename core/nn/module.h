@@ -41,6 +41,8 @@ class Module {
   bool is_training() const { return training_; }
   // Moves every parameter and buffer to `device` (parameters stay leaves that require grad).
   void to(Device device);
+  // Converts every floating parameter and buffer to `dtype` (integer buffers keep theirs).
+  void to(DType dtype);
   void zero_grad(bool set_to_none = true);
 
  protected:
