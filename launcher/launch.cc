@@ -94,21 +94,40 @@ StreamRoute route(bool shown, int redirect_bits, int tee_bits, int bit) {
 
 class Rendezvous {
  public:
-  explicit Rendezvous(const LaunchOptions& o) : o_(o) {
+  explicit Rendezvous(const LaunchOptions& o) : o_(o), token_(job_token(o)) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
+    collectives::TcpStoreServerOptions so;
+    so.token = token_;
     if (o.nnodes == 1 && o.rdzv_endpoint.empty()) {
-      server_ = std::make_unique<collectives::TcpStoreServer>(0);
-      host_ = "127.0.0.1";
+      // Nothing outside this node has any business with a one-node job's store.
+      host_ = so.bind = "127.0.0.1";
+      server_ = std::make_unique<collectives::TcpStoreServer>(so);
       port_ = server_->port();
     } else {
       const HostPort at = parse_host_port(o.rdzv_endpoint, "--rdzv-endpoint");
       host_ = at.host;
       port_ = at.port;
-      if (o.node_rank == 0) server_ = std::make_unique<collectives::TcpStoreServer>(port_);
+      if (o.node_rank == 0) {
+        // Only the interface the other nodes were told to use.
+        so.bind = host_;
+        so.port = port_;
+        try {
+          server_ = std::make_unique<collectives::TcpStoreServer>(so);
+        } catch (const DistributedError& e) {
+          COHORT_THROW(ConfigError, "node 0 hosts the rendezvous store on --rdzv-endpoint ", host_,
+                       ":", port_, ", so that host must name an address of node 0: ", e.what());
+        }
+      }
     }
     try {
+      collectives::TcpStoreOptions co;
+      co.host = host_;
+      co.port = port_;
+      co.token = token_;
+      co.role = collectives::StoreRole::kAgent;
+      co.timeout = timeout;
       store_ = std::make_shared<collectives::PrefixStore>(
-          "launch", std::make_shared<collectives::TcpStore>(host_, port_, false, timeout));
+          "launch", std::make_shared<collectives::TcpStore>(std::move(co)));
       store_->set("node/" + std::to_string(o.node_rank), std::to_string(o.nproc_per_node));
       std::vector<std::string> keys;
       for (int n = 0; n < o.nnodes; ++n) keys.push_back("node/" + std::to_string(n));
@@ -133,16 +152,14 @@ class Rendezvous {
   const std::string& host() const { return host_; }
   uint16_t port() const { return port_; }
 
-  // Parameter-server mode: the job's secret (COHORT_PS_SECRET if the user set one, else made by
-  // node 0 and read by the others from the store) and the address this node's servers listen on.
-  std::string ps_secret() {
+  // Parameter-server mode: the job's secret (COHORT_PS_SECRET if the user set one, else derived
+  // from the job's token on every node alike: never published in the store).
+  std::string ps_secret() const {
     if (const char* s = std::getenv("COHORT_PS_SECRET"); s && *s) return s;
-    if (o_.nnodes == 1) return ps::new_secret();
-    if (o_.node_rank == 0) store_->set("ps/secret", ps::new_secret());
-    store_->wait({"ps/secret"},
-                 std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000)));
-    return store_->get("ps/secret");
+    return token_.derive_secret(ps::kSecretLabel);
   }
+  // What the workers get in COHORT_TOKEN: the worker part, which cannot act as an agent.
+  std::string worker_token() const { return token_.worker().to_text(); }
   std::string local_address() const {
     if (o_.nnodes == 1 && o_.rdzv_endpoint.empty()) return "127.0.0.1";
     // The address of the interface that reaches node 0: a connected UDP socket sends nothing.
@@ -239,7 +256,30 @@ class Rendezvous {
     return "attempt" + std::to_string(attempt) + "/" + what;
   }
 
+  // COHORT_TOKEN or COHORT_TOKEN_FILE when set (it must be the job's token, not a worker's);
+  // else a fresh one for a one-node job, and for several nodes one that every agent derives
+  // alike from the user's key file and the rendezvous (endpoint and --rdzv-id).
+  static collectives::JobToken job_token(const LaunchOptions& o) {
+    const bool one_node = o.nnodes == 1 && o.rdzv_endpoint.empty();
+    auto given = collectives::JobToken::from_environment();
+    // A one-node launch inside a worker (a test harness under cohort launch) sees that worker's
+    // part; it starts a job of its own.
+    if (given && (given->is_job() || !one_node)) {
+      if (!given->is_job())
+        COHORT_THROW(AuthError,
+                     "the agents of a multi-node job need the job's token, but "
+                     "COHORT_TOKEN holds a worker's ('worker:...'); give every agent "
+                     "the job's token, or unset COHORT_TOKEN to derive it");
+      return *given;
+    }
+    if (one_node) return collectives::JobToken::generate();
+    std::string id = "launch|" + o.rdzv_endpoint + "|" + o.run_id;
+    if (const char* job = std::getenv("SLURM_JOB_ID")) id += std::string("|slurm ") + job;
+    return collectives::JobToken::for_job(id);
+  }
+
   const LaunchOptions& o_;
+  collectives::JobToken token_;
   std::unique_ptr<collectives::TcpStoreServer> server_;
   std::shared_ptr<collectives::Store> store_;
   std::string host_;
@@ -301,6 +341,7 @@ class Round {
                   {"COHORT_LOCAL_WORLD_SIZE", local_world},
                   {"COHORT_NODE_RANK", node},
                   {"COHORT_STORE", rz.host() + ":" + port},
+                  {"COHORT_TOKEN", rz.worker_token()},
                   // Each attempt gets a fresh namespace in the store: keys of a failed attempt
                   // must not meet the next one.
                   {"COHORT_STORE_PREFIX", "attempt" + std::to_string(restart)},
@@ -344,6 +385,7 @@ class Round {
                   {"COHORT_WORLD_SIZE", std::to_string(rz.world_size())},
                   {"COHORT_NODE_RANK", node},
                   {"COHORT_STORE", rz.host() + ":" + port},
+                  {"COHORT_TOKEN", rz.worker_token()},
                   {"COHORT_STORE_PREFIX", "attempt" + std::to_string(restart)},
                   {"COHORT_RESTART_COUNT", "0"},
                   {"COHORT_RUN_ID", run_id}};

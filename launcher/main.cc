@@ -1,8 +1,9 @@
 // The `cohort` executable. Subcommands: train (one worker; alone, single-process training),
 // launch (start and supervise the workers of a job), ps (one parameter server), bench collectives.
 // Exit codes: 0 success, 1 training error, 2 usage or config error, 3 a data or checkpoint file
-// that cannot be read or written, 4 a distributed failure (a peer died or a wait timed out), 128 +
-// signal when SIGTERM or SIGUSR1 stopped training (after writing a checkpoint).
+// that cannot be read or written, 4 a distributed failure (a peer died or a wait timed out), 5 a
+// token that is missing or refused, 128 + signal when SIGTERM or SIGUSR1 stopped training (after
+// writing a checkpoint).
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
+#include "launcher/store_command.h"
 #include "launcher/worker_env.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
@@ -30,10 +32,12 @@ constexpr int kExitTrainingError = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitIo = 3;
 constexpr int kExitDistributed = 4;
+constexpr int kExitAuth = 5;
 
 int exit_code_of(const cohort::Error& e) {
   if (dynamic_cast<const cohort::ConfigError*>(&e)) return kExitUsage;
   if (dynamic_cast<const cohort::IoError*>(&e)) return kExitIo;
+  if (dynamic_cast<const cohort::AuthError*>(&e)) return kExitAuth;
   if (dynamic_cast<const cohort::DistributedError*>(&e) ||
       dynamic_cast<const cohort::TimeoutError*>(&e))
     return kExitDistributed;
@@ -175,6 +179,14 @@ int main(int argc, char** argv) {
   submit->add_option("--gpus-per-node", so.gpus_per_node, "GPUs per node")->capture_default_str();
   submit->add_flag("--dry-run", so.dry_run, "print the sbatch script instead of submitting it");
 
+  auto* store = app.add_subcommand(
+      "store", "one request to a job's store as one of its workers (COHORT_STORE, COHORT_TOKEN)");
+  cohort::launcher::StoreCommandOptions sto;
+  store->add_option("op", sto.op, "get, set, add, check, wait or delete")->required();
+  store->add_option("args", sto.args, "KEY [VALUE | DELTA], or KEY... for check and wait");
+  store->add_option("--address", sto.address, "HOST:PORT (default COHORT_STORE)");
+  store->add_option("--timeout", sto.timeout_s, "seconds")->capture_default_str();
+
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   auto* bench_coll = bench->add_subcommand(
@@ -239,6 +251,7 @@ int main(int argc, char** argv) {
       so.cohort_binary = std::filesystem::canonical("/proc/self/exe").string();
       return cohort::launcher::slurm_submit(so);
     }
+    if (*store) return cohort::launcher::store_command(sto);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);

@@ -12,20 +12,23 @@
 #include <thread>
 
 #include "core/util/error.h"
+#include "parameter_server/auth.h"
 #include "parameter_server/server.h"
 
 namespace cohort::launcher {
 namespace {
 
+// COHORT_PS_SECRET when given, else derived from the job's token (what `cohort launch` does), so
+// that the secret itself is never published anywhere.
 std::string job_secret() {
-  const char* s = var("COHORT_PS_SECRET");
-  if (!s)
-    COHORT_THROW(
-        ConfigError,
-        "COHORT_PS_SECRET is not set: parameter servers and their workers prove the job's "
-        "secret to each other (cohort launch --ps-servers sets it; started by hand, give "
-        "every process of the job the same 64 hex digits, e.g. from `openssl rand -hex 32`)");
-  return s;
+  if (const char* s = var("COHORT_PS_SECRET")) return s;
+  if (auto token = collectives::JobToken::from_environment())
+    return token->derive_secret(ps::kSecretLabel);
+  COHORT_THROW(
+      AuthError,
+      "neither COHORT_PS_SECRET nor COHORT_TOKEN is set: parameter servers and their workers prove "
+      "the job's secret to each other (cohort launch sets both; started by hand, give every "
+      "process of the job the same COHORT_TOKEN, e.g. from `openssl rand -hex 32`)");
 }
 
 std::string server_key(int index) { return "ps/server/" + std::to_string(index); }

@@ -66,6 +66,8 @@ WorkerEnv detect_worker_env() {
     if (addr && port) {
       e.store = std::string(addr) + ":" + port;
       e.host_store = e.rank == 0;
+      e.store_bind = e.local_world_size == e.world_size ? addr : "";
+      e.job_id = "torchrun " + e.store;
     }
   } else if (var("OMPI_COMM_WORLD_RANK") && var("OMPI_COMM_WORLD_SIZE")) {
     // mpirun, also inside an sbatch job, where every rank inherits SLURM_PROCID=0.
@@ -111,7 +113,9 @@ WorkerEnv detect_worker_env() {
           int_var("SLURM_NODEID", -1) == 0 ? "127.0.0.1" : expand_hostlist(list).front();
       e.store = host + ":" + std::to_string(slurm_port(job));
       e.host_store = e.rank == 0;
+      e.store_bind = e.local_world_size == e.world_size ? "127.0.0.1" : "";
       e.job_id = std::string(job) + "." + (var("SLURM_STEP_ID") ? var("SLURM_STEP_ID") : "0");
+      e.slurm = true;
     }
   }
   if (e.world_size < 1 || e.rank >= e.world_size)
@@ -131,7 +135,22 @@ std::shared_ptr<collectives::Store> open_store(const WorkerEnv& env, collectives
   if (env.store.rfind("file:", 0) == 0)
     return std::make_shared<collectives::FileStore>(env.store.substr(5), timeout);
   const HostPort at = parse_host_port(env.store, "store address", " or file:PATH");
-  return std::make_shared<collectives::TcpStore>(at.host, at.port, env.host_store, timeout);
+  collectives::TcpStoreOptions o;
+  o.host = at.host;
+  o.port = at.port;
+  o.is_server = env.host_store;
+  o.bind = env.store_bind;
+  o.timeout = timeout;
+  if (auto t = collectives::JobToken::from_environment()) {
+    o.token = *t;
+  } else if (!env.job_id.empty()) {
+    o.token = collectives::JobToken::for_job((env.slurm ? "slurm " : "") + env.job_id);
+  } else {
+    COHORT_THROW(AuthError, "rank ", env.rank, ": the store at ", env.store,
+                 " admits only this job's processes, and this one has no token: set COHORT_TOKEN "
+                 "or COHORT_TOKEN_FILE (cohort launch sets COHORT_TOKEN for its workers)");
+  }
+  return std::make_shared<collectives::TcpStore>(std::move(o));
 }
 
 }  // namespace
@@ -139,7 +158,7 @@ std::shared_ptr<collectives::Store> open_store(const WorkerEnv& env, collectives
 std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
                                                   collectives::Millis timeout) {
   auto store = open_store(env, timeout);
-  if (!env.job_id.empty()) {
+  if (env.slurm) {
     const std::string key = "cohort/job";
     if (env.host_store) {
       store->set(key, env.job_id);

@@ -22,6 +22,9 @@ struct WorkerEnv {
   // True when this rank must host the TcpStore itself (torchrun-style MASTER_ADDR/MASTER_PORT
   // without an agent): rank 0 serves.
   bool host_store = false;
+  // Where a hosting rank listens: "127.0.0.1" when every rank runs on this node, else "" (every
+  // interface; the name the others use may resolve differently here).
+  std::string store_bind = "127.0.0.1";
   // True under mpirun with no store address: the store is found through MPI itself (rank 0 hosts
   // it and broadcasts its address).
   bool store_through_mpi = false;
@@ -29,6 +32,7 @@ struct WorkerEnv {
   // Under srun: "JOBID.STEPID". The store's port is derived from the job id, so another job on the
   // same node may hold it; rank 0 records this job in its store and the others check it.
   std::string job_id;
+  bool slurm = false;  // job_id is Slurm's
 };
 
 struct HostPort {
@@ -49,6 +53,9 @@ int int_var(const char* name, int fallback);
 
 // Throws ConfigError naming the variable when one is malformed.
 WorkerEnv detect_worker_env();
+// Opens the store as a worker. A TcpStore needs the job's token: COHORT_TOKEN or COHORT_TOKEN_FILE
+// (cohort launch sets the first), else under srun and torchrun-style variables one derived from
+// the user's key file and the job (collectives/store/token.h); AuthError when there is none.
 std::shared_ptr<collectives::Store> connect_store(const WorkerEnv& env,
                                                   collectives::Millis timeout);
 

@@ -1,6 +1,7 @@
 #include "launcher/worker_process.h"
 
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -89,6 +90,9 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
     ::signal(SIGPIPE, SIG_DFL);
     ::dup2(out[1], STDOUT_FILENO);
     ::dup2(err[1], STDERR_FILENO);
+    // Whatever the launcher (or a library in it) opened without O_CLOEXEC stays behind: a worker
+    // starts with its three streams only. The status pipe still reports a failed exec.
+    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
     ::execvpe(argv[0], argv.data(), envp.data());
     const int e = errno;
     (void)!::write(status[1], &e, sizeof e);

@@ -519,24 +519,41 @@ std::shared_ptr<ProcessGroup> create(std::shared_ptr<Store> store, int rank, int
 
 std::shared_ptr<Store> bootstrap_store(Millis timeout) {
   ensure_mpi();
-  char address[256] = {};
+  // The address and the job's token travel by MPI broadcast, the channel mpirun already trusts:
+  // rank 0 makes a fresh token unless the job was given one.
+  char address[256] = {}, token_text[128] = {};
   std::shared_ptr<TcpStore> store;
+  TcpStoreOptions o;
+  o.timeout = timeout;
   if (world_rank() == 0) {
     const std::string host = host_for_peers();
-    store = std::make_shared<TcpStore>(host, 0, true, timeout);
+    auto given = JobToken::from_environment();
+    o.token = given ? *given : JobToken::generate();
+    o.is_server = true;
+    // One node: loopback only. Several: every interface, as the name peers resolve may not be
+    // the one this node's resolver gives (127.0.1.1 in Debian's /etc/hosts).
+    o.bind = host == "127.0.0.1" ? host : "";
+    o.host = host;
+    store = std::make_shared<TcpStore>(o);
     std::snprintf(address, sizeof address, "%s:%u", host.c_str(),
                   static_cast<unsigned>(store->port()));
+    std::snprintf(token_text, sizeof token_text, "%s", o.token.to_text().c_str());
   }
   {
     std::lock_guard<std::mutex> lock(mpi_lock());
     check_mpi(MPI_Bcast(address, sizeof address, MPI_CHAR, 0, MPI_COMM_WORLD),
               "MPI_Bcast of the store address");
+    check_mpi(MPI_Bcast(token_text, sizeof token_text, MPI_CHAR, 0, MPI_COMM_WORLD),
+              "MPI_Bcast of the job's token");
   }
   if (store) return store;
-  const std::string a = address;
+  const std::string a(address, strnlen(address, sizeof address));
   const size_t colon = a.rfind(':');
-  return std::make_shared<TcpStore>(
-      a.substr(0, colon), static_cast<uint16_t>(std::atoi(a.c_str() + colon + 1)), false, timeout);
+  o.host = a.substr(0, colon);
+  o.port = static_cast<uint16_t>(std::atoi(a.c_str() + colon + 1));
+  o.token = JobToken::parse(std::string(token_text, strnlen(token_text, sizeof token_text)),
+                            "the token broadcast by MPI rank 0");
+  return std::make_shared<TcpStore>(o);
 }
 
 }  // namespace cohort::collectives::mpi

@@ -21,6 +21,21 @@ namespace fs = std::filesystem;
 using cohort::test::read_text;
 using namespace std::chrono_literals;
 
+// The job's token for every store these tests start; ranks get the worker part, as under
+// cohort launch.
+const cohort::collectives::JobToken& job_token() {
+  static const auto token = cohort::collectives::JobToken::generate();
+  return token;
+}
+
+std::unique_ptr<cohort::collectives::TcpStoreServer> store_server(
+    const std::string& bind = "127.0.0.1") {
+  cohort::collectives::TcpStoreServerOptions o;
+  o.token = job_token();
+  o.bind = bind;
+  return std::make_unique<cohort::collectives::TcpStoreServer>(o);
+}
+
 struct Rank {
   pid_t pid = -1;
   fs::path log;
@@ -37,6 +52,7 @@ Rank start_rank(int rank, int size, const std::string& store, const std::string&
     setenv("COHORT_RANK", std::to_string(rank).c_str(), 1);
     setenv("COHORT_WORLD_SIZE", std::to_string(size).c_str(), 1);
     setenv("COHORT_STORE", store.c_str(), 1);
+    setenv("COHORT_TOKEN", job_token().worker().to_text().c_str(), 1);
     std::string cmd = "exec " + (netns.empty() ? "" : "ip netns exec " + netns + " ") +
                       std::string(COHORT_BINARY) + " bench collectives " + args + " >" +
                       r.log.string() + " 2>&1";
@@ -96,8 +112,8 @@ TEST_F(CollectiveProcesses, EveryOpOverTcpStoreAndFileStoreWithEachTransport) {
       const std::string args = "--op " + op + " --transport " + transport +
                                " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
       {
-        cohort::collectives::TcpStoreServer server(0);  // a fresh store per run
-        run_all(3, "127.0.0.1:" + std::to_string(server.port()), args);
+        const auto server = store_server();  // a fresh store per run
+        run_all(3, "127.0.0.1:" + std::to_string(server->port()), args);
       }
       run_all(3, "file:" + (dir_ / ("store" + std::to_string(n++))).string(), args);
       const std::string table = read_text(dir_ / "rank0.log");
@@ -190,8 +206,8 @@ TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {
     const std::string args = "--op " + op + " -b 4 -e 4M -f 32 --iters 3 --warmup 1 --timeout 120";
     {
       // The store lives on the bridge's address, where every node reaches it.
-      cohort::collectives::TcpStoreServer server(0);
-      run_all(4, subnet_ + ".254:" + std::to_string(server.port()), args, nodes);
+      const auto server = store_server(subnet_ + ".254");
+      run_all(4, subnet_ + ".254:" + std::to_string(server->port()), args, nodes);
     }
     run_all(4, "file:" + (dir_ / ("mn_store_" + op)).string(), args, nodes);
   }
@@ -200,12 +216,15 @@ TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {
 // The store is needed while a group forms; if its server goes away then, every rank says so,
 // naming the server, instead of waiting for ever.
 TEST_F(CollectiveProcesses, TheStoreServerDisappearingIsAnErrorNamingIt) {
-  auto server = std::make_unique<cohort::collectives::TcpStoreServer>(0);
+  auto server = store_server();
   const std::string address = "127.0.0.1:" + std::to_string(server->port());
   // Ranks 0 and 1 of 3 start; rank 2 never does, so they wait in the store for it.
   for (int r = 0; r < 2; ++r)
     ranks_.push_back(start_rank(r, 3, address, "--op allreduce -b 4K -e 4K --timeout 120", dir_));
-  cohort::collectives::TcpStore probe("127.0.0.1", server->port());
+  cohort::collectives::TcpStoreOptions po;
+  po.port = server->port();
+  po.token = job_token();
+  cohort::collectives::TcpStore probe(po);
   const auto end = std::chrono::steady_clock::now() + 60s;
   while (!probe.check({"bench/mesh/peer/0", "bench/mesh/peer/1"}) &&
          std::chrono::steady_clock::now() < end)

@@ -116,6 +116,45 @@ TEST_F(Launch, SuccessRunsEveryRankWithTheContractEnvironment) {
   }
 }
 
+// A worker inherits its three streams and nothing else of the launcher (no store socket, no
+// pipe), holds the worker part of the job's token, and a one-node job's store listens on loopback
+// only (its listener in /proc/net/tcp: 0100007F is 127.0.0.1).
+TEST_F(Launch, WorkersInheritOnlyTheirStreamsAndAWorkersTokenAndTheStoreIsLocal) {
+  Outcome r =
+      run("--nproc-per-node 1 -- sh -c 'echo fds=$(ls /proc/self/fd | tr \"\\n\" \" \"); "
+          "echo token=${COHORT_TOKEN%%:*}; port=$(printf %04X ${COHORT_STORE##*:}); "
+          "echo listen=$(grep \":$port 00000000:0000 0A\" /proc/net/tcp | cut -c7-19)'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  // ls itself holds 3, the directory it lists.
+  EXPECT_NE(r.out.find("fds=0 1 2 3\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("token=worker\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("listen=0100007F:"), std::string::npos) << r.out;
+}
+
+// The launcher's control keys answer to its agents only: a worker that posts a failure (a bug, or
+// an attacker holding a worker's token) is refused and the job goes on; a process without the
+// token, or with another job's, gets nothing at all (exit 5).
+TEST_F(Launch, NeitherAWorkerNorAStrangerCanStopTheJobThroughTheStore) {
+  const std::string cohort = COHORT_BINARY;
+  Outcome r = run("--nproc-per-node 2 -- sh -c '" + cohort +
+                  " store set launch/attempt0/failed pwned; echo set=$?; " + cohort +
+                  " store set attempt0/k$COHORT_RANK v$COHORT_RANK && " + cohort +
+                  " store get attempt0/k$COHORT_RANK; env -u COHORT_TOKEN " + cohort +
+                  " store get attempt0/k0; echo none=$?; COHORT_TOKEN=$(printf %064d 0) " + cohort +
+                  " store get attempt0/k0; echo wrong=$?'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  for (const char* rank : {"0", "1"}) {
+    const std::string p = std::string("[0/") + rank + "] ";
+    EXPECT_NE(r.out.find(p + "set=4\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(p + "v" + rank + "\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(p + "none=5\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(p + "wrong=5\n"), std::string::npos) << r.out;
+  }
+  EXPECT_NE(r.err.find("belongs to the launcher's agents"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("refused this process's worker token"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("pwned"), std::string::npos) << r.err;
+}
+
 TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
   Outcome r =
       run("--nproc-per-node 3 -- sh -c 'echo started $COHORT_RANK; "

@@ -19,6 +19,28 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// One token for every store of this test program, as one job has.
+const JobToken& test_token() {
+  static const JobToken token = JobToken::generate();
+  return token;
+}
+
+TcpStoreServerOptions server_options(uint16_t port = 0) {
+  TcpStoreServerOptions o;
+  o.port = port;
+  o.token = test_token();
+  return o;
+}
+
+TcpStoreOptions client_options(uint16_t port, Millis timeout, bool is_server = false) {
+  TcpStoreOptions o;
+  o.port = port;
+  o.token = test_token();
+  o.timeout = timeout;
+  o.is_server = is_server;
+  return o;
+}
+
 std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() /
           ("cohort_store_" + name + "_" + std::to_string(::getpid())))
@@ -123,8 +145,8 @@ std::vector<Kind> kinds() {
        }},
       {"tcp",
        [] {
-         auto server = std::make_shared<TcpStore>("127.0.0.1", 0, true, 60s);
-         auto client = std::make_shared<TcpStore>("127.0.0.1", server->port(), false, 60s);
+         auto server = std::make_shared<TcpStore>(client_options(0, 60s, true));
+         auto client = std::make_shared<TcpStore>(client_options(server->port(), 60s));
          return std::make_pair<std::shared_ptr<Store>, std::shared_ptr<Store>>(client, server);
        }},
   };
@@ -164,9 +186,9 @@ uint16_t free_port() {
 TEST(TcpStore, ClientsRetryUntilTheServerStarts) {
   const uint16_t port = free_port();
   std::unique_ptr<TcpStore> client;
-  std::thread t([&] { client = std::make_unique<TcpStore>("127.0.0.1", port, false, 60s); });
+  std::thread t([&] { client = std::make_unique<TcpStore>(client_options(port, 60s)); });
   std::this_thread::sleep_for(300ms);
-  TcpStoreServer server(port);
+  TcpStoreServer server(server_options(port));
   t.join();
   client->set("a", "b");
   EXPECT_EQ(client->get("a"), "b");
@@ -175,7 +197,7 @@ TEST(TcpStore, ClientsRetryUntilTheServerStarts) {
 TEST(TcpStore, NoServerIsATimeoutNamingTheAddress) {
   const uint16_t port = free_port();
   try {
-    TcpStore client("127.0.0.1", port, false, 300ms);
+    TcpStore client(client_options(port, 300ms));
     FAIL() << "connected to nothing";
   } catch (const TimeoutError& e) {
     EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(port)), std::string::npos)
@@ -184,9 +206,9 @@ TEST(TcpStore, NoServerIsATimeoutNamingTheAddress) {
 }
 
 TEST(TcpStore, ServerThatDisappearsIsAnErrorNamingIt) {
-  auto server = std::make_unique<TcpStoreServer>(0);
+  auto server = std::make_unique<TcpStoreServer>(server_options());
   const uint16_t port = server->port();
-  TcpStore client("127.0.0.1", port, false, 120s);
+  TcpStore client(client_options(port, 120s));
   client.set("x", "1");
   std::thread killer([&] {
     std::this_thread::sleep_for(100ms);
@@ -206,14 +228,14 @@ TEST(TcpStore, ServerThatDisappearsIsAnErrorNamingIt) {
 }
 
 TEST(TcpStore, SoakManyConcurrentClientsLoseNothing) {
-  TcpStoreServer server(0);
+  TcpStoreServer server(server_options());
   constexpr int kClients = 256, kOps = 1000;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   for (int c = 0; c < kClients; ++c)
     threads.emplace_back([&, c] {
       try {
-        TcpStore s("127.0.0.1", server.port(), false, 300s);
+        TcpStore s(client_options(server.port(), 300s));
         for (int i = 0; i < kOps; ++i) {
           switch (i % 4) {
             case 0:
@@ -238,7 +260,7 @@ TEST(TcpStore, SoakManyConcurrentClientsLoseNothing) {
     });
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
-  TcpStore check("127.0.0.1", server.port(), false, 60s);
+  TcpStore check(client_options(server.port(), 60s));
   EXPECT_EQ(check.get("counter"), std::to_string(kClients * kOps / 4));
   EXPECT_EQ(check.num_keys(), 2 + kClients * kOps / 4);
 }
