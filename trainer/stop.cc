@@ -60,15 +60,16 @@ int StopVote::after_step() {
   return 0;
 }
 
-int64_t kill_at_step(int rank) {
+std::optional<int64_t> kill_at_step(int rank) {
   const char* spec = std::getenv("COHORT_KILL_AT_STEP");
   const char* restart = std::getenv("COHORT_RESTART_COUNT");
-  if (!spec || (restart && std::string(restart) != "0")) return -1;
+  if (!spec || (restart && std::string(restart) != "0")) return std::nullopt;
   int r = -1;
   long long step = -1;
-  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2)
+  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2 || step < 0)
     COHORT_THROW(ConfigError, "COHORT_KILL_AT_STEP='", spec, "' is not RANK:STEP");
-  return r == rank ? step : -1;
+  if (r != rank) return std::nullopt;
+  return step;
 }
 
 int64_t step_delay_ms(int rank) {

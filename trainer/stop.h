@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "collectives/process_group.h"
 
@@ -43,9 +44,9 @@ class StopVote {
 
 // For fault-tolerance tests and drills: COHORT_KILL_AT_STEP=RANK:STEP makes that rank die by
 // SIGKILL right after STEP, as a crash would, on a job's first attempt only (COHORT_RESTART_COUNT
-// unset or 0), so that a restarted job can finish. -1 when it does not apply to this rank; throws
-// ConfigError when the variable is malformed.
-int64_t kill_at_step(int rank);
+// unset or 0), so that a restarted job can finish. Nothing when it does not apply to this rank;
+// throws ConfigError when the variable is malformed.
+std::optional<int64_t> kill_at_step(int rank);
 // Test hook: COHORT_TEST_STEP_DELAY_MS="RANK:MS" makes that rank sleep MS after each step (a
 // straggler); 0 for the other ranks.
 int64_t step_delay_ms(int rank);

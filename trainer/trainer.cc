@@ -153,6 +153,8 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   if (!c_.model.init_from.empty()) {
     try {
       model_->load_state_dict(core::io::load_safetensors(c_.model.init_from));
+    } catch (const IoError& e) {
+      COHORT_THROW(IoError, "model.init_from: ", e.what());
     } catch (const Error& e) {
       COHORT_THROW(ConfigError, "model.init_from ", c_.model.init_from,
                    " does not fit this model: ", e.what());
@@ -384,7 +386,12 @@ RunSummary Trainer::run() {
   // reads the checkpoint, so checkpoint.dir must be on storage every node sees.
   std::optional<std::string> resume_from;
   if (c_.checkpoint.resume == "auto") {
-    resume_from = core::io::latest_checkpoint(c_.checkpoint.dir);
+    std::vector<std::string> skipped;
+    resume_from = core::io::latest_checkpoint(c_.checkpoint.dir, &skipped);
+    if (leader())
+      for (const auto& why : skipped)
+        std::fprintf(stderr, "cohort: checkpoint.resume=auto skipped a checkpoint: %s\n",
+                     why.c_str());
   } else if (c_.checkpoint.resume != "never") {
     resume_from = c_.checkpoint.resume;
   }
@@ -457,6 +464,9 @@ RunSummary Trainer::run() {
                  sampler->num_samples(), " training samples of each rank");
   // A checkpoint from another world size gives the job's samples consumed in its epoch: continue
   // from the same place in the same permutation (rounded down to a whole global batch).
+  if (resume_from && start.samples_in_epoch > train_set_->size())
+    COHORT_THROW(IoError, "checkpoint ", *resume_from, " is corrupt: it has consumed ",
+                 start.samples_in_epoch, " samples of an epoch of ", train_set_->size());
   int64_t first_batch = start.batch_in_epoch;
   if (start.samples_in_epoch >= 0) first_batch = start.samples_in_epoch / (batch * world_);
   if (first_batch >= per_epoch) {
@@ -469,6 +479,12 @@ RunSummary Trainer::run() {
   const int64_t total_steps = c_.train.steps > 0 ? c_.train.steps
                                                  : start.step + (per_epoch - first_batch) +
                                                        per_epoch * (epochs - start.epoch - 1);
+  if (resume_from && start.step >= total_steps && leader())
+    std::fprintf(stderr,
+                 "cohort: checkpoint %s is at step %lld, which is already past the %lld steps "
+                 "this run trains; nothing left to train\n",
+                 resume_from->c_str(), static_cast<long long>(start.step),
+                 static_cast<long long>(total_steps));
 
   if (c_.schedule.type == "constant") {
     schedule_ = std::make_unique<core::optim::ConstantLR>(c_.optimizer.lr);
@@ -544,7 +560,7 @@ RunSummary Trainer::run() {
   };
 
   StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
-  const int64_t kill_at = kill_at_step(rank_);
+  const std::optional<int64_t> kill_at = kill_at_step(rank_);
   const int64_t delay_ms = step_delay_ms(rank_);
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
@@ -611,7 +627,7 @@ RunSummary Trainer::run() {
         if (!overflow) optimizer_->step();
       }
       ++step;
-      if (step == kill_at) ::raise(SIGKILL);
+      if (kill_at && step == *kill_at) ::raise(SIGKILL);
       if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
       if (!ps_) samples += batch_data.input.size(0) * world_;
       if (step % c_.train.log_every == 0 || step == total_steps) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 
 #include "core/ops/ops.h"
 
@@ -144,33 +145,58 @@ bool DataLoader::next(Batch& out) {
 std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dims) {
   gzFile f = gzopen(path.c_str(), "rb");  // reads plain files too
   if (!f) COHORT_THROW(IoError, "cannot open data file ", path);
-  std::vector<uint8_t> bytes;
-  uint8_t buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof buf)) > 0) bytes.insert(bytes.end(), buf, buf + n);
-  bool bad = n < 0;
-  gzclose(f);
-  if (bad) COHORT_THROW(IoError, "cannot decompress data file ", path);
-  if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08) {
+  std::unique_ptr<gzFile_s, decltype(&gzclose)> closer(f, gzclose);
+  // Reads exactly n bytes; false at the end of the data.
+  auto read = [&](void* into, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - got, 1 << 20));
+      const int r = gzread(f, static_cast<char*>(into) + got, chunk);
+      if (r < 0) COHORT_THROW(IoError, "cannot decompress data file ", path);
+      if (r == 0) return false;
+      got += static_cast<size_t>(r);
+    }
+    return true;
+  };
+  uint8_t magic[4];
+  if (!read(magic, 4) || magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08)
     COHORT_THROW(IoError, "data file ", path, " is not an IDX file of unsigned bytes");
-  }
-  const int nd = bytes[3];
-  if (bytes.size() < static_cast<size_t>(4 + 4 * nd))
-    COHORT_THROW(IoError, "data file ", path, " is truncated");
+  const int nd = magic[3];
+  if (nd < 1 || nd > 4)
+    COHORT_THROW(IoError, "data file ", path, " has ", nd, " dimensions; expected 1 to 4");
   dims.clear();
-  int64_t total = 1;
+  // The product is checked at every step against the largest data set we would hold, so no
+  // header can make it wrap around to a plausible size.
+  uint64_t total = 1;
   for (int i = 0; i < nd; ++i) {
-    const uint8_t* p = bytes.data() + 4 + 4 * i;
-    int64_t d = (int64_t{p[0]} << 24) | (int64_t{p[1]} << 16) | (int64_t{p[2]} << 8) | p[3];
-    dims.push_back(d);
-    total *= d;
+    uint8_t p[4];
+    if (!read(p, 4)) COHORT_THROW(IoError, "data file ", path, " is truncated in its header");
+    const uint64_t d =
+        (uint64_t{p[0]} << 24) | (uint64_t{p[1]} << 16) | (uint64_t{p[2]} << 8) | p[3];
+    if (d == 0 || __builtin_mul_overflow(total, d, &total) || total > kMaxIdxBytes)
+      COHORT_THROW(IoError, "data file ", path, " has impossible dimensions in its header (",
+                   "dimension ", i, " is ", d, "; the data may hold at most ", kMaxIdxBytes,
+                   " bytes)");
+    dims.push_back(static_cast<int64_t>(d));
   }
-  const size_t header = 4 + 4 * static_cast<size_t>(nd);
-  if (bytes.size() != header + static_cast<size_t>(total)) {
-    COHORT_THROW(IoError, "data file ", path, " holds ", bytes.size() - header,
-                 " bytes of data, its header says ", total);
+  // Grown as the data arrives, never sized from the header alone: a header that promises more
+  // than the file holds costs only what the file holds.
+  std::vector<uint8_t> bytes;
+  size_t have = 0;
+  while (have < total) {
+    const size_t step = std::min<size_t>(total - have, size_t{64} << 20);
+    bytes.resize(have + step);
+    if (!read(bytes.data() + have, step)) {
+      COHORT_THROW(IoError, "data file ", path, " holds less data than its header says (", total,
+                   " bytes)");
+    }
+    have += step;
   }
-  return {bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end()};
+  uint8_t extra;
+  if (read(&extra, 1))
+    COHORT_THROW(IoError, "data file ", path, " holds more data than its header says (", total,
+                 " bytes)");
+  return bytes;
 }
 
 namespace {
@@ -194,6 +220,10 @@ FashionMNIST::FashionMNIST(const std::string& dir, const std::string& split) {
   if (di.size() != 3) COHORT_THROW(IoError, "data file ", ip, " is not a 3-D image array");
   if (dl.size() != 1 || dl[0] != di[0])
     COHORT_THROW(IoError, "data file ", lp, " has a different sample count from ", ip);
+  for (size_t i = 0; i < labels_.size(); ++i)
+    if (labels_[i] >= kClasses)
+      COHORT_THROW(IoError, "data file ", lp, " holds label ", int{labels_[i]}, " for sample ", i,
+                   "; Fashion-MNIST's labels are 0 to ", kClasses - 1);
   n_ = di[0];
   rows_ = di[1];
   cols_ = di[2];

@@ -108,6 +108,7 @@ class FashionMNIST : public Dataset {
   int64_t size() const override { return n_; }
   Batch get_batch(const std::vector<int64_t>& indices) const override;
   static constexpr double kMean = 0.2860, kStd = 0.3530;
+  static constexpr int kClasses = 10;  // labels out of range are IoError naming the file
 
  private:
   int64_t n_ = 0, rows_ = 0, cols_ = 0;
@@ -168,7 +169,11 @@ class SyntheticTokenDataset : public Dataset {
   uint64_t seed_;
 };
 
-// Reads an IDX file (optionally gzip-compressed) into bytes and its dimensions.
+// The largest IDX data we load (8 GiB): a header whose dimensions multiply past it is malformed.
+inline constexpr uint64_t kMaxIdxBytes = uint64_t{8} << 30;
+// Reads an IDX file of unsigned bytes (optionally gzip-compressed) into bytes and its dimensions
+// (1 to 4, none zero). Throws IoError naming the file when the header is malformed, its product
+// overflows or passes kMaxIdxBytes, or the data is shorter or longer than the header says.
 std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dims);
 
 }  // namespace cohort::core::data

@@ -12,7 +12,24 @@ namespace cohort::core::io {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kFormat = "cohort-checkpoint-1";
+// Format 2 adds the manifest's own checksum; format 1 manifests (no such field) still load, with
+// every field checked for its range and against the directory's name.
+constexpr const char* kFormat = "cohort-checkpoint-2";
+constexpr const char* kFormatV1 = "cohort-checkpoint-1";
+constexpr size_t kMaxManifestBytes = 1 << 20;
+
+// SHA-256 of the manifest's canonical text without its own checksum field (nlohmann's objects
+// keep their keys sorted, so the text does not depend on the order a writer used).
+std::string manifest_digest(nlohmann::json m) {
+  m.erase("manifest_sha256");
+  return sha256_hex(m.dump());
+}
+
+bool is_hex_digest(const nlohmann::json& v) {
+  if (!v.is_string()) return false;
+  const auto& s = v.get_ref<const std::string&>();
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
 const char* kFiles[] = {"model.safetensors", "optimizer.safetensors"};
 
 // step_<N> directories under root, newest first.
@@ -61,6 +78,7 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model,
     fsync_path((tmp / f).string());
     m["sha256"][f] = sha256_file((tmp / f).string());
   }
+  m["manifest_sha256"] = manifest_digest(m);
   {
     std::ofstream mf(tmp / "manifest.json");
     mf << m.dump(2) << "\n";
@@ -90,44 +108,90 @@ Checkpoint load_checkpoint(const std::string& dir) {
   Checkpoint c;
   c.path = dir;
   const fs::path d(dir);
-  std::ifstream mf(d / "manifest.json");
+  auto corrupt = [&](const std::string& why) {
+    COHORT_THROW(IoError, "checkpoint ", dir, " is corrupt: ", why);
+  };
+  std::ifstream mf(d / "manifest.json", std::ios::binary);
   if (!mf) COHORT_THROW(IoError, "checkpoint ", dir, " has no manifest.json");
-  nlohmann::json m;
-  try {
-    m = nlohmann::json::parse(mf);
-    if (m.at("format") != kFormat)
-      COHORT_THROW(IoError, "checkpoint ", dir, " has an unknown format");
-    for (const char* f : kFiles) {
-      std::string want = m.at("sha256").at(f);
-      std::string got = sha256_file((d / f).string());
-      if (want != got)
-        COHORT_THROW(IoError, "checkpoint file ", (d / f).string(),
-                     " does not match its SHA-256 in the manifest");
-    }
-    c.meta.step = m.at("step");
-    c.meta.epoch = m.at("epoch");
-    c.meta.batch_in_epoch = m.at("batch_in_epoch");
-    c.meta.samples_in_epoch = m.value("samples_in_epoch", int64_t{-1});
-    auto s = m.at("rng").at("state").get<std::vector<uint64_t>>();
-    if (s.size() != 4) COHORT_THROW(IoError, "checkpoint ", dir, " has a malformed RNG state");
-    std::copy(s.begin(), s.end(), c.meta.rng.s.begin());
-    c.meta.rng.have_spare = m.at("rng").at("have_spare");
-    c.meta.rng.spare = m.at("rng").at("spare");
-  } catch (const nlohmann::json::exception& e) {
-    COHORT_THROW(IoError, "checkpoint ", dir, " has a malformed manifest: ", e.what());
+  std::string text(kMaxManifestBytes + 1, '\0');
+  mf.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(mf.gcount()));
+  if (text.size() > kMaxManifestBytes) corrupt("its manifest.json is larger than 1 MiB");
+  nlohmann::json m = nlohmann::json::parse(text, nullptr, false);
+  if (m.is_discarded() || !m.is_object()) corrupt("its manifest.json is not a JSON object");
+  // Every field is checked for type and range before it is used; what a JSON type error would
+  // say names neither the checkpoint nor the field.
+  auto integer = [&](const char* key, int64_t min) -> int64_t {
+    const auto it = m.find(key);
+    if (it == m.end() || !it->is_number_integer())
+      corrupt(std::string("manifest field '") + key + "' is missing or not an integer");
+    const int64_t v = it->get<int64_t>();
+    if (v < min)
+      corrupt(std::string("manifest field '") + key + "' is " + std::to_string(v) +
+              ", below its minimum " + std::to_string(min));
+    return v;
+  };
+  const auto format = m.find("format");
+  if (format == m.end() || !format->is_string() || (*format != kFormat && *format != kFormatV1))
+    corrupt("its manifest's format is not " + std::string(kFormat));
+  if (*format == kFormat) {
+    const auto own = m.find("manifest_sha256");
+    if (own == m.end() || !is_hex_digest(*own) || *own != manifest_digest(m))
+      corrupt("manifest.json does not match its own checksum (edited or damaged)");
   }
+  const auto sums = m.find("sha256");
+  if (sums == m.end() || !sums->is_object()) corrupt("its manifest lists no checksums");
+  for (const char* f : kFiles) {
+    const auto want = sums->find(f);
+    if (want == sums->end() || !is_hex_digest(*want))
+      corrupt(std::string("its manifest has no valid SHA-256 for ") + f);
+    if (*want != sha256_file((d / f).string()))
+      COHORT_THROW(IoError, "checkpoint file ", (d / f).string(),
+                   " does not match its SHA-256 in the manifest");
+  }
+  c.meta.step = integer("step", 0);
+  c.meta.epoch = integer("epoch", 0);
+  c.meta.batch_in_epoch = integer("batch_in_epoch", 0);
+  c.meta.samples_in_epoch = m.contains("samples_in_epoch") ? integer("samples_in_epoch", -1) : -1;
+  // The directory is named after the step it holds; a manifest that disagrees was moved or
+  // edited.
+  const std::string name =
+      d.filename().empty() ? d.parent_path().filename().string() : d.filename().string();
+  if (name.rfind("step_", 0) == 0 && name != "step_" + std::to_string(c.meta.step))
+    corrupt("its manifest says step " + std::to_string(c.meta.step) + " but it is " + name);
+  if (c.meta.batch_in_epoch > c.meta.step)
+    corrupt("its manifest's batch_in_epoch " + std::to_string(c.meta.batch_in_epoch) +
+            " is past its step " + std::to_string(c.meta.step));
+  const auto rng = m.find("rng");
+  if (rng == m.end() || !rng->is_object()) corrupt("its manifest has no RNG state");
+  const auto state = rng->find("state");
+  if (state == rng->end() || !state->is_array() || state->size() != 4)
+    corrupt("its manifest has a malformed RNG state");
+  for (size_t i = 0; i < 4; ++i) {
+    if (!(*state)[i].is_number_unsigned()) corrupt("its manifest has a malformed RNG state");
+    c.meta.rng.s[i] = (*state)[i].get<uint64_t>();
+  }
+  const auto have_spare = rng->find("have_spare");
+  const auto spare = rng->find("spare");
+  if (have_spare == rng->end() || !have_spare->is_boolean() || spare == rng->end() ||
+      !spare->is_number())
+    corrupt("its manifest has a malformed RNG state");
+  c.meta.rng.have_spare = have_spare->get<bool>();
+  c.meta.rng.spare = spare->get<double>();
   c.model = load_safetensors((d / kFiles[0]).string());
   c.optimizer = load_safetensors((d / kFiles[1]).string());
   return c;
 }
 
-std::optional<std::string> latest_checkpoint(const std::string& root) {
+std::optional<std::string> latest_checkpoint(const std::string& root,
+                                             std::vector<std::string>* skipped) {
   for (auto& [step, path] : list_steps(root)) {
     try {
       load_checkpoint(path.string());
       return path.string();
-    } catch (const IoError&) {
-      continue;  // incomplete or corrupt: fall back to an older one
+    } catch (const IoError& e) {
+      // Incomplete or corrupt: fall back to an older one, and say so.
+      if (skipped) skipped->push_back(e.what());
     }
   }
   return std::nullopt;

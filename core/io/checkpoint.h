@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/io/safetensors.h"
 #include "core/tensor/generator.h"
@@ -31,9 +32,12 @@ struct Checkpoint {
 // Writes a checkpoint and keeps the newest `keep`. Returns its directory. Throws IoError.
 std::string save_checkpoint(const std::string& root, const TensorMap& model,
                             const TensorMap& optimizer, const CheckpointMeta& meta, int64_t keep);
-// Loads and verifies every checksum; throws IoError naming the file that fails.
+// Loads and verifies every checksum (the manifest's own included) and every manifest field's type
+// and range (step, epoch and position not negative, the step matching the directory's name);
+// throws IoError naming the checkpoint and what is wrong.
 Checkpoint load_checkpoint(const std::string& dir);
-// The newest checkpoint under root whose files verify, if any.
-std::optional<std::string> latest_checkpoint(const std::string& root);
+// The newest checkpoint under root that loads, if any; with `skipped`, why each newer one did not.
+std::optional<std::string> latest_checkpoint(const std::string& root,
+                                             std::vector<std::string>* skipped = nullptr);
 
 }  // namespace cohort::core::io

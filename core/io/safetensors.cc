@@ -89,7 +89,8 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   const uint64_t size = static_cast<uint64_t>(f.tellg());
   f.seekg(0);
   uint64_t n = 0;
-  if (size < 8 || !f.read(reinterpret_cast<char*>(&n), 8) || n > size - 8)
+  if (size < 8 || !f.read(reinterpret_cast<char*>(&n), 8) || n > size - 8 ||
+      n > kMaxSafetensorsHeader)
     COHORT_THROW(IoError, path, " is not a safetensors file (bad header length)");
   std::string h(n, '\0');
   f.read(h.data(), static_cast<std::streamsize>(n));
@@ -99,31 +100,74 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   } catch (const nlohmann::json::exception& e) {
     COHORT_THROW(IoError, path, " has a malformed safetensors header: ", e.what());
   }
+  if (!header.is_object())
+    COHORT_THROW(IoError, path, " has a malformed safetensors header: not a JSON object");
   const uint64_t data_size = size - 8 - n;
   std::vector<char> data(data_size);
   f.read(data.data(), static_cast<std::streamsize>(data_size));
   if (!f) COHORT_THROW(IoError, path, " is truncated");
   TensorMap out;
   for (auto& [name, e] : header.items()) {
+    // Every field is checked for its type before use: a JSON type error would name neither the
+    // file nor the tensor.
+    auto bad = [&](const std::string& what) {
+      COHORT_THROW(IoError, path, ": tensor '", name.substr(0, 200), "' ", what);
+    };
     if (name == "__metadata__") {
+      if (!e.is_object()) bad("is not an object of strings");
+      for (auto& [k, v] : e.items())
+        if (!v.is_string()) bad("holds a non-string value for '" + k.substr(0, 200) + "'");
       if (metadata) *metadata = e.get<std::map<std::string, std::string>>();
       continue;
     }
+    if (!e.is_object()) bad("is not described by an object");
     DType d;
-    if (!e.contains("dtype") || !parse_dtype(e["dtype"].get<std::string>(), d))
-      COHORT_THROW(IoError, path, ": tensor '", name, "' has an unsupported dtype");
-    Shape shape = e.at("shape").get<Shape>();
-    auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
-    const uint64_t expect = static_cast<uint64_t>(shape_numel(shape)) * element_size(d);
-    if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != expect)
-      COHORT_THROW(IoError, path, ": tensor '", name,
-                   "' has data_offsets that do not match its shape");
+    const auto dt = e.find("dtype");
+    if (dt == e.end() || !dt->is_string() || !parse_dtype(dt->get<std::string>(), d))
+      bad("has an unsupported dtype");
+    const auto sh = e.find("shape");
+    if (sh == e.end() || !sh->is_array() || sh->size() > 8) bad("has a malformed shape");
+    Shape shape;
+    uint64_t numel = 1;
+    for (const auto& dim : *sh) {
+      if (!dim.is_number_unsigned()) bad("has a shape entry that is not a non-negative integer");
+      const uint64_t v = dim.get<uint64_t>();
+      if (v > data_size || __builtin_mul_overflow(numel, v, &numel) || numel > data_size)
+        bad("has a shape larger than the file's data");
+      shape.push_back(static_cast<int64_t>(v));
+    }
+    const auto offs = e.find("data_offsets");
+    if (offs == e.end() || !offs->is_array() || offs->size() != 2 ||
+        !(*offs)[0].is_number_unsigned() || !(*offs)[1].is_number_unsigned())
+      bad("has malformed data_offsets");
+    const uint64_t begin = (*offs)[0].get<uint64_t>(), end = (*offs)[1].get<uint64_t>();
+    uint64_t expect = 0;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(element_size(d)), &expect) ||
+        end < begin || end > data_size || end - begin != expect)
+      bad("has data_offsets that do not match its shape");
     Tensor t = empty(shape, TensorOptions(d));
-    if (expect) std::memcpy(t.raw_data(), data.data() + off[0], expect);
+    if (expect) std::memcpy(t.raw_data(), data.data() + begin, expect);
     out[name] = t;
   }
   return out;
 }
+
+namespace {
+
+std::string hex_digest(EVP_MD_CTX* ctx) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < len; ++i) {
+    s.push_back(hex[md[i] >> 4]);
+    s.push_back(hex[md[i] & 15]);
+  }
+  return s;
+}
+
+}  // namespace
 
 std::string sha256_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -135,16 +179,14 @@ std::string sha256_file(const std::string& path) {
     f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
     EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(f.gcount()));
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), md, &len);
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (unsigned i = 0; i < len; ++i) {
-    s.push_back(hex[md[i] >> 4]);
-    s.push_back(hex[md[i] & 15]);
-  }
-  return s;
+  return hex_digest(ctx.get());
+}
+
+std::string sha256_hex(const std::string& bytes) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size());
+  return hex_digest(ctx.get());
 }
 
 void fsync_path(const std::string& path) {

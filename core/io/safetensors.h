@@ -12,16 +12,23 @@ namespace cohort::core::io {
 
 using TensorMap = std::map<std::string, Tensor>;
 
+// The largest JSON header read (the reference implementation's limit, 100 MB).
+inline constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;
+
 // Writes tensors (moved to CPU, made contiguous) to `path` directly; callers wanting atomicity
 // write to a temporary name and rename (see write_file_atomic). Throws IoError naming the path.
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});
-// Reads every tensor; throws IoError naming the path and the problem for malformed files.
+// Reads every tensor; throws IoError naming the path, the tensor and the problem for malformed
+// files (a header past kMaxSafetensorsHeader, a field of the wrong type, a shape whose size
+// overflows or whose bytes are not exactly its data_offsets inside the file).
 TensorMap load_safetensors(const std::string& path,
                            std::map<std::string, std::string>* metadata = nullptr);
 
 // Hex SHA-256 of a file's bytes.
 std::string sha256_file(const std::string& path);
+// Hex SHA-256 of bytes in memory.
+std::string sha256_hex(const std::string& bytes);
 // fsync a file or directory by path; throws IoError on failure.
 void fsync_path(const std::string& path);
 
