@@ -69,17 +69,54 @@ Mapping map_segment(const std::string& name, size_t size, bool create) {
 
 void unlink_segment(const std::string& name) { ::shm_unlink(name.c_str()); }
 
-void remove_orphaned_segments(const std::string& prefix) {
+namespace {
+
+// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks after boot. Empty when
+// the process is gone.
+std::string start_time(int pid) {
+  const std::string stat = read_first_line(("/proc/" + std::to_string(pid) + "/stat").c_str());
+  size_t at = stat.rfind(')');  // the command name may itself hold spaces or parens
+  if (at == std::string::npos) return "";
+  // After ") " come fields 3, 4, ...: skip to field 22.
+  for (int field = 2; field < 22 && at != std::string::npos; ++field) at = stat.find(' ', at + 1);
+  if (at == std::string::npos) return "";
+  const size_t end = stat.find(' ', at + 1);
+  return stat.substr(at + 1, end == std::string::npos ? std::string::npos : end - at - 1);
+}
+
+constexpr const char* kSegmentPrefix = "cohort-";
+
+}  // namespace
+
+std::string owned_segment_name(const std::string& what) {
+  // Not cached: a forked child is another owner.
+  const std::string owner = std::to_string(::getpid()) + "_" + start_time(::getpid());
+  return "/" + std::string(kSegmentPrefix) + owner + "-" + what;
+}
+
+int remove_orphaned_segments() {
   std::error_code ec;
+  int removed = 0;
+  const std::string prefix = kSegmentPrefix;
   for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
     const std::string name = entry.path().filename().string();
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    const size_t end = name.find('-', prefix.size());
-    if (end == std::string::npos || end == prefix.size()) continue;
-    const std::string digits = name.substr(prefix.size(), end - prefix.size());
-    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
-    if (process_exited(std::stoi(digits))) unlink_segment("/" + name);
+    // cohort-<pid>_<start>-...: anything else is not ours to judge.
+    const size_t underscore = name.find('_', prefix.size());
+    const size_t dash = underscore == std::string::npos ? underscore : name.find('-', underscore);
+    if (dash == std::string::npos) continue;
+    const std::string pid = name.substr(prefix.size(), underscore - prefix.size());
+    const std::string started = name.substr(underscore + 1, dash - underscore - 1);
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos ||
+        started.empty() || started.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    const int owner = std::stoi(pid);
+    if (process_exited(owner) || start_time(owner) != started) {
+      unlink_segment("/" + name);
+      ++removed;
+    }
   }
+  return removed;
 }
 
 bool process_exited(int pid) {

@@ -38,10 +38,15 @@ Mapping map_segment(const std::string& name, size_t size, bool create);
 // Removes the name (the memory lives on while mapped); a missing name is not an error.
 void unlink_segment(const std::string& name);
 
-// Removes this node's segments named "/<prefix><pid>-..." whose process `pid` has exited: one
-// killed before it could unlink them (a parameter server's shared values live as long as it does).
-// Only this user's can go (/dev/shm is sticky).
-void remove_orphaned_segments(const std::string& prefix);
+// "/cohort-<pid>_<start>-<what>": every segment Cohort creates names its creator by pid and start
+// time (clock ticks after boot), so that any process on the node can tell one whose creator is
+// gone, even after the pid was reused. `what` says whose it is (a group's token, "ps-values-...").
+std::string owned_segment_name(const std::string& what);
+
+// Unlinks this node's segments (this user's: /dev/shm is sticky) named by owned_segment_name whose
+// creator has exited: what a SIGKILL between create and unlink left behind. The launcher runs it
+// whenever a worker exits, and every group and parameter server as it starts. Returns how many.
+int remove_orphaned_segments();
 
 // True once process `pid` (of this node's pid namespace) has exited, reaped or not: what the
 // shared-memory paths check while they wait on a peer that would never say it is gone.

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "collectives/shared_memory.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
 #include "launcher/worker_env.h"
@@ -667,6 +668,11 @@ int launch(const LaunchOptions& options) {
   for (int restart = 0;; ++restart) {
     RoundResult r;
     {
+      // Declared before the round, so it runs after the round's workers are gone: a worker
+      // killed between creating a shared-memory segment and unlinking it leaves it to us.
+      struct OrphanSweep {
+        ~OrphanSweep() { collectives::remove_orphaned_segments(); }
+      } sweep;
       Round round(o, rz, restart, ps_secret);
       r = round.supervise();
       const bool restarting = (r.failed || !r.remote.empty()) && restart < o.max_restarts;

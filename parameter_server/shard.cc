@@ -64,7 +64,7 @@ const char* mode_name(Mode m) {
 Shard::Shard(ShardOptions o) : o_(std::move(o)) {
   COHORT_CHECK(o_.workers >= 1, "a parameter server needs at least 1 worker, got ", o_.workers);
   // What a killed predecessor (or any killed server of this user) left in /dev/shm.
-  collectives::remove_orphaned_segments("cohort-ps");
+  collectives::remove_orphaned_segments();
   for (int w = 0; w < o_.workers; ++w) {
     workers_.push_back(std::make_unique<Worker>());
     workers_.back()->seen = Clock::now();
@@ -619,8 +619,8 @@ Shard::SegmentLayout Shard::attach_segment(int w) {
     layout.numels.push_back(p.param.numel());
     layout.floats += (p.param.numel() + 15) / 16 * 16;
   }
-  layout.name = "/cohort-ps" + std::to_string(::getpid()) + "-w" + std::to_string(w) + "-" +
-                to_hex(random_bytes(8));
+  layout.name =
+      collectives::owned_segment_name("ps-w" + std::to_string(w) + "-" + to_hex(random_bytes(8)));
   const size_t bytes =
       std::max<size_t>(4096, 2 * static_cast<size_t>(layout.floats) * sizeof(float));
   collectives::Mapping segment = collectives::map_segment(layout.name, bytes, /*create=*/true);
@@ -643,8 +643,7 @@ void Shard::share_values_locked(SegmentLayout& layout) {
     layout.values_name = values_name_;
     return;
   }
-  const std::string name =
-      "/cohort-ps" + std::to_string(::getpid()) + "-values-" + to_hex(random_bytes(8));
+  const std::string name = collectives::owned_segment_name("ps-values-" + to_hex(random_bytes(8)));
   auto mapping = std::make_shared<collectives::Mapping>(collectives::map_segment(
       name, static_cast<size_t>(kSharedValuesOffset + layout.floats) * sizeof(float), true));
   new (mapping->addr()) SharedValues();

@@ -260,32 +260,41 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
   for (int r = 0; r < size; ++r) any_shm = any_shm || shm_peer_[r];
   if (any_shm) {
     const size_t cap = ring_bytes();
-    const std::string base = "/cohort-" + std::to_string(token) + "-";
-    auto ctl_name = [&](int r) { return base + "ctl-" + std::to_string(r); };
-    auto ring_name = [&](int s, int d) {
+    remove_orphaned_segments();  // what killed processes of earlier jobs left
+    // Each rank's segments carry its own name as their owner; peers learn it from the store.
+    const std::string mine = owned_segment_name(std::to_string(token)) + "-";
+    auto ctl_name = [](const std::string& base, int r) {
+      return base + "ctl-" + std::to_string(r);
+    };
+    auto ring_name = [](const std::string& base, int s, int d) {
       return base + std::to_string(s) + "-" + std::to_string(d);
     };
     std::vector<void*> out_seg(size, nullptr), in_seg(size, nullptr);
     std::vector<Control*> ctl(size, nullptr);
-    shm_->maps.push_back(map_segment(ctl_name(rank), sizeof(Control), true));
-    shm_->created.push_back(ctl_name(rank));
+    shm_->maps.push_back(map_segment(ctl_name(mine, rank), sizeof(Control), true));
+    shm_->created.push_back(ctl_name(mine, rank));
     shm_->mine = new (shm_->maps.back().addr()) Control();
     ctl[rank] = shm_->mine;
     for (int r = 0; r < size; ++r) {
       if (!shm_peer_[r]) continue;
-      shm_->maps.push_back(map_segment(ring_name(rank, r), kRingDataOffset + cap, true));
-      shm_->created.push_back(ring_name(rank, r));
+      shm_->maps.push_back(map_segment(ring_name(mine, rank, r), kRingDataOffset + cap, true));
+      shm_->created.push_back(ring_name(mine, rank, r));
       out_seg[r] = shm_->maps.back().addr();
       new (out_seg[r]) RingHeader();
     }
-    store->set("mesh/shm_created/" + std::to_string(rank), "1");
+    store->set("mesh/shm_created/" + std::to_string(rank), mine);
     for (int r = 0; r < size; ++r) {
       if (!shm_peer_[r]) continue;
-      store->wait({"mesh/shm_created/" + std::to_string(r)},
-                  std::chrono::duration_cast<Millis>(deadline - Clock::now()));
-      shm_->maps.push_back(map_segment(ctl_name(r), sizeof(Control), false));
+      const std::string key = "mesh/shm_created/" + std::to_string(r);
+      store->wait({key}, std::chrono::duration_cast<Millis>(deadline - Clock::now()));
+      const std::string theirs = store->get(key);
+      // A name from the store goes to shm_open only if it is one of ours.
+      if (theirs.rfind("/cohort-", 0) != 0 || theirs.size() > 200 ||
+          theirs.find('/', 1) != std::string::npos)
+        COHORT_THROW(DistributedError, describe(r), " published a malformed segment name");
+      shm_->maps.push_back(map_segment(ctl_name(theirs, r), sizeof(Control), false));
       ctl[r] = static_cast<Control*>(shm_->maps.back().addr());
-      shm_->maps.push_back(map_segment(ring_name(r, rank), kRingDataOffset + cap, false));
+      shm_->maps.push_back(map_segment(ring_name(theirs, r, rank), kRingDataOffset + cap, false));
       in_seg[r] = shm_->maps.back().addr();
     }
     store->set("mesh/shm_mapped/" + std::to_string(rank), "1");

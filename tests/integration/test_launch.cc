@@ -155,6 +155,21 @@ TEST_F(Launch, NeitherAWorkerNorAStrangerCanStopTheJobThroughTheStore) {
   EXPECT_EQ(r.err.find("pwned"), std::string::npos) << r.err;
 }
 
+// A worker killed between creating a shared-memory segment and unlinking it (as the cpu
+// backend's rings are, while a group forms) cannot clean up; its launcher does. The worker here
+// names a segment as Cohort does (its pid and start time) and dies by SIGKILL.
+TEST_F(Launch, AKilledWorkersSharedMemoryIsRemoved) {
+  const std::string tag = "t" + std::to_string(getpid());
+  Outcome r =
+      run("--nproc-per-node 2 -- sh -c 'start=$(cut -d\" \" -f22 /proc/$$/stat); "
+          "touch /dev/shm/cohort-$$_${start}-" +
+          tag + "-$COHORT_RANK; echo made; kill -KILL $$'");
+  EXPECT_EQ(r.code, 128 + SIGKILL) << r.err;
+  EXPECT_NE(r.out.find("made"), std::string::npos) << r.out;
+  for (const auto& e : fs::directory_iterator("/dev/shm"))
+    EXPECT_EQ(e.path().filename().string().find(tag), std::string::npos) << e.path();
+}
+
 TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
   Outcome r =
       run("--nproc-per-node 3 -- sh -c 'echo started $COHORT_RANK; "

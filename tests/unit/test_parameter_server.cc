@@ -260,17 +260,34 @@ TEST(Shard, SharedValuesAreTheParametersUnderASequenceLock) {
 }
 
 // A server killed by SIGKILL cannot unlink its shared values; the next server on the node does.
+// So do segments whose pid now belongs to another process (another start time).
 TEST(Shard, SegmentsOfAServerThatExitedAreRemovedByTheNext) {
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
   const pid_t dead = ::fork();
   ASSERT_GE(dead, 0);
-  if (dead == 0) ::_exit(0);
+  if (dead == 0) {
+    // The child names a segment as its own and dies without unlinking it.
+    const std::string name = collectives::owned_segment_name("ps-values-test");
+    collectives::map_segment(name, 4096, true);
+    (void)!::write(pipe_fds[1], name.data(), name.size());
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  char buf[256] = {};
+  ASSERT_GT(::read(pipe_fds[0], buf, sizeof buf - 1), 0);
+  ::close(pipe_fds[0]);
   ::waitpid(dead, nullptr, 0);
-  const std::string orphan = "/cohort-ps" + std::to_string(dead) + "-values-test";
-  const std::string alive = "/cohort-ps" + std::to_string(::getpid()) + "-values-test";
-  collectives::map_segment(orphan, 4096, true);
+  const std::string orphan = buf;
+  const std::string alive = collectives::owned_segment_name("ps-values-test");
+  const std::string reused =
+      "/cohort-" + std::to_string(::getpid()) + "_1-ps-values-test";  // our pid, not our start
   collectives::map_segment(alive, 4096, true);
+  collectives::map_segment(reused, 4096, true);
+  ASSERT_TRUE(std::filesystem::exists("/dev/shm" + orphan));
   Shard next(sgd_options(Mode::kSync, 1));
   EXPECT_FALSE(std::filesystem::exists("/dev/shm" + orphan));
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm" + reused));
   EXPECT_TRUE(std::filesystem::exists("/dev/shm" + alive));  // its process still runs
   collectives::unlink_segment(alive);
 }
