@@ -21,6 +21,7 @@
 
 #include <boost/asio.hpp>
 
+#include "collectives/store/store_state.h"
 #include "collectives/store/tcp_store.h"
 #include "collectives/store/tcp_store_protocol.h"
 #include "core/util/error.h"
@@ -250,7 +251,8 @@ struct TcpStoreServer::Impl {
     }
   };
 
-  explicit Impl(TcpStoreServerOptions options) : o(std::move(options)) {
+  explicit Impl(TcpStoreServerOptions options)
+      : o(std::move(options)), state(o.limits, o.agent_prefix) {
     if (o.token.empty())
       COHORT_THROW(AuthError, "a TcpStore server needs the job's token, and none was given");
     if (o.token.holds(StoreRole::kAgent)) agent_key = o.token.role_key(StoreRole::kAgent);
@@ -263,8 +265,7 @@ struct TcpStoreServer::Impl {
   tcp::acceptor acceptor{io};
   asio::steady_timer accept_pause{io};
   std::thread thread;
-  std::map<std::string, std::string> data;
-  size_t data_bytes = 0;
+  StoreState state;
   std::map<std::string, std::set<std::shared_ptr<Session>>> waiters;
   std::list<std::weak_ptr<Session>> handshakes;  // oldest first
   std::atomic<int> connections{0}, waiting{0};
@@ -272,10 +273,7 @@ struct TcpStoreServer::Impl {
   Clock::time_point last_report{};
   int64_t unreported = 0;
 
-  size_t max_frame() const {
-    // COMPARE_SET is the largest request: a key and two values, each with a length, and a header.
-    return 5 + 3 * 4 + o.limits.max_key_bytes + 2 * o.limits.max_value_bytes;
-  }
+  size_t max_frame() const { return state.max_frame(); }
   const std::string& role_key(StoreRole role) const {
     return role == StoreRole::kAgent ? agent_key : worker_key;
   }
@@ -390,136 +388,27 @@ struct TcpStoreServer::Impl {
   }
 
   void answer_parked(const std::shared_ptr<Session>& s) {
-    if (s->parked_op == wire::kGet) {
-      auto it = data.find(s->parked_key);
-      s->reply(0, {it == data.end() ? std::string() : it->second});
-    } else {
-      s->reply(0, {});
-    }
-  }
-
-  void park(const std::shared_ptr<Session>& s, uint8_t op, const Fields& keys) {
-    s->parked_op = op;
-    s->parked_key = keys.empty() ? "" : keys[0];
-    s->missing.clear();
-    for (const auto& k : keys)
-      if (!data.count(k)) s->missing.insert(k);
-    if (s->missing.empty()) return answer_parked(s);
-    ++waiting;
-    for (const auto& k : s->missing) waiters[k].insert(s);
-  }
-
-  // Stores key = value within the limits; returns the error to answer, or "".
-  std::string put(const std::string& key, const std::string& value) {
-    if (value.size() > o.limits.max_value_bytes)
-      return "value of " + std::to_string(value.size()) + " bytes for key '" + key.substr(0, 64) +
-             "' exceeds the store's limit of " + std::to_string(o.limits.max_value_bytes) +
-             " bytes";
-    auto it = data.find(key);
-    const size_t before = it == data.end() ? 0 : key.size() + it->second.size();
-    const size_t after = key.size() + value.size();
-    if (data_bytes - before + after > o.limits.max_total_bytes)
-      return "the store holds " + std::to_string(data_bytes) + " bytes and its limit is " +
-             std::to_string(o.limits.max_total_bytes) + "; key '" + key.substr(0, 64) +
-             "' does not fit";
-    data_bytes = data_bytes - before + after;
-    data[key] = value;
-    return "";
-  }
-
-  // The first key the session may not use, or nullptr.
-  const std::string* forbidden(const Session& s, const Fields& keys, size_t count) const {
-    for (size_t i = 0; i < count && i < keys.size(); ++i) {
-      if (keys[i].size() > o.limits.max_key_bytes) return &keys[i];
-      if (s.role != StoreRole::kAgent && !o.agent_prefix.empty() &&
-          keys[i].compare(0, o.agent_prefix.size(), o.agent_prefix) == 0)
-        return &keys[i];
-    }
-    return nullptr;
+    s->reply(0, state.answer_parked(s->parked_op, s->parked_key));
   }
 
   void handle(const std::shared_ptr<Session>& s, const char* body, size_t size) {
-    uint8_t op;
-    Fields f;
-    if (!wire::decode(body, size, op, f)) return s->close();
-    auto need = [&](size_t n) {
-      if (f.size() == n) return true;
-      s->reply(1, {"malformed request"});
-      return false;
-    };
-    // Every op but NUM_KEYS names keys: its first field (SET, GET, ADD, COMPARE_SET, DELETE) or
-    // all of them (CHECK, WAIT).
-    const size_t keyed = (op == wire::kCheck || op == wire::kWait) ? f.size() : 1;
-    if (op != wire::kNumKeys)
-      if (const std::string* bad = forbidden(*s, f, keyed)) {
-        if (bad->size() > o.limits.max_key_bytes)
-          return s->reply(
-              1, {"key of " + std::to_string(bad->size()) + " bytes exceeds the store's limit of " +
-                  std::to_string(o.limits.max_key_bytes) + " bytes"});
-        return s->reply(1, {"key '" + bad->substr(0, 64) + "' belongs to the launcher's agents; " +
-                            "a worker may not use it"});
+    StoreOutcome r = state.execute(s->role, body, size);
+    switch (r.kind) {
+      case StoreOutcome::Kind::kClose:
+        return s->close();
+      case StoreOutcome::Kind::kAnswer:
+        s->reply(r.code, r.fields);
+        if (!r.changed.empty()) stored(r.changed);
+        return;
+      case StoreOutcome::Kind::kPark: {
+        s->parked_op = r.op;
+        // A GET has one key, the one missing; its value is the answer.
+        s->parked_key = r.op == wire::kGet ? r.fields.front() : "";
+        s->missing = std::set<std::string>(r.fields.begin(), r.fields.end());
+        ++waiting;
+        for (const auto& k : s->missing) waiters[k].insert(s);
+        return;
       }
-    try {
-      switch (op) {
-        case wire::kSet: {
-          if (!need(2)) return;
-          const std::string error = put(f[0], f[1]);
-          if (!error.empty()) return s->reply(1, {error});
-          s->reply(0, {});
-          stored(f[0]);
-          return;
-        }
-        case wire::kGet:
-          if (!need(1)) return;
-          return park(s, wire::kGet, f);
-        case wire::kWait:
-          return park(s, wire::kWait, f);
-        case wire::kAdd: {
-          if (!need(2)) return;
-          auto it = data.find(f[0]);
-          const int64_t current = it == data.end() ? 0 : parse_stored_int(f[0], it->second);
-          const int64_t delta = parse_stored_int("delta", f[1]);
-          int64_t v;
-          if (__builtin_add_overflow(current, delta, &v))
-            return s->reply(1, {"adding " + f[1] + " to key '" + f[0].substr(0, 64) +
-                                "' overflows a 64-bit integer"});
-          const std::string error = put(f[0], std::to_string(v));
-          if (!error.empty()) return s->reply(1, {error});
-          s->reply(0, {std::to_string(v)});
-          stored(f[0]);
-          return;
-        }
-        case wire::kCompareSet: {
-          if (!need(3)) return;
-          auto it = data.find(f[0]);
-          const bool swap = it == data.end() ? f[1].empty() : it->second == f[1];
-          if (!swap) return s->reply(0, {it == data.end() ? f[1] : it->second});
-          const std::string error = put(f[0], f[2]);
-          if (!error.empty()) return s->reply(1, {error});
-          s->reply(0, {f[2]});
-          stored(f[0]);
-          return;
-        }
-        case wire::kCheck: {
-          bool all = true;
-          for (const auto& k : f) all = all && data.count(k);
-          return s->reply(0, {all ? "1" : "0"});
-        }
-        case wire::kDelete: {
-          if (!need(1)) return;
-          auto it = data.find(f[0]);
-          if (it == data.end()) return s->reply(0, {"0"});
-          data_bytes -= it->first.size() + it->second.size();
-          data.erase(it);
-          return s->reply(0, {"1"});
-        }
-        case wire::kNumKeys:
-          return s->reply(0, {std::to_string(data.size())});
-        default:
-          return s->reply(1, {"unknown request " + std::to_string(op)});
-      }
-    } catch (const std::exception& e) {
-      s->reply(1, {e.what()});
     }
   }
 };
