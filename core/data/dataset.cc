@@ -184,7 +184,7 @@ std::vector<uint8_t> read_idx(const std::string& path, std::vector<int64_t>& dim
   std::vector<uint8_t> bytes;
   size_t have = 0;
   while (have < total) {
-    const size_t step = std::min<size_t>(total - have, size_t{64} << 20);
+    const size_t step = std::min<size_t>(total - have, size_t{1} << 20);
     bytes.resize(have + step);
     if (!read(bytes.data() + have, step)) {
       COHORT_THROW(IoError, "data file ", path, " holds less data than its header says (", total,

@@ -107,7 +107,9 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   f.read(data.data(), static_cast<std::streamsize>(data_size));
   if (!f) COHORT_THROW(IoError, path, " is truncated");
   TensorMap out;
-  for (auto& [name, e] : header.items()) {
+  for (auto& item : header.items()) {
+    const std::string& name = item.key();
+    const nlohmann::json& e = item.value();
     // Every field is checked for its type before use: a JSON type error would name neither the
     // file nor the tensor.
     auto bad = [&](const std::string& what) {
