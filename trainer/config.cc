@@ -166,7 +166,8 @@ class Validator {
     for (auto it = map.begin(); it != map.end(); ++it) {
       std::string name = it->first.as<std::string>();
       std::string path = prefix.empty() ? name : prefix + "." + name;
-      const YAML::Node& v = it->second;
+      // A copy: it->second lives in a proxy that dies with this statement (ASan, fuzz_config).
+      const YAML::Node v = it->second;
       if (const Key* k = find_key(path)) {
         check(*k, v);
       } else if (is_section(path)) {
