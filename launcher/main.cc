@@ -18,6 +18,7 @@
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
 #include "launcher/bench_ps.h"
+#include "launcher/bench_store.h"
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
@@ -219,6 +220,13 @@ int main(int argc, char** argv) {
   bench_ps->add_option("--warmup", bpo.warmup, "untimed iterations")->capture_default_str();
   bench_ps->add_flag("--copy-gradients", bpo.copy_gradients,
                      "start the gradients in tensors of their own, not where backward writes them");
+  auto* bench_store = bench->add_subcommand(
+      "store", "the rendezvous store under load and under attack, and the cost of its handshake");
+  cohort::launcher::BenchStoreOptions bso;
+  bench_store->add_option("--clients", bso.clients, "honest clients")->capture_default_str();
+  bench_store->add_option("--attackers", bso.attackers, "attacking threads")->capture_default_str();
+  bench_store->add_option("--seconds", bso.seconds, "length of each phase")->capture_default_str();
+  bench_store->add_option("--connects", bso.connects, "connections timed")->capture_default_str();
   // `cohort launch [options] -- PROGRAM ARGS...`: what follows "--" is the program's; CLI11 would
   // hand it to the parent command.
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -253,6 +261,7 @@ int main(int argc, char** argv) {
     }
     if (*store) return cohort::launcher::store_command(sto);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
+    if (*bench_store) return cohort::launcher::bench_store(bso);
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);

@@ -99,7 +99,10 @@ struct TcpStore::Client {
       ec = e;
       done = true;
     });
-    return run_until(done, deadline) && !ec;
+    if (!run_until(done, deadline) || ec) return false;
+    // Before the handshake: its three small messages must not wait on Nagle's algorithm.
+    socket.set_option(tcp::no_delay(true), ec);
+    return true;
   }
 
   // The handshake of tcp_store_protocol.h. Returns "" when the server accepted us and proved it
@@ -162,7 +165,6 @@ struct TcpStore::Client {
             COHORT_THROW(AuthError, "the TcpStore at ", where(), " cannot be used: ", r.why);
           }
           if (last.empty()) {
-            socket.set_option(tcp::no_delay(true), ec);
             connected = ever_connected = true;
             return;
           }

@@ -200,6 +200,7 @@ struct TcpStoreServer::Impl {
       }
       server.end_handshake(this);
       disarm_timer();
+      if (!reason) server.refund_accept_token();
       if (reason) {
         server.refuse(peer, std::string(reason) + " (role " +
                                 (role_byte == 1   ? "agent"
@@ -256,6 +257,7 @@ struct TcpStoreServer::Impl {
     if (o.token.empty())
       COHORT_THROW(AuthError, "a TcpStore server needs the job's token, and none was given");
     if (o.token.holds(StoreRole::kAgent)) agent_key = o.token.role_key(StoreRole::kAgent);
+    accept_tokens = static_cast<double>(o.limits.accept_burst);
     worker_key = o.token.role_key(StoreRole::kWorker);
   }
 
@@ -302,10 +304,40 @@ struct TcpStoreServer::Impl {
     s->listed = false;
   }
 
+  // New connections are taken at most at limits.accept_rate a second (a token bucket holding up to
+  // accept_burst), and a connection that proves the token gives its token back: only strangers
+  // use the bucket up, and their flood then waits in the kernel's backlog instead of taking the io
+  // thread from the job's connections.
+  double accept_tokens = 0;
+  Clock::time_point accept_refilled = Clock::now();
+  bool take_accept_token() {
+    const auto now = Clock::now();
+    const double rate = static_cast<double>(o.limits.accept_rate);
+    accept_tokens = std::min<double>(
+        static_cast<double>(o.limits.accept_burst),
+        accept_tokens + rate * std::chrono::duration<double>(now - accept_refilled).count());
+    accept_refilled = now;
+    if (accept_tokens < 1) return false;
+    accept_tokens -= 1;
+    return true;
+  }
+  void refund_accept_token() {
+    accept_tokens = std::min<double>(static_cast<double>(o.limits.accept_burst), accept_tokens + 1);
+  }
+  void pause_accepting(Clock::duration d) {
+    accept_pause.expires_after(d);
+    accept_pause.async_wait([this](boost::system::error_code e) {
+      if (!e) accept();
+    });
+  }
+
   void accept() {
     acceptor.async_wait(tcp::acceptor::wait_read, [this](boost::system::error_code ec) {
       if (ec == asio::error::operation_aborted) return;
       for (int i = 0; i < 64; ++i) {
+        if (!take_accept_token())
+          return pause_accepting(std::chrono::duration_cast<Clock::duration>(
+              std::chrono::duration<double>(1.0 / static_cast<double>(o.limits.accept_rate))));
         // accept4: the descriptor is close-on-exec from its first instant, so a worker forked at
         // that moment cannot inherit it.
         const int fd =
@@ -314,15 +346,12 @@ struct TcpStoreServer::Impl {
           admit(fd);
           continue;
         }
+        accept_tokens += 1;  // nothing was taken
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         // Out of descriptors or memory: waiting on the listening socket again would return at
         // once, forever. Pause instead; the connections already open go on.
-        accept_pause.expires_after(std::chrono::milliseconds(100));
-        accept_pause.async_wait([this](boost::system::error_code e) {
-          if (!e) accept();
-        });
-        return;
+        return pause_accepting(std::chrono::milliseconds(100));
       }
       accept();
     });
