@@ -4,6 +4,8 @@
 #   `mpirun -np 8` of MPI_Init + MPI_Barrier, and 8 Python ranks initialising torch.distributed
 #   (Gloo) + a barrier; best and median of 5 wall times each.
 # - the time from a worker's failure to the restarted workers' first line (restarts left).
+# - with COHORT_BASELINE=path/to/another/cohort (an earlier build), that build's 8 workers + barrier
+#   too, run alternately with this one, and the ratio of the medians.
 #   scripts/bench/launch.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,6 +48,21 @@ printf '%-44s %8s %8s %10s\n' "cohort launch + cohort bench --op barrier" "$c_be
 printf '%-44s %8s %8s %9.2fx\n' "mpirun -np 8 (MPI_Init + MPI_Barrier)" "$m_best" "$m_med" "$(awk -v a="$m_med" -v b="$c_med" 'BEGIN { print a / b }')"
 printf '%-44s %8s %8s %9.2fx\n' "8 Python ranks (torch.distributed gloo)" "$p_best" "$p_med" "$(awk -v a="$p_med" -v b="$c_med" 'BEGIN { print a / b }')"
 echo "goal: cohort <= 0.25 s"
+if [ -n "${COHORT_BASELINE:-}" ]; then
+  # Alternate the two builds, so that the machine's drift falls on both alike.
+  a=() b=()
+  for ((i = 0; i < runs; i++)); do
+    runs_saved=$runs runs=1
+    read -r x _ < <(timeit "$cohort" launch --nproc-per-node 8 -- "$cohort" bench collectives --op barrier -b 4 -e 4 --iters 1 --warmup 0)
+    read -r y _ < <(timeit "$COHORT_BASELINE" launch --nproc-per-node 8 -- "$COHORT_BASELINE" bench collectives --op barrier -b 4 -e 4 --iters 1 --warmup 0)
+    runs=$runs_saved
+    a+=("$x") b+=("$y")
+  done
+  med() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+  am=$(med "${a[@]}") bm=$(med "${b[@]}")
+  echo "== this build against COHORT_BASELINE ($COHORT_BASELINE), $runs alternating runs, median wall s =="
+  printf 'this build %s, baseline %s: %.2fx the baseline'"'"'s time (goal: within 1.10x)\n' "$am" "$bm" "$(awk -v a="$am" -v b="$bm" 'BEGIN { print a / b }')"
+fi
 
 # Restart: attempt 0 of rank 1 fails at once; the time until each rank of attempt 1 prints.
 "$cohort" launch --nproc-per-node 4 --max-restarts 1 -- sh -c \

@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include "collectives/store/tcp_store.h"
+#include "core/util/error.h"
 #include "test_util.h"
 
 namespace {
@@ -168,6 +170,53 @@ TEST_F(Launch, AKilledWorkersSharedMemoryIsRemoved) {
   EXPECT_NE(r.out.find("made"), std::string::npos) << r.out;
   for (const auto& e : fs::directory_iterator("/dev/shm"))
     EXPECT_EQ(e.path().filename().string().find(tag), std::string::npos) << e.path();
+}
+
+// A thousand waits abandoned by their clients (a worker's token: a buggy worker) leave the
+// launcher's descriptors where they were, and the job can still restart through its store.
+TEST_F(Launch, AThousandAbandonedWaitsLeaveTheLauncherFlatAndARestartStillWorks) {
+  const fs::path flag = dir_ / "go";
+  const pid_t pid = start(
+      "--max-restarts 1 --nproc-per-node 2 -- sh -c 'if [ $COHORT_RESTART_COUNT = 1 ]; then "
+      "echo back; exit 0; fi; [ $COHORT_RANK = 0 ] && echo store=$COHORT_STORE "
+      "token=$COHORT_TOKEN; while [ ! -e " +
+      flag.string() + " ]; do sleep 0.05; done; exit 1'");
+  std::smatch m;
+  std::string out;
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  const std::regex line("store=127\\.0\\.0\\.1:([0-9]+) token=(worker:[0-9a-f]+)");
+  while (!std::regex_search(out = read_text(dir_ / "a.out"), m, line) &&
+         std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_EQ(m.size(), 3u) << out;
+  const auto fds = [&] {
+    int n = 0;
+    for ([[maybe_unused]] const auto& e :
+         fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+      ++n;
+    return n;
+  };
+  const int before = fds();
+  cohort::collectives::TcpStoreOptions o;
+  o.port = static_cast<uint16_t>(std::stoi(m[1].str()));
+  o.token = cohort::collectives::JobToken::parse(m[2].str(), "the worker's COHORT_TOKEN");
+  for (int i = 0; i < 1000; ++i) {
+    cohort::collectives::TcpStore client(o);
+    // The client gives up after 1 ms and closes its connection with the wait still parked.
+    EXPECT_THROW(client.wait({"attempt0/never/" + std::to_string(i)}, 1ms), cohort::TimeoutError);
+  }
+  int after = fds();
+  for (int i = 0; i < 3000 && after > before; ++i) {
+    std::this_thread::sleep_for(20ms);
+    after = fds();
+  }
+  EXPECT_LE(after, before) << "the launcher holds " << after << " descriptors, " << before
+                           << " before the abandoned waits";
+  std::ofstream(flag) << "1";
+  Outcome r = finish(pid);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[0/0] back"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[0/1] back"), std::string::npos) << r.out;
 }
 
 TEST_F(Launch, AFailedWorkerIsNamedWithItsLastLinesAndItsCodeIsReturned) {
