@@ -85,6 +85,18 @@ void check_ranks_filter(const std::string& filter) {
                    "' is not a comma-separated list of ranks such as 0,3");
 }
 
+// Whether `host` resolves (IPv4) to an address in 127.0.0.0/8 on this node.
+bool resolves_to_loopback(const std::string& host) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res) return false;
+  const auto* in = reinterpret_cast<const sockaddr_in*>(res->ai_addr);
+  const bool loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  ::freeaddrinfo(res);
+  return loopback;
+}
+
 StreamRoute route(bool shown, int redirect_bits, int tee_bits, int bit) {
   StreamRoute r;
   const bool tee = tee_bits & bit;
@@ -109,8 +121,16 @@ class Rendezvous {
       host_ = at.host;
       port_ = at.port;
       if (o.node_rank == 0) {
-        // Only the interface the other nodes were told to use.
-        so.bind = host_;
+        // Only the interface the other nodes were told to use; but a name that resolves to
+        // loopback here (Debian maps a host's own name to 127.0.1.1) is not what they reach.
+        so.bind = o.nnodes > 1 && resolves_to_loopback(host_) ? "" : host_;
+        if (so.bind.empty())
+          std::fprintf(
+              stderr,
+              "cohort launch: %s resolves to a loopback address on node 0, which the other "
+              "nodes cannot reach; the store listens on every interface (it admits only "
+              "this job's token)\n",
+              host_.c_str());
         so.port = port_;
         try {
           server_ = std::make_unique<collectives::TcpStoreServer>(so);
