@@ -19,7 +19,7 @@ void encode(const float* values, int64_t n, Compression c, std::string* out) {
   const auto count = static_cast<size_t>(n);
   out->resize(count * element_bytes(c));
   if (c == Compression::kNone) {
-    std::memcpy(out->data(), values, count * sizeof(float));
+    if (count > 0) std::memcpy(out->data(), values, count * sizeof(float));  // values may be null
     return;
   }
   auto* dst = reinterpret_cast<uint16_t*>(out->data());

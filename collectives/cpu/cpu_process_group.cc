@@ -641,7 +641,8 @@ std::shared_ptr<Work> CpuProcessGroup::alltoall(Tensor& out, const Tensor& in,
     const size_t block = input.nbytes() / size_;
     const uint8_t* src = static_cast<const uint8_t*>(input.raw_data());
     uint8_t* dst = static_cast<uint8_t*>(output.raw_data());
-    std::memcpy(dst + rank_ * block, src + rank_ * block, block);
+    // An empty tensor has no memory: memcpy of 0 bytes from null is still undefined.
+    if (block > 0) std::memcpy(dst + rank_ * block, src + rank_ * block, block);
     std::vector<Step> steps;
     for (int s = 1; s < size_; ++s) {
       Step st;

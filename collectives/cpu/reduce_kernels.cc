@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "core/util/error.h"
 
@@ -10,11 +11,18 @@ namespace {
 
 using core::DType;
 
+// `src` may start at any byte of a shared-memory ring, so its elements are loaded by memcpy:
+// the same unaligned vector loads once compiled, without the undefined behaviour of a misaligned
+// T* (UBSan).
 template <typename T, typename F>
 void apply(void* dst, const void* src, size_t n, F f) {
   T* __restrict d = static_cast<T*>(dst);
-  const T* __restrict s = static_cast<const T*>(src);
-  for (size_t i = 0; i < n; ++i) d[i] = f(d[i], s[i]);
+  const unsigned char* __restrict s = static_cast<const unsigned char*>(src);
+  for (size_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, s + i * sizeof(T), sizeof(T));
+    d[i] = f(d[i], v);
+  }
 }
 
 template <typename T>
@@ -36,14 +44,16 @@ void reduce_typed(ReduceOp op, void* dst, const void* src, size_t n) {
 template <typename H>
 void reduce_half(ReduceOp op, void* dst, const void* src, size_t n) {
   H* d = static_cast<H*>(dst);
-  const H* s = static_cast<const H*>(src);
+  const unsigned char* s = static_cast<const unsigned char*>(src);  // any alignment, as above
   constexpr size_t kBlock = 256;
   float a[kBlock], b[kBlock];
   for (size_t i = 0; i < n; i += kBlock) {
     const size_t m = std::min(kBlock, n - i);
     for (size_t j = 0; j < m; ++j) {
+      H h;
+      std::memcpy(&h, s + (i + j) * sizeof(H), sizeof(H));
       a[j] = static_cast<float>(d[i + j]);
-      b[j] = static_cast<float>(s[i + j]);
+      b[j] = static_cast<float>(h);
     }
     reduce_typed<float>(op, a, b, m);
     for (size_t j = 0; j < m; ++j) d[i + j] = H(a[j]);

@@ -133,10 +133,20 @@ void dgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, cons
   }
 }
 
+namespace {
+// The batch's i-th matrix; an empty tensor's null pointer stays null (an offset from null is
+// undefined behaviour even when nothing is read through it).
+template <typename T>
+T* at(const Tensor& t, int64_t offset) {
+  T* p = t.data_ptr<T>();
+  return p ? p + offset : p;
+}
+}  // namespace
+
 void CpuBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, const Tensor& c) {
   for (int64_t i = 0; i < g.batch; ++i) {
     if (c.dtype() == DType::kFloat32) {
-      float* ci = c.data_ptr<float>() + i * g.stride_c;
+      float* ci = at<float>(c, i * g.stride_c);
       float beta = static_cast<float>(g.beta);
       if (beta == 0.0f && g.k > 0) {
         // OpenBLAS clears C for beta = 0 in a pass of its own that ran at well under memset's
@@ -150,12 +160,11 @@ void CpuBackend::gemm(const GemmArgs& g, const Tensor& a, const Tensor& b, const
         beta = 1.0f;
       }
       sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, static_cast<float>(g.alpha),
-            a.data_ptr<float>() + i * g.stride_a, g.lda, b.data_ptr<float>() + i * g.stride_b,
-            g.ldb, beta, ci, g.ldc);
+            at<float>(a, i * g.stride_a), g.lda, at<float>(b, i * g.stride_b), g.ldb, beta, ci,
+            g.ldc);
     } else if (c.dtype() == DType::kFloat64) {
-      dgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a.data_ptr<double>() + i * g.stride_a,
-            g.lda, b.data_ptr<double>() + i * g.stride_b, g.ldb, g.beta,
-            c.data_ptr<double>() + i * g.stride_c, g.ldc);
+      dgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, at<double>(a, i * g.stride_a), g.lda,
+            at<double>(b, i * g.stride_b), g.ldb, g.beta, at<double>(c, i * g.stride_c), g.ldc);
     } else {
       COHORT_THROW(InvalidArgument, "matmul needs float32 or float64 tensors, got ",
                    dtype_name(c.dtype()));

@@ -219,8 +219,20 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
 void CpuBackend::fill(const Tensor& dst, double value) {
   dispatch_all(dst.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    T v = convert<T, double>(value);
-    unary_loop<T, T>(dst, dst, [v](T) { return v; });
+    const T v = convert<T, double>(value);
+    // Writes only: reading dst's old bytes (uninitialised in a new tensor) as T is undefined for
+    // bool (UBSan: "load of value 190, not a valid value for type bool").
+    const Shape& shape = dst.sizes();
+    for_each_strided<1>(shape, {static_cast<char*>(dst.raw_data())},
+                        {broadcast_byte_strides(dst, shape)},
+                        [&](std::array<char*, 1> p, int64_t n, const std::array<int64_t, 1>& s) {
+                          if (s[0] == sizeof(T)) {
+                            std::fill_n(reinterpret_cast<T*>(p[0]), n, v);
+                          } else {
+                            for (int64_t i = 0; i < n; ++i)
+                              *reinterpret_cast<T*>(p[0] + i * s[0]) = v;
+                          }
+                        });
   });
 }
 
