@@ -28,9 +28,9 @@ struct TcpStoreLimits {
   // Connections still in the handshake; past this the oldest is dropped.
   int max_handshakes = 128;
   Millis handshake_timeout{10000};
-  // New connections accepted per second, and at once, not counting those that prove the token:
-  // beyond them a flood of strangers waits in the kernel's backlog, and the io thread keeps
-  // serving the job's connections.
+  // New connections accepted per second, and at once, not counting those whose first request is
+  // served: beyond them a flood of strangers (or of connections opened only to be abandoned)
+  // waits in the kernel's backlog, and the io thread keeps serving the job's connections.
   int accept_rate = 1000;
   int accept_burst = 512;
   // A request whose first byte arrived but whose last has not.

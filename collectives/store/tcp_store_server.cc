@@ -60,6 +60,7 @@ struct TcpStoreServer::Impl {
     std::string out;
     bool close_after_reply = false;
     bool frame_timed = false;  // the frame timeout runs: part of a request has arrived
+    bool refunded = false;     // its accept token went back (its first request was served)
     bool listed = false;       // in server.handshakes, at `in_handshakes`
     std::list<std::weak_ptr<Session>>::iterator in_handshakes;
     // A parked GET/WAIT: the keys still missing, and what to answer once they exist.
@@ -200,7 +201,6 @@ struct TcpStoreServer::Impl {
       }
       server.end_handshake(this);
       disarm_timer();
-      if (!reason) server.refund_accept_token();
       if (reason) {
         server.refuse(peer, std::string(reason) + " (role " +
                                 (role_byte == 1   ? "agent"
@@ -222,6 +222,12 @@ struct TcpStoreServer::Impl {
 
     void reply(uint8_t code, const Fields& fields) {
       if (state == State::kClosed) return;
+      // The connection's accept token comes back with its first request served: a stranger, or a
+      // token holder that only opens connections to abandon them, keeps using the budget up.
+      if (code == 0 && !refunded) {
+        refunded = true;
+        server.refund_accept_token();
+      }
       out = wire::encode(code, fields);
       state = State::kBusy;
       auto self = shared_from_this();
@@ -305,9 +311,9 @@ struct TcpStoreServer::Impl {
   }
 
   // New connections are taken at most at limits.accept_rate a second (a token bucket holding up to
-  // accept_burst), and a connection that proves the token gives its token back: only strangers
-  // use the bucket up, and their flood then waits in the kernel's backlog instead of taking the io
-  // thread from the job's connections.
+  // accept_burst), and a connection gives its token back when its first request is served: only
+  // strangers and connections opened to be abandoned use the bucket up, and their flood then waits
+  // in the kernel's backlog instead of taking the io thread from the job's connections.
   double accept_tokens = 0;
   Clock::time_point accept_refilled = Clock::now();
   bool take_accept_token() {
