@@ -164,6 +164,15 @@ class Validator {
 
   void walk(const YAML::Node& map, const std::string& prefix) const {
     for (auto it = map.begin(); it != map.end(); ++it) {
+      // A key written as a YAML sequence or mapping ("? [a]: b") has no name to look up.
+      if (!it->first.IsScalar())
+        fail(prefix, it->first,
+             "a key must be a plain name, not a " +
+                 std::string(it->first.IsMap()        ? "mapping"
+                             : it->first.IsSequence() ? "list"
+                                                      : "null") +
+                 (prefix.empty() ? std::string(" (at the top level)")
+                                 : " (under '" + prefix + "')"));
       std::string name = it->first.as<std::string>();
       std::string path = prefix.empty() ? name : prefix + "." + name;
       // A copy: it->second lives in a proxy that dies with this statement (ASan, fuzz_config).
@@ -332,7 +341,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
 
   Validator val(path, overridden);
-  val.walk(root, "");
+  try {
+    val.walk(root, "");
+  } catch (const YAML::Exception& e) {
+    // Whatever yaml-cpp still refuses is one sentence naming the file and line, not a crash.
+    COHORT_THROW(ConfigError, path, ":", e.mark.line + 1, ": ", e.msg);
+  }
 
   // Fill defaults and read typed values.
   YAML::Node resolved = YAML::Clone(root);

@@ -126,6 +126,18 @@ TEST_F(ConfigTest, MissingRequiredKeyMalformedAndEmptyFiles) {
   }
 }
 
+// Keys written as YAML mappings or lists ("? {a: 1}: b"), which fuzz_config found escaping as a
+// yaml-cpp conversion error, are a config error naming the file and the line.
+TEST_F(ConfigTest, KeysThatAreNotPlainNamesAreConfigErrors) {
+  std::string e = error_of(std::string(kValid) + "data:\n  ?  batch^size: 128\n");
+  EXPECT_NE(e.find("c.yaml:8: a key must be a plain name, not a mapping (under 'data')"),
+            std::string::npos)
+      << e;
+  e = error_of(std::string(kValid) + "? [a, b]\n: 1\n");
+  EXPECT_NE(e.find("a key must be a plain name, not a list (at the top level)"), std::string::npos)
+      << e;
+}
+
 TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
   std::string e = error_of("model:\n  type: mlp\ndata:\n  path: /nonexistent/fmnist\n");
   EXPECT_NE(e.find("c.yaml:4: data.path /nonexistent/fmnist is not a directory"), std::string::npos)
