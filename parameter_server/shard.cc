@@ -448,12 +448,18 @@ bool Shard::pushed_block_locked(const Block& b, int w) const {
 }
 
 void Shard::update_ready_blocks_locked(Piece* only, size_t first, size_t last) {
-  // The step's workers: every live one, each with a push under way or committed.
+  // The step's workers: every one that committed its push (also one that has left since: its
+  // step counts, as in apply_locked) and every live one with a push under way. Leaving out a
+  // worker that committed and then left updated blocks from the others' gradients alone.
   std::vector<int> from;
   for (int v = 0; v < o_.workers; ++v) {
     const Worker& k = *workers_[static_cast<size_t>(v)];
+    if (k.committed) {
+      from.push_back(v);
+      continue;
+    }
     if (!k.live) continue;
-    if (!k.pushing && !k.committed) return;  // a live worker has not begun its push
+    if (!k.pushing) return;  // a live worker has not begun its push
     from.push_back(v);
   }
   if (from.empty()) return;

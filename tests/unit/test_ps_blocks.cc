@@ -102,6 +102,34 @@ TEST(Shard, SyncUpdatesEachBlockOnceEveryWorkerHasPushedItAndStreamsItBack) {
   EXPECT_EQ(streamed, want);
 }
 
+// A worker that committed its push and then left (it had trained its last step) still counts in
+// that step: the blocks the other worker pushes afterwards are updated from both gradients, as a
+// step applied whole is. They were updated from the remaining worker's gradient alone, which made
+// sync PS end 1e-2 away from DDP under load (PsTransport.SyncWithTwoServersEndsWhereDdpEnds).
+TEST(Shard, AWorkerThatLeavesAfterItsPushStillCountsInThatStep) {
+  const int64_t b = Shard::kBlockElements, n = 2 * b;
+  Shard s(sgd_options(Mode::kSync, 2)), whole(sgd_options(Mode::kSync, 2));
+  const std::vector<float> init(static_cast<size_t>(n), 1.f);
+  s.define("w", {n}, init);
+  whole.define("w", {n}, init);
+  std::vector<float> g0(static_cast<size_t>(n)), g1(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    g0[static_cast<size_t>(i)] = 0.25f * static_cast<float>(i % 7);
+    g1[static_cast<size_t>(i)] = -0.5f * static_cast<float>(i % 5);
+  }
+  s.push_begin(0, 0, 0.5, 1);
+  s.push_begin(1, 0, 0.5, 1);
+  push_range(s, 1, g1, 0, n);
+  s.push_commit(1);
+  push_range(s, 0, g0, 0, b);  // the first block: updated now, from both
+  s.leave(1);
+  push_range(s, 0, g0, b, n);  // the second: after worker 1 has left
+  s.push_commit(0);
+  for (int w = 0; w < 2; ++w) push(whole, w, 0, 0.5, w == 0 ? g0 : g1);
+  EXPECT_EQ(s.version(), 1);
+  EXPECT_EQ(values(s), values(whole));
+}
+
 // Async: each block of a push is applied as soon as it has arrived.
 TEST(Shard, AsyncAppliesEachBlockOfAPushAsItArrives) {
   const int64_t b = Shard::kBlockElements, n = 2 * b;
