@@ -42,6 +42,16 @@ std::vector<float> define_zeros_pushing_ones(Shard& s, int64_t n, int workers) {
   return std::vector<float>(static_cast<size_t>(n), 1.f);
 }
 
+// Two workers' gradients of n elements, different everywhere.
+std::pair<std::vector<float>, std::vector<float>> two_gradients(int64_t n) {
+  std::vector<float> g0(static_cast<size_t>(n)), g1(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    g0[static_cast<size_t>(i)] = 0.25f * static_cast<float>(i % 7);
+    g1[static_cast<size_t>(i)] = -0.5f * static_cast<float>(i % 5);
+  }
+  return {g0, g1};
+}
+
 // A sync step over a tensor of three blocks: a block is updated as soon as both workers have
 // pushed it, and a pull sent beside the push gets it then, before the others; the step ends
 // where one applied whole ends.
@@ -51,11 +61,7 @@ TEST(Shard, SyncUpdatesEachBlockOnceEveryWorkerHasPushedItAndStreamsItBack) {
   const std::vector<float> init(static_cast<size_t>(n), 1.f);
   s.define("w", {n}, init);
   whole.define("w", {n}, init);
-  std::vector<float> g0(static_cast<size_t>(n)), g1(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    g0[static_cast<size_t>(i)] = 0.25f * static_cast<float>(i % 7);
-    g1[static_cast<size_t>(i)] = -0.5f * static_cast<float>(i % 5);
-  }
+  const auto [g0, g1] = two_gradients(n);
   std::mutex mu;
   std::condition_variable cv;
   std::vector<std::pair<int64_t, std::vector<float>>> got;  // offset, values
@@ -112,11 +118,7 @@ TEST(Shard, AWorkerThatLeavesAfterItsPushStillCountsInThatStep) {
   const std::vector<float> init(static_cast<size_t>(n), 1.f);
   s.define("w", {n}, init);
   whole.define("w", {n}, init);
-  std::vector<float> g0(static_cast<size_t>(n)), g1(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    g0[static_cast<size_t>(i)] = 0.25f * static_cast<float>(i % 7);
-    g1[static_cast<size_t>(i)] = -0.5f * static_cast<float>(i % 5);
-  }
+  const auto [g0, g1] = two_gradients(n);
   s.push_begin(0, 0, 0.5, 1);
   s.push_begin(1, 0, 0.5, 1);
   push_range(s, 1, g1, 0, n);
