@@ -18,7 +18,12 @@ namespace {
 const std::filesystem::path& checkpoint_dir() {
   static const std::filesystem::path dir = [] {
     char tmpl[] = "/tmp/cohort-fuzz-manifest-XXXXXX";
-    const std::filesystem::path root = ::mkdtemp(tmpl);
+    static const std::filesystem::path root = ::mkdtemp(tmpl);
+    // Removed when the fuzzer exits, so repeated runs leave nothing in /tmp.
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(root, ec);
+    });
     const cohort::core::io::TensorMap model = {{"w", cohort::core::ones({2, 3})}};
     const cohort::core::io::TensorMap optimizer = {{"0.momentum", cohort::core::zeros({2, 3})}};
     const std::filesystem::path dir =
