@@ -47,9 +47,18 @@ int exit_code_of(const cohort::Error& e) {
 
 // One worker of a job: alone, or one rank of the job its environment describes (cohort launch,
 // torchrun's variables, mpirun, srun).
-int cmd_train(const std::string& config, const std::vector<std::string>& overrides) {
+struct TrainFlags {
+  bool print_model = false, eval_only = false;
+};
+
+int cmd_train(const std::string& config, const std::vector<std::string>& overrides,
+              const TrainFlags& flags) {
   using namespace cohort;
   trainer::Config c = trainer::load_config(config, overrides);
+  if (flags.print_model) {
+    std::fputs(trainer::describe_model(c).c_str(), stdout);
+    return 0;
+  }
   // `cohort launch --ps-servers` starts the servers as the same command.
   if (launcher::process_role() == "server") return launcher::serve_parameter_server(c, {});
   launcher::WorkerEnv env = launcher::detect_worker_env();
@@ -86,6 +95,14 @@ int cmd_train(const std::string& config, const std::vector<std::string>& overrid
     dist.host = host;
   }
   trainer::Trainer t(c, dist);
+  if (flags.eval_only) {
+    const trainer::EvalResult r = t.evaluate();
+    if (env.rank == 0)
+      std::printf("eval: test_acc %.4f test_loss %.6f (%s)\n", r.accuracy, r.loss,
+                  c.model.init_from.empty() ? "the seed's initial weights"
+                                            : c.model.init_from.c_str());
+    return 0;
+  }
   t.run();
   return 0;
 }
@@ -102,6 +119,11 @@ int main(int argc, char** argv) {
       app.add_subcommand("train", "train a model described by a YAML config (one worker)");
   train->add_option("config", config, "the experiment's YAML file")->required();
   train->add_option("overrides", overrides, "key.path=value overrides of config keys");
+  TrainFlags train_flags;
+  train->add_flag("--print-model", train_flags.print_model,
+                  "print each layer, its output shape and parameter count, then exit");
+  train->add_flag("--eval-only", train_flags.eval_only,
+                  "evaluate the model (model.init_from's weights) on the evaluation set, then exit");
 
   auto* ps = app.add_subcommand(
       "ps",
@@ -246,7 +268,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   try {
-    if (*train) return cmd_train(config, overrides);
+    if (*train) return cmd_train(config, overrides, train_flags);
     if (*ps)
       return cohort::launcher::serve_parameter_server(
           cohort::trainer::load_config(config, overrides), pso);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs every Debian package Cohort's build, tests and demo need. Safe to re-run: it only calls
 # apt-get when something is missing. Needs root (or sudo).
-#   --tests   also the Python tools the tests use that Debian lacks (TensorBoard, from PyPI, pinned
-#             in scripts/requirements-test.txt) in a virtual environment, .venv, beside Debian's
-#             Python packages
+#   --tests   also what the tests use: Debian's python3-torch, and the Python tools Debian lacks
+#             (TensorBoard, from PyPI, pinned in scripts/requirements-test.txt) in a virtual
+#             environment, .venv, beside Debian's Python packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=0
@@ -27,6 +27,12 @@ packages=(
   iproute2
   slurmctld slurmd slurm-client munge
 )
+
+# The tests check Cohort against PyTorch (weights both ways, a PyTorch DDP script under cohort
+# launch); the benchmarks time PyTorch as their reference.
+if [ "$tests" = 1 ]; then
+  packages+=(python3-torch)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

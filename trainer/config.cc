@@ -9,11 +9,14 @@
 #include <set>
 
 #include "core/util/error.h"
+#include "trainer/suggest.h"
 
 namespace cohort::trainer {
 namespace {
 
-enum class Kind { kString, kInt, kFloat, kBool, kIntList };
+// kYaml: any YAML, checked by the code that reads the key (model.layers is a number for gpt and
+// a list of layers for sequential).
+enum class Kind { kString, kInt, kFloat, kBool, kIntList, kYaml };
 
 struct Key {
   std::string path;
@@ -35,9 +38,18 @@ const std::vector<Key>& schema() {
       {"device", Kind::kString, "auto"},
       {"precision", Kind::kString, "fp32", -kInf, kInf, {"fp32", "bf16", "fp16", "fp64"}},
       {"threads", Kind::kInt, "0", 0, 1024},
-      {"model.type", Kind::kString, "", -kInf, kInf, {"mlp", "cnn", "gpt"}, false, true},
+      {"model.type",
+       Kind::kString,
+       "",
+       -kInf,
+       kInf,
+       {"mlp", "cnn", "gpt", "sequential", "graph"},
+       false,
+       true},
       {"model.hidden", Kind::kIntList, "[512, 512]", 1},
-      {"model.layers", Kind::kInt, "2", 1, 1000},
+      {"model.layers", Kind::kYaml, "2"},
+      {"model.nodes", Kind::kYaml, ""},
+      {"model.output", Kind::kString, ""},
       {"model.heads", Kind::kInt, "4", 1, 1024},
       {"model.dim", Kind::kInt, "128", 1, 1 << 20},
       {"model.context", Kind::kInt, "64", 1, 1 << 20},
@@ -120,30 +132,10 @@ bool is_section(const std::string& path) {
   return false;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] =
-          std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
 std::string suggestion(const std::string& path) {
-  const Key* best = nullptr;
-  size_t best_d = 4;
-  for (const Key& k : schema()) {
-    size_t d = edit_distance(path, k.path);
-    if (d < best_d) {
-      best_d = d;
-      best = &k;
-    }
-  }
-  return best ? "; did you mean '" + best->path + "'?" : "";
+  std::vector<std::string> paths;
+  for (const Key& k : schema()) paths.push_back(k.path);
+  return did_you_mean(path, paths);
 }
 
 class Validator {
@@ -224,6 +216,8 @@ class Validator {
         range(k, v, x);
         return;
       }
+      case Kind::kYaml:
+        return;
       case Kind::kIntList: {
         if (!v.IsSequence())
           fail(k.path, v, k.path + " must be a list of integers, e.g. [512, 512]");
@@ -353,6 +347,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   for (const Key& k : schema()) {
     if (lookup(root, k.path).IsDefined()) continue;
     if (k.required) COHORT_THROW(ConfigError, path, ": missing required key ", k.path);
+    if (k.kind == Kind::kYaml && k.def.empty()) continue;
     child(resolved, k.path) = k.def.empty() ? YAML::Node("") : YAML::Load(k.def);
   }
   auto str = [&](const std::string& p) { return lookup(resolved, p).as<std::string>(); };
@@ -374,7 +369,33 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.threads = i64("threads");
   c.model.type = str("model.type");
   c.model.hidden = lookup(resolved, "model.hidden").as<std::vector<int64_t>>();
-  c.model.layers = i64("model.layers");
+  {
+    const bool config_model = c.model.type == "sequential" || c.model.type == "graph";
+    const YAML::Node layers = lookup(root, "model.layers");
+    auto only_for = [&](const std::string& key, const std::string& types) {
+      const YAML::Node n = lookup(root, key);
+      if (n.IsDefined())
+        val.fail(key, n, key + " is for model.type " + types + ", not " + c.model.type);
+    };
+    if (c.model.type == "sequential") {
+      c.model.spec = std::make_shared<ModelSpec>(parse_sequential(layers, path));
+    } else if (c.model.type == "graph") {
+      only_for("model.layers", "gpt (a number of blocks) or sequential (a list of layers)");
+      c.model.spec = std::make_shared<ModelSpec>(
+          parse_graph(lookup(root, "model.nodes"), lookup(root, "model.output"), path));
+    } else {
+      // A number of transformer blocks (gpt; ignored by mlp and cnn).
+      if (layers.IsDefined()) val.check(Key{"model.layers", Kind::kInt, "2", 1, 1000}, layers);
+      c.model.layers = i64("model.layers");
+    }
+    if (!config_model) {
+      only_for("model.nodes", "graph");
+      only_for("model.output", "graph");
+    } else {
+      for (const char* key : {"model.hidden", "model.heads", "model.dim", "model.dropout"})
+        only_for(key, std::string(key) == "model.hidden" ? "mlp" : "gpt");
+    }
+  }
   c.model.heads = i64("model.heads");
   c.model.dim = i64("model.dim");
   c.model.context = i64("model.context");
@@ -400,7 +421,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.model.type == "gpt" && !language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
              "model.type gpt needs data.dataset text, tokens or synthetic");
-  if (c.model.type != "gpt" && language)
+  if ((c.model.type == "mlp" || c.model.type == "cnn") && language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
              "data.dataset " + c.data.dataset + " needs model.type gpt");
   if (c.data.dataset == "text" && c.model.vocab < 256)

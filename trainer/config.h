@@ -4,15 +4,20 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <yaml-cpp/yaml.h>
 
+#include "trainer/model_spec.h"
+
 namespace cohort::trainer {
 
 struct ModelConfig {
-  std::string type;                                        // mlp | cnn | gpt
+  std::string type;  // mlp | cnn | gpt | sequential | graph
+  // sequential and graph: the layers or nodes, checked (model_spec.h).
+  std::shared_ptr<const ModelSpec> spec;
   std::vector<int64_t> hidden;                             // mlp
   int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
   int64_t vocab = 256;                                     // gpt: 256 bytes, 50257 for GPT-2

@@ -22,11 +22,13 @@
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "core/nn/models.h"
+#include "core/nn/normalization.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
 #include "core/util/threads.h"
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
+#include "trainer/model_builder.h"
 #include "trainer/stop.h"
 #include "trainer/tensorboard.h"
 
@@ -76,8 +78,14 @@ core::Device resolve_device(const std::string& spec, int local_rank, int local_w
   return core::Device::cuda(index);
 }
 
-std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen) {
+std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
+                                              const Tensor& sample) {
   using namespace core::nn;
+  if (c.model.spec) {
+    COHORT_CHECK(sample.defined(), "build_model: model.type ", c.model.type,
+                 " infers its sizes from a sample of the data; pass one");
+    return build_config_model(*c.model.spec, sample, gen).module;
+  }
   if (c.model.type == "mlp") return std::make_shared<MLP>(28 * 28, c.model.hidden, 10, gen);
   if (c.model.type == "cnn") return std::make_shared<CNN>(1, 10, gen);
   GPTConfig g;
@@ -88,6 +96,60 @@ std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* 
   g.dim = c.model.dim;
   g.dropout = c.model.dropout;
   return std::make_shared<GPT>(g, gen);
+}
+
+Datasets make_datasets(const Config& c) {
+  Datasets d;
+  if (c.data.dataset == "fashion_mnist") {
+    d.train = std::make_shared<core::data::FashionMNIST>(c.data.path, "train");
+    d.eval = std::make_shared<core::data::FashionMNIST>(c.data.path, "t10k");
+  } else if (c.data.dataset == "synthetic") {
+    d.train = std::make_shared<core::data::SyntheticTokenDataset>(
+        c.data.synthetic_samples, c.model.context, c.model.vocab, c.seed);
+    if (c.data.val_fraction > 0)
+      d.eval = std::make_shared<core::data::SyntheticTokenDataset>(
+          std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(c.data.synthetic_samples) *
+                                                    c.data.val_fraction)),
+          c.model.context, c.model.vocab, c.seed + 1);
+  } else if (c.data.dataset == "tokens" && !c.data.val_path.empty()) {
+    d.train = std::make_shared<core::data::TokenFileDataset>(c.data.path, c.model.context,
+                                                             c.model.vocab);
+    d.eval = std::make_shared<core::data::TokenFileDataset>(c.data.val_path, c.model.context,
+                                                            c.model.vocab);
+  } else {
+    // One file: its tail (data.val_fraction) is held out for evaluation.
+    const double split = 1.0 - c.data.val_fraction;
+    const bool tokens = c.data.dataset == "tokens";
+    auto part = [&](double b, double e) -> std::shared_ptr<core::data::Dataset> {
+      if (tokens)
+        return std::make_shared<core::data::TokenFileDataset>(c.data.path, c.model.context,
+                                                              c.model.vocab, b, e);
+      return std::make_shared<core::data::ByteTextDataset>(c.data.path, c.model.context, b, e);
+    };
+    d.train = part(0.0, split);
+    if (c.data.val_fraction > 0) d.eval = part(split, 1.0);
+  }
+  return d;
+}
+
+std::string describe_model(const Config& c) {
+  Datasets data = make_datasets(c);
+  const Tensor sample = data.train->get_batch({0}).input;
+  core::Generator gen(c.seed);
+  if (c.model.spec) {
+    BuiltModel m = build_config_model(*c.model.spec, sample, &gen);
+    return format_model_summary(m.layers, m.module->num_parameters());
+  }
+  auto model = build_model(c, &gen, sample);
+  std::vector<LayerSummary> rows;
+  {
+    core::autograd::NoGradGuard guard;
+    model->eval();
+    rows.push_back({"(model " + c.model.type + ")", "output", model->forward(sample).sizes(), 0});
+  }
+  for (const auto& [name, p] : model->named_parameters())
+    rows.push_back({name, "parameter " + core::shape_str(p.sizes()), {}, p.numel()});
+  return format_model_summary(rows, model->num_parameters());
 }
 
 Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_(std::move(dist)) {
@@ -149,7 +211,13 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   }
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
-  model_ = build_model(c_, &init_gen);
+  {
+    Datasets data = make_datasets(c_);
+    train_set_ = data.train;
+    eval_set_ = data.eval;
+  }
+  // Config models read their input sizes off one sample.
+  model_ = build_model(c_, &init_gen, train_set_->get_batch({0}).input);
   if (!c_.model.init_from.empty()) {
     try {
       model_->load_state_dict(core::io::load_safetensors(c_.model.init_from));
@@ -163,36 +231,6 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   model_->to(device_);
   model_->to(param_dtype_);
 
-  if (c_.data.dataset == "fashion_mnist") {
-    train_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "train");
-    eval_set_ = std::make_shared<core::data::FashionMNIST>(c_.data.path, "t10k");
-  } else if (c_.data.dataset == "synthetic") {
-    train_set_ = std::make_shared<core::data::SyntheticTokenDataset>(
-        c_.data.synthetic_samples, c_.model.context, c_.model.vocab, c_.seed);
-    if (c_.data.val_fraction > 0)
-      eval_set_ = std::make_shared<core::data::SyntheticTokenDataset>(
-          std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(c_.data.synthetic_samples) *
-                                                    c_.data.val_fraction)),
-          c_.model.context, c_.model.vocab, c_.seed + 1);
-  } else if (c_.data.dataset == "tokens" && !c_.data.val_path.empty()) {
-    train_set_ = std::make_shared<core::data::TokenFileDataset>(c_.data.path, c_.model.context,
-                                                                c_.model.vocab);
-    eval_set_ = std::make_shared<core::data::TokenFileDataset>(c_.data.val_path, c_.model.context,
-                                                               c_.model.vocab);
-  } else {
-    // One file: its tail (data.val_fraction) is held out for evaluation.
-    const double split = 1.0 - c_.data.val_fraction;
-    const bool tokens = c_.data.dataset == "tokens";
-    auto part = [&](double b, double e) -> std::shared_ptr<core::data::Dataset> {
-      if (tokens)
-        return std::make_shared<core::data::TokenFileDataset>(c_.data.path, c_.model.context,
-                                                              c_.model.vocab, b, e);
-      return std::make_shared<core::data::ByteTextDataset>(c_.data.path, c_.model.context, b, e);
-    };
-    train_set_ = part(0.0, split);
-    if (c_.data.val_fraction > 0) eval_set_ = part(split, 1.0);
-  }
-
   const bool zero1 = world_ > 1 && c_.distributed.strategy == "zero1";
   if (collective()) {
     collectives::DdpOptions o;
@@ -202,6 +240,21 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
     o.reduce_scatter = zero1;
     ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist_.group, o);
   }
+
+  // SyncBatchNorm: batch_norm layers with sync: true take the whole job's batch statistics.
+  model_->for_each_module([&](const std::string& name, core::nn::Module& m) {
+    auto* bn = dynamic_cast<core::nn::BatchNorm*>(&m);
+    if (!bn || !bn->spec().sync) return;
+    if (ps_mode)
+      COHORT_THROW(ConfigError, "layer ", name,
+                   ": batch_norm sync needs ranks that train in step (distributed.strategy ddp or "
+                   "zero1); parameter-server workers do not");
+    if (!collective()) return;
+    auto group = dist_.group;
+    collectives::AllreduceOptions ao;
+    ao.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+    bn->set_stat_sum([group, ao](Tensor& t) { group->allreduce(t, ao)->wait(); });
+  });
 
   const OptimizerConfig oc = c_.optimizer;
   auto make_optimizer =

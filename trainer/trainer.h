@@ -120,8 +120,20 @@ class Trainer {
   std::unique_ptr<LossScaler> scaler_;
 };
 
-// Builds the model a config names (exposed for tests and examples).
-std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen);
+// Builds the model a config names (exposed for tests and examples). Config models (model.type
+// sequential or graph) read their input sizes off `sample`, one input of the data ([1, ...]).
+std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
+                                              const core::Tensor& sample = {});
+
+// The data a config names: the training set, and the evaluation set (null where there is none).
+struct Datasets {
+  std::shared_ptr<core::data::Dataset> train, eval;
+};
+Datasets make_datasets(const Config& c);
+
+// What `cohort train CONFIG --print-model` prints: each layer, its output shape for one sample,
+// its parameter count, and the total.
+std::string describe_model(const Config& c);
 
 // The device a worker trains on for the config's `device`: cpu; cuda:N; cuda (the node's GPU
 // number local_rank; a ConfigError when the node's ranks outnumber its GPUs); auto (cuda where

@@ -43,7 +43,8 @@ Conv2d::Conv2d(const Conv2dSpec& s, Generator* gen)
 
 Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight, bias, opts_); }
 
-LayerNorm::LayerNorm(int64_t dim, double eps) : eps_(eps) {
+LayerNorm::LayerNorm(int64_t dim, double eps, bool elementwise_affine) : dim_(dim), eps_(eps) {
+  if (!elementwise_affine) return;
   register_parameter("weight", weight, ones({dim}));
   register_parameter("bias", bias, zeros({dim}));
 }
@@ -54,9 +55,39 @@ Embedding::Embedding(int64_t num, int64_t dim, Generator* gen) {
   register_parameter("weight", weight, w);
 }
 
+Tensor Unflatten::forward(const Tensor& x) {
+  const int64_t d = wrap_dim(dim_, x.dim());
+  Shape shape(x.sizes().begin(), x.sizes().begin() + d);
+  shape.insert(shape.end(), sizes_.begin(), sizes_.end());
+  shape.insert(shape.end(), x.sizes().begin() + d + 1, x.sizes().end());
+  COHORT_CHECK(shape_numel(shape) == x.numel(), "unflatten: dimension ", dim_, " of size ",
+               x.size(d), " cannot become ", shape_str(sizes_));
+  return x.reshape(shape);
+}
+
+Tensor AdaptiveAvgPool2d::forward(const Tensor& x) {
+  COHORT_CHECK(x.dim() == 4, "adaptive_avg_pool2d: input must be [N, C, H, W], got ",
+               shape_str(x.sizes()));
+  const int64_t h = x.size(2), w = x.size(3);
+  COHORT_CHECK(out_h_ > 0 && out_w_ > 0 && h % out_h_ == 0 && w % out_w_ == 0,
+               "adaptive_avg_pool2d: output size [", out_h_, ", ", out_w_,
+               "] must divide the input's [", h, ", ", w, "]");
+  if (out_h_ == 1 && out_w_ == 1) return mean(x, {2, 3}, true);
+  Pool2dOptions o{{h / out_h_, w / out_w_}, {h / out_h_, w / out_w_}, {0, 0}};
+  return avg_pool2d(x, o);
+}
+
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (auto& l : layers_) h = l->forward(h);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (i + 1 < layers_.size() && dynamic_cast<ReLU*>(layers_[i].get()) &&
+        dynamic_cast<MaxPool2d*>(layers_[i + 1].get())) {
+      h = relu(layers_[i + 1]->forward(h));
+      ++i;
+      continue;
+    }
+    h = layers_[i]->forward(h);
+  }
   return h;
 }
 

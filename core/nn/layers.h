@@ -1,8 +1,11 @@
 // Layers with PyTorch's default initialisation, so that the same seed strategy gives comparable
-// training curves: Linear, Conv2d, pooling, activations, Dropout, LayerNorm, Embedding, Sequential.
+// training curves: Linear, Conv2d, pooling, activations, Dropout, LayerNorm, Embedding, shape
+// layers (Flatten, Unflatten, Identity), Sequential.
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/nn/module.h"
 #include "core/ops/ops.h"
@@ -54,12 +57,58 @@ class AvgPool2d : public Module {
 
 class Flatten : public Module {
  public:
-  Tensor forward(const Tensor& x) override { return x.flatten(1); }
+  explicit Flatten(int64_t start_dim = 1, int64_t end_dim = -1) : start_(start_dim), end_(end_dim) {}
+  Tensor forward(const Tensor& x) override { return x.flatten(start_, end_); }
+
+ private:
+  int64_t start_, end_;
+};
+
+// PyTorch's nn.Unflatten: dimension `dim` becomes `sizes` (whose product is its size).
+class Unflatten : public Module {
+ public:
+  Unflatten(int64_t dim, std::vector<int64_t> sizes) : dim_(dim), sizes_(std::move(sizes)) {}
+  Tensor forward(const Tensor& x) override;
+
+ private:
+  int64_t dim_;
+  std::vector<int64_t> sizes_;
+};
+
+class Identity : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return x; }
+};
+
+// PyTorch's nn.AdaptiveAvgPool2d for output sizes that divide the input's (the common global
+// pooling, output 1, among them): an average pool with kernel and stride input / output.
+class AdaptiveAvgPool2d : public Module {
+ public:
+  AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : out_h_(out_h), out_w_(out_w) {}
+  Tensor forward(const Tensor& x) override;
+
+ private:
+  int64_t out_h_, out_w_;
 };
 
 class ReLU : public Module {
  public:
   Tensor forward(const Tensor& x) override { return relu(x); }
+};
+
+class Tanh : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return tanh(x); }
+};
+
+class Sigmoid : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return sigmoid(x); }
+};
+
+class SiLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return silu(x); }
 };
 
 class GELU : public Module {
@@ -83,13 +132,13 @@ class Dropout : public Module {
 
 class LayerNorm : public Module {
  public:
-  explicit LayerNorm(int64_t dim, double eps = 1e-5);
-  Tensor forward(const Tensor& x) override {
-    return layer_norm(x, {weight.size(0)}, weight, bias, eps_);
-  }
+  // Without elementwise_affine there are no parameters (PyTorch's elementwise_affine=False).
+  explicit LayerNorm(int64_t dim, double eps = 1e-5, bool elementwise_affine = true);
+  Tensor forward(const Tensor& x) override { return layer_norm(x, {dim_}, weight, bias, eps_); }
   Tensor weight, bias;
 
  private:
+  int64_t dim_;
   double eps_;
 };
 
@@ -108,6 +157,9 @@ class Sequential : public Module {
     layers_.push_back(m);
     return register_module(std::to_string(layers_.size() - 1), m);
   }
+  // Runs ReLU followed by MaxPool2d as pool-then-relu: the same values and gradients (relu is
+  // monotonic and zeroes the gradient of every non-positive maximum either way) for a quarter of
+  // the relu work at a 2x2 pool.
   Tensor forward(const Tensor& x) override;
   size_t size() const { return layers_.size(); }
 

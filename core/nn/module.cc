@@ -69,6 +69,12 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
   }
 }
 
+void Module::for_each_module(const std::function<void(const std::string&, Module&)>& fn,
+                             const std::string& prefix) {
+  fn(prefix, *this);
+  for (auto& [n, c] : children_) c->for_each_module(fn, prefix.empty() ? n : prefix + "." + n);
+}
+
 int64_t Module::num_parameters() const {
   int64_t n = 0;
   for (auto& t : parameters()) n += t.numel();

@@ -2,6 +2,7 @@
 // subclass's Tensor members, so to(device) can swap them), child modules, and train/eval mode.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,10 @@ class Module {
   // key.
   void load_state_dict(const StateDict& state, bool strict = true);
   int64_t num_parameters() const;
+  // Calls fn on this module (name "") and every descendant, parents first, names dotted as in
+  // named_parameters().
+  void for_each_module(const std::function<void(const std::string&, Module&)>& fn,
+                       const std::string& prefix = "");
 
   void train(bool on = true);
   void eval() { train(false); }

@@ -3,6 +3,7 @@
 // with a sentence naming the op and the offending shapes on bad input.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -173,6 +174,20 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction =
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                   const Tensor& bias, double eps = 1e-5);
 Tensor embedding(const Tensor& weight, const Tensor& indices);
+// Sums a small tensor over the ranks of a data-parallel job, in place (blocking). Given to
+// batch_norm it makes SyncBatchNorm; core knows no process groups, the trainer supplies one.
+using StatSum = std::function<void(Tensor&)>;
+struct BatchNormOptions {
+  bool training = true;
+  double momentum = 0.1;  // running = (1 - momentum) * running + momentum * batch statistic
+  double eps = 1e-5;
+};
+// x [N, C, *]. Training: normalises with the batch's mean and biased variance per channel (summed
+// over ranks first when sum_over_ranks is given; it is called twice forward, once backward) and
+// updates running_mean / running_var in place where defined (the variance unbiased, as PyTorch
+// does). Evaluation: normalises with the running statistics. weight and bias may be undefined.
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                  Tensor running_var, const BatchNormOptions& o, const StatSum& sum_over_ranks = {});
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
 // softmax(q k^T / sqrt(d) + causal mask) v over [..., L, d] tensors.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);

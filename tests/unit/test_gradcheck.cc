@@ -1,4 +1,7 @@
 // Every differentiable op's backward against central finite differences in float64.
+#include <barrier>
+#include <thread>
+
 #include "gradcheck.h"
 
 namespace cohort::test {
@@ -233,6 +236,87 @@ TEST(Gradcheck, ViewsAndIndexing) {
                         {rand64({2, 3}, 13), rand64({3}, 14)}));
   EXPECT_TRUE(gradcheck([&](const V& x) { return ops::masked_fill(x[0], mask, 2.0); },
                         {rand64({2, 3}, 15)}));
+}
+
+
+TEST(Gradcheck, BatchNormWithBatchStatistics) {
+  core::BatchNormOptions o;
+  EXPECT_TRUE(gradcheck(
+      [&](const V& x) { return ops::batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), o); },
+      {rand64({4, 3, 2, 2}, 21), rand64({3}, 22), rand64({3}, 23)}));
+  EXPECT_TRUE(gradcheck(
+      [&](const V& x) { return ops::batch_norm(x[0], Tensor(), Tensor(), Tensor(), Tensor(), o); },
+      {rand64({5, 2}, 24)}));
+  // Evaluation: an affine map through the running statistics.
+  Tensor rm = rand64({3}, 25, false), rv = rand64({3}, 26, false, 0.5, 2);
+  core::BatchNormOptions eval{false};
+  EXPECT_TRUE(gradcheck([&](const V& x) { return ops::batch_norm(x[0], x[1], x[2], rm, rv, eval); },
+                        {rand64({2, 3, 4}, 27), rand64({3}, 28), rand64({3}, 29)}));
+}
+
+// PyTorch's running statistics: the mean, and the unbiased variance, blended by momentum.
+TEST(BatchNorm, RunningStatisticsFollowPyTorchsUpdate) {
+  Tensor x = rand64({4, 2, 3}, 31, false);
+  Tensor rm = core::zeros({2}, core::TensorOptions(core::DType::kFloat64));
+  Tensor rv = core::ones({2}, core::TensorOptions(core::DType::kFloat64));
+  ops::batch_norm(x, Tensor(), Tensor(), rm, rv, {true, 0.25, 1e-5});
+  for (int64_t c = 0; c < 2; ++c) {
+    double s = 0, ss = 0;
+    const int64_t m = 4 * 3;
+    for (int64_t n = 0; n < 4; ++n)
+      for (int64_t l = 0; l < 3; ++l) s += x.data_ptr<double>()[(n * 2 + c) * 3 + l];
+    const double mean = s / m;
+    for (int64_t n = 0; n < 4; ++n)
+      for (int64_t l = 0; l < 3; ++l) {
+        const double d = x.data_ptr<double>()[(n * 2 + c) * 3 + l] - mean;
+        ss += d * d;
+      }
+    EXPECT_NEAR(rm.data_ptr<double>()[c], 0.25 * mean, 1e-12);
+    EXPECT_NEAR(rv.data_ptr<double>()[c], 0.75 + 0.25 * ss / (m - 1), 1e-12);
+  }
+}
+
+// SyncBatchNorm over two ranks (threads summing through a barrier) equals one batch_norm over
+// both halves: the same outputs, the same input gradients, and parameter gradients that add up.
+TEST(BatchNorm, SynchronisedHalvesEqualTheWholeBatch) {
+  Tensor whole = rand64({6, 3, 2}, 41, false);
+  Tensor w = rand64({3}, 42, false), b = rand64({3}, 43, false);
+  Tensor gy = rand64({6, 3, 2}, 44, false);
+  Tensor xs = whole.detach().clone(), ws = w.clone(), bs = b.clone();
+  xs.set_requires_grad(true);
+  ws.set_requires_grad(true);
+  bs.set_requires_grad(true);
+  Tensor ys = ops::batch_norm(xs, ws, bs, Tensor(), Tensor(), {});
+  core::sum(core::mul(ys, gy)).backward();
+
+  std::barrier sync(2);
+  Tensor slots[2];
+  Tensor y[2], gx[2], gw[2], gb[2];
+  auto rank = [&](int r) {
+    core::StatSum sum = [&, r](Tensor& t) {
+      slots[r] = t.clone();
+      sync.arrive_and_wait();
+      Tensor total = core::add(slots[0], slots[1]);
+      sync.arrive_and_wait();
+      t.copy_(total);
+    };
+    Tensor x = whole.narrow(0, 3 * r, 3).contiguous().detach(), wr = w.clone(), br = b.clone();
+    x.set_requires_grad(true);
+    wr.set_requires_grad(true);
+    br.set_requires_grad(true);
+    y[r] = ops::batch_norm(x, wr, br, Tensor(), Tensor(), {}, sum);
+    core::sum(core::mul(y[r], gy.narrow(0, 3 * r, 3))).backward();
+    gx[r] = x.grad();
+    gw[r] = wr.grad();
+    gb[r] = br.grad();
+  };
+  std::thread other(rank, 1);
+  rank(0);
+  other.join();
+  EXPECT_TRUE(core::allclose(core::cat({y[0], y[1]}, 0), ys, 1e-12, 1e-12));
+  EXPECT_TRUE(core::allclose(core::cat({gx[0], gx[1]}, 0), xs.grad(), 1e-12, 1e-12));
+  EXPECT_TRUE(core::allclose(core::add(gw[0], gw[1]), ws.grad(), 1e-12, 1e-12));
+  EXPECT_TRUE(core::allclose(core::add(gb[0], gb[1]), bs.grad(), 1e-12, 1e-12));
 }
 
 }  // namespace
