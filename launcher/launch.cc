@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <random>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -63,6 +64,18 @@ class SignalScope {
   struct sigaction old_int_ {
   }, old_term_{};
 };
+
+// One id for every attempt of this launch (a restarted worker continues the same run), and a
+// different one for any other launch, even one that reuses this pid.
+const std::string& default_run_id() {
+  static const std::string id = [] {
+    std::random_device rd;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+    return std::string(buf);
+  }();
+  return id;
+}
 
 // What the agents share through the store (keys under "launch/"): each node's worker count, a
 // heartbeat per node, and per attempt the first failure and which nodes have finished.
@@ -338,7 +351,7 @@ class Round {
     const int n = o.nproc_per_node;
     const std::vector<int> redirects = parse_stream_spec("--redirects", o.redirects, n);
     const std::vector<int> tees = parse_stream_spec("--tee", o.tee, n);
-    const std::string run_id = o.run_id.empty() ? std::to_string(::getpid()) : o.run_id;
+    const std::string run_id = o.run_id.empty() ? default_run_id() : o.run_id;
     const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
     for (int r = 0; r < n; ++r) {
       WorkerSpec spec;

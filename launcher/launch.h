@@ -32,7 +32,7 @@ struct LaunchOptions {
   std::string redirects;     // streams to the file instead of the console
   std::string tee;           // streams to the file and the console
   std::string ranks_filter;  // "0,3": only these global ranks print to the console
-  std::string run_id;        // shown to workers as COHORT_RUN_ID; default: launcher pid
+  std::string run_id;        // shown to workers as COHORT_RUN_ID; default: random, one per launch
   // Parameter-server mode: this many servers on this node (the same on every node), started with
   // COHORT_ROLE=server beside the workers. A server that exits is restarted (up to
   // --max-restarts times each) and resumes from its checkpoint; a worker other than rank 0 that

@@ -39,10 +39,12 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
   if (o.gpus_per_node > 0) s += "#SBATCH --gpus-per-node=" + std::to_string(o.gpus_per_node) + "\n";
   s += "#SBATCH --output=" + log_dir + "/slurm-%j.out\n";
   // Two minutes before the time limit every task gets SIGUSR1: the trainer finishes its step,
-  // writes a checkpoint and exits 138; the job is queued again and resumes from that checkpoint.
+  // writes a checkpoint and exits 138; the job is queued again and resumes from that checkpoint
+  // (a requeue keeps SLURM_JOB_ID, the run's id; another submission is another run and resumes
+  // nothing unless told to).
   s += "#SBATCH --signal=USR1@120\n#SBATCH --requeue\n#SBATCH --open-mode=append\n";
   s += "srun --kill-on-bad-exit=1 --cpu-bind=none " + quote(o.cohort_binary) + " train " +
-       quote(config) + " checkpoint.resume=auto";
+       quote(config);
   for (const auto& ov : o.overrides) s += " " + quote(ov);
   s += "\nrc=$?\n";
   s += "if [ \"$rc\" -eq 138 ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\n";

@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 build=${COHORT_BUILD_DIR:-build}
-# 2 ranks of batch 64: the global batch of the config's single-process 128.
+# 2 ranks of batch 64: the global batch of the config's single-process 128. Each demo is a run of
+# its own (a run directory holds one run).
+run=runs/demo-$(date +%Y%m%d-%H%M%S)
 "$build/launcher/cohort" launch --nproc-per-node 2 -- \
   "$build/launcher/cohort" train configs/fashion_mnist_mlp.yaml data.batch_size=64 \
-  logging.dir=runs/demo "$@"
-acc=$(grep '"event":"summary"' runs/demo/metrics.jsonl | sed -E 's/.*"test_acc":([0-9.]+).*/\1/')
-echo "demo: Fashion-MNIST MLP on 2 ranks, test accuracy ${acc} (metrics in runs/demo/metrics.jsonl)"
+  logging.dir="$run" "$@"
+acc=$(grep '"event":"summary"' "$run/metrics.jsonl" | sed -E 's/.*"test_acc":([0-9.]+).*/\1/')
+echo "demo: Fashion-MNIST MLP on 2 ranks, test accuracy ${acc} (metrics in $run/metrics.jsonl)"

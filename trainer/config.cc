@@ -92,7 +92,8 @@ const std::vector<Key>& schema() {
       {"checkpoint.dir", Kind::kString, ""},
       {"checkpoint.every_steps", Kind::kInt, "0", 0},
       {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
-      {"checkpoint.resume", Kind::kString, "never"},
+      // Unset: auto for a restart of this same job, never otherwise (run_dir.h).
+      {"checkpoint.resume", Kind::kString, ""},
       {"logging.dir", Kind::kString, ""},
       {"logging.tensorboard", Kind::kBool, "true"},
       {"logging.timeline", Kind::kBool, "false"},
@@ -479,7 +480,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.every_steps = i64("checkpoint.every_steps");
   c.checkpoint.keep = i64("checkpoint.keep");
   c.checkpoint.resume = str("checkpoint.resume");
-  if (c.checkpoint.resume != "auto" && c.checkpoint.resume != "never" &&
+  if (!c.checkpoint.resume.empty() && c.checkpoint.resume != "auto" &&
+      c.checkpoint.resume != "never" &&
       !std::filesystem::exists(c.checkpoint.resume))
     val.fail("checkpoint.resume", lookup(root, "checkpoint.resume"),
              "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" +

@@ -66,7 +66,8 @@ struct CheckpointConfig {
   std::string dir;          // default <logging.dir>/checkpoints
   int64_t every_steps = 0;  // 0: at the end of each epoch
   int64_t keep = 3;
-  std::string resume = "never";  // auto | never | PATH
+  // auto | never | PATH; empty (unset): auto for a restart of this same job, never otherwise.
+  std::string resume;
 };
 
 struct LoggingConfig {

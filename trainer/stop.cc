@@ -1,6 +1,7 @@
 #include "trainer/stop.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -13,9 +14,26 @@ namespace cohort::trainer {
 
 namespace {
 
-// Set by SIGTERM or SIGUSR1 while a run trains; the loop checks it after each step.
+// Set by SIGTERM, SIGUSR1 or SIGINT while a run trains; the loop checks it after each step.
 std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+void say(const char* text) {
+  size_t n = 0;
+  while (text[n]) ++n;
+  (void)!::write(STDERR_FILENO, text, n);
+}
+void on_stop_signal(int sig) {
+  if (sig == SIGINT) {
+    if (g_stop_signal.load() != 0) {
+      // A second Ctrl-C: stop now, as the user asked, without a checkpoint.
+      say("\ncohort: second SIGINT: stopping at once, without a checkpoint\n");
+      ::signal(SIGINT, SIG_DFL);
+      ::raise(SIGINT);
+      return;
+    }
+    say("\ncohort: SIGINT: stopping after this step with a checkpoint (Ctrl-C again stops at once)\n");
+  }
+  g_stop_signal.store(sig);
+}
 
 }  // namespace
 
@@ -27,11 +45,13 @@ StopSignals::StopSignals() {
   sa.sa_flags = SA_RESTART;
   ::sigaction(SIGTERM, &sa, &old_term_);
   ::sigaction(SIGUSR1, &sa, &old_usr1_);
+  ::sigaction(SIGINT, &sa, &old_int_);
 }
 
 StopSignals::~StopSignals() {
   ::sigaction(SIGTERM, &old_term_, nullptr);
   ::sigaction(SIGUSR1, &old_usr1_, nullptr);
+  ::sigaction(SIGINT, &old_int_, nullptr);
 }
 
 StopVote::StopVote(collectives::ProcessGroup* group, core::Device device) : group_(group) {

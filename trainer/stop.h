@@ -1,5 +1,6 @@
-// Stopping a run cleanly: SIGTERM or SIGUSR1 (a launcher stopping its workers, Slurm before a time
-// limit or preemption) end training after the current step with a checkpoint. With several ranks
+// Stopping a run cleanly: SIGTERM, SIGUSR1 (a launcher stopping its workers, Slurm before a time
+// limit or preemption) or a first SIGINT (Ctrl-C) end training after the current step with a
+// checkpoint; a second SIGINT ends the process at once. With several ranks
 // they must all stop after the same step, which StopVote agrees on.
 #pragma once
 
@@ -23,7 +24,7 @@ class StopSignals {
 
  private:
   struct sigaction old_term_ {
-  }, old_usr1_{};
+  }, old_usr1_{}, old_int_{};
 };
 
 // Agrees across ranks whether a stop signal arrived. Each step starts a vote (an all-reduce of the

@@ -29,6 +29,7 @@
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
 #include "trainer/model_builder.h"
+#include "trainer/run_dir.h"
 #include "trainer/stop.h"
 #include "trainer/tensorboard.h"
 
@@ -428,26 +429,33 @@ void Trainer::merge_timelines(const std::string& local_path) {
 RunSummary Trainer::run() {
   StopSignals stop_signals;
   namespace fs = std::filesystem;
+  // Rank 0 claims the run directory and decides what the run resumes from; the others follow
+  // its decision (every rank reads the checkpoint, so checkpoint.dir must be on storage every
+  // node sees).
+  std::unique_ptr<RunDirectory> run_dir;
+  RunDecision decision;
+  const auto timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+  const bool share = dist_.store && world_ > 1;
   if (leader()) {
-    std::error_code ec;
-    fs::create_directories(c_.logging.dir, ec);
-    if (ec) COHORT_THROW(IoError, "cannot create logging.dir ", c_.logging.dir, ": ", ec.message());
+    try {
+      run_dir = std::make_unique<RunDirectory>(c_, world_);
+    } catch (const Error& e) {
+      if (share) publish_decision(*dist_.store, std::nullopt, e.what());
+      throw;
+    }
+    decision = run_dir->decision();
+    if (share) publish_decision(*dist_.store, decision, "");
     std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
     f << c_.resolved << "\n";
+  } else if (share) {
+    decision = await_decision(*dist_.store, timeout);
+  } else if (c_.checkpoint.resume == "auto") {
+    decision.resume = core::io::latest_checkpoint(c_.checkpoint.dir);
+  } else if (!c_.checkpoint.resume.empty() && c_.checkpoint.resume != "never") {
+    decision.resume = c_.checkpoint.resume;
   }
-  // Resume before anything else so that the metrics file is appended to, not truncated. Every rank
-  // reads the checkpoint, so checkpoint.dir must be on storage every node sees.
-  std::optional<std::string> resume_from;
-  if (c_.checkpoint.resume == "auto") {
-    std::vector<std::string> skipped;
-    resume_from = core::io::latest_checkpoint(c_.checkpoint.dir, &skipped);
-    if (leader())
-      for (const auto& why : skipped)
-        std::fprintf(stderr, "cohort: checkpoint.resume=auto skipped a checkpoint: %s\n",
-                     why.c_str());
-  } else if (c_.checkpoint.resume != "never") {
-    resume_from = c_.checkpoint.resume;
-  }
+  run_id_ = decision.run_id;
+  const std::optional<std::string> resume_from = decision.resume;
   core::io::CheckpointMeta start;
   if (resume_from) {
     core::io::Checkpoint ck = core::io::load_checkpoint(*resume_from);
@@ -572,8 +580,13 @@ RunSummary Trainer::run() {
     // Every rank takes part: a sharded optimiser gathers its state.
     auto optimizer_state = optimizer_->state_dict();
     if (leader()) {
-      core::io::CheckpointMeta meta{step, epoch, batch_in_epoch, batch_in_epoch * batch * world_,
-                                    core::default_generator().state()};
+      core::io::CheckpointMeta meta{step,
+                                    epoch,
+                                    batch_in_epoch,
+                                    batch_in_epoch * batch * world_,
+                                    core::default_generator().state(),
+                                    run_id_,
+                                    YAML::Dump(c_.resolved)};
       core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_state, meta,
                                 c_.checkpoint.keep);
     }
@@ -731,7 +744,7 @@ RunSummary Trainer::run() {
       if (const int sig = stop_vote.after_step()) {
         if (last_saved != step) save(epoch, loader.position());
         std::fflush(stdout);
-        throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : "SIGUSR1") +
+        throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGUSR1") +
                                " stopped training after step " + std::to_string(step) +
                                "; checkpoint written to " + c_.checkpoint.dir +
                                " (checkpoint.resume=auto continues from it)");

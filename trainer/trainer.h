@@ -118,6 +118,7 @@ class Trainer {
   // The parameters' dtype: float32, or float64 under precision fp64.
   core::DType param_dtype_ = core::DType::kFloat32;
   std::unique_ptr<LossScaler> scaler_;
+  std::string run_id_;  // the run whose checkpoints this one writes (run_dir.h)
 };
 
 // Builds the model a config names (exposed for tests and examples). Config models (model.type

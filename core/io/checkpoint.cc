@@ -51,7 +51,23 @@ std::vector<std::pair<int64_t, fs::path>> list_steps(const std::string& root) {
   return out;
 }
 
+// The run_id a checkpoint's manifest names ("" when it names none or cannot be read): a cheap read
+// for pruning, not a verification.
+std::string run_id_of(const fs::path& dir) {
+  std::ifstream f(dir / "manifest.json", std::ios::binary);
+  std::string text;
+  text.resize(kMaxManifestBytes);
+  f.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(f.gcount()));
+  const auto m = nlohmann::json::parse(text, nullptr, false);
+  if (m.is_discarded() || !m.is_object()) return "";
+  const auto it = m.find("run_id");
+  return it != m.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 }  // namespace
+
+std::string checkpoint_run_id(const std::string& dir) { return run_id_of(dir); }
 
 std::string save_checkpoint(const std::string& root, const TensorMap& model,
                             const TensorMap& optimizer, const CheckpointMeta& meta, int64_t keep) {
@@ -74,6 +90,8 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model,
   m["rng"] = {{"state", std::vector<uint64_t>(meta.rng.s.begin(), meta.rng.s.end())},
               {"have_spare", meta.rng.have_spare},
               {"spare", meta.rng.spare}};
+  if (!meta.run_id.empty()) m["run_id"] = meta.run_id;
+  if (!meta.config.empty()) m["config"] = meta.config;
   for (const char* f : kFiles) {
     fsync_path((tmp / f).string());
     m["sha256"][f] = sha256_file((tmp / f).string());
@@ -93,9 +111,12 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model,
                  ec.message());
   fsync_path(root);
 
-  auto steps = list_steps(root);
-  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < steps.size(); ++i)
-    fs::remove_all(steps[i].second, ec);
+  // Newest first; another run's checkpoints are not this run's to prune.
+  int64_t kept = 0;
+  for (auto& [step, path] : list_steps(root)) {
+    if (!meta.run_id.empty() && path != final_dir && run_id_of(path) != meta.run_id) continue;
+    if (++kept > std::max<int64_t>(keep, 1)) fs::remove_all(path, ec);
+  }
   // Temporary directories of crashed writers are garbage.
   for (auto& e : fs::directory_iterator(root, ec)) {
     std::string n = e.path().filename().string();
@@ -178,6 +199,16 @@ Checkpoint load_checkpoint(const std::string& dir) {
     corrupt("its manifest has a malformed RNG state");
   c.meta.rng.have_spare = have_spare->get<bool>();
   c.meta.rng.spare = spare->get<double>();
+  auto text_field = [&](const char* key, size_t max_bytes) -> std::string {
+    const auto it = m.find(key);
+    if (it == m.end()) return "";
+    if (!it->is_string() || it->get_ref<const std::string&>().size() > max_bytes)
+      corrupt(std::string("manifest field '") + key + "' is not a string of at most " +
+              std::to_string(max_bytes) + " bytes");
+    return it->get<std::string>();
+  };
+  c.meta.run_id = text_field("run_id", 256);
+  c.meta.config = text_field("config", kMaxManifestBytes);
   c.model = load_safetensors((d / kFiles[0]).string());
   c.optimizer = load_safetensors((d / kFiles[1]).string());
   return c;

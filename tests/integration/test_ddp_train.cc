@@ -166,9 +166,10 @@ TEST_F(DdpTrain, RankZeroWritesAndTheTimelineShowsOverlap) {
 }
 
 // A rank killed after step 13 (SIGKILL, as a crash) is restarted with the others; they resume from
-// the step-10 checkpoint and end with exactly the parameters of a run nobody killed.
+// the step-10 checkpoint and end with exactly the parameters of a run nobody killed. Nothing asks
+// for the resume: a restart of the same job (the same run id) resumes unless told `never`.
 TEST_F(DdpTrain, AKilledRankIsRestartedIntoTheUninterruptedResult) {
-  const std::string extra = "checkpoint.every_steps=5 checkpoint.resume=auto";
+  const std::string extra = "checkpoint.every_steps=5";
   auto r = run_command(launch(2, train("mlp", 16, "clean", extra)));
   ASSERT_EQ(r.code, 0) << r.output;
   r = run_command("env COHORT_KILL_AT_STEP=1:13 " + std::string(COHORT_BINARY) +

@@ -118,6 +118,27 @@ TEST_F(SlurmSubmit, RunsAJobToTheEnd) {
   EXPECT_TRUE(fs::exists(run / "slurm-submit.sbatch"));
 }
 
+// Another submission is another run: it never resumes an earlier submission's checkpoints (once,
+// resubmitting with a new learning rate resumed the old run's last step and trained nothing). Into
+// the same run directory it is refused with one sentence; with checkpoint.resume=auto it
+// continues that run, and says what changed.
+TEST_F(SlurmSubmit, ResubmittingIsANewRun) {
+  const std::string first = submit("train.steps=20 data.batch_size=64");
+  ASSERT_NE(wait_for(first, finished).find("JobState=COMPLETED"), std::string::npos) << log(first);
+  const std::string second = submit("train.steps=40 data.batch_size=64 optimizer.lr=0.01");
+  const std::string state = wait_for(second, finished);
+  EXPECT_NE(state.find("JobState=FAILED"), std::string::npos) << state << log(second);
+  EXPECT_NE(log(second).find("holds another run's files (run slurm-" + first), std::string::npos)
+      << log(second);
+  EXPECT_EQ(log(second).find("resumed from"), std::string::npos) << log(second);
+  const std::string third =
+      submit("train.steps=40 data.batch_size=64 optimizer.lr=0.01 checkpoint.resume=auto");
+  EXPECT_NE(wait_for(third, finished).find("JobState=COMPLETED"), std::string::npos) << log(third);
+  EXPECT_NE(log(third).find("resumed from"), std::string::npos) << log(third);
+  EXPECT_NE(log(third).find("optimizer.lr: 0.05 -> 0.01"), std::string::npos) << log(third);
+  EXPECT_NE(log(third).find("summary: steps 40"), std::string::npos) << log(third);
+}
+
 // Slurm signals a job's tasks (not its batch shell) before the time limit (--signal=USR1@120) and
 // before preemption; `scancel --signal=USR1` sends the same signal the same way, without waiting
 // for a time limit whose resolution is a minute. The tasks checkpoint and exit 138, the script

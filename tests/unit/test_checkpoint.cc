@@ -99,7 +99,7 @@ TEST_F(CheckpointTest, AtomicCheckpointsKeepNewestAndVerifyChecksums) {
   TensorMap model = {{"w", ones({2, 2})}};
   TensorMap opt = {{"0.momentum_buffer", zeros({2, 2})}};
   for (int64_t s : {10, 20, 30, 40})
-    save_checkpoint(root, model, opt, {s, 0, s, -1, Generator(s).state()}, 2);
+    save_checkpoint(root, model, opt, {s, 0, s, -1, Generator(s).state(), "", ""}, 2);
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
@@ -121,6 +121,28 @@ TEST_F(CheckpointTest, AtomicCheckpointsKeepNewestAndVerifyChecksums) {
   EXPECT_THROW(load_checkpoint(root + "/step_40"), IoError);
   EXPECT_EQ(latest_checkpoint(root), root + "/step_30");
   EXPECT_FALSE(latest_checkpoint((dir_ / "none").string()).has_value());
+}
+
+// Pruning keeps the newest `keep` of the writer's own run: another run's checkpoints in the same
+// directory (higher steps included) are neither pruned nor able to crowd this run's out. The run
+// id and config travel in the manifest.
+TEST_F(CheckpointTest, PruningKeepsTheNewestOfItsOwnRunAndNeverTouchesAnothers) {
+  std::string root = (dir_ / "ck").string();
+  TensorMap model = {{"w", ones({2, 2})}};
+  TensorMap opt = {{"0.momentum_buffer", zeros({2, 2})}};
+  for (int64_t s : {50, 75, 100})
+    save_checkpoint(root, model, opt, {s, 0, s, -1, Generator(s).state(), "old", "a: 1\n"}, 3);
+  for (int64_t s : {10, 20, 30, 40})
+    save_checkpoint(root, model, opt, {s, 0, s, -1, Generator(s).state(), "new", "a: 2\n"}, 3);
+  std::vector<std::string> names;
+  for (auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"step_100", "step_20", "step_30", "step_40",
+                                             "step_50", "step_75"}));
+  const Checkpoint c = load_checkpoint(root + "/step_40");
+  EXPECT_EQ(c.meta.run_id, "new");
+  EXPECT_EQ(c.meta.config, "a: 2\n");
+  EXPECT_EQ(checkpoint_run_id(root + "/step_75"), "old");
 }
 
 }  // namespace
