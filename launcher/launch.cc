@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <random>
+#include <thread>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -186,6 +187,20 @@ class Rendezvous {
   const std::string& host() const { return host_; }
   uint16_t port() const { return port_; }
 
+  // The workers' MASTER_PORT for `attempt`: a free port of node 0 that PyTorch's own TCPStore
+  // binds (rank 0) and joins (the others). Not the rendezvous store's port, which Cohort holds.
+  // Node 0 picks it; the other nodes read it from the store.
+  std::string master_port(int attempt) {
+    if (o_.node_rank == 0) {
+      const std::string port = std::to_string(o_.master_port ? o_.master_port : free_port());
+      if (o_.nnodes > 1) store_->set(key(attempt, "master_port"), port);
+      return port;
+    }
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000));
+    store_->wait({key(attempt, "master_port")}, timeout);
+    return store_->get(key(attempt, "master_port"));
+  }
+
   // Parameter-server mode: the job's secret (COHORT_PS_SECRET if the user set one, else derived
   // from the job's token on every node alike: never published in the store).
   std::string ps_secret() const {
@@ -352,12 +367,15 @@ class Round {
     const std::vector<int> redirects = parse_stream_spec("--redirects", o.redirects, n);
     const std::vector<int> tees = parse_stream_spec("--tee", o.tee, n);
     const std::string run_id = o.run_id.empty() ? default_run_id() : o.run_id;
+    const std::vector<std::string> command = worker_command(o);
+    const bool python = command[0] == "python3";
+    const std::string master_port = rz.master_port(restart);
     const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
     for (int r = 0; r < n; ++r) {
       WorkerSpec spec;
       spec.rank = rz.rank_offset() + r;
       spec.local_rank = r;
-      spec.argv = o.program;
+      spec.argv = command;
       spec.prefix = "[" + node + "/" + std::to_string(spec.rank) + "] ";
       const bool shown = shown_on_console(o.ranks_filter, spec.rank);
       const int redirect = redirects[static_cast<size_t>(r)], tee = tees[static_cast<size_t>(r)];
@@ -387,9 +405,22 @@ class Round {
                   {"WORLD_SIZE", world},
                   {"LOCAL_WORLD_SIZE", local_world},
                   {"GROUP_RANK", node},
+                  {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
+                  {"ROLE_NAME", "default"},
+                  {"ROLE_RANK", rank},
+                  {"ROLE_WORLD_SIZE", world},
                   {"MASTER_ADDR", rz.host()},
-                  {"MASTER_PORT", port},
-                  {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)}};
+                  {"MASTER_PORT", master_port},
+                  // Rank 0 hosts PyTorch's store itself; the agent's is not PyTorch's.
+                  {"TORCHELASTIC_USE_AGENT_STORE", "False"},
+                  {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)},
+                  {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
+                  {"TORCHELASTIC_RUN_ID", run_id}};
+      // torchrun's default for Python workers is one thread each; an equal share of the cores
+      // is what they would choose for themselves.
+      if (python && !std::getenv("OMP_NUM_THREADS"))
+        spec.env["OMP_NUM_THREADS"] =
+            std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
       if (o.ps_servers > 0) {
         spec.env["COHORT_ROLE"] = "worker";
         spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * o.nnodes);
@@ -402,7 +433,7 @@ class Round {
       WorkerSpec spec;
       spec.server = true;
       spec.rank = o.node_rank * o.ps_servers + i;
-      spec.argv = o.program;
+      spec.argv = command;
       spec.prefix = "[" + node + "/ps" + std::to_string(spec.rank) + "] ";
       // Servers' streams go where local rank 0's go.
       spec.out = route(true, redirects[0], tees[0], 1);
@@ -651,6 +682,37 @@ std::vector<int> parse_stream_spec(const std::string& option, const std::string&
     start = comma + 1;
   }
   return bits;
+}
+
+std::vector<std::string> worker_command(const LaunchOptions& o) {
+  if (o.program.empty())
+    COHORT_THROW(ConfigError,
+                 "cohort launch needs a program: cohort launch [options] PROGRAM [ARGS...], or "
+                 "-- PROGRAM ARGS... (a .py script runs with python3; -m MODULE runs a module)");
+  std::vector<std::string> argv = o.program;
+  const std::string& first = argv[0];
+  if (o.module) {
+    argv.insert(argv.begin(), {"python3", "-m"});
+  } else if (!o.no_python && first.size() > 3 && first.compare(first.size() - 3, 3, ".py") == 0) {
+    argv.insert(argv.begin(), "python3");
+  }
+  return argv;
+}
+
+uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) COHORT_THROW(DistributedError, "cohort launch: cannot open a socket to find a port");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    COHORT_THROW(DistributedError, "cohort launch: cannot find a free port");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
 }
 
 int launch(const LaunchOptions& options) {

@@ -9,6 +9,7 @@
 // heartbeats, so one that disappears is noticed within --rdzv-timeout.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,21 @@ struct LaunchOptions {
   // --max-restarts times each) and resumes from its checkpoint; a worker other than rank 0 that
   // fails is reported and the others go on; when the workers are done the servers are stopped.
   int ps_servers = 0;
+  // torchrun's spellings: -m runs PROGRAM as a Python module (python3 -m PROGRAM ARGS); a PROGRAM
+  // ending in .py runs with the python3 on PATH unless --no-python.
+  bool module = false, no_python = false;
+  // One node: the workers' MASTER_PORT (torchrun's --master-port); 0: a free port. PyTorch's
+  // TCPStore binds it in rank 0, so it is never the rendezvous store's.
+  int master_port = 0;
   std::vector<std::string> program;  // PROGRAM ARGS...
 };
+
+// The command line a worker runs for `o.program`: python3 for a .py script or -m, else as given.
+// Throws ConfigError when there is no program.
+std::vector<std::string> worker_command(const LaunchOptions& o);
+
+// A TCP port that is free on this machine now (the OS picks it; nothing holds it afterwards).
+uint16_t free_port();
 
 // A torchrun stream spec: "3" for every local rank, or "0:1,2:3" for some; 0 neither stream, 1
 // stdout, 2 stderr, 3 both. Returns the bits for local ranks 0 to nproc-1 (unlisted ones: 0).

@@ -141,31 +141,31 @@ int main(int argc, char** argv) {
   auto* launch = app.add_subcommand(
       "launch", "start --nproc-per-node workers of PROGRAM on this node and supervise them");
   cohort::launcher::LaunchOptions lo;
-  launch->add_option("--nproc-per-node", lo.nproc_per_node, "workers on this node")
+  launch->add_option("--nproc-per-node,--nproc_per_node", lo.nproc_per_node, "workers on this node")
       ->capture_default_str();
   launch->add_option("--nnodes", lo.nnodes, "nodes in the job (one agent each)")
       ->capture_default_str();
-  launch->add_option("--node-rank", lo.node_rank, "this node's index, 0 to nnodes-1")
+  launch->add_option("--node-rank,--node_rank", lo.node_rank, "this node's index, 0 to nnodes-1")
       ->capture_default_str();
-  launch->add_option("--rdzv-endpoint", lo.rdzv_endpoint,
+  launch->add_option("--rdzv-endpoint,--rdzv_endpoint", lo.rdzv_endpoint,
                      "HOST:PORT of node 0's store (node 0 listens on PORT)");
   launch
-      ->add_option("--rdzv-timeout", lo.rdzv_timeout_s,
+      ->add_option("--rdzv-timeout,--rdzv_timeout", lo.rdzv_timeout_s,
                    "seconds to wait for the other nodes, and for their heartbeats")
       ->capture_default_str();
   launch
-      ->add_option("--max-restarts", lo.max_restarts,
+      ->add_option("--max-restarts,--max_restarts", lo.max_restarts,
                    "times all workers start again after a failure")
       ->capture_default_str();
   launch
-      ->add_option("--monitor-interval", lo.monitor_interval_s,
+      ->add_option("--monitor-interval,--monitor_interval", lo.monitor_interval_s,
                    "seconds between checks of the workers")
       ->capture_default_str();
   launch
       ->add_option("--grace-period", lo.grace_period_s,
                    "seconds from SIGTERM to SIGKILL when stopping workers")
       ->capture_default_str();
-  launch->add_option("--log-dir", lo.log_dir,
+  launch->add_option("--log-dir,--log_dir", lo.log_dir,
                      "write each rank's output to DIR/rank_N.log instead of the console");
   launch->add_option("-r,--redirects", lo.redirects,
                      "streams sent to the log file instead of the console: 1 stdout, 2 stderr, 3 "
@@ -174,15 +174,42 @@ int main(int argc, char** argv) {
   launch->add_flag("-t,--tee{3}", lo.tee,
                    "streams sent to the log file and the console, as --redirects: --tee=1, "
                    "--tee=0:3; bare --tee: 3");
-  launch->add_option("--ranks-filter,--local-ranks-filter", lo.ranks_filter,
+  launch->add_option("--ranks-filter,--local-ranks-filter,--local_ranks_filter", lo.ranks_filter,
                      "only these ranks print to the console, e.g. 0,3 (logs keep every rank)");
-  launch->add_option("--run-id,--rdzv-id", lo.run_id, "job id shown to workers (COHORT_RUN_ID)");
+  launch->add_option("--run-id,--rdzv-id,--rdzv_id", lo.run_id,
+                     "job id shown to workers (COHORT_RUN_ID, TORCHELASTIC_RUN_ID)");
   launch
       ->add_option("--ps-servers", lo.ps_servers,
                    "parameter servers on this node (distributed.strategy parameter_server)")
       ->capture_default_str();
   bool standalone = true;
   launch->add_flag("--standalone", standalone, "one node, store on a free port (the default)");
+  // torchrun's other spellings, so that its command lines run unchanged.
+  launch->add_flag("-m,--module", lo.module,
+                   "run PROGRAM as a Python module: python3 -m PROGRAM ARGS (as torchrun -m)");
+  launch->add_flag("--no-python,--no_python", lo.no_python,
+                   "run a PROGRAM ending in .py directly instead of with python3");
+  std::string rdzv_backend, rdzv_conf, master_addr;
+  int master_port = 0;
+  launch->add_option("--rdzv-backend,--rdzv_backend", rdzv_backend,
+                     "accepted for torchrun's command lines (c10d, static); Cohort's agents always "
+                     "meet through node 0's store");
+  launch->add_option("--rdzv-conf,--rdzv_conf", rdzv_conf, "accepted for torchrun's command lines");
+  launch->add_option("--master-addr,--master_addr", master_addr,
+                     "with --nnodes > 1 and no --rdzv-endpoint: node 0's address (torchrun's "
+                     "static rendezvous)");
+  launch->add_option("--master-port,--master_port", master_port,
+                     "one node: the workers' MASTER_PORT; several: with --master-addr, the "
+                     "rendezvous port")
+      ->check(CLI::Range(1, 65535));
+  launch->footer(
+      "\nPROGRAM runs on every rank: cohort launch [OPTIONS] PROGRAM [ARGS...], or, so that no\n"
+      "argument of PROGRAM is read as an option of cohort launch, cohort launch [OPTIONS] --\n"
+      "PROGRAM [ARGS...]. A PROGRAM ending in .py runs with the python3 on PATH; -m MODULE runs\n"
+      "python3 -m MODULE. Examples:\n"
+      "  cohort launch --nproc-per-node 2 -- cohort train configs/fashion_mnist_mlp.yaml\n"
+      "  cohort launch --nproc_per_node=2 train_ddp.py --epochs 3      (a PyTorch script)\n"
+      "Workers get COHORT_RANK, RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...");
   // Everything from the program on belongs to the program, options included.
   launch->prefix_command();
   launch->allow_extras();
@@ -275,6 +302,14 @@ int main(int argc, char** argv) {
     if (*launch) {
       lo.program = launch->remaining();
       lo.program.insert(lo.program.end(), after_dashes.begin(), after_dashes.end());
+      if (!rdzv_backend.empty() && rdzv_backend != "c10d" && rdzv_backend != "static")
+        COHORT_THROW(cohort::ConfigError, "--rdzv-backend ", rdzv_backend,
+                     " is not supported: cohort launch meets through node 0's store (c10d and "
+                     "static are accepted and mean that)");
+      if (lo.nnodes > 1 && lo.rdzv_endpoint.empty() && !master_addr.empty())
+        lo.rdzv_endpoint = master_addr + ":" + std::to_string(master_port ? master_port : 29500);
+      else if (lo.nnodes == 1 && master_port)
+        lo.master_port = master_port;
       return cohort::launcher::launch(lo);
     }
     if (*submit) {
