@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every reader of untrusted bytes with libFuzzer under ASan and UBSan: the store's request
-# path, IDX, tokens, safetensors, checkpoint manifests and configs. Builds them with clang into
+# path, IDX, tokens, safetensors, checkpoint manifests, configs, .npy, CSV and images. Builds them with clang into
 # ${COHORT_FUZZ_BUILD_DIR:-build-fuzz} (no CUDA, MPI or gRPC: none of them parse these inputs) and
 # runs each target for SECONDS (default 30) from its seed corpus in fuzz/corpus/<target>, in a
 # scratch copy so that the repository's seeds stay as committed. Exits non-zero on the first crash,
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(store_protocol idx token safetensors manifest config)
+[ ${#targets[@]} -gt 0 ] || targets=(store_protocol idx token safetensors manifest config npy csv image)
 build=${COHORT_FUZZ_BUILD_DIR:-build-fuzz}
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -17,7 +17,7 @@ done
 packages=(
   build-essential cmake ninja-build pkg-config ccache git
   clang libclang-rt-14-dev
-  libopenblas-dev libyaml-cpp-dev libboost-dev zlib1g-dev libssl-dev
+  libopenblas-dev libyaml-cpp-dev libboost-dev zlib1g-dev libssl-dev libpng-dev libjpeg62-turbo-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler

@@ -16,7 +16,7 @@ namespace {
 
 // kYaml: any YAML, checked by the code that reads the key (model.layers is a number for gpt and
 // a list of layers for sequential).
-enum class Kind { kString, kInt, kFloat, kBool, kIntList, kYaml };
+enum class Kind { kString, kInt, kFloat, kBool, kIntList, kFloatList, kYaml };
 
 struct Key {
   std::string path;
@@ -61,7 +61,15 @@ const std::vector<Key>& schema() {
        "fashion_mnist",
        -kInf,
        kInf,
-       {"fashion_mnist", "text", "tokens", "synthetic"}},
+       {"fashion_mnist", "text", "tokens", "synthetic", "npy", "csv", "image_folder"}},
+      {"data.inputs", Kind::kString, ""},
+      {"data.targets", Kind::kString, ""},
+      {"data.target_column", Kind::kString, ""},
+      {"data.image_size", Kind::kIntList, "[]", 1, 8192},
+      {"data.channels", Kind::kInt, "3", 1, 3},
+      {"data.normalize", Kind::kString, "auto", -kInf, kInf, {"auto", "none"}},
+      {"data.mean", Kind::kFloatList, "[]"},
+      {"data.std", Kind::kFloatList, "[]", 0, kInf, {}, true},
       {"data.path", Kind::kString, "/usr/share/datasets/fashion-mnist"},
       {"data.val_path", Kind::kString, ""},
       {"data.synthetic_samples", Kind::kInt, "10000", 1, int64_t{1} << 40},
@@ -219,6 +227,17 @@ class Validator {
       }
       case Kind::kYaml:
         return;
+      case Kind::kFloatList: {
+        if (!v.IsSequence())
+          fail(k.path, v, k.path + " must be a list of numbers, e.g. [0.5, 0.5, 0.5]");
+        for (const auto& e : v) {
+          double x;
+          if (!e.IsScalar() || !YAML::convert<double>::decode(e, x) || std::isnan(x))
+            fail(k.path, e, k.path + " must be a list of numbers");
+          range(k, e, x);
+        }
+        return;
+      }
       case Kind::kIntList: {
         if (!v.IsSequence())
           fail(k.path, v, k.path + " must be a list of integers, e.g. [512, 512]");
@@ -335,6 +354,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     overridden.insert(key);
   }
 
+  // data.image_size: one number means a square.
+  if (const YAML::Node side = lookup(root, "data.image_size"); side.IsDefined() && side.IsScalar()) {
+    YAML::Node list(YAML::NodeType::Sequence);
+    list.push_back(YAML::Clone(side));
+    root["data"]["image_size"] = list;  // lookup found data to be a mapping
+  }
   Validator val(path, overridden);
   try {
     val.walk(root, "");
@@ -418,7 +443,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.val_fraction = f64("data.val_fraction");
   c.data.val_path = str("data.val_path");
   c.data.synthetic_samples = i64("data.synthetic_samples");
-  const bool language = c.data.dataset != "fashion_mnist";
+  c.data.inputs = str("data.inputs");
+  c.data.targets = str("data.targets");
+  c.data.target_column = str("data.target_column");
+  c.data.image_size = lookup(resolved, "data.image_size").as<std::vector<int64_t>>();
+  c.data.channels = i64("data.channels");
+  c.data.normalize = str("data.normalize");
+  c.data.mean = lookup(resolved, "data.mean").as<std::vector<double>>();
+  c.data.std = lookup(resolved, "data.std").as<std::vector<double>>();
+  const bool files = c.data.dataset == "npy" || c.data.dataset == "csv" ||
+                     c.data.dataset == "image_folder";
+  const bool language = !files && c.data.dataset != "fashion_mnist";
   if (c.model.type == "gpt" && !language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
              "model.type gpt needs data.dataset text, tokens or synthetic");
@@ -431,8 +466,34 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                  std::to_string(c.model.vocab));
   {
     namespace fs = std::filesystem;
-    const bool file = c.data.dataset == "text" || c.data.dataset == "tokens";
-    const bool ok = c.data.dataset == "synthetic" ||
+    auto need = [&](const std::string& key, const std::string& value, bool dir, const std::string& what) {
+      const YAML::Node at = lookup(root, key);
+      if (value.empty()) val.fail(key, at, "data.dataset " + c.data.dataset + " needs " + key + " (" + what + ")");
+      if (dir ? !fs::is_directory(value) : !fs::is_regular_file(value))
+        val.fail(key, at, key + " " + value + (dir ? " is not a directory" : " is not a readable file"));
+    };
+    for (const char* key : {"data.inputs", "data.targets"})
+      if (c.data.dataset != "npy" && lookup(root, key).IsDefined())
+        val.fail(key, lookup(root, key), std::string(key) + " is for data.dataset npy");
+    if (c.data.dataset != "csv" && lookup(root, "data.target_column").IsDefined())
+      val.fail("data.target_column", lookup(root, "data.target_column"), "data.target_column is for data.dataset csv");
+    if (c.data.dataset == "npy") {
+      need("data.inputs", c.data.inputs, false, "a .npy array of inputs [N, ...]");
+      need("data.targets", c.data.targets, false, "a .npy array of integer labels [N]");
+    }
+    if (c.data.dataset == "image_folder" && c.data.image_size.empty())
+      val.fail("data.image_size", lookup(root, "data.image_size"),
+               "data.dataset image_folder needs data.image_size, [height, width] (or one number for a square)");
+    if (c.data.image_size.size() > 2)
+      val.fail("data.image_size", lookup(root, "data.image_size"), "data.image_size is [height, width] or one number");
+    if (c.data.channels == 2)
+      val.fail("data.channels", lookup(root, "data.channels"), "data.channels must be 1 (grey) or 3 (RGB)");
+    if (c.data.mean.size() != c.data.std.size())
+      val.fail("data.std", lookup(root, "data.std"), "data.mean and data.std must have as many values as each other");
+    if (!c.data.mean.empty() && c.data.normalize == "none")
+      val.fail("data.mean", lookup(root, "data.mean"), "data.mean and data.std are given but data.normalize is none");
+    const bool file = c.data.dataset == "text" || c.data.dataset == "tokens" || c.data.dataset == "csv";
+    const bool ok = c.data.dataset == "synthetic" || c.data.dataset == "npy" ||
                     (file ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path));
     if (!ok)
       val.fail(
@@ -441,12 +502,18 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
               (c.data.dataset == "fashion_mnist"
                    ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)"
                    : ""));
-    if (!c.data.val_path.empty() && c.data.dataset != "tokens")
+    if (!c.data.val_path.empty() && (c.data.dataset == "fashion_mnist" || c.data.dataset == "text" ||
+                                     c.data.dataset == "synthetic"))
       val.fail("data.val_path", lookup(root, "data.val_path"),
-               "data.val_path is for data.dataset tokens only");
-    if (!c.data.val_path.empty() && !fs::is_regular_file(c.data.val_path))
+               "data.val_path is for data.dataset tokens, npy, csv and image_folder");
+    // npy and image_folder: a directory (npy: holding arrays named as data.inputs and
+    // data.targets); tokens and csv: a file.
+    const bool val_dir = c.data.dataset == "npy" || c.data.dataset == "image_folder";
+    if (!c.data.val_path.empty() &&
+        (val_dir ? !fs::is_directory(c.data.val_path) : !fs::is_regular_file(c.data.val_path)))
       val.fail("data.val_path", lookup(root, "data.val_path"),
-               "data.val_path " + c.data.val_path + " is not a readable file");
+               "data.val_path " + c.data.val_path +
+                   (val_dir ? " is not a directory" : " is not a readable file"));
   }
   c.optimizer.type = str("optimizer.type");
   c.optimizer.lr = f64("optimizer.lr");

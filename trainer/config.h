@@ -28,14 +28,24 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::string dataset;  // fashion_mnist | text | tokens | synthetic
+  std::string dataset;  // fashion_mnist | text | tokens | synthetic | npy | csv | image_folder
   std::string path;
-  std::string val_path;               // tokens: a separate validation file (llm.c's *_val_*.bin)
+  // tokens, csv: a separate validation file; npy: a directory with arrays named as inputs and
+  // targets; image_folder: another root of class directories.
+  std::string val_path;
+  std::string inputs, targets;        // npy: the arrays
+  std::string target_column;          // csv: a name or number; empty: the last column
+  std::vector<int64_t> image_size;    // image_folder: [height, width] or [side]
+  int64_t channels = 3;               // image_folder: 1 grey, 3 RGB
+  std::string normalize = "auto";     // auto (computed over training samples) | none
+  std::vector<double> mean, std;      // given normalisation (per channel, or one value)
   int64_t synthetic_samples = 10000;  // synthetic: samples per epoch
   int64_t batch_size = 64;            // per rank
   bool shuffle = true;
   int64_t prefetch = 2;
-  double val_fraction = 0.1;  // text, tokens: the tail of the file held out for evaluation
+  // text, tokens: the tail of the file held out for evaluation; npy, csv, image_folder: a seeded
+  // random choice of samples.
+  double val_fraction = 0.1;
 };
 
 struct OptimizerConfig {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -19,6 +20,7 @@
 
 #include "collectives/ddp/zero.h"
 #include "core/autograd/grad_mode.h"
+#include "core/data/files.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "core/nn/models.h"
@@ -80,15 +82,26 @@ core::Device resolve_device(const std::string& spec, int local_rank, int local_w
 }
 
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
-                                              const Tensor& sample) {
+                                              const Tensor& sample, int64_t data_classes) {
   using namespace core::nn;
   if (c.model.spec) {
     COHORT_CHECK(sample.defined(), "build_model: model.type ", c.model.type,
                  " infers its sizes from a sample of the data; pass one");
     return build_config_model(*c.model.spec, sample, gen).module;
   }
-  if (c.model.type == "mlp") return std::make_shared<MLP>(28 * 28, c.model.hidden, 10, gen);
-  if (c.model.type == "cnn") return std::make_shared<CNN>(1, 10, gen);
+  // mlp and cnn fit the data: its input size, and its classes where the data knows them.
+  const int64_t classes = data_classes > 0 ? data_classes : 10;
+  if (c.model.type == "mlp") {
+    const int64_t in = sample.defined() ? sample.numel() / std::max<int64_t>(sample.size(0), 1) : 28 * 28;
+    return std::make_shared<MLP>(in, c.model.hidden, classes, gen);
+  }
+  if (c.model.type == "cnn") {
+    if (!sample.defined()) return std::make_shared<CNN>(1, classes, gen);
+    if (sample.dim() != 4 || !core::is_floating(sample.dtype()))
+      COHORT_THROW(ConfigError, "model.type cnn needs images [N, C, H, W], but the data's inputs are ",
+                   core::shape_str(sample.sizes()), "; use model.type mlp or sequential");
+    return std::make_shared<CNN>(sample.size(1), classes, gen, sample.size(2), sample.size(3));
+  }
   GPTConfig g;
   g.vocab_size = c.model.vocab;
   g.context = c.model.context;
@@ -99,9 +112,81 @@ std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* 
   return std::make_shared<GPT>(g, gen);
 }
 
+namespace {
+
+// npy, csv and image_folder: the dataset at `where` (data.path, or data.val_path's counterpart).
+std::shared_ptr<core::data::FileDataset> open_file_dataset(const Config& c, bool validation) {
+  namespace fs = std::filesystem;
+  if (c.data.dataset == "npy") {
+    if (!validation)
+      return std::make_shared<core::data::NpyDataset>(c.data.inputs, c.data.targets);
+    return std::make_shared<core::data::NpyDataset>(
+        (fs::path(c.data.val_path) / fs::path(c.data.inputs).filename()).string(),
+        (fs::path(c.data.val_path) / fs::path(c.data.targets).filename()).string());
+  }
+  const std::string& path = validation ? c.data.val_path : c.data.path;
+  if (c.data.dataset == "csv")
+    return std::make_shared<core::data::CsvDataset>(path, c.data.target_column);
+  const int64_t h = c.data.image_size[0];
+  const int64_t w = c.data.image_size.size() > 1 ? c.data.image_size[1] : h;
+  return std::make_shared<core::data::ImageFolderDataset>(path, h, w,
+                                                          static_cast<int>(c.data.channels));
+}
+
+void make_file_datasets(const Config& c, Datasets& d) {
+  auto base = open_file_dataset(c, false);
+  std::vector<int64_t> train_idx, held;
+  std::shared_ptr<core::data::FileDataset> val;
+  if (!c.data.val_path.empty()) {
+    val = open_file_dataset(c, true);
+    d.train = base;
+    d.eval = val;
+    train_idx.resize(static_cast<size_t>(base->size()));
+    std::iota(train_idx.begin(), train_idx.end(), 0);
+  } else {
+    const auto n = base->size();
+    const auto n_val = static_cast<int64_t>(std::floor(static_cast<double>(n) * c.data.val_fraction));
+    core::data::split_indices(n, n_val, c.seed, train_idx, held);
+    d.train = std::make_shared<core::data::Subset>(base, train_idx);
+    if (!held.empty()) d.eval = std::make_shared<core::data::Subset>(base, held);
+  }
+  // The normalisation: given, computed once over (at most 10000, for images 1000) training
+  // samples, or none; validation data gets the training data's.
+  core::data::Normalization norm;
+  if (c.data.normalize == "none" || base->channels() == 0) {
+    d.normalization_source = base->channels() == 0 ? "none (integer inputs)" : "none";
+  } else if (!c.data.mean.empty()) {
+    norm.mean = c.data.mean;
+    norm.std = c.data.std;
+    d.normalization_source = "config";
+  } else {
+    const int64_t limit = c.data.dataset == "image_folder" ? 1000 : 10000;
+    norm = core::data::compute_normalization(*base, limit, c.seed, &train_idx);
+    d.normalization_source = "computed from " +
+                             std::to_string(std::min<int64_t>(limit, static_cast<int64_t>(train_idx.size()))) +
+                             " training samples";
+  }
+  try {
+    base->set_normalization(norm);
+    if (val) val->set_normalization(norm);
+  } catch (const InvalidArgument& e) {
+    COHORT_THROW(ConfigError, "data.mean/data.std: ", e.what());
+  }
+  d.mean = base->normalization().mean;
+  d.std = base->normalization().std;
+  if (val && val->num_classes() > base->num_classes())
+    COHORT_THROW(IoError, "the validation data (", c.data.val_path, ") has labels up to ",
+                 val->num_classes() - 1, " but the training data only up to ",
+                 base->num_classes() - 1);
+}
+
+}  // namespace
+
 Datasets make_datasets(const Config& c) {
   Datasets d;
-  if (c.data.dataset == "fashion_mnist") {
+  if (c.data.dataset == "npy" || c.data.dataset == "csv" || c.data.dataset == "image_folder") {
+    make_file_datasets(c, d);
+  } else if (c.data.dataset == "fashion_mnist") {
     d.train = std::make_shared<core::data::FashionMNIST>(c.data.path, "train");
     d.eval = std::make_shared<core::data::FashionMNIST>(c.data.path, "t10k");
   } else if (c.data.dataset == "synthetic") {
@@ -213,12 +298,27 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
   {
-    Datasets data = make_datasets(c_);
-    train_set_ = data.train;
-    eval_set_ = data.eval;
+    data_ = make_datasets(c_);
+    train_set_ = data_.train;
+    eval_set_ = data_.eval;
   }
   // Config models read their input sizes off one sample.
-  model_ = build_model(c_, &init_gen, train_set_->get_batch({0}).input);
+  {
+    const Tensor sample = train_set_->get_batch({0}).input;
+    const int64_t classes = train_set_->num_classes();
+    model_ = build_model(c_, &init_gen, sample, classes);
+    // A label the output has no logit for would fail deep inside the loss, mid-epoch.
+    if (classes > 0 && c_.model.type != "gpt") {
+      core::autograd::NoGradGuard guard;
+      model_->eval();
+      const Tensor out = model_->forward(sample);
+      model_->train();
+      if (out.dim() == 2 && out.size(1) < classes)
+        COHORT_THROW(ConfigError, "the data has ", classes, " classes (labels 0 to ", classes - 1,
+                     ") but the model outputs ", out.size(1),
+                     " logits; give its last layer out_features: ", classes);
+    }
+  }
   if (!c_.model.init_from.empty()) {
     try {
       model_->load_state_dict(core::io::load_safetensors(c_.model.init_from));
@@ -447,6 +547,15 @@ RunSummary Trainer::run() {
     if (share) publish_decision(*dist_.store, decision, "");
     std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
     f << c_.resolved << "\n";
+    // What the data turned out to be, so that a later run (or a person) sees the same numbers.
+    nlohmann::json data{{"dataset", c_.data.dataset},
+                        {"train_samples", train_set_->size()},
+                        {"eval_samples", eval_set_ ? eval_set_->size() : 0},
+                        {"classes", train_set_->num_classes()}};
+    if (!data_.normalization_source.empty())
+      data["normalization"] = {
+          {"mean", data_.mean}, {"std", data_.std}, {"source", data_.normalization_source}};
+    std::ofstream(c_.logging.dir + "/data.json") << data.dump(2) << "\n";
   } else if (share) {
     decision = await_decision(*dist_.store, timeout);
   } else if (c_.checkpoint.resume == "auto") {
@@ -477,6 +586,19 @@ RunSummary Trainer::run() {
             steps[0] < 0 ? std::string("no checkpoint")
                          : "step " + std::to_string(static_cast<int64_t>(steps[0])),
             "; checkpoint.dir ", c_.checkpoint.dir, " must be shared by every node");
+  }
+  if (leader()) {
+    std::string data = c_.data.dataset + ", " + std::to_string(train_set_->size()) + " training / " +
+                       std::to_string(eval_set_ ? eval_set_->size() : 0) + " evaluation samples";
+    if (train_set_->num_classes() > 0)
+      data += ", " + std::to_string(train_set_->num_classes()) + " classes";
+    if (!data_.normalization_source.empty())
+      data += ", normalisation " + data_.normalization_source;
+    std::printf("cohort: %s on %s, world size %d, %lld parameters, run directory %s (run %s)\n"
+                "cohort: data: %s\n",
+                c_.model.type.c_str(), device_.str().c_str(), world_,
+                static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(),
+                run_id_.c_str(), data.c_str());
   }
   if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),

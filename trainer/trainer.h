@@ -82,6 +82,13 @@ class LossScaler {
   int64_t interval_, clean_ = 0;
 };
 
+// The data a config names: the training set, and the evaluation set (null where there is none).
+struct Datasets {
+  std::shared_ptr<core::data::Dataset> train, eval;
+  // File datasets: the input normalisation used (given or computed), for the run directory.
+  std::vector<double> mean, std;
+  std::string normalization_source;  // "config", "computed from N training samples", "none"
+};
 class Trainer {
  public:
   explicit Trainer(Config config, Distributed dist = {});
@@ -119,17 +126,16 @@ class Trainer {
   core::DType param_dtype_ = core::DType::kFloat32;
   std::unique_ptr<LossScaler> scaler_;
   std::string run_id_;  // the run whose checkpoints this one writes (run_dir.h)
+  Datasets data_;
 };
 
 // Builds the model a config names (exposed for tests and examples). Config models (model.type
-// sequential or graph) read their input sizes off `sample`, one input of the data ([1, ...]).
+// sequential or graph) read their input sizes off `sample`, one input of the data ([1, ...]);
+// mlp and cnn take theirs from it too, and their classes from `data_classes` (0: 10).
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
-                                              const core::Tensor& sample = {});
+                                              const core::Tensor& sample = {},
+                                              int64_t data_classes = 0);
 
-// The data a config names: the training set, and the evaluation set (null where there is none).
-struct Datasets {
-  std::shared_ptr<core::data::Dataset> train, eval;
-};
 Datasets make_datasets(const Config& c);
 
 // What `cohort train CONFIG --print-model` prints: each layer, its output shape for one sample,

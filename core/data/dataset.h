@@ -25,6 +25,8 @@ class Dataset {
  public:
   virtual ~Dataset() = default;
   virtual int64_t size() const = 0;
+  // Classes of its labels (the largest label + 1) where that is known, else 0.
+  virtual int64_t num_classes() const { return 0; }
   // Builds a batch from sample indices; must be safe to call from the loader thread.
   virtual Batch get_batch(const std::vector<int64_t>& indices) const = 0;
 };
@@ -106,6 +108,7 @@ class FashionMNIST : public Dataset {
   // split: "train" or "t10k". Throws IoError naming the file when it is missing or malformed.
   FashionMNIST(const std::string& dir, const std::string& split);
   int64_t size() const override { return n_; }
+  int64_t num_classes() const override { return kClasses; }
   Batch get_batch(const std::vector<int64_t>& indices) const override;
   static constexpr double kMean = 0.2860, kStd = 0.3530;
   static constexpr int kClasses = 10;  // labels out of range are IoError naming the file

@@ -25,10 +25,12 @@ Tensor MLP::forward(const Tensor& x) {
   return h;
 }
 
-CNN::CNN(int64_t in_channels, int64_t classes, Generator* gen) {
+CNN::CNN(int64_t in_channels, int64_t classes, Generator* gen, int64_t height, int64_t width) {
+  COHORT_CHECK(height >= 4 && width >= 4, "cnn: inputs must be at least 4x4, got ", height, "x",
+               width);
   c1_ = register_module("c1", std::make_shared<Conv2d>(Conv2dSpec{in_channels, 32, 3, 1, 1}, gen));
   c2_ = register_module("c2", std::make_shared<Conv2d>(Conv2dSpec{32, 64, 3, 1, 1}, gen));
-  f1_ = register_module("f1", std::make_shared<Linear>(64 * 7 * 7, 128, true, gen));
+  f1_ = register_module("f1", std::make_shared<Linear>(64 * (height / 4) * (width / 4), 128, true, gen));
   f2_ = register_module("f2", std::make_shared<Linear>(128, classes, true, gen));
 }
 

@@ -20,10 +20,11 @@ class MLP : public Module {
 };
 
 // conv3x3(1->32,pad1)-relu-maxpool2 / conv3x3(32->64,pad1)-relu-maxpool2 / fc 3136->128-relu / fc
-// 128->10.
+// 128->10 for 28x28 inputs (fc 64*(height/4)*(width/4)->128 for others).
 class CNN : public Module {
  public:
-  explicit CNN(int64_t in_channels = 1, int64_t classes = 10, Generator* gen = nullptr);
+  explicit CNN(int64_t in_channels = 1, int64_t classes = 10, Generator* gen = nullptr,
+               int64_t height = 28, int64_t width = 28);
   Tensor forward(const Tensor& x) override;
 
  private:
