@@ -153,7 +153,7 @@ TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
   EXPECT_NE(e.find("model.vocab must be at least 256 for data.dataset text"), std::string::npos)
       << e;
   e = error_of("model:\n  type: gpt\ndata:\n  dataset: synthetic\n  val_path: /etc/hostname\n");
-  EXPECT_NE(e.find("data.val_path is for data.dataset tokens only"), std::string::npos) << e;
+  EXPECT_NE(e.find("data.val_path is for data.dataset tokens, npy, csv and image_folder"), std::string::npos) << e;
 }
 
 }  // namespace
