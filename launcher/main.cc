@@ -23,89 +23,14 @@
 #include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
 #include "launcher/store_command.h"
+#include "launcher/train_command.h"
 #include "launcher/worker_env.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 
 namespace {
 
-constexpr int kExitTrainingError = 1;
 constexpr int kExitUsage = 2;
-constexpr int kExitIo = 3;
-constexpr int kExitDistributed = 4;
-constexpr int kExitAuth = 5;
-
-int exit_code_of(const cohort::Error& e) {
-  if (dynamic_cast<const cohort::ConfigError*>(&e)) return kExitUsage;
-  if (dynamic_cast<const cohort::IoError*>(&e)) return kExitIo;
-  if (dynamic_cast<const cohort::AuthError*>(&e)) return kExitAuth;
-  if (dynamic_cast<const cohort::DistributedError*>(&e) ||
-      dynamic_cast<const cohort::TimeoutError*>(&e))
-    return kExitDistributed;
-  return kExitTrainingError;
-}
-
-// One worker of a job: alone, or one rank of the job its environment describes (cohort launch,
-// torchrun's variables, mpirun, srun).
-struct TrainFlags {
-  bool print_model = false, eval_only = false;
-};
-
-int cmd_train(const std::string& config, const std::vector<std::string>& overrides,
-              const TrainFlags& flags) {
-  using namespace cohort;
-  trainer::Config c = trainer::load_config(config, overrides);
-  if (flags.print_model) {
-    std::fputs(trainer::describe_model(c).c_str(), stdout);
-    return 0;
-  }
-  // `cohort launch --ps-servers` starts the servers as the same command.
-  if (launcher::process_role() == "server") return launcher::serve_parameter_server(c, {});
-  launcher::WorkerEnv env = launcher::detect_worker_env();
-  trainer::Distributed dist;
-  if (c.distributed.strategy == "parameter_server") {
-    // Workers share no process group: each talks to the servers only, so that one that dies
-    // stops nobody.
-    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
-    if (!env.store.empty() || env.store_through_mpi)
-      dist.store = launcher::connect_store(env, timeout);
-    dist.rank = env.rank;
-    dist.world = env.world_size;
-    dist.local_rank = env.local_rank;
-    dist.local_world_size = env.local_world_size;
-    dist.ps = launcher::ps_client_options(c, env, dist.store);
-  } else if (env.world_size > 1) {
-    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
-    dist.store =
-        std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
-    std::string backend = c.distributed.backend;
-    if (backend == "auto")
-      backend = trainer::resolve_device(c.device, env.local_rank, env.local_world_size).is_cuda()
-                    ? "nccl"
-                    : "cpu";
-    collectives::ProcessGroupOptions po;
-    po.timeout = timeout;
-    dist.group = collectives::create_process_group(
-        backend, std::make_shared<collectives::PrefixStore>("group", dist.store), env.rank,
-        env.world_size, po);
-    dist.local_rank = env.local_rank;
-    dist.local_world_size = env.local_world_size;
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
-    dist.host = host;
-  }
-  trainer::Trainer t(c, dist);
-  if (flags.eval_only) {
-    const trainer::EvalResult r = t.evaluate();
-    if (env.rank == 0)
-      std::printf("eval: test_acc %.4f test_loss %.6f (%s)\n", r.accuracy, r.loss,
-                  c.model.init_from.empty() ? "the seed's initial weights"
-                                            : c.model.init_from.c_str());
-    return 0;
-  }
-  t.run();
-  return 0;
-}
 
 }  // namespace
 
@@ -119,7 +44,7 @@ int main(int argc, char** argv) {
       app.add_subcommand("train", "train a model described by a YAML config (one worker)");
   train->add_option("config", config, "the experiment's YAML file")->required();
   train->add_option("overrides", overrides, "key.path=value overrides of config keys");
-  TrainFlags train_flags;
+  cohort::launcher::TrainFlags train_flags;
   train->add_flag("--print-model", train_flags.print_model,
                   "print each layer, its output shape and parameter count, then exit");
   train->add_flag("--eval-only", train_flags.eval_only,
@@ -295,7 +220,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   try {
-    if (*train) return cmd_train(config, overrides, train_flags);
+    if (*train) return cohort::launcher::train_command(config, overrides, train_flags);
     if (*ps)
       return cohort::launcher::serve_parameter_server(
           cohort::trainer::load_config(config, overrides), pso);
@@ -324,15 +249,8 @@ int main(int argc, char** argv) {
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);
       return cohort::launcher::bench_collectives(bo);
     }
-  } catch (const cohort::trainer::Stopped& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return 128 + e.signal();
-  } catch (const cohort::Error& e) {
-    std::fprintf(stderr, "cohort: %s\n", e.what());
-    return exit_code_of(e);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "cohort: unexpected error: %s\n", e.what());
-    return kExitTrainingError;
+    return cohort::launcher::report_and_exit_code(e);
   }
   return 0;
 }

@@ -43,13 +43,16 @@ const std::vector<Key>& schema() {
        "",
        -kInf,
        kInf,
-       {"mlp", "cnn", "gpt", "sequential", "graph"},
+       {"mlp", "cnn", "gpt", "sequential", "graph", "custom"},
        false,
        true},
       {"model.hidden", Kind::kIntList, "[512, 512]", 1},
       {"model.layers", Kind::kYaml, "2"},
       {"model.nodes", Kind::kYaml, ""},
       {"model.output", Kind::kString, ""},
+      // model.type custom / data.dataset custom: the program's own settings, read by its code.
+      {"model.args", Kind::kYaml, ""},
+      {"data.args", Kind::kYaml, ""},
       {"model.heads", Kind::kInt, "4", 1, 1024},
       {"model.dim", Kind::kInt, "128", 1, 1 << 20},
       {"model.context", Kind::kInt, "64", 1, 1 << 20},
@@ -61,7 +64,7 @@ const std::vector<Key>& schema() {
        "fashion_mnist",
        -kInf,
        kInf,
-       {"fashion_mnist", "text", "tokens", "synthetic", "npy", "csv", "image_folder"}},
+       {"fashion_mnist", "text", "tokens", "synthetic", "npy", "csv", "image_folder", "custom"}},
       {"data.inputs", Kind::kString, ""},
       {"data.targets", Kind::kString, ""},
       {"data.target_column", Kind::kString, ""},
@@ -414,6 +417,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       if (layers.IsDefined()) val.check(Key{"model.layers", Kind::kInt, "2", 1, 1000}, layers);
       c.model.layers = i64("model.layers");
     }
+    if (c.model.type != "custom") only_for("model.args", "custom");
+    c.model.args = YAML::Clone(lookup(root, "model.args"));
     if (!config_model) {
       only_for("model.nodes", "graph");
       only_for("model.output", "graph");
@@ -443,6 +448,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.val_fraction = f64("data.val_fraction");
   c.data.val_path = str("data.val_path");
   c.data.synthetic_samples = i64("data.synthetic_samples");
+  if (const YAML::Node a = lookup(root, "data.args"); a.IsDefined()) {
+    if (c.data.dataset != "custom")
+      val.fail("data.args", a, "data.args is for data.dataset custom, not " + c.data.dataset);
+    c.data.args = YAML::Clone(a);
+  }
   c.data.inputs = str("data.inputs");
   c.data.targets = str("data.targets");
   c.data.target_column = str("data.target_column");
@@ -453,7 +463,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.std = lookup(resolved, "data.std").as<std::vector<double>>();
   const bool files = c.data.dataset == "npy" || c.data.dataset == "csv" ||
                      c.data.dataset == "image_folder";
-  const bool language = !files && c.data.dataset != "fashion_mnist";
+  const bool language = !files && c.data.dataset != "fashion_mnist" && c.data.dataset != "custom";
   if (c.model.type == "gpt" && !language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
              "model.type gpt needs data.dataset text, tokens or synthetic");
@@ -494,6 +504,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       val.fail("data.mean", lookup(root, "data.mean"), "data.mean and data.std are given but data.normalize is none");
     const bool file = c.data.dataset == "text" || c.data.dataset == "tokens" || c.data.dataset == "csv";
     const bool ok = c.data.dataset == "synthetic" || c.data.dataset == "npy" ||
+                    c.data.dataset == "custom" ||
                     (file ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path));
     if (!ok)
       val.fail(

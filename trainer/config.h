@@ -18,6 +18,7 @@ struct ModelConfig {
   std::string type;  // mlp | cnn | gpt | sequential | graph
   // sequential and graph: the layers or nodes, checked (model_spec.h).
   std::shared_ptr<const ModelSpec> spec;
+  YAML::Node args;  // custom: the program's own settings (model.args), undefined when absent
   std::vector<int64_t> hidden;                             // mlp
   int64_t layers = 2, heads = 4, dim = 128, context = 64;  // gpt
   int64_t vocab = 256;                                     // gpt: 256 bytes, 50257 for GPT-2
@@ -39,6 +40,7 @@ struct DataConfig {
   int64_t channels = 3;               // image_folder: 1 grey, 3 RGB
   std::string normalize = "auto";     // auto (computed over training samples) | none
   std::vector<double> mean, std;      // given normalisation (per channel, or one value)
+  YAML::Node args;                    // custom: the program's own settings (data.args)
   int64_t synthetic_samples = 10000;  // synthetic: samples per epoch
   int64_t batch_size = 64;            // per rank
   bool shuffle = true;

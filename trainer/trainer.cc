@@ -218,15 +218,17 @@ Datasets make_datasets(const Config& c) {
   return d;
 }
 
-std::string describe_model(const Config& c) {
-  Datasets data = make_datasets(c);
+std::string describe_model(const Config& c, const Extensions& ext) {
+  check_extensions(c, ext);
+  Datasets data = c.data.dataset == "custom" ? ext.data(c) : make_datasets(c);
   const Tensor sample = data.train->get_batch({0}).input;
   core::Generator gen(c.seed);
   if (c.model.spec) {
     BuiltModel m = build_config_model(*c.model.spec, sample, &gen);
     return format_model_summary(m.layers, m.module->num_parameters());
   }
-  auto model = build_model(c, &gen, sample);
+  auto model = c.model.type == "custom" ? ext.model(c, sample, &gen)
+                                        : build_model(c, &gen, sample, data.train->num_classes());
   std::vector<LayerSummary> rows;
   {
     core::autograd::NoGradGuard guard;
@@ -238,7 +240,22 @@ std::string describe_model(const Config& c) {
   return format_model_summary(rows, model->num_parameters());
 }
 
-Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_(std::move(dist)) {
+void check_extensions(const Config& c, const Extensions& ext) {
+  if (c.model.type == "custom" && !ext.model)
+    COHORT_THROW(ConfigError,
+                 "model.type custom is a model that a C++ program provides (launcher::train_main "
+                 "with trainer::Extensions::model, as examples/custom_model does); `cohort train` "
+                 "has none: use mlp, cnn, gpt, sequential or graph");
+  if (c.data.dataset == "custom" && !ext.data)
+    COHORT_THROW(ConfigError,
+                 "data.dataset custom is data that a C++ program provides (launcher::train_main "
+                 "with trainer::Extensions::data, as examples/custom_model does); `cohort train` "
+                 "has none");
+}
+
+Trainer::Trainer(Config config, Distributed dist, Extensions ext)
+    : c_(std::move(config)), dist_(std::move(dist)) {
+  check_extensions(c_, ext);
   if (dist_.group) {
     rank_ = dist_.group->rank();
     world_ = dist_.group->size();
@@ -298,7 +315,8 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   core::manual_seed(c_.seed);
   core::Generator init_gen(c_.seed);
   {
-    data_ = make_datasets(c_);
+    data_ = c_.data.dataset == "custom" ? ext.data(c_) : make_datasets(c_);
+    if (!data_.train) COHORT_THROW(ConfigError, "data.dataset custom: the program's data has no training set");
     train_set_ = data_.train;
     eval_set_ = data_.eval;
   }
@@ -306,7 +324,9 @@ Trainer::Trainer(Config config, Distributed dist) : c_(std::move(config)), dist_
   {
     const Tensor sample = train_set_->get_batch({0}).input;
     const int64_t classes = train_set_->num_classes();
-    model_ = build_model(c_, &init_gen, sample, classes);
+    model_ = c_.model.type == "custom" ? ext.model(c_, sample, &init_gen)
+                                       : build_model(c_, &init_gen, sample, classes);
+    if (!model_) COHORT_THROW(ConfigError, "model.type custom: the program built no model");
     // A label the output has no logit for would fail deep inside the loss, mid-epoch.
     if (classes > 0 && c_.model.type != "gpt") {
       core::autograd::NoGradGuard guard;

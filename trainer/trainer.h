@@ -89,9 +89,25 @@ struct Datasets {
   std::vector<double> mean, std;
   std::string normalization_source;  // "config", "computed from N training samples", "none"
 };
+// A program's own model or data, for the Trainer (and launcher::train_main): a config with
+// `model.type: custom` takes its model from `model`, one with `data.dataset: custom` its data
+// from `data`. Both read their own settings from model.args / data.args, free-form mappings.
+struct Extensions {
+  // The model for one sample input of the data ([1, ...]); initialise from `gen` (seeded by the
+  // config's seed) so that every rank starts alike.
+  std::function<std::shared_ptr<core::nn::Module>(const Config&, const core::Tensor& sample,
+                                                  core::Generator* gen)>
+      model;
+  // The training and evaluation data (eval may be null).
+  std::function<Datasets(const Config&)> data;
+};
+
+// ConfigError when the config asks for a custom model or data that `ext` does not provide.
+void check_extensions(const Config& c, const Extensions& ext);
+
 class Trainer {
  public:
-  explicit Trainer(Config config, Distributed dist = {});
+  explicit Trainer(Config config, Distributed dist = {}, Extensions ext = {});
   ~Trainer();
   // Runs to train.steps or train.epochs. Throws ConfigError for bad settings found late, Stopped
   // after SIGTERM or SIGUSR1, other cohort::Error subclasses for failures while training.
@@ -140,7 +156,7 @@ Datasets make_datasets(const Config& c);
 
 // What `cohort train CONFIG --print-model` prints: each layer, its output shape for one sample,
 // its parameter count, and the total.
-std::string describe_model(const Config& c);
+std::string describe_model(const Config& c, const Extensions& ext = {});
 
 // The device a worker trains on for the config's `device`: cpu; cuda:N; cuda (the node's GPU
 // number local_rank; a ConfigError when the node's ranks outnumber its GPUs); auto (cuda where

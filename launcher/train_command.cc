@@ -1,0 +1,128 @@
+// The worker behind `cohort train` and behind users' programs (train_main).
+#include "launcher/train_command.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "collectives/process_group.h"
+#include "core/util/error.h"
+#include "launcher/ps_command.h"
+#include "launcher/worker_env.h"
+#include "trainer/config.h"
+
+namespace cohort::launcher {
+
+int train_command(const std::string& config, const std::vector<std::string>& overrides,
+                  const TrainFlags& flags, const trainer::Extensions& ext) {
+  trainer::Config c = trainer::load_config(config, overrides);
+  trainer::check_extensions(c, ext);
+  if (flags.print_model) {
+    std::fputs(trainer::describe_model(c, ext).c_str(), stdout);
+    return 0;
+  }
+  // `cohort launch --ps-servers` starts the servers as the same command.
+  if (launcher::process_role() == "server") return launcher::serve_parameter_server(c, {});
+  launcher::WorkerEnv env = launcher::detect_worker_env();
+  trainer::Distributed dist;
+  if (c.distributed.strategy == "parameter_server") {
+    // Workers share no process group: each talks to the servers only, so that one that dies
+    // stops nobody.
+    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+    if (!env.store.empty() || env.store_through_mpi)
+      dist.store = launcher::connect_store(env, timeout);
+    dist.rank = env.rank;
+    dist.world = env.world_size;
+    dist.local_rank = env.local_rank;
+    dist.local_world_size = env.local_world_size;
+    dist.ps = launcher::ps_client_options(c, env, dist.store);
+  } else if (env.world_size > 1) {
+    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+    dist.store =
+        std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
+    std::string backend = c.distributed.backend;
+    if (backend == "auto")
+      backend = trainer::resolve_device(c.device, env.local_rank, env.local_world_size).is_cuda()
+                    ? "nccl"
+                    : "cpu";
+    collectives::ProcessGroupOptions po;
+    po.timeout = timeout;
+    dist.group = collectives::create_process_group(
+        backend, std::make_shared<collectives::PrefixStore>("group", dist.store), env.rank,
+        env.world_size, po);
+    dist.local_rank = env.local_rank;
+    dist.local_world_size = env.local_world_size;
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    dist.host = host;
+  }
+  trainer::Trainer t(c, dist, ext);
+  if (flags.eval_only) {
+    const trainer::EvalResult r = t.evaluate();
+    if (env.rank == 0)
+      std::printf("eval: test_acc %.4f test_loss %.6f (%s)\n", r.accuracy, r.loss,
+                  c.model.init_from.empty() ? "the seed's initial weights"
+                                            : c.model.init_from.c_str());
+    return 0;
+  }
+  t.run();
+  return 0;
+}
+
+
+int report_and_exit_code(const std::exception& e) {
+  if (const auto* stop = dynamic_cast<const trainer::Stopped*>(&e)) {
+    std::fprintf(stderr, "cohort: %s\n", e.what());
+    return 128 + stop->signal();
+  }
+  if (!dynamic_cast<const Error*>(&e)) {
+    std::fprintf(stderr, "cohort: unexpected error: %s\n", e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "cohort: %s\n", e.what());
+  if (dynamic_cast<const ConfigError*>(&e)) return 2;
+  if (dynamic_cast<const IoError*>(&e)) return 3;
+  if (dynamic_cast<const AuthError*>(&e)) return 5;
+  if (dynamic_cast<const DistributedError*>(&e) || dynamic_cast<const TimeoutError*>(&e)) return 4;
+  return 1;
+}
+
+int train_main(int argc, char** argv, const trainer::Extensions& ext) {
+  std::string config;
+  std::vector<std::string> overrides;
+  TrainFlags flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--print-model") {
+      flags.print_model = true;
+    } else if (a == "--eval-only") {
+      flags.eval_only = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s CONFIG [key.path=value ...] [--print-model] [--eval-only]\n"
+                  "Trains like `cohort train` (alone, or as one rank under cohort launch,\n"
+                  "mpirun or srun) with this program's model and data.\n",
+                  argv[0]);
+      return 0;
+    } else if (a.rfind("--", 0) == 0) {
+      std::fprintf(stderr, "cohort: unknown option %s (--print-model, --eval-only)\n", a.c_str());
+      return 2;
+    } else if (config.empty()) {
+      config = a;
+    } else {
+      overrides.push_back(a);
+    }
+  }
+  if (config.empty()) {
+    std::fprintf(stderr, "usage: %s CONFIG [key.path=value ...] [--print-model] [--eval-only]\n",
+                 argv[0]);
+    return 2;
+  }
+  try {
+    return train_command(config, overrides, flags, ext);
+  } catch (const std::exception& e) {
+    return report_and_exit_code(e);
+  }
+}
+
+}  // namespace cohort::launcher
