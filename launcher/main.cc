@@ -19,6 +19,7 @@
 #include "launcher/bench_collectives.h"
 #include "launcher/bench_ps.h"
 #include "launcher/bench_store.h"
+#include "launcher/generate_command.h"
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
 #include "launcher/slurm_submit.h"
@@ -49,6 +50,16 @@ int main(int argc, char** argv) {
                   "print each layer, its output shape and parameter count, then exit");
   train->add_flag("--eval-only", train_flags.eval_only,
                   "evaluate the model (model.init_from's weights) on the evaluation set, then exit");
+
+  std::string gen_config;
+  std::vector<std::string> gen_args;
+  auto* generate = app.add_subcommand(
+      "generate", "sample text (or tokens) from a language model's checkpoint");
+  generate->add_option("config", gen_config, "the experiment's YAML file")->required();
+  generate->add_option("args", gen_args,
+                       "checkpoint=PATH (default: the newest in checkpoint.dir), prompt=TEXT or "
+                       "prompt_tokens=ID,ID,..., max_new_tokens=200, temperature=0.8, top_k=40, "
+                       "seed=0, and key.path=value config overrides");
 
   auto* ps = app.add_subcommand(
       "ps",
@@ -152,6 +163,16 @@ int main(int argc, char** argv) {
   submit->add_option("--partition", so.partition, "Slurm partition");
   submit->add_option("--time", so.time, "time limit, e.g. 2:00:00");
   submit->add_option("--gpus-per-node", so.gpus_per_node, "GPUs per node")->capture_default_str();
+  submit->add_option("--cpus-per-task", so.cpus_per_task,
+                     "CPUs per rank (default: the config's threads)");
+  submit->add_option("--account", so.account, "Slurm account to charge");
+  submit->add_option("--qos", so.qos, "Slurm quality of service");
+  submit->add_option("--mem", so.mem, "memory per node, e.g. 64G");
+  submit->add_option("--constraint", so.constraint, "node features, e.g. a100");
+  submit->add_option("--sbatch-arg", so.sbatch_args,
+                     "any other sbatch option, passed as written (repeatable): "
+                     "--sbatch-arg=--exclusive")
+      ->allow_extra_args(false);
   submit->add_flag("--dry-run", so.dry_run, "print the sbatch script instead of submitting it");
 
   auto* store = app.add_subcommand(
@@ -212,6 +233,20 @@ int main(int argc, char** argv) {
       args.erase(dashes, args.end());
     }
   }
+  // An unknown command is named, with the list, rather than CLI11's "A subcommand is required".
+  if (!args.empty() && !args[0].empty() && args[0][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || sub->get_name() == args[0];
+    }
+    if (!known) {
+      std::fprintf(stderr, "cohort: unknown command '%s' (commands: %s; cohort --help)\n",
+                   args[0].c_str(), names.c_str());
+      return kExitUsage;
+    }
+  }
   std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
   try {
     app.parse(args);
@@ -242,6 +277,7 @@ int main(int argc, char** argv) {
       return cohort::launcher::slurm_submit(so);
     }
     if (*store) return cohort::launcher::store_command(sto);
+    if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_store) return cohort::launcher::bench_store(bso);
     if (*bench_coll) {

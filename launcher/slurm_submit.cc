@@ -27,6 +27,14 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
     COHORT_THROW(ConfigError, "--ntasks-per-node must be at least 1, got ", o.ntasks_per_node);
   if (o.gpus_per_node < 0)
     COHORT_THROW(ConfigError, "--gpus-per-node must be 0 or more, got ", o.gpus_per_node);
+  if (o.cpus_per_task < 0)
+    COHORT_THROW(ConfigError, "--cpus-per-task must be 0 or more, got ", o.cpus_per_task);
+  // Values go into #SBATCH lines: one line each, no shell.
+  for (const auto& [name, v] : {std::pair<const char*, const std::string*>{"--partition", &o.partition},
+                                {"--time", &o.time}, {"--account", &o.account}, {"--qos", &o.qos},
+                                {"--mem", &o.mem}, {"--constraint", &o.constraint}})
+    if (v->find_first_of("\n\r ") != std::string::npos)
+      COHORT_THROW(ConfigError, name, " '", *v, "' must be one word");
   const trainer::Config c = trainer::load_config(o.config, o.overrides);
   const std::string log_dir = std::filesystem::absolute(c.logging.dir).string();
   const std::string config = std::filesystem::absolute(o.config).string();
@@ -37,13 +45,28 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
   if (!o.partition.empty()) s += "#SBATCH --partition=" + o.partition + "\n";
   if (!o.time.empty()) s += "#SBATCH --time=" + o.time + "\n";
   if (o.gpus_per_node > 0) s += "#SBATCH --gpus-per-node=" + std::to_string(o.gpus_per_node) + "\n";
+  const int cpus = o.cpus_per_task > 0 ? o.cpus_per_task : static_cast<int>(c.threads);
+  if (cpus > 0) s += "#SBATCH --cpus-per-task=" + std::to_string(cpus) + "\n";
+  if (!o.account.empty()) s += "#SBATCH --account=" + o.account + "\n";
+  if (!o.qos.empty()) s += "#SBATCH --qos=" + o.qos + "\n";
+  if (!o.mem.empty()) s += "#SBATCH --mem=" + o.mem + "\n";
+  if (!o.constraint.empty()) s += "#SBATCH --constraint=" + o.constraint + "\n";
+  for (const std::string& a : o.sbatch_args) {
+    // One #SBATCH line per argument; a newline would end the directive and start a command.
+    if (a.rfind("-", 0) != 0 || a.find_first_of("\n\r") != std::string::npos)
+      COHORT_THROW(ConfigError, "--sbatch-arg '", a,
+                   "' must be one sbatch option on one line, such as --exclusive or --mail-type=END");
+    s += "#SBATCH " + a + "\n";
+  }
   s += "#SBATCH --output=" + log_dir + "/slurm-%j.out\n";
   // Two minutes before the time limit every task gets SIGUSR1: the trainer finishes its step,
   // writes a checkpoint and exits 138; the job is queued again and resumes from that checkpoint
   // (a requeue keeps SLURM_JOB_ID, the run's id; another submission is another run and resumes
   // nothing unless told to).
   s += "#SBATCH --signal=USR1@120\n#SBATCH --requeue\n#SBATCH --open-mode=append\n";
-  s += "srun --kill-on-bad-exit=1 --cpu-bind=none " + quote(o.cohort_binary) + " train " +
+  // --label: every output line starts with its task's rank ("1: step 10/100 ..."), as in
+  // `cohort launch`'s "[node/rank]".
+  s += "srun --label --kill-on-bad-exit=1 --cpu-bind=none " + quote(o.cohort_binary) + " train " +
        quote(config);
   for (const auto& ov : o.overrides) s += " " + quote(ov);
   s += "\nrc=$?\n";

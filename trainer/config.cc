@@ -97,9 +97,14 @@ const std::vector<Key>& schema() {
       {"train.epochs", Kind::kInt, "1", 1, 1e9},
       {"train.steps", Kind::kInt, "0", 0},
       {"train.log_every", Kind::kInt, "50", 1},
+      {"train.grad_accum_steps", Kind::kInt, "1", 1, 1 << 20},
+      {"train.max_time", Kind::kString, ""},
       {"eval.every_steps", Kind::kInt, "0", 0},
       {"eval.batch_size", Kind::kInt, "1000", 1, 1 << 24},
       {"eval.max_batches", Kind::kInt, "0", 0},
+      {"eval.early_stopping.metric", Kind::kString, "", -kInf, kInf, {"", "test_loss", "test_acc"}},
+      {"eval.early_stopping.patience", Kind::kInt, "3", 1, 1e9},
+      {"eval.early_stopping.min_delta", Kind::kFloat, "0.0", 0},
       {"checkpoint.dir", Kind::kString, ""},
       {"checkpoint.every_steps", Kind::kInt, "0", 0},
       {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
@@ -303,6 +308,39 @@ YAML::Node lookup(const YAML::Node& root, const std::string& path) {
     if (dot == std::string::npos) return cur;
     start = dot + 1;
   }
+}
+
+// "3600", "90s", "45m", "2h", "1h30m", "1.5h" -> seconds; -1 when malformed.
+double parse_duration(const std::string& text) {
+  double total = 0;
+  size_t i = 0;
+  bool any = false;
+  while (i < text.size()) {
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(text.substr(i), &used);
+    } catch (const std::exception&) {
+      return -1;
+    }
+    if (used == 0 || !std::isfinite(v) || v < 0) return -1;
+    i += used;
+    double unit = 1;
+    if (i < text.size()) {
+      const char u = text[i];
+      if (u == 's' || u == 'm' || u == 'h' || u == 'd') {
+        unit = u == 's' ? 1 : u == 'm' ? 60 : u == 'h' ? 3600 : 86400;
+        ++i;
+      } else {
+        return -1;
+      }
+    } else if (any) {
+      return -1;  // "1h30" is ambiguous
+    }
+    total += v * unit;
+    any = true;
+  }
+  return any ? total : -1;
 }
 
 }  // namespace
@@ -546,9 +584,28 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.train.epochs = i64("train.epochs");
   c.train.steps = i64("train.steps");
   c.train.log_every = i64("train.log_every");
+  c.train.grad_accum_steps = i64("train.grad_accum_steps");
+  if (c.train.grad_accum_steps > 1 && c.distributed.strategy == "parameter_server")
+    val.fail("train.grad_accum_steps", lookup(root, "train.grad_accum_steps"),
+             "train.grad_accum_steps is not available with parameter servers, which apply each "
+             "push as it arrives");
+  if (const std::string t = str("train.max_time"); !t.empty()) {
+    c.train.max_time_s = parse_duration(t);
+    if (c.train.max_time_s <= 0)
+      val.fail("train.max_time", lookup(root, "train.max_time"),
+               "train.max_time must be a duration such as 3600, 90s, 45m, 2h or 1h30m, got '" + t +
+                   "'");
+  }
   c.eval.every_steps = i64("eval.every_steps");
   c.eval.batch_size = i64("eval.batch_size");
   c.eval.max_batches = i64("eval.max_batches");
+  c.eval.early_stopping.metric = str("eval.early_stopping.metric");
+  c.eval.early_stopping.patience = i64("eval.early_stopping.patience");
+  c.eval.early_stopping.min_delta = f64("eval.early_stopping.min_delta");
+  if (!c.eval.early_stopping.metric.empty() && c.distributed.strategy == "parameter_server")
+    val.fail("eval.early_stopping.metric", lookup(root, "eval.early_stopping.metric"),
+             "eval.early_stopping is not available with parameter servers (only the chief "
+             "evaluates, and the workers would not stop together)");
   c.logging.dir = str("logging.dir");
   if (c.logging.dir.empty()) c.logging.dir = "runs/" + c.experiment;
   c.logging.tensorboard = bl("logging.tensorboard");

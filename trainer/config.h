@@ -66,12 +66,21 @@ struct ScheduleConfig {
 struct TrainConfig {
   int64_t epochs = 1, steps = 0;  // steps > 0 overrides epochs
   int64_t log_every = 50;
+  int64_t grad_accum_steps = 1;  // batches per optimizer step (their mean gradient)
+  double max_time_s = 0;         // stop with a checkpoint before this many seconds; 0: none
+};
+
+struct EarlyStopping {
+  std::string metric;  // "" (off) | test_loss | test_acc
+  int64_t patience = 3;  // evaluations without an improvement larger than min_delta
+  double min_delta = 0;
 };
 
 struct EvalConfig {
   int64_t every_steps = 0;  // 0: after every epoch
   int64_t batch_size = 1000;
   int64_t max_batches = 0;  // 0: the whole evaluation set
+  EarlyStopping early_stopping;
 };
 
 struct CheckpointConfig {

@@ -246,6 +246,13 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
       for (const auto& line : changed)
         std::printf("resuming with a changed setting: %s\n", line.c_str());
     }
+  } else if (!others.empty() && mode == "auto" && c.checkpoint.resume == "auto") {
+    std::string list;
+    for (const auto& o : others) list += (list.empty() ? "" : ", ") + o;
+    COHORT_THROW(ConfigError, "checkpoint.resume=auto found no checkpoint it can load in ",
+                 c.checkpoint.dir, " (see the lines above), and logging.dir ", c.logging.dir,
+                 " holds another run's files (", list,
+                 "); repair or remove them, or choose a new logging.dir");
   } else if (!others.empty()) {
     std::string list;
     for (const auto& o : others) list += (list.empty() ? "" : ", ") + o;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -67,15 +68,15 @@ StopVote::~StopVote() {
   }
 }
 
-int StopVote::after_step() {
-  if (!group_) return g_stop_signal.load();
+int StopVote::after_step(int request) {
+  if (!group_) return std::max(g_stop_signal.load(), request);
   if (work_) {
     work_->wait();
     work_ = nullptr;
     const int agreed = flag_.to(core::Device::cpu()).item<int32_t>();
     if (agreed) return agreed;
   }
-  flag_.fill_(g_stop_signal.load());
+  flag_.fill_(std::max(g_stop_signal.load(), request));
   work_ = group_->allreduce(flag_, {collectives::ReduceOp::kMax});
   return 0;
 }

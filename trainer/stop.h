@@ -29,13 +29,17 @@ class StopSignals {
 
 // Agrees across ranks whether a stop signal arrived. Each step starts a vote (an all-reduce of the
 // local signal) and reads the previous step's, which has finished meanwhile: no rank waits for it.
+// Not a signal: train.max_time asks to stop (larger than any signal number).
+inline constexpr int kStopForTime = 1000;
+
 class StopVote {
  public:
   // A null group: a single process, which needs no vote.
   StopVote(collectives::ProcessGroup* group, core::Device device);
   ~StopVote();
-  // The signal that stops every rank after this step, or 0.
-  int after_step();
+  // The signal that stops every rank after this step, or 0. `request` is this rank's own reason
+  // to stop (kStopForTime); the largest of every rank's signal and request wins.
+  int after_step(int request = 0);
 
  private:
   collectives::ProcessGroup* group_;

@@ -661,10 +661,13 @@ RunSummary Trainer::run() {
       core::data::DistributedSamplerOptions{rank_, world_, c_.data.shuffle, c_.seed, false});
   core::data::DataLoader loader(train_set_, sampler,
                                 {batch, true, static_cast<int>(c_.data.prefetch)});
-  const int64_t per_epoch = sampler->num_samples() / batch;  // the loader drops a partial batch
+  // A step is train.grad_accum_steps batches; an epoch ends with its last whole step (the
+  // loader drops a partial batch, the loop a partial accumulation).
+  const int64_t accum = c_.train.grad_accum_steps;
+  const int64_t per_epoch = sampler->num_samples() / batch / accum * accum;
   if (per_epoch == 0)
-    COHORT_THROW(ConfigError, "data.batch_size ", batch, " is larger than the ",
-                 sampler->num_samples(), " training samples of each rank");
+    COHORT_THROW(ConfigError, "data.batch_size ", batch, " x train.grad_accum_steps ", accum,
+                 " is larger than the ", sampler->num_samples(), " training samples of each rank");
   // A checkpoint from another world size gives the job's samples consumed in its epoch: continue
   // from the same place in the same permutation (rounded down to a whole global batch).
   if (resume_from && start.samples_in_epoch > train_set_->size())
@@ -672,6 +675,7 @@ RunSummary Trainer::run() {
                  start.samples_in_epoch, " samples of an epoch of ", train_set_->size());
   int64_t first_batch = start.batch_in_epoch;
   if (start.samples_in_epoch >= 0) first_batch = start.samples_in_epoch / (batch * world_);
+  first_batch = first_batch / accum * accum;  // a checkpoint from another accumulation
   if (first_batch >= per_epoch) {
     ++start.epoch;
     first_batch = 0;
@@ -679,9 +683,11 @@ RunSummary Trainer::run() {
   loader.start_epoch(start.epoch, first_batch);
   // train.steps > 0 wins over train.epochs: as many epochs as those steps take.
   const int64_t epochs = c_.train.steps > 0 ? std::numeric_limits<int64_t>::max() : c_.train.epochs;
-  const int64_t total_steps = c_.train.steps > 0 ? c_.train.steps
-                                                 : start.step + (per_epoch - first_batch) +
-                                                       per_epoch * (epochs - start.epoch - 1);
+  const int64_t total_steps =
+      c_.train.steps > 0
+          ? c_.train.steps
+          : start.step + (per_epoch - first_batch) / accum +
+                per_epoch / accum * (epochs - start.epoch - 1);
   if (resume_from && start.step >= total_steps && leader())
     std::fprintf(stderr,
                  "cohort: checkpoint %s is at step %lld, which is already past the %lld steps "
@@ -712,7 +718,9 @@ RunSummary Trainer::run() {
     core::Timeline::Span span(tl, "pull", "comm", 1);
     ps_->pull(step);
   };
+  double checkpoint_s = 0;  // the last checkpoint's duration, for train.max_time
   auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
+    const auto tc = Clock::now();
     pull_latest();
     if (batch_in_epoch >= per_epoch) {
       ++epoch;
@@ -733,9 +741,17 @@ RunSummary Trainer::run() {
                                 c_.checkpoint.keep);
     }
     last_saved = step;
+    checkpoint_s = seconds_since(tc);
   };
   double eval_s = 0;
   int64_t last_eval_step = -1, epoch = start.epoch;
+  // Token datasets: throughput in tokens too, and the loss as perplexity.
+  const bool language = c_.data.dataset == "text" || c_.data.dataset == "tokens" ||
+                        c_.data.dataset == "synthetic";
+  const int64_t tokens_per_sample = language ? c_.model.context : 0;
+  double best_metric = 0;
+  int64_t best_step = -1, evals_without_gain = 0;
+  bool early_stop = false, out_of_time = false;
   auto t0 = Clock::now();
   auto run_eval = [&](int64_t epoch) {
     last_eval_step = step;
@@ -755,15 +771,38 @@ RunSummary Trainer::run() {
     if (tl) tl->flush();
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
-    write_metrics({{"event", "eval"},
-                   {"step", step},
-                   {"epoch", epoch},
-                   {"test_acc", e.accuracy},
-                   {"test_loss", e.loss}});
+    nlohmann::json record{{"event", "eval"},
+                          {"step", step},
+                          {"epoch", epoch},
+                          {"test_acc", e.accuracy},
+                          {"test_loss", e.loss}};
+    if (language) record["perplexity"] = std::exp(e.loss);
+    write_metrics(record);
+    // Early stopping: every rank sees the same reduced numbers, so every rank decides alike.
+    if (!c_.eval.early_stopping.metric.empty()) {
+      const bool acc = c_.eval.early_stopping.metric == "test_acc";
+      const double value = acc ? e.accuracy : e.loss;
+      const double gain = acc ? value - best_metric : best_metric - value;
+      if (best_step < 0 || gain > c_.eval.early_stopping.min_delta) {
+        best_metric = value;
+        best_step = step;
+        evals_without_gain = 0;
+      } else if (++evals_without_gain >= c_.eval.early_stopping.patience) {
+        early_stop = true;
+      }
+    }
     if (!leader()) return;
     if (tty) std::printf("\n");
-    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f\n",
-                static_cast<long long>(step), static_cast<long long>(epoch), e.accuracy, e.loss);
+    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f", static_cast<long long>(step),
+                static_cast<long long>(epoch), e.accuracy, e.loss);
+    if (language) std::printf(" perplexity %.3f", std::exp(e.loss));
+    std::printf("\n");
+    if (early_stop)
+      std::printf("early stopping: %s has not improved by more than %g for %lld evaluations (best "
+                  "%.4f at step %lld)\n",
+                  c_.eval.early_stopping.metric.c_str(), c_.eval.early_stopping.min_delta,
+                  static_cast<long long>(evals_without_gain), best_metric,
+                  static_cast<long long>(best_step));
     std::fflush(stdout);
   };
 
@@ -774,11 +813,16 @@ RunSummary Trainer::run() {
   double log_eval_s = 0;
   int64_t log_step0 = step;
   int64_t last_epoch = std::min(start.epoch, epochs - 1);  // the one the final eval reports
-  for (; epoch < epochs && step < total_steps; ++epoch) {
+  // train.max_time: the moving average of a step's duration, to stop while a step and a
+  // checkpoint still fit the budget.
+  double step_s = 0;
+  for (; epoch < epochs && step < total_steps && !early_stop && !out_of_time; ++epoch) {
     last_epoch = epoch;
     if (epoch != start.epoch) loader.start_epoch(epoch);
     core::data::Batch batch_data;
-    while (step < total_steps) {
+    while (step < total_steps && loader.position() + accum <= per_epoch && !early_stop &&
+           !out_of_time) {
+      const auto step_t0 = Clock::now();
       {
         core::Timeline::Span span(tl, "data", "data");
         if (!loader.next(batch_data)) break;
@@ -795,18 +839,33 @@ RunSummary Trainer::run() {
         }
         ps_->begin_step(step, lr, batch_data.input.size(0), !clip);
       }
+      // Gradient accumulation: each batch's loss is divided by the count, so that the summed
+      // gradients are the mean over all of them; DDP reduces only after the last.
       Tensor loss;
-      {
-        core::Timeline::Span span(tl, "forward", "compute");
-        loss = compute_loss(batch_data, nullptr);
-      }
-      {
-        core::Timeline::Span span(tl, "backward", "compute");
-        if (scaler_) {
-          scaler_->scaled(loss).backward();
-        } else {
-          loss.backward();
+      for (int64_t micro = 0; micro < accum; ++micro) {
+        if (micro > 0) {
+          core::Timeline::Span span(tl, "data", "data");
+          if (!loader.next(batch_data))
+            COHORT_THROW(Error, "the data loader ran out inside an accumulation step");
         }
+        std::optional<collectives::DistributedDataParallel::NoSync> no_sync;
+        if (ddp_ && micro + 1 < accum) no_sync.emplace(ddp_.get());
+        Tensor part;
+        {
+          core::Timeline::Span span(tl, "forward", "compute");
+          part = compute_loss(batch_data, nullptr);
+          if (accum > 1) part = core::div(part, static_cast<double>(accum));
+        }
+        {
+          core::Timeline::Span span(tl, "backward", "compute");
+          if (scaler_) {
+            scaler_->scaled(part).backward();
+          } else {
+            part.backward();
+          }
+        }
+        loss = micro == 0 ? part.detach() : core::add(loss, part.detach());
+        if (!ps_ && micro + 1 < accum) samples += batch_data.input.size(0) * world_;
       }
       if (ps_) {
         core::Timeline::Span span(tl, "push", "comm");
@@ -858,8 +917,10 @@ RunSummary Trainer::run() {
         const double eta = static_cast<double>(total_steps - step) * el /
                            static_cast<double>(std::max<int64_t>(step - start.step, 1));
         s.final_loss = l;
-        write_metrics(
-            {{"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}});
+        nlohmann::json line{
+            {"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}};
+        if (language) line["tokens_per_s"] = sps * static_cast<double>(tokens_per_sample);
+        write_metrics(line);
         if (events) {
           events->add_scalar("train/loss", l, step);
           events->add_scalar("train/lr", lr, step);
@@ -874,17 +935,40 @@ RunSummary Trainer::run() {
                       static_cast<long long>(step), static_cast<long long>(total_steps),
                       static_cast<long long>(epoch), l, sps, format_eta(eta).c_str());
         } else if (leader()) {
-          std::printf("step %lld/%lld epoch %lld loss %.4f lr %.6g samples_per_s %.0f\n",
+          std::printf("step %lld/%lld epoch %lld loss %.4f lr %.6g samples_per_s %.0f",
                       static_cast<long long>(step), static_cast<long long>(total_steps),
                       static_cast<long long>(epoch), l, lr, sps);
+          if (language)
+            std::printf(" tokens_per_s %.0f", sps * static_cast<double>(tokens_per_sample));
+          std::printf("\n");
         }
         std::fflush(stdout);
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
       if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0)
         save(epoch, loader.position());
-      if (const int sig = stop_vote.after_step()) {
+      // Only the training step counts toward the average, not evaluations or checkpoints.
+      {
+        const double d = seconds_since(step_t0);
+        step_s = step_s == 0 ? d : 0.9 * step_s + 0.1 * d;
+      }
+      int time_request = 0;
+      if (c_.train.max_time_s > 0) {
+        // The vote lands a step later: leave room for two steps and a checkpoint.
+        const double left = c_.train.max_time_s - seconds_since(started_);
+        if (left < 2 * step_s + std::max(checkpoint_s, 1.0)) time_request = kStopForTime;
+      }
+      if (early_stop && last_saved != step) save(epoch, loader.position());
+      if (const int sig = stop_vote.after_step(time_request)) {
         if (last_saved != step) save(epoch, loader.position());
+        if (sig == kStopForTime) {
+          out_of_time = true;
+          if (leader())
+            std::printf("train.max_time %gs: stopped after step %lld with a checkpoint in %s "
+                        "(checkpoint.resume=auto continues)\n",
+                        c_.train.max_time_s, static_cast<long long>(step), c_.checkpoint.dir.c_str());
+          break;
+        }
         std::fflush(stdout);
         throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGUSR1") +
                                " stopped training after step " + std::to_string(step) +
@@ -892,8 +976,10 @@ RunSummary Trainer::run() {
                                " (checkpoint.resume=auto continues from it)");
       }
     }
+    if (out_of_time || early_stop) break;
     const bool epoch_done = loader.position() >= per_epoch;
     if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);
+    if (early_stop && last_saved != step) save(epoch, loader.position());
     if (c_.checkpoint.every_steps == 0 && epoch_done && last_saved != step)
       save(epoch, loader.position());
     if (step >= total_steps && last_saved != step) save(epoch, loader.position());
@@ -904,8 +990,9 @@ RunSummary Trainer::run() {
     if (leader() && last_eval_step != step) pull_latest();
     ps_->leave();
   }
-  // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters.
-  if (eval_set_ && last_eval_step != step) run_eval(last_epoch);
+  // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters;
+  // a run out of time leaves that to its continuation.
+  if (eval_set_ && last_eval_step != step && !out_of_time) run_eval(last_epoch);
   s.steps = step;
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);
@@ -917,16 +1004,26 @@ RunSummary Trainer::run() {
       write_metrics(
           {{"event", "rank"}, {"rank", r}, {"samples_per_s", rank_sps[static_cast<size_t>(r)]}});
   }
-  write_metrics({{"event", "summary"},
-                 {"steps", step},
-                 {"train_s", s.train_s},
-                 {"samples_per_s", s.samples_per_s},
-                 {"test_acc", s.test_acc},
-                 {"test_loss", s.test_loss},
-                 {"world_size", world_}});
-  if (leader())
-    std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size %d\n",
+  nlohmann::json summary{{"event", "summary"},
+                         {"steps", step},
+                         {"train_s", s.train_s},
+                         {"samples_per_s", s.samples_per_s},
+                         {"test_acc", s.test_acc},
+                         {"test_loss", s.test_loss},
+                         {"world_size", world_}};
+  if (language) {
+    summary["tokens_per_s"] = s.samples_per_s * static_cast<double>(tokens_per_sample);
+    summary["perplexity"] = std::exp(s.test_loss);
+  }
+  write_metrics(summary);
+  if (leader()) {
+    std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size %d",
                 static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc, world_);
+    if (language)
+      std::printf(" tokens_per_s %.0f perplexity %.3f",
+                  s.samples_per_s * static_cast<double>(tokens_per_sample), std::exp(s.test_loss));
+    std::printf("\n");
+  }
   std::fflush(stdout);
   if (timeline && collective()) {
     if (ddp_) ddp_->set_timeline(nullptr);

@@ -2,6 +2,7 @@
 // Config, trains, evaluates, and writes the run directory (config.resolved.yaml, metrics.jsonl).
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -143,6 +144,8 @@ class Trainer {
   std::unique_ptr<LossScaler> scaler_;
   std::string run_id_;  // the run whose checkpoints this one writes (run_dir.h)
   Datasets data_;
+  // train.max_time counts from here (the worker's start, data and model included).
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
 // Builds the model a config names (exposed for tests and examples). Config models (model.type

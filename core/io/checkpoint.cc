@@ -180,9 +180,10 @@ Checkpoint load_checkpoint(const std::string& dir) {
       d.filename().empty() ? d.parent_path().filename().string() : d.filename().string();
   if (name.rfind("step_", 0) == 0 && name != "step_" + std::to_string(c.meta.step))
     corrupt("its manifest says step " + std::to_string(c.meta.step) + " but it is " + name);
-  if (c.meta.batch_in_epoch > c.meta.step)
+  // A step is up to 2^20 batches (train.grad_accum_steps): a position past that is no run's.
+  if (c.meta.batch_in_epoch > (c.meta.step + 1) * (int64_t{1} << 20))
     corrupt("its manifest's batch_in_epoch " + std::to_string(c.meta.batch_in_epoch) +
-            " is past its step " + std::to_string(c.meta.step));
+            " is past what " + std::to_string(c.meta.step) + " steps can consume");
   const auto rng = m.find("rng");
   if (rng == m.end() || !rng->is_object()) corrupt("its manifest has no RNG state");
   const auto state = rng->find("state");
