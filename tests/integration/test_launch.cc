@@ -400,7 +400,7 @@ TEST_F(Launch, SlurmSubmitDryRunPrintsOneSrunTaskPerRank) {
   for (const char* line :
        {"#!/bin/bash\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=4\n",
         "#SBATCH --partition=gpu\n", "#SBATCH --time=1:00:00\n", "#SBATCH --gpus-per-node=4\n",
-        "srun --kill-on-bad-exit=1 ", "#SBATCH --signal=USR1@120\n", "#SBATCH --requeue\n",
+        "srun --label --kill-on-bad-exit=1 ", "#SBATCH --signal=USR1@120\n", "#SBATCH --requeue\n",
         "if [ \"$rc\" -eq 138 ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\n"})
     EXPECT_NE(script.find(line), std::string::npos) << line << " missing from:\n" << script;
   EXPECT_NE(script.find(" train '" + config + "' 'optimizer.lr=0.05'\n"),

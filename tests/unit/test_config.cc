@@ -88,7 +88,7 @@ TEST_F(ConfigTest, WrongTypesAndRanges) {
       {"model:\n  type: mlp\noptimizer:\n  momentum: 1.5\n",
        "optimizer.momentum must be in [0, 1], got 1.5"},
       {"model:\n  type: transformer\n",
-       "c.yaml:2: model.type must be one of mlp, cnn, gpt, sequential, graph, got 'transformer'"},
+       "c.yaml:2: model.type must be one of mlp, cnn, gpt, sequential, graph, custom, got 'transformer'"},
       {"model:\n  type: mlp\n  hidden: 5\n", "model.hidden must be a list of integers"},
       {"model:\n  type: mlp\n  hidden: [5, x]\n", "got an element 'x'"},
       {"model:\n  type: mlp\ndata:\n  shuffle: maybe\n", "data.shuffle must be true or false"},
