@@ -24,6 +24,7 @@
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "core/nn/models.h"
+#include "core/ops/cpu/bf16_gemm.h"
 #include "core/nn/normalization.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
@@ -101,11 +102,20 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
                    "precision fp64 is not available with parameter servers, which hold float32 "
                    "values; use precision: fp32 there");
     param_dtype_ = core::DType::kFloat64;
+  } else if (c_.precision == "bf16" && device_.is_cpu()) {
+    // The CPU's bfloat16: every GEMM rounds its operands to bfloat16 and accumulates in float32
+    // (AVX512-BF16); the rest of the step stays float32.
+    if (!core::cpu::bf16_gemm_supported())
+      COHORT_THROW(ConfigError,
+                   "precision bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake or later, AMD "
+                   "Zen 4 or later), which this CPU lacks; use precision: fp32 or device: cuda");
+    core::cpu::set_bf16_gemm(true);
+    cpu_bf16_ = true;
   } else if (c_.precision != "fp32") {
     if (!device_.is_cuda())
       COHORT_THROW(ConfigError, "precision ", c_.precision,
                    " runs on a GPU, but this worker trains on ", device_.str(),
-                   "; use precision: fp32 or device: cuda");
+                   "; use precision: fp32, bf16 (on a CPU with AVX512-BF16) or device: cuda");
     autocast_ = c_.precision == "bf16" ? core::DType::kBFloat16 : core::DType::kFloat16;
     if (c_.precision == "fp16") {
       if (c_.distributed.strategy == "parameter_server")
@@ -206,7 +216,9 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   }
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (cpu_bf16_) core::cpu::set_bf16_gemm(false);
+}
 
 Tensor LossScaler::scaled(const Tensor& loss) const { return core::mul(loss, scale_); }
 

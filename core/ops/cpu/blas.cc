@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cohort/config.h"
+#include "core/ops/cpu/bf16_gemm.h"
 #include "core/ops/cpu/cpu_backend.h"
 
 namespace cohort::core::cpu {
@@ -111,6 +112,11 @@ void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   Blas& bl = blas();
+  // precision: bf16 on an AVX512-BF16 CPU (a process-wide switch the trainer sets).
+  if (bf16_gemm_enabled()) {
+    bf16_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   if (bl.sgemm) {
     bl.sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m),
              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
