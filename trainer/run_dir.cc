@@ -115,7 +115,8 @@ std::string random_id() {
 
 std::string job_run_id() {
   for (const char* var : {"COHORT_RUN_ID", "TORCHELASTIC_RUN_ID"})
-    if (const char* v = std::getenv(var); v && *v) return v;
+    // torchrun's default rdzv id is the word "none", the same for every job: not an identity.
+    if (const char* v = std::getenv(var); v && *v && std::string(v) != "none") return v;
   if (const char* job = std::getenv("SLURM_JOB_ID"); job && *job) return std::string("slurm-") + job;
   static const std::string id = random_id();
   return id;
