@@ -444,12 +444,19 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       if (n.IsDefined())
         val.fail(key, n, key + " is for model.type " + types + ", not " + c.model.type);
     };
+    // What yaml-cpp still refuses inside a layer list is one sentence, not a crash (fuzz_config).
+    auto parse = [&](auto&& f) {
+      try {
+        c.model.spec = std::make_shared<ModelSpec>(f());
+      } catch (const YAML::Exception& e) {
+        COHORT_THROW(ConfigError, path, ":", e.mark.line + 1, ": model: ", e.msg);
+      }
+    };
     if (c.model.type == "sequential") {
-      c.model.spec = std::make_shared<ModelSpec>(parse_sequential(layers, path));
+      parse([&] { return parse_sequential(layers, path); });
     } else if (c.model.type == "graph") {
       only_for("model.layers", "gpt (a number of blocks) or sequential (a list of layers)");
-      c.model.spec = std::make_shared<ModelSpec>(
-          parse_graph(lookup(root, "model.nodes"), lookup(root, "model.output"), path));
+      parse([&] { return parse_graph(lookup(root, "model.nodes"), lookup(root, "model.output"), path); });
     } else {
       // A number of transformer blocks (gpt; ignored by mlp and cnn).
       if (layers.IsDefined()) val.check(Key{"model.layers", Kind::kInt, "2", 1, 1000}, layers);

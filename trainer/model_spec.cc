@@ -287,8 +287,9 @@ class Parser {
     NodeSpec out;
     std::string named = label;
     {
+      // A missing key is an invalid node, which throws when asked its type.
       const YAML::Node name = n["name"];
-      if (name.IsScalar()) named = label + " '" + name.Scalar() + "'";
+      if (name.IsDefined() && name.IsScalar()) named = label + " '" + name.Scalar() + "'";
     }
     YAML::Node layer_key, layer_value, input;
     bool has_layer = false, has_input = false;
