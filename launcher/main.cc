@@ -17,6 +17,7 @@
 #include "cohort/config.h"
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
+#include "launcher/bench_gemm.h"
 #include "launcher/bench_ps.h"
 #include "launcher/bench_store.h"
 #include "launcher/generate_command.h"
@@ -185,6 +186,8 @@ int main(int argc, char** argv) {
 
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
+  auto* bench_gemm = bench->add_subcommand(
+      "gemm", "the CPU's GEMM rate: float32 (OpenBLAS) against bfloat16 operands (AVX512-BF16)");
   auto* bench_coll = bench->add_subcommand(
       "collectives", "time one collective over a range of sizes (run by every rank of a job)");
   cohort::launcher::BenchCollectivesOptions bo;
@@ -280,6 +283,7 @@ int main(int argc, char** argv) {
     if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_store) return cohort::launcher::bench_store(bso);
+    if (*bench_gemm) return cohort::launcher::bench_gemm();
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);
       bo.max_bytes = cohort::launcher::parse_bytes("-e", max_b);

@@ -22,10 +22,6 @@ std::atomic<bool> g_enabled{false};
 constexpr int64_t kMr = 6, kNr = 32;
 constexpr int64_t kKcPairs = 256;  // 512 values of K per block: a 32-column panel block is 32 KB
 
-inline uint32_t pair(float lo, float hi) {
-  return static_cast<uint32_t>(BFloat16(lo).bits) | (static_cast<uint32_t>(BFloat16(hi).bits) << 16);
-}
-
 template <int MR>
 __attribute__((target("avx512f,avx512bf16")))
 void micro_kernel(const uint32_t* ap, int64_t a_stride, const uint32_t* bp, int64_t pairs, float* c,
@@ -63,6 +59,95 @@ const Kernel kKernels[kMr + 1] = {nullptr,          micro_kernel<1>, micro_kerne
                                   micro_kernel<3>, micro_kernel<4>, micro_kernel<5>,
                                   micro_kernel<6>};
 
+
+// Interleaves the 16 words of each half of v: [x0..x15 | y0..y15] -> x0 y0 x1 y1 ... x15 y15,
+// so that 32-bit lane j holds the pair (x_j, y_j).
+__attribute__((target("avx512f,avx512bw"))) inline __m512i interleave_halves(__m512i v) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, v);
+}
+
+inline __mmask16 first(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF)
+                     : static_cast<__mmask16>((1u << std::max<int64_t>(count, 0)) - 1);
+}
+
+// Rows [lo, hi) of op(A) as bfloat16 pairs: ap[i * kp + q] = (A[i][2q], A[i][2q + 1]).
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+void pack_a(bool ta, const float* a, int64_t lda, int64_t k, int64_t kp, int64_t lo, int64_t hi,
+            uint32_t* ap) {
+  if (!ta) {
+    // A row's K values are contiguous: 32 floats become 16 pairs in one conversion.
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* row = a + i * lda;
+      for (int64_t q = 0; q < kp; q += 16) {
+        const int64_t k0 = 2 * q;
+        const __m512 x0 = _mm512_maskz_loadu_ps(first(k - k0), row + k0);
+        const __m512 x1 = _mm512_maskz_loadu_ps(first(k - k0 - 16), row + k0 + 16);
+        const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+        _mm512_mask_storeu_epi32(ap + i * kp + q, first(kp - q), v);
+      }
+    }
+    return;
+  }
+  // op(A) = A^T: 16 rows i at a time from two rows of the stored matrix.
+  for (int64_t i0 = lo; i0 < hi; i0 += 16) {
+    const __mmask16 rows = first(hi - i0);
+    for (int64_t q = 0; q < kp; ++q) {
+      const __m512 x0 = _mm512_maskz_loadu_ps(rows, a + 2 * q * lda + i0);
+      const __m512 x1 = 2 * q + 1 < k ? _mm512_maskz_loadu_ps(rows, a + (2 * q + 1) * lda + i0)
+                                      : _mm512_setzero_ps();
+      alignas(64) uint32_t lane[16];
+      _mm512_store_si512(lane, interleave_halves((__m512i)_mm512_cvtne2ps_pbh(x1, x0)));
+      for (int64_t r = 0; r < std::min<int64_t>(16, hi - i0); ++r) ap[(i0 + r) * kp + q] = lane[r];
+    }
+  }
+}
+
+// Panels [lo, hi) of op(B): bp[(p * kp + q) * 32 + jj] = (B[2q][j], B[2q + 1][j]), j = 32p + jj.
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+void pack_b(bool tb, const float* b, int64_t ldb, int64_t k, int64_t n, int64_t kp, int64_t lo,
+            int64_t hi, uint32_t* bp) {
+  for (int64_t p = lo; p < hi; ++p) {
+    const int64_t j0 = p * kNr;
+    uint32_t* panel = bp + p * kp * kNr;
+    if (!tb) {
+      // Two rows of B, 16 columns at a time, interleaved into pairs.
+      for (int64_t q = 0; q < kp; ++q) {
+        const float* r0 = b + 2 * q * ldb;
+        const float* r1 = r0 + ldb;
+        const bool second = 2 * q + 1 < k;
+        for (int h = 0; h < 2; ++h) {
+          const __mmask16 cols = first(n - j0 - 16 * h);
+          const __m512 x0 = _mm512_maskz_loadu_ps(cols, r0 + j0 + 16 * h);
+          const __m512 x1 = second ? _mm512_maskz_loadu_ps(cols, r1 + j0 + 16 * h) : _mm512_setzero_ps();
+          _mm512_storeu_si512(panel + q * kNr + 16 * h,
+                              interleave_halves((__m512i)_mm512_cvtne2ps_pbh(x1, x0)));
+        }
+      }
+      continue;
+    }
+    // op(B) = B^T: column j's K values are a contiguous row of the stored matrix.
+    for (int64_t jj = 0; jj < kNr; ++jj) {
+      const int64_t j = j0 + jj;
+      if (j >= n) {
+        for (int64_t q = 0; q < kp; ++q) panel[q * kNr + jj] = 0;
+        continue;
+      }
+      const float* row = b + j * ldb;
+      for (int64_t q = 0; q < kp; q += 16) {
+        const int64_t k0 = 2 * q;
+        const __m512 x0 = _mm512_maskz_loadu_ps(first(k - k0), row + k0);
+        const __m512 x1 = _mm512_maskz_loadu_ps(first(k - k0 - 16), row + k0 + 16);
+        alignas(64) uint32_t lane[16];
+        _mm512_store_si512(lane, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
+        for (int64_t t = 0; t < std::min<int64_t>(16, kp - q); ++t) panel[(q + t) * kNr + jj] = lane[t];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 bool bf16_gemm_supported() {
@@ -90,42 +175,48 @@ void bf16_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
     return;
   }
   const int64_t kp = (k + 1) / 2;  // pairs, K padded with a zero
-  auto A = [&](int64_t i, int64_t kk) { return kk < k ? (ta ? a[kk * lda + i] : a[i * lda + kk]) : 0.0f; };
-  auto B = [&](int64_t kk, int64_t j) { return kk < k ? (tb ? b[j * ldb + kk] : b[kk * ldb + j]) : 0.0f; };
-  // A as rows of pairs [m][kp]; B as panels [n / 32][kp][32], zero beyond n.
-  std::vector<uint32_t> ap(static_cast<size_t>(m * kp));
+  // A as rows of pairs [m][kp]; B as panels [n / 32][kp][32], zero beyond n. The buffers stay
+  // with the thread between calls: training repeats the same shapes.
   const int64_t panels = (n + kNr - 1) / kNr;
-  std::vector<uint32_t> bp(static_cast<size_t>(panels * kp * kNr));
-  parallel_for(m, 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i)
-      for (int64_t q = 0; q < kp; ++q) ap[static_cast<size_t>(i * kp + q)] = pair(A(i, 2 * q), A(i, 2 * q + 1));
-  });
-  parallel_for(panels, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t p = lo; p < hi; ++p)
-      for (int64_t q = 0; q < kp; ++q)
-        for (int64_t jj = 0; jj < kNr; ++jj) {
-          const int64_t j = p * kNr + jj;
-          bp[static_cast<size_t>((p * kp + q) * kNr + jj)] =
-              j < n ? pair(B(2 * q, j), B(2 * q + 1, j)) : 0u;
-        }
-  });
-  // Each thread owns whole panels (columns of C): outputs are disjoint, the sum order fixed.
-  parallel_for(panels, 1, [&](int64_t lo, int64_t hi) {
+  thread_local std::vector<uint32_t> ap_buf, bp_buf;
+  if (ap_buf.size() < static_cast<size_t>(m * kp)) ap_buf.resize(static_cast<size_t>(m * kp));
+  if (bp_buf.size() < static_cast<size_t>(panels * kp * kNr))
+    bp_buf.resize(static_cast<size_t>(panels * kp * kNr));
+  uint32_t* ap = ap_buf.data();
+  uint32_t* bp = bp_buf.data();
+  // Small products (Winograd's sixteen per convolution) run on the calling thread: handing
+  // them to the pool costs more than they do.
+  const bool small = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
+                     static_cast<double>(1 << 24);
+  if (small) {
+    pack_a(ta, a, lda, k, kp, 0, m, ap);
+  } else {
+    parallel_for(m, 64, [&](int64_t lo, int64_t hi) { pack_a(ta, a, lda, k, kp, lo, hi, ap); });
+  }
+  // Each thread owns whole panels (columns of C), packs them and multiplies them: outputs are
+  // disjoint and the sum order fixed, whatever the thread count.
+  auto panels_of_c = [&](int64_t lo, int64_t hi) {
     for (int64_t p = lo; p < hi; ++p) {
+      pack_b(tb, b, ldb, k, n, kp, p, p + 1, bp);
       const int64_t cols = std::min(kNr, n - p * kNr);
       const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
       const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (cols - 16)) - 1);
       for (int64_t q0 = 0; q0 < kp; q0 += kKcPairs) {
         const int64_t pairs = std::min(kKcPairs, kp - q0);
-        const uint32_t* panel = bp.data() + (p * kp + q0) * kNr;
+        const uint32_t* panel = bp + (p * kp + q0) * kNr;
         for (int64_t i = 0; i < m; i += kMr) {
           const int64_t rows = std::min(kMr, m - i);
-          kKernels[rows](ap.data() + i * kp + q0, kp, panel, pairs, c + i * ldc + p * kNr, ldc, m0,
+          kKernels[rows](ap + i * kp + q0, kp, panel, pairs, c + i * ldc + p * kNr, ldc, m0,
                          m1, q0 == 0, alpha, beta);
         }
       }
     }
-  });
+  };
+  if (small) {
+    panels_of_c(0, panels);
+  } else {
+    parallel_for(panels, 1, panels_of_c);
+  }
 }
 
 }  // namespace cohort::core::cpu
