@@ -27,6 +27,12 @@ case "$cmd" in
       touch "$dir/started-munged"
       munge -n | unmunge >/dev/null || { echo "cluster.sh: munge does not work here" >&2; exit 3; }
     fi
+    # slurmd makes a unix socket per job step in its spool directory; a socket path has at most
+    # 107 bytes, and a longer one leaves every job pending with nothing said.
+    if [ ${#dir} -gt 60 ]; then
+      echo "cluster.sh: $dir is ${#dir} bytes long; slurmd's step sockets under it need a directory of at most 60" >&2
+      exit 2
+    fi
     mkdir -p "$dir/state" "$dir/spool" "$dir/log"
     cat >"$dir/slurm.conf" <<CONF
 ClusterName=cohorttest

@@ -35,7 +35,13 @@ class SlurmCluster : public cohort::test::TempDirTest {
   void SetUp() override {
     TempDirTest::SetUp();
     if (geteuid() != 0) GTEST_SKIP() << "the Slurm daemons need root";
-    auto [rc, out] = sh(script() + " up " + (dir_ / "cluster").string());
+    // slurmd's step sockets live under the cluster's directory and a socket path has at most
+    // 107 bytes: a short directory of its own, not one named after the test.
+    static int clusters = 0;
+    cluster_ = fs::temp_directory_path() /
+               ("cs" + std::to_string(::getpid()) + "_" + std::to_string(clusters++));
+    fs::remove_all(cluster_);
+    auto [rc, out] = sh(script() + " up " + cluster_.string());
     if (rc == 3) GTEST_SKIP() << "no Slurm cluster on this machine: " << out;
     ASSERT_EQ(rc, 0) << out;
     up_ = true;
@@ -46,7 +52,8 @@ class SlurmCluster : public cohort::test::TempDirTest {
     ASSERT_FALSE(conf_.empty()) << out;
   }
   void TearDown() override {
-    if (up_) sh(script() + " down " + (dir_ / "cluster").string());
+    if (up_) sh(script() + " down " + cluster_.string());
+    if (!cluster_.empty()) fs::remove_all(cluster_);
     TempDirTest::TearDown();
   }
   static std::string script() {
@@ -55,6 +62,7 @@ class SlurmCluster : public cohort::test::TempDirTest {
   std::string env() const { return "SLURM_CONF=" + conf_ + " "; }
   bool up_ = false;
   std::string conf_;
+  fs::path cluster_;
 };
 
 TEST_F(SlurmCluster, SrunTasksFindTheirRanksAndTheStore) {
