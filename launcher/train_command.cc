@@ -61,7 +61,7 @@ int train_command(const std::string& config, const std::vector<std::string>& ove
   if (flags.eval_only) {
     const trainer::EvalResult r = t.evaluate();
     if (env.rank == 0)
-      std::printf("eval: test_acc %.4f test_loss %.6f (%s)\n", r.accuracy, r.loss,
+      std::printf("eval: test_acc %.4f test_loss %.9f (%s)\n", r.accuracy, r.loss,
                   c.model.init_from.empty() ? "the seed's initial weights"
                                             : c.model.init_from.c_str());
     return 0;

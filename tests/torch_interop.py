@@ -7,7 +7,7 @@ model.init_from, or loaded from a Cohort checkpoint and evaluated.
     torch_interop.py eval MODEL.safetensors         loads (strict) and prints test accuracy
 
 Both print one JSON line {"test_acc": ..., "test_loss": ...} over the 10000 test images, normalised
-as Cohort normalises them. Safetensors is written and read by hand (Debian has no package for it)."""
+as Cohort normalises them, evaluated in float64. Safetensors is written and read by hand (Debian has no package for it)."""
 import gzip, json, struct, sys
 import numpy as np
 import torch
@@ -72,7 +72,11 @@ def load(path):
 
 
 def evaluate(m):
+    # In float64, as Cohort's side of the comparison (precision=fp64): two float32
+    # implementations sum in different orders and may flip a near-tie's argmax.
     x, y = images("t10k")
+    x = x.double()
+    m = m.double()
     m.eval()
     correct, loss = 0, 0.0
     with torch.no_grad():
