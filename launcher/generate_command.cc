@@ -73,6 +73,10 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
     }
   }
   trainer::Config c = trainer::load_config(config, overrides);
+  if (c.model.type == "mlp" || c.model.type == "cnn" || c.model.type == "custom")
+    COHORT_THROW(ConfigError, "cohort generate needs a model over tokens (model.type gpt, or a "
+                 "sequential or graph model that starts with an embedding), not model.type ",
+                 c.model.type);
   const bool bytes = c.model.vocab == 256 && c.data.dataset != "tokens";
   if (o.has_prompt && !o.prompt_tokens.empty())
     COHORT_THROW(ConfigError, "cohort generate: give prompt or prompt_tokens, not both");

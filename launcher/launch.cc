@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <random>
 #include <thread>
 #include <cstdio>
 #include <filesystem>
@@ -69,12 +68,7 @@ class SignalScope {
 // One id for every attempt of this launch (a restarted worker continues the same run), and a
 // different one for any other launch, even one that reuses this pid.
 const std::string& default_run_id() {
-  static const std::string id = [] {
-    std::random_device rd;
-    char buf[17];
-    std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
-    return std::string(buf);
-  }();
+  static const std::string id = collectives::to_hex(collectives::random_bytes(8));
   return id;
 }
 

@@ -45,6 +45,8 @@ core::Device resolve_device(const std::string& spec, int local_rank, int local_w
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
                                               const Tensor& sample, int64_t data_classes) {
   using namespace core::nn;
+  COHORT_CHECK(c.model.type != "custom", "model.type custom is built by the program that provides it "
+               "(trainer::Extensions::model), not by build_model");
   if (c.model.spec) {
     COHORT_CHECK(sample.defined(), "build_model: model.type ", c.model.type,
                  " infers its sizes from a sample of the data; pass one");

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <map>
+#include <new>
 #include <sstream>
 
 #include "core/autograd/grad_mode.h"
@@ -46,6 +47,9 @@ class Builder {
     } catch (const Error& e) {
       COHORT_THROW(ConfigError, spec.where, ": ", spec.label, ": ", e.what(), " (its input is ",
                    core::shape_str(probe.sizes()), ")");
+    } catch (const std::bad_alloc&) {
+      COHORT_THROW(ConfigError, spec.where, ": ", spec.label, ": this layer's parameters or output ",
+                   "for input ", core::shape_str(probe.sizes()), " do not fit in memory");
     }
     layers.push_back({name, spec.kind, probe.sizes(), m->num_parameters()});
     return m;
@@ -65,6 +69,18 @@ class Builder {
     fail(s, "needs " + layout + " input, got " + core::shape_str(x.sizes()) + hint);
   }
 
+  // Sizes come from the config: their product is checked in floating point before any of them
+  // multiplies into an int64 element count (2^34 parameters is 64 GiB of float32).
+  void bound_parameters(const LayerSpec& s, std::initializer_list<double> factors) const {
+    double n = 1;
+    for (double f : factors) n *= f;
+    if (n > 17179869184.0) {
+      char text[64];
+      std::snprintf(text, sizeof text, "%.3g", n);
+      fail(s, std::string("would hold ") + text + " parameters, more than 2^34");
+    }
+  }
+
   void need_floating(const LayerSpec& s, const Tensor& x) const {
     if (!core::is_floating(x.dtype()))
       fail(s, "needs floating-point input, got " + std::string(core::dtype_name(x.dtype())) +
@@ -80,6 +96,7 @@ class Builder {
     if (k == "linear") {
       need_floating(s, x);
       need_dims(s, x, {2, 3, 4, 5}, "[N, ..., features]");
+      bound_parameters(s, {static_cast<double>(x.size(-1)) + 1, static_cast<double>(s.i64("out_features"))});
       return std::make_shared<nn::Linear>(x.size(-1), s.i64("out_features"), s.flag("bias"), gen_);
     }
     if (k == "conv2d") {
@@ -95,6 +112,9 @@ class Builder {
         fail(s, "groups " + std::to_string(c.groups) + " must divide the input's " +
                     std::to_string(c.in_channels) + " channels and out_channels " +
                     std::to_string(c.out_channels));
+      bound_parameters(s, {static_cast<double>(c.out_channels),
+                           static_cast<double>(c.in_channels / c.groups) + 1,
+                           static_cast<double>(c.kernel * c.kernel)});
       return std::make_shared<nn::Conv2d>(c, gen_);
     }
     if (k == "max_pool2d" || k == "avg_pool2d") {
@@ -148,10 +168,13 @@ class Builder {
     if (k == "embedding") {
       if (core::is_floating(x.dtype()))
         fail(s, "needs integer indices as input, got " + std::string(core::dtype_name(x.dtype())));
+      bound_parameters(s, {static_cast<double>(s.i64("num_embeddings")),
+                           static_cast<double>(s.i64("embedding_dim"))});
       return std::make_shared<nn::Embedding>(s.i64("num_embeddings"), s.i64("embedding_dim"), gen_);
     }
     if (k == "position_embedding") {
       need_dims(s, x, {3}, "[N, T, D]");
+      bound_parameters(s, {static_cast<double>(s.i64("num_embeddings")), static_cast<double>(x.size(2))});
       return std::make_shared<nn::PositionEmbedding>(s.i64("num_embeddings"), x.size(2), gen_);
     }
     if (k == "attention") {
@@ -160,6 +183,7 @@ class Builder {
       if (x.size(2) % s.i64("num_heads") != 0)
         fail(s, "num_heads " + std::to_string(s.i64("num_heads")) + " must divide the input's " +
                     std::to_string(x.size(2)) + " features");
+      bound_parameters(s, {4.0 * static_cast<double>(x.size(2)) + 4, static_cast<double>(x.size(2))});
       return std::make_shared<nn::MultiheadAttention>(
           nn::AttentionSpec{x.size(2), s.i64("num_heads"), s.flag("bias"), s.flag("causal")},
           gen_);
@@ -180,6 +204,8 @@ class Builder {
       t.norm_first = s.flag("norm_first");
       t.bias = s.flag("bias");
       t.causal = s.flag("causal");
+      bound_parameters(s, {static_cast<double>(t.d_model),
+                           4.0 * static_cast<double>(t.d_model) + 2.0 * static_cast<double>(t.dim_feedforward) + 8});
       return std::make_shared<nn::TransformerEncoderLayer>(t, gen_);
     }
     fail(s, "no constructor for layer '" + k + "'");

@@ -11,12 +11,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
+#include "collectives/store/token.h"
 #include "core/util/error.h"
 
 namespace cohort::trainer {
@@ -51,6 +51,10 @@ std::optional<std::string> read_small(const fs::path& p, size_t max) {
   return text;
 }
 
+bool is_commit(const std::string& s) {
+  return s.size() == 40 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
 // The commit of the git work tree holding `start` (walking up), or "" where there is none.
 std::string git_commit(fs::path start) {
   std::error_code ec;
@@ -62,15 +66,21 @@ std::string git_commit(fs::path start) {
       if (!head) return "";
       std::string h = *head;
       while (!h.empty() && (h.back() == '\n' || h.back() == '\r')) h.pop_back();
-      if (h.rfind("ref: ", 0) != 0) return h.size() == 40 ? h : "";
+      if (h.rfind("ref: ", 0) != 0) return is_commit(h) ? h : "";
+      // HEAD names a ref under refs/; anything else (an absolute path, "..") is not followed.
       const std::string ref = h.substr(5);
-      if (ref.find("..") != std::string::npos) return "";
-      if (auto c = read_small(git / ref, 4096)) return c->substr(0, std::min<size_t>(40, c->size()));
-      if (auto packed = read_small(git / "packed-refs", kMaxRunJsonBytes)) {
+      if (ref.rfind("refs/", 0) != 0 || ref.find("..") != std::string::npos ||
+          ref.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
+              std::string::npos)
+        return "";
+      std::string commit;
+      if (auto c = read_small(git / ref, 4096)) {
+        commit = c->substr(0, std::min<size_t>(40, c->size()));
+      } else if (auto packed = read_small(git / "packed-refs", kMaxRunJsonBytes)) {
         const size_t at = packed->find(" " + ref + "\n");
-        if (at != std::string::npos && at >= 40) return packed->substr(at - 40, 40);
+        if (at != std::string::npos && at >= 40) commit = packed->substr(at - 40, 40);
       }
-      return "";
+      return is_commit(commit) ? commit : "";
     }
     if (d == d.parent_path()) break;
   }
@@ -104,12 +114,7 @@ bool changes_state(const std::string& key) {
   return key.rfind("model.", 0) == 0 || key == "optimizer.type" || key == "data.dataset";
 }
 
-std::string random_id() {
-  std::random_device rd;
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
-  return buf;
-}
+std::string random_id() { return collectives::to_hex(collectives::random_bytes(8)); }
 
 }  // namespace
 

@@ -125,6 +125,8 @@ TEST_F(ConfigModels, BadLayerListsAreOneSentenceNamingTheLayerAndKey) {
        "model.nodes[0] 'a': has two layers ('relu' and 'tanh')"},
       {"model:\n  type: sequential\n  hidden: [10]\n  layers: [flatten, {linear: {out: 10}}]\n",
        "model.hidden is for model.type mlp, not sequential"},
+      {"model:\n  type: sequential\n  layers: [flatten, {linear: {out: 1099511627776}}]\n",
+       "model.layers[1] (linear): would hold 8.63e+14 parameters, more than 2^34"},
   };
   for (const Case& c : cases) {
     const fs::path file = write("bad.yaml", c.yaml);

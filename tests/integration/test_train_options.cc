@@ -139,6 +139,11 @@ TEST_F(TrainOptions, LanguageModelsReportPerplexityAndGenerate) {
   auto wrong = run_command(generate + " model.dim=64");
   EXPECT_EQ(wrong.code, 2) << wrong.output;
   EXPECT_NE(wrong.output.find("does not fit this config's model"), std::string::npos) << wrong.output;
+  auto mlp = run_command(std::string(COHORT_BINARY) + " generate " + COHORT_SOURCE_DIR +
+                         "/configs/fashion_mnist_mlp.yaml prompt=x");
+  EXPECT_EQ(mlp.code, 2) << mlp.output;
+  EXPECT_NE(mlp.output.find("cohort generate needs a model over tokens"), std::string::npos)
+      << mlp.output;
   auto tokens = run_command(generate + " model.vocab=512 data.dataset=synthetic");
   EXPECT_EQ(tokens.code, 2) << tokens.output;
   EXPECT_NE(tokens.output.find("give prompt_tokens=ID,ID,..."), std::string::npos) << tokens.output;
