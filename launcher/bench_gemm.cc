@@ -18,12 +18,13 @@ int bench_gemm() {
     bool ta, tb;
   };
   // The CNN's fc1 forward and its weight gradient, a conv's im2col product, and a square one.
-  const Shape shapes[] = {{"square", 1024, 1024, 1024, false, false},
-                          {"linear 3136->128, batch 64", 64, 128, 3136, false, true},
-                          {"its weight gradient", 128, 3136, 64, true, false},
-                          {"conv 32->64 3x3 at 14x14, batch 64 (im2col)", 12544, 64, 288, false, true},
-                          {"the same conv as Winograd, one of 16", 64, 3136, 32, false, false},
-                          {"conv 1->32 3x3 at 28x28, batch 64 (im2col)", 32, 50176, 9, false, false}};
+  const Shape shapes[] = {
+      {"square", 1024, 1024, 1024, false, false},
+      {"linear 3136->128, batch 64", 64, 128, 3136, false, true},
+      {"its weight gradient", 128, 3136, 64, true, false},
+      {"conv 32->64 3x3 at 14x14, batch 64 (im2col)", 12544, 64, 288, false, true},
+      {"the same conv as Winograd, one of 16", 64, 3136, 32, false, false},
+      {"conv 1->32 3x3 at 28x28, batch 64 (im2col)", 32, 50176, 9, false, false}};
   const bool bf16 = core::cpu::bf16_gemm_supported();
   std::printf("cohort bench gemm: %d threads, AVX512-BF16 %s\n", core::get_num_threads(),
               bf16 ? "yes" : "no");

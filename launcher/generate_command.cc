@@ -48,7 +48,8 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
   std::vector<std::string> overrides;
   for (const std::string& a : args) {
     const size_t eq = a.find('=');
-    const std::string key = a.substr(0, eq), value = eq == std::string::npos ? "" : a.substr(eq + 1);
+    const std::string key = a.substr(0, eq),
+                      value = eq == std::string::npos ? "" : a.substr(eq + 1);
     if (key == "checkpoint") {
       o.checkpoint = value;
     } else if (key == "prompt") {
@@ -74,7 +75,8 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
   }
   trainer::Config c = trainer::load_config(config, overrides);
   if (c.model.type == "mlp" || c.model.type == "cnn" || c.model.type == "custom")
-    COHORT_THROW(ConfigError, "cohort generate needs a model over tokens (model.type gpt, or a "
+    COHORT_THROW(ConfigError,
+                 "cohort generate needs a model over tokens (model.type gpt, or a "
                  "sequential or graph model that starts with an embedding), not model.type ",
                  c.model.type);
   const bool bytes = c.model.vocab == 256 && c.data.dataset != "tokens";
@@ -93,7 +95,8 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
   }
   // The model: token input [1, context].
   core::Generator init(c.seed);
-  const core::Tensor sample = core::zeros({1, c.model.context}, core::TensorOptions(core::DType::kInt64));
+  const core::Tensor sample =
+      core::zeros({1, c.model.context}, core::TensorOptions(core::DType::kInt64));
   auto model = trainer::build_model(c, &init, sample);
   core::io::TensorMap weights = std::filesystem::is_directory(o.checkpoint)
                                     ? core::io::load_checkpoint(o.checkpoint).model
@@ -103,8 +106,8 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
   } catch (const IoError&) {
     throw;
   } catch (const Error& e) {
-    COHORT_THROW(ConfigError, "checkpoint ", o.checkpoint, " does not fit this config's model: ",
-                 e.what());
+    COHORT_THROW(ConfigError, "checkpoint ", o.checkpoint,
+                 " does not fit this config's model: ", e.what());
   }
   const core::Device device = trainer::resolve_device(c.device, 0, 1);
   model->to(device);
@@ -125,13 +128,15 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
   if (tokens.empty()) tokens.push_back(bytes ? '\n' : 0);  // something to continue from
   for (int64_t t : tokens)
     if (t < 0 || t >= c.model.vocab)
-      COHORT_THROW(ConfigError, "cohort generate: token ", t, " is outside model.vocab ", c.model.vocab);
+      COHORT_THROW(ConfigError, "cohort generate: token ", t, " is outside model.vocab ",
+                   c.model.vocab);
 
   core::Generator gen(o.seed);
   core::autograd::NoGradGuard guard;
   if (bytes) std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
   for (int64_t n = 0; n < o.max_new_tokens; ++n) {
-    const auto len = static_cast<int64_t>(std::min<size_t>(tokens.size(), static_cast<size_t>(c.model.context)));
+    const auto len =
+        static_cast<int64_t>(std::min<size_t>(tokens.size(), static_cast<size_t>(c.model.context)));
     std::vector<int64_t> window(tokens.end() - len, tokens.end());
     core::Tensor x = core::from_vector(window, {1, len}).to(device);
     core::Tensor logits = model->forward(x);
@@ -139,12 +144,14 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
       COHORT_THROW(ConfigError, "cohort generate: the model's output is ",
                    core::shape_str(logits.sizes()), ", not [1, T, ", c.model.vocab,
                    "] logits over the vocabulary");
-    core::Tensor last = logits.select(1, len - 1).reshape({-1}).to(core::Device::cpu()).to(core::DType::kFloat64);
+    core::Tensor last =
+        logits.select(1, len - 1).reshape({-1}).to(core::Device::cpu()).to(core::DType::kFloat64);
     std::vector<double> p(last.data_ptr<double>(), last.data_ptr<double>() + last.numel());
     for (double& v : p) v /= o.temperature;
     if (o.top_k > 0 && o.top_k < static_cast<int64_t>(p.size())) {
       std::vector<double> sorted = p;
-      std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(), std::greater<>());
+      std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(),
+                       std::greater<>());
       const double cut = sorted[static_cast<size_t>(o.top_k - 1)];
       for (double& v : p)
         if (v < cut) v = -INFINITY;
@@ -152,7 +159,8 @@ int generate_command(const std::string& config, const std::vector<std::string>& 
     const double top = *std::max_element(p.begin(), p.end());
     double total = 0;
     for (double& v : p) total += (v = std::exp(v - top));
-    const double u = core::rand({1}, core::TensorOptions(core::DType::kFloat64), &gen).item<double>() * total;
+    const double u =
+        core::rand({1}, core::TensorOptions(core::DType::kFloat64), &gen).item<double>() * total;
     int64_t next = static_cast<int64_t>(p.size()) - 1;
     double acc = 0;
     for (size_t i = 0; i < p.size(); ++i) {

@@ -12,10 +12,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "collectives/shared_memory.h"
 #include "collectives/store/tcp_store.h"
@@ -413,8 +413,8 @@ class Round {
       // torchrun's default for Python workers is one thread each; an equal share of the cores
       // is what they would choose for themselves.
       if (python && !std::getenv("OMP_NUM_THREADS"))
-        spec.env["OMP_NUM_THREADS"] =
-            std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
+        spec.env["OMP_NUM_THREADS"] = std::to_string(
+            std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
       if (o.ps_servers > 0) {
         spec.env["COHORT_ROLE"] = "worker";
         spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * o.nnodes);

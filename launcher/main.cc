@@ -49,13 +49,14 @@ int main(int argc, char** argv) {
   cohort::launcher::TrainFlags train_flags;
   train->add_flag("--print-model", train_flags.print_model,
                   "print each layer, its output shape and parameter count, then exit");
-  train->add_flag("--eval-only", train_flags.eval_only,
-                  "evaluate the model (model.init_from's weights) on the evaluation set, then exit");
+  train->add_flag(
+      "--eval-only", train_flags.eval_only,
+      "evaluate the model (model.init_from's weights) on the evaluation set, then exit");
 
   std::string gen_config;
   std::vector<std::string> gen_args;
-  auto* generate = app.add_subcommand(
-      "generate", "sample text (or tokens) from a language model's checkpoint");
+  auto* generate =
+      app.add_subcommand("generate", "sample text (or tokens) from a language model's checkpoint");
   generate->add_option("config", gen_config, "the experiment's YAML file")->required();
   generate->add_option("args", gen_args,
                        "checkpoint=PATH (default: the newest in checkpoint.dir), prompt=TEXT or "
@@ -135,9 +136,10 @@ int main(int argc, char** argv) {
   launch->add_option("--master-addr,--master_addr", master_addr,
                      "with --nnodes > 1 and no --rdzv-endpoint: node 0's address (torchrun's "
                      "static rendezvous)");
-  launch->add_option("--master-port,--master_port", master_port,
-                     "one node: the workers' MASTER_PORT; several: with --master-addr, the "
-                     "rendezvous port")
+  launch
+      ->add_option("--master-port,--master_port", master_port,
+                   "one node: the workers' MASTER_PORT; several: with --master-addr, the "
+                   "rendezvous port")
       ->check(CLI::Range(1, 65535));
   launch->footer(
       "\nPROGRAM runs on every rank: cohort launch [OPTIONS] PROGRAM [ARGS...], or, so that no\n"
@@ -170,9 +172,10 @@ int main(int argc, char** argv) {
   submit->add_option("--qos", so.qos, "Slurm quality of service");
   submit->add_option("--mem", so.mem, "memory per node, e.g. 64G");
   submit->add_option("--constraint", so.constraint, "node features, e.g. a100");
-  submit->add_option("--sbatch-arg", so.sbatch_args,
-                     "any other sbatch option, passed as written (repeatable): "
-                     "--sbatch-arg=--exclusive")
+  submit
+      ->add_option("--sbatch-arg", so.sbatch_args,
+                   "any other sbatch option, passed as written (repeatable): "
+                   "--sbatch-arg=--exclusive")
       ->allow_extra_args(false);
   submit->add_flag("--dry-run", so.dry_run, "print the sbatch script instead of submitting it");
 

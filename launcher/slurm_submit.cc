@@ -30,9 +30,13 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
   if (o.cpus_per_task < 0)
     COHORT_THROW(ConfigError, "--cpus-per-task must be 0 or more, got ", o.cpus_per_task);
   // Values go into #SBATCH lines: one line each, no shell.
-  for (const auto& [name, v] : {std::pair<const char*, const std::string*>{"--partition", &o.partition},
-                                {"--time", &o.time}, {"--account", &o.account}, {"--qos", &o.qos},
-                                {"--mem", &o.mem}, {"--constraint", &o.constraint}})
+  for (const auto& [name, v] :
+       {std::pair<const char*, const std::string*>{"--partition", &o.partition},
+        {"--time", &o.time},
+        {"--account", &o.account},
+        {"--qos", &o.qos},
+        {"--mem", &o.mem},
+        {"--constraint", &o.constraint}})
     if (v->find_first_of("\n\r ") != std::string::npos)
       COHORT_THROW(ConfigError, name, " '", *v, "' must be one word");
   const trainer::Config c = trainer::load_config(o.config, o.overrides);
@@ -54,8 +58,9 @@ std::string sbatch_script(const SlurmSubmitOptions& o) {
   for (const std::string& a : o.sbatch_args) {
     // One #SBATCH line per argument; a newline would end the directive and start a command.
     if (a.rfind("-", 0) != 0 || a.find_first_of("\n\r") != std::string::npos)
-      COHORT_THROW(ConfigError, "--sbatch-arg '", a,
-                   "' must be one sbatch option on one line, such as --exclusive or --mail-type=END");
+      COHORT_THROW(
+          ConfigError, "--sbatch-arg '", a,
+          "' must be one sbatch option on one line, such as --exclusive or --mail-type=END");
     s += "#SBATCH " + a + "\n";
   }
   s += "#SBATCH --output=" + log_dir + "/slurm-%j.out\n";

@@ -21,7 +21,7 @@ struct SlurmSubmitOptions {
   // as Slurm sees them (left to Slurm).
   int cpus_per_task = 0;
   std::string account, qos, mem, constraint;  // empty: the cluster's defaults
-  std::vector<std::string> sbatch_args;        // passed to sbatch as written ("--exclusive")
+  std::vector<std::string> sbatch_args;       // passed to sbatch as written ("--exclusive")
   bool dry_run = false;
   std::string cohort_binary;  // the absolute path of this executable
 };

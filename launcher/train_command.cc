@@ -61,15 +61,14 @@ int train_command(const std::string& config, const std::vector<std::string>& ove
   if (flags.eval_only) {
     const trainer::EvalResult r = t.evaluate();
     if (env.rank == 0)
-      std::printf("eval: test_acc %.4f test_loss %.9f (%s)\n", r.accuracy, r.loss,
-                  c.model.init_from.empty() ? "the seed's initial weights"
-                                            : c.model.init_from.c_str());
+      std::printf(
+          "eval: test_acc %.4f test_loss %.9f (%s)\n", r.accuracy, r.loss,
+          c.model.init_from.empty() ? "the seed's initial weights" : c.model.init_from.c_str());
     return 0;
   }
   t.run();
   return 0;
 }
-
 
 int report_and_exit_code(const std::exception& e) {
   if (const auto* stop = dynamic_cast<const trainer::Stopped*>(&e)) {
@@ -99,10 +98,11 @@ int train_main(int argc, char** argv, const trainer::Extensions& ext) {
     } else if (a == "--eval-only") {
       flags.eval_only = true;
     } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s CONFIG [key.path=value ...] [--print-model] [--eval-only]\n"
-                  "Trains like `cohort train` (alone, or as one rank under cohort launch,\n"
-                  "mpirun or srun) with this program's model and data.\n",
-                  argv[0]);
+      std::printf(
+          "usage: %s CONFIG [key.path=value ...] [--print-model] [--eval-only]\n"
+          "Trains like `cohort train` (alone, or as one rank under cohort launch,\n"
+          "mpirun or srun) with this program's model and data.\n",
+          argv[0]);
       return 0;
     } else if (a.rfind("--", 0) == 0) {
       std::fprintf(stderr, "cohort: unknown option %s (--print-model, --eval-only)\n", a.c_str());

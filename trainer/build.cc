@@ -45,7 +45,8 @@ core::Device resolve_device(const std::string& spec, int local_rank, int local_w
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,
                                               const Tensor& sample, int64_t data_classes) {
   using namespace core::nn;
-  COHORT_CHECK(c.model.type != "custom", "model.type custom is built by the program that provides it "
+  COHORT_CHECK(c.model.type != "custom",
+               "model.type custom is built by the program that provides it "
                "(trainer::Extensions::model), not by build_model");
   if (c.model.spec) {
     COHORT_CHECK(sample.defined(), "build_model: model.type ", c.model.type,
@@ -55,13 +56,15 @@ std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* 
   // mlp and cnn fit the data: its input size, and its classes where the data knows them.
   const int64_t classes = data_classes > 0 ? data_classes : 10;
   if (c.model.type == "mlp") {
-    const int64_t in = sample.defined() ? sample.numel() / std::max<int64_t>(sample.size(0), 1) : 28 * 28;
+    const int64_t in =
+        sample.defined() ? sample.numel() / std::max<int64_t>(sample.size(0), 1) : 28 * 28;
     return std::make_shared<MLP>(in, c.model.hidden, classes, gen);
   }
   if (c.model.type == "cnn") {
     if (!sample.defined()) return std::make_shared<CNN>(1, classes, gen);
     if (sample.dim() != 4 || !core::is_floating(sample.dtype()))
-      COHORT_THROW(ConfigError, "model.type cnn needs images [N, C, H, W], but the data's inputs are ",
+      COHORT_THROW(ConfigError,
+                   "model.type cnn needs images [N, C, H, W], but the data's inputs are ",
                    core::shape_str(sample.sizes()), "; use model.type mlp or sequential");
     return std::make_shared<CNN>(sample.size(1), classes, gen, sample.size(2), sample.size(3));
   }
@@ -81,8 +84,7 @@ namespace {
 std::shared_ptr<core::data::FileDataset> open_file_dataset(const Config& c, bool validation) {
   namespace fs = std::filesystem;
   if (c.data.dataset == "npy") {
-    if (!validation)
-      return std::make_shared<core::data::NpyDataset>(c.data.inputs, c.data.targets);
+    if (!validation) return std::make_shared<core::data::NpyDataset>(c.data.inputs, c.data.targets);
     return std::make_shared<core::data::NpyDataset>(
         (fs::path(c.data.val_path) / fs::path(c.data.inputs).filename()).string(),
         (fs::path(c.data.val_path) / fs::path(c.data.targets).filename()).string());
@@ -108,7 +110,8 @@ void make_file_datasets(const Config& c, Datasets& d) {
     std::iota(train_idx.begin(), train_idx.end(), 0);
   } else {
     const auto n = base->size();
-    const auto n_val = static_cast<int64_t>(std::floor(static_cast<double>(n) * c.data.val_fraction));
+    const auto n_val =
+        static_cast<int64_t>(std::floor(static_cast<double>(n) * c.data.val_fraction));
     core::data::split_indices(n, n_val, c.seed, train_idx, held);
     d.train = std::make_shared<core::data::Subset>(base, train_idx);
     if (!held.empty()) d.eval = std::make_shared<core::data::Subset>(base, held);
@@ -125,9 +128,10 @@ void make_file_datasets(const Config& c, Datasets& d) {
   } else {
     const int64_t limit = c.data.dataset == "image_folder" ? 1000 : 10000;
     norm = core::data::compute_normalization(*base, limit, c.seed, &train_idx);
-    d.normalization_source = "computed from " +
-                             std::to_string(std::min<int64_t>(limit, static_cast<int64_t>(train_idx.size()))) +
-                             " training samples";
+    d.normalization_source =
+        "computed from " +
+        std::to_string(std::min<int64_t>(limit, static_cast<int64_t>(train_idx.size()))) +
+        " training samples";
   }
   try {
     base->set_normalization(norm);
@@ -161,8 +165,8 @@ Datasets make_datasets(const Config& c) {
                                                     c.data.val_fraction)),
           c.model.context, c.model.vocab, c.seed + 1);
   } else if (c.data.dataset == "tokens" && !c.data.val_path.empty()) {
-    d.train = std::make_shared<core::data::TokenFileDataset>(c.data.path, c.model.context,
-                                                             c.model.vocab);
+    d.train =
+        std::make_shared<core::data::TokenFileDataset>(c.data.path, c.model.context, c.model.vocab);
     d.eval = std::make_shared<core::data::TokenFileDataset>(c.data.val_path, c.model.context,
                                                             c.model.vocab);
   } else {

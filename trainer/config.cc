@@ -396,7 +396,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
 
   // data.image_size: one number means a square.
-  if (const YAML::Node side = lookup(root, "data.image_size"); side.IsDefined() && side.IsScalar()) {
+  if (const YAML::Node side = lookup(root, "data.image_size");
+      side.IsDefined() && side.IsScalar()) {
     YAML::Node list(YAML::NodeType::Sequence);
     list.push_back(YAML::Clone(side));
     root["data"]["image_size"] = list;  // lookup found data to be a mapping
@@ -456,7 +457,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       parse([&] { return parse_sequential(layers, path); });
     } else if (c.model.type == "graph") {
       only_for("model.layers", "gpt (a number of blocks) or sequential (a list of layers)");
-      parse([&] { return parse_graph(lookup(root, "model.nodes"), lookup(root, "model.output"), path); });
+      parse([&] {
+        return parse_graph(lookup(root, "model.nodes"), lookup(root, "model.output"), path);
+      });
     } else {
       // A number of transformer blocks (gpt; ignored by mlp and cnn).
       if (layers.IsDefined()) val.check(Key{"model.layers", Kind::kInt, "2", 1, 1000}, layers);
@@ -506,8 +509,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.data.normalize = str("data.normalize");
   c.data.mean = lookup(resolved, "data.mean").as<std::vector<double>>();
   c.data.std = lookup(resolved, "data.std").as<std::vector<double>>();
-  const bool files = c.data.dataset == "npy" || c.data.dataset == "csv" ||
-                     c.data.dataset == "image_folder";
+  const bool files =
+      c.data.dataset == "npy" || c.data.dataset == "csv" || c.data.dataset == "image_folder";
   const bool language = !files && c.data.dataset != "fashion_mnist" && c.data.dataset != "custom";
   if (c.model.type == "gpt" && !language)
     val.fail("data.dataset", lookup(root, "data.dataset"),
@@ -521,33 +524,43 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                  std::to_string(c.model.vocab));
   {
     namespace fs = std::filesystem;
-    auto need = [&](const std::string& key, const std::string& value, bool dir, const std::string& what) {
+    auto need = [&](const std::string& key, const std::string& value, bool dir,
+                    const std::string& what) {
       const YAML::Node at = lookup(root, key);
-      if (value.empty()) val.fail(key, at, "data.dataset " + c.data.dataset + " needs " + key + " (" + what + ")");
+      if (value.empty())
+        val.fail(key, at, "data.dataset " + c.data.dataset + " needs " + key + " (" + what + ")");
       if (dir ? !fs::is_directory(value) : !fs::is_regular_file(value))
-        val.fail(key, at, key + " " + value + (dir ? " is not a directory" : " is not a readable file"));
+        val.fail(key, at,
+                 key + " " + value + (dir ? " is not a directory" : " is not a readable file"));
     };
     for (const char* key : {"data.inputs", "data.targets"})
       if (c.data.dataset != "npy" && lookup(root, key).IsDefined())
         val.fail(key, lookup(root, key), std::string(key) + " is for data.dataset npy");
     if (c.data.dataset != "csv" && lookup(root, "data.target_column").IsDefined())
-      val.fail("data.target_column", lookup(root, "data.target_column"), "data.target_column is for data.dataset csv");
+      val.fail("data.target_column", lookup(root, "data.target_column"),
+               "data.target_column is for data.dataset csv");
     if (c.data.dataset == "npy") {
       need("data.inputs", c.data.inputs, false, "a .npy array of inputs [N, ...]");
       need("data.targets", c.data.targets, false, "a .npy array of integer labels [N]");
     }
     if (c.data.dataset == "image_folder" && c.data.image_size.empty())
       val.fail("data.image_size", lookup(root, "data.image_size"),
-               "data.dataset image_folder needs data.image_size, [height, width] (or one number for a square)");
+               "data.dataset image_folder needs data.image_size, [height, width] (or one number "
+               "for a square)");
     if (c.data.image_size.size() > 2)
-      val.fail("data.image_size", lookup(root, "data.image_size"), "data.image_size is [height, width] or one number");
+      val.fail("data.image_size", lookup(root, "data.image_size"),
+               "data.image_size is [height, width] or one number");
     if (c.data.channels == 2)
-      val.fail("data.channels", lookup(root, "data.channels"), "data.channels must be 1 (grey) or 3 (RGB)");
+      val.fail("data.channels", lookup(root, "data.channels"),
+               "data.channels must be 1 (grey) or 3 (RGB)");
     if (c.data.mean.size() != c.data.std.size())
-      val.fail("data.std", lookup(root, "data.std"), "data.mean and data.std must have as many values as each other");
+      val.fail("data.std", lookup(root, "data.std"),
+               "data.mean and data.std must have as many values as each other");
     if (!c.data.mean.empty() && c.data.normalize == "none")
-      val.fail("data.mean", lookup(root, "data.mean"), "data.mean and data.std are given but data.normalize is none");
-    const bool file = c.data.dataset == "text" || c.data.dataset == "tokens" || c.data.dataset == "csv";
+      val.fail("data.mean", lookup(root, "data.mean"),
+               "data.mean and data.std are given but data.normalize is none");
+    const bool file =
+        c.data.dataset == "text" || c.data.dataset == "tokens" || c.data.dataset == "csv";
     const bool ok = c.data.dataset == "synthetic" || c.data.dataset == "npy" ||
                     c.data.dataset == "custom" ||
                     (file ? fs::is_regular_file(c.data.path) : fs::is_directory(c.data.path));
@@ -558,8 +571,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
               (c.data.dataset == "fashion_mnist"
                    ? " (install Debian's dataset-fashion-mnist or point data.path at the IDX files)"
                    : ""));
-    if (!c.data.val_path.empty() && (c.data.dataset == "fashion_mnist" || c.data.dataset == "text" ||
-                                     c.data.dataset == "synthetic"))
+    if (!c.data.val_path.empty() && (c.data.dataset == "fashion_mnist" ||
+                                     c.data.dataset == "text" || c.data.dataset == "synthetic"))
       val.fail("data.val_path", lookup(root, "data.val_path"),
                "data.val_path is for data.dataset tokens, npy, csv and image_folder");
     // npy and image_folder: a directory (npy: holding arrays named as data.inputs and
@@ -599,9 +612,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (const std::string t = str("train.max_time"); !t.empty()) {
     c.train.max_time_s = parse_duration(t);
     if (c.train.max_time_s <= 0)
-      val.fail("train.max_time", lookup(root, "train.max_time"),
-               "train.max_time must be a duration such as 3600, 90s, 45m, 2h or 1h30m, got '" + t +
-                   "'");
+      val.fail(
+          "train.max_time", lookup(root, "train.max_time"),
+          "train.max_time must be a duration such as 3600, 90s, 45m, 2h or 1h30m, got '" + t + "'");
   }
   c.eval.every_steps = i64("eval.every_steps");
   c.eval.batch_size = i64("eval.batch_size");
@@ -623,8 +636,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.keep = i64("checkpoint.keep");
   c.checkpoint.resume = str("checkpoint.resume");
   if (!c.checkpoint.resume.empty() && c.checkpoint.resume != "auto" &&
-      c.checkpoint.resume != "never" &&
-      !std::filesystem::exists(c.checkpoint.resume))
+      c.checkpoint.resume != "never" && !std::filesystem::exists(c.checkpoint.resume))
     val.fail("checkpoint.resume", lookup(root, "checkpoint.resume"),
              "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" +
                  c.checkpoint.resume + "'");

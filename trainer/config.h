@@ -71,7 +71,7 @@ struct TrainConfig {
 };
 
 struct EarlyStopping {
-  std::string metric;  // "" (off) | test_loss | test_acc
+  std::string metric;    // "" (off) | test_loss | test_acc
   int64_t patience = 3;  // evaluations without an improvement larger than min_delta
   double min_delta = 0;
 };

@@ -48,8 +48,9 @@ class Builder {
       COHORT_THROW(ConfigError, spec.where, ": ", spec.label, ": ", e.what(), " (its input is ",
                    core::shape_str(probe.sizes()), ")");
     } catch (const std::bad_alloc&) {
-      COHORT_THROW(ConfigError, spec.where, ": ", spec.label, ": this layer's parameters or output ",
-                   "for input ", core::shape_str(probe.sizes()), " do not fit in memory");
+      COHORT_THROW(ConfigError, spec.where, ": ", spec.label,
+                   ": this layer's parameters or output ", "for input ",
+                   core::shape_str(probe.sizes()), " do not fit in memory");
     }
     layers.push_back({name, spec.kind, probe.sizes(), m->num_parameters()});
     return m;
@@ -89,14 +90,15 @@ class Builder {
 
   ModulePtr make(const LayerSpec& s, const Tensor& x) {
     const std::string& k = s.kind;
-    const std::string image_hint =
-        x.dim() == 2 ? "; reshape flat features first, e.g. unflatten: {dim: 1, "
-                       "unflattened_size: [1, 28, 28]}"
-                     : "";
+    const std::string image_hint = x.dim() == 2
+                                       ? "; reshape flat features first, e.g. unflatten: {dim: 1, "
+                                         "unflattened_size: [1, 28, 28]}"
+                                       : "";
     if (k == "linear") {
       need_floating(s, x);
       need_dims(s, x, {2, 3, 4, 5}, "[N, ..., features]");
-      bound_parameters(s, {static_cast<double>(x.size(-1)) + 1, static_cast<double>(s.i64("out_features"))});
+      bound_parameters(
+          s, {static_cast<double>(x.size(-1)) + 1, static_cast<double>(s.i64("out_features"))});
       return std::make_shared<nn::Linear>(x.size(-1), s.i64("out_features"), s.flag("bias"), gen_);
     }
     if (k == "conv2d") {
@@ -137,7 +139,8 @@ class Builder {
       return std::make_shared<nn::AdaptiveAvgPool2d>(o, o);
     }
     if (k == "flatten") return std::make_shared<nn::Flatten>(s.i64("start_dim"), s.i64("end_dim"));
-    if (k == "unflatten") return std::make_shared<nn::Unflatten>(s.i64("dim"), s.ints("unflattened_size"));
+    if (k == "unflatten")
+      return std::make_shared<nn::Unflatten>(s.i64("dim"), s.ints("unflattened_size"));
     if (k == "identity") return std::make_shared<nn::Identity>();
     if (k == "relu") return std::make_shared<nn::ReLU>();
     if (k == "tanh") return std::make_shared<nn::Tanh>();
@@ -174,7 +177,8 @@ class Builder {
     }
     if (k == "position_embedding") {
       need_dims(s, x, {3}, "[N, T, D]");
-      bound_parameters(s, {static_cast<double>(s.i64("num_embeddings")), static_cast<double>(x.size(2))});
+      bound_parameters(
+          s, {static_cast<double>(s.i64("num_embeddings")), static_cast<double>(x.size(2))});
       return std::make_shared<nn::PositionEmbedding>(s.i64("num_embeddings"), x.size(2), gen_);
     }
     if (k == "attention") {
@@ -183,10 +187,10 @@ class Builder {
       if (x.size(2) % s.i64("num_heads") != 0)
         fail(s, "num_heads " + std::to_string(s.i64("num_heads")) + " must divide the input's " +
                     std::to_string(x.size(2)) + " features");
-      bound_parameters(s, {4.0 * static_cast<double>(x.size(2)) + 4, static_cast<double>(x.size(2))});
+      bound_parameters(s,
+                       {4.0 * static_cast<double>(x.size(2)) + 4, static_cast<double>(x.size(2))});
       return std::make_shared<nn::MultiheadAttention>(
-          nn::AttentionSpec{x.size(2), s.i64("num_heads"), s.flag("bias"), s.flag("causal")},
-          gen_);
+          nn::AttentionSpec{x.size(2), s.i64("num_heads"), s.flag("bias"), s.flag("causal")}, gen_);
     }
     if (k == "transformer_block") {
       need_floating(s, x);
@@ -205,7 +209,8 @@ class Builder {
       t.bias = s.flag("bias");
       t.causal = s.flag("causal");
       bound_parameters(s, {static_cast<double>(t.d_model),
-                           4.0 * static_cast<double>(t.d_model) + 2.0 * static_cast<double>(t.dim_feedforward) + 8});
+                           4.0 * static_cast<double>(t.d_model) +
+                               2.0 * static_cast<double>(t.dim_feedforward) + 8});
       return std::make_shared<nn::TransformerEncoderLayer>(t, gen_);
     }
     fail(s, "no constructor for layer '" + k + "'");
@@ -222,7 +227,8 @@ BuiltModel build_config_model(const ModelSpec& spec, const Tensor& sample, core:
   Tensor probe = sample;
   if (!spec.graph) {
     auto seq = std::make_shared<nn::Sequential>();
-    for (size_t i = 0; i < spec.layers.size(); ++i) seq->add(b.build(spec.layers[i], probe, std::to_string(i)));
+    for (size_t i = 0; i < spec.layers.size(); ++i)
+      seq->add(b.build(spec.layers[i], probe, std::to_string(i)));
     out.module = seq;
   } else {
     auto g = std::make_shared<nn::Graph>();
@@ -233,7 +239,7 @@ BuiltModel build_config_model(const ModelSpec& spec, const Tensor& sample, core:
         if (l.kind == "add" || l.kind == "mul" || l.kind == "concat") {
           std::vector<Tensor> ins;
           for (const auto& i : n.inputs) ins.push_back(values.at(i));
-          const nn::Join j = l.kind == "add" ? nn::Join::kAdd
+          const nn::Join j = l.kind == "add"   ? nn::Join::kAdd
                              : l.kind == "mul" ? nn::Join::kMul
                                                : nn::Join::kConcat;
           g->add_join(n.name, j, n.inputs, l.i64("dim"));

@@ -35,8 +35,9 @@ constexpr double kBig = double{int64_t{1} << 40};
 const std::vector<KindDef>& kinds() {
   const LayerArg yes = true, no = false;
   static const std::vector<KindDef> table = {
-      {"linear", {{"out_features", "out", Type::kInt, std::nullopt, 1, kBig},
-                  {"bias", "", Type::kBool, yes}}},
+      {"linear",
+       {{"out_features", "out", Type::kInt, std::nullopt, 1, kBig},
+        {"bias", "", Type::kBool, yes}}},
       {"conv2d",
        {{"out_channels", "out", Type::kInt, std::nullopt, 1, kBig},
         {"kernel_size", "kernel", Type::kInt, std::nullopt, 1, 1024},
@@ -65,8 +66,8 @@ const std::vector<KindDef>& kinds() {
       {"tanh", {}},
       {"sigmoid", {}},
       {"silu", {}},
-      {"gelu", {{"approximate", "", Type::kString, LayerArg(std::string("none")), 0, 0,
-                 {"none", "tanh"}}}},
+      {"gelu",
+       {{"approximate", "", Type::kString, LayerArg(std::string("none")), 0, 0, {"none", "tanh"}}}},
       {"dropout", {{"p", "", Type::kFloat, LayerArg(0.5), 0, 1}}},
       {"layer_norm",
        {{"eps", "", Type::kFloat, LayerArg(1e-5), 0, 1},
@@ -128,7 +129,8 @@ class Parser {
 
   std::vector<LayerSpec> layer_list(const YAML::Node& list, const std::string& path) const {
     if (!list.IsDefined() || list.IsNull())
-      COHORT_THROW(ConfigError, file_, ": ", path, " is missing: give the model's layers as a list");
+      COHORT_THROW(ConfigError, file_, ": ", path,
+                   " is missing: give the model's layers as a list");
     if (!list.IsSequence() || list.size() == 0)
       fail(list, path, "must be a non-empty list of layers, e.g. [{linear: {out: 10}}]");
     std::vector<LayerSpec> out;
@@ -172,14 +174,15 @@ class Parser {
       std::string all;
       for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
       fail(at, label,
-           "unknown layer '" + kind + "'" +
-               (hint.empty() ? " (layers: " + all + ")" : hint));
+           "unknown layer '" + kind + "'" + (hint.empty() ? " (layers: " + all + ")" : hint));
     }
     if (args.IsDefined() && !args.IsNull() && !args.IsMap())
-      fail(args, spec.label, "arguments must be a mapping, e.g. {" +
-                                 (def->args.empty() ? std::string("}") :
-                                  (def->args[0].alias.empty() ? def->args[0].name
-                                                              : def->args[0].alias) + ": ...}"));
+      fail(args, spec.label,
+           "arguments must be a mapping, e.g. {" +
+               (def->args.empty()
+                    ? std::string("}")
+                    : (def->args[0].alias.empty() ? def->args[0].name : def->args[0].alias) +
+                          ": ...}"));
     std::set<std::string> seen;
     if (args.IsMap()) {
       for (auto it = args.begin(); it != args.end(); ++it) {
@@ -199,9 +202,9 @@ class Parser {
           std::string hint = did_you_mean(name, names);
           fail(it->first, spec.label,
                "unknown argument '" + name + "'" +
-                   (!hint.empty()        ? hint
+                   (!hint.empty()       ? hint
                     : def->args.empty() ? " (" + kind + " takes no arguments)"
-                                         : " (arguments: " + known + ")"));
+                                        : " (arguments: " + known + ")"));
         }
         if (!seen.insert(a->name).second)
           fail(it->first, spec.label,
@@ -223,7 +226,9 @@ class Parser {
   }
 
   LayerArg value(const ArgDef& a, const YAML::Node& v, const std::string& label) const {
-    auto text = [&] { return v.IsScalar() ? "'" + v.Scalar() + "'" : std::string("a list or mapping"); };
+    auto text = [&] {
+      return v.IsScalar() ? "'" + v.Scalar() + "'" : std::string("a list or mapping");
+    };
     auto range = [&](double x) {
       if (x < a.min || x > a.max) {
         std::ostringstream os;
@@ -320,7 +325,8 @@ class Parser {
     const std::string kind = layer_key.Scalar();
     if (std::find(kJoins.begin(), kJoins.end(), kind) != kJoins.end()) {
       if (has_input)
-        fail(input, named, kind + " takes its inputs as its value (" + kind + ": [a, b]), not 'input'");
+        fail(input, named,
+             kind + " takes its inputs as its value (" + kind + ": [a, b]), not 'input'");
       out.layer.kind = kind;
       out.layer.label = named + " (" + kind + ")";
       out.layer.where = where(layer_value);
@@ -335,7 +341,8 @@ class Parser {
             if (!it->second.IsScalar() || !YAML::convert<int64_t>::decode(it->second, dim))
               fail(it->second, out.layer.label, "dim must be an integer");
           } else {
-            fail(it->first, out.layer.label, "unknown argument '" + k + "' (arguments: inputs, dim)");
+            fail(it->first, out.layer.label,
+                 "unknown argument '" + k + "' (arguments: inputs, dim)");
           }
         }
       }
@@ -389,7 +396,7 @@ ModelSpec parse_graph(const YAML::Node& nodes, const YAML::Node& output, const s
     if (!names.insert(node.name).second)
       p.fail(n, label + " '" + node.name + "'", "the name '" + node.name + "' is used twice");
     for (const std::string& in : node.inputs)
-      if (in != "input" && !names.count(in) ) {
+      if (in != "input" && !names.count(in)) {
         std::vector<std::string> known(names.begin(), names.end());
         known.push_back("input");
         p.fail(n, node.layer.label,

@@ -14,9 +14,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collectives/store/token.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
-#include "collectives/store/token.h"
 #include "core/util/error.h"
 
 namespace cohort::trainer {
@@ -70,7 +70,8 @@ std::string git_commit(fs::path start) {
       // HEAD names a ref under refs/; anything else (an absolute path, "..") is not followed.
       const std::string ref = h.substr(5);
       if (ref.rfind("refs/", 0) != 0 || ref.find("..") != std::string::npos ||
-          ref.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
+          ref.find_first_not_of(
+              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-") !=
               std::string::npos)
         return "";
       std::string commit;
@@ -88,11 +89,13 @@ std::string git_commit(fs::path start) {
 }
 
 // Flattens a YAML tree to "a.b.c" -> scalar text (lists and maps below a key as flow YAML).
-void flatten(const YAML::Node& n, const std::string& prefix, std::map<std::string, std::string>& out) {
+void flatten(const YAML::Node& n, const std::string& prefix,
+             std::map<std::string, std::string>& out) {
   if (n.IsMap()) {
     for (auto it = n.begin(); it != n.end(); ++it) {
       if (!it->first.IsScalar()) continue;
-      const std::string key = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
+      const std::string key =
+          prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
       // model.layers and model.nodes are compared whole.
       if (key == "model.layers" || key == "model.nodes") {
         YAML::Emitter e;
@@ -122,7 +125,8 @@ std::string job_run_id() {
   for (const char* var : {"COHORT_RUN_ID", "TORCHELASTIC_RUN_ID"})
     // torchrun's default rdzv id is the word "none", the same for every job: not an identity.
     if (const char* v = std::getenv(var); v && *v && std::string(v) != "none") return v;
-  if (const char* job = std::getenv("SLURM_JOB_ID"); job && *job) return std::string("slurm-") + job;
+  if (const char* job = std::getenv("SLURM_JOB_ID"); job && *job)
+    return std::string("slurm-") + job;
   static const std::string id = random_id();
   return id;
 }
@@ -173,8 +177,8 @@ void RunDirectory::lock(const std::string& dir) {
                  holder.empty() ? std::string() : " (" + holder + ")",
                  "; two runs never share a run directory: set logging.dir to another one");
   }
-  const std::string me = "pid " + std::to_string(::getpid()) + " on " + hostname() + ", run " +
-                         job_run_id() + "\n";
+  const std::string me =
+      "pid " + std::to_string(::getpid()) + " on " + hostname() + ", run " + job_run_id() + "\n";
   if (::ftruncate(fd, 0) == 0) (void)!::pwrite(fd, me.data(), me.size(), 0);
   lock_fds_.push_back(fd);
 }
@@ -210,7 +214,8 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
   for (auto& e : fs::directory_iterator(ckpt, ec)) {
     const std::string n = e.path().filename().string();
     if (n.rfind("step_", 0) != 0 || !e.is_directory()) continue;
-    (core::io::checkpoint_run_id(e.path().string()) == me ? own_checkpoints : foreign_checkpoints)++;
+    (core::io::checkpoint_run_id(e.path().string()) == me ? own_checkpoints
+                                                          : foreign_checkpoints)++;
   }
   if (foreign_checkpoints > 0)
     others.push_back(std::to_string(foreign_checkpoints) + " checkpoint" +
@@ -224,7 +229,8 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
     std::vector<std::string> skipped;
     decision_.resume = core::io::latest_checkpoint(c.checkpoint.dir, &skipped);
     for (const auto& why : skipped)
-      std::fprintf(stderr, "cohort: checkpoint.resume=auto skipped a checkpoint: %s\n", why.c_str());
+      std::fprintf(stderr, "cohort: checkpoint.resume=auto skipped a checkpoint: %s\n",
+                   why.c_str());
   } else if (mode != "never") {
     decision_.resume = mode;
   }
@@ -244,10 +250,11 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
       if (!bad.empty()) {
         std::string list;
         for (const auto& b : bad) list += (list.empty() ? "" : "; ") + b;
-        COHORT_THROW(ConfigError, "cannot resume from ", *decision_.resume,
-                     ": these keys give its state another meaning and differ from this config: ",
-                     list, " (set them back, or start a new run with checkpoint.resume=never and "
-                     "another logging.dir)");
+        COHORT_THROW(
+            ConfigError, "cannot resume from ", *decision_.resume,
+            ": these keys give its state another meaning and differ from this config: ", list,
+            " (set them back, or start a new run with checkpoint.resume=never and "
+            "another logging.dir)");
       }
       for (const auto& line : changed)
         std::printf("resuming with a changed setting: %s\n", line.c_str());
@@ -289,7 +296,8 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
     rec["world_size"] = world_size;
   }
   if (decision_.resume) {
-    if (!rec.contains("resumed") || !rec["resumed"].is_array()) rec["resumed"] = nlohmann::json::array();
+    if (!rec.contains("resumed") || !rec["resumed"].is_array())
+      rec["resumed"] = nlohmann::json::array();
     rec["resumed"].push_back({{"at", now_utc()},
                               {"from", *decision_.resume},
                               {"config_sha256", core::io::sha256_hex(YAML::Dump(c.resolved))},

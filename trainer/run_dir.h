@@ -23,7 +23,7 @@ namespace cohort::trainer {
 std::string job_run_id();
 
 struct RunDecision {
-  std::string run_id;                // the run this process continues or starts
+  std::string run_id;                 // the run this process continues or starts
   std::optional<std::string> resume;  // the checkpoint to load, if any
 };
 

@@ -31,7 +31,8 @@ void on_stop_signal(int sig) {
       ::raise(SIGINT);
       return;
     }
-    say("\ncohort: SIGINT: stopping after this step with a checkpoint (Ctrl-C again stops at once)\n");
+    say("\ncohort: SIGINT: stopping after this step with a checkpoint (Ctrl-C again stops at "
+        "once)\n");
   }
   g_stop_signal.store(sig);
 }

@@ -24,8 +24,8 @@
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "core/nn/models.h"
-#include "core/ops/cpu/bf16_gemm.h"
 #include "core/nn/normalization.h"
+#include "core/ops/cpu/bf16_gemm.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
 #include "core/util/threads.h"
@@ -129,7 +129,8 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   core::Generator init_gen(c_.seed);
   {
     data_ = c_.data.dataset == "custom" ? ext.data(c_) : make_datasets(c_);
-    if (!data_.train) COHORT_THROW(ConfigError, "data.dataset custom: the program's data has no training set");
+    if (!data_.train)
+      COHORT_THROW(ConfigError, "data.dataset custom: the program's data has no training set");
     train_set_ = data_.train;
     eval_set_ = data_.eval;
   }
@@ -423,17 +424,19 @@ RunSummary Trainer::run() {
             "; checkpoint.dir ", c_.checkpoint.dir, " must be shared by every node");
   }
   if (leader()) {
-    std::string data = c_.data.dataset + ", " + std::to_string(train_set_->size()) + " training / " +
-                       std::to_string(eval_set_ ? eval_set_->size() : 0) + " evaluation samples";
+    std::string data = c_.data.dataset + ", " + std::to_string(train_set_->size()) +
+                       " training / " + std::to_string(eval_set_ ? eval_set_->size() : 0) +
+                       " evaluation samples";
     if (train_set_->num_classes() > 0)
       data += ", " + std::to_string(train_set_->num_classes()) + " classes";
     if (!data_.normalization_source.empty())
       data += ", normalisation " + data_.normalization_source;
-    std::printf("cohort: %s on %s, world size %d, %lld parameters, run directory %s (run %s)\n"
-                "cohort: data: %s\n",
-                c_.model.type.c_str(), device_.str().c_str(), world_,
-                static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(),
-                run_id_.c_str(), data.c_str());
+    std::printf(
+        "cohort: %s on %s, world size %d, %lld parameters, run directory %s (run %s)\n"
+        "cohort: data: %s\n",
+        c_.model.type.c_str(), device_.str().c_str(), world_,
+        static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(), run_id_.c_str(),
+        data.c_str());
   }
   if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
@@ -498,11 +501,10 @@ RunSummary Trainer::run() {
   loader.start_epoch(start.epoch, first_batch);
   // train.steps > 0 wins over train.epochs: as many epochs as those steps take.
   const int64_t epochs = c_.train.steps > 0 ? std::numeric_limits<int64_t>::max() : c_.train.epochs;
-  const int64_t total_steps =
-      c_.train.steps > 0
-          ? c_.train.steps
-          : start.step + (per_epoch - first_batch) / accum +
-                per_epoch / accum * (epochs - start.epoch - 1);
+  const int64_t total_steps = c_.train.steps > 0
+                                  ? c_.train.steps
+                                  : start.step + (per_epoch - first_batch) / accum +
+                                        per_epoch / accum * (epochs - start.epoch - 1);
   if (resume_from && start.step >= total_steps && leader())
     std::fprintf(stderr,
                  "cohort: checkpoint %s is at step %lld, which is already past the %lld steps "
@@ -561,8 +563,8 @@ RunSummary Trainer::run() {
   double eval_s = 0;
   int64_t last_eval_step = -1, epoch = start.epoch;
   // Token datasets: throughput in tokens too, and the loss as perplexity.
-  const bool language = c_.data.dataset == "text" || c_.data.dataset == "tokens" ||
-                        c_.data.dataset == "synthetic";
+  const bool language =
+      c_.data.dataset == "text" || c_.data.dataset == "tokens" || c_.data.dataset == "synthetic";
   const int64_t tokens_per_sample = language ? c_.model.context : 0;
   double best_metric = 0;
   int64_t best_step = -1, evals_without_gain = 0;
@@ -608,16 +610,17 @@ RunSummary Trainer::run() {
     }
     if (!leader()) return;
     if (tty) std::printf("\n");
-    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f", static_cast<long long>(step),
-                static_cast<long long>(epoch), e.accuracy, e.loss);
+    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f",
+                static_cast<long long>(step), static_cast<long long>(epoch), e.accuracy, e.loss);
     if (language) std::printf(" perplexity %.3f", std::exp(e.loss));
     std::printf("\n");
     if (early_stop)
-      std::printf("early stopping: %s has not improved by more than %g for %lld evaluations (best "
-                  "%.4f at step %lld)\n",
-                  c_.eval.early_stopping.metric.c_str(), c_.eval.early_stopping.min_delta,
-                  static_cast<long long>(evals_without_gain), best_metric,
-                  static_cast<long long>(best_step));
+      std::printf(
+          "early stopping: %s has not improved by more than %g for %lld evaluations (best "
+          "%.4f at step %lld)\n",
+          c_.eval.early_stopping.metric.c_str(), c_.eval.early_stopping.min_delta,
+          static_cast<long long>(evals_without_gain), best_metric,
+          static_cast<long long>(best_step));
     std::fflush(stdout);
   };
 
@@ -779,13 +782,16 @@ RunSummary Trainer::run() {
         if (sig == kStopForTime) {
           out_of_time = true;
           if (leader())
-            std::printf("train.max_time %gs: stopped after step %lld with a checkpoint in %s "
-                        "(checkpoint.resume=auto continues)\n",
-                        c_.train.max_time_s, static_cast<long long>(step), c_.checkpoint.dir.c_str());
+            std::printf(
+                "train.max_time %gs: stopped after step %lld with a checkpoint in %s "
+                "(checkpoint.resume=auto continues)\n",
+                c_.train.max_time_s, static_cast<long long>(step), c_.checkpoint.dir.c_str());
           break;
         }
         std::fflush(stdout);
-        throw Stopped(sig, std::string(sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGUSR1") +
+        throw Stopped(sig, std::string(sig == SIGTERM  ? "SIGTERM"
+                                       : sig == SIGINT ? "SIGINT"
+                                                       : "SIGUSR1") +
                                " stopped training after step " + std::to_string(step) +
                                "; checkpoint written to " + c_.checkpoint.dir +
                                " (checkpoint.resume=auto continues from it)");
@@ -819,12 +825,9 @@ RunSummary Trainer::run() {
       write_metrics(
           {{"event", "rank"}, {"rank", r}, {"samples_per_s", rank_sps[static_cast<size_t>(r)]}});
   }
-  nlohmann::json summary{{"event", "summary"},
-                         {"steps", step},
-                         {"train_s", s.train_s},
-                         {"samples_per_s", s.samples_per_s},
-                         {"test_acc", s.test_acc},
-                         {"test_loss", s.test_loss},
+  nlohmann::json summary{{"event", "summary"},     {"steps", step},
+                         {"train_s", s.train_s},   {"samples_per_s", s.samples_per_s},
+                         {"test_acc", s.test_acc}, {"test_loss", s.test_loss},
                          {"world_size", world_}};
   if (language) {
     summary["tokens_per_s"] = s.samples_per_s * static_cast<double>(tokens_per_sample);

@@ -143,7 +143,7 @@ class Trainer {
   core::DType param_dtype_ = core::DType::kFloat32;
   std::unique_ptr<LossScaler> scaler_;
   bool cpu_bf16_ = false;  // precision bf16 on the CPU: this trainer switched bfloat16 GEMMs on
-  std::string run_id_;  // the run whose checkpoints this one writes (run_dir.h)
+  std::string run_id_;     // the run whose checkpoints this one writes (run_dir.h)
   Datasets data_;
   // train.max_time counts from here (the worker's start, data and model included).
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

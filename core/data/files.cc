@@ -75,9 +75,9 @@ Normalization compute_normalization(const FileDataset& d, int64_t max_samples, u
   std::vector<double> sum(static_cast<size_t>(c)), sq(static_cast<size_t>(c));
   int64_t per_channel = 0;
   for (size_t start = 0; start < pick.size(); start += 256) {
-    std::vector<int64_t> chunk(pick.begin() + static_cast<std::ptrdiff_t>(start),
-                               pick.begin() + static_cast<std::ptrdiff_t>(
-                                                  std::min(pick.size(), start + 256)));
+    std::vector<int64_t> chunk(
+        pick.begin() + static_cast<std::ptrdiff_t>(start),
+        pick.begin() + static_cast<std::ptrdiff_t>(std::min(pick.size(), start + 256)));
     Tensor x = d.raw_inputs(chunk);
     const int64_t b = x.size(0), inner = b > 0 && c > 0 ? x.numel() / (b * c) : 0;
     const float* p = x.data_ptr<float>();
@@ -114,8 +114,7 @@ NpyDataset::NpyDataset(const std::string& inputs, const std::string& targets)
   if (xs.empty() || xs[0] == 0)
     COHORT_THROW(IoError, inputs, " holds no samples (its shape must be [N, ...] with N > 0)");
   if (ys.size() != 1 && !(ys.size() == 2 && ys[1] == 1))
-    COHORT_THROW(IoError, targets, " must be one label per sample, shape [N], got ",
-                 shape_str(ys));
+    COHORT_THROW(IoError, targets, " must be one label per sample, shape [N], got ", shape_str(ys));
   if (ys[0] != xs[0])
     COHORT_THROW(IoError, targets, " has ", ys[0], " labels but ", inputs, " has ", xs[0],
                  " samples");
@@ -242,7 +241,9 @@ CsvDataset::CsvDataset(const std::string& path, const std::string& target_column
     std::vector<std::string> fields = csv_fields(line, where);
     if (width == 0) {
       width = fields.size();
-      if (width < 2) COHORT_THROW(IoError, where, ": a table needs at least two columns (features and a target)");
+      if (width < 2)
+        COHORT_THROW(IoError, where,
+                     ": a table needs at least two columns (features and a target)");
       double v;
       const bool numeric = std::all_of(fields.begin(), fields.end(),
                                        [&](const std::string& s) { return parse_number(s, v); });
@@ -329,14 +330,16 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, int64_t height, 
     if (e.is_directory()) class_names_.push_back(e.path().filename().string());
   std::sort(class_names_.begin(), class_names_.end());
   if (class_names_.empty())
-    COHORT_THROW(IoError, root, " has no class directories (image_folder wants root/<class>/<image>)");
+    COHORT_THROW(IoError, root,
+                 " has no class directories (image_folder wants root/<class>/<image>)");
   for (size_t c = 0; c < class_names_.size(); ++c) {
     const fs::path dir = fs::path(root) / class_names_[c];
     std::vector<std::string> found;
     for (auto& e : fs::recursive_directory_iterator(dir, ec)) {
       if (!e.is_regular_file()) continue;
       std::string ext = e.path().extension().string();
-      std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+      std::transform(ext.begin(), ext.end(), ext.begin(),
+                     [](unsigned char ch) { return std::tolower(ch); });
       if (ext == ".png" || ext == ".jpg" || ext == ".jpeg") found.push_back(e.path().string());
     }
     if (found.empty())

@@ -2,8 +2,8 @@
 // (one sub-directory per class). Inputs are float32 [N, ...] normalised per channel (dim 1) by a
 // Normalization the caller sets (given in the config, or computed once with
 // compute_normalization); integer .npy inputs wider than one byte stay int64 (indices for an
-// embedding); one-byte integers and bools are values (pixels) and become floats. Targets are int64 class labels. Every malformed file is an IoError naming the file
-// and the row, column or index.
+// embedding); one-byte integers and bools are values (pixels) and become floats. Targets are int64
+// class labels. Every malformed file is an IoError naming the file and the row, column or index.
 #pragma once
 
 #include <memory>

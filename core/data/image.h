@@ -11,7 +11,7 @@ namespace cohort::core::data {
 
 struct Image {
   int64_t height = 0, width = 0, channels = 0;  // channels 1 or 3
-  std::vector<uint8_t> pixels;                    // height x width x channels, row-major
+  std::vector<uint8_t> pixels;                  // height x width x channels, row-major
 };
 
 // Decodes a PNG or JPEG (chosen by the file's first bytes, not its name) to `channels` (1: grey,

@@ -34,7 +34,8 @@ std::string_view field(std::string_view dict, std::string_view key, const std::s
   if (at == std::string_view::npos) bad(name, "its header has no '" + std::string(key) + "'");
   size_t p = at + len;
   while (p < dict.size() && (dict[p] == ' ')) ++p;
-  if (p >= dict.size() || dict[p] != ':') bad(name, "its header is malformed near '" + std::string(key) + "'");
+  if (p >= dict.size() || dict[p] != ':')
+    bad(name, "its header is malformed near '" + std::string(key) + "'");
   ++p;
   while (p < dict.size() && dict[p] == ' ') ++p;
   size_t end = p;
@@ -49,7 +50,8 @@ std::string_view field(std::string_view dict, std::string_view key, const std::s
     if (depth == 0 && (c == ',' || c == '}')) break;
     ++end;
   }
-  if (depth != 0 || end >= dict.size()) bad(name, "its header is malformed near '" + std::string(key) + "'");
+  if (depth != 0 || end >= dict.size())
+    bad(name, "its header is malformed near '" + std::string(key) + "'");
   if (dict[end] == ')') ++end;
   return dict.substr(p, end - p);
 }
@@ -63,7 +65,8 @@ NpyHeader parse_npy_header(std::string_view bytes, const std::string& name) {
   const int major = static_cast<unsigned char>(bytes[6]);
   size_t header_len = 0, prefix = 0;
   if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+    header_len = static_cast<unsigned char>(bytes[8]) |
+                 (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
     prefix = 10;
   } else if (major == 2 || major == 3) {
     if (bytes.size() < 12) bad(name, "it is shorter than its header");
@@ -81,7 +84,8 @@ NpyHeader parse_npy_header(std::string_view bytes, const std::string& name) {
   h.data_offset = prefix + header_len;
 
   std::string_view descr = field(dict, "descr", name);
-  if (descr.size() < 4 || (descr.front() != '\'' && descr.front() != '"') || descr.back() != descr.front())
+  if (descr.size() < 4 || (descr.front() != '\'' && descr.front() != '"') ||
+      descr.back() != descr.front())
     bad(name, "its dtype is not a simple type string (structured arrays are not supported)");
   descr = descr.substr(1, descr.size() - 2);
   if (descr.size() < 3) bad(name, "its dtype '" + std::string(descr) + "' is not a number type");
@@ -103,11 +107,13 @@ NpyHeader parse_npy_header(std::string_view bytes, const std::string& name) {
     bad(name, "its dtype '" + std::string(descr) + "' has an unknown byte order");
 
   const std::string_view fortran = field(dict, "fortran_order", name);
-  if (fortran == "True") bad(name, "it is in Fortran order; save it C-ordered (np.ascontiguousarray)");
+  if (fortran == "True")
+    bad(name, "it is in Fortran order; save it C-ordered (np.ascontiguousarray)");
   if (fortran != "False") bad(name, "its fortran_order is neither True nor False");
 
   std::string_view shape = field(dict, "shape", name);
-  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')') bad(name, "its shape is not a tuple");
+  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')')
+    bad(name, "its shape is not a tuple");
   shape = shape.substr(1, shape.size() - 2);
   uint64_t total = 1;
   size_t p = 0;
@@ -127,7 +133,8 @@ NpyHeader parse_npy_header(std::string_view bytes, const std::string& name) {
     if (v != 0 && total > kMaxBytes / v) bad(name, "its shape's size passes 1 TiB");
     total *= v;
   }
-  if (total > kMaxBytes / static_cast<uint64_t>(h.itemsize)) bad(name, "its shape's size passes 1 TiB");
+  if (total > kMaxBytes / static_cast<uint64_t>(h.itemsize))
+    bad(name, "its shape's size passes 1 TiB");
   h.numel = static_cast<int64_t>(total);
   return h;
 }
@@ -142,7 +149,8 @@ NpyArray::NpyArray(const std::string& path) : path_(path) {
   }
   const size_t size = static_cast<size_t>(st.st_size);
   std::string head(std::min(size, kMaxHeader + 12), '\0');
-  if (!head.empty() && ::pread(fd, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size())) {
+  if (!head.empty() &&
+      ::pread(fd, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size())) {
     ::close(fd);
     COHORT_THROW(IoError, "cannot read ", path);
   }
@@ -152,7 +160,8 @@ NpyArray::NpyArray(const std::string& path) : path_(path) {
     ::close(fd);
     throw;
   }
-  const uint64_t want = h_.data_offset + static_cast<uint64_t>(h_.numel) * static_cast<uint64_t>(h_.itemsize);
+  const uint64_t want =
+      h_.data_offset + static_cast<uint64_t>(h_.numel) * static_cast<uint64_t>(h_.itemsize);
   if (size != want) {
     ::close(fd);
     COHORT_THROW(IoError, path, " is ", size, " bytes but its header promises ", want,

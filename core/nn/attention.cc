@@ -33,8 +33,8 @@ Tensor MultiheadAttention::forward(const Tensor& x) {
   auto heads = [&](const Tensor& t) {
     return t.reshape({B, T, spec_.num_heads, hd}).transpose(1, 2);
   };
-  Tensor y = scaled_dot_product_attention(heads(parts[0]), heads(parts[1]), heads(parts[2]),
-                                          spec_.causal);
+  Tensor y =
+      scaled_dot_product_attention(heads(parts[0]), heads(parts[1]), heads(parts[2]), spec_.causal);
   return out_proj_->forward(y.transpose(1, 2).reshape({B, T, E}));
 }
 
@@ -42,9 +42,9 @@ TransformerEncoderLayer::TransformerEncoderLayer(const TransformerSpec& s, Gener
     : spec_(s) {
   COHORT_CHECK(s.activation == "relu" || s.activation == "gelu",
                "transformer_block: activation must be relu or gelu, got '", s.activation, "'");
-  self_attn_ = register_module(
-      "self_attn", std::make_shared<MultiheadAttention>(
-                       AttentionSpec{s.d_model, s.nhead, s.bias, s.causal}, gen));
+  self_attn_ =
+      register_module("self_attn", std::make_shared<MultiheadAttention>(
+                                       AttentionSpec{s.d_model, s.nhead, s.bias, s.causal}, gen));
   linear1_ = register_module("linear1",
                              std::make_shared<Linear>(s.d_model, s.dim_feedforward, s.bias, gen));
   dropout_ = register_module("dropout", std::make_shared<Dropout>(s.dropout, gen));

@@ -14,10 +14,9 @@ int Graph::index_of(const std::string& name, const std::string& reader) const {
 }
 
 void Graph::add_node(Node node, const std::vector<std::string>& inputs) {
-  COHORT_CHECK(!node.name.empty() && node.name != kInput &&
-                   node.name.find('.') == std::string::npos,
-               "a node name must be non-empty, without '.', and not '", kInput, "', got '",
-               node.name, "'");
+  COHORT_CHECK(
+      !node.name.empty() && node.name != kInput && node.name.find('.') == std::string::npos,
+      "a node name must be non-empty, without '.', and not '", kInput, "', got '", node.name, "'");
   for (const Node& n : nodes_)
     COHORT_CHECK(n.name != node.name, "node name '", node.name, "' is used twice");
   const int me = static_cast<int>(nodes_.size());

@@ -30,7 +30,8 @@ CNN::CNN(int64_t in_channels, int64_t classes, Generator* gen, int64_t height, i
                width);
   c1_ = register_module("c1", std::make_shared<Conv2d>(Conv2dSpec{in_channels, 32, 3, 1, 1}, gen));
   c2_ = register_module("c2", std::make_shared<Conv2d>(Conv2dSpec{32, 64, 3, 1, 1}, gen));
-  f1_ = register_module("f1", std::make_shared<Linear>(64 * (height / 4) * (width / 4), 128, true, gen));
+  f1_ = register_module("f1",
+                        std::make_shared<Linear>(64 * (height / 4) * (width / 4), 128, true, gen));
   f2_ = register_module("f2", std::make_shared<Linear>(128, classes, true, gen));
 }
 

@@ -31,7 +31,8 @@ Tensor batch_norm(const Tensor& input, const Tensor& weight, const Tensor& bias,
   COHORT_CHECK(is_floating(input.dtype()), "batch_norm needs a floating-point input, got ",
                dtype_name(input.dtype()));
   const int64_t C = input.size(1);
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var})
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var})
     if (t->defined())
       COHORT_CHECK(t->dim() == 1 && t->size(0) == C, "batch_norm: input has ", C,
                    " channels but a per-channel tensor has shape ", shape_str(t->sizes()));
@@ -100,35 +101,36 @@ Tensor batch_norm(const Tensor& input, const Tensor& weight, const Tensor& bias,
   if (autograd::any_requires_grad(inputs)) {
     SavedTensor sxhat(xhat), sinv(invstd), sw(weight.defined() ? weight.detach() : Tensor());
     const bool has_w = weight.defined(), has_b = bias.defined();
-    autograd::record(
-        "BatchNormBackward", inputs, {&y},
-        [=](const TensorList& g, const std::vector<bool>& needs) {
-          const Tensor& xh = sxhat.get();
-          const Tensor gy = g[0];
-          // The parameters' gradients are this rank's own sums: DDP averages them afterwards.
-          Tensor sum_g = sum(gy, dims), sum_gx = sum(mul(gy, xh), dims);
-          TensorList r(1 + (has_w ? 1 : 0) + (has_b ? 1 : 0));
-          if (needs[0]) {
-            Tensor sg = sum_g, sgx = sum_gx;
-            if (sum_over_ranks) {
-              // Every rank's loss depends on every rank's inputs through the shared statistics.
-              Tensor packed = cat({sum_g, sum_gx}, 0);
-              sum_over_ranks(packed);
-              sg = packed.slice(0, 0, C);
-              sgx = packed.slice(0, C, 2 * C);
-            }
-            Tensor scale = sinv.get();
-            if (has_w) scale = mul(scale, sw.get());
-            Tensor inner = sub(sub(gy, div(sg, count).reshape(per_channel)),
-                               mul(xh, div(sgx, count).reshape(per_channel)));
-            r[0] = mul(inner, scale.reshape(per_channel));
-          }
-          size_t i = 1;
-          if (has_w && needs[i]) r[i] = sum_gx;
-          if (has_w) ++i;
-          if (has_b && needs[i]) r[i] = sum_g;
-          return r;
-        });
+    autograd::record("BatchNormBackward", inputs, {&y},
+                     [=](const TensorList& g, const std::vector<bool>& needs) {
+                       const Tensor& xh = sxhat.get();
+                       const Tensor gy = g[0];
+                       // The parameters' gradients are this rank's own sums: DDP averages them
+                       // afterwards.
+                       Tensor sum_g = sum(gy, dims), sum_gx = sum(mul(gy, xh), dims);
+                       TensorList r(1 + (has_w ? 1 : 0) + (has_b ? 1 : 0));
+                       if (needs[0]) {
+                         Tensor sg = sum_g, sgx = sum_gx;
+                         if (sum_over_ranks) {
+                           // Every rank's loss depends on every rank's inputs through the shared
+                           // statistics.
+                           Tensor packed = cat({sum_g, sum_gx}, 0);
+                           sum_over_ranks(packed);
+                           sg = packed.slice(0, 0, C);
+                           sgx = packed.slice(0, C, 2 * C);
+                         }
+                         Tensor scale = sinv.get();
+                         if (has_w) scale = mul(scale, sw.get());
+                         Tensor inner = sub(sub(gy, div(sg, count).reshape(per_channel)),
+                                            mul(xh, div(sgx, count).reshape(per_channel)));
+                         r[0] = mul(inner, scale.reshape(per_channel));
+                       }
+                       size_t i = 1;
+                       if (has_w && needs[i]) r[i] = sum_gx;
+                       if (has_w) ++i;
+                       if (has_b && needs[i]) r[i] = sum_g;
+                       return r;
+                     });
   }
   return y.dtype() == input.dtype() ? y : y.to(input.dtype());
 }

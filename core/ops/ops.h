@@ -187,7 +187,8 @@ struct BatchNormOptions {
 // updates running_mean / running_var in place where defined (the variance unbiased, as PyTorch
 // does). Evaluation: normalises with the running statistics. weight and bias may be undefined.
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
-                  Tensor running_var, const BatchNormOptions& o, const StatSum& sum_over_ranks = {});
+                  Tensor running_var, const BatchNormOptions& o,
+                  const StatSum& sum_over_ranks = {});
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
 // softmax(q k^T / sqrt(d) + causal mask) v over [..., L, d] tensors.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);

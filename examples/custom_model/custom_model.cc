@@ -54,7 +54,8 @@ class GatedNet : public core::nn::Module {
 // Data of one's own: two interleaved spirals, the same points on every rank for a given seed.
 class Spirals : public core::data::Dataset {
  public:
-  Spirals(int64_t n, double noise, uint64_t seed) : x_(static_cast<size_t>(2 * n)), y_(static_cast<size_t>(n)) {
+  Spirals(int64_t n, double noise, uint64_t seed)
+      : x_(static_cast<size_t>(2 * n)), y_(static_cast<size_t>(n)) {
     core::Generator g(seed);
     Tensor u = core::rand({n, 3}, {}, &g);
     for (int64_t i = 0; i < n; ++i) {
@@ -63,7 +64,8 @@ class Spirals : public core::data::Dataset {
       const double t = 0.5 + 3.0 * r[0];  // how far along its arm
       const double a = t * 2.2 + cls * M_PI;
       x_[static_cast<size_t>(2 * i)] = static_cast<float>(t * std::cos(a) + noise * (r[1] - 0.5));
-      x_[static_cast<size_t>(2 * i + 1)] = static_cast<float>(t * std::sin(a) + noise * (r[2] - 0.5));
+      x_[static_cast<size_t>(2 * i + 1)] =
+          static_cast<float>(t * std::sin(a) + noise * (r[2] - 0.5));
       y_[static_cast<size_t>(i)] = cls;
     }
   }

@@ -15,8 +15,8 @@
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
 #include "core/ops/ops.h"
-#include "trainer/model_builder.h"
 #include "test_util.h"
+#include "trainer/model_builder.h"
 
 namespace {
 
@@ -65,7 +65,8 @@ TEST_F(ConfigModels, SequentialCnnAndResidualGraphTrainOnFashionMnist) {
   for (const std::string name : {"fashion_mnist_sequential.yaml", "fashion_mnist_resnet.yaml"}) {
     auto r = run_command(cohort("train " + config(name) +
                                 " train.steps=120 train.log_every=40 eval.max_batches=2 "
-                                "logging.dir=" + (dir_ / name).string()),
+                                "logging.dir=" +
+                                (dir_ / name).string()),
                          kRunLimit);
     ASSERT_EQ(r.code, 0) << r.output;
     // Untrained: 10%. 120 steps of batch 64 reach 70-80% on both.
@@ -77,7 +78,8 @@ TEST_F(ConfigModels, SequentialCnnAndResidualGraphTrainOnFashionMnist) {
 // The table names every layer with its output shape and parameters; the total is the closed form
 // of the architecture.
 TEST_F(ConfigModels, PrintModelListsEveryLayerWithItsShapeAndParameters) {
-  auto r = run_command(cohort("train " + config("fashion_mnist_sequential.yaml") + " --print-model"));
+  auto r =
+      run_command(cohort("train " + config("fashion_mnist_sequential.yaml") + " --print-model"));
   ASSERT_EQ(r.code, 0) << r.output;
   const int64_t total = (32 * 9 + 32) + 2 * 32 + (64 * 32 * 9 + 64) + 2 * 64 +
                         (64 * 7 * 7 * 128 + 128) + (128 * 10 + 10);
@@ -140,14 +142,19 @@ TEST_F(ConfigModels, BadLayerListsAreOneSentenceNamingTheLayerAndKey) {
 
 // SyncBatchNorm: 2 ranks of batch 8 normalise with the statistics of all 16 samples, so they end
 // where one process of batch 16 ends (in float64, 1e-9: any missed term is 1e-3 or more). Plain
-// batch_norm under DDP normalises per rank and does not, which is what makes this test able to fail.
+// batch_norm under DDP normalises per rank and does not, which is what makes this test able to
+// fail.
 TEST_F(ConfigModels, SyncBatchNormRanksEqualOneProcessWithTheWholeBatch) {
   auto yaml = [&](bool sync) {
     const std::string s = sync ? "true" : "false";
     return "experiment: bn\nmodel:\n  type: sequential\n  layers:\n"
            "    - conv2d: {out: 8, kernel: 3, padding: 1}\n"
-           "    - batch_norm2d: {sync: " + s + "}\n    - relu\n    - max_pool2d: {kernel: 4}\n"
-           "    - flatten\n    - linear: {out: 32}\n    - batch_norm1d: {sync: " + s + "}\n"
+           "    - batch_norm2d: {sync: " +
+           s +
+           "}\n    - relu\n    - max_pool2d: {kernel: 4}\n"
+           "    - flatten\n    - linear: {out: 32}\n    - batch_norm1d: {sync: " +
+           s +
+           "}\n"
            "    - relu\n    - linear: {out: 10}\n"
            "optimizer: {type: sgd, lr: 0.05, momentum: 0.9}\n";
   };
@@ -155,17 +162,19 @@ TEST_F(ConfigModels, SyncBatchNormRanksEqualOneProcessWithTheWholeBatch) {
   auto train = [&](const fs::path& cfg, int64_t batch, const std::string& run) {
     return cohort("train " + cfg.string() + " precision=fp64 train.steps=12 train.log_every=4 " +
                   "eval.max_batches=1 eval.batch_size=200 distributed.timeout_s=60 " +
-                  "data.batch_size=" + std::to_string(batch) + " logging.dir=" +
-                  (dir_ / run).string());
+                  "data.batch_size=" + std::to_string(batch) +
+                  " logging.dir=" + (dir_ / run).string());
   };
   auto one = run_command(train(synced, 16, "one"), kRunLimit);
   ASSERT_EQ(one.code, 0) << one.output;
-  auto two = run_command(cohort("launch --nproc-per-node 2 -- ") + train(synced, 8, "two"), kRunLimit);
+  auto two =
+      run_command(cohort("launch --nproc-per-node 2 -- ") + train(synced, 8, "two"), kRunLimit);
   ASSERT_EQ(two.code, 0) << two.output;
-  expect_same_model(cohort::test::final_model(dir_ / "two"), cohort::test::final_model(dir_ / "one"),
+  expect_same_model(cohort::test::final_model(dir_ / "two"),
+                    cohort::test::final_model(dir_ / "one"),
                     "sync batch_norm, 2 ranks vs 1 process", 1e-9);
-  auto unsynced = run_command(cohort("launch --nproc-per-node 2 -- ") + train(local, 8, "local"),
-                              kRunLimit);
+  auto unsynced =
+      run_command(cohort("launch --nproc-per-node 2 -- ") + train(local, 8, "local"), kRunLimit);
   ASSERT_EQ(unsynced.code, 0) << unsynced.output;
   auto a = cohort::test::final_model(dir_ / "local"), b = cohort::test::final_model(dir_ / "one");
   const auto x = a.at("0.weight").contiguous(), y = b.at("0.weight").contiguous();
@@ -196,10 +205,10 @@ TEST_F(ConfigModels, PyTorchWeightsLoadAndCohortReportsPyTorchsAccuracy) {
 // Cohort's checkpoint loads (strictly: every parameter and running statistic) into PyTorch's
 // nn.Sequential, which then scores what Cohort scores for it (both in float64).
 TEST_F(ConfigModels, CohortCheckpointsLoadIntoPyTorch) {
-  auto c = run_command(cohort("train " + config("fashion_mnist_sequential.yaml") +
-                              " train.steps=60 train.log_every=30 logging.dir=" +
-                              (dir_ / "run").string()),
-                       kRunLimit);
+  auto c = run_command(
+      cohort("train " + config("fashion_mnist_sequential.yaml") +
+             " train.steps=60 train.log_every=30 logging.dir=" + (dir_ / "run").string()),
+      kRunLimit);
   ASSERT_EQ(c.code, 0) << c.output;
   const std::string model = (dir_ / "run/checkpoints/step_60/model.safetensors").string();
   auto e = run_command(cohort("train " + config("fashion_mnist_sequential.yaml") +
@@ -233,7 +242,9 @@ TEST_F(TorchLayers, AttentionAndTransformerBlocksMatchPyTorch) {
   auto io = cohort::core::io::load_safetensors((dir_ / "io.safetensors").string());
   const cohort::core::Tensor x = io.at("x"), y = io.at("y");
   cohort::core::Generator gen(0);
-  auto model = cohort::trainer::build_config_model(spec, x.narrow(0, 0, 1).to(cohort::core::DType::kFloat32), &gen).module;
+  auto model = cohort::trainer::build_config_model(
+                   spec, x.narrow(0, 0, 1).to(cohort::core::DType::kFloat32), &gen)
+                   .module;
   model->to(cohort::core::DType::kFloat64);
   model->load_state_dict(cohort::core::io::load_safetensors((dir_ / "model.safetensors").string()));
   model->eval();

@@ -19,14 +19,13 @@ class Install : public cohort::test::TempDirTest {};
 
 TEST_F(Install, AnOutOfTreeProgramBuildsAgainstThePackageAndTrainsWithDdp) {
   const fs::path prefix = dir_ / "prefix", build = dir_ / "build";
-  auto r = run_command("cmake --install " + std::string(COHORT_BUILD_DIR) + " --prefix " +
-                           prefix.string(),
-                       300);
+  auto r = run_command(
+      "cmake --install " + std::string(COHORT_BUILD_DIR) + " --prefix " + prefix.string(), 300);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (const char* f : {"lib/cmake/Cohort/CohortConfig.cmake", "lib/cmake/Cohort/CohortTargets.cmake",
-                        "include/cohort/core/nn/module.h", "include/cohort/cohort/config.h",
-                        "include/cohort/launcher/train_command.h", "lib/libcohort_core.a",
-                        "bin/cohort"})
+  for (const char* f :
+       {"lib/cmake/Cohort/CohortConfig.cmake", "lib/cmake/Cohort/CohortTargets.cmake",
+        "include/cohort/core/nn/module.h", "include/cohort/cohort/config.h",
+        "include/cohort/launcher/train_command.h", "lib/libcohort_core.a", "bin/cohort"})
     EXPECT_TRUE(fs::exists(prefix / f)) << f;
   // A clean configure of the example, outside this tree, that knows Cohort only by its prefix.
   r = run_command("cmake -S " + std::string(COHORT_SOURCE_DIR) + "/examples/custom_model -B " +
@@ -42,11 +41,13 @@ TEST_F(Install, AnOutOfTreeProgramBuildsAgainstThePackageAndTrainsWithDdp) {
   r = run_command((prefix / "bin" / "cohort").string() + " launch --nproc-per-node 2 -- " +
                       program + " " + COHORT_SOURCE_DIR +
                       "/examples/custom_model/spirals.yaml train.epochs=3 distributed.timeout_s=60 "
-                      "logging.dir=" + (dir_ / "run").string(),
+                      "logging.dir=" +
+                      (dir_ / "run").string(),
                   300);
   ASSERT_EQ(r.code, 0) << r.output;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(summary: .* test_acc ([0-9.]+) world_size 2)")))
+  ASSERT_TRUE(
+      std::regex_search(r.output, m, std::regex(R"(summary: .* test_acc ([0-9.]+) world_size 2)")))
       << r.output;
   EXPECT_GT(std::stod(m[1]), 0.9) << r.output;
   EXPECT_NE(r.output.find("cohort: custom on cpu, world size 2"), std::string::npos) << r.output;
@@ -64,7 +65,8 @@ TEST_F(Install, AnOutOfTreeProgramBuildsAgainstThePackageAndTrainsWithDdp) {
       << r.output;
 }
 
-// `cohort train` itself has no custom model: the config that names one is told where they come from.
+// `cohort train` itself has no custom model: the config that names one is told where they come
+// from.
 TEST_F(Install, CohortTrainExplainsCustomModels) {
   auto r = run_command(std::string(COHORT_BINARY) + " train " + COHORT_SOURCE_DIR +
                        "/examples/custom_model/spirals.yaml");

@@ -403,8 +403,7 @@ TEST_F(Launch, SlurmSubmitDryRunPrintsOneSrunTaskPerRank) {
         "srun --label --kill-on-bad-exit=1 ", "#SBATCH --signal=USR1@120\n", "#SBATCH --requeue\n",
         "if [ \"$rc\" -eq 138 ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi\n"})
     EXPECT_NE(script.find(line), std::string::npos) << line << " missing from:\n" << script;
-  EXPECT_NE(script.find(" train '" + config + "' 'optimizer.lr=0.05'\n"),
-            std::string::npos)
+  EXPECT_NE(script.find(" train '" + config + "' 'optimizer.lr=0.05'\n"), std::string::npos)
       << script;
   // A bad config fails here, naming the key, not later in the queue.
   const std::string bad = std::string(COHORT_BINARY) + " slurm submit " + config +

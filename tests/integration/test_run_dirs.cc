@@ -41,11 +41,11 @@ class RunDirs : public cohort::test::TempDirTest {
   // list such as "INT" or "INT INT") and prints "exit=<code>".
   std::string stop_at(const std::string& cmd, const std::string& run, int step,
                       const std::string& signals, double between_s = 0) const {
-    return "sh -c '" + cmd + " & p=$!; while kill -0 $p 2>/dev/null && ! grep -q \"step\\\":" +
-           std::to_string(step) + "}\" " + (dir_ / run / "metrics.jsonl").string() +
-           " 2>/dev/null; do sleep 0.01; done; for s in " + signals +
-           "; do kill -$s $p; sleep " + std::to_string(between_s) +
-           "; done; wait $p; echo exit=$?'";
+    return "sh -c '" + cmd +
+           " & p=$!; while kill -0 $p 2>/dev/null && ! grep -q \"step\\\":" + std::to_string(step) +
+           "}\" " + (dir_ / run / "metrics.jsonl").string() +
+           " 2>/dev/null; do sleep 0.01; done; for s in " + signals + "; do kill -$s $p; sleep " +
+           std::to_string(between_s) + "; done; wait $p; echo exit=$?'";
   }
 };
 
@@ -66,9 +66,9 @@ TEST_F(RunDirs, ANewRunIntoAnotherRunsDirectoryIsRefusedAndNothingIsLost) {
     auto b = run_command(
         train("r", resume + "train.steps=40 checkpoint.every_steps=10 checkpoint.keep=3"));
     EXPECT_EQ(b.code, 2) << b.output;
-    EXPECT_NE(b.output.find("holds another run's files (run " +
-                            record["run_id"].get<std::string>()),
-              std::string::npos)
+    EXPECT_NE(
+        b.output.find("holds another run's files (run " + record["run_id"].get<std::string>()),
+        std::string::npos)
         << b.output;
     EXPECT_NE(b.output.find("continue that run with checkpoint.resume=auto"), std::string::npos);
     EXPECT_EQ(checkpoints("r"), (std::vector<std::string>{"step_100", "step_50", "step_75"}));
@@ -92,7 +92,8 @@ TEST_F(RunDirs, ANewRunIntoAnotherRunsDirectoryIsRefusedAndNothingIsLost) {
 TEST_F(RunDirs, AResumeRefusesChangedStateKeysAndPrintsTheOtherChanges) {
   auto a = run_command(train("r", "train.steps=20"));
   ASSERT_EQ(a.code, 0) << a.output;
-  auto adamw = run_command(train("r", "train.steps=30 checkpoint.resume=auto optimizer.type=adamw"));
+  auto adamw =
+      run_command(train("r", "train.steps=30 checkpoint.resume=auto optimizer.type=adamw"));
   EXPECT_EQ(adamw.code, 2) << adamw.output;
   EXPECT_NE(adamw.output.find("these keys give its state another meaning and differ from this "
                               "config: optimizer.type: sgd -> adamw"),
@@ -123,27 +124,26 @@ TEST_F(RunDirs, ASecondRunIsRefusedWhileTheFirstRunsAndCtrlCCheckpoints) {
       train("r", "train.steps=10 checkpoint.resume=auto") + "; echo second=$?; kill -INT $p; " +
       "wait $p; echo exit=$?'";
   auto r = run_command(script);
-  EXPECT_NE(r.output.find("is in use by another running job (pid "), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("is in use by another running job (pid "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("second=2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("exit=130"), std::string::npos) << r.output;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(SIGINT stopped training after step (\d+))")))
+  ASSERT_TRUE(
+      std::regex_search(r.output, m, std::regex(R"(SIGINT stopped training after step (\d+))")))
       << r.output;
   EXPECT_TRUE(fs::exists(dir_ / "r" / "checkpoints" / ("step_" + m[1].str())));
-  auto resumed = run_command(train("r", "train.steps=" + std::to_string(std::stoll(m[1]) + 5) +
-                                            " checkpoint.resume=auto"));
+  auto resumed = run_command(train(
+      "r", "train.steps=" + std::to_string(std::stoll(m[1]) + 5) + " checkpoint.resume=auto"));
   ASSERT_EQ(resumed.code, 0) << resumed.output;
-  EXPECT_NE(resumed.output.find("(step " + m[1].str() + ","), std::string::npos)
-      << resumed.output;
+  EXPECT_NE(resumed.output.find("(step " + m[1].str() + ","), std::string::npos) << resumed.output;
 }
 
 // A second Ctrl-C does not wait for the step: the process ends at once, without a checkpoint.
 TEST_F(RunDirs, ASecondCtrlCStopsAtOnce) {
   // Each step takes 3 s (the straggler hook), so both signals land inside one step.
-  auto r = run_command(stop_at("env COHORT_TEST_STEP_DELAY_MS=0:3000 " +
-                                   train("r", "train.steps=100 train.log_every=1"),
-                               "r", 1, "INT INT", 0.3));
+  auto r = run_command(stop_at(
+      "env COHORT_TEST_STEP_DELAY_MS=0:3000 " + train("r", "train.steps=100 train.log_every=1"),
+      "r", 1, "INT INT", 0.3));
   EXPECT_NE(r.output.find("exit=130"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("second SIGINT: stopping at once"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("stopped training after step"), std::string::npos) << r.output;
@@ -154,12 +154,14 @@ TEST_F(RunDirs, ASecondCtrlCStopsAtOnce) {
 // checkpoint, and the launcher exits 130.
 TEST_F(RunDirs, CtrlCOnCohortLaunchCheckpointsEveryRankAtTheSameStep) {
   const std::string cmd = std::string(COHORT_BINARY) + " launch --nproc-per-node 2 -- " +
-                          train("r", "train.steps=100000 checkpoint.every_steps=100000 "
-                                     "distributed.timeout_s=60");
+                          train("r",
+                                "train.steps=100000 checkpoint.every_steps=100000 "
+                                "distributed.timeout_s=60");
   auto r = run_command(stop_at(cmd, "r", 20, "INT"));
   EXPECT_NE(r.output.find("exit=130"), std::string::npos) << r.output;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex(R"(SIGINT stopped training after step (\d+))")))
+  ASSERT_TRUE(
+      std::regex_search(r.output, m, std::regex(R"(SIGINT stopped training after step (\d+))")))
       << r.output;
   EXPECT_TRUE(fs::exists(dir_ / "r" / "checkpoints" / ("step_" + m[1].str()))) << r.output;
 }

@@ -72,15 +72,17 @@ TEST_F(Torchrun, ModuleFormRunsPythonDashM) {
 // the workers' MASTER_PORT and node 1's worker reaches PyTorch's store there.
 TEST_F(Torchrun, TwoAgentsShareOneMasterPort) {
   const uint16_t port = [] {
-    auto r = run_command(std::string("/usr/bin/python3 -c 'import socket; s=socket.socket(); "
-                                     "s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])'"));
+    auto r =
+        run_command(std::string("/usr/bin/python3 -c 'import socket; s=socket.socket(); "
+                                "s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])'"));
     return static_cast<uint16_t>(std::stoi(r.output));
   }();
-  const std::string common = "--nnodes=2 --nproc_per_node=1 --rdzv_endpoint=127.0.0.1:" +
-                             std::to_string(port) + " --rdzv_timeout 120 torch_ddp_script.py";
-  const std::string log = (fs::temp_directory_path() /
-                           ("cohort-torchrun-node1-" + std::to_string(::getpid()) + ".log"))
-                              .string();
+  const std::string common =
+      "--nnodes=2 --nproc_per_node=1 --rdzv_endpoint=127.0.0.1:" + std::to_string(port) +
+      " --rdzv_timeout 120 torch_ddp_script.py";
+  const std::string log =
+      (fs::temp_directory_path() / ("cohort-torchrun-node1-" + std::to_string(::getpid()) + ".log"))
+          .string();
   auto r = run_command(sh("(" + launch_text("--node_rank=1 " + common) + ") > " + log +
                           " 2>&1 & (" + launch_text("--node_rank=0 " + common) +
                           "); echo node0=$?; wait; cat " + log + "; rm -f " + log),

@@ -90,7 +90,8 @@ TEST_F(UserData, CsvTablesTrainWithANamedTargetColumn) {
   }
   f.close();
   auto r = run_command(train("model:\n  type: sequential\n  layers: [{linear: {out: 16}}, relu, "
-                             "{linear: {out: 3}}]\ndata: {dataset: csv, path: " + p("t.csv") +
+                             "{linear: {out: 3}}]\ndata: {dataset: csv, path: " +
+                             p("t.csv") +
                              ", target_column: species, val_fraction: 0.2, batch_size: 32}\n"
                              "optimizer: {lr: 0.1}\ntrain: {epochs: 3, log_every: 20}\n"),
                        kRunLimit);
@@ -113,8 +114,7 @@ TEST_F(UserData, ImageFoldersOfPngAndJpegTrain) {
       for (int y = 0; y < 20; ++y)
         for (int x = 0; x < 20; ++x)
           for (int c = 0; c < 3; ++c)
-            px[(y * 20 + x) * 3 + c] =
-                (((cls == "horizontal" ? y : x) + phase) / 2) % 2 ? 220 : 30;
+            px[(y * 20 + x) * 3 + c] = (((cls == "horizontal" ? y : x) + phase) / 2) % 2 ? 220 : 30;
       const std::string name = p("img/" + cls + "/" + std::to_string(i));
       if (i % 2)
         cohort::test::write_jpeg(name + ".jpg", 20, 20, 3, px);
@@ -125,7 +125,9 @@ TEST_F(UserData, ImageFoldersOfPngAndJpegTrain) {
   auto r = run_command(
       train("model:\n  type: sequential\n  layers:\n    - conv2d: {out: 8, kernel: 3, padding: 1}\n"
             "    - relu\n    - max_pool2d: {kernel: 2}\n    - flatten\n    - linear: {out: 2}\n"
-            "data: {dataset: image_folder, path: " + p("img") + ", image_size: [12, 12], "
+            "data: {dataset: image_folder, path: " +
+            p("img") +
+            ", image_size: [12, 12], "
             "val_fraction: 0.25, batch_size: 16}\noptimizer: {type: adamw, lr: 0.01}\n"
             "train: {epochs: 4, log_every: 10}\n"),
       kRunLimit);
@@ -144,8 +146,8 @@ TEST_F(UserData, MalformedFilesStopTheRunNamingTheFileAndPlace) {
   std::vector<int64_t> y{0, 1, -3, 1};
   cohort::test::write_npy(p("y.npy"), "<i8", {4}, y.data(), 32);
   const std::string mlp = "model: {type: sequential, layers: [{linear: {out: 4}}]}\n";
-  auto r = run_command(train(mlp + "data: {dataset: npy, inputs: " + p("x.npy") + ", targets: " +
-                             p("y.npy") + ", batch_size: 2}\n"));
+  auto r = run_command(train(mlp + "data: {dataset: npy, inputs: " + p("x.npy") +
+                             ", targets: " + p("y.npy") + ", batch_size: 2}\n"));
   EXPECT_EQ(r.code, 3) << r.output;
   EXPECT_NE(r.output.find(p("y.npy") + ": label at index 2 is -3"), std::string::npos) << r.output;
 
@@ -158,10 +160,13 @@ TEST_F(UserData, MalformedFilesStopTheRunNamingTheFileAndPlace) {
 
   fs::create_directories(dir_ / "img" / "a");
   std::vector<uint8_t> px(8 * 8 * 3, 100);
-  for (int i = 0; i < 8; ++i) ASSERT_TRUE(cohort::test::write_png(p("img/a/" + std::to_string(i) + ".png"), 8, 8, 3, px));
+  for (int i = 0; i < 8; ++i)
+    ASSERT_TRUE(cohort::test::write_png(p("img/a/" + std::to_string(i) + ".png"), 8, 8, 3, px));
   std::ofstream(dir_ / "img" / "a" / "9_broken.png") << "\x89PNG\r\n\x1a\n garbage";
-  r = run_command(train("model: {type: sequential, layers: [flatten, {linear: {out: 2}}]}\n"
-                        "data: {dataset: image_folder, path: " + p("img") +
+  r =
+      run_command(train("model: {type: sequential, layers: [flatten, {linear: {out: 2}}]}\n"
+                        "data: {dataset: image_folder, path: " +
+                        p("img") +
                         ", image_size: 8, val_fraction: 0, batch_size: 3, normalize: none}\n"
                         "train: {epochs: 2}\n"));
   EXPECT_EQ(r.code, 3) << r.output;
@@ -176,9 +181,10 @@ TEST_F(UserData, LabelsBeyondTheModelsOutputsAreAConfigError) {
   std::vector<int64_t> y{0, 1, 5, 1};
   cohort::test::write_npy(p("x.npy"), "<f4", {4, 3}, x.data(), x.size() * 4);
   cohort::test::write_npy(p("y.npy"), "<i8", {4}, y.data(), 32);
-  auto r = run_command(train("model: {type: sequential, layers: [{linear: {out: 4}}]}\n"
-                             "data: {dataset: npy, inputs: " + p("x.npy") + ", targets: " +
-                             p("y.npy") + ", batch_size: 2}\n"));
+  auto r =
+      run_command(train("model: {type: sequential, layers: [{linear: {out: 4}}]}\n"
+                        "data: {dataset: npy, inputs: " +
+                        p("x.npy") + ", targets: " + p("y.npy") + ", batch_size: 2}\n"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("the data has 6 classes (labels 0 to 5) but the model outputs 4 logits"),
             std::string::npos)

@@ -43,11 +43,12 @@ TEST(Bf16Gemm, MatchesTheRoundedOperandsProductForEveryShapeAndLayout) {
                 bound += std::abs(x * y);
               }
               const double want = alpha * sum + beta * c[i * ldc + j];
-              const double tol = (static_cast<double>(k) + 4) * std::ldexp(1.0, -24) *
-                                 (std::abs(alpha) * bound + std::abs(beta * c[i * ldc + j]) + 1e-30);
+              const double tol =
+                  (static_cast<double>(k) + 4) * std::ldexp(1.0, -24) *
+                  (std::abs(alpha) * bound + std::abs(beta * c[i * ldc + j]) + 1e-30);
               ASSERT_NEAR(out[i * ldc + j], want, tol)
-                  << "m " << m << " n " << n << " k " << k << " ta " << ta << " tb " << tb
-                  << " at " << i << "," << j;
+                  << "m " << m << " n " << n << " k " << k << " ta " << ta << " tb " << tb << " at "
+                  << i << "," << j;
             }
           // Nothing outside the n columns of C moved.
           for (int64_t i = 0; i < m; ++i)

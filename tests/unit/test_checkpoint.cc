@@ -137,8 +137,8 @@ TEST_F(CheckpointTest, PruningKeepsTheNewestOfItsOwnRunAndNeverTouchesAnothers) 
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"step_100", "step_20", "step_30", "step_40",
-                                             "step_50", "step_75"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"step_100", "step_20", "step_30", "step_40", "step_50",
+                                             "step_75"}));
   const Checkpoint c = load_checkpoint(root + "/step_40");
   EXPECT_EQ(c.meta.run_id, "new");
   EXPECT_EQ(c.meta.config, "a: 2\n");

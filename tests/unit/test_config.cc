@@ -88,7 +88,8 @@ TEST_F(ConfigTest, WrongTypesAndRanges) {
       {"model:\n  type: mlp\noptimizer:\n  momentum: 1.5\n",
        "optimizer.momentum must be in [0, 1], got 1.5"},
       {"model:\n  type: transformer\n",
-       "c.yaml:2: model.type must be one of mlp, cnn, gpt, sequential, graph, custom, got 'transformer'"},
+       "c.yaml:2: model.type must be one of mlp, cnn, gpt, sequential, graph, custom, got "
+       "'transformer'"},
       {"model:\n  type: mlp\n  hidden: 5\n", "model.hidden must be a list of integers"},
       {"model:\n  type: mlp\n  hidden: [5, x]\n", "got an element 'x'"},
       {"model:\n  type: mlp\ndata:\n  shuffle: maybe\n", "data.shuffle must be true or false"},
@@ -153,7 +154,9 @@ TEST_F(ConfigTest, MissingDataPathNamesKeyAndLine) {
   EXPECT_NE(e.find("model.vocab must be at least 256 for data.dataset text"), std::string::npos)
       << e;
   e = error_of("model:\n  type: gpt\ndata:\n  dataset: synthetic\n  val_path: /etc/hostname\n");
-  EXPECT_NE(e.find("data.val_path is for data.dataset tokens, npy, csv and image_folder"), std::string::npos) << e;
+  EXPECT_NE(e.find("data.val_path is for data.dataset tokens, npy, csv and image_folder"),
+            std::string::npos)
+      << e;
 }
 
 }  // namespace

@@ -74,7 +74,8 @@ TEST_F(DataFiles, NpyEveryNumericDtypeReadsAsFloatAndLabelsAsClasses) {
   EXPECT_EQ(b.input.data_ptr<int64_t>()[0], -2);
   EXPECT_EQ(i32.channels(), 0);
   // Labels stored as integral floats, or as [N, 1], are fine.
-  NpyDataset fl(npy<float>("x.npy", "<f4", {3, 1}, {1, 2, 3}), npy<float>("yf.npy", "<f4", {3, 1}, {1, 0, 4}));
+  NpyDataset fl(npy<float>("x.npy", "<f4", {3, 1}, {1, 2, 3}),
+                npy<float>("yf.npy", "<f4", {3, 1}, {1, 0, 4}));
   EXPECT_EQ(fl.num_classes(), 5);
 }
 
@@ -88,19 +89,33 @@ TEST_F(DataFiles, MalformedNpyFilesNameTheFileAndWhat) {
   std::vector<Case> cases = {
       {"magic", "does not start with NumPy's magic bytes",
        [&] { text("magic.npy", "not an array at all"); }},
-      {"big", "is big-endian", [&] { npy<float>("big.npy", ">f4", {2, 2}, {1, 2, 3, 4}); }},
+      {"big", "is big-endian",
+       [&] {
+         npy<float>("big.npy", ">f4", {2, 2}, {1, 2, 3, 4});
+       }},
       {"fortran", "Fortran order",
        [&] {
          std::vector<float> v{1, 2, 3, 4};
          write_npy(path("fortran.npy"), "<f4", {2, 2}, v.data(), 16, "True");
        }},
       {"complex", "is not a float, integer or bool type",
-       [&] { npy<float>("complex.npy", "<c8", {2, 1}, {1, 2, 3, 4}); }},
-      {"short", "bytes but its header promises", [&] { npy<float>("short.npy", "<f4", {2, 3}, {1, 2, 3, 4}); }},
-      {"huge", "passes 1 TiB", [&] { npy<float>("huge.npy", "<f4", {1000000000000, 1000}, {1}); }},
+       [&] {
+         npy<float>("complex.npy", "<c8", {2, 1}, {1, 2, 3, 4});
+       }},
+      {"short", "bytes but its header promises",
+       [&] {
+         npy<float>("short.npy", "<f4", {2, 3}, {1, 2, 3, 4});
+       }},
+      {"huge", "passes 1 TiB",
+       [&] {
+         npy<float>("huge.npy", "<f4", {1000000000000, 1000}, {1});
+       }},
       {"structured", "not a simple type string",
-       [&] { text("structured.npy", std::string("\x93NUMPY\x01\x00\x3c\x00", 10) +
-                                        "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }"); }},
+       [&] {
+         text("structured.npy",
+              std::string("\x93NUMPY\x01\x00\x3c\x00", 10) +
+                  "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }");
+       }},
   };
   for (auto& c : cases) {
     c.make();
@@ -110,23 +125,26 @@ TEST_F(DataFiles, MalformedNpyFilesNameTheFileAndWhat) {
     EXPECT_NE(e.find(c.expect), std::string::npos) << c.name << ": " << e;
   }
   // Labels: counted, and each one a class number.
-  EXPECT_NE(io_error([&] { NpyDataset(x, npy<int64_t>("y3.npy", "<i8", {3}, {0, 1, 2})); })
-                .find("has 3 labels but"),
+  EXPECT_NE(io_error([&] {
+              NpyDataset(x, npy<int64_t>("y3.npy", "<i8", {3}, {0, 1, 2}));
+            }).find("has 3 labels but"),
             std::string::npos);
-  EXPECT_NE(io_error([&] { NpyDataset(x, npy<int64_t>("neg.npy", "<i8", {2}, {0, -1})); })
-                .find("label at index 1 is -1"),
+  EXPECT_NE(io_error([&] {
+              NpyDataset(x, npy<int64_t>("neg.npy", "<i8", {2}, {0, -1}));
+            }).find("label at index 1 is -1"),
             std::string::npos);
-  EXPECT_NE(io_error([&] { NpyDataset(x, npy<float>("frac.npy", "<f4", {2}, {0, 1.5f})); })
-                .find("label at index 1 is 1.5"),
+  EXPECT_NE(io_error([&] {
+              NpyDataset(x, npy<float>("frac.npy", "<f4", {2}, {0, 1.5f}));
+            }).find("label at index 1 is 1.5"),
             std::string::npos);
-  EXPECT_NE(io_error([&] { NpyDataset(x, npy<float>("nan.npy", "<f4", {2}, {NAN, 1})); })
-                .find("label at index 0 is nan"),
+  EXPECT_NE(io_error([&] {
+              NpyDataset(x, npy<float>("nan.npy", "<f4", {2}, {NAN, 1}));
+            }).find("label at index 0 is nan"),
             std::string::npos);
 }
 
 TEST_F(DataFiles, CsvHeadersTargetColumnsAndQuotedFields) {
-  const auto csv = text("t.csv",
-                        "width, \"label\",height\r\n1.5,0,2\n\n\"3\",2,-4e1\n5,1,6\n");
+  const auto csv = text("t.csv", "width, \"label\",height\r\n1.5,0,2\n\n\"3\",2,-4e1\n5,1,6\n");
   CsvDataset by_name(csv, "label");
   EXPECT_EQ(by_name.size(), 3);
   EXPECT_EQ(by_name.num_classes(), 3);
@@ -206,15 +224,20 @@ TEST_F(DataFiles, BrokenImagesAndFoldersAreNamed) {
   fs::create_directories(dir_ / "root" / "b");
   std::vector<uint8_t> px(16 * 3, 7);
   ASSERT_TRUE(cohort::test::write_png(path("root/a/ok.png"), 4, 4, 3, px));
-  EXPECT_NE(io_error([&] { ImageFolderDataset(path("root"), 4, 4, 3); })
-                .find("class directory " + path("root/b") + " has no .png, .jpg or .jpeg files"),
+  EXPECT_NE(io_error([&] {
+              ImageFolderDataset(path("root"), 4, 4, 3);
+            }).find("class directory " + path("root/b") + " has no .png, .jpg or .jpeg files"),
             std::string::npos);
   text("root/b/broken.png", "\x89PNG\r\n\x1a\nthis is not the rest of a PNG");
   text("root/b/fake.jpg", "just text");
   ImageFolderDataset d(path("root"), 4, 4, 3);
-  EXPECT_NE(io_error([&] { d.get_batch({1}); }).find("image " + path("root/b/broken.png") + " is not a readable PNG"),
+  EXPECT_NE(io_error([&] {
+              d.get_batch({1});
+            }).find("image " + path("root/b/broken.png") + " is not a readable PNG"),
             std::string::npos);
-  EXPECT_NE(io_error([&] { d.get_batch({2}); }).find("image " + path("root/b/fake.jpg") + " is neither a PNG nor a JPEG"),
+  EXPECT_NE(io_error([&] {
+              d.get_batch({2});
+            }).find("image " + path("root/b/fake.jpg") + " is neither a PNG nor a JPEG"),
             std::string::npos);
   // A truncated JPEG: libjpeg's error becomes an exception, never an exit.
   std::vector<uint8_t> big(64 * 64 * 3, 90);

@@ -238,7 +238,6 @@ TEST(Gradcheck, ViewsAndIndexing) {
                         {rand64({2, 3}, 15)}));
 }
 
-
 TEST(Gradcheck, BatchNormWithBatchStatistics) {
   core::BatchNormOptions o;
   EXPECT_TRUE(gradcheck(

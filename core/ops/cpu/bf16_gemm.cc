@@ -23,9 +23,9 @@ constexpr int64_t kMr = 6, kNr = 32;
 constexpr int64_t kKcPairs = 256;  // 512 values of K per block: a 32-column panel block is 32 KB
 
 template <int MR>
-__attribute__((target("avx512f,avx512bf16")))
-void micro_kernel(const uint32_t* ap, int64_t a_stride, const uint32_t* bp, int64_t pairs, float* c,
-                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first, float alpha, float beta) {
+__attribute__((target("avx512f,avx512bf16"))) void micro_kernel(
+    const uint32_t* ap, int64_t a_stride, const uint32_t* bp, int64_t pairs, float* c, int64_t ldc,
+    __mmask16 m0, __mmask16 m1, bool first, float alpha, float beta) {
   __m512 acc[MR][2];
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < pairs; ++kk) {
@@ -55,10 +55,9 @@ void micro_kernel(const uint32_t* ap, int64_t a_stride, const uint32_t* bp, int6
 
 using Kernel = void (*)(const uint32_t*, int64_t, const uint32_t*, int64_t, float*, int64_t,
                         __mmask16, __mmask16, bool, float, float);
-const Kernel kKernels[kMr + 1] = {nullptr,          micro_kernel<1>, micro_kernel<2>,
+const Kernel kKernels[kMr + 1] = {nullptr,         micro_kernel<1>, micro_kernel<2>,
                                   micro_kernel<3>, micro_kernel<4>, micro_kernel<5>,
                                   micro_kernel<6>};
-
 
 // Interleaves the 16 words of each half of v: [x0..x15 | y0..y15] -> x0 y0 x1 y1 ... x15 y15,
 // so that 32-bit lane j holds the pair (x_j, y_j).
@@ -74,9 +73,10 @@ inline __mmask16 first(int64_t count) {
 }
 
 // Rows [lo, hi) of op(A) as bfloat16 pairs: ap[i * kp + q] = (A[i][2q], A[i][2q + 1]).
-__attribute__((target("avx512f,avx512bw,avx512bf16")))
-void pack_a(bool ta, const float* a, int64_t lda, int64_t k, int64_t kp, int64_t lo, int64_t hi,
-            uint32_t* ap) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a(bool ta, const float* a,
+                                                                   int64_t lda, int64_t k,
+                                                                   int64_t kp, int64_t lo,
+                                                                   int64_t hi, uint32_t* ap) {
   if (!ta) {
     // A row's K values are contiguous: 32 floats become 16 pairs in one conversion.
     for (int64_t i = lo; i < hi; ++i) {
@@ -106,9 +106,11 @@ void pack_a(bool ta, const float* a, int64_t lda, int64_t k, int64_t kp, int64_t
 }
 
 // Panels [lo, hi) of op(B): bp[(p * kp + q) * 32 + jj] = (B[2q][j], B[2q + 1][j]), j = 32p + jj.
-__attribute__((target("avx512f,avx512bw,avx512bf16")))
-void pack_b(bool tb, const float* b, int64_t ldb, int64_t k, int64_t n, int64_t kp, int64_t lo,
-            int64_t hi, uint32_t* bp) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b(bool tb, const float* b,
+                                                                   int64_t ldb, int64_t k,
+                                                                   int64_t n, int64_t kp,
+                                                                   int64_t lo, int64_t hi,
+                                                                   uint32_t* bp) {
   for (int64_t p = lo; p < hi; ++p) {
     const int64_t j0 = p * kNr;
     uint32_t* panel = bp + p * kp * kNr;
@@ -121,7 +123,8 @@ void pack_b(bool tb, const float* b, int64_t ldb, int64_t k, int64_t n, int64_t 
         for (int h = 0; h < 2; ++h) {
           const __mmask16 cols = first(n - j0 - 16 * h);
           const __m512 x0 = _mm512_maskz_loadu_ps(cols, r0 + j0 + 16 * h);
-          const __m512 x1 = second ? _mm512_maskz_loadu_ps(cols, r1 + j0 + 16 * h) : _mm512_setzero_ps();
+          const __m512 x1 =
+              second ? _mm512_maskz_loadu_ps(cols, r1 + j0 + 16 * h) : _mm512_setzero_ps();
           _mm512_storeu_si512(panel + q * kNr + 16 * h,
                               interleave_halves((__m512i)_mm512_cvtne2ps_pbh(x1, x0)));
         }
@@ -142,7 +145,8 @@ void pack_b(bool tb, const float* b, int64_t ldb, int64_t k, int64_t n, int64_t 
         const __m512 x1 = _mm512_maskz_loadu_ps(first(k - k0 - 16), row + k0 + 16);
         alignas(64) uint32_t lane[16];
         _mm512_store_si512(lane, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
-        for (int64_t t = 0; t < std::min<int64_t>(16, kp - q); ++t) panel[(q + t) * kNr + jj] = lane[t];
+        for (int64_t t = 0; t < std::min<int64_t>(16, kp - q); ++t)
+          panel[(q + t) * kNr + jj] = lane[t];
       }
     }
   }
@@ -200,14 +204,16 @@ void bf16_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
       pack_b(tb, b, ldb, k, n, kp, p, p + 1, bp);
       const int64_t cols = std::min(kNr, n - p * kNr);
       const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-      const __mmask16 m1 = cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+      const __mmask16 m1 = cols <= 16   ? 0
+                           : cols >= 32 ? 0xFFFF
+                                        : static_cast<__mmask16>((1u << (cols - 16)) - 1);
       for (int64_t q0 = 0; q0 < kp; q0 += kKcPairs) {
         const int64_t pairs = std::min(kKcPairs, kp - q0);
         const uint32_t* panel = bp + (p * kp + q0) * kNr;
         for (int64_t i = 0; i < m; i += kMr) {
           const int64_t rows = std::min(kMr, m - i);
-          kKernels[rows](ap + i * kp + q0, kp, panel, pairs, c + i * ldc + p * kNr, ldc, m0,
-                         m1, q0 == 0, alpha, beta);
+          kKernels[rows](ap + i * kp + q0, kp, panel, pairs, c + i * ldc + p * kNr, ldc, m0, m1,
+                         q0 == 0, alpha, beta);
         }
       }
     }
