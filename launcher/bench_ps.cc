@@ -55,9 +55,9 @@ int bench_ps(const BenchPsOptions& o) {
   std::printf(
       "bench ps: rank %d mode %s servers %lld gradients %s: push+pull of %.2f MB each way: "
       "mean %.3f ms median %.3f ms best %.3f ms (%.2f GB/s both ways)\n",
-      env.rank, c.parameter_server.mode.c_str(), static_cast<long long>(c.parameter_server.servers),
-      o.copy_gradients ? "copied" : "in-place", bytes / 1e6, mean, median, ms.front(),
-      2 * bytes / (mean * 1e-3) / 1e9);
+      env.rank, ps::mode_name(c.parameter_server.mode),
+      static_cast<long long>(c.parameter_server.servers), o.copy_gradients ? "copied" : "in-place",
+      bytes / 1e6, mean, median, ms.front(), 2 * bytes / (mean * 1e-3) / 1e9);
   return 0;
 }
 

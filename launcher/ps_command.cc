@@ -69,17 +69,11 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
                                     : "127.0.0.1";
   ps::ShardOptions& sh = so.shard;
   sh.server = index;
-  sh.mode = ps::parse_mode(p.mode);
+  sh.mode = p.mode;
   sh.staleness = p.staleness;
   sh.workers = workers;
   sh.worker_timeout = millis(p.worker_timeout_s);
-  sh.optimizer.type = c.optimizer.type;
-  sh.optimizer.momentum = c.optimizer.momentum;
-  sh.optimizer.weight_decay = c.optimizer.weight_decay;
-  sh.optimizer.beta1 = c.optimizer.beta1;
-  sh.optimizer.beta2 = c.optimizer.beta2;
-  sh.optimizer.eps = c.optimizer.eps;
-  sh.optimizer.nesterov = c.optimizer.nesterov;
+  sh.optimizer = c.optimizer;
   sh.checkpoint_dir = p.checkpoint_dir + "/server_" + std::to_string(index);
   sh.checkpoint_every = p.checkpoint_every;
   const std::string log_dir = c.logging.dir + "/ps";
@@ -96,8 +90,9 @@ int serve_parameter_server(const trainer::Config& c, const PsServeOptions& o) {
   ps::Server server(so);
   std::printf(
       "parameter server %d of %d (pid %d) listening on %s: mode %s%s, %d workers%s\n", index,
-      servers, static_cast<int>(::getpid()), server.address().c_str(), p.mode.c_str(),
-      p.mode == "bounded" ? (" (staleness " + std::to_string(p.staleness) + ")").c_str() : "",
+      servers, static_cast<int>(::getpid()), server.address().c_str(), ps::mode_name(p.mode),
+      p.mode == ps::Mode::kBounded ? (" (staleness " + std::to_string(p.staleness) + ")").c_str()
+                                   : "",
       workers,
       server.shard().restored()
           ? (", restored at version " + std::to_string(server.shard().version())).c_str()
@@ -154,9 +149,10 @@ ps::ClientOptions ps_client_options(const trainer::Config& c, const WorkerEnv& e
                  o.servers, " servers (COHORT_PS_SERVERS); make them agree");
   o.secret = job_secret();
   o.worker = env.rank;
-  o.compression = ps::parse_compression(p.compression);
-  o.shared_memory = p.transport == "auto";
-  o.alias_values = p.mode == "sync";
+  o.compression = p.compression;
+  o.shared_memory = p.transport == trainer::PsTransport::kAuto;
+  // Whether aliasing applies is the servers' mode, which they report (client.h).
+  o.alias_values = o.shared_memory;
   o.timeout = millis(c.distributed.timeout_s);
   o.heartbeat_s = p.heartbeat_s;
   if (!store)

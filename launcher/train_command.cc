@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "collectives/process_group.h"
 #include "core/util/error.h"
@@ -25,38 +26,17 @@ int train_command(const std::string& config, const std::vector<std::string>& ove
   // `cohort launch --ps-servers` starts the servers as the same command.
   if (launcher::process_role() == "server") return launcher::serve_parameter_server(c, {});
   launcher::WorkerEnv env = launcher::detect_worker_env();
-  trainer::Distributed dist;
-  if (c.distributed.strategy == "parameter_server") {
-    // Workers share no process group: each talks to the servers only, so that one that dies
-    // stops nobody.
-    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
-    if (!env.store.empty() || env.store_through_mpi)
-      dist.store = launcher::connect_store(env, timeout);
-    dist.rank = env.rank;
-    dist.world = env.world_size;
-    dist.local_rank = env.local_rank;
-    dist.local_world_size = env.local_world_size;
-    dist.ps = launcher::ps_client_options(c, env, dist.store);
+  trainer::JobPlace place{env.rank, env.world_size, env.local_rank, env.local_world_size};
+  std::shared_ptr<collectives::Store> store;
+  std::optional<ps::ClientOptions> ps;
+  const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+  if (c.distributed.strategy == trainer::Strategy::kParameterServer) {
+    if (!env.store.empty() || env.store_through_mpi) store = launcher::connect_store(env, timeout);
+    ps = launcher::ps_client_options(c, env, store);
   } else if (env.world_size > 1) {
-    const auto timeout = collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
-    dist.store =
-        std::make_shared<collectives::PrefixStore>("train", launcher::connect_store(env, timeout));
-    std::string backend = c.distributed.backend;
-    if (backend == "auto")
-      backend = trainer::resolve_device(c.device, env.local_rank, env.local_world_size).is_cuda()
-                    ? "nccl"
-                    : "cpu";
-    collectives::ProcessGroupOptions po;
-    po.timeout = timeout;
-    dist.group = collectives::create_process_group(
-        backend, std::make_shared<collectives::PrefixStore>("group", dist.store), env.rank,
-        env.world_size, po);
-    dist.local_rank = env.local_rank;
-    dist.local_world_size = env.local_world_size;
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
-    dist.host = host;
+    store = launcher::connect_store(env, timeout);
   }
+  const trainer::Distributed dist = trainer::join_job(c, place, store, ps);
   trainer::Trainer t(c, dist, ext);
   if (flags.eval_only) {
     const trainer::EvalResult r = t.evaluate();

@@ -440,7 +440,7 @@ class PsWorker::Impl {
   // views of its shared values. Not before the first pull, so that what the worker writes into
   // its parameters until then (a checkpoint it resumes from) stays its own.
   void alias(Connection& c) {
-    if (!o_.alias_values || !c.values || c.aliased) return;
+    if (!o_.alias_values || c.mode() != Mode::kSync || !c.values || c.aliased) return;
     // Odd: an update is writing (a dropped worker's late pull), or a new layout retired these
     // values for good (Shard::SharedValues); either way they are not the ones to compute with.
     if (static_cast<Shard::SharedValues*>(c.values->addr())->seq.load(std::memory_order_acquire) &

@@ -40,12 +40,14 @@ struct ClientOptions {
   // arrive and both directions of the link carry data at once. The values are those a pull
   // after the push would get. false: the pull follows the push.
   bool pull_with_push = true;
-  // Sync mode: a parameter that a server on this node holds whole becomes a view of that server's
+  // A parameter that a sync-mode server on this node holds whole becomes a view of that server's
   // shared values instead of a copy of them, so a pull copies nothing. Only sound where the values
   // cannot change while a worker computes with them: in sync mode the update waits for every live
-  // worker's push. (A worker that was dropped as dead but still computes may see an update land;
-  // its gradient then mixes two steps' values, as an async worker's staleness would.) leave()
-  // and the worker's destruction give the parameters their own memory back.
+  // worker's push. The mode is the server's, from its reply when the worker authenticates: the
+  // worker's own config does not decide it. (A worker that was dropped as dead but still computes
+  // may see an update land; its gradient then mixes two steps' values, as an async worker's
+  // staleness would.) leave() and the worker's destruction give the parameters their own memory
+  // back.
   bool alias_values = false;
 };
 

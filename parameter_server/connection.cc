@@ -45,6 +45,13 @@ void Connection::connect() {
   std::lock_guard<std::mutex> lock(session_mu_);
   stub_ = std::shared_ptr<wire::ParameterServer::Stub>(std::move(stub));
   session_ = auth.session();
+  // The server's mode rules; a reply naming none we know is a server we cannot work with.
+  try {
+    mode_ = parse_mode(auth.mode());
+  } catch (const ConfigError&) {
+    COHORT_THROW(DistributedError, "parameter server ", index_, " at ", address,
+                 " replied with an unknown mode (", auth.mode().size(), " bytes)");
+  }
   address_ = address;
 }
 

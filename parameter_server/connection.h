@@ -18,6 +18,7 @@
 #include "parameter_server/client.h"
 #include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
+#include "parameter_server/shard.h"
 #include "parameter_server/task_thread.h"
 
 namespace cohort::ps::detail {
@@ -78,6 +79,11 @@ class Connection {
     return stub_ != nullptr;
   }
   std::string name() const { return std::to_string(index_); }
+  // The mode the server reported when this worker authenticated.
+  Mode mode() {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    return mode_;
+  }
   int index() const { return index_; }
 
   // The shared-memory data path to this server when it is on our node (set by attach; used on
@@ -132,6 +138,7 @@ class Connection {
   std::mutex session_mu_;
   std::shared_ptr<wire::ParameterServer::Stub> stub_;
   std::string session_, address_;
+  Mode mode_ = Mode::kSync;
   std::mutex prefetch_mu_;
   std::unique_ptr<grpc::ClientContext> prefetch_ctx_;
   TaskThread prefetcher_;

@@ -94,15 +94,9 @@ size_t Shard::size() const {
 }
 
 std::unique_ptr<core::optim::Optimizer> Shard::make_optimizer(const core::Tensor& param) const {
-  const OptimizerSpec& s = o_.optimizer;
-  // The learning rate comes with each push (the workers own the schedule).
-  if (s.type == "adamw")
-    return std::make_unique<core::optim::AdamW>(
-        std::vector<core::Tensor>{param},
-        core::optim::AdamWOptions{0.0, s.beta1, s.beta2, s.eps, s.weight_decay});
-  return std::make_unique<core::optim::SGD>(
-      std::vector<core::Tensor>{param},
-      core::optim::SGDOptions{0.0, s.momentum, 0.0, s.weight_decay, s.nesterov});
+  OptimizerSpec s = o_.optimizer;
+  s.lr = 0;  // set by each push
+  return core::optim::make_optimizer(s, {param});
 }
 
 void Shard::define(const std::string& key, const std::vector<int64_t>& shape,

@@ -37,11 +37,8 @@ enum class Mode { kSync, kAsync, kBounded };
 Mode parse_mode(const std::string& name);  // throws ConfigError
 const char* mode_name(Mode m);
 
-struct OptimizerSpec {
-  std::string type = "sgd";  // sgd | adamw
-  double momentum = 0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  bool nesterov = false;
-};
+// The learning rate in it is unused: it comes with each push (the workers own the schedule).
+using core::optim::OptimizerSpec;
 
 struct ShardOptions {
   int server = 0;

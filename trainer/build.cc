@@ -17,17 +17,17 @@ namespace cohort::trainer {
 
 using core::Tensor;
 
-core::Device resolve_device(const std::string& spec, int local_rank, int local_world_size) {
-  if (spec == "cpu") return core::Device::cpu();
+core::Device resolve_device(const DeviceSpec& spec, int local_rank, int local_world_size) {
+  if (spec.kind == DeviceSpec::Kind::kCpu) return core::Device::cpu();
   const int gpus = core::cuda::device_count();
   // NCCL needs a GPU of its own for every rank of a node.
-  if (spec == "auto")
+  if (spec.kind == DeviceSpec::Kind::kAuto)
     return gpus > 0 && gpus >= local_world_size ? core::Device::cuda(local_rank % gpus)
                                                 : core::Device::cpu();
   if (gpus == 0)
-    COHORT_THROW(ConfigError, "device ", spec, " was requested but ",
+    COHORT_THROW(ConfigError, "device ", spec.str(), " was requested but ",
                  core::cuda::unavailable_reason(), "; use device: cpu or auto");
-  if (spec == "cuda") {
+  if (spec.index < 0) {
     if (local_world_size > gpus)
       COHORT_THROW(ConfigError, "device cuda: ", local_world_size, " ranks on this node share ",
                    gpus, gpus == 1 ? " GPU" : " GPUs",
@@ -35,11 +35,10 @@ core::Device resolve_device(const std::string& spec, int local_rank, int local_w
                    " per node (--nproc-per-node) or use device: cpu");
     return core::Device::cuda(local_rank);
   }
-  const int index = std::stoi(spec.substr(5));  // the config checked the form cuda:N
-  if (index < 0 || index >= gpus)
-    COHORT_THROW(ConfigError, "device ", spec, " does not exist: this machine has ", gpus,
+  if (spec.index >= gpus)
+    COHORT_THROW(ConfigError, "device ", spec.str(), " does not exist: this machine has ", gpus,
                  gpus == 1 ? " GPU" : " GPUs");
-  return core::Device::cuda(index);
+  return core::Device::cuda(spec.index);
 }
 
 std::shared_ptr<core::nn::Module> build_model(const Config& c, core::Generator* gen,

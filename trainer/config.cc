@@ -118,11 +118,15 @@ const std::vector<Key>& schema() {
        "ddp",
        -kInf,
        kInf,
-       {"none", "ddp", "zero1", "parameter_server"}},
+       {"none", "ddp", "zero1", "zero2", "fsdp", "parameter_server"}},
       {"distributed.backend", Kind::kString, "auto", -kInf, kInf, {"auto", "cpu", "nccl", "mpi"}},
       {"distributed.bucket_cap_mb", Kind::kFloat, "25", 0, kInf, {}, true},
       {"distributed.timeout_s", Kind::kFloat, "300", 0, kInf, {}, true},
       {"distributed.find_unused_parameters", Kind::kBool, "false"},
+      // A module name or a list of them (checked against the model when it is built).
+      {"distributed.fsdp.unit", Kind::kYaml, ""},
+      {"distributed.fsdp.reshard_after_forward", Kind::kBool, "true"},
+      {"distributed.fsdp.prefetch", Kind::kInt, "1", 0, 64},
       {"parameter_server.servers", Kind::kInt, "1", 1, 4096},
       {"parameter_server.mode", Kind::kString, "sync", -kInf, kInf, {"sync", "async", "bounded"}},
       {"parameter_server.staleness", Kind::kInt, "0", 0},
@@ -345,6 +349,112 @@ double parse_duration(const std::string& text) {
 
 }  // namespace
 
+namespace {
+
+// The schema has checked the spelling against its choices already.
+Strategy parse_strategy(const std::string& s) {
+  if (s == "none") return Strategy::kNone;
+  if (s == "zero1") return Strategy::kZero1;
+  if (s == "zero2") return Strategy::kZero2;
+  if (s == "fsdp") return Strategy::kFsdp;
+  if (s == "parameter_server") return Strategy::kParameterServer;
+  return Strategy::kDdp;
+}
+
+Backend parse_backend(const std::string& s) {
+  if (s == "cpu") return Backend::kCpu;
+  if (s == "nccl") return Backend::kNccl;
+  if (s == "mpi") return Backend::kMpi;
+  return Backend::kAuto;
+}
+
+Precision parse_precision(const std::string& s) {
+  if (s == "bf16") return Precision::kBf16;
+  if (s == "fp16") return Precision::kFp16;
+  if (s == "fp64") return Precision::kFp64;
+  return Precision::kFp32;
+}
+
+}  // namespace
+
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::kNone:
+      return "none";
+    case Strategy::kDdp:
+      return "ddp";
+    case Strategy::kZero1:
+      return "zero1";
+    case Strategy::kZero2:
+      return "zero2";
+    case Strategy::kFsdp:
+      return "fsdp";
+    case Strategy::kParameterServer:
+      return "parameter_server";
+  }
+  return "?";
+}
+
+const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::kAuto:
+      return "auto";
+    case Backend::kCpu:
+      return "cpu";
+    case Backend::kNccl:
+      return "nccl";
+    case Backend::kMpi:
+      return "mpi";
+  }
+  return "?";
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::kFp32:
+      return "fp32";
+    case Precision::kBf16:
+      return "bf16";
+    case Precision::kFp16:
+      return "fp16";
+    case Precision::kFp64:
+      return "fp64";
+  }
+  return "?";
+}
+
+DeviceSpec DeviceSpec::parse(const std::string& text) {
+  DeviceSpec d;
+  if (text == "auto") return d;
+  if (text == "cpu") {
+    d.kind = Kind::kCpu;
+    return d;
+  }
+  if (text == "cuda") {
+    d.kind = Kind::kCuda;
+    return d;
+  }
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+      text.find_first_not_of("0123456789", 5) == std::string::npos) {
+    d.kind = Kind::kCuda;
+    d.index = std::stoi(text.substr(5));
+    return d;
+  }
+  COHORT_THROW(ConfigError, "device must be auto, cpu, cuda or cuda:N, got '", text, "'");
+}
+
+std::string DeviceSpec::str() const {
+  switch (kind) {
+    case Kind::kAuto:
+      return "auto";
+    case Kind::kCpu:
+      return "cpu";
+    case Kind::kCuda:
+      return index < 0 ? "cuda" : "cuda:" + std::to_string(index);
+  }
+  return "?";
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   if (!std::filesystem::exists(path))
     COHORT_THROW(ConfigError, "config file ", path, " does not exist");
@@ -426,14 +536,14 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   Config c;
   c.experiment = str("experiment");
   c.seed = static_cast<uint64_t>(i64("seed"));
-  c.device = str("device");
-  const bool cuda_n = c.device.rfind("cuda:", 0) == 0 && c.device.size() > 5 &&
-                      c.device.size() < 9 &&
-                      c.device.find_first_not_of("0123456789", 5) == std::string::npos;
-  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && !cuda_n)
-    val.fail("device", lookup(root, "device"),
-             "device must be auto, cpu, cuda or cuda:N, got '" + c.device + "'");
-  c.precision = str("precision");
+  try {
+    c.device = DeviceSpec::parse(str("device"));
+  } catch (const ConfigError& e) {
+    val.fail("device", lookup(root, "device"), e.what());
+  }
+  c.precision = parse_precision(str("precision"));
+  // Read first: later checks depend on it.
+  c.distributed.strategy = parse_strategy(str("distributed.strategy"));
   c.threads = i64("threads");
   c.model.type = str("model.type");
   c.model.hidden = lookup(resolved, "model.hidden").as<std::vector<int64_t>>();
@@ -584,7 +694,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                "data.val_path " + c.data.val_path +
                    (val_dir ? " is not a directory" : " is not a readable file"));
   }
-  c.optimizer.type = str("optimizer.type");
+  c.optimizer.kind = core::optim::parse_optimizer_kind(str("optimizer.type"));
   c.optimizer.lr = f64("optimizer.lr");
   c.optimizer.momentum = f64("optimizer.momentum");
   c.optimizer.nesterov = bl("optimizer.nesterov");
@@ -605,7 +715,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.train.steps = i64("train.steps");
   c.train.log_every = i64("train.log_every");
   c.train.grad_accum_steps = i64("train.grad_accum_steps");
-  if (c.train.grad_accum_steps > 1 && c.distributed.strategy == "parameter_server")
+  if (c.train.grad_accum_steps > 1 && c.distributed.strategy == Strategy::kParameterServer)
     val.fail("train.grad_accum_steps", lookup(root, "train.grad_accum_steps"),
              "train.grad_accum_steps is not available with parameter servers, which apply each "
              "push as it arrives");
@@ -622,7 +732,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.eval.early_stopping.metric = str("eval.early_stopping.metric");
   c.eval.early_stopping.patience = i64("eval.early_stopping.patience");
   c.eval.early_stopping.min_delta = f64("eval.early_stopping.min_delta");
-  if (!c.eval.early_stopping.metric.empty() && c.distributed.strategy == "parameter_server")
+  if (!c.eval.early_stopping.metric.empty() && c.distributed.strategy == Strategy::kParameterServer)
     val.fail("eval.early_stopping.metric", lookup(root, "eval.early_stopping.metric"),
              "eval.early_stopping is not available with parameter servers (only the chief "
              "evaluates, and the workers would not stop together)");
@@ -640,24 +750,48 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     val.fail("checkpoint.resume", lookup(root, "checkpoint.resume"),
              "checkpoint.resume must be auto, never or an existing checkpoint directory, got '" +
                  c.checkpoint.resume + "'");
-  c.distributed.strategy = str("distributed.strategy");
-  c.distributed.backend = str("distributed.backend");
+  c.distributed.backend = parse_backend(str("distributed.backend"));
   c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");
   c.distributed.timeout_s = f64("distributed.timeout_s");
   c.distributed.find_unused_parameters = bl("distributed.find_unused_parameters");
+  if (const YAML::Node u = lookup(root, "distributed.fsdp.unit"); u.IsDefined() && !u.IsNull()) {
+    auto bad = [&] {
+      val.fail("distributed.fsdp.unit", u,
+               "distributed.fsdp.unit must be a module name or a list of them (e.g. blocks.*)");
+    };
+    if (u.IsScalar()) {
+      c.distributed.fsdp.units.push_back(u.as<std::string>());
+    } else if (u.IsSequence()) {
+      for (const YAML::Node& n : u) {
+        if (!n.IsScalar()) bad();
+        c.distributed.fsdp.units.push_back(n.as<std::string>());
+      }
+    } else {
+      bad();
+    }
+    for (const std::string& name : c.distributed.fsdp.units)
+      if (name.empty()) bad();
+    if (c.distributed.strategy != Strategy::kFsdp)
+      val.fail("distributed.fsdp.unit", u,
+               std::string("distributed.fsdp.unit is for distributed.strategy fsdp, not ") +
+                   strategy_name(c.distributed.strategy));
+  }
+  c.distributed.fsdp.reshard_after_forward = bl("distributed.fsdp.reshard_after_forward");
+  c.distributed.fsdp.prefetch = i64("distributed.fsdp.prefetch");
   c.parameter_server.servers = i64("parameter_server.servers");
-  c.parameter_server.mode = str("parameter_server.mode");
+  c.parameter_server.mode = ps::parse_mode(str("parameter_server.mode"));
   c.parameter_server.staleness = i64("parameter_server.staleness");
-  c.parameter_server.compression = str("parameter_server.compression");
+  c.parameter_server.compression = ps::parse_compression(str("parameter_server.compression"));
   c.parameter_server.bind = str("parameter_server.bind");
-  c.parameter_server.transport = str("parameter_server.transport");
+  c.parameter_server.transport =
+      str("parameter_server.transport") == "grpc" ? PsTransport::kGrpc : PsTransport::kAuto;
   c.parameter_server.heartbeat_s = f64("parameter_server.heartbeat_s");
   c.parameter_server.worker_timeout_s = f64("parameter_server.worker_timeout_s");
   c.parameter_server.checkpoint_every = i64("parameter_server.checkpoint_every");
   c.parameter_server.checkpoint_dir = str("parameter_server.checkpoint_dir");
   if (c.parameter_server.checkpoint_dir.empty())
     c.parameter_server.checkpoint_dir = c.checkpoint.dir + "/ps";
-  if (c.parameter_server.mode == "bounded" && c.parameter_server.staleness == 0)
+  if (c.parameter_server.mode == ps::Mode::kBounded && c.parameter_server.staleness == 0)
     val.fail("parameter_server.staleness", lookup(root, "parameter_server.staleness"),
              "parameter_server.mode bounded needs parameter_server.staleness >= 1 (0 is sync)");
   if (c.parameter_server.heartbeat_s * 3 > c.parameter_server.worker_timeout_s)

@@ -10,9 +10,50 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "core/optim/optimizer.h"
+#include "parameter_server/codec.h"
+#include "parameter_server/shard.h"
 #include "trainer/model_spec.h"
 
 namespace cohort::trainer {
+
+// The settings that choose code paths are parsed once, here, into these types; nothing below
+// the config compares their spellings again.
+
+// distributed.strategy: what keeps a worker's replica in step with the others.
+//   none              one process
+//   ddp               replicas; gradients all-reduced
+//   zero1             replicas; gradients reduce-scattered, optimiser state sharded
+//   zero2             as zero1, and no full-size gradient outlives its bucket's reduction
+//   fsdp              parameters sharded too, gathered per unit around its forward and backward
+//   parameter_server  the servers hold the parameters and apply the optimiser
+enum class Strategy { kNone, kDdp, kZero1, kZero2, kFsdp, kParameterServer };
+const char* strategy_name(Strategy s);
+// True for the strategies whose ranks step together through collectives.
+inline bool data_parallel(Strategy s) {
+  return s != Strategy::kNone && s != Strategy::kParameterServer;
+}
+
+// distributed.backend; kAuto: nccl when the worker trains on a GPU, else cpu.
+enum class Backend { kAuto, kCpu, kNccl, kMpi };
+const char* backend_name(Backend b);
+
+// precision: see Config::precision.
+enum class Precision { kFp32, kBf16, kFp16, kFp64 };
+const char* precision_name(Precision p);
+
+// device: auto | cpu | cuda | cuda:N.
+struct DeviceSpec {
+  enum class Kind { kAuto, kCpu, kCuda };
+  Kind kind = Kind::kAuto;
+  int index = -1;  // cuda:N; -1: the node's GPU number local_rank
+  // Throws ConfigError for anything but the four forms.
+  static DeviceSpec parse(const std::string& text);
+  std::string str() const;
+};
+
+// parameter_server.transport: auto (shared memory to a server on the worker's node) | grpc.
+enum class PsTransport { kAuto, kGrpc };
 
 struct ModelConfig {
   std::string type;  // mlp | cnn | gpt | sequential | graph
@@ -50,10 +91,8 @@ struct DataConfig {
   double val_fraction = 0.1;
 };
 
-struct OptimizerConfig {
-  std::string type;  // sgd | adamw
-  double lr = 0.01, momentum = 0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  bool nesterov = false;
+// optimizer.type (kind), its settings, and gradient clipping.
+struct OptimizerConfig : core::optim::OptimizerSpec {
   double grad_clip = 0;  // max global norm; 0 disables
 };
 
@@ -96,24 +135,34 @@ struct LoggingConfig {
   bool tensorboard = false, timeline = false;
 };
 
+// distributed.fsdp: how fsdp cuts the model into units.
+struct FsdpConfig {
+  // Module names (dotted as in parameter names; `*` matches one name part, e.g. blocks.*), each
+  // gathered as one unit. Empty: every transformer block, else every top-level layer.
+  std::vector<std::string> units;
+  // Free a unit's gathered parameters after its forward and gather them again for backward.
+  bool reshard_after_forward = true;
+  int64_t prefetch = 1;  // units gathered ahead of the one computing
+};
+
 struct DistributedConfig {
-  std::string strategy = "ddp";  // none | ddp | zero1 (used when the job has more than one rank)
-  std::string backend = "auto";  // auto | cpu | nccl | mpi
+  Strategy strategy = Strategy::kDdp;  // used when the job has more than one rank
+  Backend backend = Backend::kAuto;
   double bucket_cap_mb = 25;
   double timeout_s = 300;
   bool find_unused_parameters = false;
+  FsdpConfig fsdp;
 };
 
 // distributed.strategy parameter_server: S servers hold the parameters and apply the optimiser.
 struct ParameterServerConfig {
   int64_t servers = 1;
-  std::string mode = "sync";         // sync | async | bounded
-  int64_t staleness = 0;             // bounded: steps a worker may run ahead of the slowest
-  std::string compression = "none";  // none | bf16 (on the wire)
+  ps::Mode mode = ps::Mode::kSync;
+  int64_t staleness = 0;  // bounded: steps a worker may run ahead of the slowest
+  ps::Compression compression = ps::Compression::kNone;  // on the wire
   // The servers' listening address; default: this node's, as cohort launch sees it.
   std::string bind;
-  // auto: a server on the worker's node is reached through shared memory; grpc: always gRPC.
-  std::string transport = "auto";
+  PsTransport transport = PsTransport::kAuto;
   double heartbeat_s = 1, worker_timeout_s = 30;
   int64_t checkpoint_every = 0;  // server updates; 0: at shutdown only
   std::string checkpoint_dir;    // default <checkpoint.dir>/ps
@@ -122,11 +171,11 @@ struct ParameterServerConfig {
 struct Config {
   std::string experiment;
   uint64_t seed = 0;
-  std::string device = "auto";
+  DeviceSpec device;
   // fp32; bf16 or fp16: matmuls, linear layers and attention in that dtype on a GPU (autocast),
   // float32 master weights; fp16 adds dynamic loss scaling. fp64 (CPU only): parameters, data and
   // gradients in float64, for equivalence tests whose reference sums in another order.
-  std::string precision = "fp32";
+  Precision precision = Precision::kFp32;
   int64_t threads = 0;  // 0: one per core available to this process
   ModelConfig model;
   DataConfig data;

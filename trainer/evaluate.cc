@@ -51,7 +51,7 @@ Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out)
   if (autocast_ != core::DType::kFloat32) autocast.emplace(autocast_);
   Tensor x = batch.input.to(device_), y = batch.target.to(device_);
   if (core::is_floating(x.dtype()) && x.dtype() != param_dtype_) x = x.to(param_dtype_);
-  Tensor logits = ddp_ ? ddp_->forward(x) : model_->forward(x);
+  Tensor logits = parallel_ ? parallel_->forward(x) : (*model_)(x);
   if (logits_out) *logits_out = logits;
   if (logits.dim() == 3)
     return core::cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1}));
@@ -82,8 +82,9 @@ EvalResult Trainer::evaluate() {
   EvalResult r;
   if (!eval_set_) return r;
   // Parameter-server workers do not wait for each other: the chief evaluates the whole set.
-  if (ps_ && !leader()) return r;
-  const int eval_rank = ps_ ? 0 : rank_, eval_world = ps_ ? 1 : world_;
+  const bool ps = dist_.ps.has_value();
+  if (ps && !leader()) return r;
+  const int eval_rank = ps ? 0 : rank_, eval_world = ps ? 1 : world_;
   core::autograd::NoGradGuard guard;
   model_->eval();
   // Rank r evaluates samples r, r + world, ...: disjoint shards whose union is the whole set, so

@@ -3,6 +3,7 @@
 #include "trainer/trainer.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -32,6 +33,7 @@
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
 #include "trainer/model_builder.h"
+#include "trainer/reporter.h"
 #include "trainer/run_dir.h"
 #include "trainer/stop.h"
 #include "trainer/tensorboard.h"
@@ -47,12 +49,23 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string format_eta(double s) {
-  char buf[32];
-  int64_t t = static_cast<int64_t>(s);
-  std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(t / 60),
-                static_cast<long long>(t % 60));
-  return buf;
+std::unique_ptr<core::optim::LRSchedule> make_schedule(const Config& c, int64_t total_steps) {
+  if (c.schedule.type == "step")
+    return std::make_unique<core::optim::StepLR>(c.optimizer.lr, c.schedule.step_size,
+                                                 c.schedule.gamma);
+  if (c.schedule.type == "cosine")
+    return std::make_unique<core::optim::CosineLR>(c.optimizer.lr, c.schedule.warmup_steps,
+                                                   total_steps, c.schedule.min_lr);
+  return std::make_unique<core::optim::ConstantLR>(c.optimizer.lr);
+}
+
+// The process's peak resident memory, or on a GPU the device memory its allocator peaked at.
+double peak_memory_mb(core::Device device) {
+  if (device.is_cuda())
+    return static_cast<double>(core::cuda::memory_stats().peak_allocated) / (1 << 20);
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024;  // kilobytes on Linux
 }
 
 }  // namespace
@@ -67,17 +80,19 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     rank_ = dist_.rank;
     world_ = dist_.world;
   }
-  const bool ps_mode = c_.distributed.strategy == "parameter_server";
+  const bool ps_mode = c_.distributed.strategy == Strategy::kParameterServer;
   if (ps_mode != dist_.ps.has_value())
     COHORT_THROW(ConfigError,
-                 ps_mode ? "distributed.strategy is parameter_server but this worker was not "
-                           "started with parameter servers; use cohort launch --ps-servers S"
-                         : "this worker was started with parameter servers but "
-                           "distributed.strategy is " +
-                               c_.distributed.strategy + "; set it to parameter_server");
-  if (world_ > 1 && c_.distributed.strategy == "none")
+                 ps_mode
+                     ? std::string("distributed.strategy is parameter_server but this worker "
+                                   "was not started with parameter servers; use cohort "
+                                   "launch --ps-servers S")
+                     : std::string("this worker was started with parameter servers but "
+                                   "distributed.strategy is ") +
+                           strategy_name(c_.distributed.strategy) + "; set it to parameter_server");
+  if (world_ > 1 && c_.distributed.strategy == Strategy::kNone)
     COHORT_THROW(ConfigError, "distributed.strategy is none but this job has ", world_,
-                 " ranks; use ddp or zero1, or start a single process");
+                 " ranks; use ddp, zero1, zero2 or fsdp, or start a single process");
   // Ranks sharing a node share its cores: torchrun's one-thread default wastes them, N threads
   // per rank oversubscribes them.
   int threads = static_cast<int>(c_.threads);
@@ -85,15 +100,15 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
   core::set_num_threads(threads);
   device_ = resolve_device(c_.device, dist_.local_rank, dist_.local_world_size);
-  if (c_.distributed.strategy == "parameter_server" && device_.is_cuda()) {
+  if (ps_mode && device_.is_cuda()) {
     // The parameter-server client moves parameters and gradients through host memory.
-    if (c_.device != "auto")
-      COHORT_THROW(ConfigError, "device ", c_.device,
+    if (c_.device.kind != DeviceSpec::Kind::kAuto)
+      COHORT_THROW(ConfigError, "device ", c_.device.str(),
                    ": parameter-server workers train on the CPU in this version (their client "
                    "exchanges tensors from host memory); use device: cpu or auto");
     device_ = core::Device::cpu();
   }
-  if (c_.precision == "fp64") {
+  if (c_.precision == Precision::kFp64) {
     if (!device_.is_cpu())
       COHORT_THROW(ConfigError, "precision fp64 runs on the CPU, but this worker trains on ",
                    device_.str(), "; use device: cpu");
@@ -102,7 +117,7 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
                    "precision fp64 is not available with parameter servers, which hold float32 "
                    "values; use precision: fp32 there");
     param_dtype_ = core::DType::kFloat64;
-  } else if (c_.precision == "bf16" && device_.is_cpu()) {
+  } else if (c_.precision == Precision::kBf16 && device_.is_cpu()) {
     // The CPU's bfloat16: every GEMM rounds its operands to bfloat16 and accumulates in float32
     // (AVX512-BF16); the rest of the step stays float32.
     if (!core::cpu::bf16_gemm_supported())
@@ -111,14 +126,14 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
                    "Zen 4 or later), which this CPU lacks; use precision: fp32 or device: cuda");
     core::cpu::set_bf16_gemm(true);
     cpu_bf16_ = true;
-  } else if (c_.precision != "fp32") {
+  } else if (c_.precision != Precision::kFp32) {
     if (!device_.is_cuda())
-      COHORT_THROW(ConfigError, "precision ", c_.precision,
+      COHORT_THROW(ConfigError, "precision ", precision_name(c_.precision),
                    " runs on a GPU, but this worker trains on ", device_.str(),
                    "; use precision: fp32, bf16 (on a CPU with AVX512-BF16) or device: cuda");
-    autocast_ = c_.precision == "bf16" ? core::DType::kBFloat16 : core::DType::kFloat16;
-    if (c_.precision == "fp16") {
-      if (c_.distributed.strategy == "parameter_server")
+    autocast_ = c_.precision == Precision::kBf16 ? core::DType::kBFloat16 : core::DType::kFloat16;
+    if (c_.precision == Precision::kFp16) {
+      if (ps_mode)
         COHORT_THROW(ConfigError,
                      "precision fp16 needs its loss scale on the workers' gradients, which "
                      "parameter servers apply as they arrive; use precision: bf16 or fp32 there");
@@ -145,7 +160,7 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     if (classes > 0 && c_.model.type != "gpt") {
       core::autograd::NoGradGuard guard;
       model_->eval();
-      const Tensor out = model_->forward(sample);
+      const Tensor out = (*model_)(sample);
       model_->train();
       if (out.dim() == 2 && out.size(1) < classes)
         COHORT_THROW(ConfigError, "the data has ", classes, " classes (labels 0 to ", classes - 1,
@@ -166,15 +181,7 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   model_->to(device_);
   model_->to(param_dtype_);
 
-  const bool zero1 = world_ > 1 && c_.distributed.strategy == "zero1";
-  if (collective()) {
-    collectives::DdpOptions o;
-    o.bucket_cap_mb = c_.distributed.bucket_cap_mb;
-    o.allow_unused_parameters = c_.distributed.find_unused_parameters;
-    o.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
-    o.reduce_scatter = zero1;
-    ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist_.group, o);
-  }
+  parallel_ = make_parallelism(c_, dist_, model_);
 
   // SyncBatchNorm: batch_norm layers with sync: true take the whole job's batch statistics.
   model_->for_each_module([&](const std::string& name, core::nn::Module& m) {
@@ -182,43 +189,89 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     if (!bn || !bn->spec().sync) return;
     if (ps_mode)
       COHORT_THROW(ConfigError, "layer ", name,
-                   ": batch_norm sync needs ranks that train in step (distributed.strategy ddp or "
-                   "zero1); parameter-server workers do not");
+                   ": batch_norm sync needs ranks that train in step (distributed.strategy ddp, "
+                   "zero1, zero2 or fsdp); parameter-server workers do not");
     if (!collective()) return;
     auto group = dist_.group;
     collectives::AllreduceOptions ao;
     ao.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
     bn->set_stat_sum([group, ao](Tensor& t) { group->allreduce(t, ao)->wait(); });
   });
-
-  const OptimizerConfig oc = c_.optimizer;
-  auto make_optimizer =
-      [oc](std::vector<Tensor> params) -> std::unique_ptr<core::optim::Optimizer> {
-    if (oc.type == "sgd")
-      return std::make_unique<core::optim::SGD>(
-          params, core::optim::SGDOptions{oc.lr, oc.momentum, 0.0, oc.weight_decay, oc.nesterov});
-    return std::make_unique<core::optim::AdamW>(
-        params, core::optim::AdamWOptions{oc.lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay});
-  };
-  if (zero1) {
-    optimizer_ = std::make_unique<collectives::ShardedOptimizer>(*ddp_, make_optimizer);
-  } else {
-    // With parameter servers this one only clears gradients: the servers apply the updates.
-    optimizer_ = make_optimizer(model_->parameters());
-  }
-  if (ps_mode) {
-    std::vector<std::string> names;
-    std::vector<Tensor> params;
-    for (auto& [name, p] : model_->named_parameters()) {
-      names.push_back(name);
-      params.push_back(p);
-    }
-    ps_ = std::make_unique<ps::PsWorker>(params, names, *dist_.ps);
-  }
 }
 
 Trainer::~Trainer() {
   if (cpu_bf16_) core::cpu::set_bf16_gemm(false);
+}
+
+void Trainer::write_run_files() const {
+  std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
+  f << c_.resolved << "\n";
+  // What the data turned out to be, so that a later run (or a person) sees the same numbers.
+  nlohmann::json data{{"dataset", c_.data.dataset},
+                      {"train_samples", train_set_->size()},
+                      {"eval_samples", eval_set_ ? eval_set_->size() : 0},
+                      {"classes", train_set_->num_classes()}};
+  if (!data_.normalization_source.empty())
+    data["normalization"] = {
+        {"mean", data_.mean}, {"std", data_.std}, {"source", data_.normalization_source}};
+  std::ofstream(c_.logging.dir + "/data.json") << data.dump(2) << "\n";
+}
+
+void Trainer::save(int64_t step, int64_t epoch, int64_t batch_in_epoch) {
+  if (batch_in_epoch >= per_epoch_) {
+    ++epoch;
+    batch_in_epoch = 0;
+  }
+  // Every rank takes part: sharded strategies gather what they hold.
+  auto model_state = parallel_->model_state();
+  auto optimizer_state = parallel_->optimizer_state();
+  if (!leader()) return;
+  core::io::CheckpointMeta meta{step,
+                                epoch,
+                                batch_in_epoch,
+                                batch_in_epoch * c_.data.batch_size * world_,
+                                core::default_generator().state(),
+                                run_id_,
+                                YAML::Dump(c_.resolved)};
+  core::io::save_checkpoint(c_.checkpoint.dir, model_state, optimizer_state, meta,
+                            c_.checkpoint.keep);
+}
+
+Tensor Trainer::train_step(core::data::DataLoader& loader, core::data::Batch& batch, int64_t step,
+                           double lr, core::Timeline* tl) {
+  const int64_t accum = c_.train.grad_accum_steps;
+  parallel_->begin_step(step, lr, batch.input.size(0));
+  // Gradient accumulation: each batch's loss is divided by the count, so that the summed
+  // gradients are the mean over all of them; replicas reduce only after the last.
+  Tensor loss;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    if (micro > 0) {
+      core::Timeline::Span span(tl, "data", "data");
+      if (!loader.next(batch))
+        COHORT_THROW(Error, "the data loader ran out inside an accumulation step");
+    }
+    std::unique_ptr<AccumulationScope> local;
+    if (micro + 1 < accum) local = parallel_->accumulate_locally();
+    Tensor part;
+    {
+      core::Timeline::Span span(tl, "forward", "compute");
+      part = compute_loss(batch, nullptr);
+      if (accum > 1) part = core::div(part, static_cast<double>(accum));
+    }
+    {
+      core::Timeline::Span span(tl, "backward", "compute");
+      if (scaler_) {
+        scaler_->scaled(part).backward();
+      } else {
+        part.backward();
+      }
+    }
+    loss = micro == 0 ? part.detach() : core::add(loss, part.detach());
+  }
+  core::Timeline::Span span(tl, "optimizer", "compute");
+  // An fp16 overflow skips the step on every rank alike.
+  parallel_->update(scaler_.get(), c_.optimizer.grad_clip);
+  return loss;
 }
 
 RunSummary Trainer::run() {
@@ -240,17 +293,7 @@ RunSummary Trainer::run() {
     }
     decision = run_dir->decision();
     if (share) publish_decision(*dist_.store, decision, "");
-    std::ofstream f(c_.logging.dir + "/config.resolved.yaml");
-    f << c_.resolved << "\n";
-    // What the data turned out to be, so that a later run (or a person) sees the same numbers.
-    nlohmann::json data{{"dataset", c_.data.dataset},
-                        {"train_samples", train_set_->size()},
-                        {"eval_samples", eval_set_ ? eval_set_->size() : 0},
-                        {"classes", train_set_->num_classes()}};
-    if (!data_.normalization_source.empty())
-      data["normalization"] = {
-          {"mean", data_.mean}, {"std", data_.std}, {"source", data_.normalization_source}};
-    std::ofstream(c_.logging.dir + "/data.json") << data.dump(2) << "\n";
+    write_run_files();
   } else if (share) {
     decision = await_decision(*dist_.store, timeout);
   } else if (c_.checkpoint.resume == "auto") {
@@ -263,24 +306,21 @@ RunSummary Trainer::run() {
   core::io::CheckpointMeta start;
   if (resume_from) {
     core::io::Checkpoint ck = core::io::load_checkpoint(*resume_from);
-    model_->load_state_dict(ck.model);
-    optimizer_->load_state_dict(ck.optimizer);
+    parallel_->load(ck.model, ck.optimizer);
     start = ck.meta;
     core::default_generator().set_state(ck.meta.rng);
   }
   if (collective()) {
     auto steps = gather_from_ranks({static_cast<double>(resume_from ? start.step : -1)});
+    auto at = [&](int r) {
+      const double v = steps[static_cast<size_t>(r)];
+      return v < 0 ? std::string("no checkpoint")
+                   : "step " + std::to_string(static_cast<int64_t>(v));
+    };
     for (int r = 1; r < world_; ++r)
       if (steps[static_cast<size_t>(r)] != steps[0])
-        COHORT_THROW(
-            ConfigError, "rank ", r, " resumes from ",
-            steps[static_cast<size_t>(r)] < 0
-                ? std::string("no checkpoint")
-                : "step " + std::to_string(static_cast<int64_t>(steps[static_cast<size_t>(r)])),
-            " but rank 0 from ",
-            steps[0] < 0 ? std::string("no checkpoint")
-                         : "step " + std::to_string(static_cast<int64_t>(steps[0])),
-            "; checkpoint.dir ", c_.checkpoint.dir, " must be shared by every node");
+        COHORT_THROW(ConfigError, "rank ", r, " resumes from ", at(r), " but rank 0 from ", at(0),
+                     "; checkpoint.dir ", c_.checkpoint.dir, " must be shared by every node");
   }
   if (leader()) {
     std::string data = c_.data.dataset + ", " + std::to_string(train_set_->size()) +
@@ -291,24 +331,20 @@ RunSummary Trainer::run() {
     if (!data_.normalization_source.empty())
       data += ", normalisation " + data_.normalization_source;
     std::printf(
-        "cohort: %s on %s, world size %d, %lld parameters, run directory %s (run %s)\n"
+        "cohort: %s on %s, world size %d (%s), %lld parameters, run directory %s (run %s)\n"
         "cohort: data: %s\n",
         c_.model.type.c_str(), device_.str().c_str(), world_,
+        strategy_name(world_ > 1 || dist_.ps ? c_.distributed.strategy : Strategy::kNone),
         static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(), run_id_.c_str(),
         data.c_str());
   }
   if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
                 static_cast<long long>(start.step), static_cast<long long>(start.epoch));
-  std::unique_ptr<MetricsWriter> metrics;
-  std::unique_ptr<EventWriter> events;
-  if (leader()) {
-    metrics = std::make_unique<MetricsWriter>(c_.logging.dir, resume_from.has_value());
-    if (c_.logging.tensorboard) events = std::make_unique<EventWriter>(c_.logging.dir);
-  }
-  auto write_metrics = [&](const nlohmann::json& j) {
-    if (metrics) metrics->write(j);
-  };
+  // Token datasets: throughput in tokens too, and the loss as perplexity.
+  const bool language =
+      c_.data.dataset == "text" || c_.data.dataset == "tokens" || c_.data.dataset == "synthetic";
+  Reporter report(c_, leader(), resume_from.has_value(), language ? c_.model.context : 0);
   // Ranks record on their own clocks, started together after a barrier; the leader merges them.
   std::unique_ptr<core::Timeline> timeline;
   std::string timeline_path;
@@ -326,11 +362,10 @@ RunSummary Trainer::run() {
     if (!dist_.host.empty()) name += " (" + dist_.host + ")";
     timeline = std::make_unique<core::Timeline>(timeline_path, rank_, name);
     timeline->name_thread(0, "compute");
-    if (ddp_) timeline->name_thread(1, "gradient reduction");
-    if (ps_) timeline->name_thread(1, "parameter servers");
+    if (const char* lane = parallel_->comm_lane()) timeline->name_thread(1, lane);
   }
   core::Timeline* tl = timeline.get();
-  if (ddp_) ddp_->set_timeline(tl);
+  parallel_->set_timeline(tl);
 
   const int64_t batch = c_.data.batch_size;
   auto sampler = std::make_shared<core::data::DistributedSampler>(
@@ -341,7 +376,8 @@ RunSummary Trainer::run() {
   // A step is train.grad_accum_steps batches; an epoch ends with its last whole step (the
   // loader drops a partial batch, the loop a partial accumulation).
   const int64_t accum = c_.train.grad_accum_steps;
-  const int64_t per_epoch = sampler->num_samples() / batch / accum * accum;
+  per_epoch_ = sampler->num_samples() / batch / accum * accum;
+  const int64_t per_epoch = per_epoch_;
   if (per_epoch == 0)
     COHORT_THROW(ConfigError, "data.batch_size ", batch, " x train.grad_accum_steps ", accum,
                  " is larger than the ", sampler->num_samples(), " training samples of each rank");
@@ -370,61 +406,21 @@ RunSummary Trainer::run() {
                  "this run trains; nothing left to train\n",
                  resume_from->c_str(), static_cast<long long>(start.step),
                  static_cast<long long>(total_steps));
+  schedule_ = make_schedule(c_, total_steps);
 
-  if (c_.schedule.type == "constant") {
-    schedule_ = std::make_unique<core::optim::ConstantLR>(c_.optimizer.lr);
-  } else if (c_.schedule.type == "step") {
-    schedule_ = std::make_unique<core::optim::StepLR>(c_.optimizer.lr, c_.schedule.step_size,
-                                                      c_.schedule.gamma);
-  } else {
-    schedule_ = std::make_unique<core::optim::CosineLR>(c_.optimizer.lr, c_.schedule.warmup_steps,
-                                                        total_steps, c_.schedule.min_lr);
-  }
-
-  const bool tty = leader() && isatty(STDOUT_FILENO);
   RunSummary s;
   s.world_size = world_;
   int64_t step = start.step, samples = 0;
-  // Parameter servers count the samples every worker pushed: the job's throughput, whoever died.
-  int64_t ps_samples0 = -1;
-  int64_t last_saved = -1;
-  // The chief evaluates and saves the servers' parameters after every update it pushed.
-  auto pull_latest = [&] {
-    if (!ps_ || !leader()) return;
-    core::Timeline::Span span(tl, "pull", "comm", 1);
-    ps_->pull(step);
-  };
-  double checkpoint_s = 0;  // the last checkpoint's duration, for train.max_time
-  auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
+  CheckpointPolicy checkpoints(c_.checkpoint);
+  auto save_now = [&](int64_t epoch, int64_t batch_in_epoch) {
     const auto tc = Clock::now();
-    pull_latest();
-    if (batch_in_epoch >= per_epoch) {
-      ++epoch;
-      batch_in_epoch = 0;
-    }
+    parallel_->refresh(step);
     core::Timeline::Span span(tl, "checkpoint", "io");
-    // Every rank takes part: a sharded optimiser gathers its state.
-    auto optimizer_state = optimizer_->state_dict();
-    if (leader()) {
-      core::io::CheckpointMeta meta{step,
-                                    epoch,
-                                    batch_in_epoch,
-                                    batch_in_epoch * batch * world_,
-                                    core::default_generator().state(),
-                                    run_id_,
-                                    YAML::Dump(c_.resolved)};
-      core::io::save_checkpoint(c_.checkpoint.dir, model_->state_dict(), optimizer_state, meta,
-                                c_.checkpoint.keep);
-    }
-    last_saved = step;
-    checkpoint_s = seconds_since(tc);
+    save(step, epoch, batch_in_epoch);
+    checkpoints.wrote(step, seconds_since(tc));
   };
   double eval_s = 0;
   int64_t last_eval_step = -1, epoch = start.epoch;
-  // Token datasets: throughput in tokens too, and the loss as perplexity.
-  const bool language =
-      c_.data.dataset == "text" || c_.data.dataset == "tokens" || c_.data.dataset == "synthetic";
-  const int64_t tokens_per_sample = language ? c_.model.context : 0;
   double best_metric = 0;
   int64_t best_step = -1, evals_without_gain = 0;
   bool early_stop = false, out_of_time = false;
@@ -433,28 +429,17 @@ RunSummary Trainer::run() {
     last_eval_step = step;
     auto te = Clock::now();
     EvalResult e;
-    pull_latest();
+    parallel_->refresh(step);
     {
       core::Timeline::Span span(tl, "eval", "eval");
       e = evaluate();
     }
     eval_s += seconds_since(te);
-    if (events) {
-      events->add_scalar("eval/test_acc", e.accuracy, step);
-      events->add_scalar("eval/test_loss", e.loss, step);
-      events->flush();
-    }
     if (tl) tl->flush();
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
-    nlohmann::json record{{"event", "eval"},
-                          {"step", step},
-                          {"epoch", epoch},
-                          {"test_acc", e.accuracy},
-                          {"test_loss", e.loss}};
-    if (language) record["perplexity"] = std::exp(e.loss);
-    write_metrics(record);
     // Early stopping: every rank sees the same reduced numbers, so every rank decides alike.
+    std::string stop_note;
     if (!c_.eval.early_stopping.metric.empty()) {
       const bool acc = c_.eval.early_stopping.metric == "test_acc";
       const double value = acc ? e.accuracy : e.loss;
@@ -465,22 +450,17 @@ RunSummary Trainer::run() {
         evals_without_gain = 0;
       } else if (++evals_without_gain >= c_.eval.early_stopping.patience) {
         early_stop = true;
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "early stopping: %s has not improved by more than %g for %lld evaluations "
+                      "(best %.4f at step %lld)",
+                      c_.eval.early_stopping.metric.c_str(), c_.eval.early_stopping.min_delta,
+                      static_cast<long long>(evals_without_gain), best_metric,
+                      static_cast<long long>(best_step));
+        stop_note = buf;
       }
     }
-    if (!leader()) return;
-    if (tty) std::printf("\n");
-    std::printf("eval step %lld epoch %lld: test_acc %.4f test_loss %.4f",
-                static_cast<long long>(step), static_cast<long long>(epoch), e.accuracy, e.loss);
-    if (language) std::printf(" perplexity %.3f", std::exp(e.loss));
-    std::printf("\n");
-    if (early_stop)
-      std::printf(
-          "early stopping: %s has not improved by more than %g for %lld evaluations (best "
-          "%.4f at step %lld)\n",
-          c_.eval.early_stopping.metric.c_str(), c_.eval.early_stopping.min_delta,
-          static_cast<long long>(evals_without_gain), best_metric,
-          static_cast<long long>(best_step));
-    std::fflush(stdout);
+    report.eval(step, epoch, e, stop_note);
   };
 
   StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
@@ -505,75 +485,12 @@ RunSummary Trainer::run() {
         if (!loader.next(batch_data)) break;
       }
       const double lr = schedule_->lr(step);
-      optimizer_->set_lr(lr);
-      optimizer_->zero_grad();
-      // Without clipping, gradients go to the servers from autograd hooks during backward.
-      const bool clip = c_.optimizer.grad_clip > 0;
-      if (ps_) {
-        {
-          core::Timeline::Span span(tl, "pull", "comm");
-          ps_->pull(step);
-        }
-        ps_->begin_step(step, lr, batch_data.input.size(0), !clip);
-      }
-      // Gradient accumulation: each batch's loss is divided by the count, so that the summed
-      // gradients are the mean over all of them; DDP reduces only after the last.
-      Tensor loss;
-      for (int64_t micro = 0; micro < accum; ++micro) {
-        if (micro > 0) {
-          core::Timeline::Span span(tl, "data", "data");
-          if (!loader.next(batch_data))
-            COHORT_THROW(Error, "the data loader ran out inside an accumulation step");
-        }
-        std::optional<collectives::DistributedDataParallel::NoSync> no_sync;
-        if (ddp_ && micro + 1 < accum) no_sync.emplace(ddp_.get());
-        Tensor part;
-        {
-          core::Timeline::Span span(tl, "forward", "compute");
-          part = compute_loss(batch_data, nullptr);
-          if (accum > 1) part = core::div(part, static_cast<double>(accum));
-        }
-        {
-          core::Timeline::Span span(tl, "backward", "compute");
-          if (scaler_) {
-            scaler_->scaled(part).backward();
-          } else {
-            part.backward();
-          }
-        }
-        loss = micro == 0 ? part.detach() : core::add(loss, part.detach());
-        if (!ps_ && micro + 1 < accum) samples += batch_data.input.size(0) * world_;
-      }
-      if (ps_) {
-        core::Timeline::Span span(tl, "push", "comm");
-        // Each worker clips its own gradient: the global norm would need the others'.
-        if (clip) {
-          core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
-          ps_->push_all();
-        }
-        const int64_t total = ps_->finish_step().samples;
-        if (ps_samples0 < 0) ps_samples0 = total - batch_data.input.size(0);
-        samples = total - ps_samples0;
-      } else {
-        core::Timeline::Span span(tl, "optimizer", "compute");
-        // An fp16 overflow skips the step on every rank alike (DDP averaged the infinities).
-        const bool overflow = scaler_ && !scaler_->unscale(optimizer_->params(), [this](double v) {
-          return sum_over_ranks({v})[0];
-        });
-        if (!overflow && c_.optimizer.grad_clip > 0) {
-          // DDP's gradients are already averaged, so each rank's norm is the global one.
-          if (auto* sharded = dynamic_cast<collectives::ShardedOptimizer*>(optimizer_.get())) {
-            sharded->clip_grad_norm(c_.optimizer.grad_clip);
-          } else {
-            core::optim::clip_grad_norm(optimizer_->params(), c_.optimizer.grad_clip);
-          }
-        }
-        if (!overflow) optimizer_->step();
-      }
+      const Tensor loss = train_step(loader, batch_data, step, lr, tl);
       ++step;
       if (kill_at && step == *kill_at) ::raise(SIGKILL);
       if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-      if (!ps_) samples += batch_data.input.size(0) * world_;
+      samples += batch_data.input.size(0) * world_ * accum;
+      if (auto job = parallel_->job_samples()) samples = *job;
       if (step % c_.train.log_every == 0 || step == total_steps) {
         // Every rank's loss and mean step time since the last log line.
         const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
@@ -585,45 +502,24 @@ RunSummary Trainer::run() {
         std::vector<double> per_rank = gather_from_ranks({loss.item<double>(), step_ms});
         double l = 0;
         const int ranks = static_cast<int>(per_rank.size() / 2);
-        for (int r = 0; r < ranks; ++r) l += per_rank[2 * static_cast<size_t>(r)] / ranks;
+        std::vector<double> rank_ms;
+        for (int r = 0; r < ranks; ++r) {
+          l += per_rank[2 * static_cast<size_t>(r)] / ranks;
+          rank_ms.push_back(per_rank[2 * static_cast<size_t>(r) + 1]);
+        }
         if (!std::isfinite(l))
           COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
                        "; lower optimizer.lr or set optimizer.grad_clip");
         const double el = seconds_since(t0) - eval_s;
-        const double sps = static_cast<double>(samples) / std::max(el, 1e-9);
-        const double eta = static_cast<double>(total_steps - step) * el /
-                           static_cast<double>(std::max<int64_t>(step - start.step, 1));
         s.final_loss = l;
-        nlohmann::json line{
-            {"step", step}, {"epoch", epoch}, {"loss", l}, {"lr", lr}, {"samples_per_s", sps}};
-        if (language) line["tokens_per_s"] = sps * static_cast<double>(tokens_per_sample);
-        write_metrics(line);
-        if (events) {
-          events->add_scalar("train/loss", l, step);
-          events->add_scalar("train/lr", lr, step);
-          events->add_scalar("train/samples_per_s", sps, step);
-          for (int r = 0; r < ranks; ++r)
-            events->add_scalar("step_time_ms/rank_" + std::to_string(r),
-                               per_rank[2 * static_cast<size_t>(r) + 1], step);
-          events->flush();
-        }
-        if (tty) {
-          std::printf("\rstep %lld/%lld  epoch %lld  loss %.4f  %.0f samples/s  ETA %s   ",
-                      static_cast<long long>(step), static_cast<long long>(total_steps),
-                      static_cast<long long>(epoch), l, sps, format_eta(eta).c_str());
-        } else if (leader()) {
-          std::printf("step %lld/%lld epoch %lld loss %.4f lr %.6g samples_per_s %.0f",
-                      static_cast<long long>(step), static_cast<long long>(total_steps),
-                      static_cast<long long>(epoch), l, lr, sps);
-          if (language)
-            std::printf(" tokens_per_s %.0f", sps * static_cast<double>(tokens_per_sample));
-          std::printf("\n");
-        }
-        std::fflush(stdout);
+        report.step({step, total_steps, epoch, l, lr,
+                     static_cast<double>(samples) / std::max(el, 1e-9),
+                     static_cast<double>(total_steps - step) * el /
+                         static_cast<double>(std::max<int64_t>(step - start.step, 1)),
+                     rank_ms});
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
-      if (c_.checkpoint.every_steps > 0 && step % c_.checkpoint.every_steps == 0)
-        save(epoch, loader.position());
+      if (checkpoints.after_step(step)) save_now(epoch, loader.position());
       // Only the training step counts toward the average, not evaluations or checkpoints.
       {
         const double d = seconds_since(step_t0);
@@ -633,11 +529,12 @@ RunSummary Trainer::run() {
       if (c_.train.max_time_s > 0) {
         // The vote lands a step later: leave room for two steps and a checkpoint.
         const double left = c_.train.max_time_s - seconds_since(started_);
-        if (left < 2 * step_s + std::max(checkpoint_s, 1.0)) time_request = kStopForTime;
+        if (left < 2 * step_s + std::max(checkpoints.last_seconds(), 1.0))
+          time_request = kStopForTime;
       }
-      if (early_stop && last_saved != step) save(epoch, loader.position());
+      if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
       if (const int sig = stop_vote.after_step(time_request)) {
-        if (last_saved != step) save(epoch, loader.position());
+        if (!checkpoints.saved(step)) save_now(epoch, loader.position());
         if (sig == kStopForTime) {
           out_of_time = true;
           if (leader())
@@ -659,16 +556,15 @@ RunSummary Trainer::run() {
     if (out_of_time || early_stop) break;
     const bool epoch_done = loader.position() >= per_epoch;
     if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);
-    if (early_stop && last_saved != step) save(epoch, loader.position());
-    if (c_.checkpoint.every_steps == 0 && epoch_done && last_saved != step)
-      save(epoch, loader.position());
-    if (step >= total_steps && last_saved != step) save(epoch, loader.position());
+    if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
+    if (checkpoints.after_epoch(step, epoch_done)) save_now(epoch, loader.position());
+    if (step >= total_steps && !checkpoints.saved(step)) save_now(epoch, loader.position());
   }
   // The chief's final evaluation and checkpoint hold the servers' final parameters; the others
   // leave at once, so that sync steps stop waiting for them.
-  if (ps_) {
-    if (leader() && last_eval_step != step) pull_latest();
-    ps_->leave();
+  if (dist_.ps) {
+    if (last_eval_step != step) parallel_->refresh(step);
+    parallel_->finish();
   }
   // Runs that stop mid-epoch (train.steps) still end with an evaluation of the final parameters;
   // a run out of time leaves that to its continuation.
@@ -677,33 +573,23 @@ RunSummary Trainer::run() {
   s.train_s = seconds_since(t0) - eval_s;
   s.samples_per_s = static_cast<double>(samples) / std::max(s.train_s, 1e-9);
   const double my_sps = s.samples_per_s / world_;
-  std::vector<double> rank_sps = gather_from_ranks({my_sps});
-  if (collective()) {
-    std::printf("rank %d: %.0f samples/s\n", rank_, my_sps);
-    for (int r = 0; r < world_; ++r)
-      write_metrics(
-          {{"event", "rank"}, {"rank", r}, {"samples_per_s", rank_sps[static_cast<size_t>(r)]}});
+  const ModelStateBytes mem = parallel_->state_bytes();
+  const double peak_mb = peak_memory_mb(device_);
+  std::vector<double> per_rank =
+      gather_from_ranks({my_sps, peak_mb, static_cast<double>(mem.total()) / (1 << 20)});
+  if (collective())
+    std::printf("rank %d: %.0f samples/s, peak memory %.0f MB\n", rank_, my_sps, peak_mb);
+  {
+    std::vector<nlohmann::json> records;
+    for (size_t r = 0; r * 3 < per_rank.size(); ++r)
+      records.push_back({{"samples_per_s", per_rank[3 * r]},
+                         {"peak_mem_mb", per_rank[3 * r + 1]},
+                         {"model_state_mb", per_rank[3 * r + 2]}});
+    report.ranks(records);
   }
-  nlohmann::json summary{{"event", "summary"},     {"steps", step},
-                         {"train_s", s.train_s},   {"samples_per_s", s.samples_per_s},
-                         {"test_acc", s.test_acc}, {"test_loss", s.test_loss},
-                         {"world_size", world_}};
-  if (language) {
-    summary["tokens_per_s"] = s.samples_per_s * static_cast<double>(tokens_per_sample);
-    summary["perplexity"] = std::exp(s.test_loss);
-  }
-  write_metrics(summary);
-  if (leader()) {
-    std::printf("summary: steps %lld train_s %.2f samples_per_s %.0f test_acc %.4f world_size %d",
-                static_cast<long long>(step), s.train_s, s.samples_per_s, s.test_acc, world_);
-    if (language)
-      std::printf(" tokens_per_s %.0f perplexity %.3f",
-                  s.samples_per_s * static_cast<double>(tokens_per_sample), std::exp(s.test_loss));
-    std::printf("\n");
-  }
-  std::fflush(stdout);
+  report.summary(step, s.train_s, s.samples_per_s, s.test_acc, s.test_loss, world_);
   if (timeline && collective()) {
-    if (ddp_) ddp_->set_timeline(nullptr);
+    parallel_->set_timeline(nullptr);
     timeline.reset();
     merge_timelines(timeline_path);
   }

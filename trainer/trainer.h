@@ -7,14 +7,15 @@
 #include <memory>
 #include <optional>
 
-#include "collectives/ddp/ddp.h"
 #include "collectives/process_group.h"
 #include "core/data/dataset.h"
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/generator.h"
+#include "core/util/timeline.h"
 #include "parameter_server/client.h"
 #include "trainer/config.h"
+#include "trainer/parallelism.h"
 
 namespace cohort::trainer {
 
@@ -56,9 +57,10 @@ class Stopped : public Error {
   int signal_;
 };
 
-// With a group of several ranks the trainer is data-parallel (distributed.strategy ddp or zero1):
-// every rank trains on its shard of each epoch, gradients are averaged, evaluation is sharded and
-// reduced, and rank 0 alone writes the run directory and checkpoints.
+// With a group of several ranks the trainer is data-parallel (distributed.strategy ddp, zero1,
+// zero2 or fsdp; parallelism.h): every rank trains on its shard of each epoch, gradients are
+// averaged, evaluation is sharded and reduced, and rank 0 alone writes the run directory and
+// checkpoints.
 // With parameter servers (Distributed::ps) the workers never wait for each other: each pulls the
 // parameters, pushes its gradients (the servers apply the optimiser), and worker 0, the chief,
 // evaluates and writes the run directory; a worker that dies does not stop the others.
@@ -118,6 +120,15 @@ class Trainer {
 
  private:
   core::Tensor compute_loss(const core::data::Batch& batch, core::Tensor* logits_out);
+  // One optimiser step: train.grad_accum_steps batches (the first in `batch`, the rest from the
+  // loader), forward and backward each, then the update. Returns the mean loss (detached).
+  core::Tensor train_step(core::data::DataLoader& loader, core::data::Batch& batch, int64_t step,
+                          double lr, core::Timeline* tl);
+  // Writes a checkpoint after `step`, at batch `batch_in_epoch` of `epoch` (every rank takes
+  // part; rank 0 writes).
+  void save(int64_t step, int64_t epoch, int64_t batch_in_epoch);
+  // Writes config.resolved.yaml and data.json (rank 0).
+  void write_run_files() const;
   // Sums `values` over the ranks (identity for a single process).
   std::vector<double> sum_over_ranks(std::vector<double> values);
   // Every rank's `values`, concatenated in rank order.
@@ -130,12 +141,10 @@ class Trainer {
   Config c_;
   Distributed dist_;
   int rank_ = 0, world_ = 1;
-  std::unique_ptr<collectives::DistributedDataParallel> ddp_;
-  std::unique_ptr<ps::PsWorker> ps_;
+  std::unique_ptr<Parallelism> parallel_;
   core::Device device_;
   std::shared_ptr<core::nn::Module> model_;
   std::shared_ptr<core::data::Dataset> train_set_, eval_set_;
-  std::unique_ptr<core::optim::Optimizer> optimizer_;
   std::unique_ptr<core::optim::LRSchedule> schedule_;
   // precision: the dtype matmuls run in under autocast (kFloat32: off), and fp16's loss scale.
   core::DType autocast_ = core::DType::kFloat32;
@@ -144,6 +153,7 @@ class Trainer {
   std::unique_ptr<LossScaler> scaler_;
   bool cpu_bf16_ = false;  // precision bf16 on the CPU: this trainer switched bfloat16 GEMMs on
   std::string run_id_;     // the run whose checkpoints this one writes (run_dir.h)
+  int64_t per_epoch_ = 0;  // batches in an epoch of this rank's shard
   Datasets data_;
   // train.max_time counts from here (the worker's start, data and model included).
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
@@ -166,6 +176,6 @@ std::string describe_model(const Config& c, const Extensions& ext = {});
 // number local_rank; a ConfigError when the node's ranks outnumber its GPUs); auto (cuda where
 // this build and machine have a GPU for every rank of the node, else cpu). Asking for a GPU that
 // is not there is a ConfigError saying why.
-core::Device resolve_device(const std::string& spec, int local_rank, int local_world_size = 1);
+core::Device resolve_device(const DeviceSpec& spec, int local_rank, int local_world_size = 1);
 
 }  // namespace cohort::trainer

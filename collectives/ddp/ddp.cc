@@ -32,6 +32,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
                                                  const DdpOptions& o)
     : module_(std::move(module)), group_(std::move(group)), o_(o) {
   COHORT_CHECK(module_ && group_, "DistributedDataParallel needs a module and a process group");
+  COHORT_CHECK(o_.reduce_scatter || !o_.free_gradients,
+               "DdpOptions::free_gradients needs reduce_scatter");
   if (o_.bucket_cap_mb <= 0 || o_.first_bucket_cap_mb <= 0)
     COHORT_THROW(ConfigError, "distributed.bucket_cap_mb must be positive, got ", o_.bucket_cap_mb);
   for (auto& [name, p] : module_->named_parameters()) {
@@ -61,20 +63,25 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
   }
   for (Bucket& b : buckets_) {
     const Tensor& like = params_[b.params.front()];
-    int64_t padded = b.numel;
-    if (o_.reduce_scatter) padded = (b.numel + world - 1) / world * world;
-    b.grads = core::zeros({padded}, core::TensorOptions(like.dtype()).with_device(like.device()));
+    const auto opts = core::TensorOptions(like.dtype()).with_device(like.device());
+    b.padded = o_.reduce_scatter ? (b.numel + world - 1) / world * world : b.numel;
+    if (o_.free_gradients) {
+      b.shard = core::zeros({b.padded / world}, opts);
+      continue;
+    }
+    b.grads = core::zeros({b.padded}, opts);
     // This rank's block of the bucket: the reduce-scatter runs in place.
     if (o_.reduce_scatter)
-      b.shard = b.grads.narrow(0, padded / world * group_->rank(), padded / world);
+      b.shard = b.grads.narrow(0, b.padded / world * group_->rank(), b.padded / world);
   }
   broadcast_parameters();
   broadcast_buffers();
   // Backward writes gradients straight into their bucket slots where the op can (linear layers),
   // instead of into new tensors that on_gradient would copy there.
-  for (size_t i = 0; i < params_.size(); ++i)
-    core::autograd::set_grad_destination(
-        params_[i], slot_view(buckets_[slots_[i].bucket].grads, slots_[i].offset, params_[i]));
+  if (!o_.free_gradients)
+    for (size_t i = 0; i < params_.size(); ++i)
+      core::autograd::set_grad_destination(
+          params_[i], slot_view(buckets_[slots_[i].bucket].grads, slots_[i].offset, params_[i]));
   for (size_t i = 0; i < params_.size(); ++i)
     hook_ids_.push_back(
         params_[i].register_post_accumulate_grad_hook([this, i](Tensor&) { on_gradient(i); }));
@@ -112,7 +119,9 @@ void DistributedDataParallel::broadcast_parameters() {
   // Pack each bucket's parameters into its (still unused) gradient buffer: one broadcast per
   // bucket instead of one per tensor.
   std::vector<std::shared_ptr<Work>> works;
-  for (Bucket& b : buckets_) {
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    Bucket& b = buckets_[i];
+    ensure_buffer(i);
     for (size_t k : b.params) slot_view(b.grads, slots_[k].offset, params_[k]).copy_(params_[k]);
     works.push_back(group_->broadcast(b.grads, {0, o_.timeout}));
   }
@@ -121,6 +130,10 @@ void DistributedDataParallel::broadcast_parameters() {
     Bucket& b = buckets_[i];
     for (size_t k : b.params) params_[k].copy_(slot_view(b.grads, slots_[k].offset, params_[k]));
     b.grads.zero_();
+    if (o_.free_gradients) {
+      for (size_t k : b.params) core::autograd::set_grad_destination(params_[k], Tensor());
+      b.grads = Tensor();
+    }
   }
 }
 
@@ -137,7 +150,68 @@ void DistributedDataParallel::broadcast_buffers() {
 Tensor DistributedDataParallel::forward(const Tensor& x) {
   if (o_.broadcast_buffers && core::autograd::GradMode::is_enabled() && module_->is_training())
     broadcast_buffers();
-  return module_->forward(x);
+  return (*module_)(x);
+}
+
+void DistributedDataParallel::ensure_buffer(size_t bucket) {
+  Bucket& b = buckets_[bucket];
+  if (b.grads.defined()) return;
+  const Tensor& like = params_[b.params.front()];
+  // Zeros: the padding takes part in the reduction.
+  b.grads = core::zeros({b.padded}, core::TensorOptions(like.dtype()).with_device(like.device()));
+  for (size_t k : b.params)
+    if (!params_[k].grad().defined())
+      core::autograd::set_grad_destination(params_[k],
+                                           slot_view(b.grads, slots_[k].offset, params_[k]));
+}
+
+void DistributedDataParallel::fold(size_t bucket) {
+  Bucket& b = buckets_[bucket];
+  if (!b.grads.defined()) return;
+  core::autograd::NoGradGuard guard;
+  const int64_t n = b.padded / group_->size();
+  core::add_(b.shard, b.grads.narrow(0, n * group_->rank(), n));
+  for (size_t k : b.params) {
+    core::autograd::set_grad_destination(params_[k], Tensor());
+    params_[k].set_grad(Tensor());
+  }
+  b.grads = Tensor();
+}
+
+void DistributedDataParallel::fold_finished() {
+  for (size_t b = 0; b < next_launch_; ++b) {
+    if (!works_[b] || !works_[b]->is_completed()) continue;
+    works_[b]->wait(timeout());  // rethrows its error
+    record(b);
+    works_[b] = nullptr;
+    fold(b);
+  }
+}
+
+void DistributedDataParallel::record(size_t b) {
+  if (!o_.timeline) return;
+  o_.timeline->complete(
+      (o_.reduce_scatter ? "reduce-scatter bucket " : "allreduce bucket ") + std::to_string(b) +
+          " (" +
+          mb(buckets_[b].padded *
+             static_cast<int64_t>(params_[buckets_[b].params[0]].element_size())) +
+          ")",
+      "comm", launched_us_[b], o_.timeline->to_us(works_[b]->completed_at()) - launched_us_[b], 1);
+}
+
+void DistributedDataParallel::zero_shards() {
+  core::autograd::NoGradGuard guard;
+  if (o_.free_gradients)
+    for (Bucket& b : buckets_) b.shard.zero_();
+}
+
+int64_t DistributedDataParallel::gradient_bytes() const {
+  int64_t bytes = 0;
+  for (const Bucket& b : buckets_) {
+    if (b.grads.defined()) bytes += b.grads.numel() * static_cast<int64_t>(b.grads.element_size());
+    if (o_.free_gradients) bytes += b.shard.numel() * static_cast<int64_t>(b.shard.element_size());
+  }
+  return bytes;
 }
 
 void DistributedDataParallel::begin_backward() {
@@ -151,7 +225,7 @@ void DistributedDataParallel::begin_backward() {
 }
 
 void DistributedDataParallel::on_gradient(size_t i) {
-  if (!sync_) return;
+  if (!sync_ && !o_.free_gradients) return;
   if (!in_backward_) begin_backward();
   if (ready_[i])
     COHORT_THROW(Error, "DistributedDataParallel: parameter ", names_[i],
@@ -159,6 +233,7 @@ void DistributedDataParallel::on_gradient(size_t i) {
                  "once, so run extra backward passes inside no_sync()");
   ready_[i] = 1;
   const Slot& s = slots_[i];
+  ensure_buffer(s.bucket);
   Tensor g = params_[i].grad();
   Tensor view = slot_view(buckets_[s.bucket].grads, s.offset, params_[i]);
   if (g.raw_data() != view.raw_data()) {
@@ -176,7 +251,12 @@ void DistributedDataParallel::launch_ready_buckets() {
 void DistributedDataParallel::launch(size_t b) {
   Bucket& bucket = buckets_[b];
   if (o_.timeline) launched_us_[b] = o_.timeline->now_us();
-  if (o_.reduce_scatter) {
+  if (o_.free_gradients) {
+    const int64_t n = bucket.padded / group_->size();
+    Tensor mine = bucket.grads.narrow(0, n * group_->rank(), n);
+    works_[b] = group_->reduce_scatter(mine, bucket.grads, {ReduceOp::kAvg, o_.timeout});
+    fold_finished();
+  } else if (o_.reduce_scatter) {
     works_[b] = group_->reduce_scatter(bucket.shard, bucket.grads, {ReduceOp::kAvg, o_.timeout});
   } else {
     works_[b] = group_->allreduce(bucket.grads, {ReduceOp::kAvg, o_.timeout});
@@ -206,6 +286,7 @@ void DistributedDataParallel::finish_backward() {
     core::autograd::NoGradGuard guard;
     for (size_t i : unused) {
       const Slot& s = slots_[i];
+      ensure_buffer(s.bucket);
       slot_view(buckets_[s.bucket].grads, s.offset, params_[i]).zero_();
       --pending_[s.bucket];
     }
@@ -229,14 +310,11 @@ void DistributedDataParallel::finish_backward() {
   // What backward waits for here is communication that compute did not hide.
   core::Timeline::Span waiting(o_.timeline, "wait for gradient reduction", "comm");
   for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (!works_[b]) continue;  // folded already
     works_[b]->wait(timeout());
-    if (o_.timeline)
-      o_.timeline->complete("allreduce bucket " + std::to_string(b) + " (" +
-                                mb(buckets_[b].grads.numel() * buckets_[b].grads.element_size()) +
-                                ")",
-                            "comm", launched_us_[b],
-                            o_.timeline->to_us(works_[b]->completed_at()) - launched_us_[b], 1);
+    record(b);
     works_[b] = nullptr;
+    if (o_.free_gradients) fold(b);
   }
   // Parameters that arrived in on_gradient already have their bucket view as .grad().
   for (size_t i = 0; i < params_.size(); ++i) {

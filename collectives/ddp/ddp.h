@@ -11,7 +11,11 @@
 // each parameter's .grad() is a view of its bucket.
 //
 // With reduce_scatter (ZeRO-1, see zero.h) a bucket is reduce-scattered instead: each rank gets the
-// averaged gradient of its own contiguous shard of the bucket only.
+// averaged gradient of its own contiguous shard of the bucket only. With free_gradients as well
+// (ZeRO-2) a bucket's flat buffer exists only from its first gradient until its reduction ends:
+// the result is added into the rank's shard, a buffer of its own, and the full-size buffer goes.
+// Each backward then reduces (no_sync() does not apply), so that accumulated micro-batches need
+// no full-size gradient either.
 #pragma once
 
 #include <memory>
@@ -36,6 +40,8 @@ struct DdpOptions {
   Millis timeout{0};  // 0: the group's
   // Reduce-scatter each bucket instead of all-reducing it (for the sharded optimiser).
   bool reduce_scatter = false;
+  // With reduce_scatter: keep no full-size gradient between backward passes (ZeRO-2).
+  bool free_gradients = false;
   // Bucket all-reduces are drawn on lane 1 of this timeline, if set.
   core::Timeline* timeline = nullptr;
 };
@@ -76,14 +82,23 @@ class DistributedDataParallel {
   };
   struct Bucket {
     std::vector<size_t> params;  // indices into module().parameters(), in bucket order
-    core::Tensor grads;          // flat gradients; numel padded to a multiple of the world size
-    core::Tensor shard;          // reduce_scatter: this rank's averaged shard of `grads`
-    int64_t numel = 0;           // unpadded
+    // Flat gradients, padded to a multiple of the world size under reduce_scatter. Under
+    // free_gradients: undefined except while a backward fills and reduces it.
+    core::Tensor grads;
+    // reduce_scatter: this rank's averaged shard of `grads` (a view of it), or under
+    // free_gradients its own buffer, which reductions add into until zero_shards().
+    core::Tensor shard;
+    int64_t numel = 0;   // unpadded
+    int64_t padded = 0;  // the flat buffer's numel
   };
   const std::vector<Bucket>& buckets() const { return buckets_; }
   const std::vector<Slot>& slots() const { return slots_; }
   const std::vector<core::Tensor>& params() const { return params_; }
   const std::vector<std::string>& param_names() const { return names_; }
+  // free_gradients: clears every shard (the start of a step's accumulation).
+  void zero_shards();
+  // Bytes of gradient buffers held now (full-size buckets and shards).
+  int64_t gradient_bytes() const;
 
  private:
   void on_gradient(size_t index);
@@ -91,6 +106,12 @@ class DistributedDataParallel {
   void launch_ready_buckets();
   void launch(size_t bucket);
   void finish_backward();
+  // free_gradients: the bucket's flat buffer, created on its first gradient.
+  void ensure_buffer(size_t bucket);
+  // free_gradients: adds a finished reduction into the shard and frees the flat buffer.
+  void fold(size_t bucket);
+  void fold_finished();
+  void record(size_t bucket);  // draws a finished reduction on the timeline
   void broadcast_parameters();
   void broadcast_buffers();
   Millis timeout() const;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "collectives/ddp/ddp.h"
+#include "collectives/ddp/flat_shard.h"
 #include "core/optim/optimizer.h"
 
 namespace cohort::collectives {
@@ -34,13 +35,22 @@ class ShardedOptimizer : public core::optim::Optimizer {
   void load_state_dict(const core::optim::OptimizerState& state) override;
   // Global-norm clipping over the shards of every rank (a collective); returns the norm before.
   double clip_grad_norm(double max_norm);
+  // The shards this rank steps (their .grad() is its averaged gradient shard).
+  const std::vector<core::Tensor>& shards() const { return shards_; }
+  // Bytes of this rank's optimiser state.
+  int64_t state_bytes() const;
 
  private:
-  int64_t shard_size(size_t bucket) const;
   DistributedDataParallel& ddp_;
+  std::vector<FlatGroup> groups_;
   std::vector<core::Tensor> flat_;    // per bucket: every parameter, padded; the module's views
   std::vector<core::Tensor> shards_;  // per bucket: this rank's block of flat_ (a view)
   std::unique_ptr<core::optim::Optimizer> inner_;
 };
+
+// Scales the shards' gradients so that the norm over every rank's shards is at most max_norm;
+// returns the norm before. A collective. Padding must hold zeros.
+double clip_sharded_grad_norm(const std::vector<core::Tensor>& shards, double max_norm,
+                              ProcessGroup& group);
 
 }  // namespace cohort::collectives

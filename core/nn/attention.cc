@@ -35,7 +35,7 @@ Tensor MultiheadAttention::forward(const Tensor& x) {
   };
   Tensor y =
       scaled_dot_product_attention(heads(parts[0]), heads(parts[1]), heads(parts[2]), spec_.causal);
-  return out_proj_->forward(y.transpose(1, 2).reshape({B, T, E}));
+  return (*out_proj_)(y.transpose(1, 2).reshape({B, T, E}));
 }
 
 TransformerEncoderLayer::TransformerEncoderLayer(const TransformerSpec& s, Generator* gen)
@@ -57,18 +57,18 @@ TransformerEncoderLayer::TransformerEncoderLayer(const TransformerSpec& s, Gener
 }
 
 Tensor TransformerEncoderLayer::feed_forward(const Tensor& x) {
-  Tensor h = linear1_->forward(x);
+  Tensor h = (*linear1_)(x);
   h = spec_.activation == "relu" ? relu(h) : gelu(h);
-  return dropout2_->forward(linear2_->forward(dropout_->forward(h)));
+  return (*dropout2_)((*linear2_)((*dropout_)(h)));
 }
 
 Tensor TransformerEncoderLayer::forward(const Tensor& x) {
   if (spec_.norm_first) {
-    Tensor h = add(x, dropout1_->forward(self_attn_->forward(norm1_->forward(x))));
-    return add(h, feed_forward(norm2_->forward(h)));
+    Tensor h = add(x, (*dropout1_)((*self_attn_)((*norm1_)(x))));
+    return add(h, feed_forward((*norm2_)(h)));
   }
-  Tensor h = norm1_->forward(add(x, dropout1_->forward(self_attn_->forward(x))));
-  return norm2_->forward(add(h, feed_forward(h)));
+  Tensor h = (*norm1_)(add(x, (*dropout1_)((*self_attn_)(x))));
+  return (*norm2_)(add(h, feed_forward(h)));
 }
 
 PositionEmbedding::PositionEmbedding(int64_t num_embeddings, int64_t dim, Generator* gen) {

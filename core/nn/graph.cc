@@ -58,7 +58,7 @@ Tensor Graph::forward(const Tensor& x) {
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const Node& n = nodes_[i];
     if (n.module) {
-      values[i] = n.module->forward(value(n.inputs[0]));
+      values[i] = (*n.module)(value(n.inputs[0]));
     } else if (n.join == Join::kConcat) {
       std::vector<Tensor> parts;
       for (int in : n.inputs) parts.push_back(value(in));

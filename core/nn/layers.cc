@@ -82,11 +82,11 @@ Tensor Sequential::forward(const Tensor& x) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (i + 1 < layers_.size() && dynamic_cast<ReLU*>(layers_[i].get()) &&
         dynamic_cast<MaxPool2d*>(layers_[i + 1].get())) {
-      h = relu(layers_[i + 1]->forward(h));
+      h = relu((*layers_[i + 1])(h));
       ++i;
       continue;
     }
-    h = layers_[i]->forward(h);
+    h = (*layers_[i])(h);
   }
   return h;
 }

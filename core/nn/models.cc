@@ -19,7 +19,7 @@ MLP::MLP(int64_t in, const std::vector<int64_t>& hidden, int64_t out, Generator*
 Tensor MLP::forward(const Tensor& x) {
   Tensor h = x.dim() > 2 ? x.flatten(1) : x;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    h = layers_[i]->forward(h);
+    h = (*layers_[i])(h);
     if (i + 1 < layers_.size()) h = relu(h);
   }
   return h;
@@ -40,9 +40,9 @@ Tensor CNN::forward(const Tensor& x) {
   // relu and max-pooling commute (relu is monotonic), values and gradients alike; pooling first
   // runs relu and its backward on a quarter of the elements. Same function as the reference's
   // max_pool2d(relu(conv(x))).
-  Tensor h = relu(max_pool2d(c1_->forward(x), pool));
-  h = relu(max_pool2d(c2_->forward(h), pool));
-  return f2_->forward(relu(f1_->forward(h.flatten(1))));
+  Tensor h = relu(max_pool2d((*c1_)(x), pool));
+  h = relu(max_pool2d((*c2_)(h), pool));
+  return (*f2_)(relu((*f1_)(h.flatten(1))));
 }
 
 CausalSelfAttention::CausalSelfAttention(const GPTConfig& c, Generator* gen) : heads_(c.heads) {
@@ -54,10 +54,10 @@ CausalSelfAttention::CausalSelfAttention(const GPTConfig& c, Generator* gen) : h
 
 Tensor CausalSelfAttention::forward(const Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / heads_;
-  auto parts = split(qkv_->forward(x), C, 2);
+  auto parts = split((*qkv_)(x), C, 2);
   auto heads = [&](const Tensor& t) { return t.reshape({B, T, heads_, hd}).transpose(1, 2); };
   Tensor y = scaled_dot_product_attention(heads(parts[0]), heads(parts[1]), heads(parts[2]), true);
-  return proj_->forward(y.transpose(1, 2).reshape({B, T, C}));
+  return (*proj_)(y.transpose(1, 2).reshape({B, T, C}));
 }
 
 Block::Block(const GPTConfig& c, Generator* gen) {
@@ -70,8 +70,8 @@ Block::Block(const GPTConfig& c, Generator* gen) {
 }
 
 Tensor Block::forward(const Tensor& x) {
-  Tensor h = add(x, drop_->forward(attn_->forward(ln1_->forward(x))));
-  return add(h, drop_->forward(proj_->forward(gelu(fc_->forward(ln2_->forward(h)), "tanh"))));
+  Tensor h = add(x, (*drop_)((*attn_)((*ln1_)(x))));
+  return add(h, (*drop_)((*proj_)(gelu((*fc_)((*ln2_)(h)), "tanh"))));
 }
 
 GPT::GPT(const GPTConfig& c, Generator* gen) : config_(c) {
@@ -94,9 +94,9 @@ Tensor GPT::forward(const Tensor& tokens) {
   COHORT_CHECK(T <= config_.context, "gpt: sequence length ", T, " exceeds model.context ",
                config_.context);
   Tensor pos = arange(T).to(tokens.device());
-  Tensor h = add(tok_->forward(tokens), pos_->forward(pos));
-  for (auto& b : blocks_) h = b->forward(h);
-  h = ln_f_->forward(h);
+  Tensor h = add((*tok_)(tokens), (*pos_)(pos));
+  for (auto& b : blocks_) h = (*b)(h);
+  h = (*ln_f_)(h);
   return matmul(h, tok_->weight.t());  // output head tied to the token embedding
 }
 

@@ -24,6 +24,30 @@ void Module::collect(const std::string& prefix, bool params, NamedTensors& out) 
   for (auto& [name, child] : children_) child->collect(prefix + name + ".", params, out);
 }
 
+Tensor Module::operator()(const Tensor& x) {
+  if (pre_hooks_.empty() && post_hooks_.empty()) return forward(x);
+  // Copies: a hook may remove itself.
+  for (auto [id, hook] : std::vector(pre_hooks_)) hook(*this);
+  Tensor out = forward(x);
+  for (auto [id, hook] : std::vector(post_hooks_)) hook(*this, out);
+  return out;
+}
+
+int Module::register_forward_pre_hook(ForwardPreHook hook) {
+  pre_hooks_.emplace_back(next_hook_id_, std::move(hook));
+  return next_hook_id_++;
+}
+
+int Module::register_forward_hook(ForwardHook hook) {
+  post_hooks_.emplace_back(next_hook_id_, std::move(hook));
+  return next_hook_id_++;
+}
+
+void Module::remove_forward_hook(int id) {
+  std::erase_if(pre_hooks_, [id](const auto& h) { return h.first == id; });
+  std::erase_if(post_hooks_, [id](const auto& h) { return h.first == id; });
+}
+
 NamedTensors Module::named_parameters() const {
   NamedTensors out;
   collect("", true, out);

@@ -24,7 +24,18 @@ class Module {
   Module& operator=(const Module&) = delete;
 
   virtual Tensor forward(const Tensor& x) = 0;
-  Tensor operator()(const Tensor& x) { return forward(x); }
+  // forward() with this module's hooks around it. Modules call their children this way, so that
+  // wrappers such as FSDP (which gathers a unit's parameters just before its forward) see every
+  // call; a child's forward() called directly bypasses them, as in PyTorch.
+  Tensor operator()(const Tensor& x);
+
+  // Hooks run by operator(): pre-hooks before forward(), post-hooks after it with its output
+  // (which they may replace). Returns an id for remove_forward_hook.
+  using ForwardPreHook = std::function<void(Module&)>;
+  using ForwardHook = std::function<void(Module&, Tensor& output)>;
+  int register_forward_pre_hook(ForwardPreHook hook);
+  int register_forward_hook(ForwardHook hook);
+  void remove_forward_hook(int id);
 
   // Parameters and buffers in registration order, names dotted by submodule ("l1.weight").
   NamedTensors named_parameters() const;
@@ -65,6 +76,9 @@ class Module {
   std::vector<std::pair<std::string, Tensor*>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  std::vector<std::pair<int, ForwardPreHook>> pre_hooks_;
+  std::vector<std::pair<int, ForwardHook>> post_hooks_;
+  int next_hook_id_ = 0;
 };
 
 using ModulePtr = std::shared_ptr<Module>;

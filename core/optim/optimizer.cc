@@ -315,4 +315,22 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   return norm;
 }
 
+OptimizerKind parse_optimizer_kind(const std::string& name) {
+  if (name == "sgd") return OptimizerKind::kSgd;
+  if (name == "adamw") return OptimizerKind::kAdamW;
+  COHORT_THROW(ConfigError, "optimizer '", name, "' is not sgd or adamw");
+}
+
+const char* optimizer_kind_name(OptimizerKind kind) {
+  return kind == OptimizerKind::kAdamW ? "adamw" : "sgd";
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSpec& s, std::vector<Tensor> params) {
+  if (s.kind == OptimizerKind::kAdamW)
+    return std::make_unique<AdamW>(std::move(params),
+                                   AdamWOptions{s.lr, s.beta1, s.beta2, s.eps, s.weight_decay});
+  return std::make_unique<SGD>(std::move(params),
+                               SGDOptions{s.lr, s.momentum, 0.0, s.weight_decay, s.nesterov});
+}
+
 }  // namespace cohort::core::optim

@@ -77,6 +77,18 @@ class AdamW : public Optimizer {
   AdamWOptions o_;
 };
 
+// The optimiser a config names, built the same way by trainers and parameter servers.
+enum class OptimizerKind { kSgd, kAdamW };
+OptimizerKind parse_optimizer_kind(const std::string& name);  // sgd | adamw; throws ConfigError
+const char* optimizer_kind_name(OptimizerKind kind);
+
+struct OptimizerSpec {
+  OptimizerKind kind = OptimizerKind::kSgd;
+  double lr = 0.01, momentum = 0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+};
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSpec& spec, std::vector<Tensor> params);
+
 // Learning rate as a function of the step (0-based).
 class LRSchedule {
  public:

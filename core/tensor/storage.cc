@@ -3,6 +3,8 @@
 
 #include "core/tensor/cuda/cuda_device.h"
 
+#include <sys/mman.h>
+
 #include <bit>
 #include <cstdlib>
 #include <map>
@@ -68,6 +70,24 @@ class CpuAllocator final : public Allocator {
     std::free(ptr);
   }
 
+  // Large blocks come from mmap, so that freeing one gives its pages back at once (glibc would
+  // keep heap blocks, and its mmap threshold grows with every large block freed).
+  void* allocate_transient(size_t nbytes) override {
+    if (nbytes < kCacheMin) return allocate(nbytes);
+    void* p = ::mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      release_cached();
+      p = ::mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
+    if (p == MAP_FAILED) COHORT_THROW(Error, "out of CPU memory allocating ", nbytes, " bytes");
+    return p;
+  }
+  void deallocate_transient(void* ptr, size_t nbytes) override {
+    if (!ptr) return;
+    if (nbytes < kCacheMin) return deallocate(ptr, nbytes);
+    ::munmap(ptr, nbytes);
+  }
+
   size_t cached_bytes() {
     std::lock_guard<std::mutex> lock(mu_);
     return cached_;
@@ -129,8 +149,28 @@ StorageImpl::StorageImpl(void* data, size_t nbytes, Device device,
                          std::function<void(void*)> deleter)
     : data_(data), nbytes_(nbytes), device_(device), deleter_(std::move(deleter)) {}
 
+void StorageImpl::resize(size_t nbytes) {
+  COHORT_CHECK(owned_, "resize: this storage wraps memory it does not own");
+  Allocator& a = allocator_for(device_);
+  if (transient_) {
+    a.deallocate_transient(data_, nbytes_);
+  } else {
+    a.deallocate(data_, nbytes_);
+  }
+  data_ = nullptr;
+  nbytes_ = 0;
+  transient_ = true;
+  released_ = nbytes == 0;
+  if (nbytes > 0) {
+    data_ = a.allocate_transient(nbytes);
+    nbytes_ = nbytes;
+  }
+}
+
 StorageImpl::~StorageImpl() {
-  if (owned_) {
+  if (owned_ && transient_) {
+    allocator_for(device_).deallocate_transient(data_, nbytes_);
+  } else if (owned_) {
     allocator_for(device_).deallocate(data_, nbytes_);
   } else if (deleter_) {
     deleter_(data_);

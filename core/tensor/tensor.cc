@@ -76,7 +76,14 @@ bool Tensor::is_contiguous() const {
 
 void* Tensor::raw_data() const {
   auto* base = static_cast<char*>(impl_->storage->data());
-  if (!base) return nullptr;
+  if (!base) {
+    if (impl_->storage->released() && numel() > 0)
+      COHORT_THROW(ReleasedMemoryError, "a tensor of shape ", shape_str(sizes()),
+                   " was read after its memory was released: a parameter of an FSDP unit used "
+                   "outside that unit's forward (weights tied across units, or a module calling "
+                   "a child's forward() directly instead of through operator())");
+    return nullptr;
+  }
   return base + impl_->offset * static_cast<int64_t>(element_size());
 }
 

@@ -23,7 +23,7 @@ class GatedLinear : public core::nn::Module {
     gate_ = register_module("gate", std::make_shared<core::nn::Linear>(in, out, true, gen));
   }
   Tensor forward(const Tensor& x) override {
-    return core::mul(value_->forward(x), core::sigmoid(gate_->forward(x)));
+    return core::mul((*value_)(x), core::sigmoid((*gate_)(x)));
   }
 
  private:
@@ -41,9 +41,9 @@ class GatedNet : public core::nn::Module {
     head_ = register_module("head", std::make_shared<core::nn::Linear>(width, classes, true, gen));
   }
   Tensor forward(const Tensor& x) override {
-    Tensor h = core::tanh(stem_->forward(x));
-    for (auto& b : blocks_) h = core::add(h, b->forward(h));
-    return head_->forward(h);
+    Tensor h = core::tanh((*stem_)(x));
+    for (auto& b : blocks_) h = core::add(h, (*b)(h));
+    return (*head_)(h);
   }
 
  private:

@@ -17,7 +17,7 @@ inline ShardOptions sgd_options(Mode mode, int workers) {
   o.mode = mode;
   o.workers = workers;
   o.staleness = mode == Mode::kBounded ? 1 : 0;
-  o.optimizer.type = "sgd";
+  o.optimizer.kind = core::optim::OptimizerKind::kSgd;
   return o;
 }
 

@@ -46,7 +46,7 @@ TEST_F(ConfigTest, ValidConfigGetsDefaults) {
   EXPECT_EQ(c.model.type, "mlp");
   EXPECT_EQ(c.model.hidden, std::vector<int64_t>{32});
   EXPECT_EQ(c.data.batch_size, 64);
-  EXPECT_EQ(c.optimizer.type, "sgd");
+  EXPECT_EQ(c.optimizer.kind, core::optim::OptimizerKind::kSgd);
   EXPECT_EQ(c.logging.dir, "runs/t");
   EXPECT_EQ(c.checkpoint.dir, "runs/t/checkpoints");
   EXPECT_EQ(c.resolved["data"]["batch_size"].as<int>(), 64);
@@ -168,18 +168,18 @@ namespace {
 // Where the build or the machine has no GPU, asking for one is a ConfigError that says why;
 // cpu and auto train on the CPU.
 TEST(ResolveDevice, CpuAutoAndMissingGpus) {
-  EXPECT_TRUE(resolve_device("cpu", 3).is_cpu());
+  EXPECT_TRUE(resolve_device(DeviceSpec::parse("cpu"), 3).is_cpu());
   if (const int gpus = core::cuda::device_count(); gpus > 0) {
-    EXPECT_TRUE(resolve_device("auto", 0).is_cuda());
-    EXPECT_THROW(resolve_device("cuda:999", 0), ConfigError);
+    EXPECT_TRUE(resolve_device(DeviceSpec::parse("auto"), 0).is_cuda());
+    EXPECT_THROW(resolve_device(DeviceSpec::parse("cuda:999"), 0), ConfigError);
     // More ranks on the node than GPUs: auto falls back to the CPU, cuda is an error.
-    EXPECT_TRUE(resolve_device("auto", 0, gpus + 1).is_cpu());
-    EXPECT_THROW(resolve_device("cuda", 0, gpus + 1), ConfigError);
+    EXPECT_TRUE(resolve_device(DeviceSpec::parse("auto"), 0, gpus + 1).is_cpu());
+    EXPECT_THROW(resolve_device(DeviceSpec::parse("cuda"), 0, gpus + 1), ConfigError);
     return;
   }
-  EXPECT_TRUE(resolve_device("auto", 1).is_cpu());
+  EXPECT_TRUE(resolve_device(DeviceSpec::parse("auto"), 1).is_cpu());
   try {
-    resolve_device("cuda", 0);
+    resolve_device(DeviceSpec::parse("cuda"), 0);
     ADD_FAILURE() << "a GPU was found where there is none";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("device cuda was requested but"), std::string::npos)

@@ -158,7 +158,7 @@ TEST(Shard, BlocksStepLikeTheWholeTensorAndCheckpointAsOne) {
                      ("cohort_blocks_" + type + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
     auto o = sgd_options(Mode::kAsync, 1);
-    o.optimizer.type = type;
+    o.optimizer.kind = core::optim::parse_optimizer_kind(type);
     o.optimizer.momentum = 0.9;
     o.optimizer.nesterov = true;
     o.optimizer.weight_decay = 0.01;

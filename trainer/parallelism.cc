@@ -1,0 +1,421 @@
+// The strategies behind trainer/parallelism.h: one process, DDP and ZeRO-1/2 (gradient buckets),
+// FSDP (sharded parameters) and parameter-server workers.
+#include "trainer/parallelism.h"
+
+#include <unistd.h>
+
+#include <set>
+
+#include "collectives/ddp/ddp.h"
+#include "collectives/ddp/fsdp.h"
+#include "collectives/ddp/zero.h"
+#include "core/autograd/grad_mode.h"
+#include "core/nn/attention.h"
+#include "core/nn/models.h"
+#include "core/ops/ops.h"
+#include "parameter_server/client.h"
+#include "trainer/trainer.h"
+
+namespace cohort::trainer {
+
+using core::Tensor;
+
+namespace {
+
+int64_t bytes_of(const Tensor& t) {
+  return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;
+}
+
+int64_t tensor_bytes(const std::vector<Tensor>& ts) {
+  int64_t b = 0;
+  for (const Tensor& t : ts) b += bytes_of(t);
+  return b;
+}
+
+int64_t grad_bytes(const std::vector<Tensor>& ts) {
+  int64_t b = 0;
+  for (const Tensor& t : ts) b += bytes_of(t.grad());
+  return b;
+}
+
+int64_t optimizer_bytes(const core::optim::Optimizer& o) {
+  int64_t b = 0;
+  for (auto& [key, t] : o.state_dict())
+    if (key != "step") b += bytes_of(t);
+  return b;
+}
+
+collectives::Millis timeout_of(const Config& c) {
+  return collectives::Millis(static_cast<int64_t>(c.distributed.timeout_s * 1000));
+}
+
+// fp16's unscaling and the clipping every strategy does before its update; `over_ranks` sums a
+// number over the ranks that hold parts of the gradient (empty: this rank holds it all).
+bool unscale_and_clip(const std::vector<Tensor>& grads_of, LossScaler* scaler, double clip,
+                      const std::function<double(double)>& over_ranks,
+                      const std::function<void(double)>& clip_fn) {
+  if (scaler && !scaler->unscale(grads_of, over_ranks)) return false;
+  if (clip > 0) clip_fn(clip);
+  return true;
+}
+
+std::function<double(double)> summing(collectives::ProcessGroup& g, core::Device device) {
+  return [&g, device](double v) {
+    Tensor t = core::full({1}, v, core::TensorOptions(core::DType::kFloat64).with_device(device));
+    g.allreduce(t)->wait();
+    return t.to(core::Device::cpu()).item<double>();
+  };
+}
+
+core::Device device_of(const core::nn::Module& m) {
+  auto params = m.parameters();
+  return params.empty() ? core::Device::cpu() : params[0].device();
+}
+
+// One process: the model and an optimiser.
+class Local final : public Parallelism {
+ public:
+  Local(const Config& c, std::shared_ptr<core::nn::Module> model)
+      : model_(std::move(model)),
+        opt_(core::optim::make_optimizer(c.optimizer, model_->parameters())) {}
+  Strategy strategy() const override { return Strategy::kNone; }
+  Tensor forward(const Tensor& x) override { return (*model_)(x); }
+  void begin_step(int64_t, double lr, int64_t) override {
+    opt_->set_lr(lr);
+    opt_->zero_grad();
+  }
+  bool update(LossScaler* scaler, double clip) override {
+    if (!unscale_and_clip(opt_->params(), scaler, clip, {},
+                          [&](double max) { core::optim::clip_grad_norm(opt_->params(), max); }))
+      return false;
+    opt_->step();
+    return true;
+  }
+  core::nn::StateDict model_state() override { return model_->state_dict(); }
+  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
+  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
+    model_->load_state_dict(m);
+    opt_->load_state_dict(o);
+  }
+  core::optim::Optimizer& optimizer() override { return *opt_; }
+  ModelStateBytes state_bytes() const override {
+    return {tensor_bytes(model_->parameters()), grad_bytes(model_->parameters()),
+            optimizer_bytes(*opt_)};
+  }
+
+ private:
+  std::shared_ptr<core::nn::Module> model_;
+  std::unique_ptr<core::optim::Optimizer> opt_;
+};
+
+struct NoSyncScope final : AccumulationScope {
+  explicit NoSyncScope(collectives::DistributedDataParallel* d) : guard(d) {}
+  collectives::DistributedDataParallel::NoSync guard;
+};
+
+// ddp, zero1 and zero2: replicas kept equal by gradient buckets (collectives/ddp).
+class Replicated final : public Parallelism {
+ public:
+  Replicated(const Config& c, const Distributed& dist, std::shared_ptr<core::nn::Module> model)
+      : strategy_(c.distributed.strategy), model_(std::move(model)) {
+    collectives::DdpOptions o;
+    o.bucket_cap_mb = c.distributed.bucket_cap_mb;
+    o.allow_unused_parameters = c.distributed.find_unused_parameters;
+    o.timeout = timeout_of(c);
+    o.reduce_scatter = strategy_ != Strategy::kDdp;
+    o.free_gradients = strategy_ == Strategy::kZero2;
+    ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist.group, o);
+    if (o.reduce_scatter) {
+      const core::optim::OptimizerSpec spec = c.optimizer;
+      sharded_ = new collectives::ShardedOptimizer(*ddp_, [spec](std::vector<Tensor> shards) {
+        return core::optim::make_optimizer(spec, std::move(shards));
+      });
+      opt_.reset(sharded_);
+    } else {
+      opt_ = core::optim::make_optimizer(c.optimizer, model_->parameters());
+    }
+  }
+  Strategy strategy() const override { return strategy_; }
+  Tensor forward(const Tensor& x) override { return ddp_->forward(x); }
+  void begin_step(int64_t, double lr, int64_t) override {
+    opt_->set_lr(lr);
+    opt_->zero_grad();
+    ddp_->zero_shards();
+  }
+  std::unique_ptr<AccumulationScope> accumulate_locally() override {
+    if (strategy_ == Strategy::kZero2) return nullptr;
+    return std::make_unique<NoSyncScope>(ddp_.get());
+  }
+  bool update(LossScaler* scaler, double clip) override {
+    // DDP's gradients are averaged already: every rank's norm is the global one. ZeRO's shards
+    // are parts of it.
+    const auto& grads_of = sharded_ ? sharded_->shards() : opt_->params();
+    if (!unscale_and_clip(grads_of, scaler, clip, summing(ddp_->group(), device_of(*model_)),
+                          [&](double max) {
+                            if (sharded_) {
+                              sharded_->clip_grad_norm(max);
+                            } else {
+                              core::optim::clip_grad_norm(opt_->params(), max);
+                            }
+                          }))
+      return false;
+    opt_->step();
+    return true;
+  }
+  core::nn::StateDict model_state() override { return model_->state_dict(); }
+  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
+  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
+    model_->load_state_dict(m);
+    opt_->load_state_dict(o);
+  }
+  core::optim::Optimizer& optimizer() override { return *opt_; }
+  void set_timeline(core::Timeline* t) override { ddp_->set_timeline(t); }
+  const char* comm_lane() const override { return "gradient reduction"; }
+  ModelStateBytes state_bytes() const override {
+    ModelStateBytes b{tensor_bytes(model_->parameters()), ddp_->gradient_bytes(), 0};
+    b.optimizer = sharded_ ? sharded_->state_bytes() : optimizer_bytes(*opt_);
+    return b;
+  }
+
+ private:
+  Strategy strategy_;
+  std::shared_ptr<core::nn::Module> model_;
+  std::unique_ptr<collectives::DistributedDataParallel> ddp_;
+  std::unique_ptr<core::optim::Optimizer> opt_;
+  collectives::ShardedOptimizer* sharded_ = nullptr;  // opt_, under zero1 and zero2
+};
+
+// fsdp: parameters, gradients and optimiser state sharded (collectives/ddp/fsdp.h).
+class FullySharded final : public Parallelism {
+ public:
+  FullySharded(const Config& c, const Distributed& dist, std::shared_ptr<core::nn::Module> model)
+      : model_(std::move(model)) {
+    collectives::FsdpOptions o;
+    o.units = c.distributed.fsdp.units;
+    // By default each transformer block is a unit (what they share, such as a GPT's tied
+    // embedding, stays with the root); models without blocks split at their top level.
+    if (o.units.empty())
+      model_->for_each_module([&](const std::string& name, core::nn::Module& m) {
+        if (dynamic_cast<core::nn::Block*>(&m) ||
+            dynamic_cast<core::nn::TransformerEncoderLayer*>(&m))
+          o.units.push_back(name);
+      });
+    o.reshard_after_forward = c.distributed.fsdp.reshard_after_forward;
+    o.prefetch = static_cast<int>(c.distributed.fsdp.prefetch);
+    o.allow_unused_parameters = c.distributed.find_unused_parameters;
+    o.timeout = timeout_of(c);
+    try {
+      fsdp_ = std::make_unique<collectives::FullyShardedDataParallel>(model_, dist.group, o);
+    } catch (const ConfigError& e) {
+      COHORT_THROW(ConfigError, "distributed.fsdp.unit: ", e.what());
+    }
+    opt_ = core::optim::make_optimizer(c.optimizer, fsdp_->shards());
+  }
+  Strategy strategy() const override { return Strategy::kFsdp; }
+  Tensor forward(const Tensor& x) override {
+    try {
+      return fsdp_->forward(x);
+    } catch (const core::ReleasedMemoryError& e) {
+      COHORT_THROW(ConfigError, "distributed.fsdp.unit: ", e.what(),
+                   "; choose units that keep such modules together, or leave them to the root");
+    }
+  }
+  void begin_step(int64_t, double lr, int64_t) override {
+    opt_->set_lr(lr);
+    opt_->zero_grad();
+  }
+  bool update(LossScaler* scaler, double clip) override {
+    const auto& shards = fsdp_->shards();
+    if (!unscale_and_clip(
+            shards, scaler, clip, summing(fsdp_->group(), device_of_shards()),
+            [&](double max) { collectives::clip_sharded_grad_norm(shards, max, fsdp_->group()); }))
+      return false;
+    opt_->step();
+    return true;
+  }
+  core::nn::StateDict model_state() override {
+    auto full = fsdp_->full_params();
+    core::nn::StateDict out;
+    for (auto& [name, t] : model_->state_dict()) out[name] = t.clone();
+    return out;
+  }
+  core::optim::OptimizerState optimizer_state() override {
+    return collectives::consolidate_state(opt_->state_dict(), fsdp_->layouts(), fsdp_->params(),
+                                          fsdp_->group());
+  }
+  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
+    // The parameters' memory is the shards': they load through them, the buffers directly.
+    std::set<std::string> expected;
+    std::vector<Tensor> values;
+    for (const std::string& name : fsdp_->param_names()) {
+      auto it = m.find(name);
+      if (it == m.end()) COHORT_THROW(Error, "state_dict: missing key '", name, "'");
+      values.push_back(it->second);
+      expected.insert(name);
+    }
+    core::autograd::NoGradGuard guard;
+    for (auto& [name, t] : model_->named_buffers()) {
+      auto it = m.find(name);
+      if (it == m.end()) COHORT_THROW(Error, "state_dict: missing key '", name, "'");
+      COHORT_CHECK(it->second.sizes() == t.sizes(), "state_dict: '", name, "' has shape ",
+                   core::shape_str(it->second.sizes()), ", the model ", core::shape_str(t.sizes()));
+      Tensor buf = t;
+      buf.copy_(it->second);
+      expected.insert(name);
+    }
+    for (auto& [name, t] : m)
+      if (!expected.count(name)) COHORT_THROW(Error, "state_dict: unexpected key '", name, "'");
+    fsdp_->load_full(values);
+    const auto& g = fsdp_->group();
+    opt_->load_state_dict(
+        collectives::shard_state(o, fsdp_->layouts(), fsdp_->params(), g.rank(), g.size()));
+  }
+  core::optim::Optimizer& optimizer() override { return *opt_; }
+  void set_timeline(core::Timeline* t) override { fsdp_->set_timeline(t); }
+  const char* comm_lane() const override { return "gathers and reductions"; }
+  ModelStateBytes state_bytes() const override {
+    ModelStateBytes b;
+    for (const Tensor& s : fsdp_->shards()) {
+      b.params += bytes_of(s);
+      b.grads += bytes_of(s.grad());
+    }
+    b.optimizer = optimizer_bytes(*opt_);
+    return b;
+  }
+
+ private:
+  core::Device device_of_shards() const {
+    return fsdp_->shards().empty() ? core::Device::cpu() : fsdp_->shards()[0].device();
+  }
+  std::shared_ptr<core::nn::Module> model_;
+  std::unique_ptr<collectives::FullyShardedDataParallel> fsdp_;
+  std::unique_ptr<core::optim::Optimizer> opt_;
+};
+
+// parameter_server: the servers hold the parameters and apply the optimiser; this worker pulls
+// them and pushes its gradients (during backward from autograd hooks, or after clipping).
+class ParameterServerWorker final : public Parallelism {
+ public:
+  ParameterServerWorker(const Config& c, const Distributed& dist,
+                        std::shared_ptr<core::nn::Module> model)
+      : model_(std::move(model)),
+        // It only clears gradients: the servers apply the updates.
+        opt_(core::optim::make_optimizer(c.optimizer, model_->parameters())),
+        clip_(c.optimizer.grad_clip > 0),
+        chief_(dist.rank == 0) {
+    std::vector<std::string> names;
+    std::vector<Tensor> params;
+    for (auto& [name, p] : model_->named_parameters()) {
+      names.push_back(name);
+      params.push_back(p);
+    }
+    ps_ = std::make_unique<ps::PsWorker>(params, names, *dist.ps);
+  }
+  Strategy strategy() const override { return Strategy::kParameterServer; }
+  Tensor forward(const Tensor& x) override { return (*model_)(x); }
+  void begin_step(int64_t step, double lr, int64_t batch) override {
+    opt_->set_lr(lr);
+    opt_->zero_grad();
+    {
+      core::Timeline::Span span(tl_, "pull", "comm");
+      ps_->pull(step);
+    }
+    batch_ = batch;
+    ps_->begin_step(step, lr, batch, !clip_);
+  }
+  bool update(LossScaler*, double clip) override {
+    core::Timeline::Span span(tl_, "push", "comm");
+    // Each worker clips its own gradient: the global norm would need the others'.
+    if (clip > 0) {
+      core::optim::clip_grad_norm(opt_->params(), clip);
+      ps_->push_all();
+    }
+    const int64_t total = ps_->finish_step().samples;
+    // The job's samples since this worker began: every worker's pushes, whoever died.
+    if (samples0_ < 0) samples0_ = total - batch_;
+    samples_ = total - samples0_;
+    return true;
+  }
+  std::optional<int64_t> job_samples() const override { return samples_; }
+  void refresh(int64_t step) override {
+    if (!chief_) return;
+    core::Timeline::Span span(tl_, "pull", "comm", 1);
+    ps_->pull(step);
+  }
+  void finish() override { ps_->leave(); }
+  core::nn::StateDict model_state() override { return model_->state_dict(); }
+  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
+  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
+    model_->load_state_dict(m);
+    opt_->load_state_dict(o);
+  }
+  core::optim::Optimizer& optimizer() override { return *opt_; }
+  void set_timeline(core::Timeline* t) override { tl_ = t; }
+  const char* comm_lane() const override { return "parameter servers"; }
+  ModelStateBytes state_bytes() const override {
+    return {tensor_bytes(model_->parameters()), grad_bytes(model_->parameters()), 0};
+  }
+
+ private:
+  std::shared_ptr<core::nn::Module> model_;
+  std::unique_ptr<core::optim::Optimizer> opt_;
+  std::unique_ptr<ps::PsWorker> ps_;
+  bool clip_, chief_;
+  core::Timeline* tl_ = nullptr;
+  int64_t batch_ = 0, samples0_ = -1, samples_ = 0;
+};
+
+}  // namespace
+
+Distributed join_job(const Config& c, const JobPlace& place,
+                     std::shared_ptr<collectives::Store> store,
+                     std::optional<ps::ClientOptions> ps) {
+  Distributed dist;
+  dist.rank = place.rank;
+  dist.world = place.world;
+  dist.local_rank = place.local_rank;
+  dist.local_world_size = place.local_world;
+  if (c.distributed.strategy == Strategy::kParameterServer) {
+    dist.store = std::move(store);
+    dist.ps = std::move(ps);
+    return dist;
+  }
+  if (place.world <= 1) return dist;
+  COHORT_CHECK(store, "join_job: a job of ", place.world, " ranks needs a store");
+  dist.store = std::make_shared<collectives::PrefixStore>("train", std::move(store));
+  Backend backend = c.distributed.backend;
+  if (backend == Backend::kAuto)
+    backend = resolve_device(c.device, place.local_rank, place.local_world).is_cuda()
+                  ? Backend::kNccl
+                  : Backend::kCpu;
+  collectives::ProcessGroupOptions po;
+  po.timeout = timeout_of(c);
+  dist.group = collectives::create_process_group(
+      backend_name(backend), std::make_shared<collectives::PrefixStore>("group", dist.store),
+      place.rank, place.world, po);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  dist.host = host;
+  return dist;
+}
+
+std::unique_ptr<Parallelism> make_parallelism(const Config& c, const Distributed& dist,
+                                              std::shared_ptr<core::nn::Module> model) {
+  if (c.distributed.strategy == Strategy::kParameterServer)
+    return std::make_unique<ParameterServerWorker>(c, dist, std::move(model));
+  if (!dist.group || dist.group->size() == 1) return std::make_unique<Local>(c, std::move(model));
+  switch (c.distributed.strategy) {
+    case Strategy::kFsdp:
+      return std::make_unique<FullySharded>(c, dist, std::move(model));
+    case Strategy::kDdp:
+    case Strategy::kZero1:
+    case Strategy::kZero2:
+      return std::make_unique<Replicated>(c, dist, std::move(model));
+    default:
+      COHORT_THROW(ConfigError, "distributed.strategy ", strategy_name(c.distributed.strategy),
+                   " cannot run ", dist.group->size(),
+                   " ranks; use ddp, zero1, zero2 or fsdp, or start a single process");
+  }
+}
+
+}  // namespace cohort::trainer
