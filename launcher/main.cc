@@ -20,6 +20,7 @@
 #include "launcher/bench_gemm.h"
 #include "launcher/bench_ps.h"
 #include "launcher/bench_store.h"
+#include "launcher/checkpoint_command.h"
 #include "launcher/generate_command.h"
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
@@ -187,6 +188,16 @@ int main(int argc, char** argv) {
   store->add_option("--address", sto.address, "HOST:PORT (default COHORT_STORE)");
   store->add_option("--timeout", sto.timeout_s, "seconds")->capture_default_str();
 
+  auto* ckpt = app.add_subcommand("checkpoint", "inspect and convert checkpoints");
+  ckpt->require_subcommand(1);
+  cohort::launcher::CheckpointCommandOptions cko;
+  auto* consolidate = ckpt->add_subcommand(
+      "consolidate", "write the whole model of a checkpoint (any format) as one safetensors file");
+  consolidate->add_option("dir", cko.dir, "the checkpoint (checkpoints/step_N)")->required();
+  consolidate->add_option("-o,--output", cko.output, "the file (default DIR/model.safetensors)");
+  auto* info = ckpt->add_subcommand("info", "what a checkpoint holds (verifies its checksums)");
+  info->add_option("dir", cko.dir, "the checkpoint (checkpoints/step_N)")->required();
+
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   auto* bench_gemm = bench->add_subcommand(
@@ -283,6 +294,8 @@ int main(int argc, char** argv) {
       return cohort::launcher::slurm_submit(so);
     }
     if (*store) return cohort::launcher::store_command(sto);
+    if (*consolidate) return cohort::launcher::checkpoint_consolidate(cko);
+    if (*info) return cohort::launcher::checkpoint_info(cko);
     if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_store) return cohort::launcher::bench_store(bso);

@@ -33,7 +33,12 @@ train() { # DIR EVERY
     threads=1 train.steps=$steps train.log_every=100 eval.max_batches=1 \
     checkpoint.every_steps="$2" checkpoint.keep=2 checkpoint.resume=auto logging.dir="$1"
 }
-final() { echo "$1/checkpoints/step_$steps/model.safetensors"; }
+# The final model as one file (2 ranks write a sharded checkpoint), the same bytes for the same
+# values.
+final() {
+  "$cohort" checkpoint consolidate "$1/checkpoints/step_$steps" -o "$1/final.safetensors" >/dev/null
+  echo "$1/final.safetensors"
+}
 
 "$cohort" launch --nproc-per-node 2 -- $(train "$work/reference" 4) >"$work/reference.log" 2>&1 ||
   { echo "chaos: the reference run failed:" >&2; tail -20 "$work/reference.log" >&2; exit 1; }

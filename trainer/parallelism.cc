@@ -72,6 +72,17 @@ core::Device device_of(const core::nn::Module& m) {
   return params.empty() ? core::Device::cpu() : params[0].device();
 }
 
+// Elements [n * rank / writers, n * (rank + 1) / writers) of every tensor: replicated state
+// written by every rank in parallel.
+void slice_into(const std::map<std::string, Tensor>& tensors, int rank, int writers,
+                std::vector<core::io::Piece>& out) {
+  for (auto& [name, t] : tensors) {
+    const int64_t n = t.numel(), b = n * rank / writers, e = n * (rank + 1) / writers;
+    if (e > b)
+      out.push_back({name, t.sizes(), b, t.detach().contiguous().view({-1}).narrow(0, b, e - b)});
+  }
+}
+
 // One process: the model and an optimiser.
 class Local final : public Parallelism {
  public:
@@ -104,6 +115,7 @@ class Local final : public Parallelism {
   }
 
  private:
+  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
   std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<core::optim::Optimizer> opt_;
 };
@@ -179,6 +191,7 @@ class Replicated final : public Parallelism {
 
  private:
   Strategy strategy_;
+  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
   std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<collectives::DistributedDataParallel> ddp_;
   std::unique_ptr<core::optim::Optimizer> opt_;
@@ -270,6 +283,24 @@ class FullySharded final : public Parallelism {
     opt_->load_state_dict(
         collectives::shard_state(o, fsdp_->layouts(), fsdp_->params(), g.rank(), g.size()));
   }
+  core::io::ShardedState checkpoint_state() override;
+  void load_checkpoint(const core::io::CheckpointReader& ck) override;
+  std::string describe() const override {
+    // Each unit is cut into world equal shards: a unit whose size the world does not divide is
+    // padded with zeros (which train as zeros and are never saved).
+    int64_t numel = 0, padded = 0;
+    for (const auto& l : fsdp_->layouts()) {
+      numel += l.numel;
+      padded += l.padded;
+    }
+    std::string names;
+    for (const std::string& n : fsdp_->unit_names())
+      names += (names.empty() ? "" : ", ") + (n.empty() ? std::string("(root)") : n);
+    return "fsdp: " + std::to_string(fsdp_->layouts().size()) + " units (" + names + ") over " +
+           std::to_string(fsdp_->group().size()) + " ranks; " + std::to_string(numel) +
+           " parameters padded with " + std::to_string(padded - numel) +
+           " zeros to shards of equal size";
+  }
   core::optim::Optimizer& optimizer() override { return *opt_; }
   void set_timeline(core::Timeline* t) override { fsdp_->set_timeline(t); }
   const char* comm_lane() const override { return "gathers and reductions"; }
@@ -287,10 +318,118 @@ class FullySharded final : public Parallelism {
   core::Device device_of_shards() const {
     return fsdp_->shards().empty() ? core::Device::cpu() : fsdp_->shards()[0].device();
   }
+  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
   std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<collectives::FullyShardedDataParallel> fsdp_;
   std::unique_ptr<core::optim::Optimizer> opt_;
 };
+
+// Where a parameter meets this rank's shard of its unit: elements [begin, end) of the parameter,
+// at `at` in the shard.
+struct Overlap {
+  int64_t begin = 0, end = 0, at = 0;
+};
+Overlap overlap(const collectives::FlatGroup& g, size_t j, int64_t numel, int rank, int world) {
+  const int64_t n = g.shard_numel(world), lo = n * rank;
+  const int64_t b = std::max(lo, g.offsets[j]), e = std::min(lo + n, g.offsets[j] + numel);
+  if (b >= e) return {};
+  return {b - g.offsets[j], e - g.offsets[j], b - lo};
+}
+
+core::io::ShardedState FullySharded::checkpoint_state() {
+  core::autograd::NoGradGuard guard;
+  core::io::ShardedState s;
+  const auto& g = fsdp_->group();
+  const int rank = g.rank(), world = g.size();
+  const auto& params = fsdp_->params();
+  const auto& names = fsdp_->param_names();
+  const core::optim::OptimizerState inner = opt_->state_dict();
+  for (size_t u = 0; u < fsdp_->layouts().size(); ++u) {
+    const auto& layout = fsdp_->layouts()[u];
+    const Tensor shard = fsdp_->shards()[u].detach();
+    for (size_t j = 0; j < layout.params.size(); ++j) {
+      const size_t k = layout.params[j];
+      const Overlap o = overlap(layout, j, params[k].numel(), rank, world);
+      if (o.end == o.begin) continue;
+      s.model.push_back(
+          {names[k], params[k].sizes(), o.begin, shard.narrow(0, o.at, o.end - o.begin)});
+      // The optimiser's buffers for this unit's shard, under the parameter's index.
+      const std::string prefix = std::to_string(u) + ".";
+      for (auto& [key, t] : inner)
+        if (key.rfind(prefix, 0) == 0)
+          s.optimizer.push_back({std::to_string(k) + "." + key.substr(prefix.size()),
+                                 params[k].sizes(), o.begin, t.narrow(0, o.at, o.end - o.begin)});
+    }
+  }
+  // What is not sharded, rank 0 writes whole.
+  if (rank == 0) {
+    for (auto& [name, t] : model_->named_buffers())
+      s.model.push_back({name, t.sizes(), 0, t.detach().contiguous().view({-1})});
+    if (auto it = inner.find("step"); it != inner.end())
+      s.optimizer.push_back({"step", it->second.sizes(), 0, it->second.contiguous().view({-1})});
+  }
+  return s;
+}
+
+void FullySharded::load_checkpoint(const core::io::CheckpointReader& ck) {
+  using Part = core::io::CheckpointReader::Part;
+  core::autograd::NoGradGuard guard;
+  const auto& g = fsdp_->group();
+  const int rank = g.rank(), world = g.size();
+  const auto& params = fsdp_->params();
+  const auto& names = fsdp_->param_names();
+  const auto& shapes = ck.shapes(Part::kModel);
+  std::set<std::string> known;
+  auto expect_shape = [&](const std::string& name, const core::Shape& shape) {
+    const auto it = shapes.find(name);
+    if (it == shapes.end())
+      COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " has no tensor ", name,
+                   ", which this model has");
+    if (it->second != shape)
+      COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " holds ", name, " with shape ",
+                   core::shape_str(it->second), " but this model's is ", core::shape_str(shape));
+    known.insert(name);
+  };
+  for (size_t k = 0; k < params.size(); ++k) expect_shape(names[k], params[k].sizes());
+  for (auto& [name, t] : model_->named_buffers()) {
+    expect_shape(name, t.sizes());
+    Tensor buf = t;
+    buf.copy_(ck.read(Part::kModel, name));
+  }
+  for (auto& [name, shape] : shapes)
+    if (!known.count(name))
+      COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " holds ", name,
+                   ", which this model does not have");
+  // The optimiser's buffers ("<param>.<name>") become each unit's shard ("<unit>.<name>").
+  std::set<std::string> buffers;
+  for (auto& [key, shape] : ck.shapes(Part::kOptimizer))
+    if (const size_t dot = key.find('.'); dot != std::string::npos)
+      buffers.insert(key.substr(dot + 1));
+  core::optim::OptimizerState inner;
+  for (size_t u = 0; u < fsdp_->layouts().size(); ++u) {
+    const auto& layout = fsdp_->layouts()[u];
+    Tensor shard = fsdp_->shards()[u].detach();
+    for (const std::string& b : buffers)
+      inner[std::to_string(u) + "." + b] = core::zeros_like(shard);
+    for (size_t j = 0; j < layout.params.size(); ++j) {
+      const size_t k = layout.params[j];
+      const Overlap o = overlap(layout, j, params[k].numel(), rank, world);
+      if (o.end == o.begin) continue;
+      shard.narrow(0, o.at, o.end - o.begin)
+          .copy_(ck.read_range(Part::kModel, names[k], o.begin, o.end));
+      for (const std::string& b : buffers) {
+        const std::string key = std::to_string(k) + "." + b;
+        if (!ck.shapes(Part::kOptimizer).count(key)) continue;
+        inner[std::to_string(u) + "." + b]
+            .narrow(0, o.at, o.end - o.begin)
+            .copy_(ck.read_range(Part::kOptimizer, key, o.begin, o.end));
+      }
+    }
+    fsdp_->shards()[u].bump_version();
+  }
+  if (ck.shapes(Part::kOptimizer).count("step")) inner["step"] = ck.read(Part::kOptimizer, "step");
+  opt_->load_state_dict(inner);
+}
 
 // parameter_server: the servers hold the parameters and apply the optimiser; this worker pulls
 // them and pushes its gradients (during backward from autograd hooks, or after clipping).
@@ -357,6 +496,7 @@ class ParameterServerWorker final : public Parallelism {
   }
 
  private:
+  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
   std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<core::optim::Optimizer> opt_;
   std::unique_ptr<ps::PsWorker> ps_;
@@ -366,6 +506,25 @@ class ParameterServerWorker final : public Parallelism {
 };
 
 }  // namespace
+
+core::io::ShardedState Parallelism::checkpoint_state() {
+  core::io::ShardedState s;
+  // Buffers (batch-norm statistics) are rank 0's, as DDP broadcasts them from there: it writes
+  // them whole. The parameters are equal everywhere.
+  std::map<std::string, Tensor> params, buffers;
+  std::set<std::string> buffer_names;
+  for (auto& [name, t] : buffers_of_model()) buffer_names.insert(name);
+  for (auto& [name, t] : model_state()) (buffer_names.count(name) ? buffers : params)[name] = t;
+  slice_into(params, writer_rank_, writers_, s.model);
+  if (writer_rank_ == 0) slice_into(buffers, 0, 1, s.model);
+  slice_into(optimizer_state(), writer_rank_, writers_, s.optimizer);
+  return s;
+}
+
+void Parallelism::load_checkpoint(const core::io::CheckpointReader& ck) {
+  using Part = core::io::CheckpointReader::Part;
+  load(ck.read_all(Part::kModel), ck.read_all(Part::kOptimizer));
+}
 
 Distributed join_job(const Config& c, const JobPlace& place,
                      std::shared_ptr<collectives::Store> store,
@@ -401,21 +560,28 @@ Distributed join_job(const Config& c, const JobPlace& place,
 
 std::unique_ptr<Parallelism> make_parallelism(const Config& c, const Distributed& dist,
                                               std::shared_ptr<core::nn::Module> model) {
+  // Parameter-server workers do not step together: the chief writes checkpoints alone.
   if (c.distributed.strategy == Strategy::kParameterServer)
     return std::make_unique<ParameterServerWorker>(c, dist, std::move(model));
   if (!dist.group || dist.group->size() == 1) return std::make_unique<Local>(c, std::move(model));
+  std::unique_ptr<Parallelism> p;
   switch (c.distributed.strategy) {
     case Strategy::kFsdp:
-      return std::make_unique<FullySharded>(c, dist, std::move(model));
+      p = std::make_unique<FullySharded>(c, dist, std::move(model));
+      break;
     case Strategy::kDdp:
     case Strategy::kZero1:
     case Strategy::kZero2:
-      return std::make_unique<Replicated>(c, dist, std::move(model));
+      p = std::make_unique<Replicated>(c, dist, std::move(model));
+      break;
     default:
       COHORT_THROW(ConfigError, "distributed.strategy ", strategy_name(c.distributed.strategy),
                    " cannot run ", dist.group->size(),
                    " ranks; use ddp, zero1, zero2 or fsdp, or start a single process");
   }
+  p->writer_rank_ = dist.group->rank();
+  p->writers_ = dist.group->size();
+  return p;
 }
 
 }  // namespace cohort::trainer

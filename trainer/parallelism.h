@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "collectives/store/store.h"
+#include "core/io/checkpoint.h"
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "core/util/timeline.h"
@@ -59,12 +60,32 @@ class Parallelism {
   // Loads what model_state()/optimizer_state() returned (from any strategy and world size).
   virtual void load(const core::nn::StateDict& model, const core::optim::OptimizerState& optim) = 0;
 
+  // This rank's part of a sharded checkpoint (core/io/checkpoint.h): sharded strategies write
+  // the shards they hold, replicated ones an equal slice of every tensor, so that every rank
+  // writes in parallel. Keys as in model_state() and optimizer_state(). May be a collective.
+  virtual core::io::ShardedState checkpoint_state();
+  // Loads a checkpoint of any format, strategy and world size, reading only what this rank
+  // keeps. Errors naming the tensor when the checkpoint does not fit the model.
+  virtual void load_checkpoint(const core::io::CheckpointReader& ck);
+  // The ranks that write checkpoint pieces, and this rank's place among them.
+  int writer_rank() const { return writer_rank_; }
+  int writers() const { return writers_; }
+
   virtual core::optim::Optimizer& optimizer() = 0;
   virtual void set_timeline(core::Timeline* /*t*/) {}
   // The timeline lane its communication is drawn on, named; empty: none.
   virtual const char* comm_lane() const { return nullptr; }
+  // A line for the run's banner (how the model is split); empty: nothing to say.
+  virtual std::string describe() const { return ""; }
   // This rank's model state now, measured from the tensors it holds.
   virtual ModelStateBytes state_bytes() const = 0;
+
+ protected:
+  // The model's buffers (named as in model_state()).
+  virtual core::nn::NamedTensors buffers_of_model() const = 0;
+  int writer_rank_ = 0, writers_ = 1;
+  friend std::unique_ptr<Parallelism> make_parallelism(const Config&, const Distributed&,
+                                                       std::shared_ptr<core::nn::Module>);
 };
 
 // Ends local accumulation when destroyed.

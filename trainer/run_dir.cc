@@ -236,17 +236,17 @@ RunDirectory::RunDirectory(const Config& c, int world_size) {
   }
 
   if (decision_.resume) {
-    const core::io::Checkpoint ck = core::io::load_checkpoint(*decision_.resume);
+    const core::io::CheckpointReader ck(*decision_.resume);
     // Continuing a run makes this process part of it: its checkpoints are pruned together.
-    if (!ck.meta.run_id.empty()) decision_.run_id = ck.meta.run_id;
-    if (ck.meta.config.empty()) {
+    if (!ck.meta().run_id.empty()) decision_.run_id = ck.meta().run_id;
+    if (ck.meta().config.empty()) {
       std::fprintf(stderr,
                    "cohort: checkpoint %s records no config (an older Cohort wrote it); its "
                    "model and optimizer are not checked against this config\n",
                    decision_.resume->c_str());
     } else {
       std::vector<std::string> changed;
-      const auto bad = incompatible_changes(ck.meta.config, c.resolved, &changed);
+      const auto bad = incompatible_changes(ck.meta().config, c.resolved, &changed);
       if (!bad.empty()) {
         std::string list;
         for (const auto& b : bad) list += (list.empty() ? "" : "; ") + b;

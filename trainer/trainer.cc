@@ -222,10 +222,8 @@ void Trainer::save(int64_t step, int64_t epoch, int64_t batch_in_epoch) {
     ++epoch;
     batch_in_epoch = 0;
   }
-  // Every rank takes part: sharded strategies gather what they hold.
-  auto model_state = parallel_->model_state();
-  auto optimizer_state = parallel_->optimizer_state();
-  if (!leader()) return;
+  // Parameter-server workers do not step together: the chief writes alone.
+  if (!collective() && !leader()) return;
   core::io::CheckpointMeta meta{step,
                                 epoch,
                                 batch_in_epoch,
@@ -233,8 +231,42 @@ void Trainer::save(int64_t step, int64_t epoch, int64_t batch_in_epoch) {
                                 core::default_generator().state(),
                                 run_id_,
                                 YAML::Dump(c_.resolved)};
-  core::io::save_checkpoint(c_.checkpoint.dir, model_state, optimizer_state, meta,
-                            c_.checkpoint.keep);
+  // One writer: model.safetensors and optimizer.safetensors, which PyTorch loads as they are.
+  if (!collective()) {
+    core::io::save_checkpoint(c_.checkpoint.dir, parallel_->model_state(),
+                              parallel_->optimizer_state(), meta, c_.checkpoint.keep);
+    return;
+  }
+  // Every rank writes its own file of the checkpoint at once; rank 0 then lists them all in the
+  // manifest and renames the directory into place (core/io/checkpoint.h). `cohort checkpoint
+  // consolidate` makes one model.safetensors of it.
+  const std::string tmp = core::io::sharded_tmp_dir(c_.checkpoint.dir, step, run_id_);
+  if (leader()) {
+    std::error_code ec;
+    std::filesystem::create_directories(c_.checkpoint.dir, ec);
+    if (ec)
+      COHORT_THROW(IoError, "cannot create checkpoint.dir ", c_.checkpoint.dir, ": ", ec.message());
+    core::io::prepare_sharded_dir(tmp);
+  }
+  dist_.group->barrier()->wait();
+  const core::io::ShardedState state = parallel_->checkpoint_state();
+  const std::string entry = core::io::write_checkpoint_shard(tmp, parallel_->writer_rank(), state);
+  auto store =
+      std::make_shared<collectives::PrefixStore>("checkpoint/" + std::to_string(step), dist_.store);
+  const auto timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+  if (!leader()) {
+    store->set(std::to_string(rank_), entry);
+  } else {
+    std::vector<std::string> entries{entry};
+    for (int r = 1; r < world_; ++r) {
+      store->wait({std::to_string(r)}, timeout);
+      entries.push_back(store->get(std::to_string(r)));
+      store->delete_key(std::to_string(r));
+    }
+    core::io::commit_sharded_checkpoint(c_.checkpoint.dir, tmp, entries, meta, c_.checkpoint.keep);
+  }
+  // The checkpoint is whole on disk before any rank goes on (or is stopped).
+  dist_.group->barrier()->wait();
 }
 
 Tensor Trainer::train_step(core::data::DataLoader& loader, core::data::Batch& batch, int64_t step,
@@ -305,10 +337,19 @@ RunSummary Trainer::run() {
   const std::optional<std::string> resume_from = decision.resume;
   core::io::CheckpointMeta start;
   if (resume_from) {
-    core::io::Checkpoint ck = core::io::load_checkpoint(*resume_from);
-    parallel_->load(ck.model, ck.optimizer);
-    start = ck.meta;
-    core::default_generator().set_state(ck.meta.rng);
+    const core::io::CheckpointReader ck(*resume_from);
+    try {
+      parallel_->load_checkpoint(ck);
+    } catch (const IoError&) {
+      throw;
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const Error& e) {
+      COHORT_THROW(ConfigError, "checkpoint ", *resume_from,
+                   " does not fit this model: ", e.what());
+    }
+    start = ck.meta();
+    core::default_generator().set_state(start.rng);
   }
   if (collective()) {
     auto steps = gather_from_ranks({static_cast<double>(resume_from ? start.step : -1)});
@@ -338,6 +379,9 @@ RunSummary Trainer::run() {
         static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(), run_id_.c_str(),
         data.c_str());
   }
+  if (leader())
+    if (const std::string d = parallel_->describe(); !d.empty())
+      std::printf("cohort: %s\n", d.c_str());
   if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
                 static_cast<long long>(start.step), static_cast<long long>(start.epoch));

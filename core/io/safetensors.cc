@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -11,12 +12,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/autograd/grad_mode.h"
+#include "core/ops/ops.h"
 
 namespace cohort::core::io {
 namespace {
 
 static_assert(std::endian::native == std::endian::little,
               "safetensors I/O assumes a little-endian host");
+
+}  // namespace
 
 const char* st_dtype(DType d) {
   switch (d) {
@@ -51,8 +55,6 @@ bool parse_dtype(const std::string& s, DType& d) {
   return true;
 }
 
-}  // namespace
-
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata) {
   autograd::NoGradGuard g;
@@ -83,7 +85,8 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   if (!f) COHORT_THROW(IoError, "writing ", path, " failed (disk full?)");
 }
 
-TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
+TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata,
+                           bool mapped) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) COHORT_THROW(IoError, "cannot open ", path);
   const uint64_t size = static_cast<uint64_t>(f.tellg());
@@ -103,9 +106,24 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   if (!header.is_object())
     COHORT_THROW(IoError, path, " has a malformed safetensors header: not a JSON object");
   const uint64_t data_size = size - 8 - n;
-  std::vector<char> data(data_size);
-  f.read(data.data(), static_cast<std::streamsize>(data_size));
-  if (!f) COHORT_THROW(IoError, path, " is truncated");
+  // The file's bytes after the header: read into memory, or mapped.
+  std::vector<char> data;
+  std::shared_ptr<void> mapping;
+  const char* bytes = nullptr;
+  if (mapped && data_size > 0) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) COHORT_THROW(IoError, "cannot open ", path);
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) COHORT_THROW(IoError, "cannot map ", path);
+    mapping = std::shared_ptr<void>(p, [size](void* q) { ::munmap(q, size); });
+    bytes = static_cast<const char*>(p) + 8 + n;
+  } else {
+    data.resize(data_size);
+    f.read(data.data(), static_cast<std::streamsize>(data_size));
+    if (!f) COHORT_THROW(IoError, path, " is truncated");
+    bytes = data.data();
+  }
   TensorMap out;
   for (auto& item : header.items()) {
     const std::string& name = item.key();
@@ -147,8 +165,14 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(element_size(d)), &expect) ||
         end < begin || end > data_size || end - begin != expect)
       bad("has data_offsets that do not match its shape");
+    const char* src = bytes + begin;
+    if (mapping && expect > 0 && reinterpret_cast<uintptr_t>(src) % element_size(d) == 0) {
+      // A view of the mapping, which lives as long as any tensor of it.
+      out[name] = from_blob(const_cast<char*>(src), shape, d, mapping);
+      continue;
+    }
     Tensor t = empty(shape, TensorOptions(d));
-    if (expect) std::memcpy(t.raw_data(), data.data() + begin, expect);
+    if (expect) std::memcpy(t.raw_data(), src, expect);
     out[name] = t;
   }
   return out;

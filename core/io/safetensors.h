@@ -22,8 +22,16 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
 // Reads every tensor; throws IoError naming the path, the tensor and the problem for malformed
 // files (a header past kMaxSafetensorsHeader, a field of the wrong type, a shape whose size
 // overflows or whose bytes are not exactly its data_offsets inside the file).
+// With `mapped`, the file is mapped copy-on-write and the tensors are views of it (where their
+// data is aligned): reading a slice touches only its pages, and the mapping goes with the last
+// tensor.
 TensorMap load_safetensors(const std::string& path,
-                           std::map<std::string, std::string>* metadata = nullptr);
+                           std::map<std::string, std::string>* metadata = nullptr,
+                           bool mapped = false);
+
+// A dtype's safetensors name ("F32"), and the reverse (false for a name we do not read).
+const char* st_dtype(DType d);
+bool parse_dtype(const std::string& name, DType& d);
 
 // Hex SHA-256 of a file's bytes.
 std::string sha256_file(const std::string& path);

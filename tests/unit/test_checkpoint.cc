@@ -9,7 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include "core/io/checkpoint.h"
+#include "core/io/checkpoint_detail.h"
 #include "core/ops/ops.h"
 
 namespace cohort::core::io {
@@ -143,6 +145,88 @@ TEST_F(CheckpointTest, PruningKeepsTheNewestOfItsOwnRunAndNeverTouchesAnothers) 
   EXPECT_EQ(c.meta.run_id, "new");
   EXPECT_EQ(c.meta.config, "a: 2\n");
   EXPECT_EQ(checkpoint_run_id(root + "/step_75"), "old");
+}
+
+// A sharded checkpoint from three "ranks", each holding uneven pieces of a tensor (as FSDP's
+// units cut them) plus one whole tensor: read whole, in any range, and refused whenever its
+// manifest or files do not tile every tensor exactly.
+TEST_F(CheckpointTest, ShardedCheckpointsReadAnyRangeAndRefuseBadTilings) {
+  const std::string root = (dir_ / "sharded").string();
+  const Tensor w = arange(30, TensorOptions(DType::kFloat64)).view({5, 6});
+  const Tensor m = mul(w, 2.0);
+  const Tensor flat = w.view({-1}), mflat = m.view({-1});
+  const std::vector<std::pair<int64_t, int64_t>> cuts = {{0, 7}, {7, 19}, {19, 30}};
+  const std::string tmp = sharded_tmp_dir(root, 3, "run1");
+  fs::create_directories(root);
+  prepare_sharded_dir(tmp);
+  std::vector<std::string> entries;
+  for (int r = 0; r < 3; ++r) {
+    ShardedState st;
+    auto [b, e] = cuts[static_cast<size_t>(r)];
+    st.model.push_back({"w", w.sizes(), b, flat.narrow(0, b, e - b)});
+    st.optimizer.push_back({"0.exp_avg", m.sizes(), b, mflat.narrow(0, b, e - b)});
+    if (r == 0) st.model.push_back({"bias", {4}, 0, ones({4})});
+    entries.push_back(write_checkpoint_shard(tmp, r, st));
+  }
+  CheckpointMeta meta{3, 0, 3, 24, Generator(3).state(), "run1", ""};
+  const std::string dir = commit_sharded_checkpoint(root, tmp, entries, meta, 2);
+  EXPECT_EQ(dir, root + "/step_3");
+  EXPECT_FALSE(fs::exists(tmp));
+
+  CheckpointReader ck(dir);
+  using Part = CheckpointReader::Part;
+  EXPECT_EQ(ck.world_size(), 3);
+  EXPECT_EQ(ck.meta().samples_in_epoch, 24);
+  EXPECT_TRUE(allclose(ck.read(Part::kModel, "w"), w));
+  EXPECT_TRUE(allclose(ck.read(Part::kOptimizer, "0.exp_avg"), m));
+  EXPECT_TRUE(allclose(ck.read(Part::kModel, "bias"), ones({4})));
+  // A range across two ranks' pieces, and one inside a piece.
+  EXPECT_TRUE(allclose(ck.read_range(Part::kModel, "w", 5, 21), flat.narrow(0, 5, 16)));
+  EXPECT_TRUE(allclose(ck.read_range(Part::kModel, "w", 8, 9), flat.narrow(0, 8, 1)));
+  EXPECT_THROW(ck.read(Part::kModel, "nope"), IoError);
+  EXPECT_EQ(load_checkpoint(dir).model.size(), 2u);
+  EXPECT_EQ(latest_checkpoint(root), dir);
+
+  // Edited manifests, re-signed so that only the edit is wrong.
+  const std::string text = cohort::test::read_text(fs::path(dir) / "manifest.json");
+  auto edited = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& expect) {
+    SCOPED_TRACE(expect);
+    auto j = nlohmann::json::parse(text);
+    edit(j);
+    j["manifest_sha256"] = detail::manifest_digest(j);
+    std::ofstream(fs::path(dir) / "manifest.json") << j.dump();
+    try {
+      CheckpointReader bad(dir);
+      bad.read_all(Part::kModel);
+      ADD_FAILURE() << "accepted";
+    } catch (const IoError& e) {
+      EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << e.what();
+    }
+  };
+  edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["pieces"][1][1] = 8; },
+         "pieces that do not tile it");
+  edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["pieces"].erase(2); },
+         "pieces that do not cover it");
+  edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["pieces"][0][0] = 7; },
+         "pieces that do not tile it");
+  edited(
+      [](nlohmann::json& j) {
+        j["tensors"]["model"]["w"]["shape"] = {6, 6};
+      },
+      "pieces that do not cover it");
+  edited(
+      [](nlohmann::json& j) {
+        j["tensors"]["model"]["w"]["shape"] = {1 << 30, 1 << 30};
+      },
+      "more than 2^40 elements");
+  edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["dtype"] = "F32"; },
+         "does not hold model/w@0 as its manifest says");
+  edited([](nlohmann::json& j) { j["world_size"] = 2; }, "checksums of other files");
+  edited([](nlohmann::json& j) { j["world_size"] = -1; }, "below its minimum 1");
+  edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["pieces"] = "all"; },
+         "lists no pieces");
+  std::ofstream(fs::path(dir) / "manifest.json") << text;
+  EXPECT_NO_THROW(CheckpointReader{dir});
 }
 
 }  // namespace
