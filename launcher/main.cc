@@ -53,6 +53,13 @@ int main(int argc, char** argv) {
   train->add_flag(
       "--eval-only", train_flags.eval_only,
       "evaluate the model (model.init_from's weights) on the evaluation set, then exit");
+  train->add_flag("--estimate-memory", train_flags.estimate_memory,
+                  "print each strategy's model state per rank (parameters, gradients, optimizer) "
+                  "at --world-size ranks, then exit");
+  train
+      ->add_option("--world-size", train_flags.world_size,
+                   "ranks for --estimate-memory (default: this job's, else 1)")
+      ->check(CLI::Range(1, 1 << 20));
 
   std::string gen_config;
   std::vector<std::string> gen_args;

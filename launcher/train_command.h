@@ -14,8 +14,10 @@
 namespace cohort::launcher {
 
 struct TrainFlags {
-  bool print_model = false;  // print the model's layers, shapes and parameters; train nothing
-  bool eval_only = false;    // evaluate model.init_from's weights; train nothing
+  bool print_model = false;      // print the model's layers, shapes and parameters; train nothing
+  bool eval_only = false;        // evaluate model.init_from's weights; train nothing
+  bool estimate_memory = false;  // print the model state per rank of each strategy
+  int world_size = 0;            // for estimate_memory; 0: the job's
 };
 
 // Runs one worker. Returns 0; throws cohort::Error subclasses (and trainer::Stopped).
@@ -23,7 +25,8 @@ int train_command(const std::string& config, const std::vector<std::string>& ove
                   const TrainFlags& flags, const trainer::Extensions& ext = {});
 
 // `cohort train`'s exit code for an exception, after printing it as "cohort: <what>" on stderr:
-// 2 config, 3 file, 4 distributed, 5 token, 128 + signal for a stop, 1 anything else.
+// 2 config, 3 file, 4 distributed, 5 token, 6 out of memory, 128 + signal for a stop, 1 anything
+// else.
 int report_and_exit_code(const std::exception& e);
 
 // A main() for a user's program: PROGRAM CONFIG [key.path=value ...] [--print-model]

@@ -83,6 +83,120 @@ void slice_into(const std::map<std::string, Tensor>& tensors, int rank, int writ
   }
 }
 
+// Where parameter j of a flat group meets this rank's shard of it: elements [begin, end) of the
+// parameter, at `at` in the shard (flat_shard.h). Empty when they do not meet.
+struct Overlap {
+  int64_t begin = 0, end = 0, at = 0;
+};
+Overlap overlap(const collectives::FlatGroup& g, size_t j, int64_t numel, int rank, int world) {
+  const int64_t n = g.shard_numel(world), lo = n * rank;
+  const int64_t b = std::max(lo, g.offsets[j]), e = std::min(lo + n, g.offsets[j] + numel);
+  if (b >= e) return {};
+  return {b - g.offsets[j], e - g.offsets[j], b - lo};
+}
+
+// Sharded strategies write what they hold and read back only that: the pieces of each parameter
+// inside this rank's shard of its group (FSDP's units, ZeRO's buckets), and the same pieces of
+// the optimiser's buffers ("<group>.<name>" inside, "<param>.<name>" in the checkpoint).
+void shard_pieces(const std::vector<collectives::FlatGroup>& groups,
+                  const std::vector<Tensor>& shards, const std::vector<Tensor>& params,
+                  const std::vector<std::string>& names, int rank, int world,
+                  std::vector<core::io::Piece>& out) {
+  for (size_t u = 0; u < groups.size(); ++u)
+    for (size_t j = 0; j < groups[u].params.size(); ++j) {
+      const size_t k = groups[u].params[j];
+      const Overlap o = overlap(groups[u], j, params[k].numel(), rank, world);
+      if (o.end > o.begin)
+        out.push_back(
+            {names[k], params[k].sizes(), o.begin, shards[u].narrow(0, o.at, o.end - o.begin)});
+    }
+}
+
+void optimizer_pieces(const std::vector<collectives::FlatGroup>& groups,
+                      const core::optim::OptimizerState& inner, const std::vector<Tensor>& params,
+                      int rank, int world, std::vector<core::io::Piece>& out) {
+  for (size_t u = 0; u < groups.size(); ++u) {
+    const std::string prefix = std::to_string(u) + ".";
+    for (auto& [key, t] : inner) {
+      if (key.rfind(prefix, 0) != 0) continue;
+      const std::string buffer = key.substr(prefix.size());
+      for (size_t j = 0; j < groups[u].params.size(); ++j) {
+        const size_t k = groups[u].params[j];
+        const Overlap o = overlap(groups[u], j, params[k].numel(), rank, world);
+        if (o.end > o.begin)
+          out.push_back({std::to_string(k) + "." + buffer, params[k].sizes(), o.begin,
+                         t.narrow(0, o.at, o.end - o.begin)});
+      }
+    }
+  }
+  if (rank == 0)
+    if (auto it = inner.find("step"); it != inner.end())
+      out.push_back({"step", it->second.sizes(), 0, it->second.contiguous().view({-1})});
+}
+
+void expect_shape(const core::io::CheckpointReader& ck, const std::string& name,
+                  const core::Shape& shape) {
+  const auto& shapes = ck.shapes(core::io::CheckpointReader::Part::kModel);
+  const auto it = shapes.find(name);
+  if (it == shapes.end())
+    COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " has no tensor ", name,
+                 ", which this model has");
+  if (it->second != shape)
+    COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " holds ", name, " with shape ",
+                 core::shape_str(it->second), " but this model's is ", core::shape_str(shape));
+}
+
+void read_shards(const core::io::CheckpointReader& ck,
+                 const std::vector<collectives::FlatGroup>& groups, std::vector<Tensor>& shards,
+                 const std::vector<Tensor>& params, const std::vector<std::string>& names, int rank,
+                 int world) {
+  using Part = core::io::CheckpointReader::Part;
+  for (size_t u = 0; u < groups.size(); ++u)
+    for (size_t j = 0; j < groups[u].params.size(); ++j) {
+      const size_t k = groups[u].params[j];
+      const Overlap o = overlap(groups[u], j, params[k].numel(), rank, world);
+      if (o.end > o.begin)
+        shards[u]
+            .narrow(0, o.at, o.end - o.begin)
+            .copy_(ck.read_range(Part::kModel, names[k], o.begin, o.end));
+    }
+}
+
+core::optim::OptimizerState read_optimizer_shards(const core::io::CheckpointReader& ck,
+                                                  const std::vector<collectives::FlatGroup>& groups,
+                                                  const std::vector<Tensor>& shards,
+                                                  const std::vector<Tensor>& params, int rank,
+                                                  int world) {
+  using Part = core::io::CheckpointReader::Part;
+  const auto& saved = ck.shapes(Part::kOptimizer);
+  std::set<std::string> buffers;
+  for (auto& [key, shape] : saved)
+    if (const size_t dot = key.find('.'); dot != std::string::npos)
+      buffers.insert(key.substr(dot + 1));
+  core::optim::OptimizerState inner;
+  for (size_t u = 0; u < groups.size(); ++u)
+    for (const std::string& b : buffers) {
+      Tensor flat = core::zeros_like(shards[u]);
+      for (size_t j = 0; j < groups[u].params.size(); ++j) {
+        const size_t k = groups[u].params[j];
+        const std::string key = std::to_string(k) + "." + b;
+        const auto it = saved.find(key);
+        if (it == saved.end()) continue;
+        if (it->second != params[k].sizes())
+          COHORT_THROW(ConfigError, "checkpoint ", ck.path(), ": optimizer state ", key,
+                       " has shape ", core::shape_str(it->second), ", its parameter ",
+                       core::shape_str(params[k].sizes()));
+        const Overlap o = overlap(groups[u], j, params[k].numel(), rank, world);
+        if (o.end > o.begin)
+          flat.narrow(0, o.at, o.end - o.begin)
+              .copy_(ck.read_range(Part::kOptimizer, key, o.begin, o.end));
+      }
+      inner[std::to_string(u) + "." + b] = flat;
+    }
+  if (saved.count("step")) inner["step"] = ck.read(Part::kOptimizer, "step");
+  return inner;
+}
+
 // One process: the model and an optimiser.
 class Local final : public Parallelism {
  public:
@@ -180,6 +294,32 @@ class Replicated final : public Parallelism {
     model_->load_state_dict(m);
     opt_->load_state_dict(o);
   }
+  core::io::ShardedState checkpoint_state() override {
+    if (!sharded_) return Parallelism::checkpoint_state();
+    // The parameters as ddp writes them; the optimiser state as the shards this rank holds (no
+    // rank gathers the whole of it).
+    core::io::ShardedState s;
+    const auto& g = ddp_->group();
+    std::map<std::string, Tensor> params;
+    for (auto& [name, t] : model_->named_parameters()) params[name] = t;
+    slice_into(params, g.rank(), g.size(), s.model);
+    if (g.rank() == 0) {
+      std::map<std::string, Tensor> buffers;
+      for (auto& [name, t] : model_->named_buffers()) buffers[name] = t;
+      slice_into(buffers, 0, 1, s.model);
+    }
+    optimizer_pieces(sharded_->groups(), sharded_->shard_state_dict(), ddp_->params(), g.rank(),
+                     g.size(), s.optimizer);
+    return s;
+  }
+  void load_checkpoint(const core::io::CheckpointReader& ck) override {
+    if (!sharded_) return Parallelism::load_checkpoint(ck);
+    using Part = core::io::CheckpointReader::Part;
+    model_->load_state_dict(ck.read_all(Part::kModel));
+    const auto& g = ddp_->group();
+    sharded_->load_shard_state_dict(read_optimizer_shards(
+        ck, sharded_->groups(), sharded_->shards(), ddp_->params(), g.rank(), g.size()));
+  }
   core::optim::Optimizer& optimizer() override { return *opt_; }
   void set_timeline(core::Timeline* t) override { ddp_->set_timeline(t); }
   const char* comm_lane() const override { return "gradient reduction"; }
@@ -204,15 +344,7 @@ class FullySharded final : public Parallelism {
   FullySharded(const Config& c, const Distributed& dist, std::shared_ptr<core::nn::Module> model)
       : model_(std::move(model)) {
     collectives::FsdpOptions o;
-    o.units = c.distributed.fsdp.units;
-    // By default each transformer block is a unit (what they share, such as a GPT's tied
-    // embedding, stays with the root); models without blocks split at their top level.
-    if (o.units.empty())
-      model_->for_each_module([&](const std::string& name, core::nn::Module& m) {
-        if (dynamic_cast<core::nn::Block*>(&m) ||
-            dynamic_cast<core::nn::TransformerEncoderLayer*>(&m))
-          o.units.push_back(name);
-      });
+    o.units = fsdp_unit_patterns(c, *model_);
     o.reshard_after_forward = c.distributed.fsdp.reshard_after_forward;
     o.prefetch = static_cast<int>(c.distributed.fsdp.prefetch);
     o.allow_unused_parameters = c.distributed.find_unused_parameters;
@@ -324,49 +456,20 @@ class FullySharded final : public Parallelism {
   std::unique_ptr<core::optim::Optimizer> opt_;
 };
 
-// Where a parameter meets this rank's shard of its unit: elements [begin, end) of the parameter,
-// at `at` in the shard.
-struct Overlap {
-  int64_t begin = 0, end = 0, at = 0;
-};
-Overlap overlap(const collectives::FlatGroup& g, size_t j, int64_t numel, int rank, int world) {
-  const int64_t n = g.shard_numel(world), lo = n * rank;
-  const int64_t b = std::max(lo, g.offsets[j]), e = std::min(lo + n, g.offsets[j] + numel);
-  if (b >= e) return {};
-  return {b - g.offsets[j], e - g.offsets[j], b - lo};
-}
-
 core::io::ShardedState FullySharded::checkpoint_state() {
   core::autograd::NoGradGuard guard;
   core::io::ShardedState s;
   const auto& g = fsdp_->group();
-  const int rank = g.rank(), world = g.size();
-  const auto& params = fsdp_->params();
-  const auto& names = fsdp_->param_names();
+  std::vector<Tensor> shards;
+  for (const Tensor& t : fsdp_->shards()) shards.push_back(t.detach());
+  shard_pieces(fsdp_->layouts(), shards, fsdp_->params(), fsdp_->param_names(), g.rank(), g.size(),
+               s.model);
   const core::optim::OptimizerState inner = opt_->state_dict();
-  for (size_t u = 0; u < fsdp_->layouts().size(); ++u) {
-    const auto& layout = fsdp_->layouts()[u];
-    const Tensor shard = fsdp_->shards()[u].detach();
-    for (size_t j = 0; j < layout.params.size(); ++j) {
-      const size_t k = layout.params[j];
-      const Overlap o = overlap(layout, j, params[k].numel(), rank, world);
-      if (o.end == o.begin) continue;
-      s.model.push_back(
-          {names[k], params[k].sizes(), o.begin, shard.narrow(0, o.at, o.end - o.begin)});
-      // The optimiser's buffers for this unit's shard, under the parameter's index.
-      const std::string prefix = std::to_string(u) + ".";
-      for (auto& [key, t] : inner)
-        if (key.rfind(prefix, 0) == 0)
-          s.optimizer.push_back({std::to_string(k) + "." + key.substr(prefix.size()),
-                                 params[k].sizes(), o.begin, t.narrow(0, o.at, o.end - o.begin)});
-    }
-  }
+  optimizer_pieces(fsdp_->layouts(), inner, fsdp_->params(), g.rank(), g.size(), s.optimizer);
   // What is not sharded, rank 0 writes whole.
-  if (rank == 0) {
+  if (g.rank() == 0) {
     for (auto& [name, t] : model_->named_buffers())
       s.model.push_back({name, t.sizes(), 0, t.detach().contiguous().view({-1})});
-    if (auto it = inner.find("step"); it != inner.end())
-      s.optimizer.push_back({"step", it->second.sizes(), 0, it->second.contiguous().view({-1})});
   }
   return s;
 }
@@ -375,60 +478,29 @@ void FullySharded::load_checkpoint(const core::io::CheckpointReader& ck) {
   using Part = core::io::CheckpointReader::Part;
   core::autograd::NoGradGuard guard;
   const auto& g = fsdp_->group();
-  const int rank = g.rank(), world = g.size();
   const auto& params = fsdp_->params();
   const auto& names = fsdp_->param_names();
-  const auto& shapes = ck.shapes(Part::kModel);
   std::set<std::string> known;
-  auto expect_shape = [&](const std::string& name, const core::Shape& shape) {
-    const auto it = shapes.find(name);
-    if (it == shapes.end())
-      COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " has no tensor ", name,
-                   ", which this model has");
-    if (it->second != shape)
-      COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " holds ", name, " with shape ",
-                   core::shape_str(it->second), " but this model's is ", core::shape_str(shape));
-    known.insert(name);
-  };
-  for (size_t k = 0; k < params.size(); ++k) expect_shape(names[k], params[k].sizes());
+  for (size_t k = 0; k < params.size(); ++k) {
+    expect_shape(ck, names[k], params[k].sizes());
+    known.insert(names[k]);
+  }
   for (auto& [name, t] : model_->named_buffers()) {
-    expect_shape(name, t.sizes());
+    expect_shape(ck, name, t.sizes());
+    known.insert(name);
     Tensor buf = t;
     buf.copy_(ck.read(Part::kModel, name));
   }
-  for (auto& [name, shape] : shapes)
+  for (auto& [name, shape] : ck.shapes(Part::kModel))
     if (!known.count(name))
       COHORT_THROW(ConfigError, "checkpoint ", ck.path(), " holds ", name,
                    ", which this model does not have");
-  // The optimiser's buffers ("<param>.<name>") become each unit's shard ("<unit>.<name>").
-  std::set<std::string> buffers;
-  for (auto& [key, shape] : ck.shapes(Part::kOptimizer))
-    if (const size_t dot = key.find('.'); dot != std::string::npos)
-      buffers.insert(key.substr(dot + 1));
-  core::optim::OptimizerState inner;
-  for (size_t u = 0; u < fsdp_->layouts().size(); ++u) {
-    const auto& layout = fsdp_->layouts()[u];
-    Tensor shard = fsdp_->shards()[u].detach();
-    for (const std::string& b : buffers)
-      inner[std::to_string(u) + "." + b] = core::zeros_like(shard);
-    for (size_t j = 0; j < layout.params.size(); ++j) {
-      const size_t k = layout.params[j];
-      const Overlap o = overlap(layout, j, params[k].numel(), rank, world);
-      if (o.end == o.begin) continue;
-      shard.narrow(0, o.at, o.end - o.begin)
-          .copy_(ck.read_range(Part::kModel, names[k], o.begin, o.end));
-      for (const std::string& b : buffers) {
-        const std::string key = std::to_string(k) + "." + b;
-        if (!ck.shapes(Part::kOptimizer).count(key)) continue;
-        inner[std::to_string(u) + "." + b]
-            .narrow(0, o.at, o.end - o.begin)
-            .copy_(ck.read_range(Part::kOptimizer, key, o.begin, o.end));
-      }
-    }
-    fsdp_->shards()[u].bump_version();
-  }
-  if (ck.shapes(Part::kOptimizer).count("step")) inner["step"] = ck.read(Part::kOptimizer, "step");
-  opt_->load_state_dict(inner);
+  std::vector<Tensor> shards;
+  for (const Tensor& t : fsdp_->shards()) shards.push_back(t.detach());
+  read_shards(ck, fsdp_->layouts(), shards, params, names, g.rank(), g.size());
+  for (const Tensor& t : fsdp_->shards()) t.bump_version();
+  opt_->load_state_dict(
+      read_optimizer_shards(ck, fsdp_->layouts(), shards, params, g.rank(), g.size()));
 }
 
 // parameter_server: the servers hold the parameters and apply the optimiser; this worker pulls
@@ -506,6 +578,18 @@ class ParameterServerWorker final : public Parallelism {
 };
 
 }  // namespace
+
+std::vector<std::string> fsdp_unit_patterns(const Config& c, core::nn::Module& model) {
+  if (!c.distributed.fsdp.units.empty()) return c.distributed.fsdp.units;
+  // By default each transformer block is a unit (what they share, such as a GPT's tied
+  // embedding, stays with the root); models without blocks split at their top level.
+  std::vector<std::string> units;
+  model.for_each_module([&](const std::string& name, core::nn::Module& m) {
+    if (dynamic_cast<core::nn::Block*>(&m) || dynamic_cast<core::nn::TransformerEncoderLayer*>(&m))
+      units.push_back(name);
+  });
+  return units;
+}
 
 core::io::ShardedState Parallelism::checkpoint_state() {
   core::io::ShardedState s;

@@ -106,6 +106,10 @@ Distributed join_job(const Config& c, const JobPlace& place,
                      std::shared_ptr<collectives::Store> store,
                      std::optional<ps::ClientOptions> ps);
 
+// distributed.fsdp.unit, or by default the model's transformer blocks (none: FSDP's own default,
+// its top-level layers).
+std::vector<std::string> fsdp_unit_patterns(const Config& c, core::nn::Module& model);
+
 // Builds the strategy's object around a model already on its device and dtype. ConfigError for
 // settings that do not fit the model (an fsdp unit that names no module, say), naming the key.
 std::unique_ptr<Parallelism> make_parallelism(const Config& c, const Distributed& dist,

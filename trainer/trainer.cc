@@ -68,6 +68,14 @@ double peak_memory_mb(core::Device device) {
   return static_cast<double>(ru.ru_maxrss) / 1024;  // kilobytes on Linux
 }
 
+// The process's peak address space (VmPeak), which `ulimit -v` caps; 0 where /proc lacks it.
+double peak_address_space_mb() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmPeak:", 0) == 0) return std::atof(line.c_str() + 7) / 1024;  // kB
+  return 0;
+}
+
 }  // namespace
 
 Trainer::Trainer(Config config, Distributed dist, Extensions ext)
@@ -182,6 +190,9 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   model_->to(param_dtype_);
 
   parallel_ = make_parallelism(c_, dist_, model_);
+  // Setting up freed what the model was built in (ZeRO's flat buffers, FSDP's shards replace it):
+  // the allocator's cache would keep it, and a rank's memory would not show what it holds.
+  core::release_cpu_cache();
 
   // SyncBatchNorm: batch_norm layers with sync: true take the whole job's batch statistics.
   model_->for_each_module([&](const std::string& name, core::nn::Module& m) {
@@ -462,6 +473,8 @@ RunSummary Trainer::run() {
     core::Timeline::Span span(tl, "checkpoint", "io");
     save(step, epoch, batch_in_epoch);
     checkpoints.wrote(step, seconds_since(tc));
+    report.write(
+        {{"event", "checkpoint"}, {"step", step}, {"seconds", checkpoints.last_seconds()}});
   };
   double eval_s = 0;
   int64_t last_eval_step = -1, epoch = start.epoch;
@@ -619,16 +632,17 @@ RunSummary Trainer::run() {
   const double my_sps = s.samples_per_s / world_;
   const ModelStateBytes mem = parallel_->state_bytes();
   const double peak_mb = peak_memory_mb(device_);
-  std::vector<double> per_rank =
-      gather_from_ranks({my_sps, peak_mb, static_cast<double>(mem.total()) / (1 << 20)});
+  std::vector<double> per_rank = gather_from_ranks(
+      {my_sps, peak_mb, static_cast<double>(mem.total()) / (1 << 20), peak_address_space_mb()});
   if (collective())
     std::printf("rank %d: %.0f samples/s, peak memory %.0f MB\n", rank_, my_sps, peak_mb);
   {
     std::vector<nlohmann::json> records;
-    for (size_t r = 0; r * 3 < per_rank.size(); ++r)
-      records.push_back({{"samples_per_s", per_rank[3 * r]},
-                         {"peak_mem_mb", per_rank[3 * r + 1]},
-                         {"model_state_mb", per_rank[3 * r + 2]}});
+    for (size_t r = 0; r * 4 < per_rank.size(); ++r)
+      records.push_back({{"samples_per_s", per_rank[4 * r]},
+                         {"peak_mem_mb", per_rank[4 * r + 1]},
+                         {"model_state_mb", per_rank[4 * r + 2]},
+                         {"peak_vm_mb", per_rank[4 * r + 3]}});
     report.ranks(records);
   }
   report.summary(step, s.train_s, s.samples_per_s, s.test_acc, s.test_loss, world_);

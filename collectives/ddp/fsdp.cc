@@ -92,6 +92,9 @@ FullyShardedDataParallel::FullyShardedDataParallel(std::shared_ptr<core::nn::Mod
     hook_ids_.push_back(
         params_[k].register_post_accumulate_grad_hook([this, k](Tensor&) { on_gradient(k); }));
   ready_.assign(params_.size(), 0);
+  // The whole model's memory, freed just now, would otherwise stay in the CPU allocator's cache:
+  // give it back, so that a rank holds what its shards need.
+  core::release_cpu_cache();
 }
 
 FullyShardedDataParallel::~FullyShardedDataParallel() {
@@ -113,65 +116,74 @@ FullyShardedDataParallel::~FullyShardedDataParallel() {
   }
 }
 
-void FullyShardedDataParallel::assign_units() {
+std::vector<UnitPlan> plan_units(core::nn::Module& root, const std::vector<std::string>& patterns,
+                                 const std::vector<std::string>& param_names) {
   // Candidate units: modules named by the patterns, else the root's children.
   std::vector<std::pair<std::string, core::nn::Module*>> chosen;
   std::vector<std::string> top;
-  std::vector<char> used(o_.units.size(), 0);
-  module_->for_each_module([&](const std::string& name, core::nn::Module& m) {
+  std::vector<char> used(patterns.size(), 0);
+  root.for_each_module([&](const std::string& name, core::nn::Module& m) {
     if (name.empty()) return;
     if (name.find('.') == std::string::npos) top.push_back(name);
-    if (o_.units.empty()) {
+    if (patterns.empty()) {
       if (name.find('.') == std::string::npos) chosen.emplace_back(name, &m);
       return;
     }
-    for (size_t i = 0; i < o_.units.size(); ++i)
-      if (matches(o_.units[i], name)) {
+    for (size_t i = 0; i < patterns.size(); ++i)
+      if (matches(patterns[i], name)) {
         used[i] = 1;
         chosen.emplace_back(name, &m);
         return;
       }
   });
-  for (size_t i = 0; i < o_.units.size(); ++i) {
+  for (size_t i = 0; i < patterns.size(); ++i) {
     if (used[i]) continue;
     std::ostringstream names;
     for (size_t k = 0; k < top.size() && k < 12; ++k) names << (k ? ", " : "") << top[k];
     if (top.size() > 12) names << " and " << top.size() - 12 << " more";
-    COHORT_THROW(ConfigError, "FSDP unit '", o_.units[i],
+    COHORT_THROW(ConfigError, "FSDP unit '", patterns[i],
                  "' names no module of the model (its top-level modules: ",
                  top.empty() ? std::string("none") : names.str(),
                  "; `*` matches within one dotted name part)");
   }
   // Each parameter goes to the innermost chosen module whose name prefixes its own.
   std::vector<std::vector<size_t>> owned(chosen.size() + 1);
-  for (size_t k = 0; k < params_.size(); ++k) {
+  for (size_t k = 0; k < param_names.size(); ++k) {
     size_t best = chosen.size(), best_len = 0;
     for (size_t c = 0; c < chosen.size(); ++c) {
       const std::string& n = chosen[c].first;
-      if (names_[k].size() > n.size() && names_[k].compare(0, n.size(), n) == 0 &&
-          names_[k][n.size()] == '.' && n.size() >= best_len) {
+      const std::string& p = param_names[k];
+      if (p.size() > n.size() && p.compare(0, n.size(), n) == 0 && p[n.size()] == '.' &&
+          n.size() >= best_len) {
         best = c;
         best_len = n.size();
       }
     }
     owned[best].push_back(k);
   }
-  unit_of_.assign(params_.size(), 0);
-  index_in_unit_.assign(params_.size(), 0);
-  const int world = group_->size();
+  std::vector<UnitPlan> plan;
   for (size_t c = 0; c <= chosen.size(); ++c) {
     if (owned[c].empty()) continue;  // a unit whose parameters all belong to units inside it
-    Unit u;
     if (c < chosen.size()) {
-      u.name = chosen[c].first;
-      u.module = chosen[c].second;
+      plan.push_back({chosen[c].first, chosen[c].second, owned[c]});
     } else {
-      u.module = module_.get();
+      plan.push_back({"", &root, owned[c]});
     }
-    u.layout = make_flat_group(params_, owned[c], world);
-    for (size_t i = 0; i < owned[c].size(); ++i) {
-      unit_of_[owned[c][i]] = units_.size();
-      index_in_unit_[owned[c][i]] = i;
+  }
+  return plan;
+}
+
+void FullyShardedDataParallel::assign_units() {
+  unit_of_.assign(params_.size(), 0);
+  index_in_unit_.assign(params_.size(), 0);
+  for (UnitPlan& p : plan_units(*module_, o_.units, names_)) {
+    Unit u;
+    u.name = p.name;
+    u.module = p.module;
+    u.layout = make_flat_group(params_, p.params, group_->size());
+    for (size_t i = 0; i < p.params.size(); ++i) {
+      unit_of_[p.params[i]] = units_.size();
+      index_in_unit_[p.params[i]] = i;
     }
     units_.push_back(std::move(u));
   }
@@ -207,7 +219,11 @@ void FullyShardedDataParallel::wait_gathered(size_t i) {
   Unit& u = units_[i];
   if (u.state == State::kSharded) gather_async(i);
   if (u.state != State::kGathering) return;
-  u.gather->wait(timeout());
+  {
+    // What compute waits for here is the part of the gather that prefetching did not hide.
+    core::Timeline::Span waiting(o_.timeline, "wait for all-gather", "comm");
+    u.gather->wait(timeout());
+  }
   if (o_.timeline)
     o_.timeline->complete("all-gather " + (u.name.empty() ? std::string("root") : u.name) + " (" +
                               mb(bytes_of(u.full)) + ")",

@@ -47,6 +47,18 @@ struct FsdpOptions {
   core::Timeline* timeline = nullptr;  // gathers and reductions are drawn on its lane 1
 };
 
+// How FSDP cuts a module into units, without touching its memory: each unit's module name ("" for
+// the root, last) and its parameters (indices into the trainable parameters, `param_names`, in
+// named_parameters() order). Units that would own no parameter are left out. ConfigError for a
+// pattern that names no module.
+struct UnitPlan {
+  std::string name;
+  core::nn::Module* module = nullptr;
+  std::vector<size_t> params;
+};
+std::vector<UnitPlan> plan_units(core::nn::Module& root, const std::vector<std::string>& patterns,
+                                 const std::vector<std::string>& param_names);
+
 class FullyShardedDataParallel {
  public:
   // Broadcasts rank 0's parameters and buffers, keeps this rank's shards and frees the rest.

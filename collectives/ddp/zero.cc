@@ -72,6 +72,11 @@ void ShardedOptimizer::load_state_dict(const core::optim::OptimizerState& state)
   if (auto it = state.find("step"); it != state.end()) steps_ = it->second.item<int64_t>();
 }
 
+void ShardedOptimizer::load_shard_state_dict(const core::optim::OptimizerState& state) {
+  inner_->load_state_dict(state);
+  if (auto it = state.find("step"); it != state.end()) steps_ = it->second.item<int64_t>();
+}
+
 int64_t ShardedOptimizer::state_bytes() const {
   int64_t bytes = 0;
   for (auto& [k, t] : inner_->state_dict())

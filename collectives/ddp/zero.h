@@ -39,6 +39,11 @@ class ShardedOptimizer : public core::optim::Optimizer {
   const std::vector<core::Tensor>& shards() const { return shards_; }
   // Bytes of this rank's optimiser state.
   int64_t state_bytes() const;
+  // The layout of each shard's bucket, and the state of the optimiser over the shards (keys
+  // "<bucket>.<name>"): for checkpoints that write and read each rank's part only.
+  const std::vector<FlatGroup>& groups() const { return groups_; }
+  core::optim::OptimizerState shard_state_dict() const { return inner_->state_dict(); }
+  void load_shard_state_dict(const core::optim::OptimizerState& state);
 
  private:
   DistributedDataParallel& ddp_;

@@ -52,7 +52,7 @@ class CpuAllocator final : public Allocator {
       release_cached();  // the cache may be what stands between us and success
       p = std::aligned_alloc(64, rounded);
     }
-    if (!p) COHORT_THROW(Error, "out of CPU memory allocating ", nbytes, " bytes");
+    if (!p) COHORT_THROW(OutOfMemoryError, "out of CPU memory allocating ", nbytes, " bytes");
     return p;
   }
 
@@ -79,7 +79,8 @@ class CpuAllocator final : public Allocator {
       release_cached();
       p = ::mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
-    if (p == MAP_FAILED) COHORT_THROW(Error, "out of CPU memory allocating ", nbytes, " bytes");
+    if (p == MAP_FAILED)
+      COHORT_THROW(OutOfMemoryError, "out of CPU memory allocating ", nbytes, " bytes");
     return p;
   }
   void deallocate_transient(void* ptr, size_t nbytes) override {

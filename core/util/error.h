@@ -32,6 +32,11 @@ class DistributedError : public Error {
 class CudaError : public Error {
   using Error::Error;
 };
+// An allocation the system refused (a memory limit such as ulimit -v or a cgroup's, or the
+// machine's memory).
+class OutOfMemoryError : public Error {
+  using Error::Error;
+};
 // A token that is missing, malformed or refused (by the store or a parameter server), or a secret
 // file that other users can read.
 class AuthError : public Error {

@@ -134,9 +134,10 @@ TEST_F(ShardedTrain, ModelStatePerRankShrinksWithTheWorldSize) {
   EXPECT_LT(state["fsdp4"], 0.3 * state["ddp4"]);
 }
 
-// A checkpoint written by fsdp on 4 ranks continues under ddp on 2 and in one process, and one
-// written by ddp on 2 under fsdp on 4: each ends where the unbroken run ends (the global batch
-// stays 8 throughout; the checkpoint records the samples consumed, not the batches).
+// A checkpoint written by fsdp on 4 ranks continues under ddp on 2 and in one process, one written
+// by ddp on 2 under fsdp on 4, and one of zero2 on 4 (each rank writing its optimiser shards)
+// under zero1 on 2: each ends where the unbroken run ends (the global batch stays 8 throughout;
+// the checkpoint records the samples consumed, not the batches).
 TEST_F(ShardedTrain, CheckpointsReshardAcrossStrategiesAndWorldSizes) {
   auto r =
       run_command(launch(4, train("gpt", 2, "straight", "distributed.strategy=fsdp")), kRunLimit);
@@ -154,8 +155,11 @@ TEST_F(ShardedTrain, CheckpointsReshardAcrossStrategiesAndWorldSizes) {
         steps);
     return run_command(n == 1 ? args : launch(n, args), kRunLimit);
   };
-  for (auto [first, n1, second, n2] : std::vector<std::tuple<std::string, int, std::string, int>>{
-           {"fsdp", 4, "ddp", 2}, {"fsdp", 4, "none", 1}, {"ddp", 2, "fsdp", 4}}) {
+  for (auto [first, n1, second, n2] :
+       std::vector<std::tuple<std::string, int, std::string, int>>{{"fsdp", 4, "ddp", 2},
+                                                                   {"fsdp", 4, "none", 1},
+                                                                   {"ddp", 2, "fsdp", 4},
+                                                                   {"zero2", 4, "zero1", 2}}) {
     const std::string name = first + std::to_string(n1) + "_" + second + std::to_string(n2);
     const std::string ckpt = (dir_ / name / "checkpoints").string();
     r = run_leg(name + "_a", first, n1, 10, ckpt);
