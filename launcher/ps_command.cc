@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "core/util/env.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
 #include "parameter_server/server.h"
@@ -21,7 +22,7 @@ namespace {
 // COHORT_PS_SECRET when given, else derived from the job's token (what `cohort launch` does), so
 // that the secret itself is never published anywhere.
 std::string job_secret() {
-  if (const char* s = var("COHORT_PS_SECRET")) return s;
+  if (const char* s = env::get(env::kPsSecret)) return s;
   if (auto token = collectives::JobToken::from_environment())
     return token->derive_secret(ps::kSecretLabel);
   COHORT_THROW(

@@ -17,6 +17,7 @@
 #include "collectives/store/token.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
+#include "core/util/env.h"
 #include "core/util/error.h"
 
 namespace cohort::trainer {
@@ -122,11 +123,10 @@ std::string random_id() { return collectives::to_hex(collectives::random_bytes(8
 }  // namespace
 
 std::string job_run_id() {
-  for (const char* var : {"COHORT_RUN_ID", "TORCHELASTIC_RUN_ID"})
+  for (const char* var : {env::kRunId, env::kTorchRunId})
     // torchrun's default rdzv id is the word "none", the same for every job: not an identity.
-    if (const char* v = std::getenv(var); v && *v && std::string(v) != "none") return v;
-  if (const char* job = std::getenv("SLURM_JOB_ID"); job && *job)
-    return std::string("slurm-") + job;
+    if (const char* v = env::get(var); v && std::string(v) != "none") return v;
+  if (const char* job = env::get(env::kSlurmJobId)) return std::string("slurm-") + job;
   static const std::string id = random_id();
   return id;
 }
@@ -320,8 +320,7 @@ RunDirectory::~RunDirectory() {
 
 namespace {
 std::string decision_key() {
-  const char* attempt = std::getenv("COHORT_RESTART_COUNT");
-  return std::string("run/decision/") + (attempt && *attempt ? attempt : "0");
+  return "run/decision/" + std::to_string(env::integer(env::kRestartCount, 0, 0, INT32_MAX));
 }
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/ops/ops.h"
+#include "core/util/env.h"
 
 namespace cohort::trainer {
 
@@ -83,24 +84,15 @@ int StopVote::after_step(int request) {
 }
 
 std::optional<int64_t> kill_at_step(int rank) {
-  const char* spec = std::getenv("COHORT_KILL_AT_STEP");
-  const char* restart = std::getenv("COHORT_RESTART_COUNT");
-  if (!spec || (restart && std::string(restart) != "0")) return std::nullopt;
-  int r = -1;
-  long long step = -1;
-  if (std::sscanf(spec, "%d:%lld", &r, &step) != 2 || step < 0)
-    COHORT_THROW(ConfigError, "COHORT_KILL_AT_STEP='", spec, "' is not RANK:STEP");
-  if (r != rank) return std::nullopt;
+  int64_t r = -1, step = -1;
+  if (!env::integer_pair(env::kKillAtStep, "RANK:STEP", r, step)) return std::nullopt;
+  if (env::integer(env::kRestartCount, 0, 0, INT32_MAX) != 0 || r != rank) return std::nullopt;
   return step;
 }
 
 int64_t step_delay_ms(int rank) {
-  const char* spec = std::getenv("COHORT_TEST_STEP_DELAY_MS");
-  if (!spec) return 0;
-  int r = -1;
-  long long ms = 0;
-  if (std::sscanf(spec, "%d:%lld", &r, &ms) != 2)
-    COHORT_THROW(ConfigError, "COHORT_TEST_STEP_DELAY_MS='", spec, "' is not RANK:MS");
+  int64_t r = -1, ms = 0;
+  if (!env::integer_pair(env::kTestStepDelayMs, "RANK:MS", r, ms)) return 0;
   return r == rank ? ms : 0;
 }
 

@@ -9,6 +9,7 @@
 
 #include "collectives/process_group.h"
 #include "core/data/dataset.h"
+#include "core/io/checkpoint.h"
 #include "core/nn/module.h"
 #include "core/optim/optimizer.h"
 #include "core/tensor/generator.h"
@@ -129,6 +130,17 @@ class Trainer {
   void save(int64_t step, int64_t epoch, int64_t batch_in_epoch);
   // Writes config.resolved.yaml and data.json (rank 0).
   void write_run_files() const;
+  // Rank 0 claims the run directory and decides what the run resumes from; the others follow its
+  // decision. Every rank loads what it keeps of that checkpoint (so checkpoint.dir must be on
+  // storage every node sees). Returns the checkpoint, with its meta in `start`.
+  std::optional<std::string> claim_and_resume(std::unique_ptr<class RunDirectory>& run_dir,
+                                              core::io::CheckpointMeta& start);
+  void print_banner(const std::optional<std::string>& resume_from,
+                    const core::io::CheckpointMeta& start) const;
+  // logging.timeline: this rank's timeline (null when off), recorded at `path`.
+  std::unique_ptr<core::Timeline> open_timeline(std::string& path);
+  // Every rank's throughput, memory and model state, to metrics.jsonl.
+  void report_ranks(class Reporter& report, double my_samples_per_s);
   // Sums `values` over the ranks (identity for a single process).
   std::vector<double> sum_over_ranks(std::vector<double> values);
   // Every rank's `values`, concatenated in rank order.

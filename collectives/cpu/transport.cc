@@ -15,6 +15,7 @@
 
 #include "collectives/futex.h"
 #include "collectives/shared_memory.h"
+#include "core/util/env.h"
 #include "core/util/error.h"
 
 namespace cohort::collectives::cpu {
@@ -34,11 +35,14 @@ inline void cpu_relax() {
 }
 
 size_t ring_bytes() {
-  size_t bytes = size_t{1} << 20;
-  if (const char* e = std::getenv("COHORT_SHM_RING_BYTES")) {
-    size_t v = std::strtoull(e, nullptr, 10);
-    if (v >= 4096 && (v & (v - 1)) == 0) bytes = v;
-  }
+  static const size_t bytes = [] {
+    const auto v = static_cast<size_t>(
+        env::integer(env::kShmRingBytes, int64_t{1} << 20, 4096, int64_t{1} << 30));
+    if ((v & (v - 1)) != 0)
+      COHORT_THROW(ConfigError, "environment variable ", env::kShmRingBytes, "=", v,
+                   " is not a power of two");
+    return v;
+  }();
   return bytes;
 }
 

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <new>
 
+#include "core/util/env.h"
 #include "core/util/error.h"
 
 namespace cohort::core {
@@ -25,13 +26,9 @@ namespace {
 // and repeating shapes hit exactly; the cache is bounded by COHORT_CPU_CACHE_MB (default 1024).
 class CpuAllocator final : public Allocator {
  public:
-  CpuAllocator() {
-    if (const char* env = std::getenv("COHORT_CPU_CACHE_MB")) {
-      char* end = nullptr;
-      unsigned long long mb = std::strtoull(env, &end, 10);
-      if (end != env && *end == '\0') limit_ = static_cast<size_t>(mb) << 20;
-    }
-  }
+  CpuAllocator()
+      : limit_(static_cast<size_t>(env::integer(env::kCpuCacheMb, 1024, 0, int64_t{1} << 30))
+               << 20) {}
   ~CpuAllocator() override { release_cached(); }
 
   void* allocate(size_t nbytes) override {
@@ -114,7 +111,7 @@ class CpuAllocator final : public Allocator {
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
   size_t cached_ = 0;
-  size_t limit_ = size_t{1024} << 20;
+  size_t limit_;
 };
 
 CpuAllocator& cpu_allocator() {

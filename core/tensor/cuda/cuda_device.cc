@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/tensor/cuda/kernel_error.h"
+#include "core/util/env.h"
 #include "core/util/error.h"
 
 namespace cohort::core::cuda {
@@ -232,10 +233,7 @@ KernelError* index_error_slot(int device) {
 
 namespace {
 std::atomic<int>& tf32_setting() {
-  static std::atomic<int> v{[] {
-    const char* e = std::getenv("COHORT_ALLOW_TF32");
-    return (e && std::string(e) == "0") ? 0 : 1;
-  }()};
+  static std::atomic<int> v{env::flag(env::kAllowTf32, true) ? 1 : 0};
   return v;
 }
 }  // namespace

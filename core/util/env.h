@@ -1,0 +1,39 @@
+// The environment variables Cohort's library code reads, named in one place. Each is read once
+// where it is used (a function-local static), and a value that does not parse is a ConfigError
+// naming the variable, never silently ignored. (The launcher's job variables — rank, world size,
+// the store's address, torchrun's, MPI's and Slurm's — are read by launcher/worker_env.h.)
+#pragma once
+
+#include <cstdint>
+
+namespace cohort::env {
+
+// Bytes of freed CPU blocks the allocator keeps for reuse, in MiB (default 1024).
+inline constexpr const char* kCpuCacheMb = "COHORT_CPU_CACHE_MB";
+// The cpu backend's shared-memory ring per peer, in bytes: a power of two >= 4096 (default 1 MiB).
+inline constexpr const char* kShmRingBytes = "COHORT_SHM_RING_BYTES";
+// 0: float32 matmuls and convolutions on a GPU without TF32 (default 1).
+inline constexpr const char* kAllowTf32 = "COHORT_ALLOW_TF32";
+// Set by `cohort launch`: which attempt of the job this is (0 first).
+inline constexpr const char* kRestartCount = "COHORT_RESTART_COUNT";
+// The job's run id (cohort launch, --run-id); torchrun's equivalent.
+inline constexpr const char* kRunId = "COHORT_RUN_ID";
+inline constexpr const char* kTorchRunId = "TORCHELASTIC_RUN_ID";
+inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
+// Parameter servers' shared secret when the user gives one (else derived from the job's token).
+inline constexpr const char* kPsSecret = "COHORT_PS_SECRET";
+// Drills: RANK:STEP kills that rank after STEP on the first attempt; RANK:MS slows it per step.
+inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
+inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";
+
+// The variable's value; null when unset or empty.
+const char* get(const char* name);
+// An integer in [min, max], or `fallback` when unset; ConfigError naming the variable otherwise.
+int64_t integer(const char* name, int64_t fallback, int64_t min, int64_t max);
+// 0/1, false/true, no/yes, off/on; `fallback` when unset; ConfigError otherwise.
+bool flag(const char* name, bool fallback);
+// "A:B" as two integers (COHORT_KILL_AT_STEP's RANK:STEP); false when unset; ConfigError naming
+// the variable and `form` when malformed.
+bool integer_pair(const char* name, const char* form, int64_t& a, int64_t& b);
+
+}  // namespace cohort::env
