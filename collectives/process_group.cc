@@ -69,7 +69,7 @@ std::shared_ptr<ProcessGroup> create_process_group(const std::string& backend,
     return std::make_shared<cpu::CpuProcessGroup>(std::move(store), rank, size, options);
   if (backend == "mpi") return mpi::create(std::move(store), rank, size, options);
   if (backend == "nccl") return nccl::create(std::move(store), rank, size, options);
-  COHORT_THROW(ConfigError, "unknown distributed.backend '", backend,
+  COHORT_THROW(ConfigError, "unknown process-group backend '", backend,
                "'; expected cpu, mpi or nccl");
 }
 

@@ -45,6 +45,13 @@ struct CollectiveOptions {
   Millis timeout{0};
 };
 
+// DDP or FSDP: parameters that got no gradient in a backward pass, while unused parameters are
+// not allowed.
+class UnusedParametersError : public ConfigError {
+ public:
+  using ConfigError::ConfigError;
+};
+
 class Work {
  public:
   virtual ~Work() = default;

@@ -9,143 +9,16 @@
 #include <set>
 
 #include "core/util/error.h"
+#include "trainer/config_schema.h"
 #include "trainer/suggest.h"
 
 namespace cohort::trainer {
 namespace {
 
-// kYaml: any YAML, checked by the code that reads the key (model.layers is a number for gpt and
-// a list of layers for sequential).
-enum class Kind { kString, kInt, kFloat, kBool, kIntList, kFloatList, kYaml };
-
-struct Key {
-  std::string path;
-  Kind kind;
-  std::string def;  // YAML text of the default; empty string for "" defaults of strings
-  double min = -std::numeric_limits<double>::infinity();
-  double max = std::numeric_limits<double>::infinity();
-  std::vector<std::string> choices = {};
-  bool min_exclusive = false;
-  bool required = false;
-};
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-const std::vector<Key>& schema() {
-  static const std::vector<Key> keys = {
-      {"experiment", Kind::kString, "default"},
-      {"seed", Kind::kInt, "0", 0},
-      {"device", Kind::kString, "auto"},
-      {"precision", Kind::kString, "fp32", -kInf, kInf, {"fp32", "bf16", "fp16", "fp64"}},
-      {"threads", Kind::kInt, "0", 0, 1024},
-      {"model.type",
-       Kind::kString,
-       "",
-       -kInf,
-       kInf,
-       {"mlp", "cnn", "gpt", "sequential", "graph", "custom"},
-       false,
-       true},
-      {"model.hidden", Kind::kIntList, "[512, 512]", 1},
-      {"model.layers", Kind::kYaml, "2"},
-      {"model.nodes", Kind::kYaml, ""},
-      {"model.output", Kind::kString, ""},
-      // model.type custom / data.dataset custom: the program's own settings, read by its code.
-      {"model.args", Kind::kYaml, ""},
-      {"data.args", Kind::kYaml, ""},
-      {"model.heads", Kind::kInt, "4", 1, 1024},
-      {"model.dim", Kind::kInt, "128", 1, 1 << 20},
-      {"model.context", Kind::kInt, "64", 1, 1 << 20},
-      {"model.dropout", Kind::kFloat, "0.0", 0, 1},
-      {"model.init_from", Kind::kString, ""},
-      {"model.vocab", Kind::kInt, "256", 1, 1 << 24},
-      {"data.dataset",
-       Kind::kString,
-       "fashion_mnist",
-       -kInf,
-       kInf,
-       {"fashion_mnist", "text", "tokens", "synthetic", "npy", "csv", "image_folder", "custom"}},
-      {"data.inputs", Kind::kString, ""},
-      {"data.targets", Kind::kString, ""},
-      {"data.target_column", Kind::kString, ""},
-      {"data.image_size", Kind::kIntList, "[]", 1, 8192},
-      {"data.channels", Kind::kInt, "3", 1, 3},
-      {"data.normalize", Kind::kString, "auto", -kInf, kInf, {"auto", "none"}},
-      {"data.mean", Kind::kFloatList, "[]"},
-      {"data.std", Kind::kFloatList, "[]", 0, kInf, {}, true},
-      {"data.path", Kind::kString, "/usr/share/datasets/fashion-mnist"},
-      {"data.val_path", Kind::kString, ""},
-      {"data.synthetic_samples", Kind::kInt, "10000", 1, int64_t{1} << 40},
-      {"data.batch_size", Kind::kInt, "64", 1, 1 << 24},
-      {"data.shuffle", Kind::kBool, "true"},
-      {"data.prefetch", Kind::kInt, "2", 0, 64},
-      {"data.val_fraction", Kind::kFloat, "0.1", 0, 0.9},
-      {"optimizer.type", Kind::kString, "sgd", -kInf, kInf, {"sgd", "adamw"}},
-      {"optimizer.lr", Kind::kFloat, "0.01", 0, kInf, {}, true},
-      {"optimizer.momentum", Kind::kFloat, "0.0", 0, 1},
-      {"optimizer.nesterov", Kind::kBool, "false"},
-      {"optimizer.weight_decay", Kind::kFloat, "0.0", 0},
-      {"optimizer.beta1", Kind::kFloat, "0.9", 0, 1},
-      {"optimizer.beta2", Kind::kFloat, "0.999", 0, 1},
-      {"optimizer.eps", Kind::kFloat, "1e-8", 0, kInf, {}, true},
-      {"optimizer.grad_clip", Kind::kFloat, "0.0", 0},
-      {"schedule.type", Kind::kString, "constant", -kInf, kInf, {"constant", "step", "cosine"}},
-      {"schedule.warmup_steps", Kind::kInt, "0", 0},
-      {"schedule.step_size", Kind::kInt, "1000", 1},
-      {"schedule.gamma", Kind::kFloat, "0.1", 0, 1, {}, true},
-      {"schedule.min_lr", Kind::kFloat, "0.0", 0},
-      {"train.epochs", Kind::kInt, "1", 1, 1e9},
-      {"train.steps", Kind::kInt, "0", 0},
-      {"train.log_every", Kind::kInt, "50", 1},
-      {"train.grad_accum_steps", Kind::kInt, "1", 1, 1 << 20},
-      {"train.max_time", Kind::kString, ""},
-      {"eval.every_steps", Kind::kInt, "0", 0},
-      {"eval.batch_size", Kind::kInt, "1000", 1, 1 << 24},
-      {"eval.max_batches", Kind::kInt, "0", 0},
-      {"eval.early_stopping.metric", Kind::kString, "", -kInf, kInf, {"", "test_loss", "test_acc"}},
-      {"eval.early_stopping.patience", Kind::kInt, "3", 1, 1e9},
-      {"eval.early_stopping.min_delta", Kind::kFloat, "0.0", 0},
-      {"checkpoint.dir", Kind::kString, ""},
-      {"checkpoint.every_steps", Kind::kInt, "0", 0},
-      {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
-      // Unset: auto for a restart of this same job, never otherwise (run_dir.h).
-      {"checkpoint.resume", Kind::kString, ""},
-      {"logging.dir", Kind::kString, ""},
-      {"logging.tensorboard", Kind::kBool, "true"},
-      {"logging.timeline", Kind::kBool, "false"},
-      {"distributed.strategy",
-       Kind::kString,
-       "ddp",
-       -kInf,
-       kInf,
-       {"none", "ddp", "zero1", "zero2", "fsdp", "parameter_server"}},
-      {"distributed.backend", Kind::kString, "auto", -kInf, kInf, {"auto", "cpu", "nccl", "mpi"}},
-      {"distributed.bucket_cap_mb", Kind::kFloat, "25", 0, kInf, {}, true},
-      {"distributed.timeout_s", Kind::kFloat, "300", 0, kInf, {}, true},
-      {"distributed.find_unused_parameters", Kind::kBool, "false"},
-      // A module name or a list of them (checked against the model when it is built).
-      {"distributed.fsdp.unit", Kind::kYaml, ""},
-      {"distributed.fsdp.reshard_after_forward", Kind::kBool, "true"},
-      {"distributed.fsdp.prefetch", Kind::kInt, "1", 0, 64},
-      {"parameter_server.servers", Kind::kInt, "1", 1, 4096},
-      {"parameter_server.mode", Kind::kString, "sync", -kInf, kInf, {"sync", "async", "bounded"}},
-      {"parameter_server.staleness", Kind::kInt, "0", 0},
-      {"parameter_server.compression", Kind::kString, "none", -kInf, kInf, {"none", "bf16"}},
-      {"parameter_server.bind", Kind::kString, ""},
-      {"parameter_server.transport", Kind::kString, "auto", -kInf, kInf, {"auto", "grpc"}},
-      {"parameter_server.heartbeat_s", Kind::kFloat, "1", 0, kInf, {}, true},
-      {"parameter_server.worker_timeout_s", Kind::kFloat, "30", 0, kInf, {}, true},
-      {"parameter_server.checkpoint_every", Kind::kInt, "0", 0},
-      {"parameter_server.checkpoint_dir", Kind::kString, ""},
-  };
-  return keys;
-}
-
-const Key* find_key(const std::string& path) {
-  for (const Key& k : schema())
-    if (k.path == path) return &k;
-  return nullptr;
-}
+using config_detail::find_key;
+using config_detail::Key;
+using config_detail::Kind;
+using config_detail::schema;
 
 bool is_section(const std::string& path) {
   for (const Key& k : schema())
@@ -376,84 +249,6 @@ Precision parse_precision(const std::string& s) {
 }
 
 }  // namespace
-
-const char* strategy_name(Strategy s) {
-  switch (s) {
-    case Strategy::kNone:
-      return "none";
-    case Strategy::kDdp:
-      return "ddp";
-    case Strategy::kZero1:
-      return "zero1";
-    case Strategy::kZero2:
-      return "zero2";
-    case Strategy::kFsdp:
-      return "fsdp";
-    case Strategy::kParameterServer:
-      return "parameter_server";
-  }
-  return "?";
-}
-
-const char* backend_name(Backend b) {
-  switch (b) {
-    case Backend::kAuto:
-      return "auto";
-    case Backend::kCpu:
-      return "cpu";
-    case Backend::kNccl:
-      return "nccl";
-    case Backend::kMpi:
-      return "mpi";
-  }
-  return "?";
-}
-
-const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::kFp32:
-      return "fp32";
-    case Precision::kBf16:
-      return "bf16";
-    case Precision::kFp16:
-      return "fp16";
-    case Precision::kFp64:
-      return "fp64";
-  }
-  return "?";
-}
-
-DeviceSpec DeviceSpec::parse(const std::string& text) {
-  DeviceSpec d;
-  if (text == "auto") return d;
-  if (text == "cpu") {
-    d.kind = Kind::kCpu;
-    return d;
-  }
-  if (text == "cuda") {
-    d.kind = Kind::kCuda;
-    return d;
-  }
-  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
-      text.find_first_not_of("0123456789", 5) == std::string::npos) {
-    d.kind = Kind::kCuda;
-    d.index = std::stoi(text.substr(5));
-    return d;
-  }
-  COHORT_THROW(ConfigError, "device must be auto, cpu, cuda or cuda:N, got '", text, "'");
-}
-
-std::string DeviceSpec::str() const {
-  switch (kind) {
-    case Kind::kAuto:
-      return "auto";
-    case Kind::kCpu:
-      return "cpu";
-    case Kind::kCuda:
-      return index < 0 ? "cuda" : "cuda:" + std::to_string(index);
-  }
-  return "?";
-}
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   if (!std::filesystem::exists(path))

@@ -370,7 +370,12 @@ RunSummary Trainer::run() {
         if (!loader.next(batch_data)) break;
       }
       const double lr = schedule_->lr(step);
-      const Tensor loss = train_step(loader, batch_data, step, lr, tl);
+      Tensor loss;
+      try {
+        loss = train_step(loader, batch_data, step, lr, tl);
+      } catch (const collectives::UnusedParametersError& e) {
+        COHORT_THROW(ConfigError, e.what(), " (distributed.find_unused_parameters: true)");
+      }
       ++step;
       if (kill_at && step == *kill_at) ::raise(SIGKILL);
       if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));

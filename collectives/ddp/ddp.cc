@@ -35,7 +35,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
   COHORT_CHECK(o_.reduce_scatter || !o_.free_gradients,
                "DdpOptions::free_gradients needs reduce_scatter");
   if (o_.bucket_cap_mb <= 0 || o_.first_bucket_cap_mb <= 0)
-    COHORT_THROW(ConfigError, "distributed.bucket_cap_mb must be positive, got ", o_.bucket_cap_mb);
+    COHORT_THROW(ConfigError, "DDP's bucket caps must be positive, got ", o_.bucket_cap_mb, " MB");
   for (auto& [name, p] : module_->named_parameters()) {
     if (!p.requires_grad()) continue;
     params_.push_back(p);
@@ -276,11 +276,10 @@ void DistributedDataParallel::finish_backward() {
     for (size_t k = 0; k < unused.size() && k < 10; ++k)
       names << (k ? ", " : "") << names_[unused[k]];
     if (unused.size() > 10) names << " and " << unused.size() - 10 << " more";
-    COHORT_THROW(ConfigError, "DistributedDataParallel: ", unused.size(),
+    COHORT_THROW(UnusedParametersError, "DistributedDataParallel: ", unused.size(),
                  " parameter(s) got no gradient in this backward pass on rank ", group_->rank(),
                  ": ", names.str(),
-                 "; make every parameter contribute to the loss or set "
-                 "distributed.find_unused_parameters: true");
+                 "; make every parameter contribute to the loss or allow unused parameters");
   }
   {
     core::autograd::NoGradGuard guard;

@@ -414,7 +414,7 @@ void FullyShardedDataParallel::finish_backward() {
     for (size_t j = 0; j < unused.size() && j < 10; ++j)
       names << (j ? ", " : "") << names_[unused[j]];
     if (unused.size() > 10) names << " and " << unused.size() - 10 << " more";
-    COHORT_THROW(ConfigError, "FullyShardedDataParallel: ", unused.size(),
+    COHORT_THROW(UnusedParametersError, "FullyShardedDataParallel: ", unused.size(),
                  " parameter(s) got no gradient in this backward pass on rank ", group_->rank(),
                  ": ", names.str(),
                  "; make every parameter contribute to the loss or allow unused parameters");

@@ -6,7 +6,7 @@ namespace cohort::collectives::mpi {
 
 std::shared_ptr<ProcessGroup> create(std::shared_ptr<Store>, int, int, const ProcessGroupOptions&) {
   COHORT_THROW(ConfigError,
-               "distributed.backend mpi is not in this build of cohort (COHORT_USE_MPI=OFF); "
+               "the mpi backend is not in this build of cohort (COHORT_USE_MPI=OFF); "
                "install libopenmpi-dev and rebuild, or use the cpu backend");
 }
 

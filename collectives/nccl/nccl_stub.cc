@@ -6,7 +6,7 @@ namespace cohort::collectives::nccl {
 
 std::shared_ptr<ProcessGroup> create(std::shared_ptr<Store>, int, int, const ProcessGroupOptions&) {
   COHORT_THROW(ConfigError,
-               "distributed.backend nccl is not in this build of cohort (COHORT_USE_NCCL=OFF); "
+               "the nccl backend is not in this build of cohort (COHORT_USE_NCCL=OFF); "
                "build on a machine with the CUDA Toolkit and NCCL, or use the cpu backend");
 }
 

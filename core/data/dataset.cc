@@ -206,8 +206,8 @@ std::string find_file(const std::string& dir, const std::string& base) {
     if (std::ifstream(p).good()) return p;
   }
   COHORT_THROW(IoError, "data file ", dir, "/", base,
-               ".gz is missing (install Debian's dataset-fashion-mnist "
-               "or set data.path)");
+               ".gz is missing (install Debian's dataset-fashion-mnist, or give the directory "
+               "that holds the IDX files)");
 }
 }  // namespace
 
@@ -318,7 +318,8 @@ TokenFileDataset::TokenFileDataset(const std::string& path, int64_t context, int
   // A token the embedding has no row for would read out of bounds later; say so now.
   const uint16_t top = *std::max_element(tokens_, tokens_ + count_);
   if (top >= vocab)
-    fail("holds token " + std::to_string(top) + " but model.vocab is " + std::to_string(vocab));
+    fail("holds token " + std::to_string(top) + " but the vocabulary has " + std::to_string(vocab) +
+         " (tokens 0 to " + std::to_string(vocab - 1) + ")");
 }
 
 TokenFileDataset::~TokenFileDataset() {

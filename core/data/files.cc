@@ -225,7 +225,7 @@ CsvDataset::CsvDataset(const std::string& path, const std::string& target_column
   if (!f) COHORT_THROW(IoError, "cannot open ", path);
   f.seekg(0, std::ios::end);
   if (static_cast<size_t>(f.tellg()) > kMaxCsvBytes)
-    COHORT_THROW(IoError, path, " is larger than 4 GiB; convert it to .npy (data.dataset npy)");
+    COHORT_THROW(IoError, path, " is larger than 4 GiB; convert it to .npy");
   f.seekg(0);
   std::string line;
   int64_t line_no = 0;
@@ -268,8 +268,8 @@ CsvDataset::CsvDataset(const std::string& path, const std::string& target_column
         if (*end != '\0' || idx < 0 || static_cast<size_t>(idx) >= width) {
           std::string names;
           for (const auto& h : header) names += (names.empty() ? "" : ", ") + h;
-          COHORT_THROW(IoError, path, " has no column '", target_column,
-                       "' for data.target_column (its columns: ", names, ")");
+          COHORT_THROW(IoError, path, " has no column '", target_column, "' (its columns: ", names,
+                       ")");
         }
         target = static_cast<size_t>(idx);
       }

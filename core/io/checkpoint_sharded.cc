@@ -289,7 +289,9 @@ CheckpointReader::CheckpointReader(const std::string& dir)
     const auto list = tensors->find(kParts[part]);
     if (list == tensors->end() || !list->is_object())
       corrupt(std::string("its manifest lists no ") + kParts[part] + " tensors");
-    for (auto& [tname, t] : list->items()) {
+    for (auto& item : list->items()) {
+      const std::string& tname = item.key();
+      const nlohmann::json& t = item.value();
       auto bad = [&](const std::string& why) {
         corrupt(std::string(kParts[part]) + " tensor '" + tname.substr(0, 200) + "' " + why);
       };

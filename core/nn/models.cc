@@ -46,8 +46,8 @@ Tensor CNN::forward(const Tensor& x) {
 }
 
 CausalSelfAttention::CausalSelfAttention(const GPTConfig& c, Generator* gen) : heads_(c.heads) {
-  COHORT_CHECK(c.dim % c.heads == 0, "gpt: model.dim (", c.dim,
-               ") must be divisible by model.heads (", c.heads, ")");
+  COHORT_CHECK(c.dim % c.heads == 0, "gpt: dim (", c.dim, ") must be divisible by heads (", c.heads,
+               ")");
   qkv_ = register_module("qkv", std::make_shared<Linear>(c.dim, 3 * c.dim, true, gen));
   proj_ = register_module("proj", std::make_shared<Linear>(c.dim, c.dim, true, gen));
 }
@@ -91,7 +91,7 @@ Tensor GPT::forward(const Tensor& tokens) {
   COHORT_CHECK(tokens.dim() == 2, "gpt: tokens must be [batch, time], got ",
                shape_str(tokens.sizes()));
   const int64_t T = tokens.size(1);
-  COHORT_CHECK(T <= config_.context, "gpt: sequence length ", T, " exceeds model.context ",
+  COHORT_CHECK(T <= config_.context, "gpt: sequence length ", T, " exceeds the context ",
                config_.context);
   Tensor pos = arange(T).to(tokens.device());
   Tensor h = add((*tok_)(tokens), (*pos_)(pos));

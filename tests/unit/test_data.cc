@@ -69,7 +69,7 @@ TEST_F(TokenFiles, MalformedFilesAreOneSentenceNamingTheFile) {
   p = write(ten);
   EXPECT_NE(error_of(p, 16, 256).find("has 10 tokens in this split; need at least 17"),
             std::string::npos);
-  EXPECT_NE(error_of(p, 4, 5).find("holds token 7 but model.vocab is 5"), std::string::npos);
+  EXPECT_NE(error_of(p, 4, 5).find("holds token 7 but the vocabulary has 5"), std::string::npos);
   EXPECT_NE(error_of((dir_ / "missing.bin").string(), 4, 256).find("cannot open token file"),
             std::string::npos);
   {

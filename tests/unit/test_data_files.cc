@@ -170,7 +170,7 @@ TEST_F(DataFiles, MalformedCsvRowsNameTheFileLineAndColumn) {
       {"a,b,y\n1,2,0\n1,2\n", "", "bad.csv:3: 2 fields, but the table has 3 columns"},
       {"a,b,y\n1,2,0.5\n", "", "bad.csv:2: the target column 'y' holds 0.5, not a class number"},
       {"a,b,y\n1,,0\n", "", "bad.csv:2: column 'b' holds '', not a number"},
-      {"a,b,y\n1,2,0\n", "z", "has no column 'z' for data.target_column (its columns: a, b, y)"},
+      {"a,b,y\n1,2,0\n", "z", "has no column 'z' (its columns: a, b, y)"},
       {"a,b,y\n", "", "has no data rows"},
       {"a,\"b,y\n1,2,0\n", "", "bad.csv:1: a quoted field is not closed"},
       {"a,b,y\n1,inf,0\n", "", "column 'b' holds 'inf', not a number"},

@@ -7,11 +7,13 @@
 
 #include <mutex>
 
+#include "cohort/config.h"
 #include "collectives/ddp/fsdp.h"
 #include "collectives/ddp/zero.h"
 #include "core/autograd/grad_mode.h"
 #include "core/nn/layers.h"
 #include "core/optim/optimizer.h"
+#include "core/tensor/cuda/cuda_device.h"
 #include "ddp_test_util.h"
 
 namespace cohort::collectives {
@@ -291,6 +293,62 @@ TEST(Fsdp, UnitsThatNameNoModuleAndUnusedParametersAreErrors) {
       EXPECT_EQ(unused, 0.0);
       EXPECT_GT(used, 0.0);
     });
+  }
+}
+
+// FSDP and ZeRO-2 on CUDA tensors over the nccl backend: gathers and reductions on NCCL's
+// stream, the compute stream waiting on their events, memory freed and regathered on the device.
+// One GPU allows one rank; two steps of SGD must equal the same steps of a plain model on the same
+// GPU. Skips where there is no GPU.
+TEST(Fsdp, NcclOnOneGpuEqualsPlainSteps) {
+  if (!COHORT_USE_NCCL || core::cuda::device_count() == 0)
+    GTEST_SKIP() << (COHORT_USE_NCCL ? "needs a GPU: " + core::cuda::unavailable_reason()
+                                     : std::string("this build has no NCCL"));
+  const core::Device gpu = core::Device::cuda(0);
+  const Data d = make_data(12);
+  const auto spec = spec_of(core::optim::OptimizerKind::kSgd);
+  auto plain = make_mlp(0);
+  plain->to(gpu);
+  auto plain_opt = core::optim::make_optimizer(spec, plain->parameters());
+  for (int step = 0; step < 2; ++step) {
+    plain_opt->zero_grad();
+    core::cross_entropy(plain->forward(d.x.to(gpu)), d.y.to(gpu)).backward();
+    plain_opt->step();
+  }
+  for (bool fsdp_mode : {true, false}) {
+    SCOPED_TRACE(fsdp_mode ? "fsdp" : "zero2");
+    auto model = make_mlp(0);
+    model->to(gpu);
+    auto pg = create_process_group("nccl", std::make_shared<HashStore>(), 0, 1);
+    std::vector<Tensor> got;
+    if (fsdp_mode) {
+      FullyShardedDataParallel fsdp(model, pg);
+      auto opt = core::optim::make_optimizer(spec, fsdp.shards());
+      for (int step = 0; step < 2; ++step) {
+        opt->zero_grad();
+        core::cross_entropy(fsdp.forward(d.x.to(gpu)), d.y.to(gpu)).backward();
+        opt->step();
+      }
+      auto full = fsdp.full_params();
+      for (auto& p : model->parameters()) got.push_back(p.detach().to(core::Device::cpu()));
+    } else {
+      DdpOptions o = small_buckets();
+      o.reduce_scatter = o.free_gradients = true;
+      DistributedDataParallel ddp(model, pg, o);
+      ShardedOptimizer opt(
+          ddp, [&](std::vector<Tensor> p) { return core::optim::make_optimizer(spec, p); });
+      for (int step = 0; step < 2; ++step) {
+        opt.zero_grad();
+        ddp.zero_shards();
+        core::cross_entropy(ddp.forward(d.x.to(gpu)), d.y.to(gpu)).backward();
+        opt.step();
+      }
+      for (auto& p : model->parameters()) got.push_back(p.detach().to(core::Device::cpu()));
+    }
+    const auto want = plain->parameters();
+    for (size_t i = 0; i < got.size(); ++i)
+      expect_close(got[i], want[i].detach().to(core::Device::cpu()),
+                   "parameter " + std::to_string(i));
   }
 }
 
