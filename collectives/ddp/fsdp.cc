@@ -217,11 +217,12 @@ void FullyShardedDataParallel::gather_async(size_t i) {
 
 void FullyShardedDataParallel::wait_gathered(size_t i) {
   Unit& u = units_[i];
-  if (u.state == State::kSharded) gather_async(i);
-  if (u.state != State::kGathering) return;
+  if (u.state == State::kGathered) return;
   {
-    // What compute waits for here is the part of the gather that prefetching did not hide.
+    // What compute waits for here is the part of the gather that prefetching did not hide: all
+    // of it when nothing started it earlier (a small gather may even run on this thread).
     core::Timeline::Span waiting(o_.timeline, "wait for all-gather", "comm");
+    if (u.state == State::kSharded) gather_async(i);
     u.gather->wait(timeout());
   }
   if (o_.timeline)
