@@ -105,14 +105,15 @@ std::string save_checkpoint(const std::string& root, const TensorMap& model,
   const fs::path final_dir = fs::path(root) / name;
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
-  save_safetensors((tmp / kFiles[0]).string(), model);
-  save_safetensors((tmp / kFiles[1]).string(), optimizer);
+  std::string digests[2];
+  save_safetensors((tmp / kFiles[0]).string(), model, {}, &digests[0]);
+  save_safetensors((tmp / kFiles[1]).string(), optimizer, {}, &digests[1]);
   nlohmann::json m;
   m["format"] = kFormat2;
   write_meta(meta, m);
-  for (const char* f : kFiles) {
-    fsync_path((tmp / f).string());
-    m["sha256"][f] = sha256_file((tmp / f).string());
+  for (int i = 0; i < 2; ++i) {
+    fsync_path((tmp / kFiles[i]).string());
+    m["sha256"][kFiles[i]] = digests[i];
   }
   m["manifest_sha256"] = manifest_digest(m);
   {

@@ -55,8 +55,25 @@ bool parse_dtype(const std::string& s, DType& d) {
   return true;
 }
 
+namespace {
+
+std::string hex_digest(EVP_MD_CTX* ctx) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < len; ++i) {
+    s.push_back(hex[md[i] >> 4]);
+    s.push_back(hex[md[i] & 15]);
+  }
+  return s;
+}
+
+}  // namespace
+
 void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, std::string* sha256) {
   autograd::NoGradGuard g;
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -76,13 +93,23 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     h.push_back(' ');  // keep the data 8-byte aligned, as the reference writer does
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   if (!f) COHORT_THROW(IoError, "cannot write ", path);
+  // The digest, when asked for, is taken of the bytes as they are written: no second pass.
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(nullptr, EVP_MD_CTX_free);
+  if (sha256) {
+    ctx.reset(EVP_MD_CTX_new());
+    EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  }
+  auto put = [&](const void* data, size_t bytes) {
+    f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+    if (ctx) EVP_DigestUpdate(ctx.get(), data, bytes);
+  };
   uint64_t n = h.size();
-  f.write(reinterpret_cast<const char*>(&n), 8);
-  f.write(h.data(), static_cast<std::streamsize>(h.size()));
-  for (const Tensor& c : cpu)
-    f.write(static_cast<const char*>(c.raw_data()), static_cast<std::streamsize>(c.nbytes()));
+  put(&n, 8);
+  put(h.data(), h.size());
+  for (const Tensor& c : cpu) put(c.raw_data(), c.nbytes());
   f.flush();
   if (!f) COHORT_THROW(IoError, "writing ", path, " failed (disk full?)");
+  if (ctx) *sha256 = hex_digest(ctx.get());
 }
 
 TensorMap load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata,
@@ -177,23 +204,6 @@ TensorMap load_safetensors(const std::string& path, std::map<std::string, std::s
   }
   return out;
 }
-
-namespace {
-
-std::string hex_digest(EVP_MD_CTX* ctx) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (unsigned i = 0; i < len; ++i) {
-    s.push_back(hex[md[i] >> 4]);
-    s.push_back(hex[md[i] & 15]);
-  }
-  return s;
-}
-
-}  // namespace
 
 std::string sha256_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -17,8 +17,10 @@ inline constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;
 
 // Writes tensors (moved to CPU, made contiguous) to `path` directly; callers wanting atomicity
 // write to a temporary name and rename (see write_file_atomic). Throws IoError naming the path.
+// With `sha256`, also the hex SHA-256 of the bytes written.
 void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      std::string* sha256 = nullptr);
 // Reads every tensor; throws IoError naming the path, the tensor and the problem for malformed
 // files (a header past kMaxSafetensorsHeader, a field of the wrong type, a shape whose size
 // overflows or whose bytes are not exactly its data_offsets inside the file).
