@@ -165,6 +165,18 @@ class NetnsCluster {
 };
 
 // The model of the newest checkpoint under RUN_DIR/checkpoints (a failure when there is none).
+// `cohort launch` of `args` on n ranks of this node, and the same under mpirun (as root, and with
+// more ranks than cores).
+inline std::string launch_command(int n, const std::string& args, const std::string& flags = "") {
+  return std::string(COHORT_BINARY) + " launch " + flags + " --nproc-per-node " +
+         std::to_string(n) + " -- " + args;
+}
+inline std::string mpirun_command(int n, const std::string& args) {
+  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe "
+         "--bind-to none -np " +
+         std::to_string(n) + " " + args;
+}
+
 inline core::io::TensorMap final_model(const std::filesystem::path& run_dir) {
   auto latest = core::io::latest_checkpoint((run_dir / "checkpoints").string());
   if (!latest) {

@@ -76,9 +76,9 @@ core::Device device_of(const core::nn::Module& m) {
 // One process: the model and an optimiser.
 class Local final : public Parallelism {
  public:
-  Local(const Config& c, std::shared_ptr<core::nn::Module> model)
-      : model_(std::move(model)),
-        opt_(core::optim::make_optimizer(c.optimizer, model_->parameters())) {}
+  Local(const Config& c, std::shared_ptr<core::nn::Module> model) : Parallelism(std::move(model)) {
+    opt_ = core::optim::make_optimizer(c.optimizer, model_->parameters());
+  }
   Strategy strategy() const override { return Strategy::kNone; }
   Tensor forward(const Tensor& x) override { return (*model_)(x); }
   void begin_step(int64_t, double lr, int64_t) override {
@@ -92,22 +92,12 @@ class Local final : public Parallelism {
     opt_->step();
     return true;
   }
-  core::nn::StateDict model_state() override { return model_->state_dict(); }
-  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
-  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
-    model_->load_state_dict(m);
-    opt_->load_state_dict(o);
-  }
-  core::optim::Optimizer& optimizer() override { return *opt_; }
   ModelStateBytes state_bytes() const override {
     return {tensor_bytes(model_->parameters()), grad_bytes(model_->parameters()),
             optimizer_bytes(*opt_)};
   }
 
  private:
-  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
-  std::shared_ptr<core::nn::Module> model_;
-  std::unique_ptr<core::optim::Optimizer> opt_;
 };
 
 struct NoSyncScope final : AccumulationScope {
@@ -119,7 +109,7 @@ struct NoSyncScope final : AccumulationScope {
 class Replicated final : public Parallelism {
  public:
   Replicated(const Config& c, const Distributed& dist, std::shared_ptr<core::nn::Module> model)
-      : strategy_(c.distributed.strategy), model_(std::move(model)) {
+      : Parallelism(std::move(model)), strategy_(c.distributed.strategy) {
     collectives::DdpOptions o;
     o.bucket_cap_mb = c.distributed.bucket_cap_mb;
     o.allow_unused_parameters = c.distributed.find_unused_parameters;
@@ -129,10 +119,12 @@ class Replicated final : public Parallelism {
     ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist.group, o);
     if (o.reduce_scatter) {
       const core::optim::OptimizerSpec spec = c.optimizer;
-      sharded_ = new collectives::ShardedOptimizer(*ddp_, [spec](std::vector<Tensor> shards) {
-        return core::optim::make_optimizer(spec, std::move(shards));
-      });
-      opt_.reset(sharded_);
+      auto sharded = std::make_unique<collectives::ShardedOptimizer>(
+          *ddp_, [spec](std::vector<Tensor> shards) {
+            return core::optim::make_optimizer(spec, std::move(shards));
+          });
+      sharded_ = sharded.get();
+      opt_ = std::move(sharded);
     } else {
       opt_ = core::optim::make_optimizer(c.optimizer, model_->parameters());
     }
@@ -164,12 +156,6 @@ class Replicated final : public Parallelism {
     opt_->step();
     return true;
   }
-  core::nn::StateDict model_state() override { return model_->state_dict(); }
-  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
-  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
-    model_->load_state_dict(m);
-    opt_->load_state_dict(o);
-  }
   core::io::ShardedState checkpoint_state() override {
     if (!sharded_) return Parallelism::checkpoint_state();
     // The parameters as ddp writes them; the optimiser state as the shards this rank holds (no
@@ -196,7 +182,6 @@ class Replicated final : public Parallelism {
     sharded_->load_shard_state_dict(read_optimizer_shards(
         ck, sharded_->groups(), sharded_->shards(), ddp_->params(), g.rank(), g.size()));
   }
-  core::optim::Optimizer& optimizer() override { return *opt_; }
   void set_timeline(core::Timeline* t) override { ddp_->set_timeline(t); }
   const char* comm_lane() const override { return "gradient reduction"; }
   ModelStateBytes state_bytes() const override {
@@ -207,10 +192,7 @@ class Replicated final : public Parallelism {
 
  private:
   Strategy strategy_;
-  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
-  std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<collectives::DistributedDataParallel> ddp_;
-  std::unique_ptr<core::optim::Optimizer> opt_;
   collectives::ShardedOptimizer* sharded_ = nullptr;  // opt_, under zero1 and zero2
 };
 
@@ -218,7 +200,7 @@ class Replicated final : public Parallelism {
 class FullySharded final : public Parallelism {
  public:
   FullySharded(const Config& c, const Distributed& dist, std::shared_ptr<core::nn::Module> model)
-      : model_(std::move(model)) {
+      : Parallelism(std::move(model)) {
     collectives::FsdpOptions o;
     o.units = fsdp_unit_patterns(c, *model_);
     o.reshard_after_forward = c.distributed.fsdp.reshard_after_forward;
@@ -309,7 +291,6 @@ class FullySharded final : public Parallelism {
            " parameters padded with " + std::to_string(padded - numel) +
            " zeros to shards of equal size";
   }
-  core::optim::Optimizer& optimizer() override { return *opt_; }
   void set_timeline(core::Timeline* t) override { fsdp_->set_timeline(t); }
   const char* comm_lane() const override { return "gathers and reductions"; }
   ModelStateBytes state_bytes() const override {
@@ -326,10 +307,7 @@ class FullySharded final : public Parallelism {
   core::Device device_of_shards() const {
     return fsdp_->shards().empty() ? core::Device::cpu() : fsdp_->shards()[0].device();
   }
-  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
-  std::shared_ptr<core::nn::Module> model_;
   std::unique_ptr<collectives::FullyShardedDataParallel> fsdp_;
-  std::unique_ptr<core::optim::Optimizer> opt_;
 };
 
 core::io::ShardedState FullySharded::checkpoint_state() {
@@ -385,11 +363,9 @@ class ParameterServerWorker final : public Parallelism {
  public:
   ParameterServerWorker(const Config& c, const Distributed& dist,
                         std::shared_ptr<core::nn::Module> model)
-      : model_(std::move(model)),
-        // It only clears gradients: the servers apply the updates.
-        opt_(core::optim::make_optimizer(c.optimizer, model_->parameters())),
-        clip_(c.optimizer.grad_clip > 0),
-        chief_(dist.rank == 0) {
+      : Parallelism(std::move(model)), clip_(c.optimizer.grad_clip > 0), chief_(dist.rank == 0) {
+    // It only clears gradients: the servers apply the updates.
+    opt_ = core::optim::make_optimizer(c.optimizer, model_->parameters());
     std::vector<std::string> names;
     std::vector<Tensor> params;
     for (auto& [name, p] : model_->named_parameters()) {
@@ -430,13 +406,6 @@ class ParameterServerWorker final : public Parallelism {
     ps_->pull(step);
   }
   void finish() override { ps_->leave(); }
-  core::nn::StateDict model_state() override { return model_->state_dict(); }
-  core::optim::OptimizerState optimizer_state() override { return opt_->state_dict(); }
-  void load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) override {
-    model_->load_state_dict(m);
-    opt_->load_state_dict(o);
-  }
-  core::optim::Optimizer& optimizer() override { return *opt_; }
   void set_timeline(core::Timeline* t) override { tl_ = t; }
   const char* comm_lane() const override { return "parameter servers"; }
   ModelStateBytes state_bytes() const override {
@@ -444,9 +413,6 @@ class ParameterServerWorker final : public Parallelism {
   }
 
  private:
-  core::nn::NamedTensors buffers_of_model() const override { return model_->named_buffers(); }
-  std::shared_ptr<core::nn::Module> model_;
-  std::unique_ptr<core::optim::Optimizer> opt_;
   std::unique_ptr<ps::PsWorker> ps_;
   bool clip_, chief_;
   core::Timeline* tl_ = nullptr;
@@ -467,13 +433,22 @@ std::vector<std::string> fsdp_unit_patterns(const Config& c, core::nn::Module& m
   return units;
 }
 
+core::nn::StateDict Parallelism::model_state() { return model_->state_dict(); }
+
+core::optim::OptimizerState Parallelism::optimizer_state() { return opt_->state_dict(); }
+
+void Parallelism::load(const core::nn::StateDict& m, const core::optim::OptimizerState& o) {
+  model_->load_state_dict(m);
+  opt_->load_state_dict(o);
+}
+
 core::io::ShardedState Parallelism::checkpoint_state() {
   core::io::ShardedState s;
   // Buffers (batch-norm statistics) are rank 0's, as DDP broadcasts them from there: it writes
   // them whole. The parameters are equal everywhere.
   std::map<std::string, Tensor> params, buffers;
   std::set<std::string> buffer_names;
-  for (auto& [name, t] : buffers_of_model()) buffer_names.insert(name);
+  for (auto& [name, t] : model_->named_buffers()) buffer_names.insert(name);
   for (auto& [name, t] : model_state()) (buffer_names.count(name) ? buffers : params)[name] = t;
   slice_into(params, writer_rank_, writers_, s.model);
   if (writer_rank_ == 0) slice_into(buffers, 0, 1, s.model);

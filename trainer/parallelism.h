@@ -55,10 +55,10 @@ class Parallelism {
 
   // The whole model's parameters and buffers, and the optimiser state keyed by parameter as an
   // unsharded optimiser keys it. Collectives under zero1, zero2 and fsdp: every rank calls them.
-  virtual core::nn::StateDict model_state() = 0;
-  virtual core::optim::OptimizerState optimizer_state() = 0;
+  virtual core::nn::StateDict model_state();
+  virtual core::optim::OptimizerState optimizer_state();
   // Loads what model_state()/optimizer_state() returned (from any strategy and world size).
-  virtual void load(const core::nn::StateDict& model, const core::optim::OptimizerState& optim) = 0;
+  virtual void load(const core::nn::StateDict& model, const core::optim::OptimizerState& optim);
 
   // This rank's part of a sharded checkpoint (core/io/checkpoint.h): sharded strategies write
   // the shards they hold, replicated ones an equal slice of every tensor, so that every rank
@@ -71,7 +71,7 @@ class Parallelism {
   int writer_rank() const { return writer_rank_; }
   int writers() const { return writers_; }
 
-  virtual core::optim::Optimizer& optimizer() = 0;
+  core::optim::Optimizer& optimizer() { return *opt_; }
   virtual void set_timeline(core::Timeline* /*t*/) {}
   // The timeline lane its communication is drawn on, named; empty: none.
   virtual const char* comm_lane() const { return nullptr; }
@@ -81,8 +81,9 @@ class Parallelism {
   virtual ModelStateBytes state_bytes() const = 0;
 
  protected:
-  // The model's buffers (named as in model_state()).
-  virtual core::nn::NamedTensors buffers_of_model() const = 0;
+  explicit Parallelism(std::shared_ptr<core::nn::Module> model) : model_(std::move(model)) {}
+  std::shared_ptr<core::nn::Module> model_;
+  std::unique_ptr<core::optim::Optimizer> opt_;  // set by each strategy's constructor
   int writer_rank_ = 0, writers_ = 1;
   friend std::unique_ptr<Parallelism> make_parallelism(const Config&, const Distributed&,
                                                        std::shared_ptr<core::nn::Module>);

@@ -43,13 +43,10 @@ class DdpTrain : public cohort::test::TempDirTest {
            (dir_ / run).string() + " " + extra;
   }
   std::string launch(int n, const std::string& args) const {
-    return std::string(COHORT_BINARY) + " launch --nproc-per-node " + std::to_string(n) + " -- " +
-           args;
+    return cohort::test::launch_command(n, args);
   }
   std::string mpirun(int n, const std::string& args) const {
-    return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe "
-           "--bind-to none -np " +
-           std::to_string(n) + " " + args;
+    return cohort::test::mpirun_command(n, args);
   }
   cohort::core::io::TensorMap final_model(const std::string& run) const {
     return cohort::test::final_model(dir_ / run);

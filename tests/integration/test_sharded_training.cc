@@ -52,13 +52,10 @@ class ShardedTrain : public cohort::test::TempDirTest {
            " logging.dir=" + (dir_ / run).string() + " " + extra;
   }
   std::string launch(int n, const std::string& args, const std::string& flags = "") const {
-    return std::string(COHORT_BINARY) + " launch " + flags + " --nproc-per-node " +
-           std::to_string(n) + " -- " + args;
+    return cohort::test::launch_command(n, args, flags);
   }
   std::string mpirun(int n, const std::string& args) const {
-    return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe "
-           "--bind-to none -np " +
-           std::to_string(n) + " " + args;
+    return cohort::test::mpirun_command(n, args);
   }
   cohort::core::io::TensorMap final_model(const std::string& run) const {
     return cohort::test::final_model(dir_ / run);
