@@ -21,6 +21,7 @@
 #include "launcher/bench_ps.h"
 #include "launcher/bench_store.h"
 #include "launcher/checkpoint_command.h"
+#include "launcher/env_command.h"
 #include "launcher/generate_command.h"
 #include "launcher/launch.h"
 #include "launcher/ps_command.h"
@@ -195,6 +196,10 @@ int main(int argc, char** argv) {
   store->add_option("--address", sto.address, "HOST:PORT (default COHORT_STORE)");
   store->add_option("--timeout", sto.timeout_s, "seconds")->capture_default_str();
 
+  auto* env_cmd = app.add_subcommand("env",
+                                     "what this build has and this machine offers (versions, GPUs, "
+                                     "CPU, BLAS, job), for bug reports");
+
   auto* ckpt = app.add_subcommand("checkpoint", "inspect and convert checkpoints");
   ckpt->require_subcommand(1);
   cohort::launcher::CheckpointCommandOptions cko;
@@ -301,6 +306,7 @@ int main(int argc, char** argv) {
       return cohort::launcher::slurm_submit(so);
     }
     if (*store) return cohort::launcher::store_command(sto);
+    if (*env_cmd) return cohort::launcher::env_command();
     if (*consolidate) return cohort::launcher::checkpoint_consolidate(cko);
     if (*info) return cohort::launcher::checkpoint_info(cko);
     if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);

@@ -196,4 +196,20 @@ TEST_F(Cli, HelpShowsTheProgramFormsAndUnknownCommandsAreNamed) {
       << unknown.output;
 }
 
+// `cohort env` describes the build and the machine, and the job it would join: here, under the
+// variables cohort launch sets, rank 1 of 2.
+TEST_F(Cli, EnvDescribesTheBuildTheMachineAndTheJob) {
+  auto r = run_command(std::string(COHORT_BINARY) + " env");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* line : {"cohort ", "built with: cuda ", "gpus",
+                           "cpu: ", "cpu vector units: avx2 ", "blas: ", "job: none detected"})
+    EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
+  r = run_command(
+      "env COHORT_RANK=1 COHORT_WORLD_SIZE=2 COHORT_LOCAL_RANK=1 "
+      "COHORT_LOCAL_WORLD_SIZE=2 COHORT_STORE=127.0.0.1:1 " +
+      std::string(COHORT_BINARY) + " env");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("job: rank 1 of 2 (local rank 1 of 2)"), std::string::npos) << r.output;
+}
+
 }  // namespace

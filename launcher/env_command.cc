@@ -1,0 +1,71 @@
+#include "launcher/env_command.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "cohort/config.h"
+#include "core/ops/cpu/bf16_gemm.h"
+#include "core/ops/cpu/blas.h"
+#include "core/tensor/cuda/cuda_device.h"
+#include "core/util/threads.h"
+#include "launcher/worker_env.h"
+
+namespace cohort::launcher {
+
+namespace {
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  return "unknown";
+}
+
+const char* yes(bool b) { return b ? "yes" : "no"; }
+
+}  // namespace
+
+int env_command() {
+  std::printf("cohort %s\n", COHORT_VERSION);
+#if defined(__clang__)
+  std::printf("compiler: clang %s\n", __clang_version__);
+#elif defined(__GNUC__)
+  std::printf("compiler: gcc %s\n", __VERSION__);
+#endif
+  std::printf("built with: cuda %s, nccl %s, mpi %s, grpc %s\n", yes(COHORT_USE_CUDA),
+              yes(COHORT_USE_NCCL), yes(COHORT_USE_MPI), yes(COHORT_USE_GRPC));
+  const int gpus = core::cuda::device_count();
+  if (gpus == 0) {
+    std::printf("gpus: none (%s)\n", core::cuda::unavailable_reason().c_str());
+  } else {
+    for (int i = 0; i < gpus; ++i)
+      std::printf("gpu %d: %s\n", i, core::cuda::device_name(i).c_str());
+  }
+  std::printf("cpu: %s, %d cores available to this process\n", cpu_model().c_str(),
+              core::available_cores());
+  __builtin_cpu_init();
+  std::printf("cpu vector units: avx2 %s, avx512f %s, avx512-bf16 %s\n",
+              yes(__builtin_cpu_supports("avx2")), yes(__builtin_cpu_supports("avx512f")),
+              yes(core::cpu::bf16_gemm_supported()));
+  const core::cpu::BlasInfo& blas = core::cpu::blas_info();
+  std::printf("blas: %s%s%s\n", blas.library.c_str(), blas.coretype.empty() ? "" : ", kernels ",
+              blas.coretype.c_str());
+  try {
+    const WorkerEnv env = detect_worker_env();
+    if (env.source.empty() || env.world_size <= 1) {
+      std::printf("job: none detected (cohort train runs as a single process)\n");
+    } else {
+      std::printf("job: rank %d of %d (local rank %d of %d), from %s\n", env.rank, env.world_size,
+                  env.local_rank, env.local_world_size, env.source.c_str());
+    }
+  } catch (const std::exception& e) {
+    std::printf("job: the environment is malformed: %s\n", e.what());
+  }
+  return 0;
+}
+
+}  // namespace cohort::launcher
