@@ -86,24 +86,33 @@ std::string commit_sharded_checkpoint(const std::string& root, const std::string
   m["world_size"] = entries.size();
   nlohmann::json tensors = {{"model", nlohmann::json::object()},
                             {"optimizer", nlohmann::json::object()}};
-  for (size_t r = 0; r < entries.size(); ++r) {
-    const nlohmann::json e = nlohmann::json::parse(entries[r]);
-    m["sha256"][shard_file(static_cast<int>(r))] = e.at("sha256");
-    for (const char* part : kParts)
-      for (const auto& p : e.at(part)) {
-        auto& t = tensors[part][p.at("name").get<std::string>()];
-        if (t.is_null()) t = {{"shape", p.at("shape")}, {"dtype", p.at("dtype")}};
-        COHORT_CHECK(t["shape"] == p.at("shape") && t["dtype"] == p.at("dtype"),
-                     "ranks disagree on ", part, " tensor ", p.at("name").get<std::string>(),
-                     "'s shape or dtype");
-        t["pieces"].push_back({r, p.at("begin"), p.at("end")});
-      }
-  }
+  // The entries came from the other ranks through the store: a malformed one is an error naming
+  // its rank, not a JSON exception.
+  for (size_t r = 0; r < entries.size(); ++r) try {
+      const nlohmann::json e = nlohmann::json::parse(entries[r]);
+      if (!is_hex_digest(e.at("sha256")))
+        COHORT_THROW(DistributedError, "rank ", r, " sent a checkpoint entry without a SHA-256");
+      m["sha256"][shard_file(static_cast<int>(r))] = e.at("sha256");
+      for (const char* part : kParts)
+        for (const auto& p : e.at(part)) {
+          auto& t = tensors[part][p.at("name").get<std::string>()];
+          if (t.is_null()) t = {{"shape", p.at("shape")}, {"dtype", p.at("dtype")}};
+          COHORT_CHECK(t["shape"] == p.at("shape") && t["dtype"] == p.at("dtype"),
+                       "ranks disagree on ", part, " tensor ", p.at("name").get<std::string>(),
+                       "'s shape or dtype");
+          t["pieces"].push_back({r, p.at("begin").get<int64_t>(), p.at("end").get<int64_t>()});
+        }
+    } catch (const nlohmann::json::exception& e) {
+      COHORT_THROW(DistributedError, "rank ", r, " sent a malformed checkpoint entry: ", e.what());
+    }
   // Each tensor must be tiled exactly: the writers' own contract, checked before it is final.
   for (const char* part : kParts)
     for (auto& [name, t] : tensors[part].items()) {
       int64_t numel = 1;
-      for (const auto& d : t["shape"]) numel *= d.get<int64_t>();
+      for (const auto& d : t["shape"])
+        if (!d.is_number_integer() || d.get<int64_t>() < 0 ||
+            __builtin_mul_overflow(numel, d.get<int64_t>(), &numel))
+          COHORT_THROW(DistributedError, part, " tensor ", name, " has a malformed shape");
       auto pieces = t["pieces"].get<std::vector<std::tuple<int64_t, int64_t, int64_t>>>();
       std::sort(pieces.begin(), pieces.end(),
                 [](const auto& a, const auto& b) { return std::get<1>(a) < std::get<1>(b); });
@@ -231,7 +240,8 @@ CheckpointReader::CheckpointReader(const std::string& dir)
   }
   impl_->loaded.resize(impl_->files.size());
 
-  meta_.step = integer(m, "step", 0, INT64_MAX);
+  // Bounded so that the position checks below cannot overflow (2^40 steps is no run's).
+  meta_.step = integer(m, "step", 0, kMaxElements);
   meta_.epoch = integer(m, "epoch", 0, INT64_MAX);
   meta_.batch_in_epoch = integer(m, "batch_in_epoch", 0, INT64_MAX);
   meta_.samples_in_epoch =
@@ -305,8 +315,9 @@ CheckpointReader::CheckpointReader(const std::string& dir)
       for (const auto& dim : *shape) {
         if (!dim.is_number_unsigned() || dim.get<uint64_t>() > uint64_t(kMaxElements))
           bad("has a malformed shape");
-        numel *= dim.get<int64_t>();
-        if (numel > kMaxElements) bad("has more than 2^40 elements");
+        // Each factor is at most 2^40 and so is the product so far: check before it can wrap.
+        if (__builtin_mul_overflow(numel, dim.get<int64_t>(), &numel) || numel > kMaxElements)
+          bad("has more than 2^40 elements");
         info.shape.push_back(dim.get<int64_t>());
       }
       info.numel = numel;

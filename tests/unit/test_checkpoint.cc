@@ -219,6 +219,14 @@ TEST_F(CheckpointTest, ShardedCheckpointsReadAnyRangeAndRefuseBadTilings) {
         j["tensors"]["model"]["w"]["shape"] = {1 << 30, 1 << 30};
       },
       "more than 2^40 elements");
+  // Factors each within bounds whose product wraps int64.
+  edited(
+      [](nlohmann::json& j) {
+        j["tensors"]["model"]["w"]["shape"] = {int64_t{1} << 40, int64_t{1} << 40,
+                                               int64_t{1} << 40};
+      },
+      "more than 2^40 elements");
+  edited([](nlohmann::json& j) { j["step"] = int64_t{1} << 62; }, "above its maximum");
   edited([](nlohmann::json& j) { j["tensors"]["model"]["w"]["dtype"] = "F32"; },
          "does not hold model/w@0 as its manifest says");
   edited([](nlohmann::json& j) { j["world_size"] = 2; }, "checksums of other files");
