@@ -1,5 +1,7 @@
 #include "collectives/process_group.h"
 
+#include <sstream>
+
 #include "collectives/cpu/cpu_process_group.h"
 #include "collectives/mpi/mpi_process_group.h"
 #include "collectives/nccl/nccl_process_group.h"
@@ -71,6 +73,17 @@ std::shared_ptr<ProcessGroup> create_process_group(const std::string& backend,
   if (backend == "nccl") return nccl::create(std::move(store), rank, size, options);
   COHORT_THROW(ConfigError, "unknown process-group backend '", backend,
                "'; expected cpu, mpi or nccl");
+}
+
+void throw_unused_parameters(const char* who, int rank, const std::vector<std::string>& names,
+                             const std::vector<size_t>& unused) {
+  std::ostringstream list;
+  for (size_t k = 0; k < unused.size() && k < 10; ++k) list << (k ? ", " : "") << names[unused[k]];
+  if (unused.size() > 10) list << " and " << unused.size() - 10 << " more";
+  COHORT_THROW(UnusedParametersError, who, ": ", unused.size(),
+               " parameter(s) got no gradient in this backward pass on rank ", rank, ": ",
+               list.str(),
+               "; make every parameter contribute to the loss or allow unused parameters");
 }
 
 }  // namespace cohort::collectives

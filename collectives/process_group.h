@@ -51,6 +51,11 @@ class UnusedParametersError : public ConfigError {
  public:
   using ConfigError::ConfigError;
 };
+// Throws UnusedParametersError: `who` (DDP, FSDP) on `rank` got no gradient for the parameters
+// `unused` (indices into `names`); the sentence names the first ten.
+[[noreturn]] void throw_unused_parameters(const char* who, int rank,
+                                          const std::vector<std::string>& names,
+                                          const std::vector<size_t>& unused);
 
 class Work {
  public:

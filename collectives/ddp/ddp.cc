@@ -271,16 +271,8 @@ void DistributedDataParallel::finish_backward() {
   std::vector<size_t> unused;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) unused.push_back(i);
-  if (!unused.empty() && !o_.allow_unused_parameters) {
-    std::ostringstream names;
-    for (size_t k = 0; k < unused.size() && k < 10; ++k)
-      names << (k ? ", " : "") << names_[unused[k]];
-    if (unused.size() > 10) names << " and " << unused.size() - 10 << " more";
-    COHORT_THROW(UnusedParametersError, "DistributedDataParallel: ", unused.size(),
-                 " parameter(s) got no gradient in this backward pass on rank ", group_->rank(),
-                 ": ", names.str(),
-                 "; make every parameter contribute to the loss or allow unused parameters");
-  }
+  if (!unused.empty() && !o_.allow_unused_parameters)
+    throw_unused_parameters("DistributedDataParallel", group_->rank(), names_, unused);
   {
     core::autograd::NoGradGuard guard;
     for (size_t i : unused) {

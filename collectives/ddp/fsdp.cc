@@ -410,16 +410,8 @@ void FullyShardedDataParallel::finish_backward() {
   std::vector<size_t> unused;
   for (size_t k = 0; k < params_.size(); ++k)
     if (!ready_[k]) unused.push_back(k);
-  if (!unused.empty() && !o_.allow_unused_parameters) {
-    std::ostringstream names;
-    for (size_t j = 0; j < unused.size() && j < 10; ++j)
-      names << (j ? ", " : "") << names_[unused[j]];
-    if (unused.size() > 10) names << " and " << unused.size() - 10 << " more";
-    COHORT_THROW(UnusedParametersError, "FullyShardedDataParallel: ", unused.size(),
-                 " parameter(s) got no gradient in this backward pass on rank ", group_->rank(),
-                 ": ", names.str(),
-                 "; make every parameter contribute to the loss or allow unused parameters");
-  }
+  if (!unused.empty() && !o_.allow_unused_parameters)
+    throw_unused_parameters("FullyShardedDataParallel", group_->rank(), names_, unused);
   {
     core::autograd::NoGradGuard guard;
     for (size_t k : unused) {
