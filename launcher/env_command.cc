@@ -5,11 +5,15 @@
 #include <string>
 
 #include "cohort/config.h"
+#include "collectives/backend_modules.h"
 #include "core/ops/cpu/bf16_gemm.h"
 #include "core/ops/cpu/blas.h"
-#include "core/tensor/cuda/cuda_device.h"
+#include "core/tensor/cuda/cuda_runtime.h"
+#include "core/util/module.h"
 #include "core/util/threads.h"
+#include "launcher/cpu_binding.h"
 #include "launcher/worker_env.h"
+#include "parameter_server/server.h"
 
 namespace cohort::launcher {
 
@@ -27,6 +31,35 @@ std::string cpu_model() {
 
 const char* yes(bool b) { return b ? "yes" : "no"; }
 
+// Each module this build has: where it is looked for, and whether it and the libraries it needs
+// load here (which the job's `device: cuda` or `backend: nccl|mpi` would need), with their
+// versions. Opening them maps those libraries into this process only.
+void print_modules() {
+  std::printf("modules (next to libcohort_core, %s):\n",
+              core::module::path("").substr(0, core::module::path("").rfind('/')).c_str());
+  std::string why;
+  if (COHORT_USE_CUDA) {
+    const auto* entry = static_cast<const core::cuda::RuntimeEntry*>(
+        core::module::open("cuda", core::cuda::kRuntimeEntrySymbol, false, why));
+    if (entry)
+      std::printf("  cuda: loads: %s\n", entry->runtime()->versions().c_str());
+    else
+      std::printf("  cuda: does not load: %s\n", why.c_str());
+  }
+  if (COHORT_USE_NCCL) {
+    if (const auto* m = collectives::try_nccl_module(why))
+      std::printf("  nccl: loads: NCCL %s\n", m->library_version().c_str());
+    else
+      std::printf("  nccl: does not load: %s\n", why.c_str());
+  }
+  if (COHORT_USE_MPI) {
+    if (const auto* m = collectives::try_mpi_module(why))
+      std::printf("  mpi: loads: %s\n", m->library_version().c_str());
+    else
+      std::printf("  mpi: does not load: %s\n", why.c_str());
+  }
+}
+
 }  // namespace
 
 int env_command() {
@@ -38,6 +71,8 @@ int env_command() {
 #endif
   std::printf("built with: cuda %s, nccl %s, mpi %s, grpc %s\n", yes(COHORT_USE_CUDA),
               yes(COHORT_USE_NCCL), yes(COHORT_USE_MPI), yes(COHORT_USE_GRPC));
+  print_modules();
+  std::printf("grpc: %s\n", ps::grpc_version().c_str());
   const int gpus = core::cuda::device_count();
   if (gpus == 0) {
     std::printf("gpus: none (%s)\n", core::cuda::unavailable_reason().c_str());
@@ -45,8 +80,8 @@ int env_command() {
     for (int i = 0; i < gpus; ++i)
       std::printf("gpu %d: %s\n", i, core::cuda::device_name(i).c_str());
   }
-  std::printf("cpu: %s, %d cores available to this process\n", cpu_model().c_str(),
-              core::available_cores());
+  std::printf("cpu: %s, %d cores available to this process, %s\n", cpu_model().c_str(),
+              core::available_cores(), describe_binding().c_str());
   __builtin_cpu_init();
   std::printf("cpu vector units: avx2 %s, avx512f %s, avx512-bf16 %s\n",
               yes(__builtin_cpu_supports("avx2")), yes(__builtin_cpu_supports("avx512f")),

@@ -20,6 +20,7 @@
 #include "collectives/shared_memory.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
+#include "launcher/cpu_binding.h"
 #include "launcher/rendezvous.h"
 #include "launcher/worker_env.h"
 #include "launcher/worker_process.h"
@@ -123,6 +124,16 @@ struct RoundResult {
   std::string remote;                     // or what failed elsewhere
 };
 
+// Each local rank's CPUs. A node whose NVIDIA GPUs number at least its ranks runs a rank per GPU
+// (device: auto does), so rank r is placed near GPU r unless CUDA_VISIBLE_DEVICES renumbers them.
+void plan_cpu_binding(LaunchOptions& o) {
+  const CpuBind mode = parse_cpu_bind(o.cpu_bind);
+  const Topology topology = read_topology();
+  o.gpu_placed = mode == CpuBind::kCores && !std::getenv("CUDA_VISIBLE_DEVICES") &&
+                 static_cast<int>(topology.gpu_cpus.size()) >= o.nproc_per_node;
+  o.binding = plan_binding(mode, allowed_cpus(), topology, o.nproc_per_node, o.gpu_placed);
+}
+
 class Round {
  public:
   Round(const LaunchOptions& o, Rendezvous& rz, int restart, const std::string& ps_secret)
@@ -135,6 +146,8 @@ class Round {
     const bool python = command[0] == "python3";
     const std::string master_port = rz.master_port(restart);
     const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
+    // Ranks were placed near GPUs in PCI bus order; CUDA numbers them so only when told.
+    const bool gpu_order = o.gpu_placed && !std::getenv("CUDA_DEVICE_ORDER");
     for (int r = 0; r < n; ++r) {
       WorkerSpec spec;
       spec.rank = rz.rank_offset() + r;
@@ -182,9 +195,16 @@ class Round {
                   {"TORCHELASTIC_RUN_ID", run_id}};
       // torchrun's default for Python workers is one thread each; an equal share of the cores
       // is what they would choose for themselves.
+      spec.cpus = o.binding.empty() ? std::vector<int>{} : o.binding[static_cast<size_t>(r)];
+      if (!spec.cpus.empty()) spec.env["COHORT_CPU_BIND"] = o.cpu_bind;
+      if (gpu_order) spec.env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID";
+      // torchrun's default for Python workers is one thread each; the CPUs of their binding (or
+      // an equal share of the cores) is what they would choose for themselves.
       if (python && !std::getenv("OMP_NUM_THREADS"))
         spec.env["OMP_NUM_THREADS"] = std::to_string(
-            std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
+            !spec.cpus.empty()
+                ? static_cast<unsigned>(spec.cpus.size())
+                : std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
       if (o.ps_servers > 0) {
         spec.env["COHORT_ROLE"] = "worker";
         spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * o.nnodes);
@@ -521,6 +541,7 @@ int launch(const LaunchOptions& options) {
   // ends the launcher at once (no worker runs yet) instead of waiting out --rdzv-timeout.
   if (o.ps_servers < 0)
     COHORT_THROW(ConfigError, "--ps-servers must be 0 or more, got ", o.ps_servers);
+  plan_cpu_binding(o);
   Rendezvous rz(o);
   const std::string ps_secret = o.ps_servers > 0 ? rz.ps_secret() : "";
   SignalScope signals;

@@ -45,7 +45,12 @@ struct LaunchOptions {
   // One node: the workers' MASTER_PORT (torchrun's --master-port); 0: a free port. PyTorch's
   // TCPStore binds it in rank 0, so it is never the rendezvous store's.
   int master_port = 0;
-  std::vector<std::string> program;  // PROGRAM ARGS...
+  // Where local ranks run: "cores" (a share of the node's cores each, the default), "numa" (a
+  // NUMA node each) or "none" (anywhere the launcher may); see cpu_binding.h.
+  std::string cpu_bind = "cores";
+  std::vector<std::vector<int>> binding;  // per local rank, planned by launch()
+  bool gpu_placed = false;                // ranks were placed near their GPUs
+  std::vector<std::string> program;       // PROGRAM ARGS...
 };
 
 // The command line a worker runs for `o.program`: python3 for a .py script or -m, else as given.

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -38,7 +40,24 @@ constexpr int kExitUsage = 2;
 
 }  // namespace
 
+namespace {
+
+// Start-up measurement (scripts/bench/launch.sh): a caller that puts CLOCK_MONOTONIC's
+// nanoseconds, read just before exec, in COHORT_EXEC_NS learns how long the dynamic loader and the
+// static initialisers took to reach main.
+void report_exec_to_main() {
+  const char* t = std::getenv("COHORT_EXEC_NS");
+  if (!t) return;
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const double ns = static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec);
+  std::fprintf(stderr, "cohort: exec to main %.2f ms\n", (ns - std::strtod(t, nullptr)) / 1e6);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  report_exec_to_main();
   CLI::App app{"cohort: distributed training without Python"};
   app.set_version_flag("--version", std::string("cohort ") + COHORT_VERSION);
   app.require_subcommand(1);
@@ -130,6 +149,11 @@ int main(int argc, char** argv) {
                    "parameter servers on this node (distributed.strategy parameter_server)")
       ->capture_default_str();
   bool standalone = true;
+  launch
+      ->add_option("--cpu-bind,--cpu_bind", lo.cpu_bind,
+                   "place each local rank on its share of the node's cores (cores), on a NUMA "
+                   "node (numa), or anywhere (none); its thread pool follows")
+      ->capture_default_str();
   launch->add_flag("--standalone", standalone, "one node, store on a free port (the default)");
   // torchrun's other spellings, so that its command lines run unchanged.
   launch->add_flag("-m,--module", lo.module,

@@ -9,6 +9,7 @@
 
 #include "collectives/process_group.h"
 #include "core/util/error.h"
+#include "launcher/cpu_binding.h"
 #include "launcher/ps_command.h"
 #include "launcher/worker_env.h"
 #include "trainer/config.h"
@@ -46,7 +47,8 @@ int train_command(const std::string& config, const std::vector<std::string>& ove
   } else if (env.world_size > 1) {
     store = launcher::connect_store(env, timeout);
   }
-  const trainer::Distributed dist = trainer::join_job(c, place, store, ps);
+  trainer::Distributed dist = trainer::join_job(c, place, store, ps);
+  dist.placement = launcher::describe_binding();
   // Running out of memory names the rank (the others then stop as its job ends) and the way out.
   auto out_of_memory = [&](const std::string& what) {
     COHORT_THROW(OutOfMemoryError, "rank ", env.rank, " ran out of memory (", what,

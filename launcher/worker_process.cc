@@ -2,14 +2,17 @@
 
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
 #include "core/util/error.h"
@@ -70,6 +73,17 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
   for (auto& a : spec_.argv) argv.push_back(a.data());
   argv.push_back(nullptr);
   const pid_t parent = ::getpid();
+  // The binding is applied between fork and exec, so that the worker's first instruction (and
+  // every thread it starts) already runs there.
+  const int max_cpu =
+      spec_.cpus.empty() ? 0 : *std::max_element(spec_.cpus.begin(), spec_.cpus.end());
+  const size_t set_size = CPU_ALLOC_SIZE(max_cpu + 1);
+  auto free_set = [](cpu_set_t* set) { CPU_FREE(set); };
+  std::unique_ptr<cpu_set_t, decltype(free_set)> cpus(CPU_ALLOC(max_cpu + 1), free_set);
+  if (cpus) {
+    CPU_ZERO_S(set_size, cpus.get());
+    for (int c : spec_.cpus) CPU_SET_S(c, set_size, cpus.get());
+  }
 
   pid_ = ::fork();
   if (pid_ < 0) {
@@ -93,6 +107,7 @@ WorkerProcess::WorkerProcess(WorkerSpec spec) : spec_(std::move(spec)) {
     // Whatever the launcher (or a library in it) opened without O_CLOEXEC stays behind: a worker
     // starts with its three streams only. The status pipe still reports a failed exec.
     ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (!spec_.cpus.empty() && cpus) ::sched_setaffinity(0, set_size, cpus.get());
     ::execvpe(argv[0], argv.data(), envp.data());
     const int e = errno;
     (void)!::write(status[1], &e, sizeof e);

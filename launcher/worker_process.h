@@ -30,6 +30,7 @@ struct WorkerSpec {
   std::string prefix;                      // "[0/3] "
   std::string log_path;                    // the file for streams routed there
   StreamRoute out, err;                    // stdout, stderr
+  std::vector<int> cpus;                   // the CPUs it may run on; empty: the launcher's
 };
 
 class WorkerProcess {

@@ -513,4 +513,6 @@ std::string Server::address() const { return impl_->o_.bind + ":" + std::to_stri
 Shard& Server::shard() { return *impl_->shard_; }
 void Server::shutdown() { impl_->shutdown(); }
 
+std::string grpc_version() { return grpc::Version(); }
+
 }  // namespace cohort::ps

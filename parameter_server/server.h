@@ -20,6 +20,9 @@ struct ServerOptions {
   int max_message_bytes = 4 << 20;
 };
 
+// The gRPC library's version ("1.51.1"); "none" in a build without gRPC.
+std::string grpc_version();
+
 class Server {
  public:
   // Listens and serves on gRPC's threads until shutdown(). Throws ConfigError when the secret is

@@ -25,6 +25,7 @@ packages=(
   dataset-fashion-mnist
   python3 python3-numpy python3-protobuf python3-venv
   iproute2
+  debootstrap dpkg-dev file
   slurmctld slurmd slurm-client munge
 )
 

@@ -23,6 +23,12 @@
 
 namespace cohort::test {
 
+// Overrides of configs/tiny_gpt.yaml for a model and data that train in well under a second:
+// for tests of what runs a job, not of what it learns.
+inline const std::string kTinyGpt =
+    "data.dataset=synthetic model.vocab=256 model.dim=32 model.context=16 data.batch_size=8 "
+    "eval.max_batches=1";
+
 struct CommandResult {
   int code = -1;  // -1 when it did not exit normally
   std::string output;

@@ -13,6 +13,7 @@
 
 #include "core/io/checkpoint.h"
 #include "core/tensor/cuda/cuda_device.h"
+#include "core/util/threads.h"
 #include "trainer/reporter.h"
 #include "trainer/run_dir.h"
 #include "trainer/trainer.h"
@@ -181,6 +182,9 @@ void Trainer::print_banner(const std::optional<std::string>& resume_from,
         static_cast<long long>(model_->num_parameters()), c_.logging.dir.c_str(), run_id_.c_str(),
         data.c_str());
   }
+  if (leader() && !dist_.placement.empty())
+    std::printf("cohort: rank 0 on %s, %d %s\n", dist_.placement.c_str(), core::get_num_threads(),
+                core::get_num_threads() == 1 ? "thread" : "threads");
   if (leader())
     if (const std::string d = parallel_->describe(); !d.empty())
       std::printf("cohort: %s\n", d.c_str());

@@ -32,6 +32,8 @@ struct Distributed {
   int rank = 0, world = 1;
   // distributed.strategy parameter_server: how this worker reaches the servers.
   std::optional<ps::ClientOptions> ps;
+  // Where this process runs, for the banner ("cpus 0-1 (bound by cohort launch --cpu-bind cores)").
+  std::string placement;
 };
 
 struct RunSummary {

@@ -1,3 +1,4 @@
+// libcohort_mpi.so: the mpi process-group backend (collectives/backend_modules.h).
 #include "collectives/mpi/mpi_process_group.h"
 
 #include <mpi.h>
@@ -13,6 +14,8 @@
 #include <set>
 #include <thread>
 
+#include "cohort/config.h"
+#include "collectives/backend_modules.h"
 #include "collectives/checks.h"
 #include "collectives/cpu/reduce_kernels.h"
 #include "collectives/group_monitor.h"
@@ -510,14 +513,23 @@ std::shared_ptr<Work> MpiProcessGroup::recv(Tensor& t, int src, int tag) {
       {}, src);
 }
 
-}  // namespace
-
-std::shared_ptr<ProcessGroup> create(std::shared_ptr<Store> store, int rank, int size,
-                                     const ProcessGroupOptions& options) {
+// Named apart from mpi::create and mpi::bootstrap_store in libcohort_collectives, which forward
+// here.
+std::shared_ptr<ProcessGroup> create_group(std::shared_ptr<Store> store, int rank, int size,
+                                           const ProcessGroupOptions& options) {
   return std::make_shared<MpiProcessGroup>(std::move(store), rank, size, options);
 }
 
-std::shared_ptr<Store> bootstrap_store(Millis timeout) {
+std::string library_version() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int length = 0;
+  if (MPI_Get_library_version(text, &length) != MPI_SUCCESS) return "unknown";
+  std::string v(text, strnlen(text, sizeof text));
+  const size_t end = v.find_first_of(",\n");
+  return end == std::string::npos ? v : v.substr(0, end);
+}
+
+std::shared_ptr<Store> find_store(Millis timeout) {
   ensure_mpi();
   // The address and the job's token travel by MPI broadcast, the channel mpirun already trusts:
   // rank 0 makes a fresh token unless the job was given one.
@@ -556,4 +568,10 @@ std::shared_ptr<Store> bootstrap_store(Millis timeout) {
   return std::make_shared<TcpStore>(o);
 }
 
+}  // namespace
+
 }  // namespace cohort::collectives::mpi
+
+extern "C" const cohort::collectives::MpiModule cohort_mpi_module{
+    COHORT_VERSION, &cohort::collectives::mpi::create_group, &cohort::collectives::mpi::find_store,
+    &cohort::collectives::mpi::library_version};

@@ -2,7 +2,8 @@
 // Each group gets its own communicator over the members' MPI_COMM_WORLD ranks, learned through the
 // Store, so sub-groups work as with the other backends. MPI calls are non-blocking and polled by
 // the group's OpRunner, so every operation keeps its timeout and the Store-based diagnosis of who
-// never entered it. Built only with COHORT_USE_MPI; otherwise these throw ConfigError.
+// never entered it. The backend lives in libcohort_mpi.so (backend_modules.h): these open it, or
+// throw ConfigError saying what is missing (the module, Open MPI's libraries).
 #pragma once
 
 #include <memory>

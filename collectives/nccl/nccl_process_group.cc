@@ -1,3 +1,4 @@
+// libcohort_nccl.so: the nccl process-group backend (collectives/backend_modules.h).
 #include "collectives/nccl/nccl_process_group.h"
 
 #include <cuda_runtime.h>
@@ -7,6 +8,8 @@
 #include <deque>
 #include <thread>
 
+#include "cohort/config.h"
+#include "collectives/backend_modules.h"
 #include "collectives/checks.h"
 #include "collectives/cpu/reduce_kernels.h"
 #include "collectives/group_monitor.h"
@@ -488,11 +491,24 @@ void NcclProcessGroup::watchdog_loop() {
   }
 }
 
-}  // namespace
-
-std::shared_ptr<ProcessGroup> create(std::shared_ptr<Store> store, int rank, int size,
-                                     const ProcessGroupOptions& options) {
+// Named apart from nccl::create in libcohort_collectives, which forwards here.
+std::shared_ptr<ProcessGroup> create_group(std::shared_ptr<Store> store, int rank, int size,
+                                           const ProcessGroupOptions& options) {
   return std::make_shared<NcclProcessGroup>(std::move(store), rank, size, options);
 }
 
+std::string library_version() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "unknown";
+  // NCCL_VERSION_CODE: major*10000 + minor*100 + patch since 2.9.
+  return std::to_string(v / 10000) + "." + std::to_string(v % 10000 / 100) + "." +
+         std::to_string(v % 100);
+}
+
+}  // namespace
+
 }  // namespace cohort::collectives::nccl
+
+extern "C" const cohort::collectives::NcclModule cohort_nccl_module{
+    COHORT_VERSION, &cohort::collectives::nccl::create_group,
+    &cohort::collectives::nccl::library_version};

@@ -4,7 +4,8 @@
 // the tensor's device by an event (never a device-wide sync); Work completes when the NCCL kernel
 // has. A watchdog thread enforces each operation's timeout: it names the ranks that never entered
 // the collective (from the Store), aborts the communicator so that no kernel stays stuck, and
-// fails the group. Built only with COHORT_USE_NCCL; otherwise create() throws ConfigError.
+// fails the group. The backend lives in libcohort_nccl.so (backend_modules.h): create() opens it,
+// or throws ConfigError saying what is missing (the module, NCCL, the CUDA runtime).
 #pragma once
 
 #include <memory>

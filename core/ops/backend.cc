@@ -1,24 +1,16 @@
-// Which kernels run a device's tensors: the CPU backend always, the CUDA backend in CUDA builds.
+// Which kernels run a device's tensors: the CPU backend always; CUDA tensors the CUDA module's
+// backend (opened on first use; ConfigError saying what is missing where it cannot be).
 #include "core/ops/backend.h"
 
-#include "cohort/config.h"
 #include "core/ops/cpu/cpu_backend.h"
-#if COHORT_USE_CUDA
-#include "core/ops/cuda/cuda_backend.h"
-#endif
+#include "core/tensor/cuda/cuda_runtime.h"
 
 namespace cohort::core {
 
 Backend& backend_for(Device device) {
   static cpu::CpuBackend cpu_backend;
   if (device.is_cpu()) return cpu_backend;
-#if COHORT_USE_CUDA
-  static cuda::CudaBackend cuda_backend;
-  return cuda_backend;
-#else
-  COHORT_THROW(ConfigError, "no kernels for device ", device.str(),
-               ": this build of cohort has no CUDA (COHORT_USE_CUDA=OFF)");
-#endif
+  return cuda::runtime().backend();
 }
 
 void Backend::conv2d_forward(const Tensor&, const Tensor&, const Tensor&, const Conv2dGeometry&,

@@ -4,6 +4,10 @@
 #   `mpirun -np 8` of MPI_Init + MPI_Barrier, and 8 Python ranks initialising torch.distributed
 #   (Gloo) + a barrier; best and median of 5 wall times each.
 # - the time from a worker's failure to the restarted workers' first line (restarts left).
+# - a worker's time from exec to main (the dynamic loader and static initialisers), median of 21.
+# - 2-rank DDP on the MLP (per-rank batch 64, 1 epoch of Fashion-MNIST) 5 times in a row, against
+#   one rank and the node's ceiling (two independent one-core trainings at once): how steady the
+#   placement of `--cpu-bind cores` (the default) keeps it, and the same with --cpu-bind none.
 # - with COHORT_BASELINE=path/to/another/cohort (an earlier build), that build's 8 workers + barrier
 #   too, run alternately with this one, and the ratio of the medians.
 #   scripts/bench/launch.sh [RUNS]
@@ -47,7 +51,7 @@ printf '%-44s %8s %8s %10s\n' "" best median vs_cohort
 printf '%-44s %8s %8s %10s\n' "cohort launch + cohort bench --op barrier" "$c_best" "$c_med" "1.00x"
 printf '%-44s %8s %8s %9.2fx\n' "mpirun -np 8 (MPI_Init + MPI_Barrier)" "$m_best" "$m_med" "$(awk -v a="$m_med" -v b="$c_med" 'BEGIN { print a / b }')"
 printf '%-44s %8s %8s %9.2fx\n' "8 Python ranks (torch.distributed gloo)" "$p_best" "$p_med" "$(awk -v a="$p_med" -v b="$c_med" 'BEGIN { print a / b }')"
-echo "goal: cohort <= 0.25 s"
+echo "goal: cohort median <= 0.25 s and <= 0.5x mpirun's: $(awk -v c="$c_med" -v m="$m_med" 'BEGIN { printf "%s, %.2fx", (c <= 0.25 && c <= 0.5 * m) ? "met" : "NOT met", c / m }')"
 if [ -n "${COHORT_BASELINE:-}" ]; then
   # Alternate the two builds, so that the machine's drift falls on both alike.
   a=() b=()
@@ -73,3 +77,52 @@ fail=$(grep -o 'fail[0-9.]*' "$tmp/restart.out" | tr -d fail)
 back=$(grep -o 'back[0-9.]*' "$tmp/restart.out" | tr -d back | sort -n | tail -1)
 echo "== restart: a worker fails, the other 3 are stopped (SIGTERM), all 4 start again =="
 printf 'failure to the last restarted worker running: %.3f s (goal: <= 1 s plus checkpoint load)\n' "$(awk -v a="$back" -v b="$fail" 'BEGIN { print a - b }')"
+
+# Exec to main: the loader maps what `cohort` links (no CUDA, NCCL or MPI since the modules) and
+# runs the static initialisers. posix_spawn from Python, the clock read just before it.
+cat >"$tmp/exec.py" <<'PY'
+import os, subprocess, sys, time
+cohort, n = sys.argv[1], int(sys.argv[2])
+ms = []
+for _ in range(n):
+    env = dict(os.environ, COHORT_EXEC_NS=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+    r = subprocess.run([cohort, "--version"], env=env, capture_output=True, text=True)
+    ms.append(float(r.stderr.split("exec to main ")[1].split()[0]))
+ms.sort()
+print("%.2f %.2f" % (ms[0], ms[len(ms) // 2]))
+PY
+read -r e_best e_med < <(/usr/bin/python3 "$tmp/exec.py" "$cohort" 21)
+echo "== a worker's exec to main (ms, best / median of 21) =="
+printf 'cohort: %s / %s ms (goal: <= 15 ms: %s)\n' "$e_best" "$e_med" "$(awk -v m="$e_med" 'BEGIN { print m <= 15 ? "met" : "NOT met" }')"
+
+# 2-rank DDP, 5 runs in a row, against one rank and the node's ceiling.
+export OPENBLAS_NUM_THREADS=1
+field() { sed -nE "s/.*$1[= ]([0-9.]+).*/\1/p" | tail -n 1; }
+train() { "$@" train configs/fashion_mnist_mlp.yaml data.batch_size=64 train.log_every=100000 \
+            logging.tensorboard=false logging.dir="$tmp/run$RANDOM" 2>&1; }
+one=$(train "$cohort" threads=1 | field samples_per_s)
+for c in 0 1; do
+  taskset -c $c "$cohort" train configs/fashion_mnist_mlp.yaml data.batch_size=64 threads=1 \
+    train.log_every=100000 logging.tensorboard=false logging.dir="$tmp/alone$c" >"$tmp/alone$c.out" 2>&1 &
+done
+wait
+ceiling=$(cat "$tmp/alone0.out" "$tmp/alone1.out" | awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") s += $(i + 1) } END { printf "%.0f", s }')
+ddp_runs() {  # bind: prints the verdict line
+  local bind=$1 s=() r
+  for r in 1 2 3 4 5; do
+    s+=("$(train "$cohort" launch --nproc-per-node 2 --cpu-bind "$bind" -- "$cohort" | field samples_per_s)")
+  done
+  local med
+  med=$(printf '%s\n' "${s[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  printf '%s\n' "${s[@]}" | awk -v one="$one" -v ceil="$ceiling" -v bind="$bind" -v med="$med" '
+    { v[NR] = $1; if (NR == 1 || $1 < lo) lo = $1; if ($1 > hi) hi = $1 }
+    END {
+      printf "--cpu-bind %-5s runs:", bind; for (i = 1; i <= NR; i++) printf " %.0f", v[i]
+      printf "\n  min / one rank %.2fx (goal >= 1.25), max / min %.2f (goal <= 1.15), median / ceiling %.2fx (goal >= 0.85): %s\n",
+        lo / one, hi / lo, med / ceil, (lo / one >= 1.25 && hi / lo <= 1.15 && med / ceil >= 0.85) ? "met" : "NOT met"
+    }'
+}
+echo "== 2-rank DDP, MLP, batch 64 per rank, 1 epoch, 5 runs in a row (samples/s) =="
+printf 'one rank: %s; node ceiling (2 alone, one core each): %s\n' "$one" "$ceiling"
+ddp_runs cores
+ddp_runs none

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "cohort/config.h"
 #include "test_util.h"
 
 namespace {
@@ -25,8 +26,24 @@ TEST_F(Install, AnOutOfTreeProgramBuildsAgainstThePackageAndTrainsWithDdp) {
   for (const char* f :
        {"lib/cmake/Cohort/CohortConfig.cmake", "lib/cmake/Cohort/CohortTargets.cmake",
         "include/cohort/core/nn/module.h", "include/cohort/cohort/config.h",
-        "include/cohort/launcher/train_command.h", "lib/libcohort_core.a", "bin/cohort"})
+        "include/cohort/launcher/train_command.h", "lib/libcohort_core.so",
+        "lib/libcohort_collectives.so", "lib/libcohort_trainer.a", "bin/cohort"})
     EXPECT_TRUE(fs::exists(prefix / f)) << f;
+  // The modules this build has lie beside the core, where it looks for them.
+  for (const auto& [built, module] :
+       {std::pair{COHORT_USE_CUDA, "cuda"}, std::pair{COHORT_USE_NCCL, "nccl"},
+        std::pair{COHORT_USE_MPI, "mpi"}})
+    EXPECT_EQ(fs::exists(prefix / "lib" / ("libcohort_" + std::string(module) + ".so")), built)
+        << module;
+  // The installed program finds the installed libraries (its RPATH), not the build tree's, and
+  // links no CUDA, NCCL or MPI library.
+  r = run_command("ldd " + (prefix / "bin" / "cohort").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("libcohort_core\\.so[.0-9]* => " +
+                                                     prefix.string() + "/(bin/\\.\\./)?lib/")))
+      << r.output;
+  for (const char* vendor : {"libcudart", "libcublas", "libcudnn", "libnccl", "libmpi"})
+    EXPECT_EQ(r.output.find(vendor), std::string::npos) << r.output;
   // A clean configure of the example, outside this tree, that knows Cohort only by its prefix.
   r = run_command("cmake -S " + std::string(COHORT_SOURCE_DIR) + "/examples/custom_model -B " +
                       build.string() + " -DCMAKE_PREFIX_PATH=" + prefix.string() +

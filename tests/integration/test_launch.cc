@@ -14,11 +14,13 @@
 
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
+#include "launcher/cpu_binding.h"
 #include "test_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using cohort::test::kTinyGpt;
 using cohort::test::read_text;
 using namespace std::chrono_literals;
 
@@ -116,6 +118,52 @@ TEST_F(Launch, SuccessRunsEveryRankWithTheContractEnvironment) {
               std::string::npos)
         << r.out;
   }
+}
+
+// --cpu-bind cores (the default) gives each local rank its own share of the launcher's CPUs;
+// none leaves every rank all of them. The trainer's banner says where rank 0 runs, and its
+// thread pool is as large as its share.
+TEST_F(Launch, EachLocalRankRunsOnItsOwnShareOfTheCores) {
+  const std::vector<int> allowed = cohort::launcher::allowed_cpus();
+  if (allowed.size() < 2) GTEST_SKIP() << "needs 2 CPUs to share out, this process may use 1";
+  const std::string show =
+      "-- sh -c 'echo rank=$COHORT_RANK bind=$COHORT_CPU_BIND cpus=$(grep Cpus_allowed_list "
+      "/proc/self/status | cut -f2)'";
+  auto cpus_of = [](const std::string& out, int rank) {
+    std::smatch m;
+    const std::regex re("rank=" + std::to_string(rank) + " bind=(\\w*) cpus=([0-9,-]+)");
+    EXPECT_TRUE(std::regex_search(out, m, re)) << out;
+    return m.size() > 2 ? cohort::launcher::parse_cpulist(m[2].str(), "output")
+                        : std::vector<int>{};
+  };
+  Outcome r = run("--nproc-per-node 2 " + show);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<int> a = cpus_of(r.out, 0), b = cpus_of(r.out, 1);
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  EXPECT_NE(r.out.find("bind=cores"), std::string::npos) << r.out;
+  for (int c : a) {
+    EXPECT_NE(std::find(allowed.begin(), allowed.end(), c), allowed.end()) << c;
+    EXPECT_EQ(std::find(b.begin(), b.end(), c), b.end()) << "ranks 0 and 1 share CPU " << c;
+  }
+  r = run("--nproc-per-node 2 --cpu-bind none " + show, "none");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(cpus_of(r.out, 0), allowed);
+  EXPECT_EQ(cpus_of(r.out, 1), allowed);
+  r = run("--nproc-per-node 2 --cpu-bind socket " + show, "bad");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--cpu-bind socket is not one of cores, numa or none"), std::string::npos)
+      << r.err;
+
+  r = run("--nproc-per-node 2 -- " + std::string(COHORT_BINARY) +
+              " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " + kTinyGpt +
+              " train.steps=2 logging.dir=" + (dir_ / "run").string(),
+          "train");
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  const std::string banner = "cohort: rank 0 on cpus " + cohort::launcher::cpulist_text(a) +
+                             " (bound by cohort launch --cpu-bind cores), " +
+                             std::to_string(a.size()) + (a.size() == 1 ? " thread" : " threads");
+  EXPECT_NE(r.out.find(banner), std::string::npos) << banner << "\n" << r.out;
 }
 
 // A worker inherits its three streams and nothing else of the launcher (no store socket, no

@@ -9,6 +9,7 @@
 #include <regex>
 #include <sstream>
 
+#include "cohort/config.h"
 #include "core/io/checkpoint.h"
 #include "test_util.h"
 
@@ -204,6 +205,23 @@ TEST_F(Cli, EnvDescribesTheBuildTheMachineAndTheJob) {
   for (const char* line : {"cohort ", "built with: cuda ", "gpus",
                            "cpu: ", "cpu vector units: avx2 ", "blas: ", "job: none detected"})
     EXPECT_NE(r.output.find(line), std::string::npos) << line << " in\n" << r.output;
+  // The modules this build has, each loading with its library's version or saying what it lacks.
+  const std::pair<bool, std::pair<const char*, const char*>> modules[] = {
+      {COHORT_USE_CUDA, {"  cuda: ", "cuDNN "}},
+      {COHORT_USE_NCCL, {"  nccl: ", "NCCL "}},
+      {COHORT_USE_MPI, {"  mpi: ", "MPI"}}};
+  for (const auto& [built, m] : modules) {
+    const size_t at = r.output.find(m.first);
+    ASSERT_EQ(at != std::string::npos, built) << m.first << " in\n" << r.output;
+    if (!built) continue;
+    const std::string line = r.output.substr(at, r.output.find('\n', at) - at);
+    EXPECT_TRUE(line.find(std::string("loads: ")) != std::string::npos
+                    ? line.find(m.second) != std::string::npos
+                    : line.find("does not load: ") != std::string::npos)
+        << line;
+  }
+  EXPECT_NE(r.output.find(COHORT_USE_GRPC ? "grpc: 1." : "grpc: none"), std::string::npos)
+      << r.output;
   r = run_command(
       "env COHORT_RANK=1 COHORT_WORLD_SIZE=2 COHORT_LOCAL_RANK=1 "
       "COHORT_LOCAL_WORLD_SIZE=2 COHORT_STORE=127.0.0.1:1 " +

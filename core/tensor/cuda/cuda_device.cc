@@ -1,234 +1,108 @@
-#include "core/tensor/cuda/cuda_device.h"
+// Core's side of the CUDA device layer: every function forwards to the CUDA module
+// (libcohort_cuda.so), opened on first use. The NVIDIA driver is looked for first: without it no
+// GPU can be used, and a CPU job (device: auto on a node without GPUs) then never maps the CUDA
+// libraries at all.
+#include <dlfcn.h>
 
-#include <cuda_runtime.h>
-
-#include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <vector>
 
-#include "core/tensor/cuda/kernel_error.h"
+#include "cohort/config.h"
+#include "core/tensor/cuda/cuda_runtime.h"
 #include "core/util/env.h"
 #include "core/util/error.h"
+#include "core/util/module.h"
 
 namespace cohort::core::cuda {
 namespace {
 
-void check(cudaError_t rc, const char* call) {
-  if (rc != cudaSuccess) COHORT_THROW(CudaError, call, " failed: ", cudaGetErrorString(rc));
-}
-
-class CachingAllocator {
- public:
-  void* allocate(int device, size_t nbytes) {
-    if (nbytes == 0) return nullptr;
-    const size_t size = round(nbytes);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto& list = free_[{device, size}];
-      if (!list.empty()) {
-        void* p = list.back();
-        list.pop_back();
-        cached_ -= size;
-        owner_[p] = {device, size};
-        ++stats_.cache_hits;
-        count_allocated(size);
-        return p;
-      }
-    }
-    DeviceGuard guard(device);
-    void* p = nullptr;
-    cudaError_t rc = cudaMalloc(&p, size);
-    if (rc == cudaErrorMemoryAllocation) {
-      // Give the cache back and try once more before reporting the device as full.
-      cudaGetLastError();
-      release();
-      rc = cudaMalloc(&p, size);
-    }
-    if (rc != cudaSuccess)
-      COHORT_THROW(CudaError, "cannot allocate ", nbytes, " bytes on cuda:", device, ": ",
-                   cudaGetErrorString(rc));
-    std::lock_guard<std::mutex> lock(mu_);
-    owner_[p] = {device, size};
-    ++stats_.device_allocations;
-    stats_.reserved += size;
-    count_allocated(size);
-    return p;
-  }
-
-  void deallocate(void* ptr) {
-    if (!ptr) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = owner_.find(ptr);
-    if (it == owner_.end()) return;
-    // The block may still be read by work queued on the default stream; reuse is ordered after
-    // it because allocations are handed to work on that same stream.
-    free_[it->second].push_back(ptr);
-    cached_ += it->second.second;
-    stats_.allocated -= it->second.second;
-    owner_.erase(it);
-  }
-
-  MemoryStats stats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    MemoryStats s = stats_;
-    s.cached = cached_;
-    return s;
-  }
-
-  void reset_peak() {
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.peak_allocated = stats_.allocated;
-  }
-
-  size_t cached() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cached_;
-  }
-
-  void release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [key, list] : free_) {
-      DeviceGuard guard(key.first);
-      for (void* p : list) cudaFree(p);
-      stats_.reserved -= key.second * list.size();
-      list.clear();
-    }
-    cached_ = 0;
-  }
-
- private:
-  // Small blocks round to 512 bytes, large ones to 2 MiB, so that similar sizes share blocks.
-  static size_t round(size_t n) {
-    const size_t unit = n < (1u << 20) ? 512 : (2u << 20);
-    return (n + unit - 1) / unit * unit;
-  }
-
-  // Under mu_.
-  void count_allocated(size_t size) {
-    stats_.allocated += size;
-    stats_.peak_allocated = std::max(stats_.peak_allocated, stats_.allocated);
-  }
-
-  std::mutex mu_;
-  MemoryStats stats_;
-  std::map<std::pair<int, size_t>, std::vector<void*>> free_;
-  std::map<void*, std::pair<int, size_t>> owner_;
-  size_t cached_ = 0;
+struct Loaded {
+  Runtime* runtime = nullptr;
+  std::string why;  // what is missing when runtime is null
 };
 
-CachingAllocator& caching_allocator() {
-  static auto* a = new CachingAllocator();  // outlives tensors destroyed by static destructors
-  return *a;
+Loaded open_runtime() {
+  Loaded l;
+  if (!COHORT_USE_CUDA) {
+    l.why = "this build of cohort has no CUDA (it was built without the CUDA Toolkit)";
+    return l;
+  }
+  if (!dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL)) {
+    l.why = "this machine has no NVIDIA driver (libcuda.so.1 is not installed)";
+    return l;
+  }
+  std::string why;
+  const auto* entry =
+      static_cast<const RuntimeEntry*>(module::open("cuda", kRuntimeEntrySymbol, false, why));
+  if (!entry) {
+    l.why = why;
+    return l;
+  }
+  if (std::strcmp(entry->cohort_version, COHORT_VERSION) != 0) {
+    l.why = "cohort's cuda module " + module::path("cuda") + " is from cohort " +
+            entry->cohort_version + ", this is cohort " COHORT_VERSION;
+    return l;
+  }
+  l.runtime = entry->runtime();
+  return l;
 }
 
-// The Allocator interface for one device.
-class DeviceAllocator final : public Allocator {
- public:
-  explicit DeviceAllocator(int device) : device_(device) {}
-  void* allocate(size_t nbytes) override { return caching_allocator().allocate(device_, nbytes); }
-  void deallocate(void* ptr, size_t) override { caching_allocator().deallocate(ptr); }
+std::atomic<Runtime*> opened{nullptr};
 
- private:
-  int device_;
-};
+const Loaded& loaded() {
+  static const Loaded l = [] {
+    Loaded r = open_runtime();
+    opened.store(r.runtime);
+    return r;
+  }();
+  return l;
+}
 
 }  // namespace
 
-DeviceGuard::DeviceGuard(int device) {
-  cudaGetDevice(&previous_);
-  if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+Runtime& runtime() {
+  const Loaded& l = loaded();
+  if (!l.runtime) COHORT_THROW(ConfigError, "CUDA is not available: ", l.why);
+  return *l.runtime;
 }
 
-DeviceGuard::~DeviceGuard() {
-  if (previous_ >= 0) cudaSetDevice(previous_);
-}
+Runtime* runtime_if_loaded() { return opened.load(); }
 
 int device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
+  Runtime* r = loaded().runtime;
+  return r ? r->device_count() : 0;
 }
 
 std::string unavailable_reason() {
-  int n = 0;
-  const cudaError_t rc = cudaGetDeviceCount(&n);
-  if (rc != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no usable GPU: ") + cudaGetErrorString(rc);
-  }
-  return n == 0 ? "no GPU is visible (CUDA_VISIBLE_DEVICES?)" : "";
+  const Loaded& l = loaded();
+  return l.runtime ? l.runtime->unavailable_reason() : l.why;
 }
 
-std::string device_name(int index) {
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, index), "cudaGetDeviceProperties");
-  return prop.name;
+std::string device_name(int index) { return runtime().device_name(index); }
+Allocator& allocator(int device) { return runtime().allocator(device); }
+void* current_stream(int device) { return runtime().current_stream(device); }
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n) {
+  runtime().copy_bytes(dst, dst_device, src, src_device, n);
 }
 
-Allocator& allocator(int device) {
-  static std::mutex mu;
-  static auto* per_device = new std::map<int, DeviceAllocator>();
-  const int n = device_count();
-  if (device < 0 || device >= n)
-    COHORT_THROW(InvalidArgument, "cuda:", device, " does not exist: ",
-                 n == 0 ? unavailable_reason() : "this machine has " + std::to_string(n) + " GPUs");
-  std::lock_guard<std::mutex> lock(mu);
-  return per_device->try_emplace(device, device).first->second;
+// Queries about device memory have a truthful answer without the module (no device memory,
+// nothing queued), so they never open it: a CPU job's report must not map CUDA.
+size_t cached_bytes() {
+  Runtime* r = runtime_if_loaded();
+  return r ? r->cached_bytes() : 0;
 }
-size_t cached_bytes() { return caching_allocator().cached(); }
-MemoryStats memory_stats() { return caching_allocator().stats(); }
-void reset_peak_memory() { caching_allocator().reset_peak(); }
-void release_cache() { caching_allocator().release(); }
-
-void* current_stream(int) { return nullptr; }
-
-namespace {
-struct ErrorSlots {
-  std::mutex mu;
-  std::map<int, KernelError*> slots;
-};
-ErrorSlots& error_slots() {
-  static auto* s = new ErrorSlots();
-  return *s;
+void release_cache() {
+  if (Runtime* r = runtime_if_loaded()) r->release_cache();
 }
-const char* kernel_error_op(int op) {
-  switch (op) {
-    case kIndexSelectIndex:
-      return "index_select";
-    case kIndexAddIndex:
-      return "index_add";
-    case kGatherIndex:
-      return "gather";
-    case kScatterAddIndex:
-      return "scatter_add";
-    case kCrossEntropyTarget:
-      return "cross_entropy target";
-    case kEmbeddingIndex:
-      return "embedding";
-  }
-  return "a CUDA kernel";
+MemoryStats memory_stats() {
+  Runtime* r = runtime_if_loaded();
+  return r ? r->memory_stats() : MemoryStats{};
 }
-}  // namespace
-
-KernelError* index_error_slot(int device) {
-  ErrorSlots& e = error_slots();
-  std::lock_guard<std::mutex> lock(e.mu);
-  KernelError*& slot = e.slots[device];
-  if (!slot) {
-    DeviceGuard guard(device);
-    check(cudaMalloc(&slot, sizeof(KernelError)), "cudaMalloc");
-    check(cudaMemset(slot, 0, sizeof(KernelError)), "cudaMemset");
-  }
-  return slot;
+void reset_peak_memory() {
+  if (Runtime* r = runtime_if_loaded()) r->reset_peak_memory();
+}
+void synchronize() {
+  if (Runtime* r = runtime_if_loaded()) r->synchronize();
 }
 
 namespace {
@@ -241,120 +115,9 @@ std::atomic<int>& tf32_setting() {
 bool allow_tf32() { return tf32_setting().load() != 0; }
 void set_allow_tf32(bool allow) { tf32_setting().store(allow ? 1 : 0); }
 
-void synchronize() {
-  const int n = device_count();
-  for (int d = 0; d < n; ++d) {
-    DeviceGuard guard(d);
-    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-  }
-  raise_kernel_errors();
-}
-
-void raise_kernel_errors() {
-  ErrorSlots& e = error_slots();
-  std::lock_guard<std::mutex> lock(e.mu);
-  for (auto& [device, slot] : e.slots) {
-    DeviceGuard guard(device);
-    KernelError host{};
-    check(cudaMemcpy(&host, slot, sizeof host, cudaMemcpyDeviceToHost), "cudaMemcpy");
-    if (host.flag == 0) continue;
-    check(cudaMemset(slot, 0, sizeof(KernelError)), "cudaMemset");
-    COHORT_THROW(InvalidArgument, kernel_error_op(host.op), " on cuda:", device, ": index ",
-                 host.index, " is out of range for a dimension of size ", host.size);
-  }
-}
-
-namespace {
-
-// Pinned host buffers for host-to-device copies. A copy from pageable memory makes the host
-// wait until the GPU has finished all earlier work, which would serialise every training step's
-// batch upload with the step before it. Copying into pinned memory first (a host memcpy) lets the
-// upload queue behind that work instead; each buffer is reused once its event says the GPU has
-// read it.
-class PinnedStaging {
- public:
-  // Copies at most this large are staged (batches); larger ones (moving a model to the GPU) are
-  // one-off and would pin their whole size for the life of the process.
-  static constexpr size_t kMaxStaged = size_t{16} << 20;
-
-  void upload(void* dst, const void* src, size_t n, cudaStream_t stream) {
-    if (n > kMaxStaged) {
-      check(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy");
-      return;
-    }
-    Block* b = take(n);
-    cudaError_t rc = cudaSuccess;
-    std::memcpy(b->host, src, n);
-    rc = cudaMemcpyAsync(dst, b->host, n, cudaMemcpyHostToDevice, stream);
-    if (rc == cudaSuccess) rc = cudaEventRecord(b->done, stream);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      b->busy = false;
-    }
-    check(rc, "cudaMemcpyAsync");
-  }
-
- private:
-  struct Block {
-    void* host = nullptr;
-    size_t size = 0;
-    cudaEvent_t done = nullptr;
-    bool busy = false;
-  };
-
-  Block* take(size_t n) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& b : blocks_) {
-        if (b->busy || b->size < n) continue;
-        const cudaError_t rc = cudaEventQuery(b->done);
-        if (rc == cudaErrorNotReady) continue;
-        check(rc, "cudaEventQuery");
-        b->busy = true;
-        return b.get();
-      }
-    }
-    auto b = std::make_unique<Block>();
-    b->size = std::max<size_t>(n, size_t{1} << 20);
-    check(cudaHostAlloc(&b->host, b->size, cudaHostAllocDefault), "cudaHostAlloc");
-    check(cudaEventCreateWithFlags(&b->done, cudaEventDisableTiming), "cudaEventCreate");
-    b->busy = true;
-    std::lock_guard<std::mutex> lock(mu_);
-    blocks_.push_back(std::move(b));
-    return blocks_.back().get();
-  }
-
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Block>> blocks_;
-};
-
-PinnedStaging& staging() {
-  static auto* s = new PinnedStaging();  // outlives static destructors that copy
-  return *s;
-}
-
-}  // namespace
-
-void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t n) {
-  if (n == 0) return;
-  if (dst_device.is_cuda()) {
-    DeviceGuard guard(dst_device.index);
-    auto stream = static_cast<cudaStream_t>(current_stream(dst_device.index));
-    if (!src_device.is_cuda()) {
-      staging().upload(dst, src, n, stream);
-      return;
-    }
-    check(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream), "cudaMemcpyAsync");
-    // Work on the source's device is ordered on another stream: wait for the copy.
-    if (src_device.index != dst_device.index)
-      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    return;
-  }
-  // cudaMemcpy orders a device-to-host copy after earlier work on the legacy default stream.
-  DeviceGuard guard(src_device.index);
-  check(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), "cudaMemcpy");
-  // What the host reads must not come from a kernel that skipped a bad index.
-  raise_kernel_errors();
+DeviceGuard::DeviceGuard(int device) { previous_ = runtime().set_device(device); }
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0) runtime_if_loaded()->restore_device(previous_);
 }
 
 }  // namespace cohort::core::cuda

@@ -1,8 +1,9 @@
 // The CUDA device layer under tensors: which GPUs there are, device memory (a caching allocator,
 // registered for DeviceType::kCUDA), copies between host and device memory, and the stream that
 // work for a device is ordered on. No CUDA header leaks out of here: streams travel as void*.
-// In a build without CUDA (COHORT_USE_CUDA=OFF) there are no devices and allocation throws
-// ConfigError.
+// The work is done by the CUDA module (libcohort_cuda.so, cuda_runtime.h), opened on the first
+// call that needs it; where it cannot be (a build or a machine without CUDA, no driver) there are
+// no devices, and anything that needs one throws ConfigError saying what is missing.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +15,7 @@
 
 namespace cohort::core::cuda {
 
-// Number of visible GPUs; 0 in a CPU-only build or where the driver finds none (never throws).
+// Number of visible GPUs; 0 where CUDA, the driver or a GPU is missing (never throws).
 int device_count();
 // Why there is no GPU ("this build has no CUDA", "no CUDA driver", ...); empty when there is one.
 std::string unavailable_reason();
