@@ -4,6 +4,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -85,10 +86,13 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     COHORT_THROW(ConfigError, "distributed.strategy is none but this job has ", world_,
                  " ranks; use ddp, zero1, zero2 or fsdp, or start a single process");
   // Ranks sharing a node share its cores: torchrun's one-thread default wastes them, N threads
-  // per rank oversubscribes them.
+  // per rank oversubscribes them. A rank bound to its share (cohort launch --cpu-bind, mpirun,
+  // srun) uses all of it; an unbound one an equal part of what it may use.
   int threads = static_cast<int>(c_.threads);
-  if (threads == 0)
-    threads = std::max(1, core::available_cores() / std::max(1, dist_.local_world_size));
+  if (threads == 0) {
+    const int mine = core::available_cores();
+    threads = mine < get_nprocs() ? mine : std::max(1, mine / std::max(1, dist_.local_world_size));
+  }
   core::set_num_threads(threads);
   device_ = resolve_device(c_.device, dist_.local_rank, dist_.local_world_size);
   if (ps_mode && device_.is_cuda()) {

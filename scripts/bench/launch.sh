@@ -95,34 +95,37 @@ read -r e_best e_med < <(/usr/bin/python3 "$tmp/exec.py" "$cohort" 21)
 echo "== a worker's exec to main (ms, best / median of 21) =="
 printf 'cohort: %s / %s ms (goal: <= 15 ms: %s)\n' "$e_best" "$e_med" "$(awk -v m="$e_med" 'BEGIN { print m <= 15 ? "met" : "NOT met" }')"
 
-# 2-rank DDP, 5 runs in a row, against one rank and the node's ceiling.
+# 2-rank DDP, 5 rounds in a row. Each round runs --cpu-bind cores, --cpu-bind none and the node's
+# ceiling (two independent one-core trainings at once, as scripts/bench/ddp.sh), so that the
+# ceiling a run is held to was measured beside it on this host, whose speed drifts.
 export OPENBLAS_NUM_THREADS=1
 field() { sed -nE "s/.*$1[= ]([0-9.]+).*/\1/p" | tail -n 1; }
-train() { "$@" train configs/fashion_mnist_mlp.yaml data.batch_size=64 train.log_every=100000 \
-            logging.tensorboard=false logging.dir="$tmp/run$RANDOM" 2>&1; }
-one=$(train "$cohort" threads=1 | field samples_per_s)
-for c in 0 1; do
-  taskset -c $c "$cohort" train configs/fashion_mnist_mlp.yaml data.batch_size=64 threads=1 \
-    train.log_every=100000 logging.tensorboard=false logging.dir="$tmp/alone$c" >"$tmp/alone$c.out" 2>&1 &
-done
-wait
-ceiling=$(cat "$tmp/alone0.out" "$tmp/alone1.out" | awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") s += $(i + 1) } END { printf "%.0f", s }')
-ddp_runs() {  # bind: prints the verdict line
-  local bind=$1 s=() r
-  for r in 1 2 3 4 5; do
-    s+=("$(train "$cohort" launch --nproc-per-node 2 --cpu-bind "$bind" -- "$cohort" | field samples_per_s)")
+mlp=(train configs/fashion_mnist_mlp.yaml data.batch_size=64 train.log_every=100000 logging.tensorboard=false)
+one=$("$cohort" "${mlp[@]}" threads=1 logging.dir="$tmp/one" 2>&1 | field samples_per_s)
+ceiling() {
+  local c
+  for c in 0 1; do
+    taskset -c $c "$cohort" "${mlp[@]}" threads=1 logging.dir="$tmp/alone$c$RANDOM" >"$tmp/alone$c.out" 2>&1 &
   done
-  local med
-  med=$(printf '%s\n' "${s[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  printf '%s\n' "${s[@]}" | awk -v one="$one" -v ceil="$ceiling" -v bind="$bind" -v med="$med" '
-    { v[NR] = $1; if (NR == 1 || $1 < lo) lo = $1; if ($1 > hi) hi = $1 }
-    END {
-      printf "--cpu-bind %-5s runs:", bind; for (i = 1; i <= NR; i++) printf " %.0f", v[i]
-      printf "\n  min / one rank %.2fx (goal >= 1.25), max / min %.2f (goal <= 1.15), median / ceiling %.2fx (goal >= 0.85): %s\n",
-        lo / one, hi / lo, med / ceil, (lo / one >= 1.25 && hi / lo <= 1.15 && med / ceil >= 0.85) ? "met" : "NOT met"
-    }'
+  wait
+  cat "$tmp/alone0.out" "$tmp/alone1.out" | awk '/summary/ { for (i = 1; i < NF; i++) if ($i == "samples_per_s") s += $(i + 1) } END { printf "%.0f", s }'
 }
-echo "== 2-rank DDP, MLP, batch 64 per rank, 1 epoch, 5 runs in a row (samples/s) =="
-printf 'one rank: %s; node ceiling (2 alone, one core each): %s\n' "$one" "$ceiling"
-ddp_runs cores
-ddp_runs none
+ddp() { "$cohort" launch --nproc-per-node 2 --cpu-bind "$1" -- "$cohort" "${mlp[@]}" logging.dir="$tmp/two$RANDOM" 2>&1 | field samples_per_s; }
+echo "== 2-rank DDP, MLP, batch 64 per rank, 1 epoch, 5 rounds in a row (samples/s) =="
+printf '%-6s %10s %10s %10s %12s %12s\n' round cores none ceiling "cores/ceil" "none/ceil"
+for r in 1 2 3 4 5; do
+  echo "$r $(ddp cores) $(ddp none) $(ceiling)"
+done >"$tmp/rounds"
+awk '{ printf "%-6s %10.0f %10.0f %10.0f %11.2fx %11.2fx\n", $1, $2, $3, $4, $2 / $4, $3 / $4 }' "$tmp/rounds"
+verdict() {  # column label
+  local col=$1 label=$2 med
+  med=$(awk -v c="$col" '{ print $c / $4 }' "$tmp/rounds" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  awk -v c="$col" -v one="$one" -v med="$med" -v label="$label" '
+    { if (NR == 1 || $c < lo) lo = $c; if ($c > hi) hi = $c }
+    END {
+      printf "--cpu-bind %-5s: min / one rank (%d) %.2fx (goal >= 1.25), max / min %.2f (goal <= 1.15), median of run / its ceiling %.2fx (goal >= 0.85): %s\n",
+        label, one, lo / one, hi / lo, med, (lo / one >= 1.25 && hi / lo <= 1.15 && med >= 0.85) ? "met" : "NOT met"
+    }' "$tmp/rounds"
+}
+verdict 2 cores
+verdict 3 none
