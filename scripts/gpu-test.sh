@@ -22,19 +22,23 @@ if [[ ${1:-} == --bundle ]]; then
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" \
     -DCOHORT_USE_CUDA=ON -DCOHORT_USE_MPI=OFF -DCOHORT_USE_GRPC=OFF -DCOHORT_BUILD_EXAMPLES=OFF \
     -DCOHORT_BUILD_BENCHMARKS=OFF >/dev/null
-  ninja -C build-gpu cohort core_cuda_test collectives_nccl_test collectives_ddp_test
+  # The modules too: CUDA and NCCL live in libcohort_cuda.so and libcohort_nccl.so, which the
+  # core opens from its own directory (lib/ here).
+  ninja -C build-gpu cohort core_cuda_test collectives_nccl_test collectives_ddp_test cohort_cuda \
+    cohort_nccl
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
   mkdir -p "$stage/bin" "$stage/lib" .gpu
   cp build-gpu/launcher/cohort build-gpu/tests/core_cuda_test build-gpu/tests/collectives_nccl_test \
     build-gpu/tests/collectives_ddp_test "$stage/bin/"
+  cp -P build-gpu/lib/libcohort_*.so* "$stage/lib/"
   # Libraries a GPU machine lacks: everything but glibc's and the CUDA libraries (its toolkit and
   # PyTorch's pip packages have those), plus OpenBLAS, which Cohort opens at run time.
   blas=$(sed -nE 's/#define COHORT_OPENBLAS_PATH "(.*)"/\1/p' build-gpu/generated/cohort/config.h)
-  { for b in "$stage"/bin/*; do ldd "$b"; done; ldd "$blas"; } |
+  { for b in "$stage"/bin/* "$stage"/lib/libcohort_*.so; do ldd "$b"; done; ldd "$blas"; } |
     awk '$3 ~ /^\// { print $3 }' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libgcc_s|libstdc\+\+)\.so' |
-    grep -vE '/lib(cuda|cudart|cublas|cublasLt|cudnn[^/]*|nccl)\.so' |
+    grep -vE '/lib(cuda|cudart|cublas|cublasLt|cudnn[^/]*|nccl)\.so' | grep -v '/libcohort_' |
     while read -r lib; do cp -L "$lib" "$stage/lib/"; done
   cp -L "$blas" "$stage/lib/libopenblas.so.0"
   tar -C "$stage" -cJf .gpu/bundle.tar.xz bin lib

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cohort/config.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
 #include "launcher/cpu_binding.h"
@@ -164,6 +165,20 @@ TEST_F(Launch, EachLocalRankRunsOnItsOwnShareOfTheCores) {
                              " (bound by cohort launch --cpu-bind cores), " +
                              std::to_string(a.size()) + (a.size() == 1 ? " thread" : " threads");
   EXPECT_NE(r.out.find(banner), std::string::npos) << banner << "\n" << r.out;
+}
+
+// Under mpirun, its binding is kept: the trainer reports it and sizes its pool to it.
+TEST_F(Launch, MpirunsBindingIsKeptAndReported) {
+  if (cohort::launcher::allowed_cpus().size() < 2) GTEST_SKIP() << "needs 2 CPUs to bind 2 ranks";
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  const auto r = cohort::test::run_command(
+      "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --bind-to core -np 2 " +
+      std::string(COHORT_BINARY) + " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " +
+      kTinyGpt + " train.steps=2 logging.dir=" + (dir_ / "run").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("cohort: rank 0 on cpus [0-9]+ \\(bound by mpirun\\), 1 thread")))
+      << r.output;
 }
 
 // A worker inherits its three streams and nothing else of the launcher (no store socket, no
