@@ -13,6 +13,7 @@
 #include "core/nn/attention.h"
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
+#include "core/tensor/cuda/cuda_device.h"
 #include "parameter_server/client.h"
 #include "trainer/checkpoint_pieces.h"
 #include "trainer/trainer.h"
@@ -478,10 +479,16 @@ Distributed join_job(const Config& c, const JobPlace& place,
   COHORT_CHECK(store, "join_job: a job of ", place.world, " ranks needs a store");
   dist.store = std::make_shared<collectives::PrefixStore>("train", std::move(store));
   Backend backend = c.distributed.backend;
-  if (backend == Backend::kAuto)
-    backend = resolve_device(c.device, place.local_rank, place.local_world).is_cuda()
-                  ? Backend::kNccl
-                  : Backend::kCpu;
+  const bool on_gpu = resolve_device(c.device, place.local_rank, place.local_world).is_cuda();
+  if (backend == Backend::kAuto) backend = on_gpu ? Backend::kNccl : Backend::kCpu;
+  // NCCL moves GPU memory only: say so before any collective, naming what the node lacks.
+  if (backend == Backend::kNccl && !on_gpu) {
+    const std::string why = core::cuda::device_count() == 0
+                                ? core::cuda::unavailable_reason()
+                                : "this rank trains on the CPU (device " + c.device.str() + ")";
+    COHORT_THROW(ConfigError, "distributed.backend nccl needs each rank on a GPU, but ", why,
+                 "; use distributed.backend cpu or auto, or device: cuda");
+  }
   collectives::ProcessGroupOptions po;
   po.timeout = timeout_of(c);
   try {

@@ -110,15 +110,24 @@ TEST_F(Modules, CudaOrNcclWhereTheyAreMissingIsOneSentenceAndExitTwo) {
   if (cohort::core::cuda::device_count() > 0) GTEST_SKIP() << "this machine has a GPU";
   const std::string why = cohort::core::cuda::unavailable_reason();
   ASSERT_FALSE(why.empty());
-  const std::string train = std::string(COHORT_BINARY) +
-                            " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " + kTinyGpt +
-                            " train.steps=2 logging.dir=" + (dir_ / "run").string();
+  auto train_in = [&](const std::string& run) {
+    return std::string(COHORT_BINARY) + " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " +
+           kTinyGpt + " train.steps=2 logging.dir=" + (dir_ / run).string();
+  };
+  const std::string train = train_in("run");
   auto r = run_command(train + " device=cuda");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("device cuda was requested but " + why), std::string::npos) << r.output;
   r = run_command(train + " device=cuda:1");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find(why), std::string::npos) << r.output;
+  // backend: nccl on ranks without GPUs, before any collective.
+  r = run_command(std::string(COHORT_BINARY) + " launch --nproc-per-node 2 -- " + train_in("nccl") +
+                  " distributed.backend=nccl");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("distributed.backend nccl needs each rank on a GPU, but " + why),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(ModuleLoader, NamesTheMissingModuleOrTheLibraryItNeeds) {
