@@ -58,6 +58,13 @@ void print_modules() {
     else
       std::printf("  mpi: does not load: %s\n", why.c_str());
   }
+  if (COHORT_USE_GRPC) {
+    const std::string v = ps::grpc_version();  // "none (why)" when the module does not load
+    if (v.rfind("none (", 0) == 0)
+      std::printf("  grpc: does not load: %s\n", v.substr(6, v.size() - 7).c_str());
+    else
+      std::printf("  grpc: loads: gRPC %s\n", v.c_str());
+  }
 }
 
 }  // namespace
@@ -72,7 +79,6 @@ int env_command() {
   std::printf("built with: cuda %s, nccl %s, mpi %s, grpc %s\n", yes(COHORT_USE_CUDA),
               yes(COHORT_USE_NCCL), yes(COHORT_USE_MPI), yes(COHORT_USE_GRPC));
   print_modules();
-  std::printf("grpc: %s\n", ps::grpc_version().c_str());
   const int gpus = core::cuda::device_count();
   if (gpus == 0) {
     std::printf("gpus: none (%s)\n", core::cuda::unavailable_reason().c_str());

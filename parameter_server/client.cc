@@ -26,8 +26,8 @@ namespace cohort::ps {
 
 using namespace client_detail;
 
-PsWorker::Impl::Impl(std::vector<core::Tensor> params, const std::vector<std::string>& names,
-                     ClientOptions o)
+GrpcWorker::GrpcWorker(std::vector<core::Tensor> params, const std::vector<std::string>& names,
+                       ClientOptions o)
     : params_(std::move(params)), o_(std::move(o)), node_(collectives::node_identity()) {
   COHORT_CHECK(o_.resolve, "parameter-server client: no way to find the servers");
   std::vector<TensorSpec> specs;
@@ -50,7 +50,7 @@ PsWorker::Impl::Impl(std::vector<core::Tensor> params, const std::vector<std::st
   heartbeat_ = std::thread([this] { heartbeats(); });
 }
 
-PsWorker::Impl::~Impl() {
+GrpcWorker::~GrpcWorker() {
   {
     std::lock_guard<std::mutex> lock(hb_mu_);
     hb_stop_ = true;
@@ -68,7 +68,7 @@ PsWorker::Impl::~Impl() {
   conns_.clear();  // joins their threads after the queued calls
 }
 
-void PsWorker::Impl::pull(int64_t step) {
+void GrpcWorker::pull(int64_t step) {
   std::vector<std::future<void>> fs;
   for (auto& conn : conns_) {
     Connection* c = conn.get();
@@ -92,7 +92,7 @@ void PsWorker::Impl::pull(int64_t step) {
   wait_all(fs);
 }
 
-void PsWorker::Impl::pull_from(Connection& c, int64_t step) {
+void GrpcWorker::pull_from(Connection& c, int64_t step) {
   with_retries(c, "pull step " + std::to_string(step), [&] {
     if (c.shared() && c.prefetched == step) {
       c.prefetched = -1;
@@ -133,8 +133,8 @@ void PsWorker::Impl::pull_from(Connection& c, int64_t step) {
   });
 }
 
-void PsWorker::Impl::read_values(Connection& c, grpc::ClientReader<wire::Chunk>& reader,
-                                 int64_t step, const std::function<float*(const Piece&)>& where) {
+void GrpcWorker::read_values(Connection& c, grpc::ClientReader<wire::Chunk>& reader, int64_t step,
+                             const std::function<float*(const Piece&)>& where) {
   wire::Chunk chunk;
   size_t got = 0;
   while (reader.Read(&chunk)) {
@@ -156,7 +156,7 @@ void PsWorker::Impl::read_values(Connection& c, grpc::ClientReader<wire::Chunk>&
                  " tensors it should hold");
 }
 
-void PsWorker::Impl::start_prefetch(int64_t step) {
+void GrpcWorker::start_prefetch(int64_t step) {
   prefetch_.resize(pieces_.size());
   for (auto& conn : conns_) {
     Connection* c = conn.get();
@@ -182,7 +182,7 @@ void PsWorker::Impl::start_prefetch(int64_t step) {
   }
 }
 
-bool PsWorker::Impl::take_prefetch(Connection& c, int64_t step) {
+bool GrpcWorker::take_prefetch(Connection& c, int64_t step) {
   if (c.prefetch_step < 0) return false;
   const bool wanted = c.prefetch_step == step;
   c.prefetch_step = -1;
@@ -202,12 +202,12 @@ bool PsWorker::Impl::take_prefetch(Connection& c, int64_t step) {
   return true;
 }
 
-void PsWorker::Impl::cancel_prefetches() {
+void GrpcWorker::cancel_prefetches() {
   for (auto& c : conns_)
     if (c->prefetch_step >= 0) take_prefetch(*c, -1);
 }
 
-void PsWorker::Impl::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
+void GrpcWorker::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
   step_ = step;
   lr_ = lr;
   samples_ = samples;
@@ -224,12 +224,12 @@ void PsWorker::Impl::begin_step(int64_t step, double lr, int64_t samples, bool d
   streaming_ = during_backward;
 }
 
-void PsWorker::Impl::push_all() {
+void GrpcWorker::push_all() {
   for (size_t i = 0; i < params_.size(); ++i)
     if (!sent_[i]) send_param(i);
 }
 
-StepResult PsWorker::Impl::finish_step() {
+StepResult GrpcWorker::finish_step() {
   streaming_ = false;
   push_all();
   std::vector<std::future<void>> done;  // tasks that write into `samples`: always waited for
@@ -281,7 +281,7 @@ StepResult PsWorker::Impl::finish_step() {
   return {samples[0]};
 }
 
-void PsWorker::Impl::leave() {
+void GrpcWorker::leave() {
   run_everywhere([this](Connection& c) {
     unalias(c);  // the others may go on updating the values once we have left
     try {
@@ -296,19 +296,19 @@ void PsWorker::Impl::leave() {
   });
 }
 
-int64_t PsWorker::Impl::bytes_per_step() const {
+int64_t GrpcWorker::bytes_per_step() const {
   int64_t n = 0;
   for (const auto& p : pieces_) n += p.numel;
   return n * static_cast<int64_t>(element_bytes(o_.compression));
 }
 
-const Piece* PsWorker::Impl::find_piece(const std::string& key, int server) const {
+const Piece* GrpcWorker::find_piece(const std::string& key, int server) const {
   for (const auto& p : pieces_)
     if (p.server == server && p.key == key) return &p;
   return nullptr;
 }
 
-void PsWorker::Impl::run_everywhere(const std::function<void(Connection&)>& fn) {
+void GrpcWorker::run_everywhere(const std::function<void(Connection&)>& fn) {
   std::vector<std::future<void>> fs;
   for (auto& c : conns_) {
     Connection* conn = c.get();
@@ -317,7 +317,7 @@ void PsWorker::Impl::run_everywhere(const std::function<void(Connection&)>& fn) 
   wait_all(fs);
 }
 
-void PsWorker::Impl::wait_all(std::vector<std::future<void>>& fs) {
+void GrpcWorker::wait_all(std::vector<std::future<void>>& fs) {
   std::exception_ptr first;
   for (auto& f : fs) {
     try {
@@ -330,8 +330,8 @@ void PsWorker::Impl::wait_all(std::vector<std::future<void>>& fs) {
   if (first) std::rethrow_exception(first);
 }
 
-void PsWorker::Impl::with_retries(Connection& c, const std::string& what,
-                                  const std::function<void()>& call, bool reconnect_first) {
+void GrpcWorker::with_retries(Connection& c, const std::string& what,
+                              const std::function<void()>& call, bool reconnect_first) {
   const auto deadline = Clock::now() + o_.timeout;
   std::string last;
   bool need_connect = reconnect_first || !c.connected();
@@ -363,7 +363,7 @@ void PsWorker::Impl::with_retries(Connection& c, const std::string& what,
   }
 }
 
-void PsWorker::Impl::init(Connection& c) {
+void GrpcWorker::init(Connection& c) {
   auto ctx = c.context(o_.timeout);
   wire::InitReply reply;
   auto writer = c.stub().Init(ctx.get(), &reply);
@@ -386,7 +386,7 @@ void PsWorker::Impl::init(Connection& c) {
   check(writer->Finish(), "server " + c.name() + ": defining the model's tensors");
 }
 
-void PsWorker::Impl::heartbeats() {
+void GrpcWorker::heartbeats() {
   std::unique_lock<std::mutex> lock(hb_mu_);
   const auto period = std::chrono::milliseconds(static_cast<int64_t>(o_.heartbeat_s * 1000));
   while (!hb_cv_.wait_for(lock, period, [this] { return hb_stop_; })) {
@@ -405,19 +405,5 @@ void PsWorker::Impl::heartbeats() {
     }
   }
 }
-
-PsWorker::PsWorker(std::vector<core::Tensor> params, const std::vector<std::string>& names,
-                   ClientOptions o)
-    : impl_(std::make_unique<Impl>(std::move(params), names, std::move(o))) {}
-PsWorker::~PsWorker() = default;
-void PsWorker::pull(int64_t step) { impl_->pull(step); }
-void PsWorker::begin_step(int64_t step, double lr, int64_t samples, bool during_backward) {
-  impl_->begin_step(step, lr, samples, during_backward);
-}
-void PsWorker::push_all() { impl_->push_all(); }
-StepResult PsWorker::finish_step() { return impl_->finish_step(); }
-void PsWorker::leave() { impl_->leave(); }
-const std::vector<Piece>& PsWorker::pieces() const { return impl_->pieces(); }
-int64_t PsWorker::bytes_per_step() const { return impl_->bytes_per_step(); }
 
 }  // namespace cohort::ps

@@ -20,6 +20,7 @@
 #include "parameter_server/connection.h"
 #include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
+#include "parameter_server/transport.h"
 
 namespace cohort::ps {
 
@@ -36,14 +37,16 @@ inline wire::Encoding encoding_of(Compression c) {
 
 }  // namespace client_detail
 
-class PsWorker::Impl {
+// libcohort_grpc.so's WorkerTransport (transport.h): what PsWorker does.
+class GrpcWorker final : public WorkerTransport {
  public:
   using Connection = detail::Connection;
-  Impl(std::vector<core::Tensor> params, const std::vector<std::string>& names, ClientOptions o);
+  GrpcWorker(std::vector<core::Tensor> params, const std::vector<std::string>& names,
+             ClientOptions o);
 
-  ~Impl();
+  ~GrpcWorker() override;
 
-  void pull(int64_t step);
+  void pull(int64_t step) override;
 
   // pull()'s general case, on c's thread: servers over gRPC, and any call to be retried.
   void pull_from(Connection& c, int64_t step);
@@ -67,16 +70,16 @@ class PsWorker::Impl {
   // Ends every prefetch still running (the step failed: its push may never come).
   void cancel_prefetches();
 
-  void begin_step(int64_t step, double lr, int64_t samples, bool during_backward);
+  void begin_step(int64_t step, double lr, int64_t samples, bool during_backward) override;
 
-  void push_all();
+  void push_all() override;
 
-  StepResult finish_step();
+  StepResult finish_step() override;
 
-  void leave();
+  void leave() override;
 
-  const std::vector<Piece>& pieces() const { return pieces_; }
-  int64_t bytes_per_step() const;
+  const std::vector<Piece>& pieces() const override { return pieces_; }
+  int64_t bytes_per_step() const override;
 
  private:
   const Piece* find_piece(const std::string& key, int server) const;

@@ -15,11 +15,11 @@ namespace cohort::ps {
 
 using namespace client_detail;
 
-void PsWorker::Impl::on_gradient(size_t i) {
+void GrpcWorker::on_gradient(size_t i) {
   if (streaming_ && !sent_[i]) send_param(i);
 }
 
-void PsWorker::Impl::send_param(size_t i) {
+void GrpcWorker::send_param(size_t i) {
   sent_[i] = 1;
   core::Tensor g = params_[i].grad();
   if (g.defined()) g = g.contiguous();  // held by the tasks until they have sent it
@@ -33,7 +33,7 @@ void PsWorker::Impl::send_param(size_t i) {
   }
 }
 
-void PsWorker::Impl::write_piece(Connection& c, size_t p, const core::Tensor& grad) {
+void GrpcWorker::write_piece(Connection& c, size_t p, const core::Tensor& grad) {
   if (c.push_broken) return;  // the whole push is redone at the end
   const Piece& piece = pieces_[p];
   if (c.shared()) {
@@ -70,13 +70,13 @@ void PsWorker::Impl::write_piece(Connection& c, size_t p, const core::Tensor& gr
   }
 }
 
-void PsWorker::Impl::open_push(Connection& c) {
+void GrpcWorker::open_push(Connection& c) {
   c.push_broken = false;
   if (c.shared()) return;
   start_push(c, false);
 }
 
-void PsWorker::Impl::start_push(Connection& c, bool shared) {
+void GrpcWorker::start_push(Connection& c, bool shared) {
   c.push_ctx = c.context(o_.timeout);
   c.push_writer = c.stub().Push(c.push_ctx.get(), &c.push_reply);
   wire::PushMessage msg;
@@ -89,7 +89,7 @@ void PsWorker::Impl::start_push(Connection& c, bool shared) {
   if (!c.push_writer->Write(msg)) c.push_broken = true;
 }
 
-void PsWorker::Impl::ring_push(Connection& c) {
+void GrpcWorker::ring_push(Connection& c) {
   c.prefetched = -1;
   c.admitted = -1;
   DoorbellRequest req;
@@ -101,14 +101,14 @@ void PsWorker::Impl::ring_push(Connection& c) {
   c.doorbell->ring(req);
 }
 
-grpc::Status PsWorker::Impl::pushed(Connection& c) {
+grpc::Status GrpcWorker::pushed(Connection& c) {
   const grpc::Status s = answer(c);
   if (s.ok() && c.push_reply.pulled()) c.prefetched = step_ + 1;
   if (s.ok() && c.values) c.admitted = step_ + 1;
   return s;
 }
 
-grpc::Status PsWorker::Impl::finish_push(Connection& c) {
+grpc::Status GrpcWorker::finish_push(Connection& c) {
   if (c.local()) {
     ring_push(c);
     return pushed(c);
@@ -122,13 +122,13 @@ grpc::Status PsWorker::Impl::finish_push(Connection& c) {
   return s;
 }
 
-grpc::Status PsWorker::Impl::ring(Connection& c, DoorbellRequest req) {
+grpc::Status GrpcWorker::ring(Connection& c, DoorbellRequest req) {
   req.timeout_ms = o_.timeout.count();
   c.doorbell->ring(req);
   return answer(c);
 }
 
-grpc::Status PsWorker::Impl::answer(Connection& c) {
+grpc::Status GrpcWorker::answer(Connection& c) {
   const DoorbellReply r = c.doorbell->wait(o_.timeout + std::chrono::seconds(5));
   c.push_reply.set_version(r.version);
   c.push_reply.set_samples(r.samples);
@@ -136,7 +136,7 @@ grpc::Status PsWorker::Impl::answer(Connection& c) {
   return grpc::Status(r.code, r.message);
 }
 
-int64_t PsWorker::Impl::settle_push(Connection& c, const grpc::Status& s) {
+int64_t GrpcWorker::settle_push(Connection& c, const grpc::Status& s) {
   if (s.ok()) return c.push_reply.samples();
   RpcError first(s, "server " + c.name() + ": push of step " + std::to_string(step_));
   if (!first.retryable()) {

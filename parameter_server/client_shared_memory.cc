@@ -14,7 +14,7 @@ namespace cohort::ps {
 
 using namespace client_detail;
 
-bool PsWorker::Impl::copy_from_values(Connection& c) {
+bool GrpcWorker::copy_from_values(Connection& c) {
   auto* lock = static_cast<Shard::SharedValues*>(c.values->addr());
   const uint64_t seq = lock->seq.load(std::memory_order_acquire);
   if (seq & 1) return false;
@@ -28,14 +28,14 @@ bool PsWorker::Impl::copy_from_values(Connection& c) {
   return lock->seq.load(std::memory_order_relaxed) == seq;
 }
 
-void PsWorker::Impl::copy_from_segment(Connection& c) {
+void GrpcWorker::copy_from_segment(Connection& c) {
   for (size_t p = 0; p < pieces_.size(); ++p)
     if (pieces_[p].server == c.index() && !aliased_[p])
       std::memcpy(params_[pieces_[p].tensor].data_ptr<float>() + pieces_[p].offset,
                   c.segment_values(p), static_cast<size_t>(pieces_[p].numel) * sizeof(float));
 }
 
-void PsWorker::Impl::alias(Connection& c) {
+void GrpcWorker::alias(Connection& c) {
   if (!o_.alias_values || c.mode() != Mode::kSync || !c.values || c.aliased) return;
   // Odd: an update is writing (a dropped worker's late pull), or a new layout retired these
   // values for good (Shard::SharedValues); either way they are not the ones to compute with.
@@ -54,7 +54,7 @@ void PsWorker::Impl::alias(Connection& c) {
   c.aliased = true;
 }
 
-void PsWorker::Impl::unalias(Connection& c) {
+void GrpcWorker::unalias(Connection& c) {
   if (!c.aliased) return;
   core::autograd::NoGradGuard no_grad;
   auto* lock = static_cast<Shard::SharedValues*>(c.values->addr());
@@ -85,7 +85,7 @@ void PsWorker::Impl::unalias(Connection& c) {
   c.aliased = false;
 }
 
-void PsWorker::Impl::attach(Connection& c) {
+void GrpcWorker::attach(Connection& c) {
   unalias(c);  // the values of the server we had (gone, or restarted) stay as they were
   for (size_t p = 0; p < pieces_.size(); ++p)  // the old segment is no longer read
     if (pieces_[p].server == c.index())

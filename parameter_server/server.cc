@@ -1,3 +1,4 @@
+// libcohort_grpc.so: the parameter server over gRPC (transport.h).
 #include "parameter_server/server.h"
 
 #include <algorithm>
@@ -8,12 +9,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "cohort/config.h"
 #include "collectives/shared_memory.h"
 #include "core/util/error.h"
 #include "parameter_server/auth.h"
+#include "parameter_server/client_impl.h"
 #include "parameter_server/codec.h"
 #include "parameter_server/doorbell.h"
 #include "parameter_server/ps.grpc.pb.h"
+#include "parameter_server/transport.h"
 
 namespace cohort::ps {
 namespace {
@@ -427,11 +431,9 @@ class Service final : public wire::ParameterServer::Service {
   std::map<int, std::unique_ptr<DoorbellServer>> doorbells_;  // per worker on this node; mu_
 };
 
-}  // namespace
-
-class Server::Impl {
+class GrpcServer final : public ServerTransport {
  public:
-  explicit Impl(ServerOptions o) : o_(std::move(o)) {
+  explicit GrpcServer(ServerOptions o) : o_(std::move(o)) {
     if (o_.secret.empty())
       COHORT_THROW(ConfigError,
                    "a parameter server needs the job's secret in COHORT_PS_SECRET (cohort launch "
@@ -458,9 +460,13 @@ class Server::Impl {
                    " (is the address one of this host's, and the port free?)");
     reaper_ = std::thread([this] { reap(); });
   }
-  ~Impl() { shutdown(); }
+  ~GrpcServer() override { shutdown(); }
 
-  void shutdown() {
+  int port() const override { return port_; }
+  std::string address() const override { return o_.bind + ":" + std::to_string(port_); }
+  Shard& shard() override { return *shard_; }
+
+  void shutdown() override {
     if (stopped_.exchange(true)) return;
     {
       std::lock_guard<std::mutex> lock(reaper_mu_);
@@ -506,13 +512,19 @@ class Server::Impl {
   std::condition_variable reaper_cv_;
 };
 
-Server::Server(ServerOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {}
-Server::~Server() = default;
-int Server::port() const { return impl_->port_; }
-std::string Server::address() const { return impl_->o_.bind + ":" + std::to_string(port()); }
-Shard& Server::shard() { return *impl_->shard_; }
-void Server::shutdown() { impl_->shutdown(); }
+std::unique_ptr<ServerTransport> make_server(ServerOptions o) {
+  return std::make_unique<GrpcServer>(std::move(o));
+}
+std::unique_ptr<WorkerTransport> make_worker(std::vector<core::Tensor> params,
+                                             const std::vector<std::string>& names,
+                                             ClientOptions o) {
+  return std::make_unique<GrpcWorker>(std::move(params), names, std::move(o));
+}
+std::string version() { return grpc::Version(); }
 
-std::string grpc_version() { return grpc::Version(); }
+}  // namespace
 
 }  // namespace cohort::ps
+
+extern "C" const cohort::ps::TransportModule cohort_grpc_module{
+    COHORT_VERSION, &cohort::ps::make_server, &cohort::ps::make_worker, &cohort::ps::version};

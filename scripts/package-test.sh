@@ -18,6 +18,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'echo "package-test: FAILED: line $LINENO exited with status $?" >&2' ERR
 fail() { echo "package-test: FAILED: $*" >&2; exit 1; }
 
 # The packages.
@@ -33,8 +34,9 @@ if echo "$depends" | grep -Eiq 'cuda|cudnn|cublas|nccl|openmpi|libmpi'; then
 fi
 
 # A fresh Debian 12 from this machine's mirror, as scripts/../shared/tools/fresh-debian.sh makes it.
-mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}')
-[ -n "$mirror" ] || mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '/^deb / && $2 !~ /security/ {print $2; exit}')
+# (A machine may have only one of the two kinds of apt sources: a missing file is no failure.)
+mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' || true)
+[ -n "$mirror" ] || mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '/^deb / && $2 !~ /security/ {print $2; exit}' || true)
 [ -n "$mirror" ] || fail "no Debian mirror in /etc/apt"
 base=${COHORT_PACKAGE_BASE:-/var/tmp/cohort-package-base}
 if [ ! -f "$base/.ok" ]; then
@@ -58,7 +60,7 @@ echo "package-test: installed into a fresh Debian 12 root"
 
 # Nothing of NVIDIA's or MPI's is there, nor linked.
 in_root 'ls /usr/local/cuda /usr/lib/x86_64-linux-gnu/libcudart* /usr/lib/x86_64-linux-gnu/libmpi.so* 2>/dev/null' && fail "the root has CUDA or MPI"
-linked=$(in_root 'ldd /usr/bin/cohort /usr/lib/libcohort_core.so.* /usr/lib/libcohort_collectives.so.*')
+linked=$(in_root 'ldd /usr/bin/cohort /usr/lib/libcohort_core.so.* /usr/lib/libcohort_collectives.so.* /usr/lib/libcohort_grpc.so')
 echo "$linked" | grep -q 'not found' && fail "a library is missing: $(echo "$linked" | grep 'not found')"
 echo "$linked" | grep -Eq 'libcuda|libcublas|libcudnn|libnccl|libmpi' && fail "links a vendor library"
 in_root 'cohort --version && cohort env' >"$tmp/env.out" 2>&1 || { cat "$tmp/env.out" >&2; fail "cohort env failed"; }

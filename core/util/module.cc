@@ -51,7 +51,9 @@ void* open_file(const std::string& file, const std::string& name, const char* sy
   std::lock_guard<std::mutex> lock(mu);
   if (access(file.c_str(), R_OK) != 0) {
     // The Debian packages (cmake/Packaging.cmake) that hold each module.
-    const std::string package = name == "mpi" ? "cohort-mpi" : "cohort-cuda";
+    const std::string package = name == "mpi"    ? "cohort-mpi"
+                                : name == "grpc" ? "cohort"
+                                                 : "cohort-cuda";
     why = "cohort's " + name + " module is not installed (" + file + "; the " + package +
           " package has it)";
     return nullptr;

@@ -1,6 +1,6 @@
 // Cohort's optional backends live in shared-library modules of their own, next to libcohort_core:
-// libcohort_cuda.so (kernels, cuBLAS, cuDNN, the caching allocator), libcohort_nccl.so and
-// libcohort_mpi.so. Each is opened the first time a job uses it, so a CPU job never maps a CUDA,
+// libcohort_cuda.so (kernels, cuBLAS, cuDNN, the caching allocator), libcohort_nccl.so,
+// libcohort_mpi.so and libcohort_grpc.so (the parameter server's transport). Each is opened the first time a job uses it, so a CPU job never maps a CUDA,
 // NCCL or MPI library, and one build runs on GPU nodes, CPU nodes and login nodes alike.
 #pragma once
 
@@ -25,7 +25,5 @@ void* open_file(const std::string& file, const std::string& name, const char* sy
 // Whether libcohort_<name>.so is mapped into this process already (for `cohort env` and tests).
 bool is_loaded(const std::string& name);
 
-// Every module a build can have, in the order `cohort env` lists them.
-inline constexpr const char* kNames[] = {"cuda", "nccl", "mpi"};
 
 }  // namespace cohort::core::module

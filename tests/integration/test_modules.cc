@@ -22,9 +22,10 @@ namespace fs = std::filesystem;
 using cohort::test::kTinyGpt;
 using cohort::test::run_command;
 
-// The vendor libraries only the modules may bring in.
-const char* const kVendorLibraries[] = {"libcudart", "libcublas", "libcublasLt", "libcudnn",
-                                        "libnccl",   "libmpi",    "libopen-pal", "libcuda.so"};
+// The vendor libraries only the modules may bring in (gRPC's for start-up time).
+const char* const kVendorLibraries[] = {"libcudart", "libcublas",   "libcublasLt", "libcudnn",
+                                        "libnccl",   "libmpi",      "libopen-pal", "libcuda.so",
+                                        "libgrpc",   "libprotobuf", "libabsl"};
 
 std::string vendor_library_in(const std::string& text) {
   for (const char* lib : kVendorLibraries)
@@ -37,7 +38,8 @@ class Modules : public cohort::test::TempDirTest {};
 TEST_F(Modules, CohortAndItsLibrariesLinkNoVendorLibrary) {
   for (const std::string& file :
        {std::string(COHORT_BINARY), std::string(COHORT_LIB_DIR) + "/libcohort_core.so",
-        std::string(COHORT_LIB_DIR) + "/libcohort_collectives.so"}) {
+        std::string(COHORT_LIB_DIR) + "/libcohort_collectives.so",
+        std::string(COHORT_LIB_DIR) + "/libcohort_ps.so"}) {
     const auto r = run_command("ldd " + file);
     ASSERT_EQ(r.code, 0) << file << ": " << r.output;
     EXPECT_EQ(vendor_library_in(r.output), "") << file << " links it:\n" << r.output;
@@ -47,7 +49,8 @@ TEST_F(Modules, CohortAndItsLibrariesLinkNoVendorLibrary) {
   const std::pair<bool, std::pair<const char*, const char*>> modules[] = {
       {COHORT_USE_CUDA, {"cuda", "libcudart"}},
       {COHORT_USE_NCCL, {"nccl", "libnccl"}},
-      {COHORT_USE_MPI, {"mpi", "libmpi"}}};
+      {COHORT_USE_MPI, {"mpi", "libmpi"}},
+      {COHORT_USE_GRPC, {"grpc", "libgrpc"}}};
   for (const auto& [built, m] : modules) {
     if (!built) continue;
     const std::string file = cohort::core::module::path(m.first);
@@ -155,6 +158,7 @@ TEST(ModuleLoader, ACpuProcessHasOpenedNoModule) {
   }
   EXPECT_FALSE(cohort::core::module::is_loaded("nccl"));
   EXPECT_FALSE(cohort::core::module::is_loaded("mpi"));
+  EXPECT_FALSE(cohort::core::module::is_loaded("grpc"));
 }
 
 }  // namespace
