@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -320,7 +321,9 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
   cpu_set_t set;
   CPU_ZERO(&set);
   const int cores = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-  oversubscribed_ = local > cores;
+  // A rank bound to part of the node (cohort launch --cpu-bind, mpirun, srun) was given CPUs of
+  // its own: binders leave oversubscribed ranks unbound. Only an unbound rank counts its peers.
+  oversubscribed_ = cores >= get_nprocs() && local > cores;
 
   // TCP: the higher rank of each pair connects to the lower one and introduces itself.
   int expected = 0;
