@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cohort/config.h"
+#include "collectives/flight_recorder.h"
 #include "core/util/error.h"
 #include "launcher/bench_collectives.h"
 #include "launcher/bench_gemm.h"
@@ -220,6 +221,14 @@ int main(int argc, char** argv) {
   store->add_option("--address", sto.address, "HOST:PORT (default COHORT_STORE)");
   store->add_option("--timeout", sto.timeout_s, "seconds")->capture_default_str();
 
+  std::string diagnose_dir;
+  auto* diagnose = app.add_subcommand(
+      "diagnose",
+      "say what a job that hung or failed was doing: lines up its ranks' flight-recorder dumps");
+  diagnose
+      ->add_option("dir", diagnose_dir,
+                   "the run directory (its flight_recorder/) or a directory of rank_N.json dumps")
+      ->required();
   auto* env_cmd = app.add_subcommand("env",
                                      "what this build has and this machine offers (versions, GPUs, "
                                      "CPU, BLAS, job), for bug reports");
@@ -331,6 +340,10 @@ int main(int argc, char** argv) {
     }
     if (*store) return cohort::launcher::store_command(sto);
     if (*env_cmd) return cohort::launcher::env_command();
+    if (*diagnose) {
+      std::printf("%s\n", cohort::collectives::diagnose_flight_dumps(diagnose_dir).c_str());
+      return 0;
+    }
     if (*consolidate) return cohort::launcher::checkpoint_consolidate(cko);
     if (*info) return cohort::launcher::checkpoint_info(cko);
     if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);

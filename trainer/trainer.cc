@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "collectives/ddp/zero.h"
+#include "collectives/flight_recorder.h"
 #include "core/autograd/grad_mode.h"
 #include "core/data/files.h"
 #include "core/io/checkpoint.h"
@@ -72,6 +73,9 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     rank_ = dist_.rank;
     world_ = dist_.world;
   }
+  // A rank whose operation times out or fails writes its recent operations here, for
+  // `cohort diagnose RUN_DIR`.
+  collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_);
   const bool ps_mode = c_.distributed.strategy == Strategy::kParameterServer;
   if (ps_mode != dist_.ps.has_value())
     COHORT_THROW(ConfigError,

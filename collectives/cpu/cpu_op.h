@@ -48,6 +48,7 @@ struct CpuProcessGroup::Op {
   std::function<void(Op&)> body;
   std::shared_ptr<Work> work;
   CpuProcessGroup* pg = nullptr;
+  uint64_t flight = 0;  // its flight-recorder entry
   // What this op's data is, for reductions.
   core::DType dtype = core::DType::kFloat32;
   ReduceOp reduce = ReduceOp::kSum;

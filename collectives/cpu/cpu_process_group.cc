@@ -13,6 +13,7 @@
 #include "collectives/checks.h"
 #include "collectives/cpu/cpu_op.h"
 #include "collectives/cpu/reduce_kernels.h"
+#include "collectives/flight_recorder.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
 #include "core/util/threads.h"
@@ -264,6 +265,7 @@ CpuProcessGroup::CpuProcessGroup(std::shared_ptr<Store> store, int rank, int siz
   for (int r = 0; r < size; ++r)
     if (r != rank && !mesh_->is_shm(r)) all_shm_ = false;
   monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
+  flight_group_ = FlightRecorder::get().next_group();
   runner_ = std::make_unique<OpRunner>(kInlineBytes);
 }
 
@@ -289,6 +291,8 @@ std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout,
   op->body = std::move(body);
   op->work = std::make_shared<Work>();
   op->pg = this;
+  op->flight = FlightRecorder::get().queued(flight_group_, collective, name,
+                                            static_cast<int64_t>(bytes), -1);
   runner_->set_inline_bytes(inline_bytes());
   runner_->submit(bytes, collective, [this, op](uint64_t seq) {
     op->seq = seq;
@@ -303,11 +307,17 @@ void CpuProcessGroup::execute(Op& op) {
     return;
   }
   if (op.collective) monitor_->entered(op.seq, op.static_name);
+  FlightRecorder::get().started(op.flight, op.seq);
   op.deadline = Clock::now() + op.timeout;
   try {
     op.body(op);
+    FlightRecorder::get().ended(op.flight, true);
     op.work->finish();
-  } catch (const std::exception&) {
+  } catch (const std::exception& e) {
+    FlightRecorder::get().ended(op.flight, false);
+    // Where this rank was, for `cohort diagnose`: written before anyone is told, so that the
+    // launcher, which stops the job when told, finds it.
+    FlightRecorder::get().dump(e.what());
     // Channels may hold half a message now; nothing later can be trusted to line up.
     broken_ = monitor_->fail(std::current_exception());
     op.work->finish(broken_);

@@ -58,6 +58,7 @@ class CpuProcessGroup final : public ProcessGroup {
   std::vector<uint64_t> p2p_sent_, p2p_received_;  // per peer
   std::exception_ptr broken_;                      // the error that broke the group
   std::unique_ptr<GroupMonitor> monitor_;
+  int flight_group_ = 0;              // this group's number in the flight recorder
   std::unique_ptr<OpRunner> runner_;  // last: stopped first
 };
 

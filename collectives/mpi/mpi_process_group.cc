@@ -18,6 +18,7 @@
 #include "collectives/backend_modules.h"
 #include "collectives/checks.h"
 #include "collectives/cpu/reduce_kernels.h"
+#include "collectives/flight_recorder.h"
 #include "collectives/group_monitor.h"
 #include "collectives/op_runner.h"
 #include "collectives/store/tcp_store.h"
@@ -226,6 +227,7 @@ class MpiProcessGroup final : public ProcessGroup {
   std::vector<int> members_;   // group rank -> MPI_COMM_WORLD rank
   std::exception_ptr broken_;  // touched only by the running operation
   std::unique_ptr<GroupMonitor> monitor_;
+  int flight_group_ = 0;              // this group's number in the flight recorder
   std::unique_ptr<OpRunner> runner_;  // last: stopped first
 };
 
@@ -270,6 +272,7 @@ MpiProcessGroup::MpiProcessGroup(std::shared_ptr<Store> store, int rank, int siz
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   }
   monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
+  flight_group_ = FlightRecorder::get().next_group();
   runner_ = std::make_unique<OpRunner>(kInlineBytes);
 }
 
@@ -289,8 +292,10 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
                                                std::function<void()> done, int peer) {
   auto work = std::make_shared<Work>();
   const Millis t = timeout.count() > 0 ? timeout : options_.timeout;
+  const uint64_t flight = FlightRecorder::get().queued(flight_group_, collective, name,
+                                                       static_cast<int64_t>(bytes), peer);
   runner_->submit(bytes, collective,
-                  [this, name, t, collective, peer, work, keep = std::move(keep),
+                  [this, name, t, collective, peer, work, flight, keep = std::move(keep),
                    start = std::move(start), done = std::move(done)](uint64_t seq) mutable {
                     if (broken_) {
                       work->finish(GroupMonitor::failed_earlier(name, broken_));
@@ -298,10 +303,14 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
                     }
                     Op op{name, collective, seq, t, Clock::now() + t, peer, std::move(keep)};
                     if (collective) monitor_->entered(seq, name);
+                    FlightRecorder::get().started(flight, seq);
                     try {
                       run(op, start, done);
+                      FlightRecorder::get().ended(flight, true);
                       work->finish();
-                    } catch (...) {
+                    } catch (const std::exception& e) {
+                      FlightRecorder::get().ended(flight, false);
+                      FlightRecorder::get().dump(e.what());
                       broken_ = monitor_->fail(std::current_exception());
                       if (op.request != MPI_REQUEST_NULL) {
                         std::lock_guard<std::mutex> lock(mpi_lock());

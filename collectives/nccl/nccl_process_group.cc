@@ -12,6 +12,7 @@
 #include "collectives/backend_modules.h"
 #include "collectives/checks.h"
 #include "collectives/cpu/reduce_kernels.h"
+#include "collectives/flight_recorder.h"
 #include "collectives/group_monitor.h"
 #include "core/tensor/cuda/cuda_device.h"
 #include "core/util/error.h"
@@ -102,6 +103,7 @@ class NcclProcessGroup final : public ProcessGroup {
   NcclProcessGroup(std::shared_ptr<Store> store, int rank, int size, ProcessGroupOptions options)
       : ProcessGroup(rank, size), store_(std::move(store)), options_(std::move(options)) {
     monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
+    flight_group_ = FlightRecorder::get().next_group();
     watchdog_ = std::thread([this] { watchdog_loop(); });
   }
   ~NcclProcessGroup() override;
@@ -232,6 +234,7 @@ class NcclProcessGroup final : public ProcessGroup {
     int peer = -1;
     Millis timeout{0};
     Clock::time_point issued, deadline;
+    uint64_t flight = 0;  // its flight-recorder entry
   };
 
   std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective, const Tensor& on,
@@ -248,7 +251,8 @@ class NcclProcessGroup final : public ProcessGroup {
   std::shared_ptr<Store> store_;
   ProcessGroupOptions options_;
   std::unique_ptr<GroupMonitor> monitor_;
-  std::mutex mu_;  // guards everything below
+  int flight_group_ = 0;  // this group's number in the flight recorder
+  std::mutex mu_;         // guards everything below
   std::condition_variable cv_;
   ncclComm_t comm_ = nullptr;
   int device_ = -1;
@@ -361,6 +365,10 @@ std::shared_ptr<Work> NcclProcessGroup::enqueue(const char* name, Millis timeout
     p.seq = next_seq_++;
     monitor_->entered(p.seq, name);
   }
+  // Queued and started at once: the kernel is issued now, and runs when the stream reaches it.
+  p.flight = FlightRecorder::get().queued(flight_group_, collective, name,
+                                          static_cast<int64_t>(on.nbytes()), peer);
+  FlightRecorder::get().started(p.flight, p.seq);
   try {
     const int device = on.device().index;
     if (!comm_) init_comm(device, p.seq, p.deadline);
@@ -384,7 +392,9 @@ std::shared_ptr<Work> NcclProcessGroup::enqueue(const char* name, Millis timeout
     }
     check_cuda(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming), "cudaEventCreate");
     check_cuda(cudaEventRecord(p.done, stream_), "cudaEventRecord");
-  } catch (...) {
+  } catch (const std::exception& e) {
+    FlightRecorder::get().ended(p.flight, false);
+    FlightRecorder::get().dump(e.what());
     broken_ = monitor_->fail(std::current_exception());
     fail_all(broken_);
     work->finish(broken_);
@@ -404,7 +414,17 @@ void NcclProcessGroup::fail_all(std::exception_ptr error) {
   if (!broken_) broken_ = error;
   for (auto& p : pending_) {
     if (p.done) cudaEventDestroy(p.done);
+    FlightRecorder::get().ended(p.flight, false);
     p.work->finish(error);
+  }
+  if (!pending_.empty()) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      FlightRecorder::get().dump(e.what());
+    } catch (...) {
+      FlightRecorder::get().dump("an unknown error");
+    }
   }
   pending_.clear();
 }
@@ -432,6 +452,7 @@ void NcclProcessGroup::watchdog_loop() {
         break;
       }
       cudaEventDestroy(p.done);
+      FlightRecorder::get().ended(p.flight, true);
       p.work->finish();
       pending_.pop_front();
     }

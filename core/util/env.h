@@ -22,6 +22,10 @@ inline constexpr const char* kTorchRunId = "TORCHELASTIC_RUN_ID";
 inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
 // Parameter servers' shared secret when the user gives one (else derived from the job's token).
 inline constexpr const char* kPsSecret = "COHORT_PS_SECRET";
+// The flight recorder (collectives/flight_recorder.h): operations kept per process (default
+// 2048, 0 off), and where ranks write their dumps (default: the trainer's RUN_DIR/flight_recorder).
+inline constexpr const char* kFlightRecorderSize = "COHORT_FLIGHT_RECORDER_SIZE";
+inline constexpr const char* kFlightRecorderDir = "COHORT_FLIGHT_RECORDER_DIR";
 // Drills: RANK:STEP kills that rank after STEP on the first attempt; RANK:MS slows it per step.
 inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";

@@ -1,0 +1,91 @@
+// Hangs made on purpose, and what `cohort diagnose RUN_DIR` makes of the ranks' flight-recorder
+// dumps: a rank slowed past the collective timeout on the cpu and mpi backends, and a running
+// rank asked where it is with SIGUSR2.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include "cohort/config.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using cohort::test::kTinyGpt;
+using cohort::test::read_text;
+using cohort::test::run_command;
+using namespace std::chrono_literals;
+
+class Diagnose : public cohort::test::TempDirTest {
+ protected:
+  std::string train(const std::string& run) const {
+    return std::string(COHORT_BINARY) + " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " +
+           kTinyGpt + " train.steps=6 distributed.timeout_s=2 logging.dir=" + (dir_ / run).string();
+  }
+  std::string diagnose(const std::string& run) const {
+    const auto r = run_command(std::string(COHORT_BINARY) + " diagnose " + (dir_ / run).string());
+    EXPECT_EQ(r.code, 0) << r.output;
+    return r.output;
+  }
+};
+
+TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheCpuBackend) {
+  // Rank 1 sleeps 6 s in a step; rank 0 gives up on the next collective after 2 s.
+  const auto r = run_command("env COHORT_TEST_STEP_DELAY_MS=1:6000 " + std::string(COHORT_BINARY) +
+                             " launch --nproc-per-node 2 -- " + train("run"));
+  ASSERT_NE(r.code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(dir_ / "run" / "flight_recorder" / "rank_0.json")) << r.output;
+  const std::string d = diagnose("run");
+  EXPECT_TRUE(std::regex_search(d, std::regex("rank 1 never entered allreduce #[0-9]+ of group 0")))
+      << d;
+  EXPECT_TRUE(std::regex_search(d, std::regex("rank 0 waited [0-9.]+ s in it"))) << d;
+}
+
+TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheMpiBackend) {
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  const auto r = run_command("env COHORT_TEST_STEP_DELAY_MS=1:6000 " +
+                             cohort::test::mpirun_command(2, train("run") +
+                                                                 " distributed.backend=mpi"));
+  ASSERT_NE(r.code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(dir_ / "run" / "flight_recorder" / "rank_0.json")) << r.output;
+  const std::string d = diagnose("run");
+  // mpirun may kill rank 1 before it writes a dump: then the paragraph says so.
+  EXPECT_TRUE(std::regex_search(
+      d, std::regex("rank 1 never entered allreduce #[0-9]+ of group 0|Rank 1 wrote no dump")))
+      << d;
+  EXPECT_TRUE(std::regex_search(d, std::regex("rank 0 waited [0-9.]+ s in it"))) << d;
+}
+
+TEST_F(Diagnose, SigusrTwoAsksARunningRankWhereItIs) {
+  const fs::path dump = dir_ / "run" / "flight_recorder" / "rank_0.json";
+  const std::string cmd = "exec env COHORT_TEST_STEP_DELAY_MS=0:200 " + train("run") +
+                          " train.steps=1000 >" + (dir_ / "out").string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), nullptr);
+    _exit(127);
+  }
+  // Once it trains (its metrics appear), ask it.
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         read_text(dir_ / "run" / "metrics.jsonl").empty())
+    std::this_thread::sleep_for(50ms);
+  bool asked = false;
+  while (std::chrono::steady_clock::now() < deadline && !fs::exists(dump)) {
+    asked = kill(pid, SIGUSR2) == 0 || asked;
+    std::this_thread::sleep_for(200ms);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  ASSERT_TRUE(asked);
+  ASSERT_TRUE(fs::exists(dump)) << read_text(dir_ / "out");
+  EXPECT_NE(read_text(dump).find("\"reason\": \"SIGUSR2\""), std::string::npos) << read_text(dump);
+}
+
+}  // namespace
