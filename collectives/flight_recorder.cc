@@ -186,6 +186,11 @@ void FlightRecorder::set_dump_dir(const std::string& dir, int rank) {
   rank_ = rank;
 }
 
+std::string FlightRecorder::dump_dir() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dir_;
+}
+
 bool FlightRecorder::dump(const std::string& reason) noexcept {
   std::string dir;
   int rank = 0;
@@ -435,6 +440,34 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
     out << " Rank" << (missing.size() > 1 ? "s " : " ") << ranks_text(missing)
         << " wrote no dump (killed, stopped or never started).";
   return out.str();
+}
+
+std::string diagnose_from_note(const std::string& note, int ranks, std::chrono::milliseconds wait) {
+  namespace fs = std::filesystem;
+  std::string dir;
+  {
+    std::ifstream f(note);
+    std::getline(f, dir);
+  }
+  // The note is the workers' word: a path, nothing more.
+  if (dir.empty() || dir.size() > 4096 || !fs::is_directory(dir)) return "";
+  auto count = [&] {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator(dir, ec))
+      if (f.path().extension() == ".json" && f.path().filename().string().rfind("rank_", 0) == 0)
+        ++n;
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  while (count() < ranks && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (count() == 0) return "";
+  try {
+    return diagnose_flight_dumps(dir) + " (cohort diagnose " + dir + ")";
+  } catch (const std::exception& e) {
+    return std::string("the flight-recorder dumps could not be read: ") + e.what();
+  }
 }
 
 }  // namespace cohort::collectives

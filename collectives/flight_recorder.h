@@ -6,6 +6,7 @@
 // turns it off).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -47,6 +48,8 @@ class FlightRecorder {
   // program sets (the trainer: RUN_DIR/flight_recorder); empty: nowhere. The first call also
   // makes SIGUSR2 dump (`kill -USR2 PID` asks a running rank where it is).
   void set_dump_dir(const std::string& dir, int rank);
+  // The directory dumps go to now ("" when none).
+  std::string dump_dir() const;
   // Writes the ring and `reason` atomically (a temporary file renamed); false when there is no
   // directory or it cannot be written. Never throws: it runs while something else failed.
   bool dump(const std::string& reason) noexcept;
@@ -71,5 +74,10 @@ class FlightRecorder {
 // which collective hung and who never entered it, or which operation the ranks disagree on.
 // Throws ConfigError naming the file when a dump is malformed or there is none.
 std::string diagnose_flight_dumps(const std::string& dir);
+
+// For `cohort launch`: the paragraph for a job whose workers failed, from the dumps in the
+// directory its workers named in `note` (COHORT_FLIGHT_RECORDER_NOTE), waiting up to `wait` for
+// `ranks` dumps to appear. "" when there is no note or no dump.
+std::string diagnose_from_note(const std::string& note, int ranks, std::chrono::milliseconds wait);
 
 }  // namespace cohort::collectives

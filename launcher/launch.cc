@@ -17,6 +17,7 @@
 #include <memory>
 #include <thread>
 
+#include "collectives/flight_recorder.h"
 #include "collectives/shared_memory.h"
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
@@ -195,6 +196,7 @@ class Round {
                   {"TORCHELASTIC_RUN_ID", run_id}};
       // torchrun's default for Python workers is one thread each; an equal share of the cores
       // is what they would choose for themselves.
+      if (!o.flight_note.empty()) spec.env["COHORT_FLIGHT_RECORDER_NOTE"] = o.flight_note;
       spec.cpus = o.binding.empty() ? std::vector<int>{} : o.binding[static_cast<size_t>(r)];
       if (!spec.cpus.empty()) spec.env["COHORT_CPU_BIND"] = o.cpu_bind;
       if (gpu_order) spec.env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID";
@@ -542,6 +544,17 @@ int launch(const LaunchOptions& options) {
   if (o.ps_servers < 0)
     COHORT_THROW(ConfigError, "--ps-servers must be 0 or more, got ", o.ps_servers);
   plan_cpu_binding(o);
+  // Where the workers say they dump their flight recorders (for the diagnosis of a failure).
+  std::string note_dir = (std::filesystem::temp_directory_path() / "cohort-launch-XXXXXX").string();
+  if (::mkdtemp(note_dir.data())) o.flight_note = note_dir + "/flight_recorder";
+  struct NoteCleanup {
+    std::string dir;
+    ~NoteCleanup() {
+      std::error_code ec;
+      if (!dir.empty() && dir.find("cohort-launch-") != std::string::npos)
+        std::filesystem::remove_all(dir, ec);
+    }
+  } note_cleanup{o.flight_note.empty() ? "" : note_dir};
   Rendezvous rz(o);
   const std::string ps_secret = o.ps_servers > 0 ? rz.ps_secret() : "";
   SignalScope signals;
@@ -562,6 +575,14 @@ int launch(const LaunchOptions& options) {
                                           : (restart > 0 ? "; no restarts left" : "");
       if (r.failed) {
         print_failure(*r.failed, o.node_rank, next.c_str());
+        // A collective that timed out or a peer that failed (exit code 4): say where every rank
+        // was, from their flight-recorder dumps.
+        if (r.failed->exit_code() == 4 && !o.flight_note.empty()) {
+          const std::string d = collectives::diagnose_from_note(o.flight_note, o.nproc_per_node,
+                                                                std::chrono::seconds(3));
+          if (!d.empty()) std::fprintf(stderr, "cohort launch: diagnosis: %s\n", d.c_str());
+          std::remove(o.flight_note.c_str());
+        }
         if (!restarting) {
           rz.leave(restart);
           return r.failed->exit_code();

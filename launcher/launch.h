@@ -50,6 +50,7 @@ struct LaunchOptions {
   std::string cpu_bind = "cores";
   std::vector<std::vector<int>> binding;  // per local rank, planned by launch()
   bool gpu_placed = false;                // ranks were placed near their GPUs
+  std::string flight_note;  // COHORT_FLIGHT_RECORDER_NOTE for the workers, set by launch()
   std::vector<std::string> program;       // PROGRAM ARGS...
 };
 

@@ -31,6 +31,7 @@
 #include "core/ops/cpu/bf16_gemm.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
+#include "core/util/env.h"
 #include "core/util/threads.h"
 #include "core/util/timeline.h"
 #include "trainer/metrics.h"
@@ -76,6 +77,12 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   // A rank whose operation times out or fails writes its recent operations here, for
   // `cohort diagnose RUN_DIR`.
   collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_);
+  // Tells `cohort launch` where to look when the job fails (one rank per node writes it).
+  if (const char* note = env::get(env::kFlightRecorderNote); note && dist_.local_rank == 0) {
+    std::error_code ec;
+    const auto dir = std::filesystem::absolute(collectives::FlightRecorder::get().dump_dir(), ec);
+    std::ofstream(note) << dir.string() << "\n";
+  }
   const bool ps_mode = c_.distributed.strategy == Strategy::kParameterServer;
   if (ps_mode != dist_.ps.has_value())
     COHORT_THROW(ConfigError,

@@ -26,6 +26,9 @@ inline constexpr const char* kPsSecret = "COHORT_PS_SECRET";
 // 2048, 0 off), and where ranks write their dumps (default: the trainer's RUN_DIR/flight_recorder).
 inline constexpr const char* kFlightRecorderSize = "COHORT_FLIGHT_RECORDER_SIZE";
 inline constexpr const char* kFlightRecorderDir = "COHORT_FLIGHT_RECORDER_DIR";
+// Set by `cohort launch`: a file where each node's first worker writes the directory its ranks
+// dump into, so that the launcher can diagnose a job that timed out.
+inline constexpr const char* kFlightRecorderNote = "COHORT_FLIGHT_RECORDER_NOTE";
 // Drills: RANK:STEP kills that rank after STEP on the first attempt; RANK:MS slows it per step.
 inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";

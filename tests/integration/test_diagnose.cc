@@ -45,13 +45,17 @@ TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheCpuBackend) {
   EXPECT_TRUE(std::regex_search(d, std::regex("rank 1 never entered allreduce #[0-9]+ of group 0")))
       << d;
   EXPECT_TRUE(std::regex_search(d, std::regex("rank 0 waited [0-9.]+ s in it"))) << d;
+  // The launcher said the same in its failure summary.
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("cohort launch: diagnosis: rank 1 never entered allreduce #[0-9]+")))
+      << r.output;
 }
 
 TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheMpiBackend) {
   if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
-  const auto r = run_command("env COHORT_TEST_STEP_DELAY_MS=1:6000 " +
-                             cohort::test::mpirun_command(2, train("run") +
-                                                                 " distributed.backend=mpi"));
+  const auto r =
+      run_command("env COHORT_TEST_STEP_DELAY_MS=1:6000 " +
+                  cohort::test::mpirun_command(2, train("run") + " distributed.backend=mpi"));
   ASSERT_NE(r.code, 0) << r.output;
   ASSERT_TRUE(fs::exists(dir_ / "run" / "flight_recorder" / "rank_0.json")) << r.output;
   const std::string d = diagnose("run");
