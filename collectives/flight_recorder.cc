@@ -63,6 +63,22 @@ std::string bytes_text(int64_t b) {
 
 }  // namespace
 
+namespace {
+thread_local const char* tag_what = nullptr;
+thread_local int64_t tag_index = -1;
+}  // namespace
+
+FlightTag::FlightTag(const char* what, int64_t index)
+    : previous_what_(tag_what), previous_index_(tag_index) {
+  tag_what = what;
+  tag_index = index;
+}
+
+FlightTag::~FlightTag() {
+  tag_what = previous_what_;
+  tag_index = previous_index_;
+}
+
 const char* flight_state_name(FlightEntry::State s) {
   switch (s) {
     case FlightEntry::State::kQueued:
@@ -114,6 +130,7 @@ uint64_t FlightRecorder::queued(int group, bool collective, const char* op, int6
   e.bytes = bytes;
   e.peer = peer;
   e.queued_us = t;
+  if (tag_what) e.tag = tag_index < 0 ? tag_what : tag_what + (" " + std::to_string(tag_index));
   return id;
 }
 
@@ -223,6 +240,7 @@ bool FlightRecorder::dump_to(const std::string& path, int rank,
                          {"op", e.op},
                          {"bytes", e.bytes},
                          {"peer", e.peer},
+                         {"tag", e.tag},
                          {"queued_us", e.queued_us},
                          {"started_us", e.started_us},
                          {"ended_us", e.ended_us},
@@ -292,6 +310,7 @@ RankDump read_dump(const std::filesystem::path& file) {
     e.op = text(o, "op");
     e.bytes = integer(o, "bytes", 0, INT64_MAX);
     e.peer = static_cast<int>(integer(o, "peer", -1, 1 << 24));
+    if (o.contains("tag")) e.tag = text(o, "tag");
     e.queued_us = integer(o, "queued_us", 0, INT64_MAX / 4);
     e.started_us = integer(o, "started_us", 0, INT64_MAX / 4);
     e.ended_us = integer(o, "ended_us", 0, INT64_MAX / 4);
@@ -407,7 +426,8 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
                            : "rank" + std::string(absent.size() > 1 ? "s " : " ") +
                                  ranks_text(absent) + " never entered")
         << " " << stuck_entry->op << " #" << stuck << " of group " << group << " ("
-        << bytes_text(stuck_entry->bytes) << ")";
+        << bytes_text(stuck_entry->bytes)
+        << (stuck_entry->tag.empty() ? "" : ", " + stuck_entry->tag) << ")";
     if (!late.empty())
       out << " before the others gave up (" << (late.size() > 1 ? "ranks " : "rank ")
           << ranks_text(late) << " reached it only after)";

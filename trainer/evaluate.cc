@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collectives/flight_recorder.h"
 #include "core/autograd/grad_mode.h"
 #include "core/ops/ops.h"
 #include "trainer/trainer.h"
@@ -61,6 +62,7 @@ Tensor Trainer::compute_loss(const core::data::Batch& batch, Tensor* logits_out)
 std::vector<double> Trainer::sum_over_ranks(std::vector<double> values) {
   if (!collective()) return values;
   Tensor t = core::from_vector(values, {static_cast<int64_t>(values.size())}).to(device_);
+  const collectives::FlightTag tag("metrics sum");
   dist_.group->allreduce(t)->wait();
   t = t.to(core::Device::cpu());
   for (size_t i = 0; i < values.size(); ++i) values[i] = t.data_ptr<double>()[i];
@@ -73,6 +75,7 @@ std::vector<double> Trainer::gather_from_ranks(const std::vector<double>& values
   Tensor mine = core::from_vector(values, {k}).to(device_);
   Tensor all =
       core::zeros({world_ * k}, core::TensorOptions(core::DType::kFloat64).with_device(device_));
+  const collectives::FlightTag tag("metrics gather");
   dist_.group->allgather(all, mine)->wait();
   all = all.to(core::Device::cpu());
   return std::vector<double>(all.data_ptr<double>(), all.data_ptr<double>() + world_ * k);

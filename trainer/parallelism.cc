@@ -9,6 +9,7 @@
 #include "collectives/ddp/ddp.h"
 #include "collectives/ddp/fsdp.h"
 #include "collectives/ddp/zero.h"
+#include "collectives/flight_recorder.h"
 #include "core/autograd/grad_mode.h"
 #include "core/nn/attention.h"
 #include "core/nn/models.h"
@@ -64,6 +65,7 @@ bool unscale_and_clip(const std::vector<Tensor>& grads_of, LossScaler* scaler, d
 std::function<double(double)> summing(collectives::ProcessGroup& g, core::Device device) {
   return [&g, device](double v) {
     Tensor t = core::full({1}, v, core::TensorOptions(core::DType::kFloat64).with_device(device));
+    const collectives::FlightTag tag("gradient norm");
     g.allreduce(t)->wait();
     return t.to(core::Device::cpu()).item<double>();
   };

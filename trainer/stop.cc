@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "collectives/flight_recorder.h"
 #include "core/ops/ops.h"
 #include "core/util/env.h"
 
@@ -79,6 +80,7 @@ int StopVote::after_step(int request) {
     if (agreed) return agreed;
   }
   flag_.fill_(std::max(g_stop_signal.load(), request));
+  const collectives::FlightTag tag("stop vote");
   work_ = group_->allreduce(flag_, {collectives::ReduceOp::kMax});
   return 0;
 }

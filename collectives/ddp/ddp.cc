@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "collectives/flight_recorder.h"
 #include "core/autograd/engine.h"
 #include "core/autograd/grad_mode.h"
 #include "core/ops/ops.h"
@@ -250,6 +251,7 @@ void DistributedDataParallel::launch_ready_buckets() {
 
 void DistributedDataParallel::launch(size_t b) {
   Bucket& bucket = buckets_[b];
+  const FlightTag tag("ddp bucket", static_cast<int64_t>(b));
   if (o_.timeline) launched_us_[b] = o_.timeline->now_us();
   if (o_.free_gradients) {
     const int64_t n = bucket.padded / group_->size();
@@ -295,6 +297,7 @@ void DistributedDataParallel::finish_backward() {
     for (size_t i = 0; i < params_.size(); ++i)
       if (ready_[i]) local.data_ptr<float>()[i] = 1;
     used.copy_(local);
+    const FlightTag tag("ddp unused-parameter check");
     group_->allreduce(used, {ReduceOp::kSum, o_.timeout})->wait(timeout());
     used = used.to(core::Device::cpu());
   }

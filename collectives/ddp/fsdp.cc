@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "collectives/flight_recorder.h"
 #include "core/autograd/engine.h"
 #include "core/autograd/grad_mode.h"
 #include "core/ops/ops.h"
@@ -210,6 +211,7 @@ void FullyShardedDataParallel::gather_async(size_t i) {
   if (u.state != State::kSharded) return;
   u.full.storage()->resize(static_cast<size_t>(bytes_of(u.full)));
   if (o_.timeline) u.gather_us = o_.timeline->now_us();
+  const FlightTag tag("fsdp gather of unit", static_cast<int64_t>(i));
   u.gather = group_->allgather(u.full, u.shard.detach(), {o_.timeout});
   u.state = State::kGathering;
   note_gathered();
@@ -359,6 +361,7 @@ void FullyShardedDataParallel::launch_reduce(size_t i) {
   const int64_t n = u.layout.shard_numel(group_->size());
   Tensor mine = u.full_grad.narrow(0, n * group_->rank(), n);
   if (o_.timeline) u.reduce_us = o_.timeline->now_us();
+  const FlightTag tag("fsdp gradients of unit", static_cast<int64_t>(i));
   u.reduce = group_->reduce_scatter(mine, u.full_grad, {ReduceOp::kAvg, o_.timeout});
   reduce_queue_.push_back(i);
   fold_finished();

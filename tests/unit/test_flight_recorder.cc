@@ -49,6 +49,27 @@ TEST(FlightRecorder, KeepsTheLastOperationsWithTheirStates) {
   EXPECT_TRUE(off.snapshot().empty());
 }
 
+TEST(FlightRecorder, TagsNameWhoIssuedAnOperationOnThisThread) {
+  FlightRecorder r(8);
+  const int g = r.next_group();
+  {
+    const FlightTag bucket("ddp bucket", 2);
+    r.queued(g, true, "allreduce", 4, -1);
+    {
+      const FlightTag inner("stop vote");
+      r.queued(g, true, "allreduce", 4, -1);
+    }
+    r.queued(g, true, "allreduce", 4, -1);
+  }
+  r.queued(g, true, "allreduce", 4, -1);
+  const auto s = r.snapshot();
+  ASSERT_EQ(s.size(), 4u);
+  EXPECT_EQ(s[0].tag, "ddp bucket 2");
+  EXPECT_EQ(s[1].tag, "stop vote");
+  EXPECT_EQ(s[2].tag, "ddp bucket 2");
+  EXPECT_EQ(s[3].tag, "");
+}
+
 class FlightDumps : public test::TempDirTest {
  protected:
   struct Op {
@@ -180,11 +201,13 @@ TEST_F(FlightDumps, HostileDumpsAreOneSentenceNamingTheFile) {
 
 TEST_F(FlightDumps, TheRecordersOwnDumpReadsBack) {
   FlightRecorder r(8);
+  const FlightTag tag("fsdp gather of unit", 3);
   const uint64_t id = r.queued(r.next_group(), true, "allgather", 64, -1);
   r.started(id, 0);
   ASSERT_TRUE(r.dump_to((dir_ / "rank_0.json").string(), 0, "allgather #0 timed out"));
   const std::string d = diagnose_flight_dumps(dir_.string());
-  EXPECT_NE(d.find("every rank with a dump entered allgather #0 of group 0 (64 bytes)"),
+  EXPECT_NE(d.find("every rank with a dump entered allgather #0 of group 0 (64 bytes, fsdp gather "
+                   "of unit 3)"),
             std::string::npos)
       << d;
 }
