@@ -115,8 +115,8 @@ int FlightRecorder::next_group() {
   return next_group_++;
 }
 
-uint64_t FlightRecorder::queued(int group, bool collective, const char* op, int64_t bytes,
-                                int peer) {
+uint64_t FlightRecorder::queued(int group, bool collective, const char* op, int64_t bytes, int peer,
+                                std::string_view dtype) {
   if (ring_.empty()) return 0;
   const int64_t t = now_us();
   std::lock_guard<std::mutex> lock(mu_);
@@ -129,6 +129,7 @@ uint64_t FlightRecorder::queued(int group, bool collective, const char* op, int6
   e.op = op;
   e.bytes = bytes;
   e.peer = peer;
+  e.dtype = dtype;
   e.queued_us = t;
   if (tag_what) e.tag = tag_index < 0 ? tag_what : tag_what + (" " + std::to_string(tag_index));
   return id;
@@ -241,6 +242,7 @@ bool FlightRecorder::dump_to(const std::string& path, int rank,
                          {"bytes", e.bytes},
                          {"peer", e.peer},
                          {"tag", e.tag},
+                         {"dtype", e.dtype},
                          {"queued_us", e.queued_us},
                          {"started_us", e.started_us},
                          {"ended_us", e.ended_us},
@@ -311,6 +313,7 @@ RankDump read_dump(const std::filesystem::path& file) {
     e.bytes = integer(o, "bytes", 0, INT64_MAX);
     e.peer = static_cast<int>(integer(o, "peer", -1, 1 << 24));
     if (o.contains("tag")) e.tag = text(o, "tag");
+    if (o.contains("dtype")) e.dtype = text(o, "dtype");
     e.queued_us = integer(o, "queued_us", 0, INT64_MAX / 4);
     e.started_us = integer(o, "started_us", 0, INT64_MAX / 4);
     e.ended_us = integer(o, "ended_us", 0, INT64_MAX / 4);
@@ -370,7 +373,9 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
       std::map<std::string, std::vector<int>> kinds;
       for (const auto& [rank, ops] : ranks)
         if (auto it = ops.find(seq); it != ops.end())
-          kinds[it->second->op + " " + bytes_text(it->second->bytes)].push_back(rank);
+          kinds[it->second->op + " " + bytes_text(it->second->bytes) +
+                (it->second->dtype.empty() ? "" : " of " + it->second->dtype)]
+              .push_back(rank);
       if (kinds.size() < 2) continue;
       out << "ranks disagree on collective #" << seq << " of group " << group << ":";
       bool first = true;
@@ -427,6 +432,7 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
                                  ranks_text(absent) + " never entered")
         << " " << stuck_entry->op << " #" << stuck << " of group " << group << " ("
         << bytes_text(stuck_entry->bytes)
+        << (stuck_entry->dtype.empty() ? "" : " of " + stuck_entry->dtype)
         << (stuck_entry->tag.empty() ? "" : ", " + stuck_entry->tag) << ")";
     if (!late.empty())
       out << " before the others gave up (" << (late.size() > 1 ? "ranks " : "rank ")

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace cohort::collectives {
@@ -22,8 +23,9 @@ struct FlightEntry {
   bool collective = true;
   std::string op;  // "allreduce"
   int64_t bytes = 0;
-  int peer = -1;    // send and recv: the other rank
-  std::string tag;  // who issued it, when it said so: "ddp bucket 2" (FlightTag)
+  int peer = -1;      // send and recv: the other rank
+  std::string tag;    // who issued it, when it said so: "ddp bucket 2" (FlightTag)
+  std::string dtype;  // of its tensors ("float32"); empty for a barrier
   int64_t queued_us = 0, started_us = 0, ended_us = 0;  // since the recorder began; 0: not yet
   State state = State::kQueued;
 };
@@ -54,7 +56,8 @@ class FlightRecorder {
   // A group's number, in creation order (the same on every rank that makes groups alike).
   int next_group();
   // Returns the entry's id (0 when recording is off).
-  uint64_t queued(int group, bool collective, const char* op, int64_t bytes, int peer);
+  uint64_t queued(int group, bool collective, const char* op, int64_t bytes, int peer,
+                  std::string_view dtype = {});
   void started(uint64_t id, uint64_t seq);
   void ended(uint64_t id, bool ok);
   // The entries still in the ring, oldest first.

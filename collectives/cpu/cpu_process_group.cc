@@ -282,7 +282,8 @@ size_t CpuProcessGroup::inline_bytes() const {
 CpuProcessGroup::~CpuProcessGroup() = default;
 
 std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout, bool collective,
-                                               size_t bytes, std::function<void(Op&)> body) {
+                                               size_t bytes, std::function<void(Op&)> body,
+                                               const core::Tensor* of, int peer) {
   auto op = std::make_shared<Op>();
   op->name = name;
   op->static_name = name;
@@ -291,8 +292,9 @@ std::shared_ptr<Work> CpuProcessGroup::enqueue(const char* name, Millis timeout,
   op->body = std::move(body);
   op->work = std::make_shared<Work>();
   op->pg = this;
-  op->flight = FlightRecorder::get().queued(flight_group_, collective, name,
-                                            static_cast<int64_t>(bytes), -1);
+  op->flight =
+      FlightRecorder::get().queued(flight_group_, collective, name, static_cast<int64_t>(bytes),
+                                   peer, of ? core::dtype_name(of->dtype()) : "");
   runner_->set_inline_bytes(inline_bytes());
   runner_->submit(bytes, collective, [this, op](uint64_t seq) {
     op->seq = seq;

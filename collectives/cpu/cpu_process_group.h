@@ -42,8 +42,11 @@ class CpuProcessGroup final : public ProcessGroup {
   struct Op;  // one queued operation (defined in the .cc)
 
  private:
+  // `of`: a tensor of the operation (its dtype is recorded); null for a barrier. `peer`: send
+  // and recv's other rank.
   std::shared_ptr<Work> enqueue(const char* name, Millis timeout, bool collective, size_t bytes,
-                                std::function<void(Op&)> body);
+                                std::function<void(Op&)> body, const core::Tensor* of = nullptr,
+                                int peer = -1);
   // Runs on the runner's thread or inline, one operation at a time.
   void execute(Op& op);
   // The size up to which an operation issued now runs on the caller's thread.

@@ -292,8 +292,9 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
                                                std::function<void()> done, int peer) {
   auto work = std::make_shared<Work>();
   const Millis t = timeout.count() > 0 ? timeout : options_.timeout;
-  const uint64_t flight = FlightRecorder::get().queued(flight_group_, collective, name,
-                                                       static_cast<int64_t>(bytes), peer);
+  const uint64_t flight = FlightRecorder::get().queued(
+      flight_group_, collective, name, static_cast<int64_t>(bytes), peer,
+      keep.empty() ? std::string_view() : core::dtype_name(keep.front().dtype()));
   runner_->submit(bytes, collective,
                   [this, name, t, collective, peer, work, flight, keep = std::move(keep),
                    start = std::move(start), done = std::move(done)](uint64_t seq) mutable {

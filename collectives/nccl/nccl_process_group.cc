@@ -367,7 +367,8 @@ std::shared_ptr<Work> NcclProcessGroup::enqueue(const char* name, Millis timeout
   }
   // Queued and started at once: the kernel is issued now, and runs when the stream reaches it.
   p.flight = FlightRecorder::get().queued(flight_group_, collective, name,
-                                          static_cast<int64_t>(on.nbytes()), peer);
+                                          static_cast<int64_t>(on.nbytes()), peer,
+                                          core::dtype_name(on.dtype()));
   FlightRecorder::get().started(p.flight, p.seq);
   try {
     const int device = on.device().index;

@@ -202,12 +202,12 @@ TEST_F(FlightDumps, HostileDumpsAreOneSentenceNamingTheFile) {
 TEST_F(FlightDumps, TheRecordersOwnDumpReadsBack) {
   FlightRecorder r(8);
   const FlightTag tag("fsdp gather of unit", 3);
-  const uint64_t id = r.queued(r.next_group(), true, "allgather", 64, -1);
+  const uint64_t id = r.queued(r.next_group(), true, "allgather", 64, -1, "bfloat16");
   r.started(id, 0);
   ASSERT_TRUE(r.dump_to((dir_ / "rank_0.json").string(), 0, "allgather #0 timed out"));
   const std::string d = diagnose_flight_dumps(dir_.string());
-  EXPECT_NE(d.find("every rank with a dump entered allgather #0 of group 0 (64 bytes, fsdp gather "
-                   "of unit 3)"),
+  EXPECT_NE(d.find("every rank with a dump entered allgather #0 of group 0 (64 bytes of bfloat16, "
+                   "fsdp gather of unit 3)"),
             std::string::npos)
       << d;
 }
