@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <thread>
 
@@ -273,6 +274,7 @@ class Round {
       }
       if (result.failed) {
         rz_.post_failure(attempt_, describe_failure(*result.failed));
+        ask_for_flight_dumps(*result.failed);
         stop(SIGTERM);
         return result;
       }
@@ -388,6 +390,34 @@ class Round {
       for (auto& w : workers_) open = open || !w->fds().empty();
       if (!open) return;
       pump(std::chrono::milliseconds(50));
+    }
+  }
+
+  // A worker that timed out or lost a peer (exit code 4) ends a job whose other ranks are still
+  // where they were: before stopping them, ask each for its flight-recorder dump (SIGUSR2), so
+  // that the diagnosis has every rank, not only those that failed by themselves. Only workers
+  // that said where they dump (cohort's trainer, which handles the signal) are asked, and never
+  // parameter servers, which checkpoint when they stop.
+  void ask_for_flight_dumps(const WorkerProcess& failed) {
+    if (failed.exit_code() != 4 || o_.flight_note.empty()) return;
+    std::ifstream note(o_.flight_note);
+    std::string dir;
+    if (!std::getline(note, dir) || dir.empty() || !std::filesystem::is_directory(dir)) return;
+    int asked = 0;
+    for (auto& w : workers_)
+      if (!w->spec().server && !w->poll_exit()) {
+        w->signal(SIGUSR2);
+        ++asked;
+      }
+    if (asked == 0) return;
+    const auto until = Clock::now() + std::chrono::seconds(1);
+    while (Clock::now() < until) {
+      int dumps = 0;
+      std::error_code ec;
+      for (const auto& f : std::filesystem::directory_iterator(dir, ec))
+        dumps += f.path().extension() == ".json";
+      if (dumps >= o_.nproc_per_node) break;
+      pump(std::chrono::milliseconds(20));
     }
   }
 

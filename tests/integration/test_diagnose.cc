@@ -51,6 +51,21 @@ TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheCpuBackend) {
       << r.output;
 }
 
+TEST_F(Diagnose, ARankStillStuckIsAskedForItsDumpBeforeTheLauncherStopsIt) {
+  // Rank 1 is still in its 20 s step when rank 0 gives up, and is killed after a 1 s grace
+  // period: only the launcher's SIGUSR2 gets its dump written.
+  const auto r = run_command("env COHORT_TEST_STEP_DELAY_MS=1:20000 " + std::string(COHORT_BINARY) +
+                             " launch --nproc-per-node 2 --grace-period 1 -- " + train("run"));
+  ASSERT_EQ(r.code, 4) << r.output;
+  EXPECT_NE(read_text(dir_ / "run" / "flight_recorder" / "rank_1.json").find("\"SIGUSR2\""),
+            std::string::npos);
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("cohort launch: diagnosis: rank 1 never entered allreduce #[0-9]+ of "
+                           "group 0 \\([^)]*\\); rank 0 waited [0-9.]+ s in it\\. Rank 1's last "
+                           "completed collective before it was allreduce #[0-9]+\\.")))
+      << r.output;
+}
+
 TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheMpiBackend) {
   if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
   const auto r =
