@@ -183,9 +183,20 @@ void on_sigusr2(int) {
 // SIGUSR2 dumps, from a thread of its own: a signal handler may not allocate or take locks.
 void dump_on_sigusr2(FlightRecorder& recorder) {
   if (::pipe2(signal_pipe, O_CLOEXEC) != 0) return;
+  // A burst of signals must not block the handler on a full pipe: extra bytes are dropped.
+  ::fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
   std::thread([&recorder] {
     char c;
-    while (::read(signal_pipe[0], &c, 1) > 0 || errno == EINTR) recorder.dump("SIGUSR2");
+    while (true) {
+      const ssize_t n = ::read(signal_pipe[0], &c, 1);
+      if (n == 1) {
+        recorder.dump("SIGUSR2");
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        return;
+      }
+    }
   }).detach();
   struct sigaction sa {};
   sa.sa_handler = on_sigusr2;
@@ -202,6 +213,12 @@ void FlightRecorder::set_dump_dir(const std::string& dir, int rank) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!env::get(env::kFlightRecorderDir)) dir_ = dir;
   rank_ = rank;
+  // A dump this rank left in an earlier run (or attempt) of the same directory would be read as
+  // this one's.
+  if (!dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(dir_ + "/rank_" + std::to_string(rank_) + ".json", ec);
+  }
 }
 
 std::string FlightRecorder::dump_dir() const {
@@ -221,6 +238,16 @@ bool FlightRecorder::dump(const std::string& reason) noexcept {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   return dump_to(dir + "/rank_" + std::to_string(rank) + ".json", rank, reason);
+}
+
+bool FlightRecorder::dump(std::exception_ptr error) noexcept {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return dump(std::string(e.what()));
+  } catch (...) {
+    return dump(std::string("an error that is not a std::exception"));
+  }
 }
 
 bool FlightRecorder::dump_to(const std::string& path, int rank,
@@ -276,7 +303,10 @@ RankDump read_dump(const std::filesystem::path& file) {
   auto bad = [&](const std::string& what) {
     COHORT_THROW(ConfigError, "flight-recorder dump ", file.string(), " is malformed: ", what);
   };
-  if (std::filesystem::file_size(file) > (size_t{256} << 20)) bad("larger than 256 MB");
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(file, ec);
+  if (ec) bad("it cannot be read (" + ec.message() + ")");
+  if (size > (size_t{256} << 20)) bad("larger than 256 MB");
   std::ifstream f(file);
   nlohmann::json j;
   try {
@@ -338,9 +368,9 @@ RankDump read_dump(const std::filesystem::path& file) {
 std::string diagnose_flight_dumps(const std::string& dir_in) {
   namespace fs = std::filesystem;
   fs::path dir(dir_in);
-  if (fs::is_directory(dir / "flight_recorder")) dir /= "flight_recorder";  // a run directory
-  std::map<int, RankDump> dumps;
   std::error_code ec;
+  if (fs::is_directory(dir / "flight_recorder", ec)) dir /= "flight_recorder";  // a run directory
+  std::map<int, RankDump> dumps;
   for (const auto& f : fs::directory_iterator(dir, ec)) {
     const std::string name = f.path().filename().string();
     if (name.rfind("rank_", 0) != 0 || f.path().extension() != ".json") continue;
@@ -476,10 +506,10 @@ std::string diagnose_from_note(const std::string& note, int ranks, std::chrono::
     std::getline(f, dir);
   }
   // The note is the workers' word: a path, nothing more.
-  if (dir.empty() || dir.size() > 4096 || !fs::is_directory(dir)) return "";
+  std::error_code ec;
+  if (dir.empty() || dir.size() > 4096 || !fs::is_directory(dir, ec)) return "";
   auto count = [&] {
     int n = 0;
-    std::error_code ec;
     for (const auto& f : fs::directory_iterator(dir, ec))
       if (f.path().extension() == ".json" && f.path().filename().string().rfind("rank_", 0) == 0)
         ++n;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -72,6 +73,8 @@ class FlightRecorder {
   // Writes the ring and `reason` atomically (a temporary file renamed); false when there is no
   // directory or it cannot be written. Never throws: it runs while something else failed.
   bool dump(const std::string& reason) noexcept;
+  // The same with the error's message as the reason (for a backend's catch (...)).
+  bool dump(std::exception_ptr error) noexcept;
   // The same to an explicit file (tests, `cohort diagnose`'s own checks).
   bool dump_to(const std::string& path, int rank, const std::string& reason) const noexcept;
 

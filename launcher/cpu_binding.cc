@@ -215,7 +215,8 @@ std::vector<CpuList> plan_binding(CpuBind mode, const CpuList& allowed, const To
 std::string describe_binding() {
   const CpuList mine = allowed_cpus();
   std::string by;
-  if (const char* b = std::getenv("COHORT_CPU_BIND"); b && *b)
+  const char* b = std::getenv("COHORT_CPU_BIND");
+  if (b && *b && std::string_view(b) != "none")
     by = std::string("cohort launch --cpu-bind ") + b;
   else if (std::getenv("OMPI_COMM_WORLD_RANK"))
     by = "mpirun";

@@ -35,8 +35,7 @@ const char* yes(bool b) { return b ? "yes" : "no"; }
 // load here (which the job's `device: cuda` or `backend: nccl|mpi` would need), with their
 // versions. Opening them maps those libraries into this process only.
 void print_modules() {
-  std::printf("modules (next to libcohort_core, %s):\n",
-              core::module::path("").substr(0, core::module::path("").rfind('/')).c_str());
+  std::printf("modules (next to libcohort_core, %s):\n", core::module::directory().c_str());
   std::string why;
   if (COHORT_USE_CUDA) {
     const auto* entry = static_cast<const core::cuda::RuntimeEntry*>(

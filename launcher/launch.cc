@@ -199,7 +199,8 @@ class Round {
       // is what they would choose for themselves.
       if (!o.flight_note.empty()) spec.env["COHORT_FLIGHT_RECORDER_NOTE"] = o.flight_note;
       spec.cpus = o.binding.empty() ? std::vector<int>{} : o.binding[static_cast<size_t>(r)];
-      if (!spec.cpus.empty()) spec.env["COHORT_CPU_BIND"] = o.cpu_bind;
+      // Also "none": a worker must not take a cgroup's or taskset's narrow CPU set for a binding.
+      spec.env["COHORT_CPU_BIND"] = spec.cpus.empty() ? "none" : o.cpu_bind;
       if (gpu_order) spec.env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID";
       // torchrun's default for Python workers is one thread each; the CPUs of their binding (or
       // an equal share of the cores) is what they would choose for themselves.
@@ -402,7 +403,8 @@ class Round {
     if (failed.exit_code() != 4 || o_.flight_note.empty()) return;
     std::ifstream note(o_.flight_note);
     std::string dir;
-    if (!std::getline(note, dir) || dir.empty() || !std::filesystem::is_directory(dir)) return;
+    std::error_code ec;
+    if (!std::getline(note, dir) || dir.empty() || !std::filesystem::is_directory(dir, ec)) return;
     int asked = 0;
     for (auto& w : workers_)
       if (!w->spec().server && !w->poll_exit()) {
@@ -413,7 +415,6 @@ class Round {
     const auto until = Clock::now() + std::chrono::seconds(1);
     while (Clock::now() < until) {
       int dumps = 0;
-      std::error_code ec;
       for (const auto& f : std::filesystem::directory_iterator(dir, ec))
         dumps += f.path().extension() == ".json";
       if (dumps >= o_.nproc_per_node) break;
@@ -575,8 +576,12 @@ int launch(const LaunchOptions& options) {
     COHORT_THROW(ConfigError, "--ps-servers must be 0 or more, got ", o.ps_servers);
   plan_cpu_binding(o);
   // Where the workers say they dump their flight recorders (for the diagnosis of a failure).
-  std::string note_dir = (std::filesystem::temp_directory_path() / "cohort-launch-XXXXXX").string();
-  if (::mkdtemp(note_dir.data())) o.flight_note = note_dir + "/flight_recorder";
+  // (mkdtemp fills in the XXXXXX; without a usable temporary directory there is no diagnosis.)
+  std::error_code tmp_ec;
+  const auto tmp = std::filesystem::temp_directory_path(tmp_ec);
+  std::string note_dir = tmp_ec ? "" : (tmp / "cohort-launch-XXXXXX").string();
+  if (!note_dir.empty() && ::mkdtemp(note_dir.data()))
+    o.flight_note = note_dir + "/flight_recorder";
   struct NoteCleanup {
     std::string dir;
     ~NoteCleanup() {

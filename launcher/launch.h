@@ -50,8 +50,8 @@ struct LaunchOptions {
   std::string cpu_bind = "cores";
   std::vector<std::vector<int>> binding;  // per local rank, planned by launch()
   bool gpu_placed = false;                // ranks were placed near their GPUs
-  std::string flight_note;  // COHORT_FLIGHT_RECORDER_NOTE for the workers, set by launch()
-  std::vector<std::string> program;       // PROGRAM ARGS...
+  std::string flight_note;           // COHORT_FLIGHT_RECORDER_NOTE for the workers, set by launch()
+  std::vector<std::string> program;  // PROGRAM ARGS...
 };
 
 // The command line a worker runs for `o.program`: python3 for a .py script or -m, else as given.

@@ -4,7 +4,6 @@
 
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -102,7 +101,8 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   int threads = static_cast<int>(c_.threads);
   if (threads == 0) {
     const int mine = core::available_cores();
-    threads = mine < get_nprocs() ? mine : std::max(1, mine / std::max(1, dist_.local_world_size));
+    threads =
+        core::bound_to_own_cpus() ? mine : std::max(1, mine / std::max(1, dist_.local_world_size));
   }
   core::set_num_threads(threads);
   device_ = resolve_device(c_.device, dist_.local_rank, dist_.local_world_size);

@@ -315,11 +315,11 @@ void CpuProcessGroup::execute(Op& op) {
     op.body(op);
     FlightRecorder::get().ended(op.flight, true);
     op.work->finish();
-  } catch (const std::exception& e) {
+  } catch (...) {
     FlightRecorder::get().ended(op.flight, false);
     // Where this rank was, for `cohort diagnose`: written before anyone is told, so that the
     // launcher, which stops the job when told, finds it.
-    FlightRecorder::get().dump(e.what());
+    FlightRecorder::get().dump(std::current_exception());
     // Channels may hold half a message now; nothing later can be trusted to line up.
     broken_ = monitor_->fail(std::current_exception());
     op.work->finish(broken_);

@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,6 +17,7 @@
 #include "collectives/shared_memory.h"
 #include "core/util/env.h"
 #include "core/util/error.h"
+#include "core/util/threads.h"
 
 namespace cohort::collectives::cpu {
 
@@ -323,7 +323,7 @@ Mesh::Mesh(std::shared_ptr<Store> store, int rank, int size, const std::string& 
   const int cores = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
   // A rank bound to part of the node (cohort launch --cpu-bind, mpirun, srun) was given CPUs of
   // its own: binders leave oversubscribed ranks unbound. Only an unbound rank counts its peers.
-  oversubscribed_ = cores >= get_nprocs() && local > cores;
+  oversubscribed_ = !core::bound_to_own_cpus() && local > cores;
 
   // TCP: the higher rank of each pair connects to the lower one and introduces itself.
   int expected = 0;

@@ -309,9 +309,9 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
                       run(op, start, done);
                       FlightRecorder::get().ended(flight, true);
                       work->finish();
-                    } catch (const std::exception& e) {
+                    } catch (...) {
                       FlightRecorder::get().ended(flight, false);
-                      FlightRecorder::get().dump(e.what());
+                      FlightRecorder::get().dump(std::current_exception());
                       broken_ = monitor_->fail(std::current_exception());
                       if (op.request != MPI_REQUEST_NULL) {
                         std::lock_guard<std::mutex> lock(mpi_lock());

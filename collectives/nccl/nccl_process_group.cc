@@ -393,9 +393,9 @@ std::shared_ptr<Work> NcclProcessGroup::enqueue(const char* name, Millis timeout
     }
     check_cuda(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming), "cudaEventCreate");
     check_cuda(cudaEventRecord(p.done, stream_), "cudaEventRecord");
-  } catch (const std::exception& e) {
+  } catch (...) {
     FlightRecorder::get().ended(p.flight, false);
-    FlightRecorder::get().dump(e.what());
+    FlightRecorder::get().dump(std::current_exception());
     broken_ = monitor_->fail(std::current_exception());
     fail_all(broken_);
     work->finish(broken_);
@@ -418,15 +418,7 @@ void NcclProcessGroup::fail_all(std::exception_ptr error) {
     FlightRecorder::get().ended(p.flight, false);
     p.work->finish(error);
   }
-  if (!pending_.empty()) {
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      FlightRecorder::get().dump(e.what());
-    } catch (...) {
-      FlightRecorder::get().dump("an unknown error");
-    }
-  }
+  if (!pending_.empty()) FlightRecorder::get().dump(error);
   pending_.clear();
 }
 

@@ -2,16 +2,19 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/sysinfo.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "core/ops/cpu/blas.h"
+#include "core/util/env.h"
 
 namespace cohort::core {
 namespace {
@@ -127,6 +130,11 @@ int available_cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
   return std::max(1u, std::thread::hardware_concurrency());
+}
+
+bool bound_to_own_cpus() {
+  if (const char* b = env::get(env::kCpuBind)) return std::string_view(b) != "none";
+  return available_cores() < get_nprocs();
 }
 
 void set_num_threads(int n) {

@@ -29,6 +29,9 @@ inline constexpr const char* kFlightRecorderDir = "COHORT_FLIGHT_RECORDER_DIR";
 // Set by `cohort launch`: a file where each node's first worker writes the directory its ranks
 // dump into, so that the launcher can diagnose a job that timed out.
 inline constexpr const char* kFlightRecorderNote = "COHORT_FLIGHT_RECORDER_NOTE";
+// Set by `cohort launch` for its workers: how it placed them ("cores", "numa"; "none" when it
+// left them unbound, by request or because the ranks outnumber the cores).
+inline constexpr const char* kCpuBind = "COHORT_CPU_BIND";
 // Drills: RANK:STEP kills that rank after STEP on the first attempt; RANK:MS slows it per step.
 inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";

@@ -34,10 +34,12 @@ std::string missing_library(const std::string& error) {
 
 }  // namespace
 
-std::string path(const std::string& name) {
+std::string directory() {
   static const std::string dir = core_directory();
-  return dir + "/libcohort_" + name + ".so";
+  return dir;
 }
+
+std::string path(const std::string& name) { return directory() + "/libcohort_" + name + ".so"; }
 
 void* open(const std::string& name, const char* symbol, bool global, std::string& why) {
   return open_file(path(name), name, symbol, global, why);

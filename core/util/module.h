@@ -1,12 +1,16 @@
 // Cohort's optional backends live in shared-library modules of their own, next to libcohort_core:
 // libcohort_cuda.so (kernels, cuBLAS, cuDNN, the caching allocator), libcohort_nccl.so,
-// libcohort_mpi.so and libcohort_grpc.so (the parameter server's transport). Each is opened the first time a job uses it, so a CPU job never maps a CUDA,
-// NCCL or MPI library, and one build runs on GPU nodes, CPU nodes and login nodes alike.
+// libcohort_mpi.so and libcohort_grpc.so (the parameter server's transport). Each is opened the
+// first time a job uses it, so a CPU job never maps a CUDA, NCCL or MPI library, and one build runs
+// on GPU nodes, CPU nodes and login nodes alike.
 #pragma once
 
 #include <string>
 
 namespace cohort::core::module {
+
+// The directory the modules are looked for in: libcohort_core's.
+std::string directory();
 
 // Where the module `name` ("cuda", "nccl", "mpi") is looked for: libcohort_<name>.so in the
 // directory libcohort_core was loaded from.
@@ -24,6 +28,5 @@ void* open_file(const std::string& file, const std::string& name, const char* sy
 
 // Whether libcohort_<name>.so is mapped into this process already (for `cohort env` and tests).
 bool is_loaded(const std::string& name);
-
 
 }  // namespace cohort::core::module

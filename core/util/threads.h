@@ -9,6 +9,10 @@ namespace cohort::core {
 
 // Cores this process may run on (its CPU affinity), at least 1.
 int available_cores();
+// Whether this process runs on CPUs of its own, not shared with the other ranks of its node:
+// `cohort launch` says so (COHORT_CPU_BIND, "none" when it did not bind); otherwise (mpirun, srun,
+// taskset) an affinity narrower than the machine's online CPUs is taken for a binding.
+bool bound_to_own_cpus();
 void set_num_threads(int n);
 int get_num_threads();
 

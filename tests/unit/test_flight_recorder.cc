@@ -2,6 +2,7 @@
 // of several ranks' dumps (written here as the ranks would, or as an attacker might).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -197,6 +198,21 @@ TEST_F(FlightDumps, HostileDumpsAreOneSentenceNamingTheFile) {
           << e.what();
     }
   }
+}
+
+TEST_F(FlightDumps, ARanksOldDumpIsRemovedAndAnErrorBecomesTheReason) {
+  write(1, "an earlier run's", {{1, "barrier", 0, "completed", 10}});
+  write(2, "another rank's", {{1, "barrier", 0, "completed", 10}});
+  FlightRecorder r(8);
+  if (std::getenv("COHORT_FLIGHT_RECORDER_DIR"))
+    GTEST_SKIP() << "COHORT_FLIGHT_RECORDER_DIR is set";
+  r.set_dump_dir(dir_.string(), 1);
+  EXPECT_FALSE(fs::exists(dir_ / "rank_1.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "rank_2.json"));
+  r.queued(r.next_group(), true, "barrier", 0, -1);
+  ASSERT_TRUE(r.dump(std::make_exception_ptr(TimeoutError("barrier #0 timed out"))));
+  EXPECT_NE(test::read_text(dir_ / "rank_1.json").find("\"reason\": \"barrier #0 timed out\""),
+            std::string::npos);
 }
 
 TEST_F(FlightDumps, TheRecordersOwnDumpReadsBack) {
