@@ -539,6 +539,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.logging.dir + "/checkpoints";
   c.checkpoint.every_steps = i64("checkpoint.every_steps");
   c.checkpoint.keep = i64("checkpoint.keep");
+  c.checkpoint.async = bl("checkpoint.async");
   c.checkpoint.resume = str("checkpoint.resume");
   if (!c.checkpoint.resume.empty() && c.checkpoint.resume != "auto" &&
       c.checkpoint.resume != "never" && !std::filesystem::exists(c.checkpoint.resume))

@@ -126,6 +126,9 @@ struct CheckpointConfig {
   std::string dir;          // default <logging.dir>/checkpoints
   int64_t every_steps = 0;  // 0: at the end of each epoch
   int64_t keep = 3;
+  // Copy the state to host memory at the step and write it on a background thread (one write in
+  // flight at most); training stalls only for the copy.
+  bool async = false;
   // auto | never | PATH; empty (unset): auto for a restart of this same job, never otherwise.
   std::string resume;
 };

@@ -82,6 +82,7 @@ const std::vector<Key>& schema() {
       {"checkpoint.dir", Kind::kString, ""},
       {"checkpoint.every_steps", Kind::kInt, "0", 0},
       {"checkpoint.keep", Kind::kInt, "3", 1, 1e6},
+      {"checkpoint.async", Kind::kBool, "false"},
       // Unset: auto for a restart of this same job, never otherwise (run_dir.h).
       {"checkpoint.resume", Kind::kString, ""},
       {"logging.dir", Kind::kString, ""},

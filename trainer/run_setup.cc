@@ -1,6 +1,7 @@
 // What a run does around its loop: claiming the run directory and resuming (every rank loading
 // what it keeps of the checkpoint), the banner, the timeline, checkpoint writing, and every rank's
 // numbers at the end.
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -8,14 +9,18 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "collectives/store/store.h"
 #include "core/io/checkpoint.h"
 #include "core/tensor/cuda/cuda_device.h"
 #include "core/util/threads.h"
 #include "trainer/reporter.h"
 #include "trainer/run_dir.h"
+#include "trainer/stop.h"
 #include "trainer/trainer.h"
 
 namespace cohort::trainer {
@@ -37,6 +42,50 @@ double peak_address_space_mb() {
   for (std::string line; std::getline(f, line);)
     if (line.rfind("VmPeak:", 0) == 0) return std::atof(line.c_str() + 7) / 1024;  // kB
   return 0;
+}
+
+void create_checkpoint_root(const std::string& root) {
+  std::error_code ec;
+  std::filesystem::create_directories(root, ec);
+  if (ec) COHORT_THROW(IoError, "cannot create checkpoint.dir ", root, ": ", ec.message());
+}
+
+// Polls rather than blocks, so that a write abandoned by a failing run ends within a poll.
+void wait_for_key(collectives::Store& store, const std::string& key, collectives::Millis timeout,
+                  const std::atomic<bool>& cancelled, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!store.check({key})) {
+    if (cancelled.load())
+      COHORT_THROW(DistributedError, "checkpoint write abandoned while waiting for ", what);
+    if (std::chrono::steady_clock::now() >= deadline)
+      COHORT_THROW(TimeoutError, "checkpoint: waited ", timeout.count() / 1000.0, " s for ", what,
+                   " (distributed.timeout_s)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// The last step of a sharded checkpoint: every rank but 0 hands in its manifest entry through the
+// store; rank 0 collects them in rank order and runs `commit`. With `cancelled`, waits poll it.
+void commit_or_hand_in(const std::shared_ptr<collectives::Store>& job_store, int64_t step, int rank,
+                       int world, const std::string& entry, collectives::Millis timeout,
+                       const std::atomic<bool>* cancelled,
+                       const std::function<void(const std::vector<std::string>&)>& commit) {
+  collectives::PrefixStore store("checkpoint/" + std::to_string(step), job_store);
+  if (rank != 0) {
+    store.set(std::to_string(rank), entry);
+    return;
+  }
+  std::vector<std::string> entries{entry};
+  for (int r = 1; r < world; ++r) {
+    const std::string key = std::to_string(r);
+    if (cancelled)
+      wait_for_key(store, key, timeout, *cancelled, "rank " + key + "'s part");
+    else
+      store.wait({key}, timeout);
+    entries.push_back(store.get(key));
+    store.delete_key(key);
+  }
+  commit(entries);
 }
 
 }  // namespace
@@ -69,42 +118,75 @@ void Trainer::save(int64_t step, int64_t epoch, int64_t batch_in_epoch) {
                                 core::default_generator().state(),
                                 run_id_,
                                 YAML::Dump(c_.resolved)};
+  const std::string root = c_.checkpoint.dir;
+  const int64_t keep = c_.checkpoint.keep;
   // One writer: model.safetensors and optimizer.safetensors, which PyTorch loads as they are.
   if (!collective()) {
-    core::io::save_checkpoint(c_.checkpoint.dir, parallel_->model_state(),
-                              parallel_->optimizer_state(), meta, c_.checkpoint.keep);
+    if (!writer_) {
+      core::io::save_checkpoint(root, parallel_->model_state(), parallel_->optimizer_state(), meta,
+                                keep);
+      return;
+    }
+    auto model = host_snapshot(parallel_->model_state());
+    auto optimizer = host_snapshot(parallel_->optimizer_state());
+    written(writer_->start(step, [=](const std::atomic<bool>&) {
+      core::io::save_checkpoint(root, model, optimizer, meta, keep);
+    }));
     return;
   }
   // Every rank writes its own file of the checkpoint at once; rank 0 then lists them all in the
   // manifest and renames the directory into place (core/io/checkpoint.h). `cohort checkpoint
   // consolidate` makes one model.safetensors of it.
-  const std::string tmp = core::io::sharded_tmp_dir(c_.checkpoint.dir, step, run_id_);
-  if (leader()) {
-    std::error_code ec;
-    std::filesystem::create_directories(c_.checkpoint.dir, ec);
-    if (ec)
-      COHORT_THROW(IoError, "cannot create checkpoint.dir ", c_.checkpoint.dir, ": ", ec.message());
-    core::io::prepare_sharded_dir(tmp);
-  }
-  dist_.group->barrier()->wait();
-  const core::io::ShardedState state = parallel_->checkpoint_state();
-  const std::string entry = core::io::write_checkpoint_shard(tmp, parallel_->writer_rank(), state);
-  auto store =
-      std::make_shared<collectives::PrefixStore>("checkpoint/" + std::to_string(step), dist_.store);
+  const std::string tmp = core::io::sharded_tmp_dir(root, step, run_id_);
   const auto timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
-  if (!leader()) {
-    store->set(std::to_string(rank_), entry);
-  } else {
-    std::vector<std::string> entries{entry};
-    for (int r = 1; r < world_; ++r) {
-      store->wait({std::to_string(r)}, timeout);
-      entries.push_back(store->get(std::to_string(r)));
-      store->delete_key(std::to_string(r));
+  const bool leader = this->leader();
+  const int writer_rank = parallel_->writer_rank(), rank = rank_, world = world_;
+  const int64_t kill_step = kill_in_checkpoint(rank_).value_or(-1);
+  if (!writer_) {
+    if (leader) {
+      create_checkpoint_root(root);
+      core::io::prepare_sharded_dir(tmp);
     }
-    core::io::commit_sharded_checkpoint(c_.checkpoint.dir, tmp, entries, meta, c_.checkpoint.keep);
+    dist_.group->barrier()->wait();
+    const std::string entry =
+        core::io::write_checkpoint_shard(tmp, writer_rank, parallel_->checkpoint_state());
+    if (kill_step == step) ::raise(SIGKILL);
+    commit_or_hand_in(dist_.store, step, rank, world, entry, timeout, nullptr,
+                      [&](const std::vector<std::string>& entries) {
+                        core::io::commit_sharded_checkpoint(root, tmp, entries, meta, keep);
+                      });
+    // The checkpoint is whole on disk before any rank goes on (or is stopped).
+    dist_.group->barrier()->wait();
+    return;
   }
-  // The checkpoint is whole on disk before any rank goes on (or is stopped).
-  dist_.group->barrier()->wait();
+  // checkpoint.async: the same steps on the writer's thread, from a copy taken now, with the
+  // store (its own connection) in place of the group's barriers, which belong to training.
+  core::io::ShardedState state = host_snapshot(parallel_->checkpoint_state());
+  if (!checkpoint_store_) checkpoint_store_ = dist_.store->clone();
+  auto store = checkpoint_store_;
+  written(writer_->start(step, [=, state = std::move(state)](const std::atomic<bool>& cancelled) {
+    collectives::PrefixStore ready("checkpoint/" + std::to_string(step) + "/ready", store);
+    if (leader) {
+      create_checkpoint_root(root);
+      core::io::prepare_sharded_dir(tmp);
+      ready.set("0", "1");
+    } else {
+      wait_for_key(ready, "0", timeout, cancelled, "rank 0 to prepare the checkpoint directory");
+    }
+    const std::string entry = core::io::write_checkpoint_shard(tmp, writer_rank, state);
+    if (kill_step == step) ::raise(SIGKILL);
+    commit_or_hand_in(store, step, rank, world, entry, timeout, &cancelled,
+                      [&](const std::vector<std::string>& entries) {
+                        core::io::commit_sharded_checkpoint(root, tmp, entries, meta, keep);
+                        ready.delete_key("0");
+                      });
+  }));
+}
+
+void Trainer::written(std::optional<CheckpointWriter::Written> w) {
+  if (w) last_write_s_ = w->seconds;
+  if (w && leader() && reporter_)
+    reporter_->write({{"event", "checkpoint_written"}, {"step", w->step}, {"seconds", w->seconds}});
 }
 
 std::optional<std::string> Trainer::claim_and_resume(std::unique_ptr<RunDirectory>& run_dir,

@@ -92,6 +92,13 @@ std::optional<int64_t> kill_at_step(int rank) {
   return step;
 }
 
+std::optional<int64_t> kill_in_checkpoint(int rank) {
+  int64_t r = -1, step = -1;
+  if (!env::integer_pair(env::kKillInCheckpoint, "RANK:STEP", r, step)) return std::nullopt;
+  if (env::integer(env::kRestartCount, 0, 0, INT32_MAX) != 0 || r != rank) return std::nullopt;
+  return step;
+}
+
 int64_t step_delay_ms(int rank) {
   int64_t r = -1, ms = 0;
   if (!env::integer_pair(env::kTestStepDelayMs, "RANK:MS", r, ms)) return 0;

@@ -52,6 +52,11 @@ class StopVote {
 // unset or 0), so that a restarted job can finish. Nothing when it does not apply to this rank;
 // throws ConfigError when the variable is malformed.
 std::optional<int64_t> kill_at_step(int rank);
+// Drill: COHORT_KILL_IN_CHECKPOINT=RANK:STEP makes that rank die by SIGKILL while it writes the
+// sharded checkpoint of STEP (its file written, the checkpoint not yet renamed into place), on a
+// job's first attempt only; with checkpoint.async that is on the background writer, while
+// training goes on.
+std::optional<int64_t> kill_in_checkpoint(int rank);
 // Test hook: COHORT_TEST_STEP_DELAY_MS="RANK:MS" makes that rank sleep MS after each step (a
 // straggler); 0 for the other ranks.
 int64_t step_delay_ms(int rank);

@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -260,6 +261,20 @@ RunSummary Trainer::run() {
   const bool language =
       c_.data.dataset == "text" || c_.data.dataset == "tokens" || c_.data.dataset == "synthetic";
   Reporter report(c_, leader(), resume_from.has_value(), language ? c_.model.context : 0);
+  // checkpoint.async's writer lives as long as the loop: leaving run() by an error abandons its
+  // write (never renamed into place), leaving it normally waits for it.
+  struct RunScope {
+    Trainer& t;
+    ~RunScope() {
+      t.writer_.reset();
+      t.reporter_ = nullptr;
+    }
+  } run_scope{*this};
+  reporter_ = &report;
+  if (c_.checkpoint.async) writer_ = std::make_unique<CheckpointWriter>();
+  auto finish_writes = [&] {
+    if (writer_) written(writer_->wait());
+  };
   std::string timeline_path;
   std::unique_ptr<core::Timeline> timeline = open_timeline(timeline_path);
   core::Timeline* tl = timeline.get();
@@ -316,8 +331,12 @@ RunSummary Trainer::run() {
     core::Timeline::Span span(tl, "checkpoint", "io");
     save(step, epoch, batch_in_epoch);
     checkpoints.wrote(step, seconds_since(tc));
-    report.write(
-        {{"event", "checkpoint"}, {"step", step}, {"seconds", checkpoints.last_seconds()}});
+    // With checkpoint.async, `seconds` is the stall (the copy to host memory); the write's own
+    // time follows as a checkpoint_written record.
+    report.write({{"event", "checkpoint"},
+                  {"step", step},
+                  {"seconds", checkpoints.last_seconds()},
+                  {"async", writer_ != nullptr}});
   };
   double eval_s = 0;
   int64_t last_eval_step = -1, epoch = start.epoch;
@@ -425,6 +444,7 @@ RunSummary Trainer::run() {
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
       if (checkpoints.after_step(step)) save_now(epoch, loader.position());
+      if (writer_) written(writer_->poll());
       // Only the training step counts toward the average, not evaluations or checkpoints.
       {
         const double d = seconds_since(step_t0);
@@ -434,12 +454,13 @@ RunSummary Trainer::run() {
       if (c_.train.max_time_s > 0) {
         // The vote lands a step later: leave room for two steps and a checkpoint.
         const double left = c_.train.max_time_s - seconds_since(started_);
-        if (left < 2 * step_s + std::max(checkpoints.last_seconds(), 1.0))
+        if (left < 2 * step_s + std::max({checkpoints.last_seconds(), last_write_s_, 1.0}))
           time_request = kStopForTime;
       }
       if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
       if (const int sig = stop_vote.after_step(time_request)) {
         if (!checkpoints.saved(step)) save_now(epoch, loader.position());
+        finish_writes();
         if (sig == kStopForTime) {
           out_of_time = true;
           if (leader())
@@ -465,6 +486,7 @@ RunSummary Trainer::run() {
     if (checkpoints.after_epoch(step, epoch_done)) save_now(epoch, loader.position());
     if (step >= total_steps && !checkpoints.saved(step)) save_now(epoch, loader.position());
   }
+  finish_writes();
   // The chief's final evaluation and checkpoint hold the servers' final parameters; the others
   // leave at once, so that sync steps stop waiting for them.
   if (dist_.ps) {

@@ -15,6 +15,7 @@
 #include "core/tensor/generator.h"
 #include "core/util/timeline.h"
 #include "parameter_server/client.h"
+#include "trainer/checkpoint_writer.h"
 #include "trainer/config.h"
 #include "trainer/parallelism.h"
 
@@ -129,7 +130,10 @@ class Trainer {
                           double lr, core::Timeline* tl);
   // Writes a checkpoint after `step`, at batch `batch_in_epoch` of `epoch` (every rank takes
   // part; rank 0 writes).
+  // With checkpoint.async the writing goes on in the background (writer_).
   void save(int64_t step, int64_t epoch, int64_t batch_in_epoch);
+  // Reports a background write that finished (rank 0).
+  void written(std::optional<CheckpointWriter::Written> w);
   // Writes config.resolved.yaml and data.json (rank 0).
   void write_run_files() const;
   // Rank 0 claims the run directory and decides what the run resumes from; the others follow its
@@ -169,6 +173,11 @@ class Trainer {
   std::string run_id_;     // the run whose checkpoints this one writes (run_dir.h)
   int64_t per_epoch_ = 0;  // batches in an epoch of this rank's shard
   Datasets data_;
+  // checkpoint.async: the background writer (null otherwise) and its own store connection.
+  std::unique_ptr<CheckpointWriter> writer_;
+  std::shared_ptr<collectives::Store> checkpoint_store_;
+  class Reporter* reporter_ = nullptr;  // run()'s, while it runs
+  double last_write_s_ = 0;             // the last background write's duration
   // train.max_time counts from here (the worker's start, data and model included).
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

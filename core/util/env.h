@@ -34,6 +34,8 @@ inline constexpr const char* kFlightRecorderNote = "COHORT_FLIGHT_RECORDER_NOTE"
 inline constexpr const char* kCpuBind = "COHORT_CPU_BIND";
 // Drills: RANK:STEP kills that rank after STEP on the first attempt; RANK:MS slows it per step.
 inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
+// RANK:STEP kills that rank while it writes the checkpoint of STEP (first attempt only).
+inline constexpr const char* kKillInCheckpoint = "COHORT_KILL_IN_CHECKPOINT";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";
 
 // The variable's value; null when unset or empty.
