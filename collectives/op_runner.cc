@@ -1,5 +1,9 @@
 #include "collectives/op_runner.h"
 
+#include <chrono>
+
+#include "collectives/process_group.h"
+
 namespace cohort::collectives {
 
 OpRunner::OpRunner(size_t inline_bytes) : inline_bytes_(inline_bytes) {
@@ -30,7 +34,12 @@ void OpRunner::submit(size_t bytes, bool collective, std::function<void(uint64_t
   }
   bool wake = !run_here;
   if (run_here) {
+    // The caller's time in the operation, as a wait for it would have counted it.
+    const auto t0 = std::chrono::steady_clock::now();
     run(seq);
+    add_thread_collective_ns(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
     std::lock_guard<std::mutex> lock(mu_);
     busy_ = false;
     wake = !queue_.empty();  // something queued meanwhile waits for busy_ to clear

@@ -30,14 +30,33 @@ bool Work::is_completed() const {
   return done_;
 }
 
+namespace {
+thread_local int64_t t_waited_ns = 0;
+}
+
+int64_t thread_collective_ns() { return t_waited_ns; }
+void add_thread_collective_ns(int64_t ns) { t_waited_ns += ns; }
+
 void Work::wait(Millis timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto ready = [&] { return done_; };
-  if (timeout == Millis::max()) {
-    cv_.wait(lock, ready);
-  } else if (!cv_.wait_for(lock, timeout, ready)) {
-    COHORT_THROW(TimeoutError, "Work::wait gave up after ", timeout.count(),
-                 " ms; the operation is still running and will end at its own timeout");
+  if (!done_) {
+    // Only a wait that blocks is timed: a finished operation costs no clock reads.
+    const auto t0 = std::chrono::steady_clock::now();
+    struct Account {
+      std::chrono::steady_clock::time_point t0;
+      ~Account() {
+        t_waited_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - t0)
+                           .count();
+      }
+    } account{t0};
+    if (timeout == Millis::max()) {
+      cv_.wait(lock, ready);
+    } else if (!cv_.wait_for(lock, timeout, ready)) {
+      COHORT_THROW(TimeoutError, "Work::wait gave up after ", timeout.count(),
+                   " ms; the operation is still running and will end at its own timeout");
+    }
   }
   if (error_) std::rethrow_exception(error_);
 }

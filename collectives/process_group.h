@@ -57,6 +57,14 @@ class UnusedParametersError : public ConfigError {
                                           const std::vector<std::string>& names,
                                           const std::vector<size_t>& unused);
 
+// Nanoseconds the calling thread has spent in collectives since it started: blocked in
+// Work::wait, or running a small operation inline (op_runner.h). In a data-parallel step that is
+// its time waiting for the other ranks. Every backend's Work completes on the host (nccl's when
+// its kernel has), so this covers them all.
+int64_t thread_collective_ns();
+// For backends: adds time the calling thread spent in a collective.
+void add_thread_collective_ns(int64_t ns);
+
 class Work {
  public:
   virtual ~Work() = default;

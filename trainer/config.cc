@@ -540,6 +540,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.every_steps = i64("checkpoint.every_steps");
   c.checkpoint.keep = i64("checkpoint.keep");
   c.checkpoint.async = bl("checkpoint.async");
+  c.diagnostics.straggler_factor = f64("diagnostics.straggler_factor");
+  if (c.diagnostics.straggler_factor > 0 && c.diagnostics.straggler_factor <= 1)
+    val.fail("diagnostics.straggler_factor", lookup(root, "diagnostics.straggler_factor"),
+             "diagnostics.straggler_factor must be 0 (off) or above 1 (a rank this many times "
+             "slower than the others is reported)");
+  c.diagnostics.straggler_steps = i64("diagnostics.straggler_steps");
   c.checkpoint.resume = str("checkpoint.resume");
   if (!c.checkpoint.resume.empty() && c.checkpoint.resume != "auto" &&
       c.checkpoint.resume != "never" && !std::filesystem::exists(c.checkpoint.resume))

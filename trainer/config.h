@@ -133,6 +133,13 @@ struct CheckpointConfig {
   std::string resume;
 };
 
+// diagnostics: a rank whose own step time (without waiting for the others) is this factor of
+// the other ranks' median over this many steps is reported while the job runs (0: off).
+struct DiagnosticsConfig {
+  double straggler_factor = 1.5;
+  int64_t straggler_steps = 100;
+};
+
 struct LoggingConfig {
   std::string dir;  // default runs/<experiment>
   bool tensorboard = false, timeline = false;
@@ -187,6 +194,7 @@ struct Config {
   TrainConfig train;
   EvalConfig eval;
   CheckpointConfig checkpoint;
+  DiagnosticsConfig diagnostics;
   LoggingConfig logging;
   DistributedConfig distributed;
   ParameterServerConfig parameter_server;

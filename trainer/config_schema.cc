@@ -86,6 +86,8 @@ const std::vector<Key>& schema() {
       // Unset: auto for a restart of this same job, never otherwise (run_dir.h).
       {"checkpoint.resume", Kind::kString, ""},
       {"logging.dir", Kind::kString, ""},
+      {"diagnostics.straggler_factor", Kind::kFloat, "1.5", 0},
+      {"diagnostics.straggler_steps", Kind::kInt, "100", 1, 1e9},
       {"logging.tensorboard", Kind::kBool, "true"},
       {"logging.timeline", Kind::kBool, "false"},
       {"distributed.strategy",

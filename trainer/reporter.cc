@@ -41,13 +41,29 @@ void Reporter::step(const StepLine& l) {
                       {"samples_per_s", l.samples_per_s}};
   const double tps = l.samples_per_s * static_cast<double>(tokens_);
   if (tokens_ > 0) line["tokens_per_s"] = tps;
+  // Per rank, for finding the one that holds the others back (stragglers.h).
+  if (l.ranks.size() > 1) {
+    std::vector<double> step_ms, data_ms, wait_ms;
+    for (const RankTimes& t : l.ranks) {
+      step_ms.push_back(t.step_ms);
+      data_ms.push_back(t.data_ms);
+      wait_ms.push_back(t.wait_ms);
+    }
+    line["rank_step_ms"] = step_ms;
+    line["rank_data_ms"] = data_ms;
+    line["rank_collective_wait_ms"] = wait_ms;
+  }
   write(line);
   if (events_) {
     events_->add_scalar("train/loss", l.loss, l.step);
     events_->add_scalar("train/lr", l.lr, l.step);
     events_->add_scalar("train/samples_per_s", l.samples_per_s, l.step);
-    for (size_t r = 0; r < l.rank_step_ms.size(); ++r)
-      events_->add_scalar("step_time_ms/rank_" + std::to_string(r), l.rank_step_ms[r], l.step);
+    for (size_t r = 0; r < l.ranks.size(); ++r) {
+      const std::string rank = "/rank_" + std::to_string(r);
+      events_->add_scalar("step_time_ms" + rank, l.ranks[r].step_ms, l.step);
+      events_->add_scalar("data_wait_ms" + rank, l.ranks[r].data_ms, l.step);
+      events_->add_scalar("collective_wait_ms" + rank, l.ranks[r].wait_ms, l.step);
+    }
     events_->flush();
   }
   if (tty_) {

@@ -13,6 +13,7 @@
 
 #include "trainer/config.h"
 #include "trainer/metrics.h"
+#include "trainer/stragglers.h"
 #include "trainer/tensorboard.h"
 
 namespace cohort::trainer {
@@ -27,7 +28,7 @@ class Reporter {
   struct StepLine {
     int64_t step, total_steps, epoch;
     double loss, lr, samples_per_s, eta_s;
-    std::vector<double> rank_step_ms;  // every rank's mean step time since the last line
+    std::vector<RankTimes> ranks;  // every rank's mean times per step since the last line
   };
   void step(const StepLine& l);
   // An evaluation; `early_stop` adds why training stops (empty: it goes on).

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -17,10 +18,12 @@
 #include "collectives/store/store.h"
 #include "core/io/checkpoint.h"
 #include "core/tensor/cuda/cuda_device.h"
+#include "core/util/env.h"
 #include "core/util/threads.h"
 #include "trainer/reporter.h"
 #include "trainer/run_dir.h"
 #include "trainer/stop.h"
+#include "trainer/stragglers.h"
 #include "trainer/trainer.h"
 
 namespace cohort::trainer {
@@ -181,6 +184,43 @@ void Trainer::save(int64_t step, int64_t epoch, int64_t batch_in_epoch) {
                         ready.delete_key("0");
                       });
   }));
+}
+
+void Trainer::publish_host() {
+  if (!dist_.store || !collective()) return;
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  std::string where = host;
+  if (const char* node = env::get(env::kNodeRank))
+    where = "node " + std::string(node) + " (" + where + ")";
+  dist_.store->set("host/" + std::to_string(rank_), where);
+}
+
+void Trainer::report_straggler(Reporter& report, const Straggler& s, int64_t step) {
+  if (!leader()) return;
+  std::string where;
+  try {
+    const std::string key = "host/" + std::to_string(s.rank);
+    if (dist_.store && dist_.store->check({key})) where = dist_.store->get(key);
+  } catch (const std::exception&) {
+    // Where it runs is a detail; the rank is named anyway.
+  }
+  // A store value is another process's text: printable ASCII of a sane length only.
+  if (where.size() > 200 ||
+      std::any_of(where.begin(), where.end(), [](unsigned char c) { return c < 0x20 || c > 0x7e; }))
+    where.clear();
+  std::fprintf(stderr, "cohort: straggler at step %lld: %s\n", static_cast<long long>(step),
+               describe(s, where).c_str());
+  std::fflush(stderr);
+  report.write({{"event", "straggler"},
+                {"step", step},
+                {"rank", s.rank},
+                {"where", where},
+                {"steps", s.steps},
+                {"ratio", s.ratio},
+                {"own_ms", s.own_ms},
+                {"others_median_ms", s.others_ms},
+                {"data_wait_fraction", s.data_fraction}});
 }
 
 void Trainer::written(std::optional<CheckpointWriter::Written> w) {

@@ -39,6 +39,7 @@
 #include "trainer/reporter.h"
 #include "trainer/run_dir.h"
 #include "trainer/stop.h"
+#include "trainer/stragglers.h"
 #include "trainer/tensorboard.h"
 
 namespace cohort::trainer {
@@ -223,8 +224,10 @@ Tensor Trainer::train_step(core::data::DataLoader& loader, core::data::Batch& ba
   for (int64_t micro = 0; micro < accum; ++micro) {
     if (micro > 0) {
       core::Timeline::Span span(tl, "data", "data");
+      const auto td = Clock::now();
       if (!loader.next(batch))
         COHORT_THROW(Error, "the data loader ran out inside an accumulation step");
+      data_s_ += seconds_since(td);
     }
     std::unique_ptr<AccumulationScope> local;
     if (micro + 1 < accum) local = parallel_->accumulate_locally();
@@ -344,9 +347,11 @@ RunSummary Trainer::run() {
   int64_t best_step = -1, evals_without_gain = 0;
   bool early_stop = false, out_of_time = false;
   auto t0 = Clock::now();
+  int64_t eval_wait_ns = 0;  // collective waits inside evaluations, left out of the step times
   auto run_eval = [&](int64_t epoch) {
     last_eval_step = step;
     auto te = Clock::now();
+    const int64_t waited0 = collectives::thread_collective_ns();
     EvalResult e;
     parallel_->refresh(step);
     {
@@ -354,6 +359,7 @@ RunSummary Trainer::run() {
       e = evaluate();
     }
     eval_s += seconds_since(te);
+    eval_wait_ns += collectives::thread_collective_ns() - waited0;
     if (tl) tl->flush();
     s.test_acc = e.accuracy;
     s.test_loss = e.loss;
@@ -388,6 +394,13 @@ RunSummary Trainer::run() {
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
+  // Per log interval: this rank's time waiting for data and for the other ranks, to find the rank
+  // that holds the others back (stragglers.h).
+  int64_t log_waited_ns = collectives::thread_collective_ns(), log_eval_wait_ns = 0;
+  data_s_ = 0;
+  StragglerDetector stragglers(c_.diagnostics.straggler_factor, c_.diagnostics.straggler_steps,
+                               collective() ? world_ : 1);
+  if (stragglers.enabled()) publish_host();
   int64_t last_epoch = std::min(start.epoch, epochs - 1);  // the one the final eval reports
   // train.max_time: the moving average of a step's duration, to stop while a step and a
   // checkpoint still fit the budget.
@@ -401,7 +414,9 @@ RunSummary Trainer::run() {
       const auto step_t0 = Clock::now();
       {
         core::Timeline::Span span(tl, "data", "data");
+        const auto td = Clock::now();
         if (!loader.next(batch_data)) break;
+        data_s_ += seconds_since(td);
       }
       const double lr = schedule_->lr(step);
       Tensor loss;
@@ -416,20 +431,32 @@ RunSummary Trainer::run() {
       samples += batch_data.input.size(0) * world_ * accum;
       if (auto job = parallel_->job_samples()) samples = *job;
       if (step % c_.train.log_every == 0 || step == total_steps) {
-        // Every rank's loss and mean step time since the last log line.
+        // Every rank's loss and mean step, data and collective-wait times since the last log
+        // line (evaluations left out).
+        const int64_t window_steps = std::max<int64_t>(step - log_step0, 1);
         const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
-        const double step_ms =
-            1000 * window / static_cast<double>(std::max<int64_t>(step - log_step0, 1));
+        const double per_step = 1000.0 / static_cast<double>(window_steps);
+        const int64_t waited = collectives::thread_collective_ns();
+        const double wait_ms =
+            per_step * 1e-9 *
+            static_cast<double>(waited - log_waited_ns - (eval_wait_ns - log_eval_wait_ns));
+        const std::vector<double> mine{loss.item<double>(), per_step * window, per_step * data_s_,
+                                       wait_ms};
         log_t0 = Clock::now();
         log_eval_s = eval_s;
         log_step0 = step;
-        std::vector<double> per_rank = gather_from_ranks({loss.item<double>(), step_ms});
+        log_waited_ns = waited;
+        log_eval_wait_ns = eval_wait_ns;
+        data_s_ = 0;
+        const std::vector<double> per_rank = gather_from_ranks(mine);
         double l = 0;
-        const int ranks = static_cast<int>(per_rank.size() / 2);
-        std::vector<double> rank_ms;
+        const size_t k = mine.size();
+        const int ranks = static_cast<int>(per_rank.size() / k);
+        std::vector<RankTimes> times;
         for (int r = 0; r < ranks; ++r) {
-          l += per_rank[2 * static_cast<size_t>(r)] / ranks;
-          rank_ms.push_back(per_rank[2 * static_cast<size_t>(r) + 1]);
+          const double* v = per_rank.data() + k * static_cast<size_t>(r);
+          l += v[0] / ranks;
+          times.push_back({v[1], v[2], v[3]});
         }
         if (!std::isfinite(l))
           COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
@@ -440,7 +467,9 @@ RunSummary Trainer::run() {
                      static_cast<double>(samples) / std::max(el, 1e-9),
                      static_cast<double>(total_steps - step) * el /
                          static_cast<double>(std::max<int64_t>(step - start.step, 1)),
-                     rank_ms});
+                     times});
+        for (const Straggler& st : stragglers.add(window_steps, times))
+          report_straggler(report, st, step);
       }
       if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
       if (checkpoints.after_step(step)) save_now(epoch, loader.position());

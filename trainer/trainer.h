@@ -132,6 +132,10 @@ class Trainer {
   // part; rank 0 writes).
   // With checkpoint.async the writing goes on in the background (writer_).
   void save(int64_t step, int64_t epoch, int64_t batch_in_epoch);
+  // diagnostics.straggler_*: each rank's host name in the store, and rank 0's report of a
+  // straggler (stderr, metrics.jsonl) while the job runs.
+  void publish_host();
+  void report_straggler(class Reporter& report, const struct Straggler& s, int64_t step);
   // Reports a background write that finished (rank 0).
   void written(std::optional<CheckpointWriter::Written> w);
   // Writes config.resolved.yaml and data.json (rank 0).
@@ -178,6 +182,7 @@ class Trainer {
   std::shared_ptr<collectives::Store> checkpoint_store_;
   class Reporter* reporter_ = nullptr;  // run()'s, while it runs
   double last_write_s_ = 0;             // the last background write's duration
+  double data_s_ = 0;                   // waiting for the data loader since the last log line
   // train.max_time counts from here (the worker's start, data and model included).
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

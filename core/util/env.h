@@ -20,6 +20,8 @@ inline constexpr const char* kRestartCount = "COHORT_RESTART_COUNT";
 inline constexpr const char* kRunId = "COHORT_RUN_ID";
 inline constexpr const char* kTorchRunId = "TORCHELASTIC_RUN_ID";
 inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
+// Set by `cohort launch` for its workers: the node's index in the job (for messages).
+inline constexpr const char* kNodeRank = "COHORT_NODE_RANK";
 // Parameter servers' shared secret when the user gives one (else derived from the job's token).
 inline constexpr const char* kPsSecret = "COHORT_PS_SECRET";
 // The flight recorder (collectives/flight_recorder.h): operations kept per process (default

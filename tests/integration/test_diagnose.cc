@@ -107,4 +107,36 @@ TEST_F(Diagnose, SigusrTwoAsksARunningRankWhereItIs) {
   EXPECT_NE(read_text(dump).find("\"reason\": \"SIGUSR2\""), std::string::npos) << read_text(dump);
 }
 
+// A rank slowed by 100 ms a step holds the other back: it is named while the job runs (stderr and
+// metrics.jsonl), the other is not, and every rank's step, data and collective-wait times reach
+// metrics.jsonl and TensorBoard.
+TEST_F(Diagnose, AStragglerIsNamedWhileTheJobRuns) {
+  const auto r = run_command(
+      "env COHORT_TEST_STEP_DELAY_MS=1:100 " + std::string(COHORT_BINARY) +
+      " launch --nproc-per-node 2 -- " + std::string(COHORT_BINARY) +
+      " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " + kTinyGpt +
+      " train.steps=20 train.log_every=5 diagnostics.straggler_steps=10 distributed.timeout_s=60 "
+      "logging.dir=" +
+      (dir_ / "run").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("cohort: straggler at step 10: rank 1 on node 0 \\([^)]+\\): "
+                           "[0-9.]+x the median step time of the other ranks over the last 10 "
+                           "steps \\(its own time per step, without waiting for them: [0-9.]+ ms "
+                           "against [0-9.]+ ms\\); its data wait is [0-9]+%")))
+      << r.output;
+  EXPECT_EQ(r.output.find("straggler at step 10: rank 0"), std::string::npos) << r.output;
+  const std::string metrics = read_text(dir_ / "run" / "metrics.jsonl");
+  EXPECT_NE(metrics.find("\"event\":\"straggler\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"rank_collective_wait_ms\":["), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"rank_data_ms\":["), std::string::npos) << metrics;
+  std::string events;
+  for (const auto& f : fs::directory_iterator(dir_ / "run"))
+    if (f.path().filename().string().rfind("events.out.tfevents", 0) == 0)
+      events += read_text(f.path());
+  for (const char* tag :
+       {"collective_wait_ms/rank_0", "data_wait_ms/rank_1", "step_time_ms/rank_1"})
+    EXPECT_NE(events.find(tag), std::string::npos) << tag;
+}
+
 }  // namespace
