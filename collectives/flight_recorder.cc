@@ -207,12 +207,13 @@ void dump_on_sigusr2(FlightRecorder& recorder) {
 
 }  // namespace
 
-void FlightRecorder::set_dump_dir(const std::string& dir, int rank) {
+void FlightRecorder::set_dump_dir(const std::string& dir, int rank, int world) {
   static std::once_flag signal_once;
   std::call_once(signal_once, [this] { dump_on_sigusr2(*this); });
   std::lock_guard<std::mutex> lock(mu_);
   if (!env::get(env::kFlightRecorderDir)) dir_ = dir;
   rank_ = rank;
+  world_ = world;
   // A dump this rank left in an earlier run (or attempt) of the same directory would be read as
   // this one's.
   if (!dir_.empty()) {
@@ -255,6 +256,7 @@ bool FlightRecorder::dump_to(const std::string& path, int rank,
   try {
     nlohmann::json j;
     j["rank"] = rank;
+    if (const int world = world_.load(); world > 0) j["world"] = world;
     j["pid"] = static_cast<int64_t>(::getpid());
     j["reason"] = reason;
     j["dumped_us"] = now_us();
@@ -292,6 +294,7 @@ namespace {
 
 struct RankDump {
   int rank = -1;
+  int world = 0;  // 0: not recorded
   std::string reason;
   int64_t dumped_us = 0;
   int64_t epoch_wall_us = 0;  // add to an entry's times for the wall clock
@@ -327,6 +330,7 @@ RankDump read_dump(const std::filesystem::path& file) {
   };
   RankDump d;
   d.rank = static_cast<int>(integer(j, "rank", 0, 1 << 24));
+  if (j.contains("world")) d.world = static_cast<int>(integer(j, "world", 1, 1 << 20));
   d.reason = text(j, "reason");
   d.dumped_us = integer(j, "dumped_us", 0, INT64_MAX / 4);
   d.epoch_wall_us = integer(j, "epoch_wall_us", 0, INT64_MAX / 4);
@@ -380,7 +384,8 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
   if (dumps.empty())
     COHORT_THROW(ConfigError, "no flight-recorder dumps (rank_N.json) in ", dir.string(),
                  ": ranks write them there when an operation times out or fails");
-  const int world = dumps.rbegin()->first + 1;
+  int world = dumps.rbegin()->first + 1;
+  for (const auto& [rank, d] : dumps) world = std::max(world, d.world);
   std::vector<int> missing;
   for (int r = 0; r < world; ++r)
     if (!dumps.count(r)) missing.push_back(r);
@@ -400,18 +405,22 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
     for (const auto& [rank, ops] : ranks)
       for (const auto& [seq, e] : ops) seqs.insert(seq);
     for (uint64_t seq : seqs) {
-      std::map<std::string, std::vector<int>> kinds;
+      // Per kind of operation: its ranks, and who issued it on the first of them.
+      std::map<std::string, std::pair<std::vector<int>, std::string>> kinds;
       for (const auto& [rank, ops] : ranks)
-        if (auto it = ops.find(seq); it != ops.end())
-          kinds[it->second->op + " " + bytes_text(it->second->bytes) +
-                (it->second->dtype.empty() ? "" : " of " + it->second->dtype)]
-              .push_back(rank);
+        if (auto it = ops.find(seq); it != ops.end()) {
+          auto& [rs, tag] = kinds[it->second->op + " " + bytes_text(it->second->bytes) +
+                                  (it->second->dtype.empty() ? "" : " of " + it->second->dtype)];
+          if (rs.empty()) tag = it->second->tag;
+          rs.push_back(rank);
+        }
       if (kinds.size() < 2) continue;
       out << "ranks disagree on collective #" << seq << " of group " << group << ":";
       bool first = true;
-      for (const auto& [kind, rs] : kinds) {
-        out << (first ? " " : ", ") << kind << " on rank" << (rs.size() > 1 ? "s " : " ")
-            << ranks_text(rs);
+      for (const auto& [kind, who] : kinds) {
+        const auto& [rs, tag] = who;
+        out << (first ? " " : ", ") << kind << (tag.empty() ? "" : " (" + tag + ")") << " on rank"
+            << (rs.size() > 1 ? "s " : " ") << ranks_text(rs);
         first = false;
       }
       out << ".";
@@ -457,9 +466,17 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
     std::vector<int> absent = never;
     absent.insert(absent.end(), late.begin(), late.end());
     std::sort(absent.begin(), absent.end());
-    out << (absent.empty() ? "every rank with a dump entered"
-                           : "rank" + std::string(absent.size() > 1 ? "s " : " ") +
-                                 ranks_text(absent) + " never entered")
+    // Every rank that dumped entered it: the ranks that did not dump (stopped, hung where they
+    // could not, killed) are what the others waited for.
+    const bool blame_missing = absent.empty() && !missing.empty();
+    if (blame_missing)
+      out << "rank" << (missing.size() > 1 ? "s " : " ") << ranks_text(missing)
+          << " wrote no dump (stopped, hung where it could not write one, or killed) while every "
+             "rank that did waited in";
+    out << (blame_missing    ? ""
+            : absent.empty() ? "every rank with a dump entered"
+                             : "rank" + std::string(absent.size() > 1 ? "s " : " ") +
+                                   ranks_text(absent) + " never entered")
         << " " << stuck_entry->op << " #" << stuck << " of group " << group << " ("
         << bytes_text(stuck_entry->bytes)
         << (stuck_entry->dtype.empty() ? "" : " of " + stuck_entry->dtype)
@@ -480,6 +497,7 @@ std::string diagnose_flight_dumps(const std::string& dir_in) {
           << secs << " s in it";
     }
     out << ".";
+    if (blame_missing) missing.clear();
     for (int r : absent) {
       const auto it = ranks.find(r);
       const FlightEntry* last = nullptr;

@@ -6,6 +6,7 @@
 // turns it off).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -66,8 +67,9 @@ class FlightRecorder {
 
   // Where dump() writes rank_<rank>.json: COHORT_FLIGHT_RECORDER_DIR when set, else what the
   // program sets (the trainer: RUN_DIR/flight_recorder); empty: nowhere. The first call also
-  // makes SIGUSR2 dump (`kill -USR2 PID` asks a running rank where it is).
-  void set_dump_dir(const std::string& dir, int rank);
+  // makes SIGUSR2 dump (`kill -USR2 PID` asks a running rank where it is). `world` (0: unknown)
+  // goes into the dump, so that a diagnosis knows of ranks that wrote none.
+  void set_dump_dir(const std::string& dir, int rank, int world = 0);
   // The directory dumps go to now ("" when none).
   std::string dump_dir() const;
   // Writes the ring and `reason` atomically (a temporary file renamed); false when there is no
@@ -88,6 +90,7 @@ class FlightRecorder {
   int next_group_ = 0;
   std::string dir_;
   int rank_ = 0;
+  std::atomic<int> world_{0};  // read by dump_to without the lock
   int64_t epoch_ns_ = 0;
   int64_t epoch_wall_us_ = 0;  // the wall clock at epoch_ns_: dumps of several ranks line up on it
 };

@@ -57,6 +57,9 @@ std::optional<int64_t> kill_at_step(int rank);
 // job's first attempt only; with checkpoint.async that is on the background writer, while
 // training goes on.
 std::optional<int64_t> kill_in_checkpoint(int rank);
+// Test hook: COHORT_TEST_SKIP_COLLECTIVE=RANK:STEP makes that rank skip the stop vote after STEP
+// (a rank that skips a collective, for the flight recorder's diagnosis).
+std::optional<int64_t> skip_collective_at_step(int rank);
 // Test hook: COHORT_TEST_STEP_DELAY_MS="RANK:MS" makes that rank sleep MS after each step (a
 // straggler); 0 for the other ranks.
 int64_t step_delay_ms(int rank);

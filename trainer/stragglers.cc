@@ -34,7 +34,7 @@ std::vector<Straggler> StragglerDetector::add(int64_t steps, const std::vector<R
     std::sort(others.begin(), others.end());
     const size_t m = others.size();
     const double median = m % 2 ? others[m / 2] : (others[m / 2 - 1] + others[m / 2]) / 2;
-    if (median <= 0 || own[r] <= factor_ * median) continue;
+    if (median <= 0 || own[r] <= factor_ * median || own[r] - median < kMinExcessMs) continue;
     Straggler s;
     s.rank = static_cast<int>(r);
     s.steps = steps_;

@@ -3,7 +3,9 @@
 // time, the step without the time it waited in collectives for the others. A rank whose own time
 // exceeds the median of the other ranks' by diagnostics.straggler_factor over
 // diagnostics.straggler_steps steps is a straggler; its data wait (the share of its steps spent
-// waiting for the data loader) says whether its input or its compute is slow.
+// waiting for the data loader) says whether its input or its compute is slow. A rank must also be
+// kMinExcessMs a step slower: with steps of a few milliseconds, rank 0's logging or a scheduler's
+// hiccup is a large factor and no straggler.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,8 @@ struct Straggler {
   double ratio = 0;          // own_ms / others_ms
   double data_fraction = 0;  // its data wait / its step time
 };
+
+inline constexpr double kMinExcessMs = 5;
 
 class StragglerDetector {
  public:

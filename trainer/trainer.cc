@@ -77,7 +77,8 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   }
   // A rank whose operation times out or fails writes its recent operations here, for
   // `cohort diagnose RUN_DIR`.
-  collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_);
+  collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_,
+                                                  world_);
   // Tells `cohort launch` where to look when the job fails (one rank per node writes it).
   if (const char* note = env::get(env::kFlightRecorderNote); note && dist_.local_rank == 0) {
     std::error_code ec;
@@ -391,6 +392,7 @@ RunSummary Trainer::run() {
   StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
   const std::optional<int64_t> kill_at = kill_at_step(rank_);
   const int64_t delay_ms = step_delay_ms(rank_);
+  const std::optional<int64_t> skip_vote = skip_collective_at_step(rank_);
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
@@ -487,7 +489,8 @@ RunSummary Trainer::run() {
           time_request = kStopForTime;
       }
       if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
-      if (const int sig = stop_vote.after_step(time_request)) {
+      const bool skip = skip_vote && step == *skip_vote;
+      if (const int sig = skip ? 0 : stop_vote.after_step(time_request)) {
         if (!checkpoints.saved(step)) save_now(epoch, loader.position());
         finish_writes();
         if (sig == kStopForTime) {

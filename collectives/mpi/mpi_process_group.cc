@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -23,6 +24,8 @@
 #include "collectives/op_runner.h"
 #include "collectives/store/tcp_store.h"
 #include "core/autograd/grad_mode.h"
+#include "core/ops/ops.h"
+#include "core/util/env.h"
 #include "core/util/error.h"
 
 namespace cohort::collectives::mpi {
@@ -210,6 +213,8 @@ class MpiProcessGroup final : public ProcessGroup {
     int peer = -1;             // send/recv: the other rank
     std::vector<Tensor> keep;  // buffers MPI may still write into if the operation is abandoned
     MPI_Request request = MPI_REQUEST_NULL;
+    int64_t bytes = 0;
+    int64_t dtype = -1;  // the first tensor's, as an integer (-1: none)
   };
   using Start = std::function<void(Op&, MPI_Request*)>;
   // Queues an operation: `start` issues one non-blocking MPI call (under the MPI lock) and `done`
@@ -218,6 +223,14 @@ class MpiProcessGroup final : public ProcessGroup {
                                 std::vector<Tensor> keep, Start start,
                                 std::function<void()> done = {}, int peer = -1);
   void run(Op& op, const Start& start, const std::function<void()>& done);
+  // Polls op.request until it completes, a peer's failure is posted or op's deadline passes.
+  void poll(Op& op);
+  // Before a collective: every rank's {operation, bytes, dtype}, which must agree. Given
+  // mismatched counts, MPI does not fail cleanly (Open MPI's non-blocking collectives were seen to
+  // write past the shorter buffer and corrupt the heap), so a rank that skipped a collective or
+  // disagrees on a size is stopped here with a sentence naming them. One small allgather per
+  // collective; COHORT_MPI_CHECK_COLLECTIVES=0 leaves it out.
+  void check_agreement(Op& op);
   [[noreturn]] void timed_out(const Op& op);
 
   std::shared_ptr<Store> store_;
@@ -227,7 +240,8 @@ class MpiProcessGroup final : public ProcessGroup {
   std::vector<int> members_;   // group rank -> MPI_COMM_WORLD rank
   std::exception_ptr broken_;  // touched only by the running operation
   std::unique_ptr<GroupMonitor> monitor_;
-  int flight_group_ = 0;              // this group's number in the flight recorder
+  int flight_group_ = 0;  // this group's number in the flight recorder
+  bool check_collectives_ = true;
   std::unique_ptr<OpRunner> runner_;  // last: stopped first
 };
 
@@ -273,6 +287,7 @@ MpiProcessGroup::MpiProcessGroup(std::shared_ptr<Store> store, int rank, int siz
   }
   monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
   flight_group_ = FlightRecorder::get().next_group();
+  check_collectives_ = env::flag(env::kMpiCheckCollectives, true);
   runner_ = std::make_unique<OpRunner>(kInlineBytes);
 }
 
@@ -296,13 +311,15 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
       flight_group_, collective, name, static_cast<int64_t>(bytes), peer,
       keep.empty() ? std::string_view() : core::dtype_name(keep.front().dtype()));
   runner_->submit(bytes, collective,
-                  [this, name, t, collective, peer, work, flight, keep = std::move(keep),
+                  [this, name, t, collective, peer, work, flight, bytes, keep = std::move(keep),
                    start = std::move(start), done = std::move(done)](uint64_t seq) mutable {
                     if (broken_) {
                       work->finish(GroupMonitor::failed_earlier(name, broken_));
                       return;
                     }
                     Op op{name, collective, seq, t, Clock::now() + t, peer, std::move(keep)};
+                    op.bytes = static_cast<int64_t>(bytes);
+                    op.dtype = op.keep.empty() ? -1 : static_cast<int64_t>(op.keep.front().dtype());
                     if (collective) monitor_->entered(seq, name);
                     FlightRecorder::get().started(flight, seq);
                     try {
@@ -324,10 +341,67 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
 }
 
 void MpiProcessGroup::run(Op& op, const Start& start, const std::function<void()>& done) {
+  if (op.collective && check_collectives_ && size() > 1) check_agreement(op);
   {
     std::lock_guard<std::mutex> lock(mpi_lock());
     start(op, &op.request);
   }
+  poll(op);
+  if (done) done();
+}
+
+void MpiProcessGroup::check_agreement(Op& op) {
+  static const char* const kOps[] = {"allreduce",      "broadcast", "reduce", "allgather",
+                                     "reduce_scatter", "alltoall",  "barrier"};
+  int64_t code = -1;
+  for (size_t i = 0; i < std::size(kOps); ++i)
+    if (std::strcmp(op.name, kOps[i]) == 0) code = static_cast<int64_t>(i);
+  // Tensors, not locals: a check abandoned at its deadline is still written into by MPI later.
+  Tensor mine = core::from_vector(std::vector<int64_t>{code, op.bytes, op.dtype}, {3});
+  Tensor all = core::zeros({3 * static_cast<int64_t>(size())}, core::DType::kInt64);
+  const size_t kept = op.keep.size();
+  op.keep.push_back(mine);
+  op.keep.push_back(all);
+  {
+    std::lock_guard<std::mutex> lock(mpi_lock());
+    check_mpi(MPI_Iallgather(mine.data_ptr<int64_t>(), 3, MPI_INT64_T, all.data_ptr<int64_t>(), 3,
+                             MPI_INT64_T, comm_, &op.request),
+              "MPI_Iallgather (the collective check)");
+  }
+  poll(op);
+  op.keep.resize(kept);
+  const int64_t* v = all.data_ptr<int64_t>();
+  bool agree = true;
+  for (int r = 1; r < size(); ++r)
+    agree = agree && std::equal(v, v + 3, v + 3 * static_cast<size_t>(r));
+  if (agree) return;
+  // Group the ranks by what they issued.
+  std::vector<std::pair<std::string, std::vector<int>>> kinds;
+  for (int r = 0; r < size(); ++r) {
+    const int64_t* f = v + 3 * static_cast<size_t>(r);
+    std::string kind = f[0] >= 0 && f[0] < static_cast<int64_t>(std::size(kOps))
+                           ? kOps[f[0]]
+                           : std::string("an unknown operation");
+    kind += " of " + std::to_string(f[1]) + " bytes";
+    if (f[2] >= 0 && f[2] <= static_cast<int64_t>(DType::kFloat16))
+      kind += " of " + std::string(core::dtype_name(static_cast<DType>(f[2])));
+    auto it = std::find_if(kinds.begin(), kinds.end(), [&](auto& k) { return k.first == kind; });
+    if (it == kinds.end()) it = kinds.insert(kinds.end(), {kind, {}});
+    it->second.push_back(r);
+  }
+  std::string text;
+  for (const auto& [kind, ranks] : kinds) {
+    std::string list;
+    for (int r : ranks) list += (list.empty() ? "" : ",") + std::to_string(r);
+    text += (text.empty() ? "" : "; ") + kind + " on rank" + (ranks.size() > 1 ? "s " : " ") + list;
+  }
+  COHORT_THROW(DistributedError, "ranks disagree on collective #", op.seq,
+               " of this mpi group: ", text,
+               "; every rank must issue the same collectives in the same order with the same "
+               "sizes (one skipped a collective, or the ranks differ in model or batch)");
+}
+
+void MpiProcessGroup::poll(Op& op) {
   // MPI progresses only inside MPI calls: test back to back at first, then, for a peer that is
   // late, less often so that a waiting rank does not take a core from one that is working.
   const auto began = Clock::now();
@@ -352,7 +426,7 @@ void MpiProcessGroup::run(Op& op, const Start& start, const std::function<void()
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
-  if (done) done();
+  op.request = MPI_REQUEST_NULL;
 }
 
 void MpiProcessGroup::timed_out(const Op& op) {

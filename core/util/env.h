@@ -31,6 +31,9 @@ inline constexpr const char* kFlightRecorderDir = "COHORT_FLIGHT_RECORDER_DIR";
 // Set by `cohort launch`: a file where each node's first worker writes the directory its ranks
 // dump into, so that the launcher can diagnose a job that timed out.
 inline constexpr const char* kFlightRecorderNote = "COHORT_FLIGHT_RECORDER_NOTE";
+// The mpi backend checks that every rank issues the same collective with the same size before
+// each one (default on; 0 leaves the check out).
+inline constexpr const char* kMpiCheckCollectives = "COHORT_MPI_CHECK_COLLECTIVES";
 // Set by `cohort launch` for its workers: how it placed them ("cores", "numa"; "none" when it
 // left them unbound, by request or because the ranks outnumber the cores).
 inline constexpr const char* kCpuBind = "COHORT_CPU_BIND";
@@ -39,6 +42,8 @@ inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
 // RANK:STEP kills that rank while it writes the checkpoint of STEP (first attempt only).
 inline constexpr const char* kKillInCheckpoint = "COHORT_KILL_IN_CHECKPOINT";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";
+// RANK:STEP: that rank skips the stop vote after STEP (a collective one rank never issues).
+inline constexpr const char* kTestSkipCollective = "COHORT_TEST_SKIP_COLLECTIVE";
 
 // The variable's value; null when unset or empty.
 const char* get(const char* name);

@@ -6,6 +6,7 @@
 #   recorded operation measured alone.
 # - a rank slowed past distributed.timeout_s: seconds from the timeout firing (rank 0's error
 #   line) to the launcher's diagnosis line (goal: <= 5 s).
+# - the mpi backend's check that every rank issues the same collective and size, on vs off.
 #   scripts/bench/diagnose.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,6 +30,24 @@ for r in $(seq "$rounds"); do
 done
 med=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
 echo "median on/off: ${med}x (goal: >= 0.99x)"
+
+# The mpi backend's agreement check (every rank's operation and size, compared before each
+# collective) on vs off, on 2-rank DDP under mpirun.
+if [ -x "$build/lib/libcohort_mpi.so" ] || ls "$build"/lib/libcohort_mpi.so* >/dev/null 2>&1; then
+  echo "== 2-rank DDP under mpirun (mpi backend), MLP, batch 64, 400 steps: collective check on / off (samples/s) =="
+  mpi() { env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 COHORT_MPI_CHECK_COLLECTIVES="$1" \
+    mpirun --oversubscribe -np 2 -x COHORT_MPI_CHECK_COLLECTIVES "$cohort" "${mlp[@]}" train.steps=400 \
+    distributed.backend=mpi eval.max_batches=1 logging.dir="$tmp/mpi$RANDOM" 2>&1 | field samples_per_s; }
+  mratios=()
+  for r in $(seq "$rounds"); do
+    on=$(mpi 1)
+    off=$(mpi 0)
+    mratios+=("$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.3f", a / b }')")
+    printf 'round %d: check on %s, off %s, on/off %s\n' "$r" "$on" "$off" "${mratios[-1]}"
+  done
+  mmed=$(printf '%s\n' "${mratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  echo "median check on/off: ${mmed}x"
+fi
 
 # One operation's bookkeeping alone: queued, started and ended, a million times.
 cat >"$tmp/one.cc" <<'CC'

@@ -81,6 +81,84 @@ TEST_F(Diagnose, ARankSlowedPastTheTimeoutIsNamedOnTheMpiBackend) {
   EXPECT_TRUE(std::regex_search(d, std::regex("rank 0 waited [0-9.]+ s in it"))) << d;
 }
 
+// Rank 1 skips the stop vote after step 3, so its next collective is a DDP bucket where rank 0's is
+// the vote. The cpu backend's messages carry each operation's size; the mpi backend compares every
+// rank's operation and size before each collective (MPI itself would corrupt memory). Both end
+// at once with the two operations named, by the rank and by `cohort diagnose`.
+TEST_F(Diagnose, ARankThatSkipsACollectiveIsNamedOnBothBackends) {
+  const std::regex paragraph(
+      "ranks disagree on collective #[0-9]+ of group 0: allreduce [0-9.]+ KB of float32 \\(ddp "
+      "bucket 0\\) on rank 1, allreduce 4 bytes of int32 \\(stop vote\\) on rank 0");
+  auto r = run_command("env COHORT_TEST_SKIP_COLLECTIVE=1:3 " + std::string(COHORT_BINARY) +
+                       " launch --nproc-per-node 2 -- " + train("cpu"));
+  ASSERT_EQ(r.code, 4) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("cohort launch: diagnosis: ranks disagree")))
+      << r.output;
+  EXPECT_TRUE(std::regex_search(diagnose("cpu"), paragraph)) << diagnose("cpu");
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  r = run_command("env COHORT_TEST_SKIP_COLLECTIVE=1:3 " +
+                  cohort::test::mpirun_command(2, "-x COHORT_TEST_SKIP_COLLECTIVE " + train("mpi") +
+                                                      " distributed.backend=mpi"));
+  ASSERT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("ranks disagree on collective #[0-9]+ of this mpi group: allreduce of "
+                           "4 bytes of int32 on rank 0; allreduce of [0-9]+ bytes of float32 on "
+                           "rank 1; every rank must issue the same collectives")))
+      << r.output;
+  // mpirun may stop rank 1 before it dumps; with both dumps the paragraph names both operations.
+  if (fs::exists(dir_ / "mpi" / "flight_recorder" / "rank_1.json")) {
+    EXPECT_TRUE(std::regex_search(diagnose("mpi"), paragraph)) << diagnose("mpi");
+  }
+}
+
+// Ranks built with different models (dim 32 on rank 0, 48 on rank 1) disagree on the size of the
+// first broadcast (the initial parameters).
+TEST_F(Diagnose, MismatchedSizesAreNamedOnBothBackends) {
+  const auto mixed = [&](const std::string& run) {
+    return "sh -c 'if [ \"${RANK:-$OMPI_COMM_WORLD_RANK}\" = 1 ]; then d=48; else d=32; fi; exec " +
+           train(run) + " model.dim=$d" + (run == "mpi" ? " distributed.backend=mpi" : "") + "'";
+  };
+  auto r =
+      run_command(std::string(COHORT_BINARY) + " launch --nproc-per-node 2 -- " + mixed("cpu"));
+  ASSERT_EQ(r.code, 4) << r.output;
+  const std::regex paragraph(
+      "ranks disagree on collective #0 of group 0: broadcast [0-9.]+ KB of float32 on rank 0, "
+      "broadcast [0-9.]+ KB of float32 on rank 1");
+  EXPECT_TRUE(std::regex_search(r.output, paragraph)) << r.output;
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  r = run_command(cohort::test::mpirun_command(2, mixed("mpi")));
+  ASSERT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("ranks disagree on collective #0 of this mpi group: broadcast of [0-9]+ "
+                           "bytes of float32 on rank 0; broadcast of [0-9]+ bytes of float32 on "
+                           "rank 1")))
+      << r.output;
+}
+
+// Rank 1 is SIGSTOPped after 3 s of training (from its own shell, so no pid needs finding): rank 0
+// times out, the stopped rank can write no dump, and the diagnosis says it is the one the others
+// waited for.
+TEST_F(Diagnose, AStoppedRankIsNamedOnBothBackends) {
+  const auto stopped = [&](const std::string& run) {
+    return "sh -c 'if [ \"${RANK:-$OMPI_COMM_WORLD_RANK}\" = 1 ]; then (sleep 3; kill -STOP $$) & "
+           "fi; exec " +
+           train(run) + " train.steps=1000000" + (run == "mpi" ? " distributed.backend=mpi" : "") +
+           "'";
+  };
+  const std::regex paragraph(
+      "rank 1 wrote no dump \\(stopped, hung where it could not write one, or killed\\) while "
+      "every rank that did waited in [a-z_]+ #[0-9]+ of group 0 \\([^)]*\\); rank 0 waited "
+      "[0-9.]+ s in it");
+  auto r = run_command(std::string(COHORT_BINARY) +
+                       " launch --nproc-per-node 2 --grace-period 1 -- " + stopped("cpu"));
+  ASSERT_EQ(r.code, 4) << r.output;
+  EXPECT_TRUE(std::regex_search(r.output, paragraph)) << r.output;
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  r = run_command(cohort::test::mpirun_command(2, stopped("mpi")));
+  ASSERT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(diagnose("mpi"), paragraph)) << diagnose("mpi");
+}
+
 TEST_F(Diagnose, SigusrTwoAsksARunningRankWhereItIs) {
   const fs::path dump = dir_ / "run" / "flight_recorder" / "rank_0.json";
   const std::string cmd = "exec env COHORT_TEST_STEP_DELAY_MS=0:200 " + train("run") +

@@ -52,6 +52,9 @@ TEST(Stragglers, RanksWithinTheFactorOffOrAloneAreNotReported) {
   StragglerDetector off(0, 10, 2);
   EXPECT_FALSE(off.enabled());
   EXPECT_TRUE(off.add(10, lock_step({10, 40})).empty());
+  // 2.5x, but 1.5 ms: the jitter of tiny steps, not a straggler.
+  StragglerDetector tiny(1.5, 10, 2);
+  EXPECT_TRUE(tiny.add(10, lock_step({1, 2.5})).empty());
   StragglerDetector alone(1.5, 10, 1);
   EXPECT_TRUE(alone.add(10, lock_step({40})).empty());
   // A malformed gather (not one entry per rank) reports nothing rather than guessing.
