@@ -230,7 +230,7 @@ class MpiProcessGroup final : public ProcessGroup {
   // write past the shorter buffer and corrupt the heap), so a rank that skipped a collective or
   // disagrees on a size is stopped here with a sentence naming them. One small allgather per
   // collective; COHORT_MPI_CHECK_COLLECTIVES=0 leaves it out.
-  void check_agreement(Op& op);
+  void check_agreement(Op& op, const Start& start);
   [[noreturn]] void timed_out(const Op& op);
 
   std::shared_ptr<Store> store_;
@@ -341,7 +341,7 @@ std::shared_ptr<Work> MpiProcessGroup::enqueue(const char* name, Millis timeout,
 }
 
 void MpiProcessGroup::run(Op& op, const Start& start, const std::function<void()>& done) {
-  if (op.collective && check_collectives_ && size() > 1) check_agreement(op);
+  if (op.collective && check_collectives_ && size() > 1) check_agreement(op, start);
   {
     std::lock_guard<std::mutex> lock(mpi_lock());
     start(op, &op.request);
@@ -350,7 +350,7 @@ void MpiProcessGroup::run(Op& op, const Start& start, const std::function<void()
   if (done) done();
 }
 
-void MpiProcessGroup::check_agreement(Op& op) {
+void MpiProcessGroup::check_agreement(Op& op, const Start& start) {
   static const char* const kOps[] = {"allreduce",      "broadcast", "reduce", "allgather",
                                      "reduce_scatter", "alltoall",  "barrier"};
   int64_t code = -1;
@@ -368,7 +368,23 @@ void MpiProcessGroup::check_agreement(Op& op) {
                              MPI_INT64_T, comm_, &op.request),
               "MPI_Iallgather (the collective check)");
   }
-  poll(op);
+  try {
+    poll(op);
+  } catch (...) {
+    // Given up (a timeout, or another rank's failure) before every rank arrived: post the
+    // collective too and abandon both, so that a rank arriving late, whose check then completes
+    // against ours and agrees, completes its collective against ours as it would without the
+    // check. One that disagrees never posts its collective, so ours stays pending, harmlessly.
+    Op late = op;
+    late.keep.resize(kept);
+    {
+      std::lock_guard<std::mutex> lock(mpi_lock());
+      start(late, &late.request);
+      if (late.request != MPI_REQUEST_NULL)
+        abandoned().push_back({late.request, std::move(late.keep)});
+    }
+    throw;
+  }
   op.keep.resize(kept);
   const int64_t* v = all.data_ptr<int64_t>();
   bool agree = true;
