@@ -27,6 +27,7 @@
 #include "launcher/worker_env.h"
 #include "launcher/worker_process.h"
 #include "parameter_server/auth.h"
+#include "trainer/stop.h"
 
 namespace cohort::launcher {
 namespace {
@@ -124,7 +125,11 @@ struct RoundResult {
   int signal = 0;                         // the launcher was told to stop
   const WorkerProcess* failed = nullptr;  // the first worker that failed on this node
   std::string remote;                     // or what failed elsewhere
+  bool membership = false;                // the workers stopped to let nodes join
 };
+
+// What an agent posts as the round's end when its workers stopped to let waiting nodes join.
+constexpr const char* kMembershipNote = "membership: nodes are joining";
 
 // Each local rank's CPUs. A node whose NVIDIA GPUs number at least its ranks runs a rank per GPU
 // (device: auto does), so rank r is placed near GPU r unless CUDA_VISIBLE_DEVICES renumbers them.
@@ -139,15 +144,15 @@ void plan_cpu_binding(LaunchOptions& o) {
 class Round {
  public:
   Round(const LaunchOptions& o, Rendezvous& rz, int restart, const std::string& ps_secret)
-      : o_(o), rz_(rz), attempt_(restart) {
+      : o_(o), rz_(rz) {
     const int n = o.nproc_per_node;
     const std::vector<int> redirects = parse_stream_spec("--redirects", o.redirects, n);
     const std::vector<int> tees = parse_stream_spec("--tee", o.tee, n);
     const std::string run_id = o.run_id.empty() ? default_run_id() : o.run_id;
     const std::vector<std::string> command = worker_command(o);
     const bool python = command[0] == "python3";
-    const std::string master_port = rz.master_port(restart);
-    const std::string node = std::to_string(o.node_rank), port = std::to_string(rz.port());
+    const std::string master_port = rz.master_port();
+    const std::string node = std::to_string(rz.node_rank()), port = std::to_string(rz.port());
     // Ranks were placed near GPUs in PCI bus order; CUDA numbers them so only when told.
     const bool gpu_order = o.gpu_placed && !std::getenv("CUDA_DEVICE_ORDER");
     for (int r = 0; r < n; ++r) {
@@ -184,7 +189,7 @@ class Round {
                   {"WORLD_SIZE", world},
                   {"LOCAL_WORLD_SIZE", local_world},
                   {"GROUP_RANK", node},
-                  {"GROUP_WORLD_SIZE", std::to_string(o.nnodes)},
+                  {"GROUP_WORLD_SIZE", std::to_string(rz.nnodes())},
                   {"ROLE_NAME", "default"},
                   {"ROLE_RANK", rank},
                   {"ROLE_WORLD_SIZE", world},
@@ -209,9 +214,13 @@ class Round {
             !spec.cpus.empty()
                 ? static_cast<unsigned>(spec.cpus.size())
                 : std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(n)));
+      // An elastic job: the world size data.batch_size is meant for (the first round's), so that
+      // the trainer keeps the global batch at another world size.
+      if (rz.elastic())
+        spec.env["COHORT_BATCH_WORLD"] = std::to_string(rz.membership().batch_world);
       if (o.ps_servers > 0) {
         spec.env["COHORT_ROLE"] = "worker";
-        spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * o.nnodes);
+        spec.env["COHORT_PS_SERVERS"] = std::to_string(o.ps_servers * rz.nnodes());
         spec.env["COHORT_PS_SECRET"] = ps_secret;
       }
       workers_.push_back(std::make_unique<WorkerProcess>(std::move(spec)));
@@ -220,7 +229,7 @@ class Round {
     for (int i = 0; i < o.ps_servers; ++i) {
       WorkerSpec spec;
       spec.server = true;
-      spec.rank = o.node_rank * o.ps_servers + i;
+      spec.rank = rz.node_rank() * o.ps_servers + i;
       spec.argv = command;
       spec.prefix = "[" + node + "/ps" + std::to_string(spec.rank) + "] ";
       // Servers' streams go where local rank 0's go.
@@ -232,7 +241,7 @@ class Round {
                 .string();
       spec.env = {{"COHORT_ROLE", "server"},
                   {"COHORT_PS_SERVER_RANK", std::to_string(spec.rank)},
-                  {"COHORT_PS_SERVERS", std::to_string(o.ps_servers * o.nnodes)},
+                  {"COHORT_PS_SERVERS", std::to_string(o.ps_servers * rz.nnodes())},
                   {"COHORT_PS_SECRET", ps_secret},
                   {"COHORT_PS_BIND", rz.local_address()},
                   {"COHORT_WORLD_SIZE", std::to_string(rz.world_size())},
@@ -274,35 +283,40 @@ class Round {
         }
       }
       if (result.failed) {
-        rz_.post_failure(attempt_, describe_failure(*result.failed));
+        // Workers that stopped to let nodes join: every node meets again, nothing failed.
+        if (result.failed->exit_code() == trainer::kExitMembership && rz_.elastic())
+          result.membership = true;
+        rz_.post_failure(result.membership ? std::string(kMembershipNote)
+                                           : describe_failure(*result.failed));
         ask_for_flight_dumps(*result.failed);
         stop(SIGTERM);
         return result;
       }
       if (all_done && !finished_here) {
         finish_output(std::chrono::seconds(2));
-        rz_.post_done(attempt_);
+        rz_.post_done();
         finished_here = true;
-        if (rz_.all_done(attempt_)) return finish(result);
+        if (rz_.all_done()) return finish(result);
       }
       if (Clock::now() >= next_check) {
         next_check = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(
                                         1, static_cast<int64_t>(o_.monitor_interval_s * 1000)));
         // Another node's failure stops this node's workers too; a finished node waits for the
         // others (node 0 hosts the store they need).
-        result.remote = rz_.check(attempt_);
+        result.remote = rz_.check();
         if (!result.remote.empty()) {
+          result.membership = result.remote == kMembershipNote;
           stop(SIGTERM);
           return result;
         }
-        if (finished_here && rz_.all_done(attempt_)) return finish(result);
+        if (finished_here && rz_.all_done()) return finish(result);
       }
     }
   }
 
   // One line for the summary, with the worker's last lines, as the other nodes will print it.
   std::string describe_failure(const WorkerProcess& w) const {
-    std::string text = who(w.spec()) + " (node " + std::to_string(o_.node_rank) + ", pid " +
+    std::string text = who(w.spec()) + " (node " + std::to_string(rz_.node_rank()) + ", pid " +
                        std::to_string(w.pid()) + ") " + w.describe_status();
     if (!w.last_lines().empty()) {
       text += "; its last lines:";
@@ -352,7 +366,7 @@ class Round {
     std::fprintf(stderr,
                  "cohort launch: parameter server %d (node %d, pid %d) %s; restarting it "
                  "(restart %d of %d)\n",
-                 w.spec().rank, o_.node_rank, static_cast<int>(w.pid()),
+                 w.spec().rank, rz_.node_rank(), static_cast<int>(w.pid()),
                  w.describe_status().c_str(), server_restarts_[i], o_.max_restarts);
     std::fflush(stderr);
     WorkerSpec spec = w.spec();
@@ -445,7 +459,6 @@ class Round {
 
   const LaunchOptions& o_;
   Rendezvous& rz_;
-  int attempt_;
   std::vector<std::unique_ptr<WorkerProcess>> workers_;  // and parameter servers, after them
   std::vector<int> server_restarts_;
   std::vector<int> lost_ranks_;  // parameter-server workers that failed; the job went on
@@ -538,6 +551,14 @@ int launch(const LaunchOptions& options) {
     COHORT_THROW(ConfigError, "--node-rank ", o.node_rank, " is outside --nnodes ", o.nnodes);
   if (o.nnodes > 1 && o.rdzv_endpoint.empty())
     COHORT_THROW(ConfigError, "--nnodes ", o.nnodes, " needs --rdzv-endpoint HOST:PORT (node 0's)");
+  if (o.min_nnodes > 0 && o.ps_servers > 0)
+    COHORT_THROW(ConfigError,
+                 "--nnodes MIN:MAX with --ps-servers: an elastic job's parameter servers would "
+                 "come and go with their nodes; give a fixed --nnodes for parameter-server "
+                 "training");
+  if (o.rdzv_last_call_s < 0 || o.heartbeat_timeout_s <= 0)
+    COHORT_THROW(ConfigError,
+                 "--rdzv-last-call must not be negative and --heartbeat-timeout must be positive");
   if (o.nproc_per_node < 1)
     COHORT_THROW(ConfigError, "--nproc-per-node must be at least 1, got ", o.nproc_per_node);
   if (o.max_restarts < 0)
@@ -592,24 +613,66 @@ int launch(const LaunchOptions& options) {
   } note_cleanup{o.flight_note.empty() ? "" : note_dir};
   Rendezvous rz(o);
   const std::string ps_secret = o.ps_servers > 0 ? rz.ps_secret() : "";
-  SignalScope signals;
-  for (int restart = 0;; ++restart) {
+  // The job is over for this agent: the others (node 0 waits for them) and any node still
+  // waiting to join an elastic job are told.
+  auto leave = [&](int code) {
+    rz.leave();
+    if (rz.node_rank() == 0) rz.post_finished();
+    return code;
+  };
+  int restarts = 0;  // failures restarted so far; a change of membership is not one
+  for (int round = 0;; ++round) {
+    // Meeting the other nodes comes before the signal handlers: a Ctrl-C while waiting for them
+    // ends the launcher at once (no worker runs then).
+    if (!rz.join(round)) {
+      std::fprintf(stderr,
+                   "cohort launch: node %d arrived while the job runs; it joins when the "
+                   "workers next make room (at their next checkpoint)\n",
+                   o.node_rank);
+      std::fflush(stderr);
+      if (!rz.await_round(round + 1)) {
+        std::fprintf(stderr, "cohort launch: the job finished before this node could join\n");
+        return 0;
+      }
+      continue;
+    }
+    if (rz.elastic())
+      std::fprintf(stderr, "cohort launch: round %d: node %d of %d, ranks %d-%d of %d\n", round,
+                   rz.node_rank(), rz.nnodes(), rz.rank_offset(),
+                   rz.rank_offset() + o.nproc_per_node - 1, rz.world_size());
     RoundResult r;
     {
+      SignalScope signals;
       // Declared before the round, so it runs after the round's workers are gone: a worker
       // killed between creating a shared-memory segment and unlinking it leaves it to us.
       struct OrphanSweep {
         ~OrphanSweep() { collectives::remove_orphaned_segments(); }
       } sweep;
-      Round round(o, rz, restart, ps_secret);
-      r = round.supervise();
-      const bool restarting = (r.failed || !r.remote.empty()) && restart < o.max_restarts;
-      const std::string next = restarting ? "; restarting all " + std::to_string(rz.world_size()) +
-                                                " workers (restart " + std::to_string(restart + 1) +
-                                                " of " + std::to_string(o.max_restarts) + ")"
-                                          : (restart > 0 ? "; no restarts left" : "");
+      Round workers(o, rz, round, ps_secret);
+      r = workers.supervise();
+      if (r.signal) {
+        std::fprintf(stderr, "cohort launch: stopped by %s; workers stopped\n",
+                     r.signal == SIGINT ? "SIGINT" : "SIGTERM");
+        return leave(128 + r.signal);
+      }
+      if (r.membership) {
+        std::fprintf(stderr,
+                     "cohort launch: node %d: the workers made room for joining nodes; the nodes "
+                     "meet again\n",
+                     rz.node_rank());
+        continue;
+      }
+      if (!r.failed && r.remote.empty()) return leave(0);
+      const bool restarting = restarts < o.max_restarts;
+      const std::string next =
+          restarting
+              ? (rz.elastic() ? "; the nodes meet again and restart (restart "
+                              : "; restarting all " + std::to_string(rz.world_size()) +
+                                    " workers (restart ") +
+                    std::to_string(restarts + 1) + " of " + std::to_string(o.max_restarts) + ")"
+              : (restarts > 0 ? "; no restarts left" : "");
       if (r.failed) {
-        print_failure(*r.failed, o.node_rank, next.c_str());
+        print_failure(*r.failed, rz.node_rank(), next.c_str());
         // A collective that timed out or a peer that failed (exit code 4): say where every rank
         // was, from their flight-recorder dumps.
         if (r.failed->exit_code() == 4 && !o.flight_note.empty()) {
@@ -618,27 +681,14 @@ int launch(const LaunchOptions& options) {
           if (!d.empty()) std::fprintf(stderr, "cohort launch: diagnosis: %s\n", d.c_str());
           std::remove(o.flight_note.c_str());
         }
-        if (!restarting) {
-          rz.leave(restart);
-          return r.failed->exit_code();
-        }
-      } else if (!r.remote.empty()) {
-        std::fprintf(stderr, "cohort launch: node %d stopped its workers: %s%s\n", o.node_rank,
+        if (!restarting) return leave(r.failed->exit_code());
+      } else {
+        std::fprintf(stderr, "cohort launch: node %d stopped its workers: %s%s\n", rz.node_rank(),
                      r.remote.c_str(), next.c_str());
-        if (!restarting) {
-          rz.leave(restart);
-          return 1;
-        }
+        if (!restarting) return leave(1);
       }
-      if (restarting) continue;
-      rz.leave(restart);
+      ++restarts;
     }
-    if (r.signal) {
-      std::fprintf(stderr, "cohort launch: stopped by %s; workers stopped\n",
-                   r.signal == SIGINT ? "SIGINT" : "SIGTERM");
-      return 128 + r.signal;
-    }
-    return 0;
   }
 }
 

@@ -20,6 +20,13 @@ struct LaunchOptions {
   // Several nodes: one agent per node, each given the same --nnodes and --rdzv-endpoint and its
   // own --node-rank; node 0's agent hosts the store on the endpoint's port.
   int nnodes = 1;
+  // Elastic (--nnodes MIN:MAX): the fewest nodes the job runs on (0: nnodes, a fixed size). Node
+  // ranks then follow arrival order (node 0 hosts the store); a node lost ends the round and the
+  // others meet again and go on from the newest checkpoint; a node that arrives later is admitted
+  // when the workers next make room (cohort's trainer: at its next checkpoint).
+  int min_nnodes = 0;
+  double rdzv_last_call_s = 3;      // elastic: once MIN nodes are in, how long more may still join
+  double heartbeat_timeout_s = 30;  // an agent silent this long is taken for lost
   int node_rank = 0;
   std::string rdzv_endpoint;    // host:port; empty: one node, a port the OS picks
   double rdzv_timeout_s = 300;  // waiting for the other agents, and for their heartbeats

@@ -39,6 +39,28 @@ namespace {
 
 constexpr int kExitUsage = 2;
 
+// --nnodes N or MIN:MAX (torchrun's spelling).
+void parse_nnodes(const std::string& text, cohort::launcher::LaunchOptions& lo) {
+  const auto number = [&](const std::string& v) {
+    if (v.empty() || v.size() > 7 || v.find_first_not_of("0123456789") != std::string::npos)
+      COHORT_THROW(cohort::ConfigError, "--nnodes '", text,
+                   "' is not a node count (4) or a range MIN:MAX (2:4)");
+    return std::stoi(v);
+  };
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos) {
+    lo.nnodes = number(text);
+    lo.min_nnodes = 0;
+    return;
+  }
+  lo.min_nnodes = number(text.substr(0, colon));
+  lo.nnodes = number(text.substr(colon + 1));
+  if (lo.min_nnodes < 1 || lo.min_nnodes > lo.nnodes)
+    COHORT_THROW(cohort::ConfigError, "--nnodes ", text,
+                 ": MIN must be at least 1 and no larger than MAX");
+  if (lo.min_nnodes == lo.nnodes) lo.min_nnodes = 0;
+}
+
 }  // namespace
 
 namespace {
@@ -110,7 +132,19 @@ int main(int argc, char** argv) {
   cohort::launcher::LaunchOptions lo;
   launch->add_option("--nproc-per-node,--nproc_per_node", lo.nproc_per_node, "workers on this node")
       ->capture_default_str();
-  launch->add_option("--nnodes", lo.nnodes, "nodes in the job (one agent each)")
+  std::string nnodes = "1";
+  launch
+      ->add_option("--nnodes", nnodes,
+                   "nodes in the job (one agent each), or MIN:MAX for an elastic job that goes on "
+                   "without a lost node and admits nodes that arrive later")
+      ->capture_default_str();
+  launch
+      ->add_option("--rdzv-last-call", lo.rdzv_last_call_s,
+                   "elastic: seconds more nodes may still join once MIN are in")
+      ->capture_default_str();
+  launch
+      ->add_option("--heartbeat-timeout", lo.heartbeat_timeout_s,
+                   "seconds without an agent's heartbeat before it is taken for lost")
       ->capture_default_str();
   launch->add_option("--node-rank,--node_rank", lo.node_rank, "this node's index, 0 to nnodes-1")
       ->capture_default_str();
@@ -322,6 +356,7 @@ int main(int argc, char** argv) {
       return cohort::launcher::serve_parameter_server(
           cohort::trainer::load_config(config, overrides), pso);
     if (*launch) {
+      parse_nnodes(nnodes, lo);
       lo.program = launch->remaining();
       lo.program.insert(lo.program.end(), after_dashes.begin(), after_dashes.end());
       if (!rdzv_backend.empty() && rdzv_backend != "c10d" && rdzv_backend != "static")

@@ -36,6 +36,12 @@ Rendezvous::Rendezvous(const LaunchOptions& o) : o_(o), token_(job_token(o)) {
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
   collectives::TcpStoreServerOptions so;
   so.token = token_;
+  // Every agent, worker and parameter server of the largest job holds a connection, and the
+  // agents connect at once.
+  const int per_node = o.nproc_per_node + o.ps_servers + 4;
+  so.limits.max_connections = std::max(so.limits.max_connections, o.nnodes * per_node + 64);
+  so.limits.max_handshakes = std::max(so.limits.max_handshakes, o.nnodes + 16);
+  so.limits.accept_burst = std::max(so.limits.accept_burst, o.nnodes + 16);
   if (o.nnodes == 1 && o.rdzv_endpoint.empty()) {
     // Nothing outside this node has any business with a one-node job's store.
     host_ = so.bind = "127.0.0.1";
@@ -71,38 +77,74 @@ Rendezvous::Rendezvous(const LaunchOptions& o) : o_(o), token_(job_token(o)) {
     co.token = token_;
     co.role = collectives::StoreRole::kAgent;
     co.timeout = timeout;
-    store_ = std::make_shared<collectives::PrefixStore>(
-        "launch", std::make_shared<collectives::TcpStore>(std::move(co)));
-    store_->set("node/" + std::to_string(o.node_rank), std::to_string(o.nproc_per_node));
-    std::vector<std::string> keys;
-    for (int n = 0; n < o.nnodes; ++n) keys.push_back("node/" + std::to_string(n));
-    store_->wait(keys, timeout);
-    world_ = 0;
-    for (int n = 0; n < o.nnodes; ++n) {
-      const int count = std::stoi(store_->get(keys[n]));
-      if (n < o.node_rank) offset_ += count;
-      world_ += count;
-    }
+    raw_ = std::make_shared<collectives::TcpStore>(std::move(co));
   } catch (const TimeoutError& e) {
-    COHORT_THROW(ConfigError, "node ", o.node_rank, " could not meet the other ", o.nnodes - 1,
-                 " node(s) at the rendezvous ", host_, ":", port_, " within ", o.rdzv_timeout_s,
-                 " s: ", e.what());
+    COHORT_THROW(ConfigError, "node ", o.node_rank, " could not reach the rendezvous ", host_, ":",
+                 port_, " within ", o.rdzv_timeout_s, " s: ", e.what());
   } catch (const DistributedError& e) {
     COHORT_THROW(ConfigError, "node ", o.node_rank, " cannot use the rendezvous ", host_, ":",
                  port_, ": ", e.what());
   }
-  last_beat_.assign(static_cast<size_t>(o.nnodes), {-1, Clock::now()});
+  RendezvousSettings rs;
+  rs.max_nodes = o.nnodes;
+  rs.min_nodes = o.min_nnodes > 0 ? o.min_nnodes : o.nnodes;
+  rs.elastic = rs.min_nodes < rs.max_nodes;
+  rs.node_rank = o.node_rank;
+  rs.nproc = o.nproc_per_node;
+  rs.host = o.node_rank == 0;
+  rs.timeout_s = o.rdzv_timeout_s;
+  rs.last_call_s = o.rdzv_last_call_s;
+  rs.heartbeat_timeout_s = std::min(o.heartbeat_timeout_s, o.rdzv_timeout_s);
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  rs.label = name;
+  agent_ = std::make_unique<AgentRendezvous>(
+      std::make_shared<collectives::PrefixStore>("launch", raw_), rs);
 }
 
-std::string Rendezvous::master_port(int attempt) {
+bool Rendezvous::join(int round) {
+  join_asked_ = false;
+  next_join_check_ = Clock::now() + std::chrono::seconds(1);
+  try {
+    return agent_->join(round).has_value();
+  } catch (const DistributedError& e) {
+    COHORT_THROW(ConfigError, "node ", o_.node_rank, " cannot use the rendezvous ", host_, ":",
+                 port_, ": ", e.what());
+  }
+}
+
+std::string Rendezvous::master_port() {
   if (o_.node_rank == 0) {
     const std::string port = std::to_string(o_.master_port ? o_.master_port : free_port());
-    if (o_.nnodes > 1) store_->set(key(attempt, "master_port"), port);
+    if (nnodes() > 1 || elastic()) agent_->publish("master_port", port);
     return port;
   }
-  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000));
-  store_->wait({key(attempt, "master_port")}, timeout);
-  return store_->get(key(attempt, "master_port"));
+  return agent_->read("master_port");
+}
+
+std::string Rendezvous::check() {
+  std::string what = agent_->check();
+  if (!what.empty() || !elastic() || o_.node_rank != 0 || join_asked_ || nnodes() >= o_.nnodes ||
+      Clock::now() < next_join_check_)
+    return what;
+  next_join_check_ = Clock::now() + std::chrono::seconds(1);
+  try {
+    if (const int waiting = agent_->pending_joiners(); waiting > 0) {
+      // Where the workers look (their store prefix is the round's): cohort's trainer stops at
+      // its next checkpoint with exit code kExitMembership, and every agent meets again.
+      raw_->set("attempt" + std::to_string(membership().round) + "/membership/join",
+                std::to_string(waiting));
+      join_asked_ = true;
+      std::fprintf(stderr,
+                   "cohort launch: %d node(s) waiting to join; the workers make room at their "
+                   "next checkpoint\n",
+                   waiting);
+      std::fflush(stderr);
+    }
+  } catch (const std::exception&) {
+    // The store is gone: agent_->check() says so at its next look.
+  }
+  return what;
 }
 
 std::string Rendezvous::ps_secret() const {
@@ -131,68 +173,6 @@ std::string Rendezvous::local_address() const {
   if (fd >= 0) ::close(fd);
   ::freeaddrinfo(res);
   return out;
-}
-
-void Rendezvous::post_failure(int attempt, const std::string& text) {
-  try {
-    store_->compare_set(key(attempt, "failed"), "", text);
-  } catch (const std::exception&) {
-    // The store host is gone; the other agents notice that themselves.
-  }
-}
-
-bool Rendezvous::all_done(int attempt) {
-  std::vector<std::string> keys;
-  for (int n = 0; n < o_.nnodes; ++n) keys.push_back(key(attempt, "done/" + std::to_string(n)));
-  return store_->check(keys);
-}
-
-void Rendezvous::leave(int attempt) {
-  if (o_.nnodes == 1) return;
-  try {
-    store_->set(key(attempt, "left/" + node()), "1");
-    if (o_.node_rank != 0) return;
-    std::vector<std::string> keys;
-    for (int n = 0; n < o_.nnodes; ++n) keys.push_back(key(attempt, "left/" + std::to_string(n)));
-    store_->wait(keys, std::chrono::milliseconds(
-                           static_cast<int64_t>(std::min(o_.rdzv_timeout_s, 30.0) * 1000)));
-  } catch (const std::exception&) {
-    // An agent that is gone cannot say so; its absence is already reported.
-  }
-}
-
-std::string Rendezvous::check(int attempt) {
-  if (o_.nnodes == 1) return "";
-  try {
-    if (store_->check({key(attempt, "failed")})) return store_->get(key(attempt, "failed"));
-    // Heartbeats matter on the scale of --rdzv-timeout: once a second is plenty, and keeps the
-    // store's load from growing with nodes squared at every monitor interval.
-    const auto now = Clock::now();
-    if (now < next_beat_) return "";
-    next_beat_ = now + std::chrono::seconds(1);
-    store_->add("beat/" + node(), 1);
-    const auto limit = std::chrono::milliseconds(static_cast<int64_t>(o_.rdzv_timeout_s * 1000));
-    for (int n = 0; n < o_.nnodes; ++n) {
-      if (n == o_.node_rank) continue;
-      const int64_t beat = store_->add("beat/" + std::to_string(n), 0);
-      auto& [seen, since] = last_beat_[static_cast<size_t>(n)];
-      if (beat != seen) {
-        seen = beat;
-        since = now;
-      } else if (now - since > limit) {
-        return "the agent of node " + std::to_string(n) + " stopped responding (no heartbeat for " +
-               std::to_string(static_cast<int>(o_.rdzv_timeout_s)) + " s)";
-      }
-    }
-  } catch (const std::exception& e) {
-    return std::string("the rendezvous store is gone (node 0's agent has probably exited): ") +
-           e.what();
-  }
-  return "";
-}
-
-std::string Rendezvous::key(int attempt, const std::string& what) {
-  return "attempt" + std::to_string(attempt) + "/" + what;
 }
 
 collectives::JobToken Rendezvous::job_token(const LaunchOptions& o) {

@@ -31,6 +31,11 @@ class StopSignals {
 // local signal) and reads the previous step's, which has finished meanwhile: no rank waits for it.
 // Not a signal: train.max_time asks to stop (larger than any signal number).
 inline constexpr int kStopForTime = 1000;
+// Not a signal: node 0's agent asked the workers of an elastic job to make room for nodes that
+// wait to join (checked at each checkpoint). The run stops after the vote with a checkpoint and
+// exits with kExitMembership, and the agents meet again.
+inline constexpr int kStopForMembership = 1001;
+inline constexpr int kExitMembership = 75;
 
 class StopVote {
  public:
