@@ -23,6 +23,7 @@
 #include "collectives/store/tcp_store.h"
 #include "collectives/store/tcp_store_protocol.h"
 #include "core/util/error.h"
+#include "launcher/store_process.h"
 
 namespace cohort::launcher {
 namespace {
@@ -32,48 +33,6 @@ using collectives::JobToken;
 using collectives::StoreRole;
 using collectives::TcpStore;
 using collectives::TcpStoreOptions;
-
-struct ServerProcess {
-  pid_t pid = -1;
-  uint16_t port = 0;
-  int stop_fd = -1;  // closing it ends the server
-};
-
-// The server in a child process: it reports its port, then serves until its stdin pipe closes.
-ServerProcess start_server(const JobToken& token) {
-  int port_pipe[2], stop_pipe[2];
-  if (::pipe2(port_pipe, O_CLOEXEC) != 0 || ::pipe2(stop_pipe, O_CLOEXEC) != 0)
-    COHORT_THROW(Error, "bench store: cannot create pipes");
-  ServerProcess s;
-  s.pid = ::fork();
-  if (s.pid < 0) COHORT_THROW(Error, "bench store: fork failed");
-  if (s.pid == 0) {
-    ::close(port_pipe[0]);
-    ::close(stop_pipe[1]);
-    int rc = 0;
-    try {
-      collectives::TcpStoreServerOptions o;
-      o.token = token;
-      collectives::TcpStoreServer server(o);
-      const uint16_t port = server.port();
-      (void)!::write(port_pipe[1], &port, sizeof port);
-      char c;
-      while (::read(stop_pipe[0], &c, 1) > 0) {
-      }
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "bench store: the server failed: %s\n", e.what());
-      rc = 1;
-    }
-    ::_exit(rc);
-  }
-  ::close(port_pipe[1]);
-  ::close(stop_pipe[0]);
-  if (::read(port_pipe[0], &s.port, sizeof s.port) != sizeof s.port)
-    COHORT_THROW(Error, "bench store: the server process did not start");
-  ::close(port_pipe[0]);
-  s.stop_fd = stop_pipe[1];
-  return s;
-}
 
 long rss_kib(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");

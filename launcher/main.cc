@@ -22,6 +22,7 @@
 #include "launcher/bench_collectives.h"
 #include "launcher/bench_gemm.h"
 #include "launcher/bench_ps.h"
+#include "launcher/bench_rendezvous.h"
 #include "launcher/bench_store.h"
 #include "launcher/checkpoint_command.h"
 #include "launcher/env_command.h"
@@ -318,6 +319,14 @@ int main(int argc, char** argv) {
   bench_store->add_option("--attackers", bso.attackers, "attacking threads")->capture_default_str();
   bench_store->add_option("--seconds", bso.seconds, "length of each phase")->capture_default_str();
   bench_store->add_option("--connects", bso.connects, "connections timed")->capture_default_str();
+  auto* bench_rdzv = bench->add_subcommand(
+      "rendezvous",
+      "simulated agents (threads) through the launcher's rendezvous, heartbeats and a failure "
+      "broadcast on a real store");
+  cohort::launcher::BenchRendezvousOptions bro;
+  bench_rdzv->add_option("--agents", bro.agents, "simulated agents (nodes)")->capture_default_str();
+  bench_rdzv->add_option("--beat-seconds", bro.beat_seconds, "length of the heartbeat phase")
+      ->capture_default_str();
   // `cohort launch [options] -- PROGRAM ARGS...`: what follows "--" is the program's; CLI11 would
   // hand it to the parent command.
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -384,6 +393,7 @@ int main(int argc, char** argv) {
     if (*generate) return cohort::launcher::generate_command(gen_config, gen_args);
     if (*bench_ps) return cohort::launcher::bench_ps(bpo);
     if (*bench_store) return cohort::launcher::bench_store(bso);
+    if (*bench_rdzv) return cohort::launcher::bench_rendezvous(bro);
     if (*bench_gemm) return cohort::launcher::bench_gemm();
     if (*bench_coll) {
       bo.min_bytes = cohort::launcher::parse_bytes("-b", min_b);

@@ -32,16 +32,19 @@ bool resolves_to_loopback(const std::string& host) {
 
 }  // namespace
 
+collectives::TcpStoreLimits rendezvous_store_limits(int nnodes, int per_node) {
+  collectives::TcpStoreLimits l;
+  l.max_connections = std::max(l.max_connections, nnodes * per_node + 64);
+  l.max_handshakes = std::max(l.max_handshakes, nnodes + 16);
+  l.accept_burst = std::max(l.accept_burst, nnodes + 16);
+  return l;
+}
+
 Rendezvous::Rendezvous(const LaunchOptions& o) : o_(o), token_(job_token(o)) {
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o.rdzv_timeout_s * 1000));
   collectives::TcpStoreServerOptions so;
   so.token = token_;
-  // Every agent, worker and parameter server of the largest job holds a connection, and the
-  // agents connect at once.
-  const int per_node = o.nproc_per_node + o.ps_servers + 4;
-  so.limits.max_connections = std::max(so.limits.max_connections, o.nnodes * per_node + 64);
-  so.limits.max_handshakes = std::max(so.limits.max_handshakes, o.nnodes + 16);
-  so.limits.accept_burst = std::max(so.limits.accept_burst, o.nnodes + 16);
+  so.limits = rendezvous_store_limits(o.nnodes, o.nproc_per_node + o.ps_servers + 4);
   if (o.nnodes == 1 && o.rdzv_endpoint.empty()) {
     // Nothing outside this node has any business with a one-node job's store.
     host_ = so.bind = "127.0.0.1";

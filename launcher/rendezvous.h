@@ -18,6 +18,11 @@
 
 namespace cohort::launcher {
 
+// The store's limits for a job of `nnodes` nodes with `per_node` connections each (its workers,
+// parameter servers and agent): every one of them holds a connection, and the agents connect at
+// once.
+collectives::TcpStoreLimits rendezvous_store_limits(int nnodes, int per_node);
+
 class Rendezvous {
  public:
   using Clock = std::chrono::steady_clock;

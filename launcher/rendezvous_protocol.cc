@@ -81,9 +81,10 @@ void AgentRendezvous::host_round(int round) {
       if (enough == Clock::time_point{}) enough = now;
       if (now - enough >= std::chrono::duration<double>(s_.last_call_s)) break;
     } else if (now - start > timeout()) {
-      const std::string why = "only " + std::to_string(arrived) + " of the " +
-                              std::to_string(s_.min_nodes) + " nodes needed arrived within " +
-                              std::to_string(static_cast<int>(s_.timeout_s)) + " s";
+      std::ostringstream w;
+      w << "only " << arrived << " of the " << s_.min_nodes << " nodes needed arrived within "
+        << s_.timeout_s << " s";
+      const std::string why = w.str();
       store_->set(key(round, "closed"), "error: " + why);
       COHORT_THROW(ConfigError, "the rendezvous on node 0: ", why,
                    " (--rdzv-timeout; start an agent on every node with the same --nnodes and "

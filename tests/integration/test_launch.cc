@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -485,9 +486,9 @@ TEST_F(Launch, AnUnreachableRendezvousIsAClearError) {
       << r.err;
   // Node 0 up, node 1 never coming: node 0 says how many arrived.
   const std::string port = std::to_string(cohort::test::free_port());
-  r = run("--nnodes 2 --node-rank 0 --rdzv-endpoint 127.0.0.1:" + port +
-              " --rdzv-timeout 2 -- true",
-          "alone");
+  r = run(
+      "--nnodes 2 --node-rank 0 --rdzv-endpoint 127.0.0.1:" + port + " --rdzv-timeout 2 -- true",
+      "alone");
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find("the rendezvous on node 0: only 1 of the 2 nodes needed arrived within 2 s"),
             std::string::npos)
@@ -496,6 +497,36 @@ TEST_F(Launch, AnUnreachableRendezvousIsAClearError) {
   EXPECT_EQ(no_endpoint.code, 2);
   EXPECT_NE(no_endpoint.err.find("--nnodes 2 needs --rdzv-endpoint"), std::string::npos)
       << no_endpoint.err;
+}
+
+// `cohort bench rendezvous`: simulated agents through the real protocol and store. Each agent's
+// store traffic does not grow with the number of agents: the same operations per agent to meet
+// (the host's share of the closing spread over all), and at most the launcher's cadence while
+// supervising (a beat and a look at one neighbour a second, a look for failures four times).
+TEST_F(Launch, RendezvousTrafficPerAgentDoesNotGrowWithTheAgents) {
+  std::map<int, std::map<std::string, std::vector<double>>> phases;
+  for (int n : {8, 128}) {
+    const auto r =
+        cohort::test::run_command(std::string(COHORT_BINARY) + " bench rendezvous --agents " +
+                                  std::to_string(n) + " --beat-seconds 2");
+    ASSERT_EQ(r.code, 0) << r.output;
+    std::istringstream lines(r.output);
+    for (std::string line; std::getline(lines, line);) {
+      std::istringstream f(line);
+      std::string name;
+      double seconds, ops, per_agent, per_second;
+      if (f >> name >> seconds >> ops >> per_agent >> per_second)
+        phases[n][name] = {seconds, ops, per_agent};
+    }
+    for (const char* phase : {"connect", "rendezvous", "heartbeats", "failure", "leave"})
+      ASSERT_TRUE(phases[n].count(phase)) << phase << "\n" << r.output;
+    // Meeting: 8 operations per agent, and the host's 3 per agent once.
+    EXPECT_LE(phases[n]["rendezvous"][2], 8 + 3 + 1.0) << r.output;
+    // Supervising: at most 2 + 4 a second, whatever the number of agents.
+    EXPECT_LE(phases[n]["heartbeats"][2] / phases[n]["heartbeats"][0], 6.5) << r.output;
+    EXPECT_NE(r.output.find("failure broadcast: the last agent saw it"), std::string::npos);
+  }
+  EXPECT_LE(phases[128]["rendezvous"][2], phases[8]["rendezvous"][2] + 0.5);
 }
 
 // Three nodes (network namespaces), one agent each with two workers: global ranks, and the job's
