@@ -133,9 +133,10 @@ std::string Rendezvous::check() {
   next_join_check_ = Clock::now() + std::chrono::seconds(1);
   try {
     if (const int waiting = agent_->pending_joiners(); waiting > 0) {
-      // Where the workers look (their store prefix is the round's): cohort's trainer stops at
-      // its next checkpoint with exit code kExitMembership, and every agent meets again.
-      raw_->set("attempt" + std::to_string(membership().round) + "/membership/join",
+      // Where cohort's trainer looks: its store is the round's prefix (COHORT_STORE_PREFIX) and
+      // then "train" (trainer::join_job). It stops at its next checkpoint with exit code
+      // kExitMembership, and every agent meets again.
+      raw_->set("attempt" + std::to_string(membership().round) + "/train/membership/join",
                 std::to_string(waiting));
       join_asked_ = true;
       std::fprintf(stderr,

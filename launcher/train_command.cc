@@ -14,6 +14,7 @@
 #include "launcher/worker_env.h"
 #include "trainer/config.h"
 #include "trainer/estimate.h"
+#include "trainer/stop.h"
 
 namespace cohort::launcher {
 
@@ -85,6 +86,7 @@ int run_trainer(const trainer::Config& c, const trainer::Distributed& dist,
 int report_and_exit_code(const std::exception& e) {
   if (const auto* stop = dynamic_cast<const trainer::Stopped*>(&e)) {
     std::fprintf(stderr, "cohort: %s\n", e.what());
+    if (stop->signal() == trainer::kStopForMembership) return trainer::kExitMembership;
     return 128 + stop->signal();
   }
   if (!dynamic_cast<const Error*>(&e)) {

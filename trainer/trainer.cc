@@ -75,6 +75,27 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     rank_ = dist_.rank;
     world_ = dist_.world;
   }
+  // An elastic job at another world size than it started with keeps its global batch (the
+  // checkpoint's position in the epoch counts samples of the whole job, so it resumes alike).
+  if (env::get(env::kBatchWorld) && world_ > 0) {
+    const int64_t base = env::integer(env::kBatchWorld, world_, 1, 1 << 24);
+    if (base != world_) {
+      const int64_t global = c_.data.batch_size * base;
+      const int64_t per_rank = (global + world_ - 1) / world_;
+      if (rank_ == 0)
+        std::printf(
+            "cohort: elastic: world size %d, data.batch_size %lld was given for %lld ranks: %lld "
+            "per rank %s the global batch of %lld%s\n",
+            world_, static_cast<long long>(c_.data.batch_size), static_cast<long long>(base),
+            static_cast<long long>(per_rank), per_rank * world_ == global ? "keeps" : "rounds up",
+            static_cast<long long>(global),
+            per_rank * world_ == global ? ""
+                                        : (" to " + std::to_string(per_rank * world_) +
+                                           " (choose node counts that divide it)")
+                                              .c_str());
+      c_.data.batch_size = per_rank;
+    }
+  }
   // A rank whose operation times out or fails writes its recent operations here, for
   // `cohort diagnose RUN_DIR`.
   collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_,
@@ -393,6 +414,7 @@ RunSummary Trainer::run() {
   const std::optional<int64_t> kill_at = kill_at_step(rank_);
   const int64_t delay_ms = step_delay_ms(rank_);
   const std::optional<int64_t> skip_vote = skip_collective_at_step(rank_);
+  const bool elastic = env::get(env::kBatchWorld) != nullptr;
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
   int64_t log_step0 = step;
@@ -489,6 +511,18 @@ RunSummary Trainer::run() {
           time_request = kStopForTime;
       }
       if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
+      // An elastic job whose launcher has nodes waiting to join stops at a checkpoint: asked in
+      // the vote before the step that writes one, it lands with that checkpoint.
+      if (elastic && leader() && dist_.store && time_request == 0) {
+        const int64_t every = c_.checkpoint.every_steps;
+        if ((every > 0 && (step + 1) % every == 0) || (every == 0 && checkpoints.saved(step))) {
+          try {
+            if (dist_.store->check({"membership/join"})) time_request = kStopForMembership;
+          } catch (const std::exception&) {
+            // The launcher's store is gone: the launcher ends this round itself.
+          }
+        }
+      }
       const bool skip = skip_vote && step == *skip_vote;
       if (const int sig = skip ? 0 : stop_vote.after_step(time_request)) {
         if (!checkpoints.saved(step)) save_now(epoch, loader.position());
@@ -503,6 +537,10 @@ RunSummary Trainer::run() {
           break;
         }
         std::fflush(stdout);
+        if (sig == kStopForMembership)
+          throw Stopped(sig, "stopped after step " + std::to_string(step) +
+                                 " with a checkpoint in " + c_.checkpoint.dir +
+                                 " to let waiting nodes join; the job goes on from it");
         throw Stopped(sig, std::string(sig == SIGTERM  ? "SIGTERM"
                                        : sig == SIGINT ? "SIGINT"
                                                        : "SIGUSR1") +

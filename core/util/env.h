@@ -20,6 +20,9 @@ inline constexpr const char* kRestartCount = "COHORT_RESTART_COUNT";
 inline constexpr const char* kRunId = "COHORT_RUN_ID";
 inline constexpr const char* kTorchRunId = "TORCHELASTIC_RUN_ID";
 inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
+// Set by `cohort launch --nnodes MIN:MAX` for its workers: the world size data.batch_size was
+// given for (the job's first round's); at another world size the trainer keeps the global batch.
+inline constexpr const char* kBatchWorld = "COHORT_BATCH_WORLD";
 // Set by `cohort launch` for its workers: the node's index in the job (for messages).
 inline constexpr const char* kNodeRank = "COHORT_NODE_RANK";
 // Parameter servers' shared secret when the user gives one (else derived from the job's token).

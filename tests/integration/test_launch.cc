@@ -594,4 +594,62 @@ TEST_F(MultiNodeLaunch, AnAgentKilledMidRunEndsTheJobEverywhere) {
   }
 }
 
+// An elastic job (--nnodes 2:3) of `cohort train` on three network-namespace nodes. Node 2 dies
+// mid-run (every process in its namespace SIGKILLed): nodes 0 and 1 meet again and go on from the
+// newest checkpoint at world size 2, each rank's batch raised so that the global batch stays 24.
+// Node 2 then comes back and is admitted at the next checkpoint, and the three finish the run.
+TEST_F(MultiNodeLaunch, AnElasticJobLosesANodeGoesOnAndAdmitsItAgain) {
+  const std::string run = (dir_ / "run").string();
+  const std::string args =
+      "--nnodes 2:3 --rdzv-last-call 2 --heartbeat-timeout 20 --max-restarts 2 "
+      "--nproc-per-node 1 -- " +
+      std::string(COHORT_BINARY) + " train " COHORT_SOURCE_DIR "/configs/tiny_gpt.yaml " +
+      kTinyGpt +
+      " model.dim=64 model.context=32 train.steps=1500 train.log_every=10 eval.every_steps=0 "
+      "checkpoint.every_steps=20 distributed.timeout_s=30 logging.tensorboard=false logging.dir=" +
+      run;
+  const auto elastic = [&](int k, const std::string& tag) {
+    return start("--node-rank " + std::to_string(k) + " --rdzv-endpoint " + cluster_->address(0) +
+                     ":29400 --rdzv-timeout 60 " + args,
+                 tag, cluster_->node(k));
+  };
+  // Waits until `file` holds `text`; false after 120 s.
+  const auto until = [&](const std::string& file, const std::string& text) {
+    const auto end = std::chrono::steady_clock::now() + 120s;
+    while (read_text(dir_ / file).find(text) == std::string::npos) {
+      if (std::chrono::steady_clock::now() > end) return false;
+      std::this_thread::sleep_for(50ms);
+    }
+    return true;
+  };
+  std::vector<pid_t> agents;
+  for (int k = 0; k < 3; ++k) agents.push_back(elastic(k, "job_" + std::to_string(k)));
+  ASSERT_TRUE(until("job_0.err", "round 0: node 0 of 3, ranks 0-0 of 3"))
+      << read_text(dir_ / "job_0.err");
+  ASSERT_TRUE(until("run/metrics.jsonl", "\"step\":40,")) << read_text(dir_ / "job_0.out");
+  // Node 2 dies: everything in its namespace.
+  ASSERT_EQ(std::system(("ip netns pids " + cluster_->node(2) + " | xargs -r kill -9").c_str()), 0);
+  Outcome dead = finish(agents[2], "job_2", 60s, false);
+  EXPECT_EQ(dead.code, 128 + SIGKILL);
+  ASSERT_TRUE(until("job_0.err", "round 1: node 0 of 2, ranks 0-0 of 2"))
+      << read_text(dir_ / "job_0.err");
+  ASSERT_TRUE(until("job_0.out", "per rank keeps the global batch of 24"))
+      << read_text(dir_ / "job_0.out");
+  EXPECT_NE(read_text(dir_ / "job_0.out").find("resumed from"), std::string::npos);
+  // Node 2 comes back while the two train: admitted at the next checkpoint.
+  agents[2] = elastic(2, "job_2b");
+  ASSERT_TRUE(until("job_2b.err", "it joins when the workers next make room"))
+      << read_text(dir_ / "job_2b.err");
+  ASSERT_TRUE(until("job_0.err", "round 2: node 0 of 3, ranks 0-0 of 3"))
+      << read_text(dir_ / "job_0.err") << read_text(dir_ / "job_0.out");
+  for (int k = 0; k < 3; ++k) {
+    const std::string tag = k == 2 ? "job_2b" : "job_" + std::to_string(k);
+    Outcome r = finish(agents[static_cast<size_t>(k)], tag, 240s, k == 2);
+    EXPECT_EQ(r.code, 0) << tag << ":\n" << r.err;
+  }
+  EXPECT_NE(read_text(dir_ / "job_0.err").find("to let waiting nodes join"), std::string::npos);
+  // The run reached its last step, and its last checkpoint is there.
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_1500"));
+}
+
 }  // namespace
