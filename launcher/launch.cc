@@ -203,6 +203,7 @@ class Round {
       // torchrun's default for Python workers is one thread each; an equal share of the cores
       // is what they would choose for themselves.
       if (!o.flight_note.empty()) spec.env["COHORT_FLIGHT_RECORDER_NOTE"] = o.flight_note;
+      if (o.heal) spec.env["COHORT_HEAL"] = "1";
       spec.cpus = o.binding.empty() ? std::vector<int>{} : o.binding[static_cast<size_t>(r)];
       // Also "none": a worker must not take a cgroup's or taskset's narrow CPU set for a binding.
       spec.env["COHORT_CPU_BIND"] = spec.cpus.empty() ? "none" : o.cpu_bind;
@@ -275,6 +276,8 @@ class Round {
           if (!w->spec().server) all_done = false;
         } else if (w->spec().server) {
           if (!restart_server(i) && !result.failed) result.failed = w.get();
+        } else if (heal_in_place(i)) {
+          // The others heal without it; its replacement joins them.
         } else if (w->exit_code() != 0 && o_.ps_servers > 0 && w->spec().rank != 0) {
           // Parameter-server workers are independent: only the chief's failure ends the job.
           if (!result.failed) note_lost_worker(*w);
@@ -353,6 +356,32 @@ class Round {
   // before this loop looks again).
   static bool first_cause(const WorkerProcess& a, const WorkerProcess& b) {
     return !b.spec().server && WIFSIGNALED(a.status()) && !WIFSIGNALED(b.status());
+  }
+
+  // --heal: a worker other than rank 0 killed by a signal (a crash, the OOM killer, a kill) leaves
+  // the others to heal in place (trainer/heal.h) and a replacement starts in its place with
+  // COHORT_HEAL_JOIN, which joins them. A worker that exited with a code failed by itself (every
+  // rank would), and rank 0 holds the run directory: those take the restart path.
+  bool heal_in_place(size_t i) {
+    const WorkerProcess& w = *workers_[i];
+    if (!o_.heal || w.spec().server || w.spec().rank == 0 || !WIFSIGNALED(w.status()) ||
+        heals_ >= o_.max_restarts)
+      return false;
+    ++heals_;
+    std::fprintf(stderr,
+                 "cohort launch: rank %d (node %d, pid %d) %s; the other ranks heal in place and "
+                 "a replacement joins them (heal %d of %d)\n",
+                 w.spec().rank, rz_.node_rank(), static_cast<int>(w.pid()),
+                 w.describe_status().c_str(), heals_, o_.max_restarts);
+    std::fflush(stderr);
+    rz_.announce_replacement();
+    WorkerSpec spec = w.spec();
+    spec.env["COHORT_HEAL_JOIN"] = "1";
+    // Not the job's first attempt for drills (COHORT_KILL_AT_STEP) either.
+    spec.env["COHORT_RESTART_COUNT"] = spec.env["TORCHELASTIC_RESTART_COUNT"] =
+        std::to_string(rz_.membership().round + heals_);
+    workers_[i] = std::make_unique<WorkerProcess>(std::move(spec));
+    return true;
   }
 
   // A parameter server that exited while the workers need it starts again (it resumes from its
@@ -461,6 +490,7 @@ class Round {
   Rendezvous& rz_;
   std::vector<std::unique_ptr<WorkerProcess>> workers_;  // and parameter servers, after them
   std::vector<int> server_restarts_;
+  int heals_ = 0;                // replacements started (--heal)
   std::vector<int> lost_ranks_;  // parameter-server workers that failed; the job went on
   std::string lost_;
 };

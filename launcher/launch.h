@@ -31,6 +31,11 @@ struct LaunchOptions {
   std::string rdzv_endpoint;    // host:port; empty: one node, a port the OS picks
   double rdzv_timeout_s = 300;  // waiting for the other agents, and for their heartbeats
   int max_restarts = 0;
+  // In-place healing (trainer/heal.h): a worker other than rank 0 killed by a signal does not
+  // stop the others, which heal without it; a replacement starts in its place and joins them
+  // (each replacement counts against --max-restarts). Workers that cannot heal (another strategy
+  // or backend) exit, and the job takes the restart path.
+  bool heal = false;
   double monitor_interval_s = 0.1;  // how often exits are checked between output
   double grace_period_s = 10;       // SIGTERM to SIGKILL when stopping workers
   // Per-rank log files DIR/rank_N.log. Alone, --log-dir sends both streams of every rank there

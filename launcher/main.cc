@@ -159,6 +159,9 @@ int main(int argc, char** argv) {
       ->add_option("--max-restarts,--max_restarts", lo.max_restarts,
                    "times all workers start again after a failure")
       ->capture_default_str();
+  launch->add_flag("--heal", lo.heal,
+                   "a worker killed by a signal (not rank 0) does not stop the others: they heal "
+                   "in place and a replacement joins them (cohort train, ddp, cpu backend)");
   launch
       ->add_option("--monitor-interval,--monitor_interval", lo.monitor_interval_s,
                    "seconds between checks of the workers")

@@ -125,6 +125,14 @@ std::string Rendezvous::master_port() {
   return agent_->read("master_port");
 }
 
+void Rendezvous::announce_replacement() {
+  try {
+    // The trainer's store: the round's prefix, then "train" (trainer::join_job).
+    raw_->add("attempt" + std::to_string(membership().round) + "/train/heal/replacing", 1);
+  } catch (const std::exception&) {
+  }
+}
+
 std::string Rendezvous::check() {
   std::string what = agent_->check();
   if (!what.empty() || !elastic() || o_.node_rank != 0 || join_asked_ || nnodes() >= o_.nnodes ||

@@ -66,6 +66,10 @@ class Rendezvous {
   // (bounded) until they have said so too. Never throws.
   void leave() { agent_->leave(); }
 
+  // --heal: tells the round's workers (cohort's trainer) that a replacement is starting, so that
+  // they wait for it when they regroup (trainer/heal.h). Never throws.
+  void announce_replacement();
+
   // Called every monitor interval: returns what went wrong elsewhere in the round ("" when
   // nothing): a failure another node posted, an agent whose heartbeat stopped, or the store
   // itself gone. On node 0 of an elastic job, also asks the workers to stop at their next

@@ -15,6 +15,7 @@
 #include "core/nn/models.h"
 #include "core/ops/ops.h"
 #include "core/tensor/cuda/cuda_device.h"
+#include "core/util/env.h"
 #include "parameter_server/client.h"
 #include "trainer/checkpoint_pieces.h"
 #include "trainer/trainer.h"
@@ -480,6 +481,9 @@ Distributed join_job(const Config& c, const JobPlace& place,
   if (place.world <= 1) return dist;
   COHORT_CHECK(store, "join_job: a job of ", place.world, " ranks needs a store");
   dist.store = std::make_shared<collectives::PrefixStore>("train", std::move(store));
+  // A replacement rank (cohort launch --heal) joins the running job's next generation of ranks
+  // instead (heal.h): the job's first group has long formed.
+  if (env::flag(env::kHealJoin, false)) return dist;
   Backend backend = c.distributed.backend;
   const bool on_gpu = resolve_device(c.device, place.local_rank, place.local_world).is_cuda();
   if (backend == Backend::kAuto) backend = on_gpu ? Backend::kNccl : Backend::kCpu;

@@ -247,6 +247,10 @@ std::optional<std::string> Trainer::claim_and_resume(std::unique_ptr<RunDirector
     decision = run_dir->decision();
     if (share) publish_decision(*dist_.store, decision, "");
     write_run_files();
+  } else if (heal_join_) {
+    // A replacement rank takes the running job's state, and its run id, from rank 0 when it
+    // joins (heal.h), not from the start's decision or a checkpoint.
+    return std::nullopt;
   } else if (share) {
     decision = await_decision(*dist_.store, timeout);
   } else if (c_.checkpoint.resume == "auto") {

@@ -36,6 +36,9 @@ inline constexpr int kStopForTime = 1000;
 // exits with kExitMembership, and the agents meet again.
 inline constexpr int kStopForMembership = 1001;
 inline constexpr int kExitMembership = 75;
+// Not a signal: rank 0 saw a replacement rank waiting to join (in-place healing, heal.h); every
+// rank meets it after the same step and goes on.
+inline constexpr int kRegroup = 1002;
 
 class StopVote {
  public:

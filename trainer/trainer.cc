@@ -34,6 +34,7 @@
 #include "core/util/env.h"
 #include "core/util/threads.h"
 #include "core/util/timeline.h"
+#include "trainer/heal.h"
 #include "trainer/metrics.h"
 #include "trainer/model_builder.h"
 #include "trainer/reporter.h"
@@ -48,6 +49,11 @@ using core::Tensor;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+// In-place healing: how long the first survivor waits for the others to arrive (at least), and
+// how often rank 0 looks for a replacement waiting to join.
+constexpr double kHealSettleS = 0.5;
+constexpr int64_t kHealJoinCheckSteps = 10;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -77,8 +83,10 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   }
   // An elastic job at another world size than it started with keeps its global batch (the
   // checkpoint's position in the epoch counts samples of the whole job, so it resumes alike).
+  global_batch_ = c_.data.batch_size * std::max(world_, 1);
   if (env::get(env::kBatchWorld) && world_ > 0) {
     const int64_t base = env::integer(env::kBatchWorld, world_, 1, 1 << 24);
+    global_batch_ = c_.data.batch_size * base;
     if (base != world_) {
       const int64_t global = c_.data.batch_size * base;
       const int64_t per_rank = (global + world_ - 1) / world_;
@@ -107,6 +115,21 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
     std::ofstream(note) << dir.string() << "\n";
   }
   const bool ps_mode = c_.distributed.strategy == Strategy::kParameterServer;
+  // cohort launch --heal: data-parallel ranks on the cpu backend heal in place (heal.h); other
+  // strategies and backends take the restart path (the shards or the communicator of a dead rank
+  // cannot be rebuilt from the others).
+  heal_join_ = env::flag(env::kHealJoin, false);
+  if (env::flag(env::kHeal, false) && dist_.store && world_ > 1 &&
+      c_.distributed.strategy == Strategy::kDdp &&
+      (heal_join_ || (dist_.group && dist_.group->backend_name() == "cpu"))) {
+    collectives::ProcessGroupOptions po;
+    po.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+    healer_ = std::make_unique<Healer>(dist_.store, "cpu", po, world_);
+  } else if (heal_join_) {
+    COHORT_THROW(ConfigError,
+                 "this rank was started to replace a dead one (COHORT_HEAL_JOIN), but only "
+                 "distributed.strategy ddp on the cpu backend heals in place");
+  }
   if (ps_mode != dist_.ps.has_value())
     COHORT_THROW(ConfigError,
                  ps_mode
@@ -232,6 +255,56 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
   });
 }
 
+void Trainer::adopt(const Generation& g, core::optim::OptimizerState state) {
+  dist_.group = g.group;
+  dist_.rank = rank_ = g.rank;
+  dist_.world = world_ = g.world;
+  collectives::FlightRecorder::get().set_dump_dir(c_.logging.dir + "/flight_recorder", rank_,
+                                                  world_);
+  c_.data.batch_size = (global_batch_ + world_ - 1) / world_;
+  // DDP's constructor broadcasts rank 0's parameters and buffers.
+  parallel_ = make_parallelism(c_, dist_, model_);
+  // The optimiser state: rank 0's names, dtypes and shapes through the store, its values by
+  // broadcast (a replacement has none yet; survivors may have taken different last steps).
+  auto store = std::make_shared<collectives::PrefixStore>(
+      "heal/" + std::to_string(g.number) + "/optimizer", dist_.store);
+  if (rank_ == 0) {
+    nlohmann::json layout = nlohmann::json::array();
+    for (const auto& [name, t] : state)
+      layout.push_back({name, static_cast<int>(t.dtype()), t.sizes()});
+    // The run whose checkpoints the ranks write together (a replacement does not know it yet).
+    store->set("run_id", run_id_);
+    store->set("layout", layout.dump());
+  } else {
+    const auto timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
+    store->wait({"layout"}, timeout);
+    run_id_ = store->get("run_id").substr(0, 256);
+    state.clear();
+    try {
+      const auto layout = nlohmann::json::parse(store->get("layout"));
+      if (!layout.is_array() || layout.size() > (1u << 20)) throw std::runtime_error("not a list");
+      for (const auto& e : layout) {
+        const auto name = e.at(0).get<std::string>();
+        const int dtype = e.at(1).get<int>();
+        const auto shape = e.at(2).get<std::vector<int64_t>>();
+        if (dtype < 0 || dtype > static_cast<int>(core::DType::kFloat16) || shape.size() > 8 ||
+            std::any_of(shape.begin(), shape.end(),
+                        [](int64_t d) { return d < 0 || d > (int64_t{1} << 40); }))
+          throw std::runtime_error("a bad tensor");
+        state[name] = core::zeros(
+            shape, core::TensorOptions(static_cast<core::DType>(dtype)).with_device(device_));
+      }
+    } catch (const std::exception& e) {
+      COHORT_THROW(DistributedError, "healing: rank 0's optimiser layout is malformed: ", e.what());
+    }
+  }
+  for (auto& [name, t] : state) {
+    const collectives::FlightTag tag("healing: optimiser state");
+    dist_.group->broadcast(t, {0})->wait();
+  }
+  if (!state.empty()) parallel_->optimizer().load_state_dict(state);
+}
+
 Trainer::~Trainer() {
   if (cpu_bf16_) core::cpu::set_bf16_gemm(false);
 }
@@ -305,17 +378,26 @@ RunSummary Trainer::run() {
   core::Timeline* tl = timeline.get();
   parallel_->set_timeline(tl);
 
-  const int64_t batch = c_.data.batch_size;
-  auto sampler = std::make_shared<core::data::DistributedSampler>(
-      train_set_->size(),
-      core::data::DistributedSamplerOptions{rank_, world_, c_.data.shuffle, c_.seed, false});
-  core::data::DataLoader loader(train_set_, sampler,
-                                {batch, true, static_cast<int>(c_.data.prefetch)});
-  // A step is train.grad_accum_steps batches; an epoch ends with its last whole step (the
-  // loader drops a partial batch, the loop a partial accumulation).
+  // The data of this rank's shard; made again when healing changes the ranks (heal.h).
+  int64_t batch = 0;
+  std::shared_ptr<core::data::DistributedSampler> sampler;
+  std::unique_ptr<core::data::DataLoader> loader;
   const int64_t accum = c_.train.grad_accum_steps;
-  per_epoch_ = sampler->num_samples() / batch / accum * accum;
-  const int64_t per_epoch = per_epoch_;
+  int64_t per_epoch = 0;
+  auto make_loader = [&] {
+    loader.reset();
+    batch = c_.data.batch_size;
+    sampler = std::make_shared<core::data::DistributedSampler>(
+        train_set_->size(),
+        core::data::DistributedSamplerOptions{rank_, world_, c_.data.shuffle, c_.seed, false});
+    loader = std::make_unique<core::data::DataLoader>(
+        train_set_, sampler,
+        core::data::LoaderOptions{batch, true, static_cast<int>(c_.data.prefetch)});
+    // A step is train.grad_accum_steps batches; an epoch ends with its last whole step (the
+    // loader drops a partial batch, the loop a partial accumulation).
+    per_epoch = per_epoch_ = sampler->num_samples() / batch / accum * accum;
+  };
+  make_loader();
   if (per_epoch == 0)
     COHORT_THROW(ConfigError, "data.batch_size ", batch, " x train.grad_accum_steps ", accum,
                  " is larger than the ", sampler->num_samples(), " training samples of each rank");
@@ -331,7 +413,7 @@ RunSummary Trainer::run() {
     ++start.epoch;
     first_batch = 0;
   }
-  loader.start_epoch(start.epoch, first_batch);
+  loader->start_epoch(start.epoch, first_batch);
   // train.steps > 0 wins over train.epochs: as many epochs as those steps take.
   const int64_t epochs = c_.train.steps > 0 ? std::numeric_limits<int64_t>::max() : c_.train.epochs;
   const int64_t total_steps = c_.train.steps > 0
@@ -410,7 +492,7 @@ RunSummary Trainer::run() {
     report.eval(step, epoch, e, stop_note);
   };
 
-  StopVote stop_vote(collective() ? dist_.group.get() : nullptr, device_);
+  auto stop_vote = std::make_unique<StopVote>(collective() ? dist_.group.get() : nullptr, device_);
   const std::optional<int64_t> kill_at = kill_at_step(rank_);
   const int64_t delay_ms = step_delay_ms(rank_);
   const std::optional<int64_t> skip_vote = skip_collective_at_step(rank_);
@@ -429,132 +511,219 @@ RunSummary Trainer::run() {
   // train.max_time: the moving average of a step's duration, to stop while a step and a
   // checkpoint still fit the budget.
   double step_s = 0;
+  // Where the run stands after its last completed step (samples of the epoch: the whole job's),
+  // which healing takes from rank 0.
+  struct Committed {
+    int64_t step, epoch, epoch_samples, samples;
+  } committed{step, epoch, first_batch * batch * world_, 0};
+  // In-place healing (heal.h), after a peer's failure or when rank 0 saw a replacement waiting:
+  // meet the others in the next generation, take rank 0's parameters, optimiser state and place
+  // in the run, and make again what depends on the ranks.
+  auto heal = [&](int old_rank, const std::string& why) {
+    const auto t0 = Clock::now();
+    core::optim::OptimizerState kept;
+    if (old_rank >= 0) kept = parallel_->optimizer_state();
+    stop_vote.reset();
+    parallel_.reset();  // its hooks off the parameters, its hold on the broken group gone
+    dist_.group.reset();
+    const auto settle =
+        std::chrono::milliseconds(static_cast<int64_t>(1000 * std::max(kHealSettleS, 2 * step_s)));
+    const Generation g = healer_->regroup(old_rank, settle);
+    adopt(g, std::move(kept));
+    Tensor place = core::from_vector(
+        std::vector<double>{
+            static_cast<double>(committed.step), static_cast<double>(committed.epoch),
+            static_cast<double>(committed.epoch_samples), static_cast<double>(committed.samples)},
+        {4});
+    {
+      const collectives::FlightTag tag("healing: rank 0's place in the run");
+      dist_.group->broadcast(place, {0})->wait();
+    }
+    const double* v = place.data_ptr<double>();
+    step = static_cast<int64_t>(v[0]);
+    epoch = static_cast<int64_t>(v[1]);
+    samples = static_cast<int64_t>(v[3]);
+    committed = {step, epoch, static_cast<int64_t>(v[2]), samples};
+    make_loader();
+    loader->start_epoch(
+        epoch, std::min(per_epoch, committed.epoch_samples / (batch * world_) / accum * accum));
+    stop_vote = std::make_unique<StopVote>(dist_.group.get(), device_);
+    stragglers =
+        StragglerDetector(c_.diagnostics.straggler_factor, c_.diagnostics.straggler_steps, world_);
+    parallel_->set_timeline(tl);
+    log_t0 = Clock::now();
+    log_eval_s = eval_s;
+    log_step0 = step;
+    log_waited_ns = collectives::thread_collective_ns();
+    log_eval_wait_ns = eval_wait_ns;
+    data_s_ = 0;
+    const double took = seconds_since(t0);
+    if (leader()) {
+      std::string was;
+      for (int r : g.old_ranks) was += (was.empty() ? "" : ",") + std::to_string(r);
+      std::printf(
+          "cohort: healed in %.2f s: %d ranks (formerly %s; -1: a replacement) go on from step "
+          "%lld, %lld per rank (generation %d) after: %s\n",
+          took, world_, was.c_str(), static_cast<long long>(step), static_cast<long long>(batch),
+          g.number, why.substr(0, 300).c_str());
+      std::fflush(stdout);
+      report.write({{"event", "heal"},
+                    {"step", step},
+                    {"seconds", took},
+                    {"world_size", world_},
+                    {"generation", g.number},
+                    {"former_ranks", g.old_ranks},
+                    {"reason", why.substr(0, 300)}});
+    }
+  };
+  // A replacement rank (its launcher started it in a dead rank's place) joins before its first
+  // step: it takes everything from rank 0.
+  if (heal_join_) heal(-1, "a replacement joined");
   for (; epoch < epochs && step < total_steps && !early_stop && !out_of_time; ++epoch) {
     last_epoch = epoch;
-    if (epoch != start.epoch) loader.start_epoch(epoch);
+    if (epoch != start.epoch) loader->start_epoch(epoch);
     core::data::Batch batch_data;
-    while (step < total_steps && loader.position() + accum <= per_epoch && !early_stop &&
+    while (step < total_steps && loader->position() + accum <= per_epoch && !early_stop &&
            !out_of_time) {
-      const auto step_t0 = Clock::now();
-      {
-        core::Timeline::Span span(tl, "data", "data");
-        const auto td = Clock::now();
-        if (!loader.next(batch_data)) break;
-        data_s_ += seconds_since(td);
-      }
-      const double lr = schedule_->lr(step);
-      Tensor loss;
       try {
-        loss = train_step(loader, batch_data, step, lr, tl);
-      } catch (const collectives::UnusedParametersError& e) {
-        COHORT_THROW(ConfigError, e.what(), " (distributed.find_unused_parameters: true)");
-      }
-      ++step;
-      if (kill_at && step == *kill_at) ::raise(SIGKILL);
-      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-      samples += batch_data.input.size(0) * world_ * accum;
-      if (auto job = parallel_->job_samples()) samples = *job;
-      if (step % c_.train.log_every == 0 || step == total_steps) {
-        // Every rank's loss and mean step, data and collective-wait times since the last log
-        // line (evaluations left out).
-        const int64_t window_steps = std::max<int64_t>(step - log_step0, 1);
-        const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
-        const double per_step = 1000.0 / static_cast<double>(window_steps);
-        const int64_t waited = collectives::thread_collective_ns();
-        const double wait_ms =
-            per_step * 1e-9 *
-            static_cast<double>(waited - log_waited_ns - (eval_wait_ns - log_eval_wait_ns));
-        const std::vector<double> mine{loss.item<double>(), per_step * window, per_step * data_s_,
-                                       wait_ms};
-        log_t0 = Clock::now();
-        log_eval_s = eval_s;
-        log_step0 = step;
-        log_waited_ns = waited;
-        log_eval_wait_ns = eval_wait_ns;
-        data_s_ = 0;
-        const std::vector<double> per_rank = gather_from_ranks(mine);
-        double l = 0;
-        const size_t k = mine.size();
-        const int ranks = static_cast<int>(per_rank.size() / k);
-        std::vector<RankTimes> times;
-        for (int r = 0; r < ranks; ++r) {
-          const double* v = per_rank.data() + k * static_cast<size_t>(r);
-          l += v[0] / ranks;
-          times.push_back({v[1], v[2], v[3]});
+        const auto step_t0 = Clock::now();
+        {
+          core::Timeline::Span span(tl, "data", "data");
+          const auto td = Clock::now();
+          if (!loader->next(batch_data)) break;
+          data_s_ += seconds_since(td);
         }
-        if (!std::isfinite(l))
-          COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
-                       "; lower optimizer.lr or set optimizer.grad_clip");
-        const double el = seconds_since(t0) - eval_s;
-        s.final_loss = l;
-        report.step({step, total_steps, epoch, l, lr,
-                     static_cast<double>(samples) / std::max(el, 1e-9),
-                     static_cast<double>(total_steps - step) * el /
-                         static_cast<double>(std::max<int64_t>(step - start.step, 1)),
-                     times});
-        for (const Straggler& st : stragglers.add(window_steps, times))
-          report_straggler(report, st, step);
-      }
-      if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
-      if (checkpoints.after_step(step)) save_now(epoch, loader.position());
-      if (writer_) written(writer_->poll());
-      // Only the training step counts toward the average, not evaluations or checkpoints.
-      {
-        const double d = seconds_since(step_t0);
-        step_s = step_s == 0 ? d : 0.9 * step_s + 0.1 * d;
-      }
-      int time_request = 0;
-      if (c_.train.max_time_s > 0) {
-        // The vote lands a step later: leave room for two steps and a checkpoint.
-        const double left = c_.train.max_time_s - seconds_since(started_);
-        if (left < 2 * step_s + std::max({checkpoints.last_seconds(), last_write_s_, 1.0}))
-          time_request = kStopForTime;
-      }
-      if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
-      // An elastic job whose launcher has nodes waiting to join stops at a checkpoint: asked in
-      // the vote before the step that writes one, it lands with that checkpoint.
-      if (elastic && leader() && dist_.store && time_request == 0) {
-        const int64_t every = c_.checkpoint.every_steps;
-        if ((every > 0 && (step + 1) % every == 0) || (every == 0 && checkpoints.saved(step))) {
-          try {
-            if (dist_.store->check({"membership/join"})) time_request = kStopForMembership;
-          } catch (const std::exception&) {
-            // The launcher's store is gone: the launcher ends this round itself.
+        const double lr = schedule_->lr(step);
+        Tensor loss;
+        try {
+          loss = train_step(*loader, batch_data, step, lr, tl);
+        } catch (const collectives::UnusedParametersError& e) {
+          COHORT_THROW(ConfigError, e.what(), " (distributed.find_unused_parameters: true)");
+        }
+        ++step;
+        if (kill_at && step == *kill_at) ::raise(SIGKILL);
+        if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+        samples += batch_data.input.size(0) * world_ * accum;
+        if (auto job = parallel_->job_samples()) samples = *job;
+        committed = {step, epoch, loader->position() * batch * world_, samples};
+        if (step % c_.train.log_every == 0 || step == total_steps) {
+          // Every rank's loss and mean step, data and collective-wait times since the last log
+          // line (evaluations left out).
+          const int64_t window_steps = std::max<int64_t>(step - log_step0, 1);
+          const double window = seconds_since(log_t0) - (eval_s - log_eval_s);
+          const double per_step = 1000.0 / static_cast<double>(window_steps);
+          const int64_t waited = collectives::thread_collective_ns();
+          const double wait_ms =
+              per_step * 1e-9 *
+              static_cast<double>(waited - log_waited_ns - (eval_wait_ns - log_eval_wait_ns));
+          const std::vector<double> mine{loss.item<double>(), per_step * window, per_step * data_s_,
+                                         wait_ms};
+          log_t0 = Clock::now();
+          log_eval_s = eval_s;
+          log_step0 = step;
+          log_waited_ns = waited;
+          log_eval_wait_ns = eval_wait_ns;
+          data_s_ = 0;
+          const std::vector<double> per_rank = gather_from_ranks(mine);
+          double l = 0;
+          const size_t k = mine.size();
+          const int ranks = static_cast<int>(per_rank.size() / k);
+          std::vector<RankTimes> times;
+          for (int r = 0; r < ranks; ++r) {
+            const double* v = per_rank.data() + k * static_cast<size_t>(r);
+            l += v[0] / ranks;
+            times.push_back({v[1], v[2], v[3]});
+          }
+          if (!std::isfinite(l))
+            COHORT_THROW(Error, "training diverged: loss is ", l, " at step ", step,
+                         "; lower optimizer.lr or set optimizer.grad_clip");
+          const double el = seconds_since(t0) - eval_s;
+          s.final_loss = l;
+          report.step({step, total_steps, epoch, l, lr,
+                       static_cast<double>(samples) / std::max(el, 1e-9),
+                       static_cast<double>(total_steps - step) * el /
+                           static_cast<double>(std::max<int64_t>(step - start.step, 1)),
+                       times});
+          for (const Straggler& st : stragglers.add(window_steps, times))
+            report_straggler(report, st, step);
+        }
+        if (c_.eval.every_steps > 0 && step % c_.eval.every_steps == 0) run_eval(epoch);
+        if (checkpoints.after_step(step)) save_now(epoch, loader->position());
+        if (writer_) written(writer_->poll());
+        // Only the training step counts toward the average, not evaluations or checkpoints.
+        {
+          const double d = seconds_since(step_t0);
+          step_s = step_s == 0 ? d : 0.9 * step_s + 0.1 * d;
+        }
+        int time_request = 0;
+        if (c_.train.max_time_s > 0) {
+          // The vote lands a step later: leave room for two steps and a checkpoint.
+          const double left = c_.train.max_time_s - seconds_since(started_);
+          if (left < 2 * step_s + std::max({checkpoints.last_seconds(), last_write_s_, 1.0}))
+            time_request = kStopForTime;
+        }
+        if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader->position());
+        // An elastic job whose launcher has nodes waiting to join stops at a checkpoint: asked in
+        // the vote before the step that writes one, it lands with that checkpoint.
+        if (elastic && leader() && dist_.store && time_request == 0) {
+          const int64_t every = c_.checkpoint.every_steps;
+          if ((every > 0 && (step + 1) % every == 0) || (every == 0 && checkpoints.saved(step))) {
+            try {
+              if (dist_.store->check({"membership/join"})) time_request = kStopForMembership;
+            } catch (const std::exception&) {
+              // The launcher's store is gone: the launcher ends this round itself.
+            }
           }
         }
-      }
-      const bool skip = skip_vote && step == *skip_vote;
-      if (const int sig = skip ? 0 : stop_vote.after_step(time_request)) {
-        if (!checkpoints.saved(step)) save_now(epoch, loader.position());
-        finish_writes();
-        if (sig == kStopForTime) {
-          out_of_time = true;
-          if (leader())
-            std::printf(
-                "train.max_time %gs: stopped after step %lld with a checkpoint in %s "
-                "(checkpoint.resume=auto continues)\n",
-                c_.train.max_time_s, static_cast<long long>(step), c_.checkpoint.dir.c_str());
-          break;
+        // A replacement waits to join: rank 0 asks every rank to meet it after the same step.
+        if (healer_ && leader() && time_request == 0 && step % kHealJoinCheckSteps == 0 &&
+            healer_->joiner_waiting())
+          time_request = kRegroup;
+        const bool skip = skip_vote && step == *skip_vote;
+        const int sig = skip ? 0 : stop_vote->after_step(time_request);
+        if (sig == kRegroup) {
+          heal(rank_, "a replacement rank is waiting to join");
+          continue;
         }
-        std::fflush(stdout);
-        if (sig == kStopForMembership)
-          throw Stopped(sig, "stopped after step " + std::to_string(step) +
-                                 " with a checkpoint in " + c_.checkpoint.dir +
-                                 " to let waiting nodes join; the job goes on from it");
-        throw Stopped(sig, std::string(sig == SIGTERM  ? "SIGTERM"
-                                       : sig == SIGINT ? "SIGINT"
-                                                       : "SIGUSR1") +
-                               " stopped training after step " + std::to_string(step) +
-                               "; checkpoint written to " + c_.checkpoint.dir +
-                               " (checkpoint.resume=auto continues from it)");
+        if (sig) {
+          if (!checkpoints.saved(step)) save_now(epoch, loader->position());
+          finish_writes();
+          if (sig == kStopForTime) {
+            out_of_time = true;
+            if (leader())
+              std::printf(
+                  "train.max_time %gs: stopped after step %lld with a checkpoint in %s "
+                  "(checkpoint.resume=auto continues)\n",
+                  c_.train.max_time_s, static_cast<long long>(step), c_.checkpoint.dir.c_str());
+            break;
+          }
+          std::fflush(stdout);
+          if (sig == kStopForMembership)
+            throw Stopped(sig, "stopped after step " + std::to_string(step) +
+                                   " with a checkpoint in " + c_.checkpoint.dir +
+                                   " to let waiting nodes join; the job goes on from it");
+          throw Stopped(sig, std::string(sig == SIGTERM  ? "SIGTERM"
+                                         : sig == SIGINT ? "SIGINT"
+                                                         : "SIGUSR1") +
+                                 " stopped training after step " + std::to_string(step) +
+                                 "; checkpoint written to " + c_.checkpoint.dir +
+                                 " (checkpoint.resume=auto continues from it)");
+        }
+      } catch (const Error& e) {
+        // A peer gone (its connection lost, an operation abandoned or timed out): heal when the
+        // job may, else the launcher's restart path takes over.
+        if (!healer_ ||
+            (!dynamic_cast<const DistributedError*>(&e) && !dynamic_cast<const TimeoutError*>(&e)))
+          throw;
+        heal(rank_, e.what());
       }
     }
     if (out_of_time || early_stop) break;
-    const bool epoch_done = loader.position() >= per_epoch;
+    const bool epoch_done = loader->position() >= per_epoch;
     if (c_.eval.every_steps == 0 && epoch_done) run_eval(epoch);
-    if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader.position());
-    if (checkpoints.after_epoch(step, epoch_done)) save_now(epoch, loader.position());
-    if (step >= total_steps && !checkpoints.saved(step)) save_now(epoch, loader.position());
+    if (early_stop && !checkpoints.saved(step)) save_now(epoch, loader->position());
+    if (checkpoints.after_epoch(step, epoch_done)) save_now(epoch, loader->position());
+    if (step >= total_steps && !checkpoints.saved(step)) save_now(epoch, loader->position());
   }
   finish_writes();
   // The chief's final evaluation and checkpoint hold the servers' final parameters; the others

@@ -136,6 +136,9 @@ class Trainer {
   // straggler (stderr, metrics.jsonl) while the job runs.
   void publish_host();
   void report_straggler(class Reporter& report, const struct Straggler& s, int64_t step);
+  // In-place healing: takes the ranks of a new generation, with rank 0's parameters (DDP's
+  // broadcast) and optimiser state (`state`: this rank's, replaced by rank 0's).
+  void adopt(const struct Generation& g, core::optim::OptimizerState state);
   // Reports a background write that finished (rank 0).
   void written(std::optional<CheckpointWriter::Written> w);
   // Writes config.resolved.yaml and data.json (rank 0).
@@ -183,6 +186,11 @@ class Trainer {
   class Reporter* reporter_ = nullptr;  // run()'s, while it runs
   double last_write_s_ = 0;             // the last background write's duration
   double data_s_ = 0;                   // waiting for the data loader since the last log line
+  // cohort launch --heal (heal.h): the healer (null: a failure ends the run), whether this rank is
+  // a replacement joining a running job, and the global batch every world size keeps.
+  std::unique_ptr<class Healer> healer_;
+  bool heal_join_ = false;
+  int64_t global_batch_ = 0;
   // train.max_time counts from here (the worker's start, data and model included).
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

@@ -23,6 +23,10 @@ inline constexpr const char* kSlurmJobId = "SLURM_JOB_ID";
 // Set by `cohort launch --nnodes MIN:MAX` for its workers: the world size data.batch_size was
 // given for (the job's first round's); at another world size the trainer keeps the global batch.
 inline constexpr const char* kBatchWorld = "COHORT_BATCH_WORLD";
+// Set by `cohort launch --heal`: data-parallel ranks heal in place when one dies (trainer/heal.h);
+// COHORT_HEAL_JOIN=1 marks a replacement rank, which joins the running job.
+inline constexpr const char* kHeal = "COHORT_HEAL";
+inline constexpr const char* kHealJoin = "COHORT_HEAL_JOIN";
 // Set by `cohort launch` for its workers: the node's index in the job (for messages).
 inline constexpr const char* kNodeRank = "COHORT_NODE_RANK";
 // Parameter servers' shared secret when the user gives one (else derived from the job's token).

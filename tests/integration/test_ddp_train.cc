@@ -178,6 +178,44 @@ TEST_F(DdpTrain, AKilledRankIsRestartedIntoTheUninterruptedResult) {
   expect_same_model(final_model("killed"), final_model("clean"), "restarted run");
 }
 
+// In-place healing (cohort launch --heal): rank 2 of 4 is SIGKILLed after step 13. Ranks 0, 1 and 3
+// do not stop; a replacement starts in rank 2's place and joins them, taking the parameters, the
+// optimiser state and the position in the data from rank 0. No checkpoint is read, the step
+// counter never goes back, and the run ends with the parameters of a run nobody killed (float64:
+// from the healed step on the same four shards are reduced in the same order).
+TEST_F(DdpTrain, AKilledRankIsHealedInPlaceAndItsReplacementJoins) {
+  const std::string extra = "precision=fp64 train.log_every=1";
+  auto r = run_command(launch(4, train("mlp", 8, "clean", extra, 30)));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_command("env COHORT_KILL_AT_STEP=2:13 " + std::string(COHORT_BINARY) +
+                  " launch --heal --max-restarts 1 --nproc-per-node 4 -- " +
+                  train("mlp", 8, "healed", extra, 30));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("was killed by SIGKILL (9); the other ranks heal in place and a "
+                          "replacement joins them (heal 1 of 1)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("resumed from"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("restarting"), std::string::npos) << r.output;
+  int64_t last = 0;
+  int heals = 0;
+  for (const auto& m : metrics("healed")) {
+    if (m.value("event", "") == "heal") {
+      ++heals;
+      EXPECT_EQ(m["world_size"], 4) << m.dump();
+      EXPECT_GE(m["step"].get<int64_t>(), 13) << m.dump();
+      EXPECT_GE(m["step"].get<int64_t>(), last) << "the step counter went back: " << m.dump();
+      EXPECT_NE(m["former_ranks"].dump().find("-1"), std::string::npos) << m.dump();
+    } else if (!m.contains("event")) {
+      EXPECT_GT(m["step"].get<int64_t>(), last) << "the step counter went back: " << m.dump();
+      last = m["step"].get<int64_t>();
+    }
+  }
+  EXPECT_EQ(heals, 1);
+  EXPECT_EQ(last, 30);
+  expect_same_model(final_model("healed"), final_model("clean"), "healed run", kFp64Tolerance);
+}
+
 // 10 steps of ZeRO-1 on 2 ranks of batch 16, resumed by DDP on 4 ranks of batch 8 (the same global
 // batch, so the same samples per step) == 20 steps of DDP on 4 ranks of batch 8. In float64: the
 // two halves split the batch differently.
