@@ -54,6 +54,7 @@ namespace {
 // how often rank 0 looks for a replacement waiting to join.
 constexpr double kHealSettleS = 0.5;
 constexpr int64_t kHealJoinCheckSteps = 10;
+constexpr int kMaxHealsInARow = 3;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -247,11 +248,11 @@ Trainer::Trainer(Config config, Distributed dist, Extensions ext)
       COHORT_THROW(ConfigError, "layer ", name,
                    ": batch_norm sync needs ranks that train in step (distributed.strategy ddp, "
                    "zero1, zero2 or fsdp); parameter-server workers do not");
-    if (!collective()) return;
-    auto group = dist_.group;
+    if (!collective() && !heal_join_) return;
     collectives::AllreduceOptions ao;
     ao.timeout = collectives::Millis(static_cast<int64_t>(c_.distributed.timeout_s * 1000));
-    bn->set_stat_sum([group, ao](Tensor& t) { group->allreduce(t, ao)->wait(); });
+    // The group of the moment: healing (heal.h) replaces it.
+    bn->set_stat_sum([this, ao](Tensor& t) { dist_.group->allreduce(t, ao)->wait(); });
   });
 }
 
@@ -516,6 +517,9 @@ RunSummary Trainer::run() {
   struct Committed {
     int64_t step, epoch, epoch_samples, samples;
   } committed{step, epoch, first_batch * batch * world_, 0};
+  // Heals since the last completed step: a failure that comes back every time is not a dead
+  // peer, and takes the restart path.
+  int heals_in_a_row = 0;
   // In-place healing (heal.h), after a peer's failure or when rank 0 saw a replacement waiting:
   // meet the others in the next generation, take rank 0's parameters, optimiser state and place
   // in the run, and make again what depends on the ranks.
@@ -526,6 +530,12 @@ RunSummary Trainer::run() {
     stop_vote.reset();
     parallel_.reset();  // its hooks off the parameters, its hold on the broken group gone
     dist_.group.reset();
+    // A checkpoint still being written waits for ranks that are gone: abandoned (never renamed
+    // into place), and a writer for the new ranks.
+    if (writer_) {
+      writer_.reset();
+      writer_ = std::make_unique<CheckpointWriter>();
+    }
     const auto settle =
         std::chrono::milliseconds(static_cast<int64_t>(1000 * std::max(kHealSettleS, 2 * step_s)));
     const Generation g = healer_->regroup(old_rank, settle);
@@ -606,6 +616,7 @@ RunSummary Trainer::run() {
         samples += batch_data.input.size(0) * world_ * accum;
         if (auto job = parallel_->job_samples()) samples = *job;
         committed = {step, epoch, loader->position() * batch * world_, samples};
+        heals_in_a_row = 0;
         if (step % c_.train.log_every == 0 || step == total_steps) {
           // Every rank's loss and mean step, data and collective-wait times since the last log
           // line (evaluations left out).
@@ -713,7 +724,9 @@ RunSummary Trainer::run() {
         // A peer gone (its connection lost, an operation abandoned or timed out): heal when the
         // job may, else the launcher's restart path takes over.
         if (!healer_ ||
-            (!dynamic_cast<const DistributedError*>(&e) && !dynamic_cast<const TimeoutError*>(&e)))
+            (!dynamic_cast<const DistributedError*>(&e) &&
+             !dynamic_cast<const TimeoutError*>(&e)) ||
+            ++heals_in_a_row > kMaxHealsInARow)
           throw;
         heal(rank_, e.what());
       }
