@@ -67,13 +67,6 @@ struct Shared {
   }
 };
 
-long rss_kib(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
-
 void PhaseStart::operator()() noexcept { shared->start[shared->phase++] = Clock::now(); }
 
 struct AgentArgs {

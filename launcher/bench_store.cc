@@ -34,13 +34,6 @@ using collectives::StoreRole;
 using collectives::TcpStore;
 using collectives::TcpStoreOptions;
 
-long rss_kib(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
-
 int descriptors(pid_t pid) {
   int n = 0;
   std::error_code ec;

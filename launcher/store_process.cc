@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <string>
 
 #include "core/util/error.h"
 
@@ -45,6 +47,13 @@ ServerProcess start_server(const collectives::JobToken& token,
   ::close(port_pipe[0]);
   s.stop_fd = stop_pipe[1];
   return s;
+}
+
+long rss_kib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
 }
 
 }  // namespace cohort::launcher

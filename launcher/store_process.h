@@ -23,4 +23,7 @@ struct ServerProcess {
 ServerProcess start_server(const collectives::JobToken& token,
                            const collectives::TcpStoreLimits& limits = {});
 
+// A process's resident memory in KiB (VmRSS), or -1.
+long rss_kib(pid_t pid);
+
 }  // namespace cohort::launcher
