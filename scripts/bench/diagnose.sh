@@ -32,21 +32,20 @@ med=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v
 echo "median on/off: ${med}x (goal: >= 0.99x)"
 
 # The mpi backend's agreement check (every rank's operation and size, compared before each
-# collective) on vs off, on 2-rank DDP under mpirun.
-if [ -x "$build/lib/libcohort_mpi.so" ] || ls "$build"/lib/libcohort_mpi.so* >/dev/null 2>&1; then
-  echo "== 2-rank DDP under mpirun (mpi backend), MLP, batch 64, 400 steps: collective check on / off (samples/s) =="
-  mpi() { env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 COHORT_MPI_CHECK_COLLECTIVES="$1" \
-    mpirun --oversubscribe -np 2 -x COHORT_MPI_CHECK_COLLECTIVES "$cohort" "${mlp[@]}" train.steps=400 \
-    distributed.backend=mpi eval.max_batches=1 logging.dir="$tmp/mpi$RANDOM" 2>&1 | field samples_per_s; }
-  mratios=()
-  for r in $(seq "$rounds"); do
-    on=$(mpi 1)
-    off=$(mpi 0)
-    mratios+=("$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.3f", a / b }')")
-    printf 'round %d: check on %s, off %s, on/off %s\n' "$r" "$on" "$off" "${mratios[-1]}"
+# collective) on vs off: the latency of one all-reduce, 8 bytes and 32 KB, 2 ranks under mpirun.
+if ls "$build"/lib/libcohort_mpi.so* >/dev/null 2>&1; then
+  echo "== the mpi backend's collective check: one all-reduce, 2 ranks under mpirun (us; median of $rounds runs) =="
+  lat() { env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 COHORT_MPI_CHECK_COLLECTIVES="$1" \
+    mpirun --oversubscribe -np 2 -x COHORT_MPI_CHECK_COLLECTIVES "$cohort" bench collectives --backend mpi \
+    -b 8 -e 32K -f 4096 --iters 500 2>/dev/null | awk -v b="$2" '$1 == b { print $2 }'; }
+  for bytes in 8 32768; do
+    on=() off=()
+    for r in $(seq "$rounds"); do on+=("$(lat 1 "$bytes")"); off+=("$(lat 0 "$bytes")"); done
+    m_on=$(printf '%s\n' "${on[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    m_off=$(printf '%s\n' "${off[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    awk -v b="$bytes" -v a="$m_on" -v o="$m_off" \
+      'BEGIN { printf "%6d bytes: check on %.1f us, off %.1f us: +%.1f us per collective\n", b, a, o, a - o }'
   done
-  mmed=$(printf '%s\n' "${mratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  echo "median check on/off: ${mmed}x"
 fi
 
 # One operation's bookkeeping alone: queued, started and ended, a million times.
