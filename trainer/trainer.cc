@@ -52,7 +52,7 @@ namespace {
 
 // In-place healing: how long the first survivor waits for the others to arrive (at least), and
 // how often rank 0 looks for a replacement waiting to join.
-constexpr double kHealSettleS = 0.5;
+constexpr double kHealSettleS = 1.0;
 constexpr int64_t kHealJoinCheckSteps = 10;
 constexpr int kMaxHealsInARow = 3;
 
