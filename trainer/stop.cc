@@ -99,6 +99,13 @@ std::optional<int64_t> kill_in_checkpoint(int rank) {
   return step;
 }
 
+std::optional<int64_t> stop_at_step(int rank) {
+  int64_t r = -1, step = -1;
+  if (!env::integer_pair(env::kTestStopAtStep, "RANK:STEP", r, step) || r != rank)
+    return std::nullopt;
+  return step;
+}
+
 std::optional<int64_t> skip_collective_at_step(int rank) {
   int64_t r = -1, step = -1;
   if (!env::integer_pair(env::kTestSkipCollective, "RANK:STEP", r, step) || r != rank)

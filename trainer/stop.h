@@ -65,6 +65,9 @@ std::optional<int64_t> kill_at_step(int rank);
 // job's first attempt only; with checkpoint.async that is on the background writer, while
 // training goes on.
 std::optional<int64_t> kill_in_checkpoint(int rank);
+// Test hook: COHORT_TEST_STOP_AT_STEP=RANK:STEP makes that rank stop itself (SIGSTOP) right after
+// STEP, as a hung or frozen process would.
+std::optional<int64_t> stop_at_step(int rank);
 // Test hook: COHORT_TEST_SKIP_COLLECTIVE=RANK:STEP makes that rank skip the stop vote after STEP
 // (a rank that skips a collective, for the flight recorder's diagnosis).
 std::optional<int64_t> skip_collective_at_step(int rank);

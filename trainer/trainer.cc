@@ -497,6 +497,7 @@ RunSummary Trainer::run() {
   const std::optional<int64_t> kill_at = kill_at_step(rank_);
   const int64_t delay_ms = step_delay_ms(rank_);
   const std::optional<int64_t> skip_vote = skip_collective_at_step(rank_);
+  const std::optional<int64_t> stop_at = stop_at_step(rank_);
   const bool elastic = env::get(env::kBatchWorld) != nullptr;
   auto log_t0 = Clock::now();
   double log_eval_s = 0;
@@ -612,6 +613,7 @@ RunSummary Trainer::run() {
         }
         ++step;
         if (kill_at && step == *kill_at) ::raise(SIGKILL);
+        if (stop_at && step == *stop_at) ::raise(SIGSTOP);
         if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
         samples += batch_data.input.size(0) * world_ * accum;
         if (auto job = parallel_->job_samples()) samples = *job;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -86,13 +87,47 @@ void check_mpi(int rc, const char* call) {
   if (rc != MPI_SUCCESS) COHORT_THROW(DistributedError, call, " failed: ", mpi_error(rc));
 }
 
-void ensure_mpi() {
+// MPI's start-up (MPI_Init, and the broadcasts that follow it) blocks until every rank of the job
+// takes part, with no timeout of its own: a rank that never started, died before MPI_Init or was
+// stopped would leave the others waiting forever. While one lives, a watchdog thread ends the
+// process after `timeout` with a sentence saying so (exit code 4, as any collective timeout).
+class StartupWatchdog {
+ public:
+  StartupWatchdog(const char* what, Millis timeout)
+      : thread_([this, what, timeout] {
+          std::unique_lock<std::mutex> lock(mu_);
+          if (cv_.wait_for(lock, timeout, [this] { return done_; })) return;
+          std::fprintf(stderr,
+                       "cohort: %s did not complete within %.0f s: a rank of this mpirun job never "
+                       "started, stopped or died before it (see mpirun's output for which)\n",
+                       what, static_cast<double>(timeout.count()) / 1000.0);
+          std::fflush(stderr);
+          std::_Exit(4);
+        }) {}
+  ~StartupWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+void ensure_mpi(Millis timeout) {
   static std::once_flag once;
-  std::call_once(once, [] {
+  std::call_once(once, [timeout] {
     int initialized = 0;
     MPI_Initialized(&initialized);
     int provided = 0;
     if (!initialized) {
+      const StartupWatchdog watchdog("MPI_Init", timeout);
       check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided),
                 "MPI_Init_thread");
       std::atexit(finalize_at_exit);
@@ -248,7 +283,7 @@ class MpiProcessGroup final : public ProcessGroup {
 MpiProcessGroup::MpiProcessGroup(std::shared_ptr<Store> store, int rank, int size,
                                  ProcessGroupOptions options)
     : ProcessGroup(rank, size), store_(std::move(store)), options_(std::move(options)) {
-  ensure_mpi();
+  ensure_mpi(options_.timeout);
   world_rank_ = world_rank();
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
@@ -630,7 +665,7 @@ std::string library_version() {
 }
 
 std::shared_ptr<Store> find_store(Millis timeout) {
-  ensure_mpi();
+  ensure_mpi(timeout);
   // The address and the job's token travel by MPI broadcast, the channel mpirun already trusts:
   // rank 0 makes a fresh token unless the job was given one.
   char address[256] = {}, token_text[128] = {};
@@ -652,6 +687,7 @@ std::shared_ptr<Store> find_store(Millis timeout) {
     std::snprintf(token_text, sizeof token_text, "%s", o.token.to_text().c_str());
   }
   {
+    const StartupWatchdog watchdog("MPI rank 0's broadcast of the store's address", timeout);
     std::lock_guard<std::mutex> lock(mpi_lock());
     check_mpi(MPI_Bcast(address, sizeof address, MPI_CHAR, 0, MPI_COMM_WORLD),
               "MPI_Bcast of the store address");

@@ -49,6 +49,8 @@ inline constexpr const char* kKillAtStep = "COHORT_KILL_AT_STEP";
 // RANK:STEP kills that rank while it writes the checkpoint of STEP (first attempt only).
 inline constexpr const char* kKillInCheckpoint = "COHORT_KILL_IN_CHECKPOINT";
 inline constexpr const char* kTestStepDelayMs = "COHORT_TEST_STEP_DELAY_MS";
+// RANK:STEP: that rank stops itself (SIGSTOP) after STEP, as a frozen process would.
+inline constexpr const char* kTestStopAtStep = "COHORT_TEST_STOP_AT_STEP";
 // RANK:STEP: that rank skips the stop vote after STEP (a collective one rank never issues).
 inline constexpr const char* kTestSkipCollective = "COHORT_TEST_SKIP_COLLECTIVE";
 

@@ -135,28 +135,38 @@ TEST_F(Diagnose, MismatchedSizesAreNamedOnBothBackends) {
       << r.output;
 }
 
-// Rank 1 is SIGSTOPped after 3 s of training (from its own shell, so no pid needs finding): rank 0
-// times out, the stopped rank can write no dump, and the diagnosis says it is the one the others
-// waited for.
+// Rank 1 stops itself (SIGSTOP) after step 3: rank 0 times out, the stopped rank can write no dump,
+// and the diagnosis says it is the one the others waited for.
 TEST_F(Diagnose, AStoppedRankIsNamedOnBothBackends) {
-  const auto stopped = [&](const std::string& run) {
-    return "sh -c 'if [ \"${RANK:-$OMPI_COMM_WORLD_RANK}\" = 1 ]; then (sleep 3; kill -STOP $$) & "
-           "fi; exec " +
-           train(run) + " train.steps=1000000" + (run == "mpi" ? " distributed.backend=mpi" : "") +
-           "'";
-  };
   const std::regex paragraph(
       "rank 1 wrote no dump \\(stopped, hung where it could not write one, or killed\\) while "
       "every rank that did waited in [a-z_]+ #[0-9]+ of group 0 \\([^)]*\\); rank 0 waited "
       "[0-9.]+ s in it");
-  auto r = run_command(std::string(COHORT_BINARY) +
-                       " launch --nproc-per-node 2 --grace-period 1 -- " + stopped("cpu"));
+  auto r = run_command("env COHORT_TEST_STOP_AT_STEP=1:3 " + std::string(COHORT_BINARY) +
+                       " launch --nproc-per-node 2 --grace-period 1 -- " + train("cpu"));
   ASSERT_EQ(r.code, 4) << r.output;
   EXPECT_TRUE(std::regex_search(r.output, paragraph)) << r.output;
   if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
-  r = run_command(cohort::test::mpirun_command(2, stopped("mpi")));
+  r = run_command("env COHORT_TEST_STOP_AT_STEP=1:3 " +
+                  cohort::test::mpirun_command(2, "-x COHORT_TEST_STOP_AT_STEP " + train("mpi") +
+                                                      " distributed.backend=mpi"));
   ASSERT_NE(r.code, 0) << r.output;
   EXPECT_TRUE(std::regex_search(diagnose("mpi"), paragraph)) << diagnose("mpi");
+}
+
+// MPI's start-up waits for every rank with no timeout of its own: a rank stopped before MPI_Init
+// would leave the others there forever. They end after distributed.timeout_s with a sentence.
+TEST_F(Diagnose, ARankStoppedBeforeMpiStartsEndsTheOthersAfterTheTimeout) {
+  if (!COHORT_USE_MPI) GTEST_SKIP() << "this build has no mpi backend";
+  const auto r = run_command(cohort::test::mpirun_command(
+      2, "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then kill -STOP $$; fi; exec " +
+             train("mpi") + " distributed.backend=mpi'"));
+  ASSERT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(std::regex_search(
+      r.output, std::regex("cohort: (MPI_Init|MPI rank 0's broadcast of the store's address) did "
+                           "not complete within 2 s: a rank of this mpirun job never started, "
+                           "stopped or died before it")))
+      << r.output;
 }
 
 TEST_F(Diagnose, SigusrTwoAsksARunningRankWhereItIs) {
