@@ -90,11 +90,15 @@ void check_mpi(int rc, const char* call) {
 // MPI's start-up (MPI_Init, and the broadcasts that follow it) blocks until every rank of the job
 // takes part, with no timeout of its own: a rank that never started, died before MPI_Init or was
 // stopped would leave the others waiting forever. While one lives, a watchdog thread ends the
-// process after `timeout` with a sentence saying so (exit code 4, as any collective timeout).
+// process after `timeout`, but never before kStartupFloor (MPI_Init alone took seconds on a fresh
+// machine, and a job's short collective timeout is no reason to fail its start), with a sentence
+// saying so (exit code 4, as any collective timeout).
+constexpr Millis kStartupFloor{std::chrono::seconds(60)};
+
 class StartupWatchdog {
  public:
-  StartupWatchdog(const char* what, Millis timeout)
-      : thread_([this, what, timeout] {
+  StartupWatchdog(const char* what, Millis timeout_in)
+      : thread_([this, what, timeout = std::max(timeout_in, kStartupFloor)] {
           std::unique_lock<std::mutex> lock(mu_);
           if (cv_.wait_for(lock, timeout, [this] { return done_; })) return;
           std::fprintf(stderr,
