@@ -200,8 +200,6 @@ class Round {
                   {"TORCHELASTIC_RESTART_COUNT", std::to_string(restart)},
                   {"TORCHELASTIC_MAX_RESTARTS", std::to_string(o.max_restarts)},
                   {"TORCHELASTIC_RUN_ID", run_id}};
-      // torchrun's default for Python workers is one thread each; an equal share of the cores
-      // is what they would choose for themselves.
       if (!o.flight_note.empty()) spec.env["COHORT_FLIGHT_RECORDER_NOTE"] = o.flight_note;
       if (o.heal) spec.env["COHORT_HEAL"] = "1";
       spec.cpus = o.binding.empty() ? std::vector<int>{} : o.binding[static_cast<size_t>(r)];

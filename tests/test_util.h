@@ -1,12 +1,10 @@
 // Helpers shared by the test suites.
 #pragma once
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdio>
@@ -30,21 +28,6 @@ namespace cohort::test {
 inline const std::string kTinyGpt =
     "data.dataset=synthetic model.vocab=256 model.dim=32 model.context=16 data.batch_size=8 "
     "eval.max_batches=1";
-
-// A TCP port of 127.0.0.1 that is free now (the OS picks it; nothing holds it afterwards).
-inline int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) ::close(fd);
-  return port;
-}
 
 struct CommandResult {
   int code = -1;  // -1 when it did not exit normally

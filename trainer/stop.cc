@@ -85,32 +85,34 @@ int StopVote::after_step(int request) {
   return 0;
 }
 
-std::optional<int64_t> kill_at_step(int rank) {
+namespace {
+
+// VAR=RANK:STEP: STEP when RANK is this rank (and, for drills that must not repeat in the job a
+// restart resumes, on its first attempt only).
+std::optional<int64_t> step_for_rank(const char* var, int rank, bool first_attempt_only) {
   int64_t r = -1, step = -1;
-  if (!env::integer_pair(env::kKillAtStep, "RANK:STEP", r, step)) return std::nullopt;
-  if (env::integer(env::kRestartCount, 0, 0, INT32_MAX) != 0 || r != rank) return std::nullopt;
+  if (!env::integer_pair(var, "RANK:STEP", r, step) || r != rank) return std::nullopt;
+  if (first_attempt_only && env::integer(env::kRestartCount, 0, 0, INT32_MAX) != 0)
+    return std::nullopt;
   return step;
+}
+
+}  // namespace
+
+std::optional<int64_t> kill_at_step(int rank) {
+  return step_for_rank(env::kKillAtStep, rank, true);
 }
 
 std::optional<int64_t> kill_in_checkpoint(int rank) {
-  int64_t r = -1, step = -1;
-  if (!env::integer_pair(env::kKillInCheckpoint, "RANK:STEP", r, step)) return std::nullopt;
-  if (env::integer(env::kRestartCount, 0, 0, INT32_MAX) != 0 || r != rank) return std::nullopt;
-  return step;
+  return step_for_rank(env::kKillInCheckpoint, rank, true);
 }
 
 std::optional<int64_t> stop_at_step(int rank) {
-  int64_t r = -1, step = -1;
-  if (!env::integer_pair(env::kTestStopAtStep, "RANK:STEP", r, step) || r != rank)
-    return std::nullopt;
-  return step;
+  return step_for_rank(env::kTestStopAtStep, rank, false);
 }
 
 std::optional<int64_t> skip_collective_at_step(int rank) {
-  int64_t r = -1, step = -1;
-  if (!env::integer_pair(env::kTestSkipCollective, "RANK:STEP", r, step) || r != rank)
-    return std::nullopt;
-  return step;
+  return step_for_rank(env::kTestSkipCollective, rank, false);
 }
 
 int64_t step_delay_ms(int rank) {

@@ -284,14 +284,25 @@ void Trainer::adopt(const Generation& g, core::optim::OptimizerState state) {
     try {
       const auto layout = nlohmann::json::parse(store->get("layout"));
       if (!layout.is_array() || layout.size() > (1u << 20)) throw std::runtime_error("not a list");
+      // An optimiser keeps per-parameter buffers (a few per parameter) and scalars: no tensor is
+      // larger than the model, and all of them together no more than a few times it. Checked
+      // before anything is allocated, without overflow.
+      int64_t params = 1, total = 0;
+      for (const Tensor& p : model_->parameters()) params += p.numel();
       for (const auto& e : layout) {
         const auto name = e.at(0).get<std::string>();
         const int dtype = e.at(1).get<int>();
         const auto shape = e.at(2).get<std::vector<int64_t>>();
+        int64_t numel = 1;
+        for (int64_t d : shape) {
+          if (d < 0 || (d > 0 && numel > params / d))
+            throw std::runtime_error("a tensor too large");
+          numel *= d;
+        }
+        total += numel;
         if (dtype < 0 || dtype > static_cast<int>(core::DType::kFloat16) || shape.size() > 8 ||
-            std::any_of(shape.begin(), shape.end(),
-                        [](int64_t d) { return d < 0 || d > (int64_t{1} << 40); }))
-          throw std::runtime_error("a bad tensor");
+            total > 8 * params + static_cast<int64_t>(layout.size()))
+          throw std::runtime_error("a bad tensor, or more state than the model could have");
         state[name] = core::zeros(
             shape, core::TensorOptions(static_cast<core::DType>(dtype)).with_device(device_));
       }

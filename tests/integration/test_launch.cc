@@ -17,6 +17,7 @@
 #include "collectives/store/tcp_store.h"
 #include "core/util/error.h"
 #include "launcher/cpu_binding.h"
+#include "launcher/launch.h"
 #include "test_util.h"
 
 namespace {
@@ -485,7 +486,7 @@ TEST_F(Launch, AnUnreachableRendezvousIsAClearError) {
             std::string::npos)
       << r.err;
   // Node 0 up, node 1 never coming: node 0 says how many arrived.
-  const std::string port = std::to_string(cohort::test::free_port());
+  const std::string port = std::to_string(cohort::launcher::free_port());
   r = run(
       "--nnodes 2 --node-rank 0 --rdzv-endpoint 127.0.0.1:" + port + " --rdzv-timeout 2 -- true",
       "alone");

@@ -200,8 +200,8 @@ TEST_F(ShardedTrain, AKilledRankUnderFsdpIsRestartedIntoTheUnbrokenResult) {
 // DDP (parameters sliced over the ranks) and for FSDP (every rank its own shards), and each write's
 // duration is recorded beside the stall.
 TEST_F(ShardedTrain, AsyncCheckpointsEqualSynchronousOnesBitForBit) {
-  for (const auto& [strategy, n] : std::vector<std::pair<std::string, int>>{
-           {"none", 1}, {"ddp", 2}, {"fsdp", 2}}) {
+  for (const auto& [strategy, n] :
+       std::vector<std::pair<std::string, int>>{{"none", 1}, {"ddp", 2}, {"fsdp", 2}}) {
     const std::string extra = "distributed.strategy=" + strategy +
                               " checkpoint.every_steps=4 checkpoint.keep=5 checkpoint.async=";
     std::map<bool, std::string> runs;
