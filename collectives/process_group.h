@@ -116,6 +116,13 @@ class ProcessGroup {
   virtual std::shared_ptr<Work> send(const core::Tensor& tensor, int dst, int tag = 0) = 0;
   virtual std::shared_ptr<Work> recv(core::Tensor& tensor, int src, int tag = 0) = 0;
 
+  // How an all-reduce of `bytes` runs in this group ("ring", "recursive doubling",
+  // "hierarchical ..."; backends that choose inside their library say so), for benchmarks.
+  virtual std::string allreduce_algorithm(size_t /*bytes*/) const { return backend_name(); }
+  // The group's layout over nodes and what it means for its collectives, for the banner; empty
+  // when there is nothing to say.
+  virtual std::string topology() const { return ""; }
+
  protected:
   int rank_, size_;
 };
@@ -127,6 +134,10 @@ struct ProcessGroupOptions {
   // The address peers use to reach this rank over TCP; empty: the interface that reaches the
   // TcpStore, else this host's name.
   std::string address;
+  // cpu backend: how all-reduces run: "auto" (by size and node layout), "ring",
+  // "recursive_doubling" or "hierarchical"; empty: COHORT_ALLREDUCE_ALGORITHM, else auto.
+  // Every rank must choose the same.
+  std::string allreduce_algorithm;
 };
 
 // Creates the group `backend` ("cpu", "mpi" or "nccl") over `store` (every member must call this

@@ -100,6 +100,7 @@ int bench_collectives(const BenchCollectivesOptions& o) {
   collectives::ProcessGroupOptions po;
   po.timeout = timeout;
   po.transport = o.transport;
+  po.allreduce_algorithm = o.algorithm;
   auto pg = collectives::create_process_group(
       o.backend, std::make_shared<collectives::PrefixStore>("bench", store), env.rank,
       env.world_size, po);
@@ -117,8 +118,9 @@ int bench_collectives(const BenchCollectivesOptions& o) {
     std::printf("# cohort bench collectives: %s, backend %s, transport %s, %d ranks, float32%s\n",
                 o.op.c_str(), o.backend.c_str(), o.transport.c_str(), n,
                 device.is_cuda() ? (" on " + core::cuda::device_name(device.index)).c_str() : "");
-    std::printf("%12s %10s %10s %10s %8s\n", "bytes", "time_us", "algbw_GBs", "busbw_GBs",
-                "errors");
+    if (!pg->topology().empty()) std::printf("# %s\n", pg->topology().c_str());
+    std::printf("%12s %10s %10s %10s %8s%s\n", "bytes", "time_us", "algbw_GBs", "busbw_GBs",
+                "errors", o.op == "allreduce" ? "  algorithm" : "");
     std::fflush(stdout);
   }
   int64_t total_wrong = 0;
@@ -145,8 +147,11 @@ int bench_collectives(const BenchCollectivesOptions& o) {
     const double actual = static_cast<double>(count) * 4;
     const double alg = o.op == "barrier" ? 0 : actual / t / 1e9;
     if (leader)
-      std::printf("%12.0f %10.1f %10.3f %10.3f %8lld\n", actual, t * 1e6, alg,
-                  alg * bus_factor(o.op, n), static_cast<long long>(wrong));
+      std::printf("%12.0f %10.1f %10.3f %10.3f %8lld%s\n", actual, t * 1e6, alg,
+                  alg * bus_factor(o.op, n), static_cast<long long>(wrong),
+                  o.op == "allreduce"
+                      ? ("  " + pg->allreduce_algorithm(static_cast<size_t>(actual))).c_str()
+                      : "");
     std::fflush(stdout);
   }
   pg->barrier()->wait();

@@ -1,5 +1,6 @@
 // `cohort bench collectives`: an nccl-tests style table (bytes, time_us, algbw_GBs, busbw_GBs,
-// errors) for one collective over a range of sizes, run by every rank of a job.
+// errors, and for all-reduces the algorithm that ran) for one collective over a range of sizes,
+// run by every rank of a job.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@ struct BenchCollectivesOptions {
   std::string backend = "cpu";
   std::string op = "allreduce";
   std::string transport = "auto";
+  std::string algorithm;  // cpu all-reduces; empty: COHORT_ALLREDUCE_ALGORITHM, else auto
   int64_t min_bytes = 4096, max_bytes = 64 << 20, factor = 4;
   int iters = 0;  // 0: 200 below 1 MiB, 20 from there (as the reference programs)
   int warmup = 3;

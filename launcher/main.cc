@@ -296,6 +296,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench_coll->add_option("--transport", bo.transport, "cpu backend: auto, shm or tcp")
       ->capture_default_str();
+  bench_coll->add_option("--algorithm", bo.algorithm,
+                         "cpu backend's all-reduce: auto, ring, recursive_doubling or hierarchical "
+                         "(default: COHORT_ALLREDUCE_ALGORITHM, else auto)");
   bench_coll->add_option("-b,--min-bytes", min_b, "smallest size")->capture_default_str();
   bench_coll->add_option("-e,--max-bytes", max_b, "largest size")->capture_default_str();
   bench_coll->add_option("-f,--factor", bo.factor, "size multiplier")->capture_default_str();

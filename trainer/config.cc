@@ -556,6 +556,43 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.distributed.bucket_cap_mb = f64("distributed.bucket_cap_mb");
   c.distributed.timeout_s = f64("distributed.timeout_s");
   c.distributed.find_unused_parameters = bl("distributed.find_unused_parameters");
+  {
+    auto& cmp = c.distributed.compression;
+    cmp.kind = collectives::parse_compression(str("distributed.compression"));
+    cmp.powersgd.rank = i64("distributed.powersgd.rank");
+    cmp.powersgd.start_step = i64("distributed.powersgd.start_step");
+    cmp.powersgd.warm_start = bl("distributed.powersgd.warm_start");
+    cmp.powersgd.error_feedback = bl("distributed.powersgd.error_feedback");
+    cmp.powersgd.min_compression_rate = f64("distributed.powersgd.min_compression_rate");
+    cmp.powersgd.seed = c.seed;
+    const YAML::Node given = lookup(root, "distributed.compression");
+    const Strategy st = c.distributed.strategy;
+    if (cmp.kind != collectives::Compression::kNone && st != Strategy::kDdp &&
+        st != Strategy::kZero1 && st != Strategy::kZero2)
+      val.fail("distributed.compression", given,
+               std::string("distributed.compression compresses gradient buckets of "
+                           "distributed.strategy ddp, zero1 and zero2, not ") +
+                   strategy_name(st));
+    if (cmp.kind == collectives::Compression::kPowerSgd && st != Strategy::kDdp)
+      val.fail("distributed.compression", given,
+               std::string("distributed.compression powersgd all-reduces low-rank factors of "
+                           "whole gradients: it needs distributed.strategy ddp, not ") +
+                   strategy_name(st) + " (bf16 and fp16 work with zero1 and zero2)");
+    if (cmp.kind == collectives::Compression::kPowerSgd && c.precision == Precision::kFp16)
+      val.fail("distributed.compression", given,
+               "distributed.compression powersgd cannot follow precision fp16's loss scaling: a "
+               "step that overflows would carry inf into every later step's error feedback; use "
+               "precision bf16");
+    for (const char* key :
+         {"distributed.powersgd.rank", "distributed.powersgd.start_step",
+          "distributed.powersgd.warm_start", "distributed.powersgd.error_feedback",
+          "distributed.powersgd.min_compression_rate"})
+      if (const YAML::Node k = lookup(root, key);
+          k.IsDefined() && !k.IsNull() && cmp.kind != collectives::Compression::kPowerSgd)
+        val.fail(key, k,
+                 std::string(key) + " is for distributed.compression powersgd, not " +
+                     collectives::compression_name(cmp.kind));
+  }
   if (const YAML::Node u = lookup(root, "distributed.fsdp.unit"); u.IsDefined() && !u.IsNull()) {
     auto bad = [&] {
       val.fail("distributed.fsdp.unit", u,

@@ -10,6 +10,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "collectives/ddp/comm_hook.h"
 #include "core/optim/optimizer.h"
 #include "parameter_server/codec.h"
 #include "parameter_server/shard.h"
@@ -161,6 +162,8 @@ struct DistributedConfig {
   double bucket_cap_mb = 25;
   double timeout_s = 300;
   bool find_unused_parameters = false;
+  // What crosses the wire for each gradient bucket (ddp, zero1, zero2; powersgd: ddp only).
+  collectives::CompressionOptions compression;
   FsdpConfig fsdp;
 };
 

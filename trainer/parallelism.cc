@@ -104,6 +104,50 @@ class Local final : public Parallelism {
  private:
 };
 
+// A compression hook's state in a checkpoint's optimiser part: what every rank holds alike as
+// "comm_hook.<key>", sliced over the writers like any replicated tensor; what is each rank's own
+// (PowerSGD's error feedback) as "comm_hook.ranks.<key>", one row per rank.
+constexpr std::string_view kHookShared = "comm_hook.", kHookRanks = "comm_hook.ranks.";
+
+void hook_pieces(const collectives::CommHook& hook, int rank, int world,
+                 std::vector<core::io::Piece>& out) {
+  std::map<std::string, Tensor> shared, own, prefixed;
+  hook.state(shared, own);
+  for (auto& [key, t] : shared) prefixed[std::string(kHookShared) + key] = t;
+  slice_into(prefixed, rank, world, out);
+  for (auto& [key, t] : own) {
+    Tensor flat = t.detach().contiguous().view({-1});
+    out.push_back(
+        {std::string(kHookRanks) + key, {world, flat.numel()}, rank * flat.numel(), flat});
+  }
+}
+
+void load_hook_state(const core::io::CheckpointReader& ck, collectives::CommHook& hook, int rank,
+                     int world) {
+  using Part = core::io::CheckpointReader::Part;
+  std::map<std::string, Tensor> shared, own;
+  for (const auto& [name, shape] : ck.shapes(Part::kOptimizer)) {
+    if (name.rfind(kHookRanks, 0) == 0) {
+      if (shape.size() != 2 || shape[0] < 1)
+        COHORT_THROW(ConfigError, "checkpoint ", ck.path(), ": ", name, " has shape ",
+                     core::shape_str(shape), ", not one row per rank");
+      const int64_t n = shape[1];
+      // At another world size no rank's own error carries over; their mean keeps the average
+      // update the job would have made.
+      own[name.substr(kHookRanks.size())] =
+          shape[0] == world ? ck.read_range(Part::kOptimizer, name, rank * n, (rank + 1) * n)
+                            : core::mean(ck.read(Part::kOptimizer, name), {0});
+    } else if (name.rfind(kHookShared, 0) == 0) {
+      shared[name.substr(kHookShared.size())] = ck.read(Part::kOptimizer, name);
+    }
+  }
+  try {
+    hook.load_state(shared, own);
+  } catch (const ConfigError& e) {
+    COHORT_THROW(ConfigError, "checkpoint ", ck.path(), ": ", e.what());
+  }
+}
+
 struct NoSyncScope final : AccumulationScope {
   explicit NoSyncScope(collectives::DistributedDataParallel* d) : guard(d) {}
   collectives::DistributedDataParallel::NoSync guard;
@@ -120,6 +164,7 @@ class Replicated final : public Parallelism {
     o.timeout = timeout_of(c);
     o.reduce_scatter = strategy_ != Strategy::kDdp;
     o.free_gradients = strategy_ == Strategy::kZero2;
+    o.compression = c.distributed.compression;
     ddp_ = std::make_unique<collectives::DistributedDataParallel>(model_, dist.group, o);
     if (o.reduce_scatter) {
       const core::optim::OptimizerSpec spec = c.optimizer;
@@ -161,6 +206,30 @@ class Replicated final : public Parallelism {
     return true;
   }
   core::io::ShardedState checkpoint_state() override {
+    core::io::ShardedState s = replica_state();
+    const auto& g = ddp_->group();
+    if (const auto* hook = ddp_->comm_hook()) hook_pieces(*hook, g.rank(), g.size(), s.optimizer);
+    return s;
+  }
+  void load_checkpoint(const core::io::CheckpointReader& ck) override {
+    load_replica(ck);
+    const auto& g = ddp_->group();
+    if (auto* hook = ddp_->comm_hook()) load_hook_state(ck, *hook, g.rank(), g.size());
+  }
+  std::string describe() const override {
+    const auto* hook = ddp_->comm_hook();
+    return hook ? hook->describe() : "";
+  }
+  void set_timeline(core::Timeline* t) override { ddp_->set_timeline(t); }
+  const char* comm_lane() const override { return "gradient reduction"; }
+  ModelStateBytes state_bytes() const override {
+    ModelStateBytes b{tensor_bytes(model_->parameters()), ddp_->gradient_bytes(), 0};
+    b.optimizer = sharded_ ? sharded_->state_bytes() : optimizer_bytes(*opt_);
+    return b;
+  }
+
+ private:
+  core::io::ShardedState replica_state() {
     if (!sharded_) return Parallelism::checkpoint_state();
     // The parameters as ddp writes them; the optimiser state as the shards this rank holds (no
     // rank gathers the whole of it).
@@ -178,7 +247,7 @@ class Replicated final : public Parallelism {
                      g.size(), s.optimizer);
     return s;
   }
-  void load_checkpoint(const core::io::CheckpointReader& ck) override {
+  void load_replica(const core::io::CheckpointReader& ck) {
     if (!sharded_) return Parallelism::load_checkpoint(ck);
     using Part = core::io::CheckpointReader::Part;
     model_->load_state_dict(ck.read_all(Part::kModel));
@@ -186,15 +255,7 @@ class Replicated final : public Parallelism {
     sharded_->load_shard_state_dict(read_optimizer_shards(
         ck, sharded_->groups(), sharded_->shards(), ddp_->params(), g.rank(), g.size()));
   }
-  void set_timeline(core::Timeline* t) override { ddp_->set_timeline(t); }
-  const char* comm_lane() const override { return "gradient reduction"; }
-  ModelStateBytes state_bytes() const override {
-    ModelStateBytes b{tensor_bytes(model_->parameters()), ddp_->gradient_bytes(), 0};
-    b.optimizer = sharded_ ? sharded_->state_bytes() : optimizer_bytes(*opt_);
-    return b;
-  }
 
- private:
   Strategy strategy_;
   std::unique_ptr<collectives::DistributedDataParallel> ddp_;
   collectives::ShardedOptimizer* sharded_ = nullptr;  // opt_, under zero1 and zero2
@@ -462,7 +523,10 @@ core::io::ShardedState Parallelism::checkpoint_state() {
 
 void Parallelism::load_checkpoint(const core::io::CheckpointReader& ck) {
   using Part = core::io::CheckpointReader::Part;
-  load(ck.read_all(Part::kModel), ck.read_all(Part::kOptimizer));
+  // A compression hook's state is not the optimiser's (Replicated reads it itself).
+  core::io::TensorMap optimizer = ck.read_all(Part::kOptimizer);
+  std::erase_if(optimizer, [](const auto& kv) { return kv.first.rfind(kHookShared, 0) == 0; });
+  load(ck.read_all(Part::kModel), optimizer);
 }
 
 Distributed join_job(const Config& c, const JobPlace& place,

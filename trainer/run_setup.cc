@@ -314,6 +314,9 @@ void Trainer::print_banner(const std::optional<std::string>& resume_from,
   if (leader())
     if (const std::string d = parallel_->describe(); !d.empty())
       std::printf("cohort: %s\n", d.c_str());
+  if (leader() && dist_.group)
+    if (const std::string t = dist_.group->topology(); !t.empty())
+      std::printf("cohort: %s backend, %s\n", dist_.group->backend_name().c_str(), t.c_str());
   if (resume_from && leader())
     std::printf("resumed from %s (step %lld, epoch %lld)\n", resume_from->c_str(),
                 static_cast<long long>(start.step), static_cast<long long>(start.epoch));

@@ -20,7 +20,7 @@ struct Header {
   uint32_t magic = 0xC0407C01;
   uint32_t op = 0;
   uint32_t tag = 0;
-  uint32_t reserved = 0;
+  uint32_t algorithm = 0;  // an all-reduce's (CpuProcessGroup::Algorithm); 0 otherwise
   uint64_t seq = 0;
   uint64_t bytes = 0;
 };
@@ -53,6 +53,7 @@ struct CpuProcessGroup::Op {
   core::DType dtype = core::DType::kFloat32;
   ReduceOp reduce = ReduceOp::kSum;
   size_t elem = 4;
+  Algorithm algorithm = Algorithm::kAuto;  // an all-reduce's, sent in every header
 
   // A step sends `send_bytes` from send_ptr to send_peer and receives recv_bytes from recv_peer
   // into recv_ptr (copying or reducing). A step's send may only use bytes that step `dep`'s receive
@@ -65,6 +66,9 @@ struct CpuProcessGroup::Op {
     bool reduce = false;
     int divide_by = 0;  // reduce, then divide each element by this (an average's last step)
     int dep = -1;
+    // The send waits for the dep's whole receive instead of following it byte by byte (it sends
+    // from elsewhere in the buffer: a pipeline's next phase).
+    bool dep_whole = false;
     uint32_t tag = 0;
     uint64_t send_seq = 0, recv_seq = 0;  // header sequence numbers (collective seq or p2p count)
   };

@@ -15,6 +15,7 @@
 #include "collectives/cpu/reduce_kernels.h"
 #include "collectives/flight_recorder.h"
 #include "collectives/store/tcp_store.h"
+#include "core/util/env.h"
 #include "core/util/error.h"
 #include "core/util/threads.h"
 
@@ -70,6 +71,7 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
     sh[i].tag = steps[i].tag;
     sh[i].seq = steps[i].send_seq;
     sh[i].bytes = steps[i].send_bytes;
+    sh[i].algorithm = static_cast<uint32_t>(algorithm);
   }
   std::vector<int> active;
   for (const auto& s : steps) {
@@ -101,6 +103,17 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
         progress = got > 0;
         if (r.header_got == sizeof(Header)) {
           const Header& h = r.header;
+          if (h.magic == Header{}.magic && h.op == code && h.seq == st.recv_seq &&
+              h.algorithm != static_cast<uint32_t>(algorithm)) {
+            const auto theirs = static_cast<Algorithm>(h.algorithm);
+            COHORT_THROW(DistributedError, "rank ", pg->rank(), " runs ", name, " #", seq,
+                         " with the ", algorithm_name(algorithm), " algorithm but ",
+                         mesh.describe(st.recv_peer), " with ",
+                         h.algorithm <= static_cast<uint32_t>(Algorithm::kHierarchical)
+                             ? algorithm_name(theirs)
+                             : "an unknown one",
+                         "; every rank must set the same ", env::kAllreduceAlgorithm);
+          }
           if (h.magic != Header{}.magic || h.op != code || h.seq != st.recv_seq ||
               h.bytes != st.recv_bytes || h.tag != st.tag) {
             COHORT_THROW(DistributedError, "rank ", pg->rank(), " is in ", name, " #", seq,
@@ -164,7 +177,9 @@ void CpuProcessGroup::Op::run(std::vector<Step>& steps) {
       Step& st = steps[si];
       size_t avail = st.send_bytes;
       if (st.dep >= 0 && !recv_complete(static_cast<size_t>(st.dep)))
-        avail = rs[st.dep].header_got == sizeof(Header) ? std::min(avail, rs[st.dep].done) : 0;
+        avail = rs[st.dep].header_got == sizeof(Header) && !st.dep_whole
+                    ? std::min(avail, rs[st.dep].done)
+                    : 0;
       Channel& ch = mesh.send_channel(st.send_peer);
       const size_t limit = sizeof(Header) + avail;
       while (sent[si] < limit) {
@@ -264,6 +279,28 @@ CpuProcessGroup::CpuProcessGroup(std::shared_ptr<Store> store, int rank, int siz
   all_shm_ = true;
   for (int r = 0; r < size; ++r)
     if (r != rank && !mesh_->is_shm(r)) all_shm_ = false;
+  // Nodes as the mesh found them (every rank sees the same records, so the same layout).
+  for (int r = 0; r < size; ++r) {
+    auto it = std::find_if(nodes_.begin(), nodes_.end(), [&](const std::vector<int>& n) {
+      return mesh_->peer(n.front()).node_id == mesh_->peer(r).node_id;
+    });
+    if (it == nodes_.end()) {
+      nodes_.push_back({r});
+      it = nodes_.end() - 1;
+    } else {
+      it->push_back(r);
+    }
+    if (r == rank) node_ = static_cast<int>(it - nodes_.begin());
+  }
+  if (!options_.allreduce_algorithm.empty()) {
+    forced_ = parse_algorithm(options_.allreduce_algorithm);
+  } else if (const char* from_env = env::get(env::kAllreduceAlgorithm)) {
+    try {
+      forced_ = parse_algorithm(from_env);
+    } catch (const ConfigError& e) {
+      COHORT_THROW(ConfigError, env::kAllreduceAlgorithm, ": ", e.what());
+    }
+  }
   monitor_ = std::make_unique<GroupMonitor>(store_, rank, size);
   flight_group_ = FlightRecorder::get().next_group();
   runner_ = std::make_unique<OpRunner>(kInlineBytes);

@@ -88,8 +88,21 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<core::nn::Modul
         params_[i].register_post_accumulate_grad_hook([this, i](Tensor&) { on_gradient(i); }));
   ready_.assign(params_.size(), 0);
   pending_.assign(buckets_.size(), 0);
-  works_.resize(buckets_.size());
+  reductions_.resize(buckets_.size());
+  completed_at_.resize(buckets_.size());
   launched_us_.assign(buckets_.size(), 0);
+  if (o_.compression.kind == Compression::kPowerSgd && o_.reduce_scatter)
+    COHORT_THROW(ConfigError,
+                 "PowerSGD compresses all-reduced gradients: it does not apply to ZeRO's "
+                 "reduce-scattered buckets");
+  std::vector<HookBucket> layout;
+  for (const Bucket& b : buckets_) {
+    HookBucket hb;
+    hb.numel = b.numel;
+    for (size_t k : b.params) hb.slots.push_back({names_[k], params_[k].sizes(), slots_[k].offset});
+    layout.push_back(std::move(hb));
+  }
+  hook_ = make_comm_hook(o_.compression, *group_, std::move(layout), o_.timeout);
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
@@ -99,10 +112,10 @@ DistributedDataParallel::~DistributedDataParallel() {
   }
   // A backward that threw may have left reductions running on our buffers: let them end (each has
   // its own deadline) before the buffers go.
-  for (auto& w : works_) {
-    if (!w) continue;
+  for (auto& r : reductions_) {
+    if (!r.work) continue;
     try {
-      w->wait(timeout() * 2);
+      r.work->wait(timeout() * 2);
     } catch (...) {
     }
   }
@@ -181,12 +194,23 @@ void DistributedDataParallel::fold(size_t bucket) {
 
 void DistributedDataParallel::fold_finished() {
   for (size_t b = 0; b < next_launch_; ++b) {
-    if (!works_[b] || !works_[b]->is_completed()) continue;
-    works_[b]->wait(timeout());  // rethrows its error
+    if (!reductions_[b].work || !advance(b, false)) continue;
     record(b);
-    works_[b] = nullptr;
     fold(b);
   }
+}
+
+bool DistributedDataParallel::advance(size_t b, bool block) {
+  Reduction& r = reductions_[b];
+  while (r.work) {
+    if (!block && (!r.work->is_completed() || (r.then && r.then_collective))) return false;
+    r.work->wait(timeout());  // rethrows its error
+    completed_at_[b] = r.work->completed_at();
+    // The next stage replaces this one, whose `then` is running: move it out first.
+    std::function<Reduction()> then = std::move(r.then);
+    r = then ? then() : Reduction{};
+  }
+  return true;
 }
 
 void DistributedDataParallel::record(size_t b) {
@@ -197,7 +221,7 @@ void DistributedDataParallel::record(size_t b) {
           mb(buckets_[b].padded *
              static_cast<int64_t>(params_[buckets_[b].params[0]].element_size())) +
           ")",
-      "comm", launched_us_[b], o_.timeline->to_us(works_[b]->completed_at()) - launched_us_[b], 1);
+      "comm", launched_us_[b], o_.timeline->to_us(completed_at_[b]) - launched_us_[b], 1);
 }
 
 void DistributedDataParallel::zero_shards() {
@@ -221,7 +245,7 @@ void DistributedDataParallel::begin_backward() {
   for (size_t b = 0; b < buckets_.size(); ++b)
     pending_[b] = static_cast<int64_t>(buckets_[b].params.size());
   next_launch_ = 0;
-  std::fill(works_.begin(), works_.end(), nullptr);
+  std::fill(reductions_.begin(), reductions_.end(), Reduction{});
   core::autograd::queue_callback([this] { finish_backward(); });
 }
 
@@ -253,15 +277,22 @@ void DistributedDataParallel::launch(size_t b) {
   Bucket& bucket = buckets_[b];
   const FlightTag tag("ddp bucket", static_cast<int64_t>(b));
   if (o_.timeline) launched_us_[b] = o_.timeline->now_us();
-  if (o_.free_gradients) {
+  if (hook_) {
+    reductions_[b] = hook_->start(b, bucket.grads, o_.reduce_scatter);
+    // Earlier buckets' casts back run now rather than all at the end.
+    for (size_t e = 0; e < b && !o_.free_gradients; ++e)
+      if (reductions_[e].work) advance(e, false);
+    if (o_.free_gradients) fold_finished();
+  } else if (o_.free_gradients) {
     const int64_t n = bucket.padded / group_->size();
     Tensor mine = bucket.grads.narrow(0, n * group_->rank(), n);
-    works_[b] = group_->reduce_scatter(mine, bucket.grads, {ReduceOp::kAvg, o_.timeout});
+    reductions_[b].work = group_->reduce_scatter(mine, bucket.grads, {ReduceOp::kAvg, o_.timeout});
     fold_finished();
   } else if (o_.reduce_scatter) {
-    works_[b] = group_->reduce_scatter(bucket.shard, bucket.grads, {ReduceOp::kAvg, o_.timeout});
+    reductions_[b].work =
+        group_->reduce_scatter(bucket.shard, bucket.grads, {ReduceOp::kAvg, o_.timeout});
   } else {
-    works_[b] = group_->allreduce(bucket.grads, {ReduceOp::kAvg, o_.timeout});
+    reductions_[b].work = group_->allreduce(bucket.grads, {ReduceOp::kAvg, o_.timeout});
   }
 }
 
@@ -304,12 +335,12 @@ void DistributedDataParallel::finish_backward() {
   // What backward waits for here is communication that compute did not hide.
   core::Timeline::Span waiting(o_.timeline, "wait for gradient reduction", "comm");
   for (size_t b = 0; b < buckets_.size(); ++b) {
-    if (!works_[b]) continue;  // folded already
-    works_[b]->wait(timeout());
+    if (!reductions_[b].work) continue;  // folded already
+    advance(b, true);
     record(b);
-    works_[b] = nullptr;
     if (o_.free_gradients) fold(b);
   }
+  if (hook_) hook_->end_backward();
   // Parameters that arrived in on_gradient already have their bucket view as .grad().
   for (size_t i = 0; i < params_.size(); ++i) {
     const bool globally_unused = used.defined() && used.data_ptr<float>()[i] == 0;

@@ -16,12 +16,18 @@
 // the result is added into the rank's shard, a buffer of its own, and the full-size buffer goes.
 // Each backward then reduces (no_sync() does not apply), so that accumulated micro-batches need
 // no full-size gradient either.
+//
+// DdpOptions::compression swaps a bucket's all-reduce for a communication hook (comm_hook.h): a
+// 16-bit cast (with reduce_scatter too) or PowerSGD (all-reduce only). A hook's first collective
+// starts as the bucket fills, like the plain one; a later one (PowerSGD's Q) starts when backward
+// ends, bucket by bucket, so that every rank issues them in one order.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "collectives/ddp/comm_hook.h"
 #include "collectives/process_group.h"
 #include "core/nn/module.h"
 #include "core/util/timeline.h"
@@ -44,6 +50,8 @@ struct DdpOptions {
   bool free_gradients = false;
   // Bucket all-reduces are drawn on lane 1 of this timeline, if set.
   core::Timeline* timeline = nullptr;
+  // What crosses the wire for each bucket (none: its float32 gradient).
+  CompressionOptions compression;
 };
 
 class DistributedDataParallel {
@@ -99,12 +107,19 @@ class DistributedDataParallel {
   void zero_shards();
   // Bytes of gradient buffers held now (full-size buckets and shards).
   int64_t gradient_bytes() const;
+  // The compression hook; null without compression.
+  CommHook* comm_hook() { return hook_.get(); }
+  const CommHook* comm_hook() const { return hook_.get(); }
 
  private:
   void on_gradient(size_t index);
   void begin_backward();
   void launch_ready_buckets();
   void launch(size_t bucket);
+  // Runs the bucket's reduction on as far as its collectives have completed (waiting for them
+  // when `block`; without, it stops before a stage that would issue a collective). True when it
+  // has ended; its end time is then in completed_at_.
+  bool advance(size_t bucket, bool block);
   void finish_backward();
   // free_gradients: the bucket's flat buffer, created on its first gradient.
   void ensure_buffer(size_t bucket);
@@ -128,11 +143,13 @@ class DistributedDataParallel {
 
   // State of the backward pass in progress.
   bool in_backward_ = false;
-  std::vector<char> ready_;       // per parameter
-  std::vector<int64_t> pending_;  // per bucket: gradients still to arrive
-  size_t next_launch_ = 0;        // buckets launch in order
-  std::vector<std::shared_ptr<Work>> works_;
+  std::vector<char> ready_;            // per parameter
+  std::vector<int64_t> pending_;       // per bucket: gradients still to arrive
+  size_t next_launch_ = 0;             // buckets launch in order
+  std::vector<Reduction> reductions_;  // per bucket, while in flight (work set)
+  std::vector<std::chrono::steady_clock::time_point> completed_at_;
   std::vector<int64_t> launched_us_;  // timeline start of each bucket's reduction
+  std::unique_ptr<CommHook> hook_;
 };
 
 }  // namespace cohort::collectives

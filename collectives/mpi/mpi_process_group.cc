@@ -225,6 +225,7 @@ class MpiProcessGroup final : public ProcessGroup {
   MpiProcessGroup(std::shared_ptr<Store> store, int rank, int size, ProcessGroupOptions options);
   ~MpiProcessGroup() override;
   std::string backend_name() const override { return "mpi"; }
+  std::string allreduce_algorithm(size_t) const override { return "Open MPI's (tuned coll)"; }
 
   std::shared_ptr<Work> allreduce(Tensor& tensor, const AllreduceOptions& o) override;
   std::shared_ptr<Work> broadcast(Tensor& tensor, const BroadcastOptions& o) override;

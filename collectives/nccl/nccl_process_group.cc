@@ -108,6 +108,7 @@ class NcclProcessGroup final : public ProcessGroup {
   }
   ~NcclProcessGroup() override;
   std::string backend_name() const override { return "nccl"; }
+  std::string allreduce_algorithm(size_t) const override { return "NCCL's (NCCL_ALGO)"; }
 
   std::shared_ptr<Work> allreduce(Tensor& t, const AllreduceOptions& o) override {
     check_tensor(t, "allreduce", "nccl");

@@ -29,6 +29,9 @@ inline constexpr const char* kHeal = "COHORT_HEAL";
 inline constexpr const char* kHealJoin = "COHORT_HEAL_JOIN";
 // Set by `cohort launch` for its workers: the node's index in the job (for messages).
 inline constexpr const char* kNodeRank = "COHORT_NODE_RANK";
+// The cpu backend's all-reduce algorithm (auto, ring, recursive_doubling, hierarchical) where
+// ProcessGroupOptions does not set one, as NCCL_ALGO does for NCCL. Every rank must set the same.
+inline constexpr const char* kAllreduceAlgorithm = "COHORT_ALLREDUCE_ALGORITHM";
 // Parameter servers' shared secret when the user gives one (else derived from the job's token).
 inline constexpr const char* kPsSecret = "COHORT_PS_SECRET";
 // The flight recorder (collectives/flight_recorder.h): operations kept per process (default

@@ -213,6 +213,72 @@ TEST_F(MultiNode, EveryOpAcrossTwoNodesOverTcpStoreAndFileStore) {
   }
 }
 
+// Several ranks on each of several nodes: all-reduces go hierarchically (a chain inside each node
+// over shared memory, the leaders over TCP), and must give exactly what the flat ring gives. The
+// bench checks every element against the closed form (the sum of rank + 1) on every rank, at sizes
+// from one element per rank up to the ring's range among the leaders.
+TEST_F(CollectiveProcesses, HierarchicalAllreduceEqualsTheFlatOneAcrossNodeLayouts) {
+  for (auto [nodes, per_node] : {std::pair{2, 2}, std::pair{2, 3}, std::pair{3, 2}}) {
+    cohort::test::NetnsCluster cluster("chh", nodes);
+    if (!cluster.unavailable.empty()) GTEST_SKIP() << cluster.unavailable;
+    ASSERT_EQ(cluster.error, "");
+    const int size = nodes * per_node;
+    std::vector<std::string> where;
+    for (int r = 0; r < size; ++r) where.push_back(cluster.node(r / per_node));
+    const std::string layout = std::to_string(nodes) + " nodes x " + std::to_string(per_node);
+    for (std::string algorithm : {"auto", "hierarchical", "ring"}) {
+      const std::string args = "--op allreduce --algorithm " + algorithm +
+                               " -b 4 -e 4M -f 8 --iters 2 --warmup 1 --timeout 120";
+      run_all(size, "file:" + (dir_ / ("h" + std::to_string(size) + algorithm)).string(), args,
+              where);
+      const std::string table = read_text(dir_ / "rank0.log");
+      EXPECT_NE(table.find(layout), std::string::npos) << table;
+      // On such a layout auto goes hierarchically from 32 KiB and keeps the flat recursive
+      // doubling below; forced, the hierarchy runs at every size.
+      const std::string leaders = " among " + std::to_string(nodes) + " leaders)";
+      if (algorithm != "ring") {
+        EXPECT_NE(table.find("hierarchical (ring" + leaders), std::string::npos) << table;
+      }
+      if (algorithm == "hierarchical") {
+        EXPECT_NE(table.find("hierarchical (recursive doubling" + leaders), std::string::npos)
+            << table;
+      }
+      if (algorithm == "auto") {
+        EXPECT_NE(table.find("  recursive doubling\n"), std::string::npos) << table;
+      }
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// A rank that dies inside a node, while its leader waits for its share over shared memory, ends
+// the all-reduce on every node with a sentence naming it.
+TEST_F(CollectiveProcesses, ARankKilledInsideANodeDuringAHierarchicalAllreduceIsNamed) {
+  cohort::test::NetnsCluster cluster("chk", 2);
+  if (!cluster.unavailable.empty()) GTEST_SKIP() << cluster.unavailable;
+  ASSERT_EQ(cluster.error, "");
+  const std::string store = "file:" + (dir_ / "kill_hier").string();
+  const std::string args =
+      "--op allreduce --algorithm hierarchical -b 16M -e 16M --iters 1000000 --warmup 0 "
+      "--timeout 120";
+  for (int r = 0; r < 4; ++r)
+    ranks_.push_back(start_rank(r, 4, store, args, dir_, "", cluster.node(r / 2)));
+  const auto end = std::chrono::steady_clock::now() + 120s;
+  while (read_text(ranks_[0].log).find("errors") == std::string::npos &&
+         std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(50ms);
+  std::this_thread::sleep_for(1500ms);
+  // Rank 3 is node 1's second rank: its leader (rank 2) reduces its share over shared memory.
+  kill(ranks_[3].pid, SIGKILL);
+  EXPECT_EQ(wait_rank(ranks_[3], 30s), 128 + SIGKILL);
+  for (int r : {0, 1, 2}) {
+    const int code = wait_rank(ranks_[r], 100s);  // inside the 120 s collective timeout
+    const std::string log = read_text(ranks_[r].log);
+    EXPECT_EQ(code, 4) << "rank " << r << ":\n" << log;
+    EXPECT_NE(log.find("rank 3"), std::string::npos) << "rank " << r << ":\n" << log;
+  }
+}
+
 // The store is needed while a group forms; if its server goes away then, every rank says so,
 // naming the server, instead of waiting for ever.
 TEST_F(CollectiveProcesses, TheStoreServerDisappearingIsAnErrorNamingIt) {

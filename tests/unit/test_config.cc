@@ -104,6 +104,20 @@ TEST_F(ConfigTest, WrongTypesAndRanges) {
       {"model:\n  type: gpt\n  dim: 10\n  heads: 3\ndata:\n  dataset: text\n  path: "
        "/etc/hostname\n",
        "model.dim (10) must be divisible by model.heads (3)"},
+      {"model:\n  type: mlp\ndistributed:\n  compression: int8\n",
+       "c.yaml:4: distributed.compression must be one of none, bf16, fp16, powersgd"},
+      {"model:\n  type: mlp\ndistributed:\n  strategy: fsdp\n  compression: bf16\n",
+       "c.yaml:5: distributed.compression compresses gradient buckets of distributed.strategy "
+       "ddp, zero1 and zero2, not fsdp"},
+      {"model:\n  type: mlp\ndistributed:\n  strategy: zero2\n  compression: powersgd\n",
+       "powersgd all-reduces low-rank factors of whole gradients: it needs distributed.strategy "
+       "ddp, not zero2"},
+      {"model:\n  type: mlp\nprecision: fp16\ndistributed:\n  compression: powersgd\n",
+       "powersgd cannot follow precision fp16's loss scaling"},
+      {"model:\n  type: mlp\ndistributed:\n  powersgd:\n    rank: 4\n",
+       "c.yaml:5: distributed.powersgd.rank is for distributed.compression powersgd, not none"},
+      {"model:\n  type: mlp\ndistributed:\n  compression: powersgd\n  powersgd:\n    rank: 0\n",
+       "distributed.powersgd.rank must be in [1, 1024]"},
   };
   for (const auto& c : cases) {
     std::string e = error_of(c.yaml);

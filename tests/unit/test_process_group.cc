@@ -20,7 +20,7 @@ using namespace std::chrono_literals;
 
 // Runs fn(group) on `size` threads, one group member each; rethrows the first failure.
 void run_ranks(int size, const std::string& transport, const std::function<void(ProcessGroup&)>& fn,
-               Millis timeout = 120s) {
+               Millis timeout = 120s, const std::string& algorithm = "") {
   auto store = std::make_shared<HashStore>();
   std::vector<std::thread> threads;
   std::vector<std::string> errors(size);
@@ -30,6 +30,7 @@ void run_ranks(int size, const std::string& transport, const std::function<void(
         ProcessGroupOptions o;
         o.transport = transport;
         o.timeout = timeout;
+        o.allreduce_algorithm = algorithm;
         auto pg = create_process_group("cpu", store, r, size, o);
         fn(*pg);
       } catch (const std::exception& e) {
@@ -113,6 +114,61 @@ TEST(CpuProcessGroup, SeveralGroupsAliveAtOnce) {
     });
   for (auto& t : threads) t.join();
   for (int r = 0; r < 4; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+}
+
+// Each all-reduce algorithm, forced, at sizes from fewer elements than ranks to the pipelined
+// hierarchy's several segments (one node: the hierarchy is its chain to the leader and back).
+class Algorithm : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(Algorithm, EveryCollectiveWithIt) {
+  const auto& [algorithm, size] = GetParam();
+  run_ranks(
+      size, "auto",
+      [](ProcessGroup& pg) {
+        every_collective(pg, {0, 1, 7, 100003, 1 << 20});
+      },
+      120s, algorithm);
+}
+
+INSTANTIATE_TEST_SUITE_P(Forced, Algorithm,
+                         ::testing::Combine(::testing::Values("ring", "recursive_doubling",
+                                                              "hierarchical"),
+                                            ::testing::Values(2, 3, 5)));
+
+TEST(CpuProcessGroup, AnUnknownAlgorithmOrRanksThatDisagreeAreClearErrors) {
+  auto store = std::make_shared<HashStore>();
+  ProcessGroupOptions o;
+  o.allreduce_algorithm = "butterfly";
+  try {
+    create_process_group("cpu", store, 0, 1, o);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'butterfly' is not one of auto, ring"), std::string::npos)
+        << e.what();
+  }
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      ProcessGroupOptions ro;
+      ro.timeout = 20s;
+      ro.allreduce_algorithm = r == 0 ? "ring" : "recursive_doubling";
+      auto pg = create_process_group("cpu", store, r, 2, ro);
+      Tensor t = core::zeros({1 << 16});
+      try {
+        pg->allreduce(t)->wait();
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  // Whichever rank sees the other's header first says so; the other learns it from the store.
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(errors[r].find("allreduce #0 with the "), std::string::npos) << errors[r];
+    EXPECT_NE(errors[r].find("every rank must set the same COHORT_ALLREDUCE_ALGORITHM"),
+              std::string::npos)
+        << errors[r];
+  }
 }
 
 TEST(CpuProcessGroup, MismatchedCollectivesAreAnErrorNotGarbage) {
