@@ -81,7 +81,7 @@ void Reporter::step(const StepLine& l) {
   std::fflush(stdout);
 }
 
-void Reporter::eval(int64_t step, int64_t epoch, const EvalResult& e,
+void Reporter::eval(int64_t step, int64_t epoch, const EvalResult& e, double train_s,
                     const std::string& early_stop) {
   if (!leader_) return;
   if (events_) {
@@ -89,11 +89,8 @@ void Reporter::eval(int64_t step, int64_t epoch, const EvalResult& e,
     events_->add_scalar("eval/test_loss", e.loss, step);
     events_->flush();
   }
-  nlohmann::json record{{"event", "eval"},
-                        {"step", step},
-                        {"epoch", epoch},
-                        {"test_acc", e.accuracy},
-                        {"test_loss", e.loss}};
+  nlohmann::json record{{"event", "eval"},        {"step", step},        {"epoch", epoch},
+                        {"test_acc", e.accuracy}, {"test_loss", e.loss}, {"train_s", train_s}};
   if (tokens_ > 0) record["perplexity"] = std::exp(e.loss);
   write(record);
   if (tty_) std::printf("\n");

@@ -32,7 +32,9 @@ class Reporter {
   };
   void step(const StepLine& l);
   // An evaluation; `early_stop` adds why training stops (empty: it goes on).
-  void eval(int64_t step, int64_t epoch, const EvalResult& e, const std::string& early_stop);
+  // train_s: training time so far in this process, evaluations left out (time to accuracy).
+  void eval(int64_t step, int64_t epoch, const EvalResult& e, double train_s,
+            const std::string& early_stop);
   // One {"event":"rank"} record per rank: samples/s and peak memory.
   void ranks(const std::vector<nlohmann::json>& per_rank);
   void summary(int64_t steps, double train_s, double samples_per_s, double test_acc,

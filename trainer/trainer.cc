@@ -467,6 +467,7 @@ RunSummary Trainer::run() {
   auto run_eval = [&](int64_t epoch) {
     last_eval_step = step;
     auto te = Clock::now();
+    const double train_s = seconds_since(t0) - eval_s;
     const int64_t waited0 = collectives::thread_collective_ns();
     EvalResult e;
     parallel_->refresh(step);
@@ -501,7 +502,7 @@ RunSummary Trainer::run() {
         stop_note = buf;
       }
     }
-    report.eval(step, epoch, e, stop_note);
+    report.eval(step, epoch, e, train_s, stop_note);
   };
 
   auto stop_vote = std::make_unique<StopVote>(collective() ? dist_.group.get() : nullptr, device_);

@@ -48,3 +48,44 @@ for n in ${@:-2 4}; do
   scripts/netns.sh down "$prefix"
 done
 echo "goal: cohort busbw >= 90% of the link rate from 4 MiB up"
+
+# Several ranks per node: the flat ring against the hierarchical all-reduce (a chain inside each
+# node over shared memory, one leader per node over TCP), bytes counted on the nodes' links.
+hier_size=${HIER_SIZE:-16M}
+echo
+echo "== 2 nodes x 2 ranks, links capped at $rate: flat ring vs hierarchical all-reduce of $hier_size =="
+printf '%-13s %10s %14s %14s %16s\n' algorithm time_us bytes_on_links link_bytes/op link_use/rate
+tx_total() {  # bytes sent by every node on its link
+  local t=0
+  for ((k = 0; k < 2; k++)); do
+    t=$((t + $(ip netns exec "$prefix$k" cat /sys/class/net/eth0/statistics/tx_bytes)))
+  done
+  echo "$t"
+}
+iters=10
+for algorithm in ring hierarchical; do
+  scripts/netns.sh up "$prefix" 2 "$rate" >/dev/null
+  before=$(tx_total)
+  pids=()
+  for ((r = 0; r < 4; r++)); do
+    COHORT_RANK=$r COHORT_WORLD_SIZE=4 COHORT_STORE="file:$tmp/store.h.$algorithm" \
+      ip netns exec "$prefix$((r / 2))" "$build/launcher/cohort" bench collectives --op allreduce \
+      --algorithm "$algorithm" -b "$hier_size" -e "$hier_size" --iters $iters --warmup 0 \
+      >"$tmp/hier.$algorithm.$r" 2>&1 & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  after=$(tx_total)
+  # The bench runs the size once unchecked-timed... plus one checked run and its error count.
+  ops=$((iters + 1))
+  awk -v a="$algorithm" -v b=$((after - before)) -v ops=$ops -v l="$link_gbs" '
+    $1 ~ /^[0-9]+$/ { t = $2; bytes = $1 }
+    END {
+      per_op = b / ops
+      # each node sends its share of per_op over its own link in the time of one all-reduce
+      printf "%-13s %10.0f %14d %14.0f %15.1f%%\n", a, t, b, per_op, 100 * (per_op / 2) / (t * 1e-6) / (l * 1e9)
+    }' "$tmp/hier.$algorithm.0"
+  echo "$algorithm $((after - before))" >>"$tmp/hier.bytes"
+  scripts/netns.sh down "$prefix"
+done
+awk '{ b[$1] = $2 } END { printf "hierarchical / ring bytes on the links: %.3f (goal <= 0.55)\n", b["hierarchical"] / b["ring"] }' "$tmp/hier.bytes"
+echo "goal: hierarchical link busbw >= 90% of the rate"
