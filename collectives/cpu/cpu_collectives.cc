@@ -319,9 +319,9 @@ CpuProcessGroup::Algorithm CpuProcessGroup::choose(size_t bytes, int64_t numel) 
   const bool tiny = static_cast<size_t>(numel) < static_cast<size_t>(size_);
   if (forced_ != Algorithm::kAuto)
     return tiny && forced_ == Algorithm::kRing ? Algorithm::kRecursiveDoubling : forced_;
-  // Several nodes with several ranks on one of them: only the leaders cross the network, each
-  // sending what a flat algorithm's ranks at the node's edges would, minus the share of the
-  // node's other ranks; inside the node shared memory is far faster than any link.
+  // Several nodes with several ranks on one of them: only the leaders cross the network, so a
+  // node's link carries 2(N-1)/N of the message (N nodes) instead of a flat ring's 2(n-1)/n at
+  // each of its edges (docs/collectives.md); shared memory inside the node is far faster.
   if (nodes_.size() > 1 && !all_shm_ && options_.transport != "tcp" &&
       bytes >= kHierarchicalMinBytes) {
     for (const auto& n : nodes_)
