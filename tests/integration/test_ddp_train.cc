@@ -239,11 +239,11 @@ TEST_F(DdpTrain, CheckpointsMoveBetweenStrategiesAndWorldSizes) {
 
 // Gradient compression under `cohort train` (the exact arithmetic is in test_comm_hooks.cc).
 // PowerSGD at rank 4 with error feedback trains the MLP for an epoch to within half a point of
-// plain DDP's test accuracy on the whole test set (0.3 points below it on Zen 4), sending 54 times
-// fewer bytes. Its state goes into every checkpoint (the error feedback as one row per rank), so a
-// rank killed after step 13 and restarted from step 10 ends with exactly the parameters of the run
-// nobody killed. That checkpoint resumes on 3 ranks (each taking the ranks' mean error) and in one
-// process (which has nothing to compress).
+// plain DDP's test accuracy on the whole test set (0.33 points below it on Zen 4, over three
+// seeds), sending 54 times fewer bytes. Its state goes into every checkpoint (the error feedback as
+// one row per rank), so a rank killed after step 13 and restarted from step 10 ends with exactly
+// the parameters of the run nobody killed. That checkpoint resumes on 3 ranks (each taking the
+// ranks' mean error) and in one process (which has nothing to compress).
 TEST_F(DdpTrain, PowerSgdConvergesAndItsStateResumesExactly) {
   auto accuracy = [&](const std::string& run, const std::string& compression) {
     const std::string cmd = std::string(COHORT_BINARY) + " train " + COHORT_SOURCE_DIR +
@@ -257,9 +257,17 @@ TEST_F(DdpTrain, PowerSgdConvergesAndItsStateResumesExactly) {
     ADD_FAILURE() << "no summary in " << run << "'s metrics:\n" << r.output;
     return 0.0;
   };
-  const double plain = accuracy("plain", "");
-  const double compressed =
-      accuracy("powersgd", "distributed.compression=powersgd distributed.powersgd.rank=4");
+  // One run's accuracy after an epoch moves by tenths of a point with the seed (and with the
+  // CPU's summation order); the mean over three seeds does not: on Zen 4 the gaps were 0.31, 0.42
+  // and 0.26 points.
+  double plain = 0, compressed = 0;
+  for (int seed : {0, 1, 2}) {
+    const std::string s = "seed=" + std::to_string(seed);
+    plain += accuracy("plain" + std::to_string(seed), s) / 3;
+    compressed += accuracy("powersgd" + std::to_string(seed),
+                           s + " distributed.compression=powersgd distributed.powersgd.rank=4") /
+                  3;
+  }
   EXPECT_GT(plain, 0.8);
   EXPECT_GE(compressed, plain - 0.005) << "plain " << plain << ", powersgd " << compressed;
 
